@@ -1,0 +1,1 @@
+//! Backends: where runscale runners run.

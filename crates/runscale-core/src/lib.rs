@@ -1,0 +1,28 @@
+//! runscale's core: the domain model, the [`Provider`] and [`Backend`] traits, the pure scaling
+//! [`policy`], and the [`reconciler`] that drives them.
+//!
+//! This crate has no HTTP, cloud or Kubernetes dependency; adapters live in
+//! `runscale-providers` and `runscale-backends`, and convert their SDK types at their edge.
+
+pub mod adapter;
+pub mod clock;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod naming;
+pub mod plan;
+pub mod policy;
+pub mod schedule;
+
+pub use adapter::{
+    Backend, Credentials, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
+};
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use error::{Error, ErrorKind, Result};
+pub use model::{
+    Demand, EffectiveLimits, Instance, InstanceId, InstanceState, Observation, PoolId, PoolSpec,
+    Runner, RunnerId, RunnerState, Timestamp, WaitingJob,
+};
+pub use plan::{Action, Limit, Plan, Planned, Reason};
+pub use policy::plan;
+pub use schedule::{Schedule, ScheduleError};

@@ -1,0 +1,148 @@
+//! The metrics runscale exports, in one registry (OpenMetrics via prometheus-client).
+//!
+//! Every label value is bounded: pool names come from configuration, reasons, states, kinds and
+//! operations are static strings. Recording happens in the reconciler and in the instrumenting
+//! wrappers ([`crate::instrument`]), never in adapter code.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels: pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Pool name.
+    pub pool: String,
+}
+
+/// Labels: pool and state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStateLabels {
+    /// Pool name.
+    pub pool: String,
+    /// State name.
+    pub state: &'static str,
+}
+
+/// Labels: pool, action kind and reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Action kind (`launch`, `terminate`, ...).
+    pub action: &'static str,
+    /// Reason (`demand`, `idle_timeout`, ...).
+    pub reason: &'static str,
+}
+
+/// Labels: pool and error kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Error kind.
+    pub kind: &'static str,
+}
+
+/// Labels of one adapter call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// Configured provider or backend name (the account).
+    pub account: String,
+    /// Operation (`observe`, `launch`, ...).
+    pub op: &'static str,
+    /// `ok` or an error kind.
+    pub outcome: &'static str,
+}
+
+/// Labels: account.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabels {
+    /// Configured provider name.
+    pub account: String,
+}
+
+/// All of runscale's metrics.
+pub struct Metrics {
+    /// Jobs waiting / running per pool.
+    pub demand: Family<PoolStateLabels, Gauge>,
+    /// Runners by state per pool.
+    pub runners: Family<PoolStateLabels, Gauge>,
+    /// Instances by state per pool.
+    pub instances: Family<PoolStateLabels, Gauge>,
+    /// Instances wanted per pool.
+    pub desired: Family<PoolLabels, Gauge>,
+    /// Actions carried out successfully, by kind and reason.
+    pub actions: Family<ActionLabels, Counter>,
+    /// Instances launched, by reason.
+    pub launches: Family<ActionLabels, Counter>,
+    /// Instances terminated, by reason.
+    pub terminations: Family<ActionLabels, Counter>,
+    /// How long jobs waited for a runner (seconds).
+    pub job_wait: Family<PoolLabels, Histogram>,
+    /// Adapter calls by account, operation and outcome.
+    pub api_requests: Family<CallLabels, Counter>,
+    /// Adapter call latency (seconds) by account and operation.
+    pub api_duration: Family<CallLabels, Histogram>,
+    /// Rate-limit budget left per account, as last reported by the provider.
+    pub rate_limit_remaining: Family<AccountLabels, Gauge>,
+    /// Duration of a pass (seconds).
+    pub pass_duration: Histogram,
+    /// Failed passes by pool and error kind.
+    pub failures: Family<FailureLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (prefix `runscale_`) in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            demand: Family::default(),
+            runners: Family::default(),
+            instances: Family::default(),
+            desired: Family::default(),
+            actions: Family::default(),
+            launches: Family::default(),
+            terminations: Family::default(),
+            job_wait: Family::new_with_constructor(wait_histogram),
+            api_requests: Family::default(),
+            api_duration: Family::new_with_constructor(latency_histogram),
+            rate_limit_remaining: Family::default(),
+            pass_duration: latency_histogram(),
+            failures: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("runscale");
+        r.register("demand_jobs", "Jobs waiting or running, per pool", m.demand.clone());
+        r.register("runners", "Runners by state, per pool", m.runners.clone());
+        r.register("instances", "Instances by state, per pool", m.instances.clone());
+        r.register("desired_instances", "Instances wanted, per pool", m.desired.clone());
+        r.register("actions", "Actions carried out, by kind and reason", m.actions.clone());
+        r.register("launches", "Instances launched, by reason", m.launches.clone());
+        r.register("terminations", "Instances terminated, by reason", m.terminations.clone());
+        r.register("job_wait_seconds", "Time jobs waited for a runner", m.job_wait.clone());
+        r.register("api_requests", "Provider and backend calls", m.api_requests.clone());
+        r.register(
+            "api_request_duration_seconds",
+            "Provider and backend call latency",
+            m.api_duration.clone(),
+        );
+        r.register(
+            "rate_limit_remaining",
+            "API rate-limit budget left, per account",
+            m.rate_limit_remaining.clone(),
+        );
+        r.register("pass_duration_seconds", "Duration of one reconcile pass", m.pass_duration.clone());
+        r.register("pass_failures", "Failed passes, by pool and error kind", m.failures.clone());
+        m
+    }
+}

@@ -1,0 +1,342 @@
+//! The scaling policy: `plan(spec, observation, now) -> Plan`.
+//!
+//! Pure: no I/O, no clock, no randomness. The daemon, `once`, the simulator, benchmarks and
+//! tests all call this one function. Its safety properties (ARCHITECTURE.md) are checked by
+//! property tests in `tests/policy_properties.rs`; each rule has a unit test in `tests.rs`.
+//!
+//! Capacity is counted in *slots* (runners): an instance hosts `runners_per_instance` of them.
+//! A slot is *idle* when its runner is registered, idle and not draining; *booting* when its
+//! instance is younger than `boot_timeout` and the runner has not registered yet.
+//!
+//! The rules, in the order they are applied:
+//! 1. Instances with no registered runner after `boot_timeout` are terminated.
+//! 2. Instances from an old template, or older than `max_lifetime`, are terminated when none of
+//!    their runners is busy; otherwise their runners are drained so they take no new job.
+//! 3. Instances whose runners are all offline after `boot_timeout`, or all draining, with none
+//!    busy, are terminated.
+//! 4. Registered runners that no instance hosts are deregistered, unless busy.
+//! 5. If waiting jobs + `min_idle` exceed idle + booting slots, instances are launched, capped
+//!    by `max`, `max_booting` and `launches_per_minute`.
+//! 6. Otherwise surplus idle instances are terminated, oldest idle first, once idle for
+//!    `idle_timeout` and no sooner than `scale_down_delay` after the newest launch.
+//! 7. If the fleet is above `max` (lowered by a schedule), idle instances are terminated until
+//!    it is not, regardless of `idle_timeout`.
+//!
+//! Every termination removes the instance's runners from the CI system first; the reconciler
+//! terminates only after the CI system confirmed every removal.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::model::{Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState, Timestamp};
+use crate::plan::{Action, Limit, Plan, Planned, Reason};
+
+#[cfg(test)]
+mod tests;
+
+/// The rate-limit window for `launches_per_minute`.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Computes what to do for one pool. See the module docs for the rules.
+pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
+    let limits = spec.limits_at(now);
+    let slots_per_instance = spec.runners_per_instance.max(1);
+    let mut due = Due::new(now);
+    let mut actions = Vec::new();
+
+    let by_name: HashMap<&str, &Runner> = obs.runners.iter().map(|r| (r.name.as_str(), r)).collect();
+    let mut hosted: HashSet<&str> = HashSet::with_capacity(obs.runners.len());
+
+    let mut active = 0u32; // booting + running instances that stay
+    let mut booting = 0u32; // of which booting (state, or no runner registered yet)
+    let mut booting_slots = 0u32;
+    let mut idle_slots = 0u32;
+    let mut busy_slots = 0u32;
+    let mut newest_launch: Option<Timestamp> = None;
+    let mut launched_in_window = 0u32;
+    let mut idle_candidates: Vec<IdleInstance<'_>> = Vec::new();
+
+    for inst in &obs.instances {
+        for n in &inst.runner_names {
+            hosted.insert(n.as_str());
+        }
+        if inst.state == InstanceState::Stopping {
+            continue;
+        }
+        newest_launch = newest_launch.max(Some(inst.launched_at));
+        if elapsed(inst.launched_at, now) < RATE_WINDOW {
+            launched_in_window += 1;
+        }
+        let regs: Vec<&Runner> = inst
+            .runner_names
+            .iter()
+            .filter_map(|n| by_name.get(n.as_str()).copied())
+            .collect();
+        let past_boot = elapsed(inst.launched_at, now) >= spec.boot_timeout;
+        let any_busy = regs.iter().any(|r| r.state == RunnerState::Busy);
+
+        // Rule 1: nothing registered after boot_timeout.
+        if regs.is_empty() {
+            if past_boot {
+                actions.push(terminate(inst, &regs, Reason::BootTimeout));
+            } else {
+                active += 1;
+                booting += 1;
+                booting_slots += slots_per_instance;
+                due.at(inst.launched_at, spec.boot_timeout);
+            }
+            continue;
+        }
+
+        // Rule 2: old template or too old.
+        let stale = if inst.template_hash != spec.template_hash {
+            Some(Reason::TemplateChanged)
+        } else {
+            match spec.max_lifetime {
+                Some(life) if elapsed(inst.launched_at, now) >= life => Some(Reason::MaxLifetime),
+                Some(life) => {
+                    due.at(inst.launched_at, life);
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(reason) = stale {
+            if any_busy {
+                active += 1;
+                busy_slots += count(&regs, RunnerState::Busy);
+                for r in regs.iter().filter(|r| !r.draining) {
+                    actions.push(Planned {
+                        action: Action::Drain {
+                            runner: r.id.clone(),
+                            name: r.name.clone(),
+                        },
+                        reason,
+                    });
+                }
+            } else {
+                actions.push(terminate(inst, &regs, reason));
+            }
+            continue;
+        }
+
+        // Rule 3: unusable with nothing running.
+        if !any_busy {
+            let all_offline = regs.iter().all(|r| r.state == RunnerState::Offline);
+            if all_offline && past_boot {
+                actions.push(terminate(inst, &regs, Reason::RunnerOffline));
+                continue;
+            }
+            if regs.iter().all(|r| r.draining) {
+                actions.push(terminate(inst, &regs, Reason::Drained));
+                continue;
+            }
+        }
+
+        active += 1;
+        let missing = slots_per_instance.saturating_sub(regs.len() as u32);
+        if inst.state == InstanceState::Booting || (missing > 0 && !past_boot) {
+            booting += 1;
+        }
+        if !past_boot {
+            booting_slots += missing;
+            if missing > 0 {
+                due.at(inst.launched_at, spec.boot_timeout);
+            }
+        }
+        busy_slots += count(&regs, RunnerState::Busy);
+        let idle_here = regs
+            .iter()
+            .filter(|r| r.state == RunnerState::Idle && !r.draining)
+            .count() as u32;
+        idle_slots += idle_here;
+        // A scale-in candidate: nothing busy, at least one idle runner, the rest offline.
+        if !any_busy && idle_here > 0 {
+            let idle_since = regs
+                .iter()
+                .map(|r| r.last_busy.unwrap_or(inst.launched_at).max(inst.launched_at))
+                .max()
+                .unwrap_or(inst.launched_at);
+            idle_candidates.push(IdleInstance {
+                inst,
+                regs,
+                idle_slots: idle_here,
+                idle_since,
+            });
+        }
+    }
+
+    // Rule 4: runners that no instance hosts.
+    for r in &obs.runners {
+        if !hosted.contains(r.name.as_str()) && r.state != RunnerState::Busy {
+            actions.push(Planned {
+                action: Action::Deregister {
+                    runner: r.id.clone(),
+                    name: r.name.clone(),
+                },
+                reason: Reason::NoInstance,
+            });
+        }
+    }
+
+    let waiting = u32::try_from(obs.demand.waiting.len()).unwrap_or(u32::MAX);
+    let wanted_free = waiting.saturating_add(limits.min_idle);
+    let free = idle_slots + booting_slots;
+    let mut held_back = None;
+    let mut launch = 0u32;
+
+    if wanted_free > free {
+        // Rule 5: launch for unmet demand, up to the caps.
+        let need = (wanted_free - free).div_ceil(slots_per_instance);
+        let reason = if waiting > free { Reason::Demand } else { Reason::MinIdle };
+        let recent = obs
+            .recent_launches
+            .iter()
+            .filter(|t| elapsed(**t, now) < RATE_WINDOW)
+            .count() as u32;
+        let recent = recent.max(launched_in_window);
+        let mut caps = vec![
+            (limits.max.saturating_sub(active), Limit::Max),
+            (spec.max_booting.saturating_sub(booting), Limit::MaxBooting),
+        ];
+        if spec.launches_per_minute > 0 {
+            caps.push((spec.launches_per_minute.saturating_sub(recent), Limit::LaunchRate));
+        }
+        launch = need;
+        for (room, limit) in caps {
+            if room < launch {
+                launch = room;
+                held_back = Some((need - room, limit));
+            }
+        }
+        if let Some((_, limit)) = held_back {
+            match limit {
+                Limit::LaunchRate => {
+                    // Come back when the oldest launch in the window leaves it.
+                    let oldest = obs
+                        .recent_launches
+                        .iter()
+                        .copied()
+                        .chain(obs.instances.iter().map(|i| i.launched_at))
+                        .filter(|t| elapsed(*t, now) < RATE_WINDOW)
+                        .min();
+                    if let Some(t) = oldest {
+                        due.at(t, RATE_WINDOW);
+                    }
+                }
+                Limit::Max | Limit::MaxBooting => {}
+            }
+        }
+        if launch > 0 {
+            actions.push(Planned {
+                action: Action::Launch { count: launch },
+                reason,
+            });
+        }
+    } else {
+        // Rule 6: surplus idle capacity, oldest idle first.
+        let mut surplus = free - wanted_free;
+        let calm_from = newest_launch.map(|t| add(t, spec.scale_down_delay));
+        let calm = calm_from.is_none_or(|t| t <= now);
+        if !calm && let Some(t) = calm_from {
+            due.until(t);
+        }
+        idle_candidates.sort_by_key(|c| c.idle_since);
+        let mut kept = Vec::with_capacity(idle_candidates.len());
+        for c in idle_candidates {
+            let ready = add(c.idle_since, spec.idle_timeout);
+            if calm && surplus > 0 && c.idle_slots <= surplus && ready <= now {
+                surplus -= c.idle_slots;
+                active -= 1;
+                actions.push(terminate(c.inst, &c.regs, Reason::IdleTimeout));
+            } else {
+                if surplus > 0 && ready > now {
+                    due.until(ready);
+                }
+                kept.push(c);
+            }
+        }
+        idle_candidates = kept;
+    }
+
+    // Rule 7: above max, shed idle instances regardless of idle_timeout.
+    if active > limits.max {
+        for c in &idle_candidates {
+            if active <= limits.max {
+                break;
+            }
+            if actions.iter().any(|a| matches!(&a.action, Action::Terminate { instance, .. } if *instance == c.inst.id)) {
+                continue;
+            }
+            active -= 1;
+            actions.push(terminate(c.inst, &c.regs, Reason::OverMax));
+        }
+    }
+
+    let desired_slots = wanted_free.saturating_add(busy_slots);
+    Plan {
+        actions,
+        limits,
+        desired_slots,
+        desired_instances: active + launch,
+        held_back,
+        requeue_after: due.next,
+    }
+}
+
+struct IdleInstance<'a> {
+    inst: &'a Instance,
+    regs: Vec<&'a Runner>,
+    idle_slots: u32,
+    idle_since: Timestamp,
+}
+
+fn terminate(inst: &Instance, regs: &[&Runner], reason: Reason) -> Planned {
+    Planned {
+        action: Action::Terminate {
+            instance: inst.id.clone(),
+            runners: regs.iter().map(|r| r.id.clone()).collect(),
+        },
+        reason,
+    }
+}
+
+fn count(regs: &[&Runner], state: RunnerState) -> u32 {
+    regs.iter().filter(|r| r.state == state).count() as u32
+}
+
+/// Time from `since` to `now`, zero if `since` is in the future (clock skew between hosts).
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    (now - since).to_std().unwrap_or(Duration::ZERO)
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(Timestamp::MAX_UTC)
+}
+
+/// Tracks the soonest future instant at which the plan could change without a trigger.
+struct Due {
+    now: Timestamp,
+    next: Option<Duration>,
+}
+
+impl Due {
+    fn new(now: Timestamp) -> Self {
+        Self { now, next: None }
+    }
+
+    fn at(&mut self, since: Timestamp, after: Duration) {
+        self.until(add(since, after));
+    }
+
+    fn until(&mut self, t: Timestamp) {
+        if t <= self.now {
+            return;
+        }
+        let d = elapsed(self.now, t);
+        self.next = Some(self.next.map_or(d, |n| n.min(d)));
+    }
+}

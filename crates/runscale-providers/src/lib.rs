@@ -1,0 +1,1 @@
+//! Providers: the CI systems runscale reads demand from and registers runners with.
