@@ -13,6 +13,7 @@ pub mod naming;
 pub mod plan;
 pub mod policy;
 pub mod schedule;
+pub mod secret;
 
 pub use adapter::{
     Backend, Credentials, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
