@@ -130,6 +130,12 @@ pub trait Provider: Send + Sync + 'static {
     /// A read-only check that the account is reachable and the credentials work. Returns a
     /// one-line description of what was checked.
     async fn probe(&self) -> Result<String>;
+
+    /// The API budget left, as last reported by the CI system (e.g. GitHub's
+    /// `x-ratelimit-remaining`). Providers without a budget keep the default, `None`.
+    fn rate_limit_remaining(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What the backend needs to start one instance.

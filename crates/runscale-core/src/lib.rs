@@ -7,13 +7,17 @@
 pub mod adapter;
 pub mod clock;
 pub mod error;
+pub mod instrument;
 pub mod metrics;
 pub mod model;
 pub mod naming;
 pub mod plan;
 pub mod policy;
+pub mod reconciler;
 pub mod schedule;
 pub mod secret;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use adapter::{
     Backend, Credentials, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,

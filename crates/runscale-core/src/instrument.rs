@@ -1,0 +1,186 @@
+//! Instrumenting wrappers: every provider and backend call goes through one of these, which
+//! records its latency and outcome. Adapter code never touches metrics.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest};
+use crate::error::Result;
+use crate::metrics::{AccountLabels, CallLabels, Metrics};
+use crate::model::{Instance, InstanceId, PoolId, RunnerId};
+
+/// Records one call's latency and outcome.
+async fn timed<T>(
+    metrics: &Metrics,
+    account: &str,
+    op: &'static str,
+    f: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let start = Instant::now();
+    let out = f.await;
+    let outcome = match &out {
+        Ok(_) => "ok",
+        Err(e) => e.kind().as_str(),
+    };
+    record(metrics, account, op, outcome, start);
+    out
+}
+
+fn record(metrics: &Metrics, account: &str, op: &'static str, outcome: &'static str, start: Instant) {
+    let labels = CallLabels {
+        account: account.to_owned(),
+        op,
+        outcome,
+    };
+    metrics.api_requests.get_or_create(&labels).inc();
+    metrics
+        .api_duration
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
+}
+
+/// A provider whose calls are counted and timed under its configured name.
+pub struct InstrumentedProvider {
+    inner: Arc<dyn Provider>,
+    account: String,
+    metrics: Arc<Metrics>,
+}
+
+impl InstrumentedProvider {
+    /// Wraps `inner`, labelling its calls with `account`.
+    pub fn new(inner: Arc<dyn Provider>, account: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            account,
+            metrics,
+        }
+    }
+
+    fn update_budget(&self) {
+        if let Some(left) = self.inner.rate_limit_remaining() {
+            self.metrics
+                .rate_limit_remaining
+                .get_or_create(&AccountLabels {
+                    account: self.account.clone(),
+                })
+                .set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for InstrumentedProvider {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
+        let start = Instant::now();
+        let out = self.inner.observe(pools).await;
+        // One call, one sample: an account-wide failure shows as that error's kind.
+        let outcome = out
+            .values()
+            .find_map(|r| r.as_ref().err().map(|e| e.kind().as_str()))
+            .unwrap_or("ok");
+        record(&self.metrics, &self.account, "observe", outcome, start);
+        self.update_budget();
+        out
+    }
+
+    async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
+        let out = timed(
+            &self.metrics,
+            &self.account,
+            "register",
+            self.inner.register(pool, runner_name),
+        )
+        .await;
+        self.update_budget();
+        out
+    }
+
+    async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        let out = timed(&self.metrics, &self.account, "remove", self.inner.remove(pool, runner)).await;
+        self.update_budget();
+        out
+    }
+
+    async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        timed(&self.metrics, &self.account, "drain", self.inner.drain(pool, runner)).await
+    }
+
+    fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
+        let start = Instant::now();
+        let out = self.inner.webhook(request);
+        let outcome = match &out {
+            Ok(_) => "ok",
+            Err(e) => e.kind().as_str(),
+        };
+        record(&self.metrics, &self.account, "webhook", outcome, start);
+        out
+    }
+
+    async fn probe(&self) -> Result<String> {
+        timed(&self.metrics, &self.account, "probe", self.inner.probe()).await
+    }
+
+    fn rate_limit_remaining(&self) -> Option<u64> {
+        self.inner.rate_limit_remaining()
+    }
+}
+
+/// A backend whose calls are counted and timed under its configured name.
+pub struct InstrumentedBackend {
+    inner: Arc<dyn Backend>,
+    account: String,
+    metrics: Arc<Metrics>,
+}
+
+impl InstrumentedBackend {
+    /// Wraps `inner`, labelling its calls with `account`.
+    pub fn new(inner: Arc<dyn Backend>, account: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            account,
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for InstrumentedBackend {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn instances(&self, pools: &[PoolId]) -> Result<HashMap<PoolId, Vec<Instance>>> {
+        timed(&self.metrics, &self.account, "instances", self.inner.instances(pools)).await
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
+        timed(&self.metrics, &self.account, "launch", self.inner.launch(request)).await
+    }
+
+    async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
+        timed(
+            &self.metrics,
+            &self.account,
+            "terminate",
+            self.inner.terminate(pool, instance),
+        )
+        .await
+    }
+
+    async fn probe(&self) -> Result<String> {
+        timed(&self.metrics, &self.account, "probe", self.inner.probe()).await
+    }
+
+    fn subscribe(&self, events: mpsc::UnboundedSender<PoolId>) {
+        self.inner.subscribe(events);
+    }
+}

@@ -1,0 +1,78 @@
+//! Per-account batching: concurrent requests for different pools of one provider (or backend)
+//! are served by one call. While a call is in flight, new requests queue and form the next
+//! batch, so a burst of wake-ups costs one API round trip, not one per pool.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::PoolId;
+
+type Reply<V> = oneshot::Sender<Result<V>>;
+type BatchFuture<'a, V> = Pin<Box<dyn Future<Output = HashMap<PoolId, Result<V>>> + Send + 'a>>;
+
+/// The call a batcher makes: all requested pools in, one result per pool out.
+pub(crate) trait BatchCall<V>: Send + Sync + 'static {
+    fn call<'a>(&'a self, pools: &'a [PoolId]) -> BatchFuture<'a, V>;
+}
+
+/// Handle to a batching task. Dropping every handle ends the task.
+pub(crate) struct Batcher<V> {
+    tx: mpsc::UnboundedSender<(PoolId, Reply<V>)>,
+    op: &'static str,
+}
+
+impl<V> Clone for Batcher<V> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            op: self.op,
+        }
+    }
+}
+
+impl<V: Clone + Send + 'static> Batcher<V> {
+    /// Spawns the batching task for `call`.
+    pub(crate) fn spawn(op: &'static str, call: Arc<dyn BatchCall<V>>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(PoolId, Reply<V>)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                // Let the other pools woken by the same event queue up behind the first.
+                tokio::task::yield_now().await;
+                let mut waiting: HashMap<PoolId, Vec<Reply<V>>> = HashMap::new();
+                waiting.entry(first.0).or_default().push(first.1);
+                while let Ok((pool, reply)) = rx.try_recv() {
+                    waiting.entry(pool).or_default().push(reply);
+                }
+                let pools: Vec<PoolId> = waiting.keys().cloned().collect();
+                let mut results = call.call(&pools).await;
+                for (pool, replies) in waiting {
+                    let result = results.remove(&pool).unwrap_or_else(|| {
+                        Err(Error::new(
+                            op,
+                            ErrorKind::Protocol,
+                            format!("adapter returned no result for pool {pool}"),
+                        ))
+                    });
+                    for reply in replies {
+                        // The requester may have given up (shutdown); nothing to do then.
+                        let _ = reply.send(result.clone());
+                    }
+                }
+            }
+        });
+        Self { tx, op }
+    }
+
+    /// Requests `pool`'s value; resolves when its batch completes.
+    pub(crate) async fn get(&self, pool: &PoolId) -> Result<V> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || Error::new(self.op, ErrorKind::Transient, "batching task stopped");
+        self.tx.send((pool.clone(), reply)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}

@@ -1,0 +1,374 @@
+//! The reconciler: one task per pool, woken by a timer, webhooks and backend events.
+//!
+//! - Triggers coalesce: any number of wake-ups during a pass cause one more pass.
+//! - Passes of one pool never overlap; pools run concurrently under a global limit.
+//! - Observations are batched per provider and per backend ([`batch`]): pools woken together
+//!   share one API call.
+//! - Errors are per pool: a failing pool backs off ([`backoff`]) and ignores wake-ups until its
+//!   backoff ends; the others keep working.
+//! - Shutdown: once the token is cancelled no new pass and no new launch starts; in-flight
+//!   passes finish within `shutdown_timeout`.
+//!
+//! Not here: the policy (pure, in [`crate::policy`]) and the adapters.
+
+mod backoff;
+mod batch;
+mod pass;
+pub mod status;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use backoff::backoff;
+use batch::{BatchCall, Batcher};
+use pass::{PassContext, PoolRuntime};
+pub use status::PoolStatus;
+
+use crate::adapter::{Backend, Provider, ProviderView, WebhookRequest};
+use crate::clock::Clock;
+use crate::error::{Error, ErrorKind, Result};
+use crate::instrument::{InstrumentedBackend, InstrumentedProvider};
+use crate::metrics::Metrics;
+use crate::model::{Instance, PoolId, PoolSpec};
+use crate::plan::Plan;
+
+/// A pool with the adapters it is bound to.
+pub struct PoolBinding {
+    /// Limits and timeouts.
+    pub spec: PoolSpec,
+    /// Configured name of the provider (the account); pools with the same name share it.
+    pub provider_name: String,
+    /// The provider.
+    pub provider: Arc<dyn Provider>,
+    /// Configured name of the backend; pools with the same name share it.
+    pub backend_name: String,
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Reconciler settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A pool with nothing due is still reconciled this often.
+    pub interval: Duration,
+    /// Passes running at once, over all pools.
+    pub max_concurrent_passes: usize,
+    /// Compute and log plans, act on nothing.
+    pub dry_run: bool,
+    /// How long in-flight passes may take to finish after shutdown was requested.
+    pub shutdown_timeout: Duration,
+    /// First backoff after a failed pass.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            max_concurrent_passes: 16,
+            dry_run: false,
+            shutdown_timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The outcome of one pass of one pool.
+#[derive(Debug)]
+pub struct PassReport {
+    /// The pool.
+    pub pool: PoolId,
+    /// The plan carried out (or, with `dry_run`, only logged), or why the pass failed.
+    pub outcome: Result<Plan>,
+}
+
+struct Shared {
+    pools: Vec<Arc<PoolRuntime>>,
+    by_name: HashMap<PoolId, usize>,
+    providers: HashMap<String, Arc<dyn Provider>>,
+}
+
+/// Cheap handle to a reconciler: wake pools, feed webhooks, read status.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Wakes a pool for an early pass. Returns false for an unknown pool.
+    pub fn wake(&self, pool: &PoolId) -> bool {
+        match self.shared.by_name.get(pool) {
+            Some(&i) => {
+                self.shared.pools[i].notify.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands a webhook delivery to the provider configured as `provider_name` and wakes the
+    /// pools it names. Errors: [`ErrorKind::NotFound`] for an unknown provider, else the
+    /// provider's verdict (bad signature, malformed body).
+    pub fn webhook(&self, provider_name: &str, request: &WebhookRequest) -> Result<Vec<PoolId>> {
+        let provider = self.shared.providers.get(provider_name).ok_or_else(|| {
+            Error::new(
+                "webhook",
+                ErrorKind::NotFound,
+                format!("no provider named {provider_name:?}"),
+            )
+        })?;
+        let pools = provider.webhook(request)?;
+        let woke: Vec<PoolId> = pools.into_iter().filter(|p| self.wake(p)).collect();
+        Ok(woke)
+    }
+
+    /// A snapshot of every pool's status, in configuration order.
+    pub fn status(&self) -> Vec<PoolStatus> {
+        self.shared
+            .pools
+            .iter()
+            .map(|p| p.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// True once every pool has completed at least one pass (successful or not).
+    pub fn ready(&self) -> bool {
+        self.shared
+            .pools
+            .iter()
+            .all(|p| p.status.lock().unwrap_or_else(|e| e.into_inner()).passes > 0)
+    }
+}
+
+/// Drives every pool.
+pub struct Reconciler {
+    shared: Arc<Shared>,
+    backends: Vec<Arc<dyn Backend>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    options: Options,
+    semaphore: Arc<Semaphore>,
+    stopping: CancellationToken,
+}
+
+struct ObserveCall(Arc<dyn Provider>);
+
+impl BatchCall<ProviderView> for ObserveCall {
+    fn call<'a>(
+        &'a self,
+        pools: &'a [PoolId],
+    ) -> Pin<Box<dyn Future<Output = HashMap<PoolId, Result<ProviderView>>> + Send + 'a>> {
+        Box::pin(self.0.observe(pools))
+    }
+}
+
+struct InstancesCall(Arc<dyn Backend>);
+
+impl BatchCall<Vec<Instance>> for InstancesCall {
+    fn call<'a>(
+        &'a self,
+        pools: &'a [PoolId],
+    ) -> Pin<Box<dyn Future<Output = HashMap<PoolId, Result<Vec<Instance>>>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.0.instances(pools).await {
+                Ok(mut found) => pools
+                    .iter()
+                    .map(|p| (p.clone(), Ok(found.remove(p).unwrap_or_default())))
+                    .collect(),
+                Err(e) => pools.iter().map(|p| (p.clone(), Err(e.clone()))).collect(),
+            }
+        })
+    }
+}
+
+impl Reconciler {
+    /// Builds the reconciler. Adapters are wrapped so every call is measured. Must be called
+    /// within a tokio runtime (it starts the batching tasks).
+    pub fn new(
+        pools: Vec<PoolBinding>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        options: Options,
+    ) -> Self {
+        let mut providers: HashMap<String, (Arc<dyn Provider>, Batcher<ProviderView>)> =
+            HashMap::new();
+        let mut backends: HashMap<String, (Arc<dyn Backend>, Batcher<Vec<Instance>>)> =
+            HashMap::new();
+        let mut runtimes = Vec::with_capacity(pools.len());
+        let mut by_name = HashMap::with_capacity(pools.len());
+        for b in pools {
+            let (provider, observe) = providers
+                .entry(b.provider_name.clone())
+                .or_insert_with(|| {
+                    let p: Arc<dyn Provider> = Arc::new(InstrumentedProvider::new(
+                        b.provider,
+                        b.provider_name.clone(),
+                        metrics.clone(),
+                    ));
+                    let batcher = Batcher::spawn("observe", Arc::new(ObserveCall(p.clone())));
+                    (p, batcher)
+                })
+                .clone();
+            let (backend, instances) = backends
+                .entry(b.backend_name.clone())
+                .or_insert_with(|| {
+                    let be: Arc<dyn Backend> = Arc::new(InstrumentedBackend::new(
+                        b.backend,
+                        b.backend_name.clone(),
+                        metrics.clone(),
+                    ));
+                    let batcher = Batcher::spawn("instances", Arc::new(InstancesCall(be.clone())));
+                    (be, batcher)
+                })
+                .clone();
+            by_name.insert(b.spec.name.clone(), runtimes.len());
+            runtimes.push(Arc::new(PoolRuntime {
+                status: Mutex::new(PoolStatus::new(&b.spec, &b.provider_name, &b.backend_name)),
+                spec: b.spec,
+                provider,
+                backend,
+                observe,
+                instances,
+                notify: Notify::new(),
+                memory: Mutex::new(Default::default()),
+            }));
+        }
+        let shared = Arc::new(Shared {
+            pools: runtimes,
+            by_name,
+            providers: providers.into_iter().map(|(k, (p, _))| (k, p)).collect(),
+        });
+        Self {
+            shared,
+            backends: backends.into_values().map(|(b, _)| b).collect(),
+            clock,
+            semaphore: Arc::new(Semaphore::new(options.max_concurrent_passes.max(1))),
+            metrics,
+            options,
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// A handle for the HTTP server and webhooks.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn context(&self) -> PassContext<'_> {
+        PassContext {
+            clock: self.clock.as_ref(),
+            metrics: &self.metrics,
+            dry_run: self.options.dry_run,
+            stopping: &self.stopping,
+            interval: self.options.interval,
+            backoff_base: self.options.backoff_base,
+            backoff_max: self.options.backoff_max,
+        }
+    }
+
+    /// One pass over every pool (concurrently, under the global limit). Not to be run while
+    /// [`Reconciler::run`] runs.
+    pub async fn once(&self) -> Vec<PassReport> {
+        let ctx = self.context();
+        let passes = self.shared.pools.iter().map(|rt| {
+            let ctx = &ctx;
+            let sem = &self.semaphore;
+            async move {
+                let _permit = sem.acquire().await;
+                let (outcome, _) = rt.pass(ctx).await;
+                PassReport {
+                    pool: rt.spec.name.clone(),
+                    outcome,
+                }
+            }
+        });
+        futures::future::join_all(passes).await
+    }
+
+    /// Runs until `shutdown` is cancelled, then lets in-flight passes finish (no new launch
+    /// starts) for at most `shutdown_timeout`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<PoolId>();
+        for b in &this.backends {
+            b.subscribe(events_tx.clone());
+        }
+        drop(events_tx);
+        let handle = this.handle();
+        let forward_stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = forward_stop.cancelled() => break,
+                    ev = events_rx.recv() => match ev {
+                        Some(pool) => { handle.wake(&pool); }
+                        None => break,
+                    },
+                }
+            }
+        });
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for rt in this.shared.pools.iter().cloned() {
+            let this = this.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { this.pool_loop(rt, shutdown).await });
+        }
+        info!(pools = this.shared.pools.len(), dry_run = this.options.dry_run, "reconciler started");
+        shutdown.cancelled().await;
+        this.stopping.cancel();
+        info!("shutting down: no new launches; waiting for in-flight passes");
+        let drained = tokio::time::timeout(this.options.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(timeout = ?this.options.shutdown_timeout, "in-flight passes did not finish in time; abandoning them");
+            tasks.abort_all();
+        }
+        info!("reconciler stopped");
+    }
+
+    async fn pool_loop(&self, rt: Arc<PoolRuntime>, shutdown: CancellationToken) {
+        let mut next = tokio::time::Instant::now();
+        let mut failing = false;
+        loop {
+            if failing {
+                // Backing off: only the timer (or shutdown) ends the wait.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    _ = rt.notify.notified() => {}
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+            }
+            let _permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                p = self.semaphore.acquire() => p,
+            };
+            let ctx = self.context();
+            let (outcome, delay) = rt.pass(&ctx).await;
+            failing = outcome.is_err();
+            next = tokio::time::Instant::now() + delay;
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! One pass over one pool: observe, plan (pure), act, record.
+//!
+//! A pass is not told why it woke; it always looks at the whole world, so running it twice is
+//! harmless. It returns when to come back; every error goes through [`super::backoff`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::batch::Batcher;
+use super::status::{ActionRecord, ErrorView, ObservationSummary, PoolStatus};
+use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registration};
+use crate::clock::Clock;
+use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{ActionLabels, FailureLabels, Metrics, PoolLabels, PoolStateLabels};
+use crate::model::{
+    Instance, InstanceState, Observation, PoolSpec, RunnerState, Timestamp,
+};
+use crate::naming;
+use crate::plan::{Action, Plan, Planned};
+use crate::policy;
+
+/// Instances launched (or actions carried out) at once within one pass.
+const ACT_CONCURRENCY: usize = 8;
+/// Launch times are remembered this long (the rate-limit window).
+const LAUNCH_MEMORY: Duration = Duration::from_secs(60);
+/// Soonest a pass comes back on its own.
+const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// A pass whose launches were held back by a cap comes back this soon at the latest.
+const HELD_BACK_REQUEUE: Duration = Duration::from_secs(5);
+
+/// What the reconciler remembers between passes. Soft state: losing it (restart) only makes the
+/// next decisions slightly less informed, never unsafe.
+#[derive(Default)]
+pub(crate) struct Memory {
+    /// Runner name → last time it was seen busy.
+    last_busy: HashMap<String, Timestamp>,
+    /// Launch times within the rate-limit window.
+    launches: VecDeque<Timestamp>,
+    /// Jobs waiting at the last observation, for the wait-time histogram.
+    waiting: HashMap<String, Timestamp>,
+}
+
+/// Everything the reconciler holds for one pool.
+pub(crate) struct PoolRuntime {
+    pub(crate) spec: PoolSpec,
+    pub(crate) provider: Arc<dyn Provider>,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) observe: Batcher<ProviderView>,
+    pub(crate) instances: Batcher<Vec<Instance>>,
+    pub(crate) notify: Notify,
+    pub(crate) status: Mutex<PoolStatus>,
+    pub(crate) memory: Mutex<Memory>,
+}
+
+/// What a pass needs besides the pool.
+pub(crate) struct PassContext<'a> {
+    pub(crate) clock: &'a dyn Clock,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) dry_run: bool,
+    /// Once cancelled, no new launch starts.
+    pub(crate) stopping: &'a CancellationToken,
+    pub(crate) interval: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PoolRuntime {
+    /// Runs one pass and records its outcome. Returns the outcome and when to come back.
+    pub(crate) async fn pass(&self, ctx: &PassContext<'_>) -> (Result<Plan>, Duration) {
+        let started = std::time::Instant::now();
+        let outcome = self.pass_inner(ctx).await;
+        ctx.metrics
+            .pass_duration
+            .observe(started.elapsed().as_secs_f64());
+        let now = ctx.clock.now();
+        let mut status = lock(&self.status);
+        status.passes += 1;
+        status.last_pass_at = Some(now);
+        let delay = match &outcome {
+            Ok(plan) => {
+                status.consecutive_failures = 0;
+                status.last_error = None;
+                let mut d = plan.requeue_after.unwrap_or(ctx.interval).min(ctx.interval);
+                if plan.held_back.is_some() {
+                    d = d.min(HELD_BACK_REQUEUE);
+                }
+                d.max(MIN_REQUEUE)
+            }
+            Err(e) => {
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+                status.last_error = Some(ErrorView::of(e, now));
+                ctx.metrics
+                    .failures
+                    .get_or_create(&FailureLabels {
+                        pool: self.spec.name.to_string(),
+                        kind: e.kind().as_str(),
+                    })
+                    .inc();
+                warn!(pool = %self.spec.name, error = %e, failures = status.consecutive_failures, "pass failed");
+                super::backoff::backoff(
+                    e.kind(),
+                    status.consecutive_failures,
+                    ctx.backoff_base,
+                    ctx.backoff_max,
+                )
+            }
+        };
+        status.next_pass_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+        (outcome, delay)
+    }
+
+    async fn pass_inner(&self, ctx: &PassContext<'_>) -> Result<Plan> {
+        let pool = &self.spec.name;
+        let (view, instances) =
+            tokio::join!(self.observe.get(pool), self.instances.get(pool));
+        let (view, instances) = (view?, instances?);
+        let now = ctx.clock.now();
+        let obs = self.observation(view, instances, now);
+        self.record_observation(ctx.metrics, &obs, now);
+
+        let plan = policy::plan(&self.spec, &obs, now);
+        ctx.metrics
+            .desired
+            .get_or_create(&PoolLabels {
+                pool: pool.to_string(),
+            })
+            .set(i64::from(plan.desired_instances));
+        {
+            let mut status = lock(&self.status);
+            status.last_observation = Some(ObservationSummary::of(&obs, now));
+            status.last_plan = Some(plan.clone());
+        }
+        if plan.is_empty() {
+            debug!(pool = %pool, "nothing to do");
+            return Ok(plan);
+        }
+        let result = self.act(ctx, &plan).await;
+        result.map(|()| plan)
+    }
+
+    /// Builds the observation, filling what the provider could not tell from memory.
+    fn observation(&self, view: ProviderView, instances: Vec<Instance>, now: Timestamp) -> Observation {
+        let mut memory = lock(&self.memory);
+        let mut runners = view.runners;
+        let mut seen = HashMap::with_capacity(runners.len());
+        for r in &mut runners {
+            if r.state == RunnerState::Busy {
+                memory.last_busy.insert(r.name.clone(), now);
+            }
+            if let Some(t) = memory.last_busy.get(&r.name) {
+                r.last_busy = r.last_busy.max(Some(*t));
+            }
+            seen.insert(r.name.clone(), ());
+        }
+        memory.last_busy.retain(|name, _| seen.contains_key(name));
+        let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
+        while memory.launches.front().is_some_and(|t| *t + window <= now) {
+            memory.launches.pop_front();
+        }
+        Observation {
+            demand: view.demand,
+            runners,
+            instances,
+            recent_launches: memory.launches.iter().copied().collect(),
+        }
+    }
+
+    fn record_observation(&self, metrics: &Metrics, obs: &Observation, now: Timestamp) {
+        let pool = self.spec.name.to_string();
+        let set = |family: &prometheus_client::metrics::family::Family<PoolStateLabels, prometheus_client::metrics::gauge::Gauge>,
+                   state: &'static str,
+                   v: usize| {
+            family
+                .get_or_create(&PoolStateLabels {
+                    pool: pool.clone(),
+                    state,
+                })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&metrics.demand, "waiting", obs.demand.waiting.len());
+        set(&metrics.demand, "running", obs.demand.running as usize);
+        for s in [RunnerState::Idle, RunnerState::Busy, RunnerState::Offline] {
+            set(&metrics.runners, s.as_str(), obs.runners.iter().filter(|r| r.state == s).count());
+        }
+        for s in [InstanceState::Booting, InstanceState::Running, InstanceState::Stopping] {
+            set(&metrics.instances, s.as_str(), obs.instances.iter().filter(|i| i.state == s).count());
+        }
+        // Jobs that left the queue since the last pass waited until about now.
+        let mut memory = lock(&self.memory);
+        let current: HashMap<String, Timestamp> = obs
+            .demand
+            .waiting
+            .iter()
+            .map(|j| (j.id.clone(), j.queued_at))
+            .collect();
+        let hist = metrics.job_wait.get_or_create(&PoolLabels { pool: pool.clone() });
+        for (id, queued_at) in memory.waiting.iter() {
+            if !current.contains_key(id) {
+                let secs = (now - *queued_at).num_milliseconds().max(0) as f64 / 1000.0;
+                hist.observe(secs);
+            }
+        }
+        memory.waiting = current;
+    }
+
+    async fn act(&self, ctx: &PassContext<'_>, plan: &Plan) -> Result<()> {
+        let pool = &self.spec.name;
+        for p in &plan.actions {
+            info!(pool = %pool, action = p.action.kind(), reason = p.reason.as_str(), target = %target(&p.action), dry_run = ctx.dry_run, "planned");
+        }
+        if ctx.dry_run {
+            let now = ctx.clock.now();
+            let mut status = lock(&self.status);
+            for p in &plan.actions {
+                status.push_action(record(now, p, "dry_run"));
+            }
+            return Ok(());
+        }
+        let mut first_error: Option<Error> = None;
+        // Launches first: they are what waiting jobs are waiting for.
+        let mut tasks = Vec::new();
+        for p in &plan.actions {
+            match &p.action {
+                Action::Launch { count } => {
+                    for _ in 0..*count {
+                        tasks.push(p);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for p in &plan.actions {
+            if !matches!(p.action, Action::Launch { .. }) {
+                tasks.push(p);
+            }
+        }
+        let futures: Vec<_> = tasks
+            .into_iter()
+            .map(|p| Box::pin(async move { (p, self.carry_out(ctx, p).await) }))
+            .collect();
+        let results: Vec<(&Planned, Result<Outcome>)> = futures::stream::iter(futures)
+            .buffer_unordered(ACT_CONCURRENCY)
+            .collect()
+            .await;
+        let now = ctx.clock.now();
+        let mut status = lock(&self.status);
+        for (p, r) in results {
+            let outcome = match &r {
+                Ok(Outcome::Done) => "ok",
+                Ok(Outcome::KeptBusy) => "kept_busy",
+                Ok(Outcome::Skipped) => "skipped",
+                Err(e) => e.kind().as_str(),
+            };
+            if let Ok(Outcome::Done) = r {
+                let labels = ActionLabels {
+                    pool: pool.to_string(),
+                    action: p.action.kind(),
+                    reason: p.reason.as_str(),
+                };
+                ctx.metrics.actions.get_or_create(&labels).inc();
+                match p.action {
+                    Action::Launch { .. } => {
+                        ctx.metrics.launches.get_or_create(&labels).inc();
+                    }
+                    Action::Terminate { .. } => {
+                        ctx.metrics.terminations.get_or_create(&labels).inc();
+                    }
+                    _ => {}
+                }
+            }
+            let mut rec = record(now, p, outcome);
+            if let Action::Launch { .. } = p.action {
+                rec.target = "1".to_owned();
+            }
+            status.push_action(rec);
+            if let Err(e) = r {
+                warn!(pool = %pool, action = p.action.kind(), reason = p.reason.as_str(), error = %e, "action failed");
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn carry_out(&self, ctx: &PassContext<'_>, p: &Planned) -> Result<Outcome> {
+        let pool = &self.spec.name;
+        match &p.action {
+            Action::Launch { .. } => {
+                if ctx.stopping.is_cancelled() {
+                    return Ok(Outcome::Skipped);
+                }
+                self.launch_one(ctx).await.map(|()| Outcome::Done)
+            }
+            Action::Drain { runner, .. } => self.provider.drain(pool, runner).await.map(|()| Outcome::Done),
+            Action::Deregister { runner, name } => match self.provider.remove(pool, runner).await {
+                Ok(()) => Ok(Outcome::Done),
+                Err(e) if e.kind() == ErrorKind::Busy => {
+                    info!(pool = %pool, runner = %name, "runner is busy; not deregistered");
+                    Ok(Outcome::KeptBusy)
+                }
+                Err(e) => Err(e),
+            },
+            Action::Terminate { instance, runners } => {
+                // The CI system must confirm every runner gone before the instance goes.
+                for runner in runners {
+                    match self.provider.remove(pool, runner).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::Busy => {
+                            info!(pool = %pool, instance = %instance, runner = %runner, "runner took a job; instance kept");
+                            return Ok(Outcome::KeptBusy);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.backend.terminate(pool, instance).await.map(|()| Outcome::Done)
+            }
+        }
+    }
+
+    /// Registers the runners of one new instance and launches it. If the launch fails, the
+    /// registrations are withdrawn (best effort; a leftover is deregistered by the next pass).
+    async fn launch_one(&self, ctx: &PassContext<'_>) -> Result<()> {
+        let pool = &self.spec.name;
+        let (_, names) = naming::generate(pool.as_str(), self.spec.runners_per_instance, &mut rand::rng());
+        let mut regs: Vec<Registration> = Vec::with_capacity(names.len());
+        for name in &names {
+            match self.provider.register(pool, name).await {
+                Ok(r) => regs.push(r),
+                Err(e) => {
+                    self.withdraw(&regs).await;
+                    return Err(e);
+                }
+            }
+        }
+        let request = LaunchRequest {
+            pool: pool.clone(),
+            runners: regs.clone(),
+            template_hash: self.spec.template_hash.clone(),
+        };
+        match self.backend.launch(request).await {
+            Ok(instance) => {
+                let mut memory = lock(&self.memory);
+                memory.launches.push_back(ctx.clock.now());
+                info!(pool = %pool, instance = %instance.id, runners = ?names, "launched");
+                Ok(())
+            }
+            Err(e) => {
+                self.withdraw(&regs).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn withdraw(&self, regs: &[Registration]) {
+        for r in regs {
+            if let Some(id) = &r.runner_id
+                && let Err(e) = self.provider.remove(&self.spec.name, id).await
+            {
+                debug!(pool = %self.spec.name, runner = %r.runner_name, error = %e, "withdrawing registration failed; the next pass deregisters it");
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Done,
+    KeptBusy,
+    Skipped,
+}
+
+fn target(a: &Action) -> String {
+    match a {
+        Action::Launch { count } => count.to_string(),
+        Action::Drain { name, .. } | Action::Deregister { name, .. } => name.clone(),
+        Action::Terminate { instance, .. } => instance.to_string(),
+    }
+}
+
+fn record(at: Timestamp, p: &Planned, outcome: &'static str) -> ActionRecord {
+    ActionRecord {
+        at,
+        action: p.action.kind(),
+        reason: p.reason.as_str(),
+        target: target(&p.action),
+        outcome,
+    }
+}

@@ -1,0 +1,1 @@
+//! In-memory adapters and builders for tests, benchmarks and the simulator.
