@@ -1,0 +1,387 @@
+//! One test per rule of the policy. The safety properties are property-tested in
+//! `tests/policy_properties.rs`.
+
+use std::time::Duration;
+
+use chrono::TimeZone;
+
+use super::plan;
+use crate::model::*;
+use crate::plan::{Action, Limit, Reason};
+use crate::schedule::Schedule;
+
+fn t0() -> Timestamp {
+    chrono::Utc
+        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .single()
+        .expect("valid")
+}
+
+fn secs(s: i64) -> chrono::Duration {
+    chrono::Duration::seconds(s)
+}
+
+fn jobs(n: usize) -> Demand {
+    Demand {
+        waiting: (0..n)
+            .map(|i| WaitingJob {
+                id: format!("j{i}"),
+                queued_at: t0(),
+            })
+            .collect(),
+        running: 0,
+    }
+}
+
+/// An instance launched `age` seconds before t0, hosting runner `name`.
+fn inst(name: &str, age: i64) -> Instance {
+    Instance {
+        id: InstanceId::new(format!("i-{name}")),
+        state: InstanceState::Running,
+        launched_at: t0() - secs(age),
+        template_hash: "t1".into(),
+        runner_names: vec![name.to_owned()],
+    }
+}
+
+fn runner(name: &str, state: RunnerState) -> Runner {
+    Runner {
+        id: RunnerId::new(format!("id-{name}")),
+        name: name.to_owned(),
+        state,
+        draining: false,
+        last_busy: None,
+    }
+}
+
+fn launches(p: &crate::plan::Plan) -> u32 {
+    p.launches()
+}
+
+fn terminated(p: &crate::plan::Plan) -> Vec<(String, Reason)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Terminate { instance, .. } => Some((instance.to_string(), a.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn launches_one_instance_per_waiting_job() {
+    let spec = PoolSpec::test("p");
+    let obs = Observation {
+        demand: jobs(3),
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(launches(&p), 3);
+    assert_eq!(p.actions[0].reason, Reason::Demand);
+}
+
+#[test]
+fn idle_and_booting_capacity_is_counted_before_launching() {
+    let spec = PoolSpec::test("p");
+    let mut booting = inst("b", 1);
+    booting.state = InstanceState::Booting;
+    let obs = Observation {
+        demand: jobs(3),
+        runners: vec![runner("a", RunnerState::Idle)],
+        instances: vec![inst("a", 100), booting],
+        ..Default::default()
+    };
+    assert_eq!(launches(&plan(&spec, &obs, t0())), 1);
+}
+
+#[test]
+fn min_idle_is_kept_on_top_of_demand() {
+    let spec = PoolSpec::test("p").min_idle(2);
+    let obs = Observation {
+        demand: jobs(1),
+        ..Default::default()
+    };
+    assert_eq!(launches(&plan(&spec, &obs, t0())), 3);
+    let obs = Observation::default();
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(launches(&p), 2);
+    assert_eq!(p.actions[0].reason, Reason::MinIdle);
+}
+
+#[test]
+fn max_caps_the_fleet() {
+    let spec = PoolSpec::test("p").max(4);
+    let obs = Observation {
+        demand: jobs(10),
+        runners: vec![runner("a", RunnerState::Busy)],
+        instances: vec![inst("a", 100)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(launches(&p), 3);
+    assert_eq!(p.held_back, Some((7, Limit::Max)));
+}
+
+#[test]
+fn max_booting_caps_launches() {
+    let spec = PoolSpec::test("p").max(20).max_booting(2);
+    let mut booting = inst("b", 1);
+    booting.state = InstanceState::Booting;
+    let obs = Observation {
+        demand: jobs(10),
+        instances: vec![booting],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(launches(&p), 1);
+    assert_eq!(p.held_back.map(|h| h.1), Some(Limit::MaxBooting));
+}
+
+#[test]
+fn launch_rate_counts_remembered_launches_and_young_instances() {
+    let spec = PoolSpec::test("p").max(50).max_booting(50).launches_per_minute(5);
+    let obs = Observation {
+        demand: jobs(10),
+        recent_launches: vec![t0() - secs(10), t0() - secs(30), t0() - secs(70)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(launches(&p), 3, "two launches in the window leave room for three");
+    assert_eq!(p.held_back.map(|h| h.1), Some(Limit::LaunchRate));
+    // Comes back when the launch 30 s ago leaves the window.
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn schedules_override_min_idle_and_max_last_match_wins() {
+    let mut spec = PoolSpec::test("p").max(10);
+    spec.schedules = vec![
+        Schedule::new("* * * * *", "UTC", Some(4), Some(6)).expect("cron"),
+        Schedule::new("* 12 * * *", "UTC", Some(2), None).expect("cron"),
+        Schedule::new("* 3 * * *", "UTC", Some(9), Some(9)).expect("cron"),
+    ];
+    let p = plan(&spec, &Observation::default(), t0());
+    assert_eq!(p.limits.min_idle, 2);
+    assert_eq!(p.limits.max, 6);
+    assert_eq!(p.limits.schedule, Some(1));
+    assert_eq!(launches(&p), 2);
+}
+
+#[test]
+fn runners_per_instance_launches_by_slots() {
+    let spec = PoolSpec::test("p").slots(4);
+    let obs = Observation {
+        demand: jobs(9),
+        ..Default::default()
+    };
+    assert_eq!(launches(&plan(&spec, &obs, t0())), 3);
+    // A booting instance with 4 slots covers 4 jobs.
+    let mut booting = inst("b", 1);
+    booting.state = InstanceState::Booting;
+    booting.runner_names = (1..=4).map(|i| format!("b-{i}")).collect();
+    let obs = Observation {
+        demand: jobs(9),
+        instances: vec![booting],
+        ..Default::default()
+    };
+    assert_eq!(launches(&plan(&spec, &obs, t0())), 2);
+}
+
+#[test]
+fn idle_runners_are_removed_after_idle_timeout_oldest_first() {
+    let spec = PoolSpec::test("p").min_idle(1).idle_timeout(Duration::from_secs(60));
+    let mut a = runner("a", RunnerState::Idle);
+    a.last_busy = Some(t0() - secs(300));
+    let mut b = runner("b", RunnerState::Idle);
+    b.last_busy = Some(t0() - secs(120));
+    let mut c = runner("c", RunnerState::Idle);
+    c.last_busy = Some(t0() - secs(30)); // not idle long enough
+    let obs = Observation {
+        runners: vec![b.clone(), a.clone(), c.clone()],
+        instances: vec![inst("a", 1000), inst("b", 1000), inst("c", 1000)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    // Surplus is 2 (3 idle, min_idle 1): a and b go, oldest idle first; c is too fresh.
+    assert_eq!(
+        terminated(&p),
+        vec![("i-a".into(), Reason::IdleTimeout), ("i-b".into(), Reason::IdleTimeout)]
+    );
+    match &p.actions[0].action {
+        Action::Terminate { runners, .. } => assert_eq!(runners, &vec![a.id.clone()]),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn idle_scale_in_waits_for_scale_down_delay_after_a_launch() {
+    let mut spec = PoolSpec::test("p").idle_timeout(Duration::from_secs(10));
+    spec.scale_down_delay = Duration::from_secs(300);
+    let mut a = runner("a", RunnerState::Idle);
+    a.last_busy = Some(t0() - secs(500));
+    let obs = Observation {
+        runners: vec![a, runner("new", RunnerState::Busy)],
+        instances: vec![inst("a", 1000), inst("new", 100)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert!(terminated(&p).is_empty(), "{p:?}");
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(200)));
+}
+
+#[test]
+fn busy_runners_are_never_scaled_in() {
+    let spec = PoolSpec::test("p").idle_timeout(Duration::ZERO);
+    let obs = Observation {
+        runners: vec![runner("a", RunnerState::Busy)],
+        instances: vec![inst("a", 10_000)],
+        ..Default::default()
+    };
+    assert!(plan(&spec, &obs, t0()).is_empty());
+}
+
+#[test]
+fn instance_without_runner_after_boot_timeout_is_terminated() {
+    let spec = PoolSpec::test("p").boot_timeout(Duration::from_secs(60));
+    let obs = Observation {
+        instances: vec![inst("late", 61), inst("young", 59)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(terminated(&p), vec![("i-late".into(), Reason::BootTimeout)]);
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn runner_without_instance_is_deregistered_unless_busy() {
+    let spec = PoolSpec::test("p");
+    let obs = Observation {
+        runners: vec![
+            runner("ghost", RunnerState::Offline),
+            runner("idle-ghost", RunnerState::Idle),
+            runner("working", RunnerState::Busy),
+        ],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    let deregistered: Vec<&str> = p
+        .actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Deregister { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deregistered, vec!["ghost", "idle-ghost"]);
+}
+
+#[test]
+fn old_template_is_replaced_when_idle_and_drained_when_busy() {
+    let spec = PoolSpec::test("p").ephemeral(false);
+    let mut idle_old = inst("a", 100);
+    idle_old.template_hash = "t0".into();
+    let mut busy_old = inst("b", 100);
+    busy_old.template_hash = "t0".into();
+    let obs = Observation {
+        demand: jobs(0),
+        runners: vec![runner("a", RunnerState::Idle), runner("b", RunnerState::Busy)],
+        instances: vec![idle_old, busy_old],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(terminated(&p), vec![("i-a".into(), Reason::TemplateChanged)]);
+    assert!(p.actions.iter().any(|a| matches!(&a.action,
+        Action::Drain { name, .. } if name == "b") && a.reason == Reason::TemplateChanged));
+}
+
+#[test]
+fn max_lifetime_retires_idle_instances_and_replaces_capacity() {
+    let mut spec = PoolSpec::test("p").min_idle(1);
+    spec.max_lifetime = Some(Duration::from_secs(3600));
+    let obs = Observation {
+        runners: vec![runner("a", RunnerState::Idle)],
+        instances: vec![inst("a", 3601)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(terminated(&p), vec![("i-a".into(), Reason::MaxLifetime)]);
+    assert_eq!(launches(&p), 1, "the warm runner is replaced in the same pass");
+}
+
+#[test]
+fn offline_runners_past_boot_timeout_are_retired() {
+    let spec = PoolSpec::test("p");
+    let obs = Observation {
+        runners: vec![runner("a", RunnerState::Offline)],
+        instances: vec![inst("a", 61)],
+        ..Default::default()
+    };
+    assert_eq!(
+        terminated(&plan(&spec, &obs, t0())),
+        vec![("i-a".into(), Reason::RunnerOffline)]
+    );
+}
+
+#[test]
+fn schedule_lowering_max_sheds_idle_instances_immediately() {
+    let mut spec = PoolSpec::test("p").idle_timeout(Duration::from_secs(3600)).min_idle(3);
+    spec.schedules = vec![Schedule::new("* * * * *", "UTC", Some(3), Some(1)).expect("cron")];
+    let obs = Observation {
+        runners: vec![
+            runner("a", RunnerState::Idle),
+            runner("b", RunnerState::Idle),
+            runner("c", RunnerState::Busy),
+        ],
+        instances: vec![inst("a", 100), inst("b", 100), inst("c", 100)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    let t = terminated(&p);
+    assert_eq!(t.len(), 2, "{p:?}");
+    assert!(t.iter().all(|(_, r)| *r == Reason::OverMax));
+    assert_eq!(launches(&p), 0);
+}
+
+#[test]
+fn stopping_instances_do_not_count_and_keep_their_runners() {
+    let spec = PoolSpec::test("p");
+    let mut stopping = inst("a", 100);
+    stopping.state = InstanceState::Stopping;
+    let obs = Observation {
+        demand: jobs(1),
+        runners: vec![runner("a", RunnerState::Offline)],
+        instances: vec![stopping],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(launches(&p), 1);
+    assert!(!p.actions.iter().any(|a| matches!(a.action, Action::Deregister { .. })));
+}
+
+#[test]
+fn draining_instances_with_nothing_running_are_terminated() {
+    let spec = PoolSpec::test("p");
+    let mut r = runner("a", RunnerState::Idle);
+    r.draining = true;
+    let obs = Observation {
+        runners: vec![r],
+        instances: vec![inst("a", 10)],
+        ..Default::default()
+    };
+    assert_eq!(terminated(&plan(&spec, &obs, t0())), vec![("i-a".into(), Reason::Drained)]);
+}
+
+#[test]
+fn requeue_points_at_the_next_idle_timeout() {
+    let spec = PoolSpec::test("p").idle_timeout(Duration::from_secs(60));
+    let mut a = runner("a", RunnerState::Idle);
+    a.last_busy = Some(t0() - secs(45));
+    let obs = Observation {
+        runners: vec![a],
+        instances: vec![inst("a", 1000)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert!(p.is_empty());
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(15)));
+}
