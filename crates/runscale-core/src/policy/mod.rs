@@ -75,20 +75,7 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         let past_boot = elapsed(inst.launched_at, now) >= spec.boot_timeout;
         let any_busy = regs.iter().any(|r| r.state == RunnerState::Busy);
 
-        // Rule 1: nothing registered after boot_timeout.
-        if regs.is_empty() {
-            if past_boot {
-                actions.push(terminate(inst, &regs, Reason::BootTimeout));
-            } else {
-                active += 1;
-                booting += 1;
-                booting_slots += slots_per_instance;
-                due.at(inst.launched_at, spec.boot_timeout);
-            }
-            continue;
-        }
-
-        // Rule 2: old template or too old.
+        // Rule 2 (first, so it also covers instances still booting): old template or too old.
         let stale = if inst.template_hash != spec.template_hash {
             Some(Reason::TemplateChanged)
         } else {
@@ -104,6 +91,7 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         if let Some(reason) = stale {
             if any_busy {
                 active += 1;
+                booting += u32::from(inst.state == InstanceState::Booting);
                 busy_slots += count(&regs, RunnerState::Busy);
                 for r in regs.iter().filter(|r| !r.draining) {
                     actions.push(Planned {
@@ -120,29 +108,44 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
             continue;
         }
 
-        // Rule 3: unusable with nothing running.
-        if !any_busy {
-            let all_offline = regs.iter().all(|r| r.state == RunnerState::Offline);
-            if all_offline && past_boot {
-                actions.push(terminate(inst, &regs, Reason::RunnerOffline));
-                continue;
+        // Rule 1: nothing registered after boot_timeout.
+        if regs.is_empty() {
+            if past_boot {
+                actions.push(terminate(inst, &regs, Reason::BootTimeout));
+            } else {
+                active += 1;
+                booting += 1;
+                booting_slots += slots_per_instance;
+                due.at(inst.launched_at, spec.boot_timeout);
             }
+            continue;
+        }
+
+        // Rule 3: unusable with nothing running: every runner offline or draining.
+        let usable = regs
+            .iter()
+            .any(|r| r.state == RunnerState::Idle && !r.draining);
+        if !any_busy && !usable {
             if regs.iter().all(|r| r.draining) {
                 actions.push(terminate(inst, &regs, Reason::Drained));
+                continue;
+            }
+            if past_boot {
+                actions.push(terminate(inst, &regs, Reason::RunnerOffline));
                 continue;
             }
         }
 
         active += 1;
         let missing = slots_per_instance.saturating_sub(regs.len() as u32);
-        if inst.state == InstanceState::Booting || (missing > 0 && !past_boot) {
+        let is_booting = inst.state == InstanceState::Booting || (missing > 0 && !past_boot);
+        if is_booting {
             booting += 1;
         }
-        if !past_boot {
-            booting_slots += missing;
-            if missing > 0 {
-                due.at(inst.launched_at, spec.boot_timeout);
-            }
+        let booting_here = if past_boot { 0 } else { missing };
+        booting_slots += booting_here;
+        if booting_here > 0 {
+            due.at(inst.launched_at, spec.boot_timeout);
         }
         busy_slots += count(&regs, RunnerState::Busy);
         let idle_here = regs
@@ -161,6 +164,8 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
                 inst,
                 regs,
                 idle_slots: idle_here,
+                booting_slots: booting_here,
+                is_booting,
                 idle_since,
             });
         }
@@ -176,6 +181,20 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
                 },
                 reason: Reason::NoInstance,
             });
+        }
+    }
+
+    // Rule 7: above max (lowered by a schedule), shed idle instances, oldest idle first,
+    // regardless of idle_timeout. Done before counting free capacity, which they no longer add.
+    idle_candidates.sort_by_key(|c| c.idle_since);
+    if active > limits.max {
+        let excess = (active - limits.max) as usize;
+        for c in idle_candidates.drain(..excess.min(idle_candidates.len())) {
+            active -= 1;
+            idle_slots -= c.idle_slots;
+            booting_slots -= c.booting_slots;
+            booting -= u32::from(c.is_booting);
+            actions.push(terminate(c.inst, &c.regs, Reason::OverMax));
         }
     }
 
@@ -241,35 +260,17 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         if !calm && let Some(t) = calm_from {
             due.until(t);
         }
-        idle_candidates.sort_by_key(|c| c.idle_since);
-        let mut kept = Vec::with_capacity(idle_candidates.len());
         for c in idle_candidates {
             let ready = add(c.idle_since, spec.idle_timeout);
-            if calm && surplus > 0 && c.idle_slots <= surplus && ready <= now {
-                surplus -= c.idle_slots;
+            // Terminating removes the instance's idle slots and any still booting.
+            let capacity = c.idle_slots + c.booting_slots;
+            if calm && surplus > 0 && capacity <= surplus && ready <= now {
+                surplus -= capacity;
                 active -= 1;
                 actions.push(terminate(c.inst, &c.regs, Reason::IdleTimeout));
-            } else {
-                if surplus > 0 && ready > now {
-                    due.until(ready);
-                }
-                kept.push(c);
+            } else if surplus > 0 && ready > now {
+                due.until(ready);
             }
-        }
-        idle_candidates = kept;
-    }
-
-    // Rule 7: above max, shed idle instances regardless of idle_timeout.
-    if active > limits.max {
-        for c in &idle_candidates {
-            if active <= limits.max {
-                break;
-            }
-            if actions.iter().any(|a| matches!(&a.action, Action::Terminate { instance, .. } if *instance == c.inst.id)) {
-                continue;
-            }
-            active -= 1;
-            actions.push(terminate(c.inst, &c.regs, Reason::OverMax));
         }
     }
 
@@ -288,6 +289,8 @@ struct IdleInstance<'a> {
     inst: &'a Instance,
     regs: Vec<&'a Runner>,
     idle_slots: u32,
+    booting_slots: u32,
+    is_booting: bool,
     idle_since: Timestamp,
 }
 

@@ -1,0 +1,371 @@
+//! The six safety properties of ARCHITECTURE.md, checked on random observations (proptest,
+//! 2,000 cases each unless `PROPTEST_CASES` says otherwise).
+//!
+//! The checks recompute what they need from the observation independently of the policy's
+//! own bookkeeping, so a bug in the policy's counting shows as a failure here.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::TimeZone;
+use proptest::prelude::*;
+use runscale_core::{
+    Action, Instance, InstanceId, InstanceState, Limit, Observation, Plan, PoolSpec, Runner,
+    RunnerId, RunnerState, Timestamp, WaitingJob, plan,
+};
+
+fn now() -> Timestamp {
+    chrono::Utc
+        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .single()
+        .expect("valid")
+}
+
+fn ago(secs: u64) -> Timestamp {
+    now() - chrono::Duration::seconds(secs as i64)
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
+        ..ProptestConfig::default()
+    }
+}
+
+fn spec_strategy() -> impl Strategy<Value = PoolSpec> {
+    (
+        (0u32..5, 0u32..20, 0u32..20, 0u32..10),
+        (1u64..600, 0u64..600, proptest::option::of(60u64..3000), 0u64..600),
+        (1u32..4, any::<bool>()),
+    )
+        .prop_map(
+            |((min_idle, max, max_booting, lpm), (boot, idle, life, delay), (slots, eph))| {
+                let mut s = PoolSpec::test("p");
+                s.min_idle = min_idle;
+                s.max = max;
+                s.max_booting = max_booting;
+                s.launches_per_minute = lpm;
+                s.boot_timeout = Duration::from_secs(boot);
+                s.idle_timeout = Duration::from_secs(idle);
+                s.max_lifetime = life.map(Duration::from_secs);
+                s.scale_down_delay = Duration::from_secs(delay);
+                s.runners_per_instance = slots;
+                s.ephemeral = eph;
+                s
+            },
+        )
+}
+
+/// One slot's runner: absent, or present in a state.
+fn slot_strategy() -> impl Strategy<Value = Option<(RunnerState, bool, Option<u64>)>> {
+    proptest::option::weighted(
+        0.8,
+        (
+            prop_oneof![
+                Just(RunnerState::Idle),
+                Just(RunnerState::Busy),
+                Just(RunnerState::Offline)
+            ],
+            proptest::bool::weighted(0.1),
+            proptest::option::of(0u64..2000),
+        ),
+    )
+}
+
+type InstanceSeed = (u8, u64, bool, Vec<Option<(RunnerState, bool, Option<u64>)>>);
+
+fn instance_strategy() -> impl Strategy<Value = InstanceSeed> {
+    (
+        0u8..3,
+        0u64..2000,
+        proptest::bool::weighted(0.15),
+        proptest::collection::vec(slot_strategy(), 1..4),
+    )
+}
+
+fn build(
+    spec: &PoolSpec,
+    seeds: Vec<InstanceSeed>,
+    orphans: Vec<(RunnerState, bool)>,
+    waiting: usize,
+    recent: Vec<u64>,
+) -> Observation {
+    let mut obs = Observation::default();
+    let k = spec.runners_per_instance as usize;
+    for (i, (state, age, old_template, slots)) in seeds.into_iter().enumerate() {
+        let names: Vec<String> = (0..k).map(|s| format!("rs-p-inst{i:05}-{s}")).collect();
+        for (name, slot) in names.iter().zip(slots.iter()) {
+            if let Some((rstate, draining, busy_ago)) = slot {
+                obs.runners.push(Runner {
+                    id: RunnerId::new(format!("id-{name}")),
+                    name: name.clone(),
+                    state: *rstate,
+                    draining: *draining,
+                    last_busy: busy_ago.map(ago),
+                });
+            }
+        }
+        obs.instances.push(Instance {
+            id: InstanceId::new(format!("i-{i}")),
+            state: match state {
+                0 => InstanceState::Booting,
+                1 => InstanceState::Running,
+                _ => InstanceState::Stopping,
+            },
+            launched_at: ago(age),
+            template_hash: if old_template { "t0".into() } else { spec.template_hash.clone() },
+            runner_names: names,
+        });
+    }
+    for (j, (state, draining)) in orphans.into_iter().enumerate() {
+        obs.runners.push(Runner {
+            id: RunnerId::new(format!("orphan-{j}")),
+            name: format!("rs-p-orphan{j:04}"),
+            state,
+            draining,
+            last_busy: None,
+        });
+    }
+    obs.demand.waiting = (0..waiting)
+        .map(|j| WaitingJob {
+            id: format!("job-{j}"),
+            queued_at: ago(j as u64),
+        })
+        .collect();
+    obs.recent_launches = recent.into_iter().map(ago).collect();
+    obs
+}
+
+fn observation_strategy() -> impl Strategy<Value = (PoolSpec, Observation)> {
+    spec_strategy().prop_flat_map(|spec| {
+        (
+            Just(spec),
+            proptest::collection::vec(instance_strategy(), 0..16),
+            proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just(RunnerState::Idle),
+                        Just(RunnerState::Busy),
+                        Just(RunnerState::Offline)
+                    ],
+                    any::<bool>(),
+                ),
+                0..4,
+            ),
+            0usize..30,
+            proptest::collection::vec(0u64..120, 0..8),
+        )
+            .prop_map(|(spec, seeds, orphans, waiting, recent)| {
+                let obs = build(&spec, seeds, orphans, waiting, recent);
+                (spec, obs)
+            })
+    })
+}
+
+fn runners_by_name(obs: &Observation) -> HashMap<&str, &Runner> {
+    obs.runners.iter().map(|r| (r.name.as_str(), r)).collect()
+}
+
+fn terminated(p: &Plan) -> HashSet<&InstanceId> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Terminate { instance, .. } => Some(instance),
+            _ => None,
+        })
+        .collect()
+}
+
+fn elapsed(t: Timestamp) -> Duration {
+    (now() - t).to_std().unwrap_or_default()
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// 1. Never terminate an instance whose runner is busy; every registered runner of a
+    /// terminated instance is listed for removal first (the reconciler terminates only after
+    /// the CI system confirms each removal). Busy runners are never deregistered.
+    #[test]
+    fn p1_never_terminates_busy_or_unconfirmed((spec, obs) in observation_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let by_name = runners_by_name(&obs);
+        for a in &p.actions {
+            match &a.action {
+                Action::Terminate { instance, runners } => {
+                    let inst = obs.instances.iter().find(|i| i.id == *instance).expect("planned for an observed instance");
+                    let listed: HashSet<&RunnerId> = runners.iter().collect();
+                    for name in &inst.runner_names {
+                        if let Some(r) = by_name.get(name.as_str()) {
+                            prop_assert_ne!(r.state, RunnerState::Busy, "terminating {} with busy runner {}", instance, name);
+                            prop_assert!(listed.contains(&r.id), "runner {} of {} not removed first", name, instance);
+                        }
+                    }
+                }
+                Action::Deregister { name, .. } => {
+                    prop_assert_ne!(by_name[name.as_str()].state, RunnerState::Busy);
+                }
+                _ => {}
+            }
+        }
+        // No instance is terminated twice.
+        let n = p.actions.iter().filter(|a| matches!(a.action, Action::Terminate { .. })).count();
+        prop_assert_eq!(n, terminated(&p).len());
+    }
+
+    /// 2. Booting + running instances never exceed `max` because of a launch; launches never
+    /// exceed `max_booting` (counting instances already booting) nor the launch rate.
+    #[test]
+    fn p2_launches_respect_every_cap((spec, obs) in observation_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let launches = p.launches();
+        if launches == 0 {
+            return Ok(());
+        }
+        let gone = terminated(&p);
+        let live: Vec<&Instance> = obs.instances.iter()
+            .filter(|i| i.state != InstanceState::Stopping && !gone.contains(&i.id))
+            .collect();
+        prop_assert!(live.len() as u32 + launches <= p.limits.max,
+            "{} live + {} launches > max {}", live.len(), launches, p.limits.max);
+        let booting = live.iter().filter(|i| i.state == InstanceState::Booting).count() as u32;
+        prop_assert!(booting + launches <= spec.max_booting);
+        if spec.launches_per_minute > 0 {
+            let recent = obs.recent_launches.iter().filter(|t| elapsed(**t) < Duration::from_secs(60)).count() as u32;
+            prop_assert!(recent + launches <= spec.launches_per_minute);
+        }
+    }
+
+    /// 4. Unmet demand is launched in the same pass, unless a cap binds.
+    #[test]
+    fn p4_unmet_demand_is_launched_up_to_the_caps((spec, obs) in observation_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let by_name = runners_by_name(&obs);
+        let gone = terminated(&p);
+        let k = spec.runners_per_instance;
+        // An upper bound on free capacity after the plan: idle runners and young empty slots
+        // of instances that stay.
+        let mut free = 0u32;
+        for i in obs.instances.iter().filter(|i| i.state != InstanceState::Stopping && !gone.contains(&i.id)) {
+            let regs: Vec<&&Runner> = i.runner_names.iter().filter_map(|n| by_name.get(n.as_str())).collect();
+            free += regs.iter().filter(|r| r.state == RunnerState::Idle && !r.draining).count() as u32;
+            if elapsed(i.launched_at) < spec.boot_timeout {
+                free += k - regs.len() as u32;
+            }
+        }
+        let wanted = obs.demand.waiting.len() as u32 + p.limits.min_idle;
+        if p.launches() * k + free < wanted {
+            let (_, limit) = p.held_back.expect("unmet demand must be explained by a cap");
+            let live = obs.instances.iter()
+                .filter(|i| i.state != InstanceState::Stopping && !gone.contains(&i.id)).count() as u32;
+            match limit {
+                Limit::Max => prop_assert!(live + p.launches() >= p.limits.max),
+                Limit::MaxBooting => {
+                    let booting = obs.instances.iter().filter(|i| !gone.contains(&i.id)).filter(|i| i.state == InstanceState::Booting
+                        || (i.state != InstanceState::Stopping && elapsed(i.launched_at) < spec.boot_timeout
+                            && i.runner_names.iter().any(|n| !by_name.contains_key(n.as_str())))).count() as u32;
+                    prop_assert!(booting + p.launches() >= spec.max_booting);
+                }
+                Limit::LaunchRate => prop_assert!(p.launches() > 0 || spec.launches_per_minute > 0),
+            }
+        }
+    }
+
+    /// 5. An instance with no registered runner after `boot_timeout` is terminated; a
+    /// registered runner with no instance is deregistered (unless busy) — in the same pass.
+    #[test]
+    fn p5_orphans_in_both_directions_are_cleaned((spec, obs) in observation_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let by_name = runners_by_name(&obs);
+        let gone = terminated(&p);
+        for i in &obs.instances {
+            let registered = i.runner_names.iter().any(|n| by_name.contains_key(n.as_str()));
+            if i.state != InstanceState::Stopping && !registered && elapsed(i.launched_at) >= spec.boot_timeout {
+                prop_assert!(gone.contains(&i.id), "{} has no runner after boot_timeout", i.id);
+            }
+        }
+        let hosted: HashSet<&str> = obs.instances.iter().flat_map(|i| i.runner_names.iter().map(String::as_str)).collect();
+        let deregistered: HashSet<&str> = p.actions.iter().filter_map(|a| match &a.action {
+            Action::Deregister { name, .. } => Some(name.as_str()),
+            _ => None,
+        }).collect();
+        for r in &obs.runners {
+            if !hosted.contains(r.name.as_str()) && r.state != RunnerState::Busy {
+                prop_assert!(deregistered.contains(r.name.as_str()), "{} has no instance", r.name);
+            }
+        }
+    }
+
+    /// 6. Instances from an old template are replaced when idle, never while busy.
+    #[test]
+    fn p6_old_templates_are_drained_only_when_idle((spec, obs) in observation_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let by_name = runners_by_name(&obs);
+        let gone = terminated(&p);
+        for i in obs.instances.iter().filter(|i| i.template_hash != spec.template_hash && i.state != InstanceState::Stopping) {
+            let regs: Vec<&&Runner> = i.runner_names.iter().filter_map(|n| by_name.get(n.as_str())).collect();
+            let busy = regs.iter().any(|r| r.state == RunnerState::Busy);
+            if busy {
+                prop_assert!(!gone.contains(&i.id));
+            } else {
+                prop_assert!(gone.contains(&i.id), "idle instance {} from an old template kept", i.id);
+            }
+        }
+    }
+}
+
+/// Executes a plan against a model world in which the CI system confirms every removal of a
+/// non-busy runner.
+fn apply(obs: &mut Observation, p: &Plan) {
+    for a in &p.actions {
+        match &a.action {
+            Action::Terminate { instance, runners } => {
+                obs.runners.retain(|r| !runners.contains(&r.id));
+                obs.instances.retain(|i| i.id != *instance);
+            }
+            Action::Deregister { runner, .. } => obs.runners.retain(|r| r.id != *runner),
+            Action::Launch { .. } | Action::Drain { .. } => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// 3. With no demand and `min_idle = 0`, the fleet reaches zero within
+    /// max(`idle_timeout`, `scale_down_delay`, `boot_timeout`) plus one pass. (`boot_timeout`
+    /// bounds instances whose runner never registered; `scale_down_delay` is validated to be
+    /// at most `idle_timeout` in configuration, so in practice this is `idle_timeout`.)
+    #[test]
+    fn p3_no_demand_scales_to_zero(
+        (spec, seeds) in spec_strategy().prop_flat_map(|s| (Just(s), proptest::collection::vec(instance_strategy(), 0..12))),
+        pass_secs in 1u64..60,
+    ) {
+        let mut spec = spec;
+        spec.min_idle = 0;
+        spec.max_lifetime = None;
+        // No demand: nothing busy.
+        let seeds: Vec<InstanceSeed> = seeds.into_iter().map(|(st, age, old, slots)| {
+            let slots = slots.into_iter().map(|s| s.map(|(state, draining, last)| {
+                let state = if state == RunnerState::Busy { RunnerState::Idle } else { state };
+                (state, draining, last)
+            })).collect();
+            (st.min(1), age, old, slots)
+        }).collect();
+        let mut obs = build(&spec, seeds, vec![], 0, vec![]);
+        let bound = spec.idle_timeout.max(spec.scale_down_delay).max(spec.boot_timeout);
+        let mut t = now();
+        let end = now() + chrono::Duration::from_std(bound + Duration::from_secs(pass_secs)).expect("small");
+        while t <= end {
+            let p = plan(&spec, &obs, t);
+            prop_assert_eq!(p.launches(), 0);
+            apply(&mut obs, &p);
+            t += chrono::Duration::seconds(pass_secs as i64);
+        }
+        prop_assert!(obs.instances.is_empty(), "left: {:?}", obs.instances.iter().map(|i| &i.id).collect::<Vec<_>>());
+        prop_assert!(obs.runners.is_empty());
+    }
+}
