@@ -93,7 +93,13 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed ({}): {}", self.op, self.kind.as_str(), self.message)
+        write!(
+            f,
+            "{} failed ({}): {}",
+            self.op,
+            self.kind.as_str(),
+            self.message
+        )
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest};
+use crate::adapter::{
+    Backend, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
+};
 use crate::error::Result;
 use crate::metrics::{AccountLabels, CallLabels, Metrics};
 use crate::model::{Instance, InstanceId, PoolId, RunnerId};
@@ -31,7 +33,13 @@ async fn timed<T>(
     out
 }
 
-fn record(metrics: &Metrics, account: &str, op: &'static str, outcome: &'static str, start: Instant) {
+fn record(
+    metrics: &Metrics,
+    account: &str,
+    op: &'static str,
+    outcome: &'static str,
+    start: Instant,
+) {
     let labels = CallLabels {
         account: account.to_owned(),
         op,
@@ -105,13 +113,25 @@ impl Provider for InstrumentedProvider {
     }
 
     async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
-        let out = timed(&self.metrics, &self.account, "remove", self.inner.remove(pool, runner)).await;
+        let out = timed(
+            &self.metrics,
+            &self.account,
+            "remove",
+            self.inner.remove(pool, runner),
+        )
+        .await;
         self.update_budget();
         out
     }
 
     async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
-        timed(&self.metrics, &self.account, "drain", self.inner.drain(pool, runner)).await
+        timed(
+            &self.metrics,
+            &self.account,
+            "drain",
+            self.inner.drain(pool, runner),
+        )
+        .await
     }
 
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
@@ -159,11 +179,23 @@ impl Backend for InstrumentedBackend {
     }
 
     async fn instances(&self, pools: &[PoolId]) -> Result<HashMap<PoolId, Vec<Instance>>> {
-        timed(&self.metrics, &self.account, "instances", self.inner.instances(pools)).await
+        timed(
+            &self.metrics,
+            &self.account,
+            "instances",
+            self.inner.instances(pools),
+        )
+        .await
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
-        timed(&self.metrics, &self.account, "launch", self.inner.launch(request)).await
+        timed(
+            &self.metrics,
+            &self.account,
+            "launch",
+            self.inner.launch(request),
+        )
+        .await
     }
 
     async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {

@@ -122,15 +122,47 @@ impl Metrics {
             failures: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("runscale");
-        r.register("demand_jobs", "Jobs waiting or running, per pool", m.demand.clone());
+        r.register(
+            "demand_jobs",
+            "Jobs waiting or running, per pool",
+            m.demand.clone(),
+        );
         r.register("runners", "Runners by state, per pool", m.runners.clone());
-        r.register("instances", "Instances by state, per pool", m.instances.clone());
-        r.register("desired_instances", "Instances wanted, per pool", m.desired.clone());
-        r.register("actions", "Actions carried out, by kind and reason", m.actions.clone());
-        r.register("launches", "Instances launched, by reason", m.launches.clone());
-        r.register("terminations", "Instances terminated, by reason", m.terminations.clone());
-        r.register("job_wait_seconds", "Time jobs waited for a runner", m.job_wait.clone());
-        r.register("api_requests", "Provider and backend calls", m.api_requests.clone());
+        r.register(
+            "instances",
+            "Instances by state, per pool",
+            m.instances.clone(),
+        );
+        r.register(
+            "desired_instances",
+            "Instances wanted, per pool",
+            m.desired.clone(),
+        );
+        r.register(
+            "actions",
+            "Actions carried out, by kind and reason",
+            m.actions.clone(),
+        );
+        r.register(
+            "launches",
+            "Instances launched, by reason",
+            m.launches.clone(),
+        );
+        r.register(
+            "terminations",
+            "Instances terminated, by reason",
+            m.terminations.clone(),
+        );
+        r.register(
+            "job_wait_seconds",
+            "Time jobs waited for a runner",
+            m.job_wait.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Provider and backend calls",
+            m.api_requests.clone(),
+        );
         r.register(
             "api_request_duration_seconds",
             "Provider and backend call latency",
@@ -141,8 +173,16 @@ impl Metrics {
             "API rate-limit budget left, per account",
             m.rate_limit_remaining.clone(),
         );
-        r.register("pass_duration_seconds", "Duration of one reconcile pass", m.pass_duration.clone());
-        r.register("pass_failures", "Failed passes, by pool and error kind", m.failures.clone());
+        r.register(
+            "pass_duration_seconds",
+            "Duration of one reconcile pass",
+            m.pass_duration.clone(),
+        );
+        r.register(
+            "pass_failures",
+            "Failed passes, by pool and error kind",
+            m.failures.clone(),
+        );
         m
     }
 }

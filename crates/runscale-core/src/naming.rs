@@ -60,7 +60,11 @@ mod tests {
             }
         }
         let (_, names) = generate("a-b", 1, &mut rng);
-        assert!(!owned_by("a", &names[0]), "{} must not be owned by pool a", names[0]);
+        assert!(
+            !owned_by("a", &names[0]),
+            "{} must not be owned by pool a",
+            names[0]
+        );
         assert!(!owned_by("a", "my-hand-made-runner"));
         assert!(!owned_by("a", "rs-a-short"));
     }

@@ -38,7 +38,12 @@ fn config() -> ProptestConfig {
 fn spec_strategy() -> impl Strategy<Value = PoolSpec> {
     (
         (0u32..5, 0u32..20, 0u32..20, 0u32..10),
-        (1u64..600, 0u64..600, proptest::option::of(60u64..3000), 0u64..600),
+        (
+            1u64..600,
+            0u64..600,
+            proptest::option::of(60u64..3000),
+            0u64..600,
+        ),
         (1u32..4, any::<bool>()),
     )
         .prop_map(
@@ -116,7 +121,11 @@ fn build(
                 _ => InstanceState::Stopping,
             },
             launched_at: ago(age),
-            template_hash: if old_template { "t0".into() } else { spec.template_hash.clone() },
+            template_hash: if old_template {
+                "t0".into()
+            } else {
+                spec.template_hash.clone()
+            },
             runner_names: names,
         });
     }

@@ -28,7 +28,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::model::{Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState, Timestamp};
+use crate::model::{
+    Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState, Timestamp,
+};
 use crate::plan::{Action, Limit, Plan, Planned, Reason};
 
 #[cfg(test)]
@@ -44,7 +46,8 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     let mut due = Due::new(now);
     let mut actions = Vec::new();
 
-    let by_name: HashMap<&str, &Runner> = obs.runners.iter().map(|r| (r.name.as_str(), r)).collect();
+    let by_name: HashMap<&str, &Runner> =
+        obs.runners.iter().map(|r| (r.name.as_str(), r)).collect();
     let mut hosted: HashSet<&str> = HashSet::with_capacity(obs.runners.len());
 
     let mut active = 0u32; // booting + running instances that stay
@@ -157,7 +160,11 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         if !any_busy && idle_here > 0 {
             let idle_since = regs
                 .iter()
-                .map(|r| r.last_busy.unwrap_or(inst.launched_at).max(inst.launched_at))
+                .map(|r| {
+                    r.last_busy
+                        .unwrap_or(inst.launched_at)
+                        .max(inst.launched_at)
+                })
                 .max()
                 .unwrap_or(inst.launched_at);
             idle_candidates.push(IdleInstance {
@@ -207,7 +214,11 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     if wanted_free > free {
         // Rule 5: launch for unmet demand, up to the caps.
         let need = (wanted_free - free).div_ceil(slots_per_instance);
-        let reason = if waiting > free { Reason::Demand } else { Reason::MinIdle };
+        let reason = if waiting > free {
+            Reason::Demand
+        } else {
+            Reason::MinIdle
+        };
         let recent = obs
             .recent_launches
             .iter()
@@ -219,7 +230,10 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
             (spec.max_booting.saturating_sub(booting), Limit::MaxBooting),
         ];
         if spec.launches_per_minute > 0 {
-            caps.push((spec.launches_per_minute.saturating_sub(recent), Limit::LaunchRate));
+            caps.push((
+                spec.launches_per_minute.saturating_sub(recent),
+                Limit::LaunchRate,
+            ));
         }
         launch = need;
         for (room, limit) in caps {

@@ -139,14 +139,21 @@ fn max_booting_caps_launches() {
 
 #[test]
 fn launch_rate_counts_remembered_launches_and_young_instances() {
-    let spec = PoolSpec::test("p").max(50).max_booting(50).launches_per_minute(5);
+    let spec = PoolSpec::test("p")
+        .max(50)
+        .max_booting(50)
+        .launches_per_minute(5);
     let obs = Observation {
         demand: jobs(10),
         recent_launches: vec![t0() - secs(10), t0() - secs(30), t0() - secs(70)],
         ..Default::default()
     };
     let p = plan(&spec, &obs, t0());
-    assert_eq!(launches(&p), 3, "two launches in the window leave room for three");
+    assert_eq!(
+        launches(&p),
+        3,
+        "two launches in the window leave room for three"
+    );
     assert_eq!(p.held_back.map(|h| h.1), Some(Limit::LaunchRate));
     // Comes back when the launch 30 s ago leaves the window.
     assert_eq!(p.requeue_after, Some(Duration::from_secs(30)));
@@ -189,7 +196,9 @@ fn runners_per_instance_launches_by_slots() {
 
 #[test]
 fn idle_runners_are_removed_after_idle_timeout_oldest_first() {
-    let spec = PoolSpec::test("p").min_idle(1).idle_timeout(Duration::from_secs(60));
+    let spec = PoolSpec::test("p")
+        .min_idle(1)
+        .idle_timeout(Duration::from_secs(60));
     let mut a = runner("a", RunnerState::Idle);
     a.last_busy = Some(t0() - secs(300));
     let mut b = runner("b", RunnerState::Idle);
@@ -205,7 +214,10 @@ fn idle_runners_are_removed_after_idle_timeout_oldest_first() {
     // Surplus is 2 (3 idle, min_idle 1): a and b go, oldest idle first; c is too fresh.
     assert_eq!(
         terminated(&p),
-        vec![("i-a".into(), Reason::IdleTimeout), ("i-b".into(), Reason::IdleTimeout)]
+        vec![
+            ("i-a".into(), Reason::IdleTimeout),
+            ("i-b".into(), Reason::IdleTimeout)
+        ]
     );
     match &p.actions[0].action {
         Action::Terminate { runners, .. } => assert_eq!(runners, &vec![a.id.clone()]),
@@ -284,14 +296,21 @@ fn old_template_is_replaced_when_idle_and_drained_when_busy() {
     busy_old.template_hash = "t0".into();
     let obs = Observation {
         demand: jobs(0),
-        runners: vec![runner("a", RunnerState::Idle), runner("b", RunnerState::Busy)],
+        runners: vec![
+            runner("a", RunnerState::Idle),
+            runner("b", RunnerState::Busy),
+        ],
         instances: vec![idle_old, busy_old],
         ..Default::default()
     };
     let p = plan(&spec, &obs, t0());
-    assert_eq!(terminated(&p), vec![("i-a".into(), Reason::TemplateChanged)]);
+    assert_eq!(
+        terminated(&p),
+        vec![("i-a".into(), Reason::TemplateChanged)]
+    );
     assert!(p.actions.iter().any(|a| matches!(&a.action,
-        Action::Drain { name, .. } if name == "b") && a.reason == Reason::TemplateChanged));
+        Action::Drain { name, .. } if name == "b")
+        && a.reason == Reason::TemplateChanged));
 }
 
 #[test]
@@ -305,7 +324,11 @@ fn max_lifetime_retires_idle_instances_and_replaces_capacity() {
     };
     let p = plan(&spec, &obs, t0());
     assert_eq!(terminated(&p), vec![("i-a".into(), Reason::MaxLifetime)]);
-    assert_eq!(launches(&p), 1, "the warm runner is replaced in the same pass");
+    assert_eq!(
+        launches(&p),
+        1,
+        "the warm runner is replaced in the same pass"
+    );
 }
 
 #[test]
@@ -324,7 +347,9 @@ fn offline_runners_past_boot_timeout_are_retired() {
 
 #[test]
 fn schedule_lowering_max_sheds_idle_instances_immediately() {
-    let mut spec = PoolSpec::test("p").idle_timeout(Duration::from_secs(3600)).min_idle(3);
+    let mut spec = PoolSpec::test("p")
+        .idle_timeout(Duration::from_secs(3600))
+        .min_idle(3);
     spec.schedules = vec![Schedule::new("* * * * *", "UTC", Some(3), Some(1)).expect("cron")];
     let obs = Observation {
         runners: vec![
@@ -355,7 +380,11 @@ fn stopping_instances_do_not_count_and_keep_their_runners() {
     };
     let p = plan(&spec, &obs, t0());
     assert_eq!(launches(&p), 1);
-    assert!(!p.actions.iter().any(|a| matches!(a.action, Action::Deregister { .. })));
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a.action, Action::Deregister { .. }))
+    );
 }
 
 #[test]
@@ -368,7 +397,10 @@ fn draining_instances_with_nothing_running_are_terminated() {
         instances: vec![inst("a", 10)],
         ..Default::default()
     };
-    assert_eq!(terminated(&plan(&spec, &obs, t0())), vec![("i-a".into(), Reason::Drained)]);
+    assert_eq!(
+        terminated(&plan(&spec, &obs, t0())),
+        vec![("i-a".into(), Reason::Drained)]
+    );
 }
 
 #[test]

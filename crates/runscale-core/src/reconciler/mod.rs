@@ -19,6 +19,7 @@ pub mod status;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,7 +110,10 @@ impl Handle {
     pub fn wake(&self, pool: &PoolId) -> bool {
         match self.shared.by_name.get(pool) {
             Some(&i) => {
-                self.shared.pools[i].notify.notify_one();
+                let rt = &self.shared.pools[i];
+                if !rt.dirty.swap(true, Ordering::AcqRel) {
+                    rt.notify.notify_one();
+                }
                 true
             }
             None => false,
@@ -200,10 +204,9 @@ impl Reconciler {
         metrics: Arc<Metrics>,
         options: Options,
     ) -> Self {
-        let mut providers: HashMap<String, (Arc<dyn Provider>, Batcher<ProviderView>)> =
-            HashMap::new();
-        let mut backends: HashMap<String, (Arc<dyn Backend>, Batcher<Vec<Instance>>)> =
-            HashMap::new();
+        type ByName<A, V> = HashMap<String, (Arc<A>, Batcher<V>)>;
+        let mut providers: ByName<dyn Provider, ProviderView> = HashMap::new();
+        let mut backends: ByName<dyn Backend, Vec<Instance>> = HashMap::new();
         let mut runtimes = Vec::with_capacity(pools.len());
         let mut by_name = HashMap::with_capacity(pools.len());
         for b in pools {
@@ -240,6 +243,7 @@ impl Reconciler {
                 observe,
                 instances,
                 notify: Notify::new(),
+                dirty: AtomicBool::new(false),
                 memory: Mutex::new(Default::default()),
             }));
         }
@@ -326,7 +330,11 @@ impl Reconciler {
             let shutdown = shutdown.clone();
             tasks.spawn(async move { this.pool_loop(rt, shutdown).await });
         }
-        info!(pools = this.shared.pools.len(), dry_run = this.options.dry_run, "reconciler started");
+        info!(
+            pools = this.shared.pools.len(),
+            dry_run = this.options.dry_run,
+            "reconciler started"
+        );
         shutdown.cancelled().await;
         this.stopping.cancel();
         info!("shutting down: no new launches; waiting for in-flight passes");
@@ -365,6 +373,7 @@ impl Reconciler {
                 _ = shutdown.cancelled() => return,
                 p = self.semaphore.acquire() => p,
             };
+            rt.dirty.store(false, Ordering::Release);
             let ctx = self.context();
             let (outcome, delay) = rt.pass(&ctx).await;
             failing = outcome.is_err();

@@ -18,9 +18,7 @@ use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registratio
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{ActionLabels, FailureLabels, Metrics, PoolLabels, PoolStateLabels};
-use crate::model::{
-    Instance, InstanceState, Observation, PoolSpec, RunnerState, Timestamp,
-};
+use crate::model::{Instance, InstanceState, Observation, PoolSpec, RunnerState, Timestamp};
 use crate::naming;
 use crate::plan::{Action, Plan, Planned};
 use crate::policy;
@@ -54,6 +52,8 @@ pub(crate) struct PoolRuntime {
     pub(crate) observe: Batcher<ProviderView>,
     pub(crate) instances: Batcher<Vec<Instance>>,
     pub(crate) notify: Notify,
+    /// Set by a wake-up, cleared when a pass starts: wake-ups between two passes cause one.
+    pub(crate) dirty: std::sync::atomic::AtomicBool,
     pub(crate) status: Mutex<PoolStatus>,
     pub(crate) memory: Mutex<Memory>,
 }
@@ -121,8 +121,7 @@ impl PoolRuntime {
 
     async fn pass_inner(&self, ctx: &PassContext<'_>) -> Result<Plan> {
         let pool = &self.spec.name;
-        let (view, instances) =
-            tokio::join!(self.observe.get(pool), self.instances.get(pool));
+        let (view, instances) = tokio::join!(self.observe.get(pool), self.instances.get(pool));
         let (view, instances) = (view?, instances?);
         let now = ctx.clock.now();
         let obs = self.observation(view, instances, now);
@@ -149,7 +148,12 @@ impl PoolRuntime {
     }
 
     /// Builds the observation, filling what the provider could not tell from memory.
-    fn observation(&self, view: ProviderView, instances: Vec<Instance>, now: Timestamp) -> Observation {
+    fn observation(
+        &self,
+        view: ProviderView,
+        instances: Vec<Instance>,
+        now: Timestamp,
+    ) -> Observation {
         let mut memory = lock(&self.memory);
         let mut runners = view.runners;
         let mut seen = HashMap::with_capacity(runners.len());
@@ -177,7 +181,10 @@ impl PoolRuntime {
 
     fn record_observation(&self, metrics: &Metrics, obs: &Observation, now: Timestamp) {
         let pool = self.spec.name.to_string();
-        let set = |family: &prometheus_client::metrics::family::Family<PoolStateLabels, prometheus_client::metrics::gauge::Gauge>,
+        let set = |family: &prometheus_client::metrics::family::Family<
+            PoolStateLabels,
+            prometheus_client::metrics::gauge::Gauge,
+        >,
                    state: &'static str,
                    v: usize| {
             family
@@ -190,10 +197,22 @@ impl PoolRuntime {
         set(&metrics.demand, "waiting", obs.demand.waiting.len());
         set(&metrics.demand, "running", obs.demand.running as usize);
         for s in [RunnerState::Idle, RunnerState::Busy, RunnerState::Offline] {
-            set(&metrics.runners, s.as_str(), obs.runners.iter().filter(|r| r.state == s).count());
+            set(
+                &metrics.runners,
+                s.as_str(),
+                obs.runners.iter().filter(|r| r.state == s).count(),
+            );
         }
-        for s in [InstanceState::Booting, InstanceState::Running, InstanceState::Stopping] {
-            set(&metrics.instances, s.as_str(), obs.instances.iter().filter(|i| i.state == s).count());
+        for s in [
+            InstanceState::Booting,
+            InstanceState::Running,
+            InstanceState::Stopping,
+        ] {
+            set(
+                &metrics.instances,
+                s.as_str(),
+                obs.instances.iter().filter(|i| i.state == s).count(),
+            );
         }
         // Jobs that left the queue since the last pass waited until about now.
         let mut memory = lock(&self.memory);
@@ -203,7 +222,9 @@ impl PoolRuntime {
             .iter()
             .map(|j| (j.id.clone(), j.queued_at))
             .collect();
-        let hist = metrics.job_wait.get_or_create(&PoolLabels { pool: pool.clone() });
+        let hist = metrics
+            .job_wait
+            .get_or_create(&PoolLabels { pool: pool.clone() });
         for (id, queued_at) in memory.waiting.iter() {
             if !current.contains_key(id) {
                 let secs = (now - *queued_at).num_milliseconds().max(0) as f64 / 1000.0;
@@ -230,13 +251,10 @@ impl PoolRuntime {
         // Launches first: they are what waiting jobs are waiting for.
         let mut tasks = Vec::new();
         for p in &plan.actions {
-            match &p.action {
-                Action::Launch { count } => {
-                    for _ in 0..*count {
-                        tasks.push(p);
-                    }
+            if let Action::Launch { count } = &p.action {
+                for _ in 0..*count {
+                    tasks.push(p);
                 }
-                _ => {}
             }
         }
         for p in &plan.actions {
@@ -305,7 +323,11 @@ impl PoolRuntime {
                 }
                 self.launch_one(ctx).await.map(|()| Outcome::Done)
             }
-            Action::Drain { runner, .. } => self.provider.drain(pool, runner).await.map(|()| Outcome::Done),
+            Action::Drain { runner, .. } => self
+                .provider
+                .drain(pool, runner)
+                .await
+                .map(|()| Outcome::Done),
             Action::Deregister { runner, name } => match self.provider.remove(pool, runner).await {
                 Ok(()) => Ok(Outcome::Done),
                 Err(e) if e.kind() == ErrorKind::Busy => {
@@ -326,7 +348,10 @@ impl PoolRuntime {
                         Err(e) => return Err(e),
                     }
                 }
-                self.backend.terminate(pool, instance).await.map(|()| Outcome::Done)
+                self.backend
+                    .terminate(pool, instance)
+                    .await
+                    .map(|()| Outcome::Done)
             }
         }
     }
@@ -335,7 +360,11 @@ impl PoolRuntime {
     /// registrations are withdrawn (best effort; a leftover is deregistered by the next pass).
     async fn launch_one(&self, ctx: &PassContext<'_>) -> Result<()> {
         let pool = &self.spec.name;
-        let (_, names) = naming::generate(pool.as_str(), self.spec.runners_per_instance, &mut rand::rng());
+        let (_, names) = naming::generate(
+            pool.as_str(),
+            self.spec.runners_per_instance,
+            &mut rand::rng(),
+        );
         let mut regs: Vec<Registration> = Vec::with_capacity(names.len());
         for name in &names {
             match self.provider.register(pool, name).await {

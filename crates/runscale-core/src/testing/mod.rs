@@ -280,7 +280,11 @@ impl World {
             running: s.running.len(),
             completed: s.completed.clone(),
             runners: s.runners.len(),
-            busy_runners: s.runners.values().filter(|r| r.conn == Connection::Busy).count(),
+            busy_runners: s
+                .runners
+                .values()
+                .filter(|r| r.conn == Connection::Busy)
+                .count(),
             instances: s.instances.len(),
             launches: s.launches,
             terminations: s.terminations,
@@ -354,7 +358,10 @@ impl State {
         let done: Vec<String> = self
             .running
             .values()
-            .filter(|j| j.started_at.is_some_and(|t| t + to_chrono(j.duration) <= now))
+            .filter(|j| {
+                j.started_at
+                    .is_some_and(|t| t + to_chrono(j.duration) <= now)
+            })
             .map(|j| j.id.clone())
             .collect();
         for id in done {
@@ -421,8 +428,10 @@ impl Provider for MemoryProvider {
         if let Err(e) = s.fault("observe") {
             return pools.iter().map(|p| (p.clone(), Err(e.clone()))).collect();
         }
-        let mut out: HashMap<PoolId, ProviderView> =
-            pools.iter().map(|p| (p.clone(), ProviderView::default())).collect();
+        let mut out: HashMap<PoolId, ProviderView> = pools
+            .iter()
+            .map(|p| (p.clone(), ProviderView::default()))
+            .collect();
         for job in &s.queue {
             if let Some(v) = out.get_mut(&job.pool) {
                 v.demand.waiting.push(WaitingJob {
@@ -595,7 +604,11 @@ impl Backend for MemoryBackend {
             state: InstanceState::Booting,
             launched_at: now,
             template_hash: request.template_hash.clone(),
-            runner_names: request.runners.iter().map(|r| r.runner_name.clone()).collect(),
+            runner_names: request
+                .runners
+                .iter()
+                .map(|r| r.runner_name.clone())
+                .collect(),
         };
         s.instances.insert(id.clone(), rec.clone());
         s.launches += 1;
@@ -607,8 +620,10 @@ impl Backend for MemoryBackend {
         if let Some(cap) = s.caps.get(&request.pool).copied()
             && live > cap
         {
-            s.violations
-                .push(format!("pool {} has {live} instances, above max {cap}", request.pool));
+            s.violations.push(format!(
+                "pool {} has {live} instances, above max {cap}",
+                request.pool
+            ));
         }
         Ok(Instance {
             id,
@@ -629,7 +644,11 @@ impl Backend for MemoryBackend {
         s.terminations += 1;
         for name in &rec.runner_names {
             if let Some(r) = s.runners.remove(name) {
-                let what = if r.conn == Connection::Busy { "busy" } else { "still registered" };
+                let what = if r.conn == Connection::Busy {
+                    "busy"
+                } else {
+                    "still registered"
+                };
                 s.violations.push(format!(
                     "instance {instance} terminated while its runner {name} was {what}"
                 ));

@@ -1,0 +1,361 @@
+//! Reconciler scenarios against the in-memory world, in tokio's paused (virtual) time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use prometheus_client::registry::Registry;
+use runscale_core::metrics::Metrics;
+use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+use runscale_core::testing::{World, WorldConfig};
+use runscale_core::{Clock, ErrorKind, PoolId, PoolSpec, TokioClock, WebhookRequest};
+use tokio_util::sync::CancellationToken;
+
+fn clock() -> Arc<dyn Clock> {
+    Arc::new(TokioClock::starting_at(
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .single()
+            .expect("valid"),
+    ))
+}
+
+fn metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::register(&mut Registry::default()))
+}
+
+fn binding(world: &Arc<World>, spec: PoolSpec, account: &str) -> PoolBinding {
+    world.set_cap(spec.name.as_str(), spec.max);
+    PoolBinding {
+        spec,
+        provider_name: account.to_owned(),
+        provider: world.provider(),
+        backend_name: format!("{account}-backend"),
+        backend: world.backend(),
+    }
+}
+
+fn options() -> Options {
+    Options {
+        interval: Duration::from_secs(10),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(30),
+        ..Options::default()
+    }
+}
+
+/// Runs the reconciler for `d` of virtual time, then stops it.
+async fn run_for(r: Reconciler, d: Duration) {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    tokio::time::sleep(d).await;
+    stop.cancel();
+    task.await.expect("reconciler task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn scales_up_to_demand_runs_every_job_and_back_to_zero() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let spec = PoolSpec::test("linux")
+        .max(5)
+        .idle_timeout(Duration::from_secs(30));
+    let r = Reconciler::new(
+        vec![binding(&world, spec, "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    world.enqueue("linux", 12, Duration::from_secs(20));
+    run_for(r, Duration::from_secs(300)).await;
+    let s = world.snapshot();
+    assert_eq!(s.completed.len(), 12, "{s:?}");
+    assert_eq!(s.waiting, 0);
+    assert_eq!(s.instances, 0, "fleet back to zero");
+    assert_eq!(s.runners, 0, "no registration left over");
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+}
+
+#[tokio::test(start_paused = true)]
+async fn persistent_runners_are_removed_only_after_idle_timeout() {
+    let clock = clock();
+    let mut cfg = WorldConfig::default();
+    cfg.ephemeral.insert(PoolId::new("p"), false);
+    let world = World::new(clock.clone(), cfg);
+    let spec = PoolSpec::test("p")
+        .max(3)
+        .ephemeral(false)
+        .idle_timeout(Duration::from_secs(120));
+    let r = Reconciler::new(
+        vec![binding(&world, spec, "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    let handle = r.handle();
+    world.enqueue("p", 3, Duration::from_secs(10));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    // Jobs done after ~15 s; runners idle but within idle_timeout: still there at 100 s.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let s = world.snapshot();
+    assert_eq!(s.completed.len(), 3);
+    assert_eq!(s.instances, 3, "idle runners kept until idle_timeout");
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let s = world.snapshot();
+    assert_eq!(s.instances, 0, "removed after idle_timeout");
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    let status = handle.status();
+    assert!(
+        status[0]
+            .recent_actions
+            .iter()
+            .any(|a| a.action == "terminate" && a.reason == "idle_timeout" && a.outcome == "ok"),
+        "{:?}",
+        status[0].recent_actions
+    );
+    stop.cancel();
+    task.await.expect("task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn removal_refused_as_busy_keeps_the_instance() {
+    // The race: the observation saw the runner idle, the CI system assigned it a job before
+    // the removal call arrived, and the removal is refused as busy.
+    let clock = clock();
+    let mut cfg = WorldConfig::default();
+    cfg.ephemeral.insert(PoolId::new("p"), false);
+    let world = World::new(clock.clone(), cfg);
+    let spec = PoolSpec::test("p")
+        .ephemeral(false)
+        .idle_timeout(Duration::ZERO);
+    let r = Reconciler::new(
+        vec![binding(&world, spec, "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    let handle = r.handle();
+    world.enqueue("p", 1, Duration::from_secs(5));
+    r.once().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    world.step(); // booted; the job starts
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    world.step(); // the job is done; the runner is idle
+    assert_eq!(world.snapshot().completed.len(), 1);
+    world.fail_next("remove", 1, ErrorKind::Busy);
+    let reports = r.once().await;
+    assert!(
+        reports[0].outcome.is_ok(),
+        "a busy refusal is not a failure"
+    );
+    let s = world.snapshot();
+    assert_eq!(s.instances, 1);
+    assert_eq!(s.terminations, 0);
+    let status = handle.status();
+    assert!(
+        status[0]
+            .recent_actions
+            .iter()
+            .any(|a| a.action == "terminate" && a.outcome == "kept_busy")
+    );
+    // Next pass: removal confirmed, instance goes.
+    r.once().await;
+    assert_eq!(world.snapshot().instances, 0);
+    assert!(world.snapshot().violations.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn wake_ups_during_a_pass_coalesce_into_one_more_pass() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let spec = PoolSpec::test("p");
+    let mut opts = options();
+    opts.interval = Duration::from_secs(3600);
+    let r = Reconciler::new(vec![binding(&world, spec, "ci")], clock, metrics(), opts);
+    let handle = r.handle();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let passes_before = handle.status()[0].passes;
+    assert_eq!(passes_before, 1, "first pass at start");
+    for _ in 0..10 {
+        assert!(handle.wake(&PoolId::new("p")));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(handle.status()[0].passes, 2, "ten wake-ups, one pass");
+    assert!(!handle.wake(&PoolId::new("nope")));
+    stop.cancel();
+    task.await.expect("task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_pool_backs_off_and_does_not_stall_the_others() {
+    let clock = clock();
+    let good = World::new(clock.clone(), WorldConfig::default());
+    let bad = World::new(clock.clone(), WorldConfig::default());
+    let r = Reconciler::new(
+        vec![
+            binding(&bad, PoolSpec::test("bad"), "bad-account"),
+            binding(&good, PoolSpec::test("good"), "good-account"),
+        ],
+        clock,
+        metrics(),
+        options(),
+    );
+    let handle = r.handle();
+    bad.fail_next("observe", 4, ErrorKind::Transient);
+    good.enqueue("good", 3, Duration::from_secs(5));
+    bad.enqueue("bad", 2, Duration::from_secs(5));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let st = handle.status();
+    let bad_status = st.iter().find(|s| s.pool.as_str() == "bad").expect("bad");
+    assert!(bad_status.consecutive_failures >= 2, "{bad_status:?}");
+    assert_eq!(
+        bad_status.last_error.as_ref().map(|e| e.kind),
+        Some("transient")
+    );
+    // Backoff 1, 2, 4, 8 s: four failures take ~15 s; meanwhile the good pool works.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(good.snapshot().completed.len(), 3, "good pool unaffected");
+    let observe_calls = bad
+        .snapshot()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("observe"))
+        .count();
+    assert!(
+        observe_calls <= 5,
+        "backoff bounds retries, saw {observe_calls}"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(bad.snapshot().completed.len(), 2, "bad pool recovers");
+    let st = handle.status();
+    let bad_status = st.iter().find(|s| s.pool.as_str() == "bad").expect("bad");
+    assert_eq!(bad_status.consecutive_failures, 0);
+    assert!(bad_status.last_error.is_none());
+    stop.cancel();
+    task.await.expect("task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_plans_but_does_nothing() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let mut opts = options();
+    opts.dry_run = true;
+    let r = Reconciler::new(
+        vec![binding(&world, PoolSpec::test("p"), "ci")],
+        clock,
+        metrics(),
+        opts,
+    );
+    world.enqueue("p", 4, Duration::from_secs(5));
+    let reports = r.once().await;
+    let plan = reports[0].outcome.as_ref().expect("plan");
+    assert_eq!(plan.launches(), 4);
+    let s = world.snapshot();
+    assert_eq!(s.launches, 0);
+    assert!(
+        s.calls
+            .iter()
+            .all(|c| c.starts_with("observe") || c.starts_with("instances")),
+        "{:?}",
+        s.calls
+    );
+    let st = r.handle().status();
+    assert!(st[0].recent_actions.iter().all(|a| a.outcome == "dry_run"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pools_of_one_account_share_one_observation_call() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let pools: Vec<PoolBinding> = (0..6)
+        .map(|i| binding(&world, PoolSpec::test(&format!("p{i}")), "one-account"))
+        .collect();
+    let r = Reconciler::new(pools, clock, metrics(), options());
+    let reports = r.once().await;
+    assert_eq!(reports.len(), 6);
+    let calls = world.snapshot().calls;
+    let observe: Vec<&String> = calls.iter().filter(|c| c.starts_with("observe")).collect();
+    assert_eq!(observe.len(), 1, "{observe:?}");
+    assert_eq!(observe[0], "observe 6");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_launch_withdraws_its_registration() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let r = Reconciler::new(
+        vec![binding(&world, PoolSpec::test("p"), "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    world.enqueue("p", 1, Duration::from_secs(5));
+    world.fail_next("launch", 1, ErrorKind::InsufficientCapacity);
+    let reports = r.once().await;
+    let err = reports[0].outcome.as_ref().expect_err("launch failed");
+    assert_eq!(err.kind(), ErrorKind::InsufficientCapacity);
+    let s = world.snapshot();
+    assert_eq!(s.runners, 0, "registration withdrawn");
+    assert!(s.calls.iter().any(|c| c.starts_with("remove p ")));
+    // The next pass launches.
+    r.once().await;
+    assert_eq!(world.snapshot().launches, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn webhooks_are_verified_by_the_provider_and_wake_pools() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let r = Reconciler::new(
+        vec![binding(&world, PoolSpec::test("p"), "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    let h = r.handle();
+    let good = WebhookRequest {
+        headers: vec![("x-memory-signature".into(), "valid".into())],
+        body: b"p\nunknown\n".to_vec(),
+    };
+    assert_eq!(h.webhook("ci", &good).expect("ok"), vec![PoolId::new("p")]);
+    let bad = WebhookRequest {
+        headers: vec![],
+        body: b"p".to_vec(),
+    };
+    assert_eq!(
+        h.webhook("ci", &bad).expect_err("unsigned").kind(),
+        ErrorKind::Misconfigured
+    );
+    assert_eq!(
+        h.webhook("nope", &good).expect_err("unknown").kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_in_flight_passes_and_launches_nothing_new() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let r = Reconciler::new(
+        vec![binding(&world, PoolSpec::test("p"), "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    let h = r.handle();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    task.await.expect("stopped");
+    assert!(h.ready());
+    world.enqueue("p", 5, Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(world.snapshot().launches, 0, "nothing after shutdown");
+}
