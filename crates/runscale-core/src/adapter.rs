@@ -23,6 +23,9 @@ pub struct ProviderView {
     pub demand: Demand,
     /// Runners owned by the pool (named by runscale for this pool).
     pub runners: Vec<Runner>,
+    /// The provider could not refresh (throttled) and returned its last good view. The
+    /// policy then launches for demand but removes nothing.
+    pub stale: bool,
 }
 
 /// What a new runner needs to join the CI system. Handed to the backend, which must pass the

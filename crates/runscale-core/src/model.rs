@@ -245,4 +245,8 @@ pub struct Observation {
     /// the policy also counts instances launched in the last minute.
     #[serde(default)]
     pub recent_launches: Vec<Timestamp>,
+    /// The CI side of this observation is an old copy (the provider is throttled): plan
+    /// launches only, remove nothing.
+    #[serde(default)]
+    pub stale: bool,
 }

@@ -166,9 +166,11 @@ fn observation_strategy() -> impl Strategy<Value = (PoolSpec, Observation)> {
             ),
             0usize..30,
             proptest::collection::vec(0u64..120, 0..8),
+            proptest::bool::weighted(0.1),
         )
-            .prop_map(|(spec, seeds, orphans, waiting, recent)| {
-                let obs = build(&spec, seeds, orphans, waiting, recent);
+            .prop_map(|(spec, seeds, orphans, waiting, recent, stale)| {
+                let mut obs = build(&spec, seeds, orphans, waiting, recent);
+                obs.stale = stale;
                 (spec, obs)
             })
     })
@@ -286,7 +288,8 @@ proptest! {
     /// 5. An instance with no registered runner after `boot_timeout` is terminated; a
     /// registered runner with no instance is deregistered (unless busy) — in the same pass.
     #[test]
-    fn p5_orphans_in_both_directions_are_cleaned((spec, obs) in observation_strategy()) {
+    fn p5_orphans_in_both_directions_are_cleaned((spec, mut obs) in observation_strategy()) {
+        obs.stale = false;
         let p = plan(&spec, &obs, now());
         let by_name = runners_by_name(&obs);
         let gone = terminated(&p);
@@ -310,7 +313,8 @@ proptest! {
 
     /// 6. Instances from an old template are replaced when idle, never while busy.
     #[test]
-    fn p6_old_templates_are_drained_only_when_idle((spec, obs) in observation_strategy()) {
+    fn p6_old_templates_are_drained_only_when_idle((spec, mut obs) in observation_strategy()) {
+        obs.stale = false;
         let p = plan(&spec, &obs, now());
         let by_name = runners_by_name(&obs);
         let gone = terminated(&p);
@@ -323,6 +327,18 @@ proptest! {
                 prop_assert!(gone.contains(&i.id), "idle instance {} from an old template kept", i.id);
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A stale observation (provider throttled) never removes anything.
+    #[test]
+    fn stale_observations_only_launch((spec, mut obs) in observation_strategy()) {
+        obs.stale = true;
+        let p = plan(&spec, &obs, now());
+        prop_assert!(p.actions.iter().all(|a| matches!(a.action, Action::Launch { .. })), "{:?}", p.actions);
     }
 }
 

@@ -22,6 +22,10 @@
 //! 7. If the fleet is above `max` (lowered by a schedule), idle instances are terminated until
 //!    it is not, regardless of `idle_timeout`.
 //!
+//! A *stale* observation (the provider is throttled and returned its last good view) only
+//! ever launches: nothing is terminated, drained or deregistered, and what would have been
+//! retired still counts against the caps.
+//!
 //! Every termination removes the instance's runners from the CI system first; the reconciler
 //! terminates only after the CI system confirmed every removal.
 
@@ -178,8 +182,22 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         }
     }
 
+    // A stale observation (provider throttled) may only add capacity: whatever would have
+    // been retired stays, and counts against the caps.
+    if obs.stale {
+        for a in actions.drain(..) {
+            if let Action::Terminate { instance, .. } = &a.action
+                && let Some(i) = obs.instances.iter().find(|i| i.id == *instance)
+            {
+                active += 1;
+                booting += u32::from(i.state == InstanceState::Booting);
+            }
+        }
+        idle_candidates.clear();
+    }
+
     // Rule 4: runners that no instance hosts.
-    for r in &obs.runners {
+    for r in obs.runners.iter().filter(|_| !obs.stale) {
         if !hosted.contains(r.name.as_str()) && r.state != RunnerState::Busy {
             actions.push(Planned {
                 action: Action::Deregister {
@@ -270,7 +288,7 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         // Rule 6: surplus idle capacity, oldest idle first.
         let mut surplus = free - wanted_free;
         let calm_from = newest_launch.map(|t| add(t, spec.scale_down_delay));
-        let calm = calm_from.is_none_or(|t| t <= now);
+        let calm = !obs.stale && calm_from.is_none_or(|t| t <= now);
         if !calm && let Some(t) = calm_from {
             due.until(t);
         }

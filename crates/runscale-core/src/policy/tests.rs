@@ -417,3 +417,26 @@ fn requeue_points_at_the_next_idle_timeout() {
     assert!(p.is_empty());
     assert_eq!(p.requeue_after, Some(Duration::from_secs(15)));
 }
+
+#[test]
+fn stale_observation_launches_but_never_removes() {
+    let spec = PoolSpec::test("p").max(3).idle_timeout(Duration::ZERO);
+    let mut idle = runner("a", RunnerState::Idle);
+    idle.last_busy = Some(t0() - secs(1000));
+    let obs = Observation {
+        demand: jobs(5),
+        runners: vec![idle, runner("ghost", RunnerState::Offline)],
+        instances: vec![inst("a", 1000), inst("late", 1000)],
+        stale: true,
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert!(
+        p.actions
+            .iter()
+            .all(|a| matches!(a.action, Action::Launch { .. })),
+        "{p:?}"
+    );
+    // Two instances kept (one would have been a boot-timeout orphan) leave room for one.
+    assert_eq!(launches(&p), 1);
+}

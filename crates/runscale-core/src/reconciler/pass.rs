@@ -176,6 +176,7 @@ impl PoolRuntime {
             runners,
             instances,
             recent_launches: memory.launches.iter().copied().collect(),
+            stale: view.stale,
         }
     }
 
