@@ -8,6 +8,8 @@
 //! (an instance terminated while one of its runners was still registered, more instances than
 //! a pool's cap).
 
+pub mod conformance;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
