@@ -145,6 +145,19 @@ impl Handle {
             .collect()
     }
 
+    /// The API budget each provider account last reported (accounts without one are left out),
+    /// sorted by account name.
+    pub fn budgets(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = self
+            .shared
+            .providers
+            .iter()
+            .filter_map(|(name, p)| p.rate_limit_remaining().map(|left| (name.clone(), left)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// True once every pool has completed at least one pass (successful or not).
     pub fn ready(&self) -> bool {
         self.shared
