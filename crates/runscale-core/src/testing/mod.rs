@@ -117,6 +117,7 @@ struct RunnerRec {
     draining: bool,
     job: Option<String>,
     last_busy: Option<Timestamp>,
+    registered_at: Timestamp,
 }
 
 #[derive(Clone, Debug)]
@@ -139,6 +140,9 @@ pub struct WorldConfig {
     pub instances_exit_when_runners_leave: bool,
     /// Most instances the backend will hold in total (capacity), if limited.
     pub capacity: Option<usize>,
+    /// Registered runners connect `boot_delay` after registration even if no instance of this
+    /// world hosts them: for pairing [`MemoryProvider`] with a real backend.
+    pub auto_connect: bool,
 }
 
 impl Default for WorldConfig {
@@ -148,6 +152,7 @@ impl Default for WorldConfig {
             ephemeral: HashMap::new(),
             instances_exit_when_runners_leave: true,
             capacity: None,
+            auto_connect: false,
         }
     }
 }
@@ -349,6 +354,13 @@ impl State {
                 connect.extend(inst.runner_names.iter().cloned());
             }
         }
+        if self.config.auto_connect {
+            for (name, r) in &self.runners {
+                if r.conn == Connection::Registered && r.registered_at + boot <= now {
+                    connect.push(name.clone());
+                }
+            }
+        }
         for name in connect {
             if let Some(r) = self.runners.get_mut(&name)
                 && r.conn == Connection::Registered
@@ -468,6 +480,7 @@ impl Provider for MemoryProvider {
     }
 
     async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
+        let now = self.0.clock.now();
         let mut s = self.0.advanced();
         s.calls.push(format!("register {pool} {runner_name}"));
         s.fault("register")?;
@@ -482,6 +495,7 @@ impl Provider for MemoryProvider {
                 draining: false,
                 job: None,
                 last_busy: None,
+                registered_at: now,
             },
         );
         let mut credentials = Credentials::default();
