@@ -264,7 +264,8 @@ proptest! {
             let regs: Vec<&&Runner> = i.runner_names.iter().filter_map(|n| by_name.get(n.as_str())).collect();
             free += regs.iter().filter(|r| r.state == RunnerState::Idle && !r.draining).count() as u32;
             if elapsed(i.launched_at) < spec.boot_timeout {
-                free += k - regs.len() as u32;
+                let online = regs.iter().filter(|r| r.state != RunnerState::Offline || r.draining).count() as u32;
+                free += k - online;
             }
         }
         let wanted = obs.demand.waiting.len() as u32 + p.limits.min_idle;
@@ -277,7 +278,7 @@ proptest! {
                 Limit::MaxBooting => {
                     let booting = obs.instances.iter().filter(|i| !gone.contains(&i.id)).filter(|i| i.state == InstanceState::Booting
                         || (i.state != InstanceState::Stopping && elapsed(i.launched_at) < spec.boot_timeout
-                            && i.runner_names.iter().any(|n| !by_name.contains_key(n.as_str())))).count() as u32;
+                            && i.runner_names.iter().any(|n| by_name.get(n.as_str()).is_none_or(|r| r.state == RunnerState::Offline && !r.draining)))).count() as u32;
                     prop_assert!(booting + p.launches() >= spec.max_booting);
                 }
                 Limit::LaunchRate => prop_assert!(p.launches() > 0 || spec.launches_per_minute > 0),

@@ -6,7 +6,8 @@
 //!
 //! Capacity is counted in *slots* (runners): an instance hosts `runners_per_instance` of them.
 //! A slot is *idle* when its runner is registered, idle and not draining; *booting* when its
-//! instance is younger than `boot_timeout` and the runner has not registered yet.
+//! instance is younger than `boot_timeout` and the runner has not registered or not connected
+//! yet (registered and offline).
 //!
 //! The rules, in the order they are applied:
 //! 1. Instances with no registered runner after `boot_timeout` are terminated.
@@ -144,7 +145,13 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         }
 
         active += 1;
-        let missing = slots_per_instance.saturating_sub(regs.len() as u32);
+        // Slots still coming up: no runner yet, or registered but not connected yet (GitHub
+        // lists a JIT runner as offline from the moment its config is generated).
+        let online = regs
+            .iter()
+            .filter(|r| r.state != RunnerState::Offline || r.draining)
+            .count() as u32;
+        let missing = slots_per_instance.saturating_sub(online);
         let is_booting = inst.state == InstanceState::Booting || (missing > 0 && !past_boot);
         if is_booting {
             booting += 1;

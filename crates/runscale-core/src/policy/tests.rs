@@ -440,3 +440,16 @@ fn stale_observation_launches_but_never_removes() {
     // Two instances kept (one would have been a boot-timeout orphan) leave room for one.
     assert_eq!(launches(&p), 1);
 }
+
+#[test]
+fn registered_but_not_yet_connected_runners_count_as_booting() {
+    // GitHub lists a JIT runner (offline) as soon as its config exists; that slot is coming.
+    let spec = PoolSpec::test("p");
+    let obs = Observation {
+        demand: jobs(2),
+        runners: vec![runner("a", RunnerState::Offline)],
+        instances: vec![inst("a", 5)],
+        ..Default::default()
+    };
+    assert_eq!(launches(&plan(&spec, &obs, t0())), 1);
+}
