@@ -17,6 +17,22 @@ step "toolchain"
 cargo --version
 rustc --version
 
+step "test dependencies"
+# GitHub's OpenAPI description and webhook examples (contract tests), Prism (a validating proxy).
+# Installed once into a cache outside the checkout; tests find it through RUNSCALE_NPM_DIR.
+export RUNSCALE_NPM_DIR="${RUNSCALE_NPM_DIR:-$HOME/.cache/runscale/npm}"
+NPM_PACKAGES="@octokit/openapi@23.0.2 @octokit/webhooks-examples@7.6.1 @stoplight/prism-cli@5.14.2"
+stamp="$RUNSCALE_NPM_DIR/.installed-$(echo "$NPM_PACKAGES" | cksum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ]; then
+  command -v npm >/dev/null || { echo "npm is required (Node.js 20+)"; exit 1; }
+  mkdir -p "$RUNSCALE_NPM_DIR"
+  ( cd "$RUNSCALE_NPM_DIR" \
+    && echo '{"name":"runscale-test-deps","private":true}' > package.json \
+    && npm install --no-audit --no-fund --silent $NPM_PACKAGES ) \
+    && touch "$stamp"
+fi
+echo "npm packages: $NPM_PACKAGES (in $RUNSCALE_NPM_DIR)"
+
 step "format"
 cargo fmt --all -- --check
 
