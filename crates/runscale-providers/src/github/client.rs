@@ -1,0 +1,604 @@
+//! The HTTP client of one GitHub account: authentication, ETag caching, pagination, the
+//! rate-limit budget and back-off, and one-at-a-time mutations.
+//!
+//! Every request goes through [`Client::request`]. It refuses to send while the account is
+//! throttled, records `x-ratelimit-*` from every answer, turns 403/429 rate-limit answers into
+//! [`ErrorKind::RateLimited`], serves `304 Not Modified` from the ETag cache (free against
+//! GitHub's primary limit), and retries once with a fresh installation token on 401. Headers
+//! carrying credentials are marked sensitive and never logged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use runscale_core::{Error, ErrorKind, Result};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+
+use super::auth::{AppKey, Credential, TokenCache};
+use super::config::Scope;
+use super::convert::{ExpiringToken, Installation};
+use super::errors::{self, RateHeaders, Throttle};
+
+/// Items per page (GitHub's maximum).
+pub(crate) const PER_PAGE: usize = 100;
+/// Pages read at most from one listing (10,000 items).
+const MAX_PAGES: usize = 100;
+/// ETag cache entries kept at most.
+const ETAG_CAPACITY: usize = 10_000;
+/// First back-off after a secondary rate limit without `retry-after` (GitHub: at least 1 min).
+const SECONDARY_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest back-off after repeated secondary limits.
+const MAX_BACKOFF: Duration = Duration::from_secs(16 * 60);
+/// Pause after a primary limit whose reset time is unknown or past.
+const DEFAULT_PRIMARY_PAUSE: Duration = Duration::from_secs(60);
+/// Largest response body read.
+const MAX_RESPONSE: usize = 32 << 20;
+
+/// A response: its status and body (the cached body for a 304).
+#[derive(Debug)]
+pub(crate) struct Reply {
+    /// The status; a 304 served from the cache is reported as 200.
+    pub status: StatusCode,
+    /// The body.
+    pub body: Arc<Vec<u8>>,
+}
+
+impl Reply {
+    /// GitHub's error message in the body, shortened.
+    pub(crate) fn message(&self) -> String {
+        errors::github_message(&self.body)
+    }
+
+    /// The body as `T` if the status is one of `ok`, else the mapped error.
+    pub(crate) fn json<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        ok: &[StatusCode],
+        what: &str,
+    ) -> Result<T> {
+        if !ok.contains(&self.status) {
+            return Err(errors::status_error(op, self.status, &self.message()));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| errors::decode_error(op, what, e))
+    }
+}
+
+/// The account's rate-limit state.
+#[derive(Debug, Default)]
+struct RateState {
+    /// Last `x-ratelimit-remaining`.
+    remaining: Option<u64>,
+    /// Requests are refused until then.
+    paused_until: Option<Instant>,
+    /// Why (for the error message).
+    why: &'static str,
+    /// Next back-off for a secondary limit without `retry-after`.
+    next_backoff: Option<Duration>,
+}
+
+/// One cached GET response.
+#[derive(Debug)]
+struct CacheEntry {
+    etag: String,
+    body: Arc<Vec<u8>>,
+    used: Instant,
+}
+
+/// The HTTP client of one account.
+pub(crate) struct Client {
+    http: reqwest::Client,
+    api: String,
+    scope: Scope,
+    credential: Credential,
+    installation: Mutex<Option<u64>>,
+    installation_token: tokio::sync::Mutex<TokenCache>,
+    rate: Mutex<RateState>,
+    etags: Mutex<HashMap<String, CacheEntry>>,
+    mutations: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("api", &self.api)
+            .field("scope", &self.scope)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `Authorization` header for `token`, marked sensitive so it is never logged.
+fn bearer(op: &'static str, token: &SecretString) -> Result<HeaderValue> {
+    let mut v =
+        HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
+            Error::new(
+                op,
+                ErrorKind::Misconfigured,
+                "the token contains characters not allowed in an HTTP header",
+            )
+        })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Locks a std mutex, recovering from poisoning (the state stays usable).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Client {
+    /// A client for `api` (no trailing slash).
+    pub(crate) fn new(
+        api: String,
+        scope: Scope,
+        credential: Credential,
+        installation: Option<u64>,
+        request_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        headers.insert(
+            "x-github-api-version",
+            HeaderValue::from_static("2022-11-28"),
+        );
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("runscale/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .timeout(request_timeout)
+            .connect_timeout(connect_timeout)
+            // Redirects would carry the Authorization header elsewhere; GitHub's runner API
+            // does not redirect.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    "github.client",
+                    ErrorKind::Misconfigured,
+                    format!("cannot build the HTTP client: {e}"),
+                )
+            })?;
+        Ok(Self {
+            http,
+            api,
+            scope,
+            credential,
+            installation: Mutex::new(installation),
+            installation_token: tokio::sync::Mutex::new(TokenCache::default()),
+            rate: Mutex::new(RateState::default()),
+            etags: Mutex::new(HashMap::new()),
+            mutations: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The last `x-ratelimit-remaining` GitHub reported.
+    pub(crate) fn rate_limit_remaining(&self) -> Option<u64> {
+        lock(&self.rate).remaining
+    }
+
+    /// How long requests stay refused, if the account is throttled now.
+    pub(crate) fn paused_for(&self) -> Option<Duration> {
+        let rate = lock(&self.rate);
+        let until = rate.paused_until?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Refuses with [`ErrorKind::RateLimited`] while throttled.
+    fn check_paused(&self, op: &'static str) -> Result<()> {
+        let rate = lock(&self.rate);
+        if let Some(until) = rate.paused_until
+            && let Some(left) = until.checked_duration_since(Instant::now())
+        {
+            return Err(errors::rate_limited(op, left, rate.why));
+        }
+        Ok(())
+    }
+
+    /// Records a rate-limit answer and returns the pause it imposes.
+    fn throttled(&self, t: Throttle) -> (Duration, &'static str) {
+        let mut rate = lock(&self.rate);
+        let (pause, why) = match t {
+            Throttle::Primary { reset } => {
+                let left = reset
+                    .map(|r| r - Utc::now().timestamp())
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(s as u64 + 1))
+                    .unwrap_or(DEFAULT_PRIMARY_PAUSE);
+                rate.remaining = Some(0);
+                (left, "GitHub's primary rate limit is exhausted")
+            }
+            Throttle::Secondary {
+                retry_after: Some(d),
+            } => (d, "GitHub's secondary rate limit (retry-after)"),
+            Throttle::Secondary { retry_after: None } => {
+                let d = rate.next_backoff.unwrap_or(SECONDARY_BACKOFF);
+                rate.next_backoff = Some((d * 2).min(MAX_BACKOFF));
+                (d, "GitHub's secondary rate limit")
+            }
+        };
+        let until = Instant::now() + pause;
+        if rate.paused_until.is_none_or(|u| u < until) {
+            rate.paused_until = Some(until);
+        }
+        rate.why = why;
+        (pause, why)
+    }
+
+    /// Records the budget of a non-throttled answer.
+    fn record(&self, h: &RateHeaders) {
+        let mut rate = lock(&self.rate);
+        if let Some(r) = h.remaining {
+            rate.remaining = Some(r);
+        }
+        rate.next_backoff = None;
+    }
+
+    /// The token of account requests: the personal access token, or the App's installation
+    /// token.
+    async fn account_token(&self) -> Result<SecretString> {
+        match &self.credential {
+            Credential::Token(t) => Ok(t.clone()),
+            Credential::App(key) => self.installation_token(key).await,
+        }
+    }
+
+    /// The App's installation token for the account, fetched or refreshed when it has less
+    /// than five minutes left.
+    async fn installation_token(&self, key: &AppKey) -> Result<SecretString> {
+        let mut cache = self.installation_token.lock().await;
+        if let Some(t) = cache.get(Utc::now()) {
+            return Ok(t);
+        }
+        let configured = *lock(&self.installation);
+        let id = match configured {
+            Some(id) => id,
+            None => {
+                let id = self.lookup_installation().await?;
+                *lock(&self.installation) = Some(id);
+                id
+            }
+        };
+        let op = "github.installation_token";
+        let jwt = key.jwt(Utc::now())?;
+        let reply = self
+            .send(
+                op,
+                Method::POST,
+                &format!("app/installations/{id}/access_tokens"),
+                None,
+                false,
+                jwt,
+            )
+            .await?;
+        let t: ExpiringToken = reply.json(
+            op,
+            &[StatusCode::CREATED, StatusCode::OK],
+            "installation token",
+        )?;
+        let token = SecretString::from(t.token);
+        cache.put(token.clone(), t.expires_at);
+        Ok(token)
+    }
+
+    /// Finds the App's installation on the organisation or repository.
+    async fn lookup_installation(&self) -> Result<u64> {
+        let op = "github.find_installation";
+        let path = match &self.scope {
+            Scope::Org(org) => format!("orgs/{org}/installation"),
+            Scope::Repo { owner, name } => format!("repos/{owner}/{name}/installation"),
+            Scope::Enterprise(_) => {
+                return Err(Error::new(
+                    op,
+                    ErrorKind::Misconfigured,
+                    "GitHub Apps cannot manage enterprise runners",
+                ));
+            }
+        };
+        let jwt = match &self.credential {
+            Credential::App(key) => key.jwt(Utc::now())?,
+            Credential::Token(_) => {
+                return Err(Error::new(
+                    op,
+                    ErrorKind::Misconfigured,
+                    "installations are looked up with App credentials only",
+                ));
+            }
+        };
+        let reply = self.send(op, Method::GET, &path, None, false, jwt).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Err(Error::new(
+                op,
+                ErrorKind::Misconfigured,
+                format!(
+                    "the App is not installed on {} (set auth.app.installation_id or install it)",
+                    self.scope.describe()
+                ),
+            ));
+        }
+        let inst: Installation = reply.json(op, &[StatusCode::OK], "installation")?;
+        Ok(inst.id)
+    }
+
+    /// Sends one request with the account's token (the App's installation token, fetched or
+    /// refreshed as needed). `path` is relative to the API base (no leading slash). `cached`
+    /// GETs use and fill the ETag cache. Returns the reply whatever its status, except for
+    /// rate-limit answers (an error) and transport failures.
+    pub(crate) async fn request(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        cached: bool,
+    ) -> Result<Reply> {
+        let token = self.account_token().await?;
+        let reply = self
+            .send(op, method.clone(), path, body, cached, token)
+            .await?;
+        if reply.status == StatusCode::UNAUTHORIZED && matches!(self.credential, Credential::App(_))
+        {
+            // The installation token was revoked or expired early: fetch a new one, once.
+            self.installation_token.lock().await.clear();
+            let token = self.account_token().await?;
+            return self.send(op, method, path, body, cached, token).await;
+        }
+        Ok(reply)
+    }
+
+    /// Sends one request with `token`.
+    async fn send(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        cached: bool,
+        token: SecretString,
+    ) -> Result<Reply> {
+        self.check_paused(op)?;
+        let url = format!("{}/{}", self.api, path);
+        let authorization = bearer(op, &token)?;
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header(header::AUTHORIZATION, authorization);
+        let cached_etag = if cached {
+            lock(&self.etags).get(&url).map(|e| e.etag.clone())
+        } else {
+            None
+        };
+        if let Some(etag) = &cached_etag
+            && let Ok(v) = HeaderValue::from_str(etag)
+        {
+            req = req.header(header::IF_NONE_MATCH, v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| errors::transport_error(op, e))?;
+        let status = resp.status();
+        let rate = RateHeaders::from_headers(resp.headers());
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| errors::transport_error(op, e))?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE {
+                return Err(Error::new(
+                    op,
+                    ErrorKind::Protocol,
+                    format!("response larger than {MAX_RESPONSE} bytes"),
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if status == StatusCode::NOT_MODIFIED {
+            self.record(&rate);
+            let mut cache = lock(&self.etags);
+            return match cache.get_mut(&url) {
+                Some(entry) => {
+                    entry.used = Instant::now();
+                    Ok(Reply {
+                        status: StatusCode::OK,
+                        body: entry.body.clone(),
+                    })
+                }
+                None => Err(Error::new(
+                    op,
+                    ErrorKind::Protocol,
+                    "304 Not Modified for a request without a cached response",
+                )),
+            };
+        }
+        let message = errors::github_message(&bytes);
+        if let Some(t) = errors::throttle(status, &rate, &message) {
+            let (pause, why) = self.throttled(t);
+            tracing::warn!(
+                op,
+                status = status.as_u16(),
+                pause_s = pause.as_secs(),
+                "{why}"
+            );
+            return Err(errors::rate_limited(op, pause, why));
+        }
+        self.record(&rate);
+        let body = Arc::new(bytes);
+        if cached && status == StatusCode::OK {
+            if let Some(etag) = etag {
+                let mut cache = lock(&self.etags);
+                if cache.len() >= ETAG_CAPACITY && !cache.contains_key(&url) {
+                    let oldest = cache
+                        .iter()
+                        .min_by_key(|(_, e)| e.used)
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
+                        cache.remove(&k);
+                    }
+                }
+                cache.insert(
+                    url,
+                    CacheEntry {
+                        etag,
+                        body: body.clone(),
+                        used: Instant::now(),
+                    },
+                );
+            } else {
+                lock(&self.etags).remove(&url);
+            }
+        }
+        Ok(Reply { status, body })
+    }
+
+    /// A request that changes something (POST, DELETE): one at a time per account.
+    pub(crate) async fn mutate(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply> {
+        let _one_at_a_time = self.mutations.lock().await;
+        self.request(op, method, path, body, false).await
+    }
+
+    /// Reads every page of a listing: `path` (relative, may carry a query) with `per_page`
+    /// and `page` added, through the ETag cache. `items` extracts a page's total count and
+    /// items. Stops at a short page, at the total, or after 100 pages.
+    pub(crate) async fn get_all<P, T>(
+        &self,
+        op: &'static str,
+        path: &str,
+        what: &str,
+        items: impl Fn(P) -> (u64, Vec<T>),
+    ) -> Result<Vec<T>>
+    where
+        P: DeserializeOwned,
+    {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut out = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let reply = self
+                .request(
+                    op,
+                    Method::GET,
+                    &format!("{path}{sep}per_page={PER_PAGE}&page={page}"),
+                    None,
+                    true,
+                )
+                .await?;
+            let (total, batch): (u64, Vec<T>) =
+                items(reply.json::<P>(op, &[StatusCode::OK], what)?);
+            let n = batch.len();
+            out.extend(batch);
+            if n < PER_PAGE || out.len() as u64 >= total {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops cached responses not used for `age`.
+    pub(crate) fn sweep_cache(&self, age: Duration) {
+        let now = Instant::now();
+        lock(&self.etags).retain(|_, e| now.duration_since(e.used) < age);
+    }
+
+    /// Number of cached responses (for tests).
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        lock(&self.etags).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::new(
+            "http://127.0.0.1:9".into(),
+            Scope::Org("acme".into()),
+            Credential::Token(SecretString::from("ghp_secret".to_owned())),
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .expect("client")
+    }
+
+    #[test]
+    fn secondary_limits_back_off_exponentially_from_a_minute() {
+        let c = client();
+        let secondary = Throttle::Secondary { retry_after: None };
+        assert_eq!(c.throttled(secondary).0, Duration::from_secs(60));
+        assert_eq!(c.throttled(secondary).0, Duration::from_secs(120));
+        assert_eq!(c.throttled(secondary).0, Duration::from_secs(240));
+        for _ in 0..10 {
+            c.throttled(secondary);
+        }
+        assert_eq!(c.throttled(secondary).0, MAX_BACKOFF);
+        c.record(&RateHeaders::default());
+        assert_eq!(
+            c.throttled(secondary).0,
+            Duration::from_secs(60),
+            "a good answer resets the back-off"
+        );
+    }
+
+    #[test]
+    fn throttled_accounts_refuse_requests_with_the_time_left() {
+        let c = client();
+        assert!(c.check_paused("t").is_ok());
+        c.throttled(Throttle::Secondary {
+            retry_after: Some(Duration::from_secs(30)),
+        });
+        let e = c.check_paused("t").expect_err("paused");
+        match e.kind() {
+            ErrorKind::RateLimited {
+                retry_after: Some(d),
+            } => assert!(d <= Duration::from_secs(30) && d > Duration::from_secs(25)),
+            k => panic!("unexpected kind {k:?}"),
+        }
+        assert!(c.paused_for().is_some());
+    }
+
+    #[test]
+    fn primary_limit_pauses_until_reset() {
+        let c = client();
+        let reset = Utc::now().timestamp() + 120;
+        let (pause, _) = c.throttled(Throttle::Primary { reset: Some(reset) });
+        assert!(pause >= Duration::from_secs(119) && pause <= Duration::from_secs(122));
+        assert_eq!(c.rate_limit_remaining(), Some(0));
+        let (pause, _) = c.throttled(Throttle::Primary {
+            reset: Some(reset - 1000),
+        });
+        assert_eq!(
+            pause, DEFAULT_PRIMARY_PAUSE,
+            "a past reset falls back to a minute"
+        );
+    }
+
+    #[test]
+    fn debug_output_has_no_token() {
+        let c = client();
+        assert!(!format!("{c:?}").contains("ghp_secret"));
+        assert_eq!(c.cached(), 0);
+    }
+}

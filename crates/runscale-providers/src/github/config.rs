@@ -1,0 +1,667 @@
+//! Configuration of the GitHub provider: the account-level [`Config`] and the per-pool
+//! [`PoolSelector`], with their pure validation, and the [`Scope`] they resolve to.
+//!
+//! Nothing here reads a secret or opens a connection; that happens in
+//! [`GithubProvider::new`](super::GithubProvider::new).
+
+use std::time::Duration;
+
+use reqwest::Url;
+use runscale_core::secret::SecretRef;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// One GitHub account runscale scales runners for: an organisation, a repository or an
+/// enterprise, on github.com or GitHub Enterprise Server.
+///
+/// Exactly one of `org`, `repo` and `enterprise` must be set.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of the REST API: `https://api.github.com` (default), or
+    /// `https://HOST/api/v3` for GitHub Enterprise Server.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// Base URL runners register against (`config.sh --url` takes it plus the scope path).
+    /// Default: derived from `api_url` (`https://github.com` for github.com, `https://HOST`
+    /// for GitHub Enterprise Server, `api_url` itself otherwise).
+    #[serde(default = "default_web_url")]
+    pub web_url: Option<String>,
+    /// Organisation whose runners this account manages (organisation-level runners).
+    #[serde(default = "default_scope")]
+    pub org: Option<String>,
+    /// Repository (`owner/name`) whose runners this account manages (repository-level
+    /// runners).
+    #[serde(default = "default_scope")]
+    pub repo: Option<String>,
+    /// Enterprise (its slug) whose runners this account manages (enterprise-level runners).
+    /// Needs a classic personal access token with `manage_runners:enterprise`: GitHub Apps
+    /// cannot manage enterprise runners.
+    #[serde(default = "default_scope")]
+    pub enterprise: Option<String>,
+    /// How runscale authenticates: `{token: SECRET}` or `{app: {...}}`.
+    pub auth: Auth,
+    /// Secret shared with GitHub's webhook settings; deliveries to `/webhooks/github` are
+    /// verified with it (`X-Hub-Signature-256`). Without it, webhooks are rejected.
+    #[serde(default = "default_webhook_secret")]
+    pub webhook_secret: Option<SecretRef>,
+    /// Repositories polled for queued jobs, besides every repository a webhook named in the
+    /// last 24 hours. `name` (in the organisation) or `owner/name`. In repository scope the
+    /// repository itself is always polled; in enterprise scope use `owner/name`.
+    #[serde(default = "default_repositories")]
+    pub repositories: Vec<String>,
+    /// Runner group new runners join (GitHub's default group is 1). A pool may override it.
+    #[serde(default = "default_runner_group_id")]
+    pub runner_group_id: u64,
+    /// Poll workflow runs and jobs for demand on every pass (the truth; default). When false,
+    /// demand is what `workflow_job` webhooks reported: cheaper on the API budget, but a lost
+    /// webhook leaves a job counted (or uncounted) until it is 24 hours old.
+    #[serde(default = "default_poll_jobs")]
+    pub poll_jobs: bool,
+    /// Timeout of one API request, including reading the response (e.g. "30s").
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub request_timeout: Duration,
+    /// Timeout for opening a connection to the API (e.g. "10s").
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+}
+
+/// How runscale authenticates to GitHub.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// A personal access token (classic with `admin:org` / `repo` / `manage_runners:enterprise`,
+    /// or fine-grained with "Self-hosted runners" read/write and "Actions" read).
+    Token(SecretRef),
+    /// A GitHub App installed on the organisation or repository.
+    App(AppAuth),
+}
+
+/// GitHub App credentials.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppAuth {
+    /// The App's numeric id. Set this or `client_id`.
+    #[serde(default = "default_app_id")]
+    pub app_id: Option<u64>,
+    /// The App's client id (`Iv1...`), which GitHub recommends over the App id. Set this or
+    /// `app_id`.
+    #[serde(default = "default_client_id")]
+    pub client_id: Option<String>,
+    /// The App's private key (PEM), used to sign the JWTs that obtain installation tokens.
+    pub private_key: SecretRef,
+    /// The installation on the organisation or repository. Default: looked up with the App's
+    /// JWT (`GET /orgs/{org}/installation` or `GET /repos/{owner}/{repo}/installation`).
+    #[serde(default = "default_installation_id")]
+    pub installation_id: Option<u64>,
+}
+
+/// Which jobs and runners of the account belong to one pool.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSelector {
+    /// Labels of the pool's runners. A job is for this pool when every label of its `runs-on`
+    /// is among these (case-insensitive; `self-hosted` is implied). A job several pools could
+    /// run counts for the first of them in configuration order. New runners get these labels.
+    pub labels: Vec<String>,
+    /// Runner group of the pool's runners; default: the account's `runner_group_id`.
+    #[serde(default = "default_pool_runner_group_id")]
+    pub runner_group_id: Option<u64>,
+    /// Whether the pool's runners take one job each. Not read from configuration: the binary
+    /// copies the pool's `ephemeral` setting here. Ephemeral runners are registered with a
+    /// just-in-time configuration, persistent ones with a registration token.
+    #[serde(skip, default = "default_ephemeral")]
+    #[schemars(skip)]
+    pub ephemeral: bool,
+}
+
+/// The default [`Config::api_url`]: github.com's API.
+fn default_api_url() -> String {
+    "https://api.github.com".to_owned()
+}
+
+/// The default [`Config::web_url`]: derived from the API URL.
+fn default_web_url() -> Option<String> {
+    None
+}
+
+/// The default of [`Config::org`], [`Config::repo`] and [`Config::enterprise`]: unset.
+fn default_scope() -> Option<String> {
+    None
+}
+
+/// The default [`Config::webhook_secret`]: none (webhooks rejected).
+fn default_webhook_secret() -> Option<SecretRef> {
+    None
+}
+
+/// The default [`Config::repositories`]: none besides those webhooks name.
+fn default_repositories() -> Vec<String> {
+    Vec::new()
+}
+
+/// The default [`Config::runner_group_id`]: GitHub's default group, 1.
+fn default_runner_group_id() -> u64 {
+    1
+}
+
+/// The default [`Config::poll_jobs`]: poll.
+fn default_poll_jobs() -> bool {
+    true
+}
+
+/// The default [`Config::request_timeout`]: 30 seconds.
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The default [`Config::connect_timeout`]: 10 seconds.
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The default [`AppAuth::app_id`]: unset.
+fn default_app_id() -> Option<u64> {
+    None
+}
+
+/// The default [`AppAuth::client_id`]: unset.
+fn default_client_id() -> Option<String> {
+    None
+}
+
+/// The default [`AppAuth::installation_id`]: looked up.
+fn default_installation_id() -> Option<u64> {
+    None
+}
+
+/// The default [`PoolSelector::runner_group_id`]: the account's.
+fn default_pool_runner_group_id() -> Option<u64> {
+    None
+}
+
+/// The default [`PoolSelector::ephemeral`]: one job per runner.
+fn default_ephemeral() -> bool {
+    true
+}
+
+/// The account a configuration names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// An organisation.
+    Org(String),
+    /// A repository.
+    Repo {
+        /// Its owner.
+        owner: String,
+        /// Its name.
+        name: String,
+    },
+    /// An enterprise (slug).
+    Enterprise(String),
+}
+
+impl Scope {
+    /// The API path prefix of the scope's runner endpoints (`orgs/x`, `repos/o/r`,
+    /// `enterprises/e`), without slashes around it.
+    pub(crate) fn api_path(&self) -> String {
+        match self {
+            Scope::Org(org) => format!("orgs/{org}"),
+            Scope::Repo { owner, name } => format!("repos/{owner}/{name}"),
+            Scope::Enterprise(e) => format!("enterprises/{e}"),
+        }
+    }
+
+    /// The path of the scope in the web UI (what `config.sh --url` takes after the host).
+    pub(crate) fn web_path(&self) -> String {
+        match self {
+            Scope::Org(org) => org.clone(),
+            Scope::Repo { owner, name } => format!("{owner}/{name}"),
+            Scope::Enterprise(e) => format!("enterprises/{e}"),
+        }
+    }
+
+    /// A short description: `org x`, `repo o/r`, `enterprise e`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Scope::Org(org) => format!("org {org}"),
+            Scope::Repo { owner, name } => format!("repo {owner}/{name}"),
+            Scope::Enterprise(e) => format!("enterprise {e}"),
+        }
+    }
+}
+
+/// Whether `s` is a plausible GitHub login, repository name or enterprise slug: non-empty,
+/// ASCII letters, digits, `-`, `_` and `.` only (which also keeps it safe in a URL path).
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Splits `owner/name`, if both halves are valid names.
+pub(crate) fn split_repo(s: &str) -> Option<(&str, &str)> {
+    let (owner, name) = s.split_once('/')?;
+    (valid_name(owner) && valid_name(name)).then_some((owner, name))
+}
+
+/// Checks an absolute http(s) URL without query or fragment.
+fn url_problem(s: &str) -> Option<String> {
+    match Url::parse(s) {
+        Err(e) => Some(format!("is not a URL: {e}")),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            Some("must be an http:// or https:// URL".to_owned())
+        }
+        Ok(u) if u.host_str().is_none() => Some("must name a host".to_owned()),
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            Some("must not have a query or fragment".to_owned())
+        }
+        Ok(_) => None,
+    }
+}
+
+impl Config {
+    /// Checks the settings without reading secrets or touching the network. Errors name the
+    /// field (relative to this struct, e.g. `auth.app.client_id`) and say what is wrong.
+    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+        let mut errors: Vec<(String, String)> = Vec::new();
+        let mut err = |field: &str, msg: String| errors.push((field.to_owned(), msg));
+        if let Some(p) = url_problem(&self.api_url) {
+            err("api_url", p);
+        }
+        if let Some(web) = &self.web_url
+            && let Some(p) = url_problem(web)
+        {
+            err("web_url", p);
+        }
+        let set = [
+            self.org.is_some(),
+            self.repo.is_some(),
+            self.enterprise.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set != 1 {
+            err(
+                "org",
+                format!(
+                    "set exactly one of org, repo and enterprise ({set} are set): it names \
+                     the account whose runners are managed"
+                ),
+            );
+        }
+        if let Some(org) = &self.org
+            && !valid_name(org)
+        {
+            err(
+                "org",
+                format!("{org:?} is not an organisation login (letters, digits, -, _, .)"),
+            );
+        }
+        if let Some(repo) = &self.repo
+            && split_repo(repo).is_none()
+        {
+            err("repo", format!("{repo:?} is not of the form owner/name"));
+        }
+        if let Some(e) = &self.enterprise {
+            if !valid_name(e) {
+                err(
+                    "enterprise",
+                    format!("{e:?} is not an enterprise slug (letters, digits, -, _, .)"),
+                );
+            }
+            if matches!(self.auth, Auth::App(_)) {
+                err(
+                    "auth.app",
+                    "GitHub Apps cannot manage enterprise runners: use a classic personal \
+                     access token with manage_runners:enterprise"
+                        .to_owned(),
+                );
+            }
+        }
+        for (i, r) in self.repositories.iter().enumerate() {
+            let field = format!("repositories[{i}]");
+            let ok = if r.contains('/') {
+                split_repo(r).is_some()
+            } else {
+                valid_name(r) && self.org.is_some()
+            };
+            if !ok {
+                let msg = if self.org.is_some() {
+                    format!("{r:?} is neither a repository name nor owner/name")
+                } else {
+                    format!("{r:?} must be owner/name (a bare name needs org scope)")
+                };
+                err(&field, msg);
+            }
+        }
+        if self.runner_group_id == 0 {
+            err(
+                "runner_group_id",
+                "must be a runner group id (1 is the default group)".to_owned(),
+            );
+        }
+        if self.request_timeout.is_zero() {
+            err("request_timeout", "must be longer than zero".to_owned());
+        }
+        if self.connect_timeout.is_zero() {
+            err("connect_timeout", "must be longer than zero".to_owned());
+        }
+        if let Auth::App(app) = &self.auth {
+            match (&app.app_id, &app.client_id) {
+                (None, None) => err(
+                    "auth.app.client_id",
+                    "set client_id (or app_id): it identifies the App".to_owned(),
+                ),
+                (Some(_), Some(_)) => err(
+                    "auth.app.client_id",
+                    "set client_id or app_id, not both".to_owned(),
+                ),
+                (Some(0), None) => err("auth.app.app_id", "must not be 0".to_owned()),
+                (None, Some(c)) if c.trim().is_empty() || c.chars().any(char::is_whitespace) => {
+                    err(
+                        "auth.app.client_id",
+                        "must be the App's client id, without spaces".to_owned(),
+                    )
+                }
+                _ => {}
+            }
+            if app.installation_id == Some(0) {
+                err("auth.app.installation_id", "must not be 0".to_owned());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The account the configuration names. Call after [`Config::validate`]; `None` when
+    /// the scope is missing or malformed.
+    pub(crate) fn scope(&self) -> Option<Scope> {
+        match (&self.org, &self.repo, &self.enterprise) {
+            (Some(org), None, None) if valid_name(org) => Some(Scope::Org(org.clone())),
+            (None, Some(repo), None) => split_repo(repo).map(|(o, n)| Scope::Repo {
+                owner: o.to_owned(),
+                name: n.to_owned(),
+            }),
+            (None, None, Some(e)) if valid_name(e) => Some(Scope::Enterprise(e.clone())),
+            _ => None,
+        }
+    }
+
+    /// The API base URL without a trailing slash.
+    pub(crate) fn api_base(&self) -> String {
+        self.api_url.trim_end_matches('/').to_owned()
+    }
+
+    /// The base URL runners register against, without a trailing slash.
+    pub(crate) fn web_base(&self) -> String {
+        if let Some(web) = &self.web_url {
+            return web.trim_end_matches('/').to_owned();
+        }
+        let api = self.api_base();
+        let Ok(url) = Url::parse(&api) else {
+            return api;
+        };
+        let host = url.host_str().unwrap_or_default();
+        if host.eq_ignore_ascii_case("api.github.com") {
+            return "https://github.com".to_owned();
+        }
+        if let Some(rest) = host.strip_prefix("api.")
+            && rest.ends_with(".ghe.com")
+        {
+            return format!("{}://{rest}", url.scheme());
+        }
+        if let Some(base) = api.strip_suffix("/api/v3") {
+            return base.to_owned();
+        }
+        api
+    }
+
+    /// The repositories (`owner/name`) configured for polling, bare names qualified with the
+    /// organisation; the repository itself in repository scope.
+    pub(crate) fn poll_repositories(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(Scope::Repo { owner, name }) = self.scope() {
+            out.push(format!("{owner}/{name}"));
+        }
+        for r in &self.repositories {
+            let full = match (&self.org, r.contains('/')) {
+                (_, true) => r.clone(),
+                (Some(org), false) => format!("{org}/{r}"),
+                (None, false) => continue,
+            };
+            if !out.iter().any(|o| o.eq_ignore_ascii_case(&full)) {
+                out.push(full);
+            }
+        }
+        out
+    }
+}
+
+impl PoolSelector {
+    /// Checks the selector. Errors name the field (relative to this struct, e.g.
+    /// `labels[2]`) and say what is wrong.
+    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        if self.labels.is_empty() {
+            errors.push((
+                "labels".to_owned(),
+                "must name at least one label (jobs are matched by their runs-on labels)"
+                    .to_owned(),
+            ));
+        }
+        if self.labels.len() > 99 {
+            errors.push((
+                "labels".to_owned(),
+                "GitHub allows at most 100 labels per runner (self-hosted included)".to_owned(),
+            ));
+        }
+        for (i, l) in self.labels.iter().enumerate() {
+            let field = format!("labels[{i}]");
+            if l.trim().is_empty() {
+                errors.push((field, "must not be empty".to_owned()));
+            } else if l.contains(',') || l.trim() != l {
+                errors.push((
+                    field,
+                    "must not contain commas or leading/trailing spaces".to_owned(),
+                ));
+            } else if self.labels[..i]
+                .iter()
+                .any(|other| other.eq_ignore_ascii_case(l))
+            {
+                errors.push((
+                    field,
+                    format!("{l:?} is listed twice (labels are case-insensitive)"),
+                ));
+            }
+        }
+        if self.runner_group_id == Some(0) {
+            errors.push((
+                "runner_group_id".to_owned(),
+                "must be a runner group id (1 is the default group)".to_owned(),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org_config() -> Config {
+        Config {
+            api_url: default_api_url(),
+            web_url: None,
+            org: Some("acme".into()),
+            repo: None,
+            enterprise: None,
+            auth: Auth::Token(SecretRef::Env("GH_TOKEN".into())),
+            webhook_secret: None,
+            repositories: vec!["widgets".into(), "other/tools".into()],
+            runner_group_id: 1,
+            poll_jobs: true,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn fields(r: Result<(), Vec<(String, String)>>) -> Vec<String> {
+        r.err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    #[test]
+    fn yaml_with_defaults_parses_and_validates() {
+        let c: Config = serde_json::from_value(serde_json::json!({
+            "org": "acme",
+            "auth": {"app": {"client_id": "Iv1.abc", "private_key": {"file": "/k.pem"}}},
+            "webhook_secret": {"env": "HOOK"},
+            "request_timeout": "5s"
+        }))
+        .expect("parses");
+        assert_eq!(c.api_url, "https://api.github.com");
+        assert_eq!(c.runner_group_id, 1);
+        assert!(c.poll_jobs);
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.scope(), Some(Scope::Org("acme".into())));
+        assert_eq!(c.web_base(), "https://github.com");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let r: Result<Config, _> = serde_json::from_value(serde_json::json!({
+            "org": "acme", "auth": {"token": {"env": "T"}}, "orgg": "x"
+        }));
+        assert!(r.is_err());
+        let r: Result<PoolSelector, _> =
+            serde_json::from_value(serde_json::json!({"labels": ["a"], "ephemeral": false}));
+        assert!(
+            r.is_err(),
+            "ephemeral is filled in by the binary, not configured"
+        );
+    }
+
+    #[test]
+    fn exactly_one_scope() {
+        let mut c = org_config();
+        c.repo = Some("acme/widgets".into());
+        assert_eq!(fields(c.validate()), ["org"]);
+        c.org = None;
+        c.repo = None;
+        assert!(fields(c.validate()).contains(&"org".to_owned()));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let mut c = org_config();
+        c.org = Some("ac me".into());
+        c.repositories = vec!["ok".into(), "a/b/c".into(), "".into()];
+        assert_eq!(
+            fields(c.validate()),
+            ["org", "repositories[1]", "repositories[2]"]
+        );
+        let mut c = org_config();
+        c.org = None;
+        c.repo = Some("acme".into());
+        c.repositories = vec!["bare".into()];
+        assert_eq!(fields(c.validate()), ["repo", "repositories[0]"]);
+    }
+
+    #[test]
+    fn app_settings_are_checked() {
+        let mut c = org_config();
+        c.auth = Auth::App(AppAuth {
+            app_id: Some(1),
+            client_id: Some("Iv1.x".into()),
+            private_key: SecretRef::Env("K".into()),
+            installation_id: Some(0),
+        });
+        assert_eq!(
+            fields(c.validate()),
+            ["auth.app.client_id", "auth.app.installation_id"]
+        );
+        c.org = None;
+        c.enterprise = Some("big".into());
+        assert!(fields(c.validate()).contains(&"auth.app".to_owned()));
+    }
+
+    #[test]
+    fn urls_and_timeouts_are_checked() {
+        let mut c = org_config();
+        c.api_url = "ftp://x".into();
+        c.web_url = Some("not a url".into());
+        c.request_timeout = Duration::ZERO;
+        c.runner_group_id = 0;
+        assert_eq!(
+            fields(c.validate()),
+            ["api_url", "web_url", "runner_group_id", "request_timeout"]
+        );
+    }
+
+    #[test]
+    fn web_url_is_derived_from_the_api_url() {
+        let mut c = org_config();
+        c.api_url = "https://ghe.example.com/api/v3/".into();
+        assert_eq!(c.web_base(), "https://ghe.example.com");
+        c.api_url = "https://api.octo.ghe.com".into();
+        assert_eq!(c.web_base(), "https://octo.ghe.com");
+        c.api_url = "http://127.0.0.1:8080".into();
+        assert_eq!(c.web_base(), "http://127.0.0.1:8080");
+        c.web_url = Some("http://web.example/".into());
+        assert_eq!(c.web_base(), "http://web.example");
+    }
+
+    #[test]
+    fn poll_repositories_are_qualified() {
+        let c = org_config();
+        assert_eq!(c.poll_repositories(), ["acme/widgets", "other/tools"]);
+        let mut c = org_config();
+        c.org = None;
+        c.repo = Some("o/r".into());
+        c.repositories = vec!["O/R".into(), "o/s".into()];
+        assert_eq!(c.poll_repositories(), ["o/r", "o/s"]);
+    }
+
+    #[test]
+    fn selector_validation() {
+        let s = PoolSelector {
+            labels: vec!["linux".into(), "".into(), "a,b".into(), "LINUX".into()],
+            runner_group_id: Some(0),
+            ephemeral: true,
+        };
+        let got: Vec<String> = s
+            .validate()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            got,
+            ["labels[1]", "labels[2]", "labels[3]", "runner_group_id"]
+        );
+        let empty = PoolSelector {
+            labels: vec![],
+            runner_group_id: None,
+            ephemeral: true,
+        };
+        assert!(empty.validate().is_err());
+    }
+}
