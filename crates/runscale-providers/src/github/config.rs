@@ -340,6 +340,27 @@ impl Config {
                 err(&field, msg);
             }
         }
+        if self.poll_jobs
+            && self.repo.is_none()
+            && self.repositories.is_empty()
+            && self.webhook_secret.is_none()
+        {
+            err(
+                "repositories",
+                "name the repositories to poll for queued jobs, or set webhook_secret so \
+                 repositories are learnt from workflow_job webhooks: otherwise no demand is \
+                 ever seen"
+                    .to_owned(),
+            );
+        }
+        if !self.poll_jobs && self.webhook_secret.is_none() {
+            err(
+                "poll_jobs",
+                "without polling, demand comes from workflow_job webhooks only: set \
+                 webhook_secret"
+                    .to_owned(),
+            );
+        }
         if self.runner_group_id == 0 {
             err(
                 "runner_group_id",
@@ -600,6 +621,23 @@ mod tests {
         c.org = None;
         c.enterprise = Some("big".into());
         assert!(fields(c.validate()).contains(&"auth.app".to_owned()));
+    }
+
+    #[test]
+    fn org_scope_needs_repositories_or_webhooks_to_see_demand() {
+        let mut c = org_config();
+        c.repositories.clear();
+        assert_eq!(fields(c.validate()), ["repositories"]);
+        c.webhook_secret = Some(SecretRef::Env("HOOK".into()));
+        assert_eq!(c.validate(), Ok(()));
+        c.poll_jobs = false;
+        assert_eq!(
+            c.validate(),
+            Ok(()),
+            "webhook-only demand is the user's choice"
+        );
+        c.webhook_secret = None;
+        assert_eq!(fields(c.validate()), ["poll_jobs"]);
     }
 
     #[test]
