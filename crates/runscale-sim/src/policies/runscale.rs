@@ -1,0 +1,164 @@
+//! runscale's own policy: the real [`runscale_core::plan`], driven as the reconciler drives it.
+//!
+//! - A pass observes the pool (the incrementally kept [`runscale_core::Observation`]: waiting
+//!   jobs, runners with state / draining / last busy time, instances, launches of the last
+//!   minute), calls `plan`, and carries the plan out in the reconciler's order: launches
+//!   first, then the other actions in plan order. `Terminate { instance, runners }` removes
+//!   each listed runner first and stops at the first the CI system refuses (busy): the
+//!   instance stays. `Deregister` is likewise refused for a busy runner. `Drain` marks the
+//!   runner so it takes no new job.
+//! - Passes: on a webhook (job queued, after the webhook latency; also job completed with
+//!   `wake_on_completion`) unless detection is polling, and on the timer: `min(requeue_after, interval)`, at most 5 s when a launch was
+//!   held back by a cap, at least 1 s, counted from the end of the pass (`pass_latency`).
+//! - A pass whose observation has not changed since an empty plan, before that plan's
+//!   `requeue_after` is due, reuses it instead of calling `plan` again (same result, less
+//!   work).
+
+use std::time::Duration;
+
+use runscale_core::{Action, PoolSpec, Timestamp};
+
+use super::{Policy, SEC, Setup};
+use crate::config::{Detection, SimPool, WorldParams};
+use crate::engine::world::{Lifecycle, ms};
+use crate::engine::{Ms, World};
+
+/// Launch times are remembered this long (the reconciler's rate-limit window).
+const LAUNCH_MEMORY: Ms = 60 * SEC;
+const MIN_REQUEUE: Ms = SEC;
+const HELD_BACK_REQUEUE: Ms = 5 * SEC;
+
+pub(crate) struct Runscale {
+    spec: PoolSpec,
+    interval: Ms,
+    latency: Ms,
+    t0: Timestamp,
+    /// The last plan, when it was empty: the observation's version, when its time-based due
+    /// date falls, whether a cap held launches back. While nothing changed and nothing is
+    /// due, `plan` would return the same empty plan, so the pass skips calling it.
+    last_empty: Option<(u64, Ms, bool)>,
+}
+
+impl Runscale {
+    pub(crate) fn new(pool: &SimPool, params: &WorldParams, t0: Timestamp) -> Self {
+        Self {
+            spec: pool.spec.clone(),
+            interval: ms(params.pass_interval),
+            latency: ms(params.pass_latency),
+            t0,
+            last_empty: None,
+        }
+    }
+}
+
+fn index(id: &str) -> Option<u32> {
+    crate::engine::mirror_index(id)
+}
+
+impl Runscale {
+    /// When the reconciler comes back: `min(requeue_after, interval)`, at most 5 s when a cap
+    /// held launches back, at least 1 s, after the pass ends.
+    fn next(&self, now: Ms, requeue: Option<Ms>, held_back: bool) -> Ms {
+        let mut d = requeue.unwrap_or(self.interval).min(self.interval);
+        if held_back {
+            d = d.min(HELD_BACK_REQUEUE);
+        }
+        now + self.latency + d.max(MIN_REQUEUE)
+    }
+}
+
+impl Policy for Runscale {
+    fn setup(&self, pool: &SimPool, params: &WorldParams, _t0: Timestamp) -> Setup {
+        Setup {
+            slots: pool.spec.runners_per_instance.max(1),
+            life: Lifecycle {
+                ephemeral: pool.spec.ephemeral,
+                idle_exit: None,
+                exit_when_empty: params.instance_exits_when_runners_leave,
+                exit_decrements_desired: false,
+            },
+            asg: None,
+            first_pass: 0,
+            pass_latency: self.latency,
+            hook_queued: match params.detection {
+                Detection::Webhook { latency } => Some(ms(latency)),
+                Detection::Poll => None,
+            },
+            hook_completed: match params.detection {
+                Detection::Webhook { latency } if params.wake_on_completion => Some(ms(latency)),
+                _ => None,
+            },
+            mirror: true,
+        }
+    }
+
+    fn pass(&mut self, w: &mut World<'_>, p: usize) -> Option<Ms> {
+        let now = w.now();
+        let ts = w.ts(now);
+        let t0 = self.t0;
+        let version = w.pools[p].mirror.as_ref()?.version;
+        if let Some((v, due, held)) = self.last_empty
+            && v == version
+            && now < due
+        {
+            return Some(self.next(now, Some(due - now), held));
+        }
+        let plan = {
+            let m = w.pools[p].mirror.as_mut()?;
+            while m
+                .launches
+                .front()
+                .is_some_and(|&t| t + LAUNCH_MEMORY <= now)
+            {
+                m.launches.pop_front();
+            }
+            m.obs.recent_launches.clear();
+            m.obs.recent_launches.extend(
+                m.launches
+                    .iter()
+                    .map(|&t| t0 + chrono::Duration::milliseconds(t)),
+            );
+            runscale_core::plan(&self.spec, &m.obs, ts)
+        };
+        for a in &plan.actions {
+            if let Action::Launch { count } = a.action {
+                w.launch(p, count, None);
+            }
+        }
+        for a in &plan.actions {
+            match &a.action {
+                Action::Launch { .. } => {}
+                Action::Drain { runner, .. } => {
+                    if let Some(r) = index(runner.as_str()) {
+                        w.drain(r);
+                    }
+                }
+                Action::Deregister { runner, .. } => {
+                    if let Some(r) = index(runner.as_str()) {
+                        w.remove_runner(r);
+                    }
+                }
+                Action::Terminate { instance, runners } => {
+                    let all_removed = runners
+                        .iter()
+                        .filter_map(|r| index(r.as_str()))
+                        .all(|r| w.remove_runner(r));
+                    if all_removed && let Some(i) = index(instance.as_str()) {
+                        w.terminate(i, false);
+                    }
+                }
+            }
+        }
+        let requeue = plan.requeue_after.map(|d: Duration| ms(d));
+        let held = plan.held_back.is_some();
+        self.last_empty = plan.actions.is_empty().then(|| {
+            let version = w.pools[p].mirror.as_ref().map_or(0, |m| m.version);
+            (version, requeue.map_or(Ms::MAX, |d| now + d), held)
+        });
+        Some(self.next(now, requeue, held))
+    }
+
+    fn notes(&self) -> String {
+        "runscale_core::plan as the reconciler drives it: webhook wake-ups, requeue_after/interval timer, Terminate removes runners first and is refused for busy ones".to_owned()
+    }
+}
