@@ -1,0 +1,156 @@
+//! The command line: arguments (clap), logging, then one command; errors become exit codes.
+//!
+//! Exit codes: 0 success; 2 invalid configuration (unreadable file, `${VAR}` problem, YAML
+//! syntax, a field with a wrong type or value, or an adapter that blames its configuration,
+//! such as a missing secret) and command-line usage errors; 1 any other failure (a pool's
+//! pass failed, a probe failed, the port is taken). Errors go to stderr with their chain of
+//! causes; logs go to stderr too; command output (tables, the schema) to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, BuildError, ConfigError, Validated};
+use crate::logging::{self, LogFormat};
+use crate::{commands, daemon};
+
+/// Exit code for an invalid configuration.
+pub const EXIT_INVALID_CONFIG: u8 = 2;
+/// Exit code for any other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// runscale: autoscaler for self-hosted CI runners.
+#[derive(Debug, Parser)]
+#[command(name = "runscale", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log line format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RUNSCALE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter: a level (`info`, `debug`) or tracing directives
+    /// (`runscale_core=debug,info`).
+    #[arg(long, global = true, default_value = "info", env = "RUNSCALE_LOG_LEVEL", value_parser = logging::parse_level)]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTP server and reconciler, until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Run one pass over every pool, print what was planned, and exit (non-zero if any pool
+    /// failed).
+    Once(RunArgs),
+    /// Validate the configuration, then probe every provider and backend read-only.
+    Check(ConfigArg),
+    /// Configuration tools.
+    Config {
+        /// What to do with the configuration.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print the version and the provider and backend types compiled in.
+    Version,
+}
+
+/// Configuration subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the JSON Schema of the configuration file.
+    Schema,
+}
+
+/// The configuration file argument.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file (YAML).
+    #[arg(short, long, env = "RUNSCALE_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Arguments of `run` and `once`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Compute and log plans, act on nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Parses the process's arguments, runs the command, and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, &cli.log_level);
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {}", render(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// Runs one command.
+pub fn execute(command: Command) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => commands::schema(&mut stdout),
+        Command::Version => commands::version(&mut stdout),
+        Command::Check(args) => {
+            let config = load(&args)?;
+            runtime()?.block_on(commands::check(&config, &mut stdout))
+        }
+        Command::Once(args) => {
+            let config = load(&args.config)?;
+            runtime()?.block_on(commands::once(&config, args.dry_run, &mut stdout))
+        }
+        Command::Run(args) => {
+            let config = load(&args.config)?;
+            drop(stdout);
+            runtime()?.block_on(daemon::run(&config, args.dry_run))
+        }
+    }
+}
+
+fn load(args: &ConfigArg) -> Result<Validated, ConfigError> {
+    config::load(&args.config)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The exit code for an error: 2 for a bad configuration, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return EXIT_INVALID_CONFIG;
+        }
+        if let Some(b) = cause.downcast_ref::<BuildError>()
+            && b.is_misconfiguration()
+        {
+            return EXIT_INVALID_CONFIG;
+        }
+    }
+    EXIT_FAILURE
+}
+
+/// The error and its causes, one per line after the first.
+pub fn render(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        text.push_str("\n  caused by: ");
+        text.push_str(&cause.to_string());
+    }
+    text
+}

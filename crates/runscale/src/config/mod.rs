@@ -1,0 +1,105 @@
+//! The configuration: one YAML file, read in stages, each with its own errors.
+//!
+//! 1. **Read** the file ([`ConfigError::Read`]).
+//! 2. **Interpolate** `${VAR}` and `${VAR:-default}` in the raw text ([`interpolate`];
+//!    [`ConfigError::Interpolation`] names each unset variable and its line).
+//! 3. **Parse** the YAML ([`source`]; [`ConfigError::Syntax`] with line and column), keeping
+//!    the line of every field path.
+//! 4. **Deserialize** into [`Config`]: wrong types and unknown keys become
+//!    [`ConfigError::Invalid`] naming the field path (`pools[0].max`) and its line. serde stops
+//!    at the first such error, so these are reported one at a time.
+//! 5. **Validate** ([`Config::validate`], pure): every semantic rule, every error collected, each
+//!    naming its path and line. Adapter settings, selectors and templates are parsed into their
+//!    types here, since only now is it known which adapter each belongs to.
+//! 6. **Build** ([`build()`]): secrets are read and adapters constructed.
+//!
+//! Lines are looked up from the parsed document by field path (serde-saphyr's [`Spanned`]
+//! locations, recorded for every key and sequence item), so semantic errors point at the line
+//! of the field, or of its nearest enclosing field when the field itself is missing.
+//!
+//! [`Spanned`]: serde_saphyr::Spanned
+
+mod build;
+mod error;
+pub mod interpolate;
+mod model;
+mod registry;
+pub mod source;
+mod validate;
+
+use std::path::Path;
+
+pub use build::{Adapters, Built, Runtime, build, build_adapters};
+pub use error::{BuildError, ConfigError, FieldError};
+pub use model::{BackendConfig, Config, PoolConfig, ProviderConfig, ScheduleConfig};
+pub use registry::{
+    BACKEND_TYPES, BackendSettings, PROVIDER_TYPES, ProviderSettings, SelectorSettings,
+    TemplateSettings, TypeInfo,
+};
+pub use validate::{
+    BackendEntry, MAX_ADAPTER_NAME, MAX_POOL_NAME, ProviderEntry, ValidPool, Validated,
+    combined_template_hash, name_problem,
+};
+
+/// Reads, interpolates (from the process environment), parses and validates a configuration
+/// file.
+pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_str(&text, path, |name| std::env::var(name).ok())
+}
+
+/// Interpolates, parses and validates configuration text; `path` is only used in messages and
+/// `lookup` supplies environment variables.
+pub fn load_str(
+    text: &str,
+    path: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Validated, ConfigError> {
+    let (config, lines) = parse_str(text, path, lookup)?;
+    config.validate().map_err(|errors| ConfigError::Invalid {
+        path: path.to_owned(),
+        errors: error::locate(errors, &lines),
+    })
+}
+
+/// Stages 2 to 4: the configuration as written, not yet validated, with the line index.
+pub fn parse_str(
+    text: &str,
+    path: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(Config, source::LineIndex), ConfigError> {
+    let text =
+        interpolate::interpolate(text, lookup).map_err(|errors| ConfigError::Interpolation {
+            path: path.to_owned(),
+            errors,
+        })?;
+    let doc = source::parse(&text).map_err(|error| ConfigError::Syntax {
+        path: path.to_owned(),
+        error,
+    })?;
+    if !doc.value.is_object() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            errors: vec![FieldError {
+                path: String::new(),
+                message: "the file must be a mapping with the keys listen, interval, \
+                          max_concurrent_passes, shutdown_timeout, providers, backends and pools"
+                    .to_owned(),
+                line: Some(1),
+            }],
+        });
+    }
+    let config: Config = registry::from_value(doc.value, "").map_err(|e| ConfigError::Invalid {
+        path: path.to_owned(),
+        errors: error::locate(vec![e], &doc.lines),
+    })?;
+    Ok((config, doc.lines))
+}
+
+/// The JSON Schema of the configuration file, generated from the types.
+pub fn schema() -> serde_json::Value {
+    schemars::schema_for!(Config).to_value()
+}

@@ -1,0 +1,251 @@
+//! The configuration file's types, as written: top-level settings, providers, backends and
+//! pools, with their defaults and documentation (which becomes the JSON Schema).
+//!
+//! Adapter-specific parts (a provider's or backend's settings, a pool's `selector` and
+//! `template`) are kept as JSON values here and turned into the adapter's own types by
+//! [`Config::validate`](super::Config::validate), once it is known which adapter they belong
+//! to. That keeps error paths exact (`providers[0].token`, `pools[2].template.command`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::registry;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server (health, readiness, metrics, webhooks, API) listens on.
+    #[serde(default = "default_listen")]
+    #[schemars(with = "String")]
+    pub listen: SocketAddr,
+    /// A pool with nothing due is still reconciled this often (a duration such as "30s").
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// Reconcile passes running at once, over all pools (at least 1).
+    #[serde(default = "default_max_concurrent_passes")]
+    pub max_concurrent_passes: usize,
+    /// On SIGTERM or SIGINT, how long in-flight passes may take to finish before runscale
+    /// exits anyway (a duration such as "30s").
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub shutdown_timeout: Duration,
+    /// CI systems (accounts) to read demand from. Each has a unique `name` that pools refer to,
+    /// a `type`, and the settings of that type.
+    #[schemars(schema_with = "registry::providers_schema")]
+    pub providers: Vec<ProviderConfig>,
+    /// Places runners run. Each has a unique `name` that pools refer to, a `type`, and the
+    /// settings of that type.
+    #[schemars(schema_with = "registry::backends_schema")]
+    pub backends: Vec<BackendConfig>,
+    /// Scaling units: each binds a selector of one provider to a template of one backend.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// The default [`Config::listen`]: 127.0.0.1:9090 (loopback only).
+fn default_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 9090))
+}
+
+/// The default [`Config::interval`]: 30 seconds.
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The default [`Config::max_concurrent_passes`]: 16.
+fn default_max_concurrent_passes() -> usize {
+    16
+}
+
+/// The default [`Config::shutdown_timeout`]: 30 seconds.
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// One provider (CI system account).
+///
+/// Keys other than `name` and `type` are the settings of the type and are checked, unknown
+/// keys included, against that type's settings when the configuration is validated.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ProviderConfig {
+    /// Unique name: pools refer to it, webhooks are received at `/webhooks/{name}`, and it is
+    /// the `account` label of metrics.
+    pub name: String,
+    /// The provider type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The settings of that type.
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+}
+
+/// One backend.
+///
+/// Keys other than `name` and `type` are the settings of the type and are checked, unknown
+/// keys included, against that type's settings when the configuration is validated.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BackendConfig {
+    /// Unique name: pools refer to it, and it is the `account` label of metrics.
+    pub name: String,
+    /// The backend type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The settings of that type.
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+}
+
+/// One pool: a selector on the CI side, a template on the backend, and the scaling limits.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique name: lower-case letters, digits and '-', starting and ending with a letter or
+    /// digit, at most 40 characters. It is part of every runner's name
+    /// (`rs-{pool}-{10 characters}`) and of metric labels.
+    pub name: String,
+    /// Name of the provider (from `providers`) whose jobs this pool serves.
+    pub provider: String,
+    /// Name of the backend (from `backends`) this pool's runners run on.
+    pub backend: String,
+    /// Which jobs of the provider this pool serves; its shape depends on the provider's type.
+    #[serde(default = "default_selector")]
+    #[schemars(schema_with = "registry::selector_schema")]
+    pub selector: Value,
+    /// How the backend starts one instance; its shape depends on the backend's type.
+    #[schemars(schema_with = "registry::template_schema")]
+    pub template: Value,
+    /// Idle runners kept warm on top of demand (runners, not instances).
+    #[serde(default = "default_min_idle")]
+    pub min_idle: u32,
+    /// Most instances (booting and running) at any time; at least 1.
+    pub max: u32,
+    /// Most instances booting at once, which also bounds launches per pass; from 1 to `max`.
+    /// Default: `max`.
+    #[serde(default = "default_max_booting")]
+    pub max_booting: Option<u32>,
+    /// Most launches in any 60-second window; 0 means no limit.
+    #[serde(default = "default_launches_per_minute")]
+    pub launches_per_minute: u32,
+    /// An instance whose runner has not registered this long after launch is terminated (a
+    /// duration such as "5m").
+    #[serde(default = "default_boot_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub boot_timeout: Duration,
+    /// A runner beyond `min_idle` that has been idle this long is removed (a duration such as
+    /// "5m").
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Duration,
+    /// Instances older than this are retired once idle (a duration such as "12h"; must be
+    /// longer than `boot_timeout`). Default: no limit.
+    #[serde(default = "default_max_lifetime", with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub max_lifetime: Option<Duration>,
+    /// After a launch, no idle runner is removed for this long, so a burst that is being
+    /// served does not scale in and out again (a duration such as "2m"). Default 0s:
+    /// `idle_timeout` already keeps a fresh runner for its whole timeout. At most
+    /// `idle_timeout`: a longer delay would keep idle runners past their timeout after every
+    /// launch; raise `idle_timeout` instead.
+    #[serde(default = "default_scale_down_delay", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub scale_down_delay: Duration,
+    /// Runners (job slots) hosted by one instance; at least 1.
+    #[serde(default = "default_runners_per_instance")]
+    pub runners_per_instance: u32,
+    /// One job per runner: a runner unregisters itself after its job.
+    #[serde(default = "default_ephemeral")]
+    pub ephemeral: bool,
+    /// Time-of-day overrides of `min_idle` and `max`. When several entries are active, the
+    /// last one in the list wins.
+    #[serde(default = "default_schedules")]
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// The default [`PoolConfig::selector`]: an empty mapping.
+fn default_selector() -> Value {
+    Value::Object(Map::new())
+}
+
+/// The default [`PoolConfig::min_idle`]: 0 (scale to zero).
+fn default_min_idle() -> u32 {
+    0
+}
+
+/// The default [`PoolConfig::max_booting`]: unset, meaning `max`.
+fn default_max_booting() -> Option<u32> {
+    None
+}
+
+/// The default [`PoolConfig::launches_per_minute`]: 0 (no limit).
+fn default_launches_per_minute() -> u32 {
+    0
+}
+
+/// The default [`PoolConfig::boot_timeout`]: 5 minutes.
+fn default_boot_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The default [`PoolConfig::idle_timeout`]: 5 minutes.
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The default [`PoolConfig::max_lifetime`]: none.
+fn default_max_lifetime() -> Option<Duration> {
+    None
+}
+
+/// The default [`PoolConfig::scale_down_delay`]: 0 seconds.
+fn default_scale_down_delay() -> Duration {
+    Duration::ZERO
+}
+
+/// The default [`PoolConfig::runners_per_instance`]: 1.
+fn default_runners_per_instance() -> u32 {
+    1
+}
+
+/// The default [`PoolConfig::ephemeral`]: true.
+fn default_ephemeral() -> bool {
+    true
+}
+
+/// The default [`PoolConfig::schedules`]: none.
+fn default_schedules() -> Vec<ScheduleConfig> {
+    Vec::new()
+}
+
+/// A time-of-day override of a pool's `min_idle` and `max`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// When the entry is active: a five-field cron expression (minute hour day-of-month month
+    /// day-of-week), e.g. "* 8-17 * * MON-FRI" for working hours. Active during every
+    /// matching minute.
+    pub cron: String,
+    /// IANA time zone the expression is evaluated in, e.g. "Europe/Berlin".
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// `min_idle` while active; default: the pool's.
+    #[serde(default = "default_override")]
+    pub min_idle: Option<u32>,
+    /// `max` while active (0 turns the pool off); default: the pool's.
+    #[serde(default = "default_override")]
+    pub max: Option<u32>,
+}
+
+/// The default [`ScheduleConfig::timezone`]: UTC.
+fn default_timezone() -> String {
+    "UTC".to_owned()
+}
+
+/// The default of [`ScheduleConfig::min_idle`] and [`ScheduleConfig::max`]: no override.
+fn default_override() -> Option<u32> {
+    None
+}

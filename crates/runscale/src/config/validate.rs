@@ -1,0 +1,532 @@
+//! The pure check of a parsed [`Config`]: every rule, every error collected, each naming its
+//! field path. No file, network or environment access happens here (secrets are only read by
+//! [`build`](super::build)).
+//!
+//! On success the result is a [`Validated`] configuration: adapter settings, selectors and
+//! templates parsed into their types, and one [`PoolSpec`] per pool.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use runscale_core::reconciler::Options;
+use runscale_core::{PoolId, PoolSpec, Schedule, ScheduleError};
+
+use super::error::FieldError;
+use super::model::{Config, PoolConfig, ScheduleConfig};
+use super::registry::{
+    self, BackendSettings, ProviderSettings, SelectorSettings, TemplateSettings,
+};
+use super::source::{join_index, join_key};
+
+/// Longest pool name: runner names are `rs-{pool}-{10 characters}` and must stay short for
+/// CI systems that limit them.
+pub const MAX_POOL_NAME: usize = 40;
+/// Longest provider or backend name.
+pub const MAX_ADAPTER_NAME: usize = 63;
+
+/// A provider with its parsed settings.
+#[derive(Clone, Debug)]
+pub struct ProviderEntry {
+    /// Configured name.
+    pub name: String,
+    /// Parsed settings.
+    pub settings: ProviderSettings,
+}
+
+/// A backend with its parsed settings.
+#[derive(Clone, Debug)]
+pub struct BackendEntry {
+    /// Configured name.
+    pub name: String,
+    /// Parsed settings.
+    pub settings: BackendSettings,
+}
+
+/// A pool, ready to be bound to its adapters.
+#[derive(Clone, Debug)]
+pub struct ValidPool {
+    /// Limits, timeouts, schedules and template hash.
+    pub spec: PoolSpec,
+    /// Index into [`Validated::providers`].
+    pub provider: usize,
+    /// Index into [`Validated::backends`].
+    pub backend: usize,
+    /// The selector, parsed for the provider's type.
+    pub selector: SelectorSettings,
+    /// The template, parsed for the backend's type.
+    pub template: TemplateSettings,
+}
+
+/// A configuration that passed [`Config::validate`].
+#[derive(Clone, Debug)]
+pub struct Validated {
+    /// Where the HTTP server listens.
+    pub listen: SocketAddr,
+    /// Reconciler options (`dry_run` false; backoff at its defaults).
+    pub options: Options,
+    /// Providers, in file order.
+    pub providers: Vec<ProviderEntry>,
+    /// Backends, in file order.
+    pub backends: Vec<BackendEntry>,
+    /// Pools, in file order.
+    pub pools: Vec<ValidPool>,
+}
+
+/// Why `name` is not a valid DNS-label-style name of at most `max` characters, if it is not.
+pub fn name_problem(name: &str, max: usize) -> Option<String> {
+    const RULE: &str = "use lower-case letters, digits and '-', starting and ending with a \
+                        letter or digit";
+    if name.is_empty() {
+        return Some(format!("must not be empty; {RULE}"));
+    }
+    if name.len() > max {
+        return Some(format!(
+            "{name:?} is {} characters long; at most {max} are allowed",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Some(format!("{name:?} contains {c:?}; {RULE}"));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Some(format!("{name:?} starts or ends with '-'; {RULE}"));
+    }
+    None
+}
+
+/// The template hash recorded on instances: the backend's hash of the template, combined with
+/// the slots per instance (changing either replaces the pool's instances once idle).
+pub fn combined_template_hash(backend_hash: &str, runners_per_instance: u32) -> String {
+    format!("{backend_hash}-{runners_per_instance}")
+}
+
+impl Config {
+    /// Checks everything that can be checked without touching the world, and returns every
+    /// problem found (each naming its field), or the validated configuration.
+    pub fn validate(&self) -> Result<Validated, Vec<FieldError>> {
+        let mut errors = Vec::new();
+
+        if self.interval.is_zero() {
+            errors.push(FieldError::new(
+                "interval",
+                "must be longer than 0s, e.g. \"30s\"",
+            ));
+        }
+        if self.max_concurrent_passes == 0 {
+            errors.push(FieldError::new(
+                "max_concurrent_passes",
+                "must be at least 1",
+            ));
+        }
+
+        let adapters = Adapters {
+            providers: self.check_providers(&mut errors),
+            provider_names: self.providers.iter().map(|p| p.name.as_str()).collect(),
+            backends: self.check_backends(&mut errors),
+            backend_names: self.backends.iter().map(|b| b.name.as_str()).collect(),
+        };
+
+        if self.pools.is_empty() {
+            errors.push(FieldError::new(
+                "pools",
+                "no pool is configured; add at least one",
+            ));
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for (i, pool) in self.pools.iter().enumerate() {
+            let path = join_index("pools", i);
+            if let Some(&first) = seen.get(pool.name.as_str()) {
+                errors.push(FieldError::new(
+                    join_key(&path, "name"),
+                    format!(
+                        "pool name {:?} is already used by pools[{first}]; names must be unique",
+                        pool.name
+                    ),
+                ));
+            } else {
+                seen.insert(&pool.name, i);
+            }
+            if let Some(p) = check_pool(pool, &path, &adapters, &mut errors) {
+                pools.push(p);
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Validated {
+            listen: self.listen,
+            options: Options {
+                interval: self.interval,
+                max_concurrent_passes: self.max_concurrent_passes,
+                shutdown_timeout: self.shutdown_timeout,
+                ..Options::default()
+            },
+            // Every entry parsed (no error was recorded), so none is missing.
+            providers: adapters.providers.into_iter().flatten().collect(),
+            backends: adapters.backends.into_iter().flatten().collect(),
+            pools,
+        })
+    }
+
+    /// Parses every provider; `None` where it failed (the error is recorded).
+    fn check_providers(&self, errors: &mut Vec<FieldError>) -> Vec<Option<ProviderEntry>> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        self.providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let path = join_index("providers", i);
+                check_adapter_name(&p.name, &path, "provider", &mut seen, i, errors);
+                match registry::parse_provider(&p.kind, p.settings.clone(), &path) {
+                    Ok(settings) => Some(ProviderEntry {
+                        name: p.name.clone(),
+                        settings,
+                    }),
+                    Err(e) => {
+                        errors.extend(e);
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Parses every backend; `None` where it failed (the error is recorded).
+    fn check_backends(&self, errors: &mut Vec<FieldError>) -> Vec<Option<BackendEntry>> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let path = join_index("backends", i);
+                check_adapter_name(&b.name, &path, "backend", &mut seen, i, errors);
+                match registry::parse_backend(&b.kind, b.settings.clone(), &path) {
+                    Ok(settings) => Some(BackendEntry {
+                        name: b.name.clone(),
+                        settings,
+                    }),
+                    Err(e) => {
+                        errors.extend(e);
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+fn check_adapter_name<'a>(
+    name: &'a str,
+    path: &str,
+    role: &str,
+    seen: &mut HashMap<&'a str, usize>,
+    index: usize,
+    errors: &mut Vec<FieldError>,
+) {
+    let field = join_key(path, "name");
+    if let Some(problem) = name_problem(name, MAX_ADAPTER_NAME) {
+        errors.push(FieldError::new(field, problem));
+    } else if let Some(&first) = seen.get(name) {
+        errors.push(FieldError::new(
+            field,
+            format!(
+                "{role} name {name:?} is already used by {role}s[{first}]; names must be unique"
+            ),
+        ));
+    } else {
+        seen.insert(name, index);
+    }
+}
+
+/// Finds the entry a pool refers to among `names` (as configured): `None` when no entry has
+/// that name (the error is recorded here) or when it failed to parse (already reported).
+fn find<'a, T>(
+    entries: &'a [Option<T>],
+    names: &[&str],
+    wanted: &str,
+    role: &str,
+    field: String,
+    errors: &mut Vec<FieldError>,
+) -> Option<(usize, &'a T)> {
+    match names.iter().position(|n| *n == wanted) {
+        Some(i) => entries.get(i)?.as_ref().map(|e| (i, e)),
+        None => {
+            let known = if names.is_empty() {
+                format!("no {role} is configured")
+            } else {
+                format!("configured {role}s: {}", names.join(", "))
+            };
+            errors.push(FieldError::new(
+                field,
+                format!("no {role} is named {wanted:?}; {known}"),
+            ));
+            None
+        }
+    }
+}
+
+/// The parsed providers and backends, by position, with their configured names.
+struct Adapters<'a> {
+    providers: Vec<Option<ProviderEntry>>,
+    provider_names: Vec<&'a str>,
+    backends: Vec<Option<BackendEntry>>,
+    backend_names: Vec<&'a str>,
+}
+
+fn check_pool(
+    pool: &PoolConfig,
+    path: &str,
+    adapters: &Adapters<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Option<ValidPool> {
+    let before = errors.len();
+    let field = |name: &str| join_key(path, name);
+
+    if let Some(problem) = name_problem(&pool.name, MAX_POOL_NAME) {
+        errors.push(FieldError::new(field("name"), problem));
+    }
+    if pool.max == 0 {
+        errors.push(FieldError::new(
+            field("max"),
+            "must be at least 1 (use a schedule with max: 0 to switch a pool off at times)",
+        ));
+    }
+    let max_booting = pool.max_booting.unwrap_or(pool.max);
+    if let Some(b) = pool.max_booting
+        && (b == 0 || b > pool.max)
+    {
+        errors.push(FieldError::new(
+            field("max_booting"),
+            format!(
+                "is {b}; must be from 1 to max ({}), or left out to mean max",
+                pool.max
+            ),
+        ));
+    }
+    if pool.runners_per_instance == 0 {
+        errors.push(FieldError::new(
+            field("runners_per_instance"),
+            "must be at least 1",
+        ));
+    }
+    let slots = u64::from(pool.max) * u64::from(pool.runners_per_instance.max(1));
+    if pool.max > 0 && u64::from(pool.min_idle) > slots {
+        errors.push(FieldError::new(
+            field("min_idle"),
+            format!(
+                "is {}, more idle runners than max × runners_per_instance ({slots}) can host; \
+                 must be at most {slots}",
+                pool.min_idle
+            ),
+        ));
+    }
+    positive(pool.boot_timeout, &field("boot_timeout"), errors);
+    positive(pool.idle_timeout, &field("idle_timeout"), errors);
+    if let Some(lifetime) = pool.max_lifetime
+        && lifetime <= pool.boot_timeout
+    {
+        errors.push(FieldError::new(
+            field("max_lifetime"),
+            format!(
+                "is {}, not longer than boot_timeout ({}): instances would be retired while \
+                 booting; make it longer or leave it out",
+                fmt_duration(lifetime),
+                fmt_duration(pool.boot_timeout)
+            ),
+        ));
+    }
+    if pool.scale_down_delay > pool.idle_timeout {
+        errors.push(FieldError::new(
+            field("scale_down_delay"),
+            format!(
+                "is {}, longer than idle_timeout ({}): idle runners would outlive their \
+                 timeout after every launch; must be at most idle_timeout (raise idle_timeout \
+                 instead)",
+                fmt_duration(pool.scale_down_delay),
+                fmt_duration(pool.idle_timeout)
+            ),
+        ));
+    }
+    let schedules = check_schedules(pool, path, errors);
+
+    let provider = find(
+        &adapters.providers,
+        &adapters.provider_names,
+        &pool.provider,
+        "provider",
+        field("provider"),
+        errors,
+    );
+    let backend = find(
+        &adapters.backends,
+        &adapters.backend_names,
+        &pool.backend,
+        "backend",
+        field("backend"),
+        errors,
+    );
+    let context = registry::PoolContext {
+        runners_per_instance: pool.runners_per_instance,
+        ephemeral: pool.ephemeral,
+    };
+    let selector = provider.and_then(|(_, p)| {
+        registry::parse_selector(
+            &p.settings,
+            pool.selector.clone(),
+            &field("selector"),
+            context,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok()
+    });
+    let template = backend.and_then(|(_, b)| {
+        registry::parse_template(
+            &b.settings,
+            pool.template.clone(),
+            &field("template"),
+            context,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok()
+    });
+
+    if errors.len() != before {
+        return None;
+    }
+    let (provider, _) = provider?;
+    let (backend, _) = backend?;
+    let (selector, template) = (selector?, template?);
+    let spec = PoolSpec {
+        name: PoolId::new(&pool.name),
+        min_idle: pool.min_idle,
+        max: pool.max,
+        max_booting,
+        launches_per_minute: pool.launches_per_minute,
+        boot_timeout: pool.boot_timeout,
+        idle_timeout: pool.idle_timeout,
+        max_lifetime: pool.max_lifetime,
+        scale_down_delay: pool.scale_down_delay,
+        schedules,
+        runners_per_instance: pool.runners_per_instance,
+        ephemeral: pool.ephemeral,
+        template_hash: combined_template_hash(&template.backend_hash(), pool.runners_per_instance),
+    };
+    Some(ValidPool {
+        spec,
+        provider,
+        backend,
+        selector,
+        template,
+    })
+}
+
+fn check_schedules(pool: &PoolConfig, path: &str, errors: &mut Vec<FieldError>) -> Vec<Schedule> {
+    let mut out = Vec::with_capacity(pool.schedules.len());
+    for (i, s) in pool.schedules.iter().enumerate() {
+        let spath = join_index(&join_key(path, "schedules"), i);
+        if let Some(schedule) = check_schedule(pool, s, &spath, errors) {
+            out.push(schedule);
+        }
+    }
+    out
+}
+
+fn check_schedule(
+    pool: &PoolConfig,
+    s: &ScheduleConfig,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<Schedule> {
+    let before = errors.len();
+    if let Err(ScheduleError::Cron { reason, .. }) = Schedule::new(&s.cron, "UTC", None, None) {
+        errors.push(FieldError::new(
+            join_key(path, "cron"),
+            format!(
+                "invalid cron expression {:?} ({reason}); expected five fields: minute hour \
+                 day-of-month month day-of-week, e.g. \"* 8-17 * * MON-FRI\"",
+                s.cron
+            ),
+        ));
+    }
+    // The time zone is checked on its own so that a bad cron and a bad zone are both reported.
+    if let Err(ScheduleError::TimeZone(_)) = Schedule::new("* * * * *", &s.timezone, None, None) {
+        errors.push(FieldError::new(
+            join_key(path, "timezone"),
+            format!(
+                "unknown time zone {:?}; expected an IANA name such as \"UTC\" or \
+                 \"Europe/Berlin\"",
+                s.timezone
+            ),
+        ));
+    }
+    let max = s.max.unwrap_or(pool.max);
+    if let Some(min_idle) = s.min_idle {
+        let slots = u64::from(max) * u64::from(pool.runners_per_instance.max(1));
+        if u64::from(min_idle) > slots {
+            errors.push(FieldError::new(
+                join_key(path, "min_idle"),
+                format!(
+                    "is {min_idle}, more idle runners than max × runners_per_instance ({slots}) \
+                     can host while this schedule is active; must be at most {slots}"
+                ),
+            ));
+        }
+    }
+    if s.min_idle.is_none() && s.max.is_none() {
+        errors.push(FieldError::new(
+            path,
+            "overrides nothing; set min_idle, max or both",
+        ));
+    }
+    if errors.len() != before {
+        return None;
+    }
+    Schedule::new(&s.cron, &s.timezone, s.min_idle, s.max).ok()
+}
+
+fn positive(d: Duration, field: &str, errors: &mut Vec<FieldError>) {
+    if d.is_zero() {
+        errors.push(FieldError::new(
+            field,
+            "must be longer than 0s, e.g. \"5m\"",
+        ));
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dns_label_rules() {
+        assert_eq!(name_problem("linux-x64", 40), None);
+        assert_eq!(name_problem("a", 40), None);
+        assert_eq!(name_problem("0abc9", 40), None);
+        for bad in ["", "Linux", "a_b", "-a", "a-", "a.b", "ü"] {
+            assert!(name_problem(bad, 40).is_some(), "{bad:?} accepted");
+        }
+        let long = "a".repeat(41);
+        let p = name_problem(&long, 40).expect("too long");
+        assert!(p.contains("41") && p.contains("40"), "{p}");
+        assert_eq!(name_problem(&"a".repeat(40), 40), None);
+    }
+
+    #[test]
+    fn template_hash_changes_with_slots() {
+        let a = combined_template_hash("abc", 1);
+        let b = combined_template_hash("abc", 2);
+        let c = combined_template_hash("abd", 1);
+        assert!(a != b && b != c && a != c, "{a} {b} {c}");
+        assert_eq!(a, combined_template_hash("abc", 1));
+    }
+}
