@@ -1,0 +1,151 @@
+//! `runscale-fake-runner`: a fake GitHub Actions runner for the runscale emulator.
+//!
+//! Where its runner comes from, first match wins:
+//! 1. `--jitconfig <encoded>` or `RUNSCALE_JITCONFIG`;
+//! 2. `GITHUB_JIT_CONFIG` (runscale's `env` credentials delivery);
+//! 3. the file named by `RUNSCALE_CREDENTIALS_FILE` (runscale's `file` delivery; one agent
+//!    per runner listed, run side by side);
+//! 4. `--url <emulator>/<owner>[/<repo>] --token <registration token> --name <name>`
+//!    (`config.sh`-style; persistent unless `--ephemeral`).
+//!
+//! Exit codes: 0 done (job finished, shutdown, or runner removed), 1 runtime failure,
+//! 2 bad arguments or credentials. SIGTERM/SIGINT: idle agents disconnect and exit at once;
+//! busy ones finish their job first.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use runscale_emulator::github::{
+    AgentExit, JIT_CONFIG_SECRET, JitConfig, Registration, RunnerSource, read_credentials_file,
+    run_agent,
+};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+/// A fake GitHub Actions runner that takes jobs from the runscale GitHub emulator.
+#[derive(Parser)]
+#[command(name = "runscale-fake-runner", version)]
+struct Args {
+    /// An `encoded_jit_config` from `generate-jitconfig`.
+    #[arg(long, env = "RUNSCALE_JITCONFIG", hide_env_values = true)]
+    jitconfig: Option<String>,
+    /// Registration URL: `<emulator base URL>/<owner>[/<repo>]`.
+    #[arg(long)]
+    url: Option<String>,
+    /// Registration token (with `--url`).
+    #[arg(long, hide_env_values = true)]
+    token: Option<String>,
+    /// Runner name (with `--url`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Comma-separated custom labels (with `--url`).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Take one job, then exit (with `--url`).
+    #[arg(long)]
+    ephemeral: bool,
+    /// Replace an idle runner of the same name (with `--url`).
+    #[arg(long)]
+    replace: bool,
+}
+
+fn sources(args: Args) -> Result<Vec<RunnerSource>, String> {
+    if let Some(encoded) = args.jitconfig {
+        return Ok(vec![RunnerSource::Jit(
+            JitConfig::decode(&encoded).map_err(|e| e.to_string())?,
+        )]);
+    }
+    if let Ok(encoded) = std::env::var(JIT_CONFIG_SECRET) {
+        return Ok(vec![RunnerSource::Jit(
+            JitConfig::decode(&encoded).map_err(|e| e.to_string())?,
+        )]);
+    }
+    if let Some(path) = std::env::var_os("RUNSCALE_CREDENTIALS_FILE") {
+        let configs = read_credentials_file(&PathBuf::from(path)).map_err(|e| e.to_string())?;
+        return Ok(configs.into_iter().map(RunnerSource::Jit).collect());
+    }
+    match (args.url, args.token, args.name) {
+        (Some(url), Some(token), Some(name)) => Ok(vec![RunnerSource::Register(Registration {
+            url,
+            token: SecretString::from(token),
+            name,
+            labels: args.labels,
+            ephemeral: args.ephemeral,
+            replace: args.replace,
+        })]),
+        _ => Err(
+            "no runner: give --jitconfig (or RUNSCALE_JITCONFIG, GITHUB_JIT_CONFIG, \
+             RUNSCALE_CREDENTIALS_FILE), or --url, --token and --name"
+                .to_owned(),
+        ),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let sources = match sources(Args::parse()) {
+        Ok(sources) => sources,
+        Err(message) => {
+            eprintln!("runscale-fake-runner: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("shutdown requested");
+            shutdown.cancel();
+        });
+    }
+    let agents: Vec<_> = sources
+        .into_iter()
+        .map(|source| tokio::spawn(run_agent(source, shutdown.clone())))
+        .collect();
+    let mut code = ExitCode::SUCCESS;
+    for agent in agents {
+        match agent.await {
+            Ok(Ok(report)) => {
+                let why = match report.exit {
+                    AgentExit::EphemeralDone => "ephemeral job done",
+                    AgentExit::Shutdown => "shutdown",
+                    AgentExit::RunnerRemoved => "runner removed",
+                };
+                tracing::info!(
+                    runner = %report.runner_name,
+                    jobs = report.jobs_completed,
+                    "agent exited: {why}"
+                );
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "agent failed");
+                code = ExitCode::from(1);
+            }
+            Err(error) => {
+                tracing::error!(%error, "agent task failed");
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    code
+}
