@@ -197,11 +197,14 @@ pub(crate) fn simulate(
             break;
         }
         w.advance(t);
-        if arr == Some(t) {
+        // On a tie, events already scheduled (a runner connecting, a pass) come first.
+        if top == Some(t) {
+            if let Some(ev) = w.pop() {
+                w.dispatch(ev, &mut pols);
+            }
+        } else {
             w.arrive(next as u32);
             next += 1;
-        } else if let Some(ev) = w.pop() {
-            w.dispatch(ev, &mut pols);
         }
         w.observe_series();
         if next == n && w.all_done() {

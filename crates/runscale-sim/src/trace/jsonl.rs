@@ -106,7 +106,7 @@ mod tests {
         let e = parse(text, "t.jsonl").expect_err("negative");
         assert!(
             e.to_string()
-                .starts_with("t.jsonl: line 2, column 39: duration_s"),
+                .starts_with("t.jsonl: line 2, column 38: duration_s"),
             "{e}"
         );
         let e = parse("{\"queued_at\": 1,\n", "t.jsonl").expect_err("syntax");
