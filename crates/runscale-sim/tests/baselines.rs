@@ -112,7 +112,7 @@ fn gitlab_fleet_keeps_a_host_forty_minutes() {
 fn seed_forcing_after(after_s: u64) -> u64 {
     (1u64..)
         .find(|&s| {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(s ^ 0xde70_e5);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(s ^ 0x00de_70e5);
             rng.random_range(0..86_400_000i64) > (after_s * 1000) as i64
         })
         .expect("a seed")

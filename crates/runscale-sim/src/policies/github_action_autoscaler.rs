@@ -31,6 +31,9 @@ const CACHE: Ms = MIN;
 const CACHE_EMPTY: Ms = 30 * SEC;
 const RUNS_SEEN: usize = 100;
 const K: f64 = 0.8;
+/// The project hard-codes e as 2.718 (not `f64::consts::E`); kept for fidelity.
+#[allow(clippy::approx_constant)] // deliberately the project's 2.718, not E
+const E_AS_WRITTEN: f64 = 2.718;
 const FORCE_WINDOW: Ms = 20 * MIN;
 const FORCE_EVERY: Ms = 20 * 24 * 60 * MIN;
 const DAY: Ms = 24 * 60 * MIN;
@@ -49,7 +52,7 @@ pub(crate) struct GithubActionAutoscaler {
 
 impl GithubActionAutoscaler {
     pub(crate) fn new(pool: &SimPool, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0xde70_e5);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x00de_70e5);
         let next_forced = rng.random_range(0..DAY);
         Self {
             min: pool.spec.min_idle,
@@ -68,7 +71,7 @@ impl GithubActionAutoscaler {
             return min;
         }
         let m = f64::from(max);
-        let v = m / (1.0 + m * 2.718f64.powf(-K * f64::from(runs)));
+        let v = m / (1.0 + m * E_AS_WRITTEN.powf(-K * f64::from(runs)));
         let v = v.clamp(f64::from(min), m).round() as u32;
         v.max(1)
     }
