@@ -1,0 +1,427 @@
+//! The configuration pipeline through the library: interpolation, parsing, type errors,
+//! validation (every error named by its field path and line), defaults, and building.
+
+use std::path::Path;
+use std::time::Duration;
+
+use runscale::config::{self, ConfigError, FieldError, Validated};
+
+const FILE: &str = "test.yaml";
+
+/// A valid configuration; `pool_extra` is appended to the first pool (4-space indented keys).
+fn yaml(pool_extra: &str) -> String {
+    format!(
+        r#"listen: 127.0.0.1:9191
+providers:
+  - name: gh
+    type: github
+    org: acme
+    repositories: [app]
+    auth: {{token: {{env: RUNSCALE_TEST_TOKEN}}}}
+backends:
+  - name: local
+    type: local-process
+    state_dir: /tmp/runscale-config-test
+pools:
+  - name: linux
+    provider: gh
+    backend: local
+    selector: {{labels: [linux]}}
+    template: {{command: ["/bin/true"]}}
+    max: 4
+{pool_extra}"#
+    )
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Validated, ConfigError> {
+    config::load_str(text, Path::new(FILE), no_env)
+}
+
+fn errors_of(text: &str) -> Vec<FieldError> {
+    match load(text) {
+        Ok(_) => panic!("configuration was accepted:\n{text}"),
+        Err(ConfigError::Invalid { errors, .. }) => errors,
+        Err(other) => panic!("expected field errors, got: {other}"),
+    }
+}
+
+fn error_at<'a>(errors: &'a [FieldError], path: &str) -> &'a FieldError {
+    errors
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("no error at {path}: {errors:#?}"))
+}
+
+#[test]
+fn valid_file_gets_defaults_and_a_pool_spec() {
+    let v = load(&yaml("")).expect("valid");
+    assert_eq!(v.listen.to_string(), "127.0.0.1:9191");
+    assert_eq!(v.options.interval, Duration::from_secs(30));
+    assert_eq!(v.options.max_concurrent_passes, 16);
+    assert_eq!(v.options.shutdown_timeout, Duration::from_secs(30));
+    assert!(!v.options.dry_run);
+    assert_eq!(v.providers.len(), 1);
+    assert_eq!(v.providers[0].settings.kind(), "github");
+    assert_eq!(v.backends[0].settings.kind(), "local-process");
+    let p = &v.pools[0];
+    assert_eq!((p.provider, p.backend), (0, 0));
+    let s = &p.spec;
+    assert_eq!(s.name.as_str(), "linux");
+    assert_eq!((s.min_idle, s.max, s.max_booting), (0, 4, 4));
+    assert_eq!(s.launches_per_minute, 0);
+    assert_eq!(s.boot_timeout, Duration::from_secs(300));
+    assert_eq!(s.idle_timeout, Duration::from_secs(300));
+    assert_eq!(s.max_lifetime, None);
+    assert_eq!(s.scale_down_delay, Duration::ZERO);
+    assert_eq!(s.runners_per_instance, 1);
+    assert!(s.ephemeral);
+    assert!(s.schedules.is_empty());
+    assert_eq!(
+        s.template_hash,
+        config::combined_template_hash(&p.template.backend_hash(), 1)
+    );
+}
+
+#[test]
+fn template_hash_follows_template_and_slots() {
+    let base = load(&yaml("")).expect("valid").pools[0]
+        .spec
+        .template_hash
+        .clone();
+    let slots = load(&yaml("    runners_per_instance: 2\n"))
+        .expect("valid")
+        .pools[0]
+        .spec
+        .template_hash
+        .clone();
+    let other = load(&yaml("").replace("/bin/true", "/bin/false"))
+        .expect("valid")
+        .pools[0]
+        .spec
+        .template_hash
+        .clone();
+    assert_ne!(base, slots);
+    assert_ne!(base, other);
+    assert_ne!(slots, other);
+}
+
+#[test]
+fn negative_max_names_the_field_and_line() {
+    let text = yaml("").replace("    max: 4\n", "    max: -1\n");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let e = &errors[0];
+    assert_eq!(e.path, "pools[0].max");
+    assert_eq!(e.line, Some(18));
+    assert!(e.message.contains("-1"), "{e}");
+    assert!(e.message.contains("whole number"), "{e}");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let errors = errors_of(&yaml("    max_idle: 3\n"));
+    let e = error_at(&errors, "pools[0].max_idle");
+    assert_eq!(e.line, Some(19));
+    assert!(e.message.contains("unknown field `max_idle`"), "{e}");
+    assert!(e.message.contains("min_idle"), "lists valid keys: {e}");
+
+    let errors = errors_of(&format!("colour: blue\n{}", yaml("")));
+    let e = error_at(&errors, "colour");
+    assert_eq!(e.line, Some(1));
+}
+
+#[test]
+fn unknown_keys_inside_adapter_settings_and_templates_are_named() {
+    let text = yaml("").replace(
+        "    state_dir: /tmp/runscale-config-test\n",
+        "    state_dir: /tmp/x\n    stat_dir: /tmp/y\n",
+    );
+    let e = errors_of(&text);
+    assert_eq!(error_at(&e, "backends[0].stat_dir").line, Some(12));
+
+    let text = yaml("").replace(
+        r#"template: {command: ["/bin/true"]}"#,
+        "template:\n      command: [\"/bin/true\"]\n      comand: []",
+    );
+    let e = errors_of(&text);
+    let e = error_at(&e, "pools[0].template.comand");
+    assert_eq!(e.line, Some(19));
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let text = yaml("").replace("    max: 4\n", "");
+    let errors = errors_of(&text);
+    let e = error_at(&errors, "pools[0].max");
+    assert!(e.message.contains("required"), "{e}");
+    // Reported at the pool's line, since the field itself is absent.
+    assert_eq!(e.line, Some(13));
+}
+
+#[test]
+fn semantic_errors_are_all_collected_with_lines() {
+    let text = format!(
+        "{}  - name: Bad_Name\n    provider: nope\n    backend: local\n    template: {{command: [\"/bin/true\"]}}\n    max: 0\n",
+        yaml("    max_booting: 9\n    min_idle: 100\n    scale_down_delay: 10m\n")
+    );
+    let errors = errors_of(&text);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    for path in [
+        "pools[0].max_booting",
+        "pools[0].min_idle",
+        "pools[0].scale_down_delay",
+        "pools[1].name",
+        "pools[1].max",
+        "pools[1].provider",
+    ] {
+        assert!(paths.contains(&path), "{path} missing from {paths:?}");
+    }
+    let e = error_at(&errors, "pools[0].max_booting");
+    assert_eq!(e.line, Some(19));
+    assert!(e.message.contains("from 1 to max (4)"), "{e}");
+    let e = error_at(&errors, "pools[1].provider");
+    assert_eq!(e.line, Some(23));
+    assert!(
+        e.message.contains("\"nope\"") && e.message.contains("gh"),
+        "{e}"
+    );
+    let e = error_at(&errors, "pools[0].scale_down_delay");
+    assert!(e.message.contains("idle_timeout"), "{e}");
+}
+
+#[test]
+fn duplicate_pool_names_are_rejected() {
+    let text = format!(
+        "{}  - name: linux\n    provider: gh\n    backend: local\n    selector: {{labels: [x]}}\n    template: {{command: [\"/bin/true\"]}}\n    max: 1\n",
+        yaml("")
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let e = error_at(&errors, "pools[1].name");
+    assert_eq!(e.line, Some(19));
+    assert!(e.message.contains("pools[0]"), "{e}");
+}
+
+#[test]
+fn pool_referencing_unknown_backend_or_provider_is_rejected() {
+    let text = yaml("").replace("    backend: local\n", "    backend: remote\n");
+    let errors = errors_of(&text);
+    let e = error_at(&errors, "pools[0].backend");
+    assert!(
+        e.message.contains("\"remote\"") && e.message.contains("local"),
+        "{e}"
+    );
+    let text = yaml("").replace("    provider: gh\n", "    provider: gl\n");
+    let errors = errors_of(&text);
+    let e = error_at(&errors, "pools[0].provider");
+    assert_eq!(e.line, Some(14));
+}
+
+#[test]
+fn durations_are_human() {
+    let v = load(&format!(
+        "interval: 90s\nshutdown_timeout: 2m\n{}",
+        yaml(
+            "    boot_timeout: 10m\n    idle_timeout: 1h 30m\n    max_lifetime: 12h\n    scale_down_delay: 45s\n"
+        )
+    ))
+    .expect("valid");
+    assert_eq!(v.options.interval, Duration::from_secs(90));
+    assert_eq!(v.options.shutdown_timeout, Duration::from_secs(120));
+    let s = &v.pools[0].spec;
+    assert_eq!(s.boot_timeout, Duration::from_secs(600));
+    assert_eq!(s.idle_timeout, Duration::from_secs(5400));
+    assert_eq!(s.max_lifetime, Some(Duration::from_secs(12 * 3600)));
+    assert_eq!(s.scale_down_delay, Duration::from_secs(45));
+
+    let errors = errors_of(&yaml("    idle_timeout: soon\n"));
+    let e = error_at(&errors, "pools[0].idle_timeout");
+    assert!(e.message.contains("\"10m\""), "{e}");
+    let errors = errors_of(&format!("interval: 30\n{}", yaml("")));
+    let e = error_at(&errors, "interval");
+    assert_eq!(e.line, Some(1));
+    let errors = errors_of(&yaml("    idle_timeout: 0s\n"));
+    error_at(&errors, "pools[0].idle_timeout");
+}
+
+#[test]
+fn schedules_with_bad_cron_or_timezone_are_named() {
+    let v = load(&yaml(
+        "    schedules:\n      - cron: \"* 8-17 * * MON-FRI\"\n        timezone: Europe/Berlin\n        min_idle: 2\n      - cron: \"* * * * SAT,SUN\"\n        max: 0\n",
+    ))
+    .expect("valid");
+    let s = &v.pools[0].spec.schedules;
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].timezone(), "Europe/Berlin");
+    assert_eq!(s[0].min_idle, Some(2));
+    assert_eq!(s[1].timezone(), "UTC");
+    assert_eq!(s[1].max, Some(0));
+
+    let errors = errors_of(&yaml(
+        "    schedules:\n      - cron: \"* * * * *\"\n        min_idle: 1\n      - cron: \"61 * * * *\"\n        timezone: Mars/Olympus\n        min_idle: 1\n",
+    ));
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    let e = error_at(&errors, "pools[0].schedules[1].cron");
+    assert_eq!(e.line, Some(22));
+    assert!(e.message.contains("61 * * * *"), "{e}");
+    let e = error_at(&errors, "pools[0].schedules[1].timezone");
+    assert_eq!(e.line, Some(23));
+    assert!(e.message.contains("Mars/Olympus"), "{e}");
+}
+
+#[test]
+fn interpolation_fills_values_and_names_unset_variables() {
+    let text = yaml("    min_idle: ${MIN_IDLE}\n    max_booting: ${MAX_BOOTING:-2}\n")
+        .replace("127.0.0.1:9191", "127.0.0.1:${PORT}")
+        .replace(r#"["/bin/true"]"#, r#"["/bin/true"], env: {A: "$${HOME}"}"#);
+    let env = |name: &str| match name {
+        "MIN_IDLE" => Some("3".to_owned()),
+        "PORT" => Some("9292".to_owned()),
+        _ => None,
+    };
+    let v = config::load_str(&text, Path::new(FILE), env).expect("valid");
+    assert_eq!(v.listen.port(), 9292);
+    assert_eq!(v.pools[0].spec.min_idle, 3);
+    assert_eq!(v.pools[0].spec.max_booting, 2);
+    let template = format!("{:?}", v.pools[0].template);
+    assert!(template.contains(r#"{"A": "${HOME}"}"#), "{template}");
+
+    match config::load_str(&text, Path::new(FILE), no_env) {
+        Err(ConfigError::Interpolation { errors, .. }) => {
+            assert_eq!(errors.len(), 2, "{errors:?}");
+            assert_eq!(errors[0].line, 1);
+            assert!(errors[0].message.contains("PORT"));
+            assert_eq!(errors[1].line, 19);
+            assert!(errors[1].message.contains("MIN_IDLE"));
+        }
+        other => panic!("expected interpolation errors, got {other:?}"),
+    }
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    match load("pools:\n  - name: a\n    max: [1, 2\n") {
+        Err(ConfigError::Syntax { error, .. }) => {
+            assert!(error.line.is_some(), "{error}");
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    match load("- just\n- a list\n") {
+        Err(ConfigError::Invalid { errors, .. }) => {
+            assert!(errors[0].message.contains("mapping"), "{errors:?}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_adapter_type_is_a_clear_error() {
+    let text = yaml("").replace("type: local-process", "type: kubernetes");
+    let errors = errors_of(&text);
+    let e = error_at(&errors, "backends[0].type");
+    assert!(e.message.contains("\"kubernetes\""), "{e}");
+    assert!(e.message.contains("local-process"), "{e}");
+    // The pool that refers to it is not blamed for the backend's problem.
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+}
+
+#[test]
+fn adapter_validation_errors_are_prefixed_with_their_path() {
+    let text = yaml("").replace("    org: acme\n", "    org: acme\n    repo: acme/app\n");
+    let errors = errors_of(&text);
+    assert!(
+        errors.iter().all(|e| e.path.starts_with("providers[0].")),
+        "{errors:#?}"
+    );
+    let text = yaml("").replace("selector: {labels: [linux]}", "selector: {labels: []}");
+    let errors = errors_of(&text);
+    error_at(&errors, "pools[0].selector.labels");
+}
+
+#[test]
+fn env_delivery_with_several_slots_is_rejected() {
+    let text = yaml("    runners_per_instance: 2\n").replace(
+        r#"template: {command: ["/bin/true"]}"#,
+        r#"template: {command: ["/bin/true"], credentials: env}"#,
+    );
+    let errors = errors_of(&text);
+    let e = error_at(&errors, "pools[0].template.credentials");
+    assert!(e.message.contains("runners_per_instance"), "{e}");
+}
+
+#[test]
+fn pool_names_must_be_dns_labels() {
+    let long = "a".repeat(41);
+    let errors = errors_of(&yaml("").replace("name: linux", &format!("name: {long}")));
+    let e = error_at(&errors, "pools[0].name");
+    assert!(e.message.contains("40"), "{e}");
+}
+
+#[test]
+fn missing_secret_fails_the_build_as_misconfiguration() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let text = yaml("").replace(
+        "/tmp/runscale-config-test",
+        &state.path().join("s").to_string_lossy(),
+    );
+    let v = load(&text).expect("valid");
+    let adapters = config::build_adapters(&v);
+    let provider = adapters.providers[0]
+        .adapter
+        .as_ref()
+        .err()
+        .expect("token variable is not set");
+    assert!(provider.is_misconfiguration());
+    assert!(
+        runscale::commands::chain(provider).contains("RUNSCALE_TEST_TOKEN"),
+        "{provider}"
+    );
+    assert!(adapters.backends[0].adapter.is_ok());
+    let e = config::build(&v).err().expect("build fails");
+    assert_eq!(e.name, "gh");
+}
+
+#[test]
+fn schema_describes_the_pool_fields() {
+    let schema = config::schema();
+    let pool = &schema["$defs"]["PoolConfig"];
+    for field in [
+        "name",
+        "provider",
+        "backend",
+        "selector",
+        "template",
+        "min_idle",
+        "max",
+        "max_booting",
+        "launches_per_minute",
+        "boot_timeout",
+        "idle_timeout",
+        "max_lifetime",
+        "scale_down_delay",
+        "runners_per_instance",
+        "ephemeral",
+        "schedules",
+    ] {
+        assert!(
+            pool["properties"][field]["description"].is_string(),
+            "{field}: {}",
+            pool["properties"][field]
+        );
+    }
+    assert_eq!(pool["additionalProperties"], false);
+    let backends = &schema["properties"]["backends"]["items"]["oneOf"];
+    let local = backends
+        .as_array()
+        .and_then(|v| {
+            v.iter()
+                .find(|b| b["properties"]["type"]["const"] == "local-process")
+        })
+        .expect("local-process backend in schema");
+    assert!(local["properties"]["state_dir"].is_object());
+    assert!(local["properties"]["name"].is_object());
+}
