@@ -678,6 +678,23 @@ mod tests {
     }
 
     #[test]
+    fn json_schema_describes_every_field_and_hides_ephemeral() {
+        let schema = serde_json::to_value(schemars::schema_for!(Config)).expect("schema");
+        let props = schema["properties"].as_object().expect("properties");
+        for (name, prop) in props {
+            assert!(
+                prop.get("description").is_some(),
+                "field {name} has no description"
+            );
+        }
+        assert!(props.contains_key("api_url") && props.contains_key("auth"));
+        let sel = serde_json::to_value(schemars::schema_for!(PoolSelector)).expect("schema");
+        let props = sel["properties"].as_object().expect("properties");
+        assert!(props.contains_key("labels"));
+        assert!(!props.contains_key("ephemeral"), "filled in by the binary");
+    }
+
+    #[test]
     fn selector_validation() {
         let s = PoolSelector {
             labels: vec!["linux".into(), "".into(), "a,b".into(), "LINUX".into()],
