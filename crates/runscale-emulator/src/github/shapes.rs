@@ -154,6 +154,10 @@ pub(crate) fn repository(state: &State, owner_idx: usize, repo_idx: usize) -> Va
         "has_wiki": false,
         "has_pages": false,
         "has_downloads": false,
+        "has_discussions": false,
+        "allow_forking": true,
+        "web_commit_signoff_required": false,
+        "custom_properties": {},
         "archived": false,
         "disabled": false,
         "visibility": "private",
@@ -312,9 +316,16 @@ pub(crate) fn installation(state: &State, inst: &Installation) -> Value {
         .map(|a| (a.app_id, a.slug.clone(), a.client_id.clone()))
         .unwrap_or_default();
     let created = ts(state.started_wall);
+    // `GET /app/installations` describes the account as `allOf` a simple user and an
+    // enterprise: carry the enterprise fields too, so either reading validates.
+    let mut account = owner(state, inst.owner);
+    account["name"] = json!(o.login);
+    account["slug"] = json!(o.login.to_ascii_lowercase());
+    account["created_at"] = json!(created);
+    account["updated_at"] = json!(created);
     json!({
         "id": inst.id,
-        "account": owner(state, inst.owner),
+        "account": account,
         "repository_selection": "all",
         "access_tokens_url": format!("{base}/app/installations/{}/access_tokens", inst.id),
         "repositories_url": format!("{base}/installation/repositories"),
