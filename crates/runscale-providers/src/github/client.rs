@@ -29,6 +29,8 @@ pub(crate) const PER_PAGE: usize = 100;
 const MAX_PAGES: usize = 100;
 /// ETag cache entries kept at most.
 const ETAG_CAPACITY: usize = 10_000;
+/// Bytes of cached bodies kept at most.
+const ETAG_MAX_BYTES: usize = 128 << 20;
 /// First back-off after a secondary rate limit without `retry-after` (GitHub: at least 1 min).
 const SECONDARY_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest back-off after repeated secondary limits.
@@ -88,6 +90,79 @@ struct CacheEntry {
     used: Instant,
 }
 
+/// GET responses by URL with their ETags, bounded in entries and bytes; the least recently
+/// used entry goes first.
+#[derive(Debug, Default)]
+struct EtagCache {
+    entries: HashMap<String, CacheEntry>,
+    bytes: usize,
+}
+
+impl EtagCache {
+    /// The ETag to send for `url`.
+    fn etag(&self, url: &str) -> Option<String> {
+        self.entries.get(url).map(|e| e.etag.clone())
+    }
+
+    /// The cached body of `url` (after a 304), marked used.
+    fn hit(&mut self, url: &str) -> Option<Arc<Vec<u8>>> {
+        let e = self.entries.get_mut(url)?;
+        e.used = Instant::now();
+        Some(e.body.clone())
+    }
+
+    /// Stores a fresh response, evicting the least recently used ones to stay in bounds.
+    fn put(&mut self, url: String, etag: String, body: Arc<Vec<u8>>) {
+        self.remove(&url);
+        if body.len() > ETAG_MAX_BYTES / 4 {
+            return;
+        }
+        while !self.entries.is_empty()
+            && (self.entries.len() >= ETAG_CAPACITY || self.bytes + body.len() > ETAG_MAX_BYTES)
+        {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.remove(&k),
+                None => break,
+            }
+        }
+        self.bytes += body.len();
+        self.entries.insert(
+            url,
+            CacheEntry {
+                etag,
+                body,
+                used: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets `url`.
+    fn remove(&mut self, url: &str) {
+        if let Some(e) = self.entries.remove(url) {
+            self.bytes -= e.body.len();
+        }
+    }
+
+    /// Forgets entries unused for `age`.
+    fn sweep(&mut self, age: Duration) {
+        let now = Instant::now();
+        let old: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.used) >= age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.remove(&k);
+        }
+    }
+}
+
 /// The HTTP client of one account.
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -97,7 +172,7 @@ pub(crate) struct Client {
     installation: Mutex<Option<u64>>,
     installation_token: tokio::sync::Mutex<TokenCache>,
     rate: Mutex<RateState>,
-    etags: Mutex<HashMap<String, CacheEntry>>,
+    etags: Mutex<EtagCache>,
     mutations: tokio::sync::Mutex<()>,
 }
 
@@ -173,7 +248,7 @@ impl Client {
             installation: Mutex::new(installation),
             installation_token: tokio::sync::Mutex::new(TokenCache::default()),
             rate: Mutex::new(RateState::default()),
-            etags: Mutex::new(HashMap::new()),
+            etags: Mutex::new(EtagCache::default()),
             mutations: tokio::sync::Mutex::new(()),
         })
     }
@@ -370,7 +445,7 @@ impl Client {
             .request(method, &url)
             .header(header::AUTHORIZATION, authorization);
         let cached_etag = if cached {
-            lock(&self.etags).get(&url).map(|e| e.etag.clone())
+            lock(&self.etags).etag(&url)
         } else {
             None
         };
@@ -410,15 +485,11 @@ impl Client {
         }
         if status == StatusCode::NOT_MODIFIED {
             self.record(&rate);
-            let mut cache = lock(&self.etags);
-            return match cache.get_mut(&url) {
-                Some(entry) => {
-                    entry.used = Instant::now();
-                    Ok(Reply {
-                        status: StatusCode::OK,
-                        body: entry.body.clone(),
-                    })
-                }
+            return match lock(&self.etags).hit(&url) {
+                Some(body) => Ok(Reply {
+                    status: StatusCode::OK,
+                    body,
+                }),
                 None => Err(Error::new(
                     op,
                     ErrorKind::Protocol,
@@ -440,27 +511,10 @@ impl Client {
         self.record(&rate);
         let body = Arc::new(bytes);
         if cached && status == StatusCode::OK {
-            if let Some(etag) = etag {
-                let mut cache = lock(&self.etags);
-                if cache.len() >= ETAG_CAPACITY && !cache.contains_key(&url) {
-                    let oldest = cache
-                        .iter()
-                        .min_by_key(|(_, e)| e.used)
-                        .map(|(k, _)| k.clone());
-                    if let Some(k) = oldest {
-                        cache.remove(&k);
-                    }
-                }
-                cache.insert(
-                    url,
-                    CacheEntry {
-                        etag,
-                        body: body.clone(),
-                        used: Instant::now(),
-                    },
-                );
-            } else {
-                lock(&self.etags).remove(&url);
+            let mut cache = lock(&self.etags);
+            match etag {
+                Some(etag) => cache.put(url, etag, body.clone()),
+                None => cache.remove(&url),
             }
         }
         Ok(Reply { status, body })
@@ -516,14 +570,13 @@ impl Client {
 
     /// Drops cached responses not used for `age`.
     pub(crate) fn sweep_cache(&self, age: Duration) {
-        let now = Instant::now();
-        lock(&self.etags).retain(|_, e| now.duration_since(e.used) < age);
+        lock(&self.etags).sweep(age);
     }
 
     /// Number of cached responses (for tests).
     #[cfg(test)]
     pub(crate) fn cached(&self) -> usize {
-        lock(&self.etags).len()
+        lock(&self.etags).entries.len()
     }
 }
 
@@ -593,6 +646,40 @@ mod tests {
             pause, DEFAULT_PRIMARY_PAUSE,
             "a past reset falls back to a minute"
         );
+    }
+
+    #[test]
+    fn the_etag_cache_is_bounded_in_entries_and_bytes() {
+        let mut c = EtagCache::default();
+        let body = |n: usize| Arc::new(vec![0u8; n]);
+        for i in 0..ETAG_CAPACITY + 10 {
+            c.put(format!("u{i}"), format!("e{i}"), body(1));
+        }
+        assert_eq!(c.entries.len(), ETAG_CAPACITY);
+        assert!(
+            c.etag("u0").is_none(),
+            "the least recently used entry went first"
+        );
+        assert_eq!(
+            c.etag(&format!("u{}", ETAG_CAPACITY + 9)).as_deref(),
+            Some(&*format!("e{}", ETAG_CAPACITY + 9))
+        );
+        assert_eq!(c.bytes, ETAG_CAPACITY);
+
+        let mut c = EtagCache::default();
+        let big = ETAG_MAX_BYTES / 5;
+        for i in 0..6 {
+            c.put(format!("b{i}"), "e".into(), body(big));
+        }
+        assert!(c.bytes <= ETAG_MAX_BYTES);
+        assert_eq!(c.entries.len(), 5);
+        c.put("b5".into(), "e2".into(), body(10));
+        assert_eq!(c.bytes, 4 * big + 10, "replacing an entry frees its bytes");
+        c.put("huge".into(), "e".into(), body(ETAG_MAX_BYTES / 2));
+        assert!(c.etag("huge").is_none(), "oversized bodies are not cached");
+        c.sweep(Duration::ZERO);
+        assert_eq!((c.entries.len(), c.bytes), (0, 0));
+        assert!(c.hit("b1").is_none());
     }
 
     #[test]
