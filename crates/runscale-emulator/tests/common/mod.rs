@@ -73,7 +73,9 @@ pub fn config() -> EmulatorConfig {
     c.runners = RunnerTimeouts {
         heartbeat_interval: Duration::from_millis(200),
         offline_after: Duration::from_secs(2),
-        lost_job_timeout: Duration::from_secs(2),
+        // Long enough that checks made while a silent runner is busy-offline stay inside
+        // the window on a loaded machine.
+        lost_job_timeout: Duration::from_secs(6),
         poll_wait: Duration::from_secs(1),
     };
     c
