@@ -425,3 +425,26 @@ fn schema_describes_the_pool_fields() {
     assert!(local["properties"]["state_dir"].is_object());
     assert!(local["properties"]["name"].is_object());
 }
+
+#[test]
+fn exec_provider_settings_and_selectors_are_checked_by_path() {
+    let exec = "providers:\n  - name: ci\n    type: exec\n    observe: [\"ci\", \"observe\"]\n    register: []\n    remove: [\"ci\", \"remove\"]\n    timeout: 0s\nbackends:\n  - name: local\n    type: local-process\n    state_dir: /tmp/x\npools:\n  - name: a\n    provider: ci\n    backend: local\n    selector: {labels: [\"ok\", \"a,b\"]}\n    template: {command: [\"/bin/true\"]}\n    max: 1\n";
+    let errors = errors_of(exec);
+    let e = error_at(&errors, "providers[0].register");
+    assert_eq!(e.line, Some(5));
+    let e = error_at(&errors, "providers[0].timeout");
+    assert_eq!(e.line, Some(7));
+    // The selector of a pool whose provider has errors is not parsed.
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+
+    let fixed = exec
+        .replace("register: []", "register: [\"ci\", \"register\"]")
+        .replace("timeout: 0s", "timeout: 5s");
+    let errors = errors_of(&fixed);
+    let e = error_at(&errors, "pools[0].selector.labels[1]");
+    assert_eq!(e.line, Some(16));
+    assert!(e.message.contains(','), "{e}");
+
+    let v = load(&fixed.replace("\"a,b\"", "\"b\"")).expect("valid");
+    assert_eq!(v.providers[0].settings.kind(), "exec");
+}

@@ -6,12 +6,23 @@
 //! function, and one line in [`PROVIDER_TYPES`] or [`BACKEND_TYPES`]. A configuration naming
 //! a type that was not compiled in gets an error naming the cargo feature.
 
+// A build without any provider type or without any backend type has empty enums here, so
+// code handling their values is unreachable and some helpers unused: that is expected.
+#![cfg_attr(
+    not(all(
+        any(feature = "provider-exec", feature = "provider-github"),
+        feature = "backend-local-process"
+    )),
+    allow(unused, unreachable_code, unreachable_patterns)
+)]
 use std::collections::HashMap;
 use std::sync::Arc;
 
 #[cfg(feature = "backend-local-process")]
 use runscale_backends::local_process;
 use runscale_core::{Backend, PoolId, Provider};
+#[cfg(feature = "provider-exec")]
+use runscale_providers::exec;
 #[cfg(feature = "provider-github")]
 use runscale_providers::github;
 use schemars::{Schema, SchemaGenerator, json_schema};
@@ -33,11 +44,18 @@ pub struct TypeInfo {
 }
 
 /// Every provider type runscale knows.
-pub const PROVIDER_TYPES: &[TypeInfo] = &[TypeInfo {
-    name: "github",
-    feature: "provider-github",
-    compiled: cfg!(feature = "provider-github"),
-}];
+pub const PROVIDER_TYPES: &[TypeInfo] = &[
+    TypeInfo {
+        name: "exec",
+        feature: "provider-exec",
+        compiled: cfg!(feature = "provider-exec"),
+    },
+    TypeInfo {
+        name: "github",
+        feature: "provider-github",
+        compiled: cfg!(feature = "provider-github"),
+    },
+];
 
 /// Every backend type runscale knows.
 pub const BACKEND_TYPES: &[TypeInfo] = &[TypeInfo {
@@ -49,6 +67,9 @@ pub const BACKEND_TYPES: &[TypeInfo] = &[TypeInfo {
 /// A provider's settings, parsed into its type's configuration.
 #[derive(Clone, Debug)]
 pub enum ProviderSettings {
+    /// `exec`.
+    #[cfg(feature = "provider-exec")]
+    Exec(exec::Config),
     /// `github`.
     #[cfg(feature = "provider-github")]
     Github(github::Config),
@@ -57,6 +78,9 @@ pub enum ProviderSettings {
 /// A pool's selector, parsed into its provider type's selector.
 #[derive(Clone, Debug)]
 pub enum SelectorSettings {
+    /// `exec`.
+    #[cfg(feature = "provider-exec")]
+    Exec(exec::PoolSelector),
     /// `github`.
     #[cfg(feature = "provider-github")]
     Github(github::PoolSelector),
@@ -91,6 +115,8 @@ impl ProviderSettings {
     /// The type name.
     pub fn kind(&self) -> &'static str {
         match *self {
+            #[cfg(feature = "provider-exec")]
+            ProviderSettings::Exec(_) => "exec",
             #[cfg(feature = "provider-github")]
             ProviderSettings::Github(_) => "github",
         }
@@ -210,6 +236,10 @@ pub(crate) fn parse_provider(
     path: &str,
 ) -> Result<ProviderSettings, Vec<FieldError>> {
     match kind {
+        #[cfg(feature = "provider-exec")]
+        "exec" => {
+            typed(Value::Object(settings), path, exec::Config::validate).map(ProviderSettings::Exec)
+        }
         #[cfg(feature = "provider-github")]
         "github" => typed(Value::Object(settings), path, github::Config::validate)
             .map(ProviderSettings::Github),
@@ -260,6 +290,10 @@ pub(crate) fn parse_selector(
 ) -> Result<SelectorSettings, Vec<FieldError>> {
     let _ = (&value, path, pool);
     match *provider {
+        #[cfg(feature = "provider-exec")]
+        ProviderSettings::Exec(_) => {
+            typed(value, path, exec::PoolSelector::validate).map(SelectorSettings::Exec)
+        }
         #[cfg(feature = "provider-github")]
         ProviderSettings::Github(_) => {
             let mut s = typed(value, path, github::PoolSelector::validate)?;
@@ -329,6 +363,18 @@ pub(crate) fn build_provider(
 ) -> runscale_core::Result<Arc<dyn Provider>> {
     let _ = &selectors;
     match *settings {
+        #[cfg(feature = "provider-exec")]
+        ProviderSettings::Exec(ref config) => {
+            let pools = selectors
+                .into_iter()
+                .map(|(pool, s)| match s {
+                    SelectorSettings::Exec(s) => Ok((pool, s)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(mismatch(&pool, "selector")),
+                })
+                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
+            Ok(Arc::new(exec::ExecProvider::new(config.clone(), pools)))
+        }
         #[cfg(feature = "provider-github")]
         ProviderSettings::Github(ref config) => {
             let pools = selectors
@@ -405,9 +451,17 @@ fn entry_schema<T: schemars::JsonSchema>(
     schema
 }
 
+/// Exactly one of `variants` (they are told apart by their `type`).
 fn one_of(description: &str, variants: Vec<Schema>) -> Schema {
     let variants: Vec<Value> = variants.into_iter().map(Schema::to_value).collect();
     json_schema!({ "description": description, "oneOf": variants })
+}
+
+/// Any of `variants`: which one applies depends on the adapter a pool refers to, which a JSON
+/// Schema cannot follow, and a value may fit several.
+fn any_of(description: &str, variants: Vec<Schema>) -> Schema {
+    let variants: Vec<Value> = variants.into_iter().map(Schema::to_value).collect();
+    json_schema!({ "description": description, "anyOf": variants })
 }
 
 fn list_of(item: Schema) -> Schema {
@@ -420,6 +474,8 @@ pub(crate) fn providers_schema(generator: &mut SchemaGenerator) -> Schema {
     // One push per type compiled in (so possibly none).
     #[allow(unused_mut)]
     let mut variants: Vec<Schema> = Vec::new();
+    #[cfg(feature = "provider-exec")]
+    variants.push(entry_schema::<exec::Config>(generator, "provider", "exec"));
     #[cfg(feature = "provider-github")]
     variants.push(entry_schema::<github::Config>(
         generator, "provider", "github",
@@ -456,12 +512,16 @@ pub(crate) fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
     // One push per type compiled in (so possibly none).
     #[allow(unused_mut)]
     let mut variants: Vec<Schema> = Vec::new();
+    #[cfg(feature = "provider-exec")]
+    variants.push(<exec::PoolSelector as schemars::JsonSchema>::json_schema(
+        generator,
+    ));
     #[cfg(feature = "provider-github")]
     variants.push(<github::PoolSelector as schemars::JsonSchema>::json_schema(
         generator,
     ));
     let _ = &generator;
-    one_of(
+    any_of(
         "Which jobs the pool serves; the shape is that of the pool's provider type.",
         variants,
     )
@@ -476,7 +536,7 @@ pub(crate) fn template_schema(generator: &mut SchemaGenerator) -> Schema {
     #[cfg(feature = "backend-local-process")]
     variants.push(<local_process::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
     let _ = &generator;
-    one_of(
+    any_of(
         "How one instance is started; the shape is that of the pool's backend type.",
         variants,
     )
