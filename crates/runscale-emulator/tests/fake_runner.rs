@@ -32,6 +32,10 @@ impl Proc {
             .env_remove("RUNSCALE_JITCONFIG")
             .env_remove("GITHUB_JIT_CONFIG")
             .env_remove("RUNSCALE_CREDENTIALS_FILE")
+            .env_remove("GITHUB_URL")
+            .env_remove("GITHUB_RUNNER_TOKEN")
+            .env_remove("RUNNER_NAME")
+            .env_remove("RUNNER_LABELS")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -402,5 +406,74 @@ async fn a_workload_arrives_on_schedule_scaled_by_speed_and_drains() {
     );
     assert!(snap.jobs.iter().all(|j| j.wait_workload >= j.wait));
     assert!(emu.violations().is_empty());
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn persistent_runners_start_from_the_providers_env_and_credentials_file() {
+    let emu = start(fast(10.0)).await;
+    let api = Api::new(emu.base_url(), TOKEN);
+    let token = |api: &Api| {
+        let api = Api::new(&api.base, &api.token);
+        async move {
+            let body: Value = api
+                .post(
+                    "/orgs/octo-org/actions/runners/registration-token",
+                    json!({}),
+                )
+                .await
+                .json()
+                .await
+                .expect("json");
+            body["token"].as_str().expect("token").to_owned()
+        }
+    };
+    let url = format!("{}/octo-org", emu.base_url());
+    let env_token = token(&api).await;
+    let mut by_env = Proc::spawn(
+        &[],
+        &[
+            ("GITHUB_URL", &url),
+            ("GITHUB_RUNNER_TOKEN", &env_token),
+            ("RUNNER_NAME", "rs-env-p"),
+            ("RUNNER_LABELS", "env-only"),
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({"runners": [{"name": "rs-file-p", "runner_id": null,
+            "vars": {"GITHUB_URL": url, "RUNNER_NAME": "rs-file-p", "RUNNER_LABELS": "file-only"},
+            "secrets": {"GITHUB_RUNNER_TOKEN": token(&api).await}}]})
+        .to_string(),
+    )
+    .expect("write credentials");
+    let mut by_file = Proc::spawn(
+        &[],
+        &[("RUNSCALE_CREDENTIALS_FILE", creds.to_str().expect("utf-8"))],
+    );
+    for label in ["env-only", "file-only", "env-only", "file-only"] {
+        emu.enqueue(JobSpec::new(
+            "octo-org/web",
+            &["self-hosted", label],
+            Duration::from_secs(1),
+        ))
+        .expect("queued");
+    }
+    assert!(emu.wait_all_done(Duration::from_secs(60)).await);
+    for j in emu.snapshot().jobs {
+        let expected = if j.labels.contains(&"env-only".to_owned()) {
+            "rs-env-p"
+        } else {
+            "rs-file-p"
+        };
+        assert_eq!(j.runner_name.as_deref(), Some(expected));
+    }
+    for p in [&mut by_env, &mut by_file] {
+        assert!(p.still_running());
+        p.signal(Signal::SIGTERM);
+        assert!(p.exit_within(10).await.success());
+    }
     emu.shutdown().await;
 }

@@ -6,7 +6,9 @@
 //! 3. the file named by `RUNSCALE_CREDENTIALS_FILE` (runscale's `file` delivery; one agent
 //!    per runner listed, run side by side);
 //! 4. `--url <emulator>/<owner>[/<repo>] --token <registration token> --name <name>`
-//!    (`config.sh`-style; persistent unless `--ephemeral`).
+//!    (`config.sh`-style; persistent unless `--ephemeral`), also read from `GITHUB_URL`,
+//!    `GITHUB_RUNNER_TOKEN`, `RUNNER_NAME` and `RUNNER_LABELS` (what runscale's GitHub
+//!    provider hands persistent runners with `env` delivery).
 //!
 //! Exit codes: 0 done (job finished, shutdown, or runner removed), 1 runtime failure,
 //! 2 bad arguments or credentials. SIGTERM/SIGINT: idle agents disconnect and exit at once;
@@ -18,7 +20,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use runscale_emulator::github::{
     AgentExit, JIT_CONFIG_SECRET, JitConfig, Registration, RunnerSource, read_credentials_file,
-    run_agent,
+    run_agent, split_labels,
 };
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -31,17 +33,17 @@ struct Args {
     #[arg(long, env = "RUNSCALE_JITCONFIG", hide_env_values = true)]
     jitconfig: Option<String>,
     /// Registration URL: `<emulator base URL>/<owner>[/<repo>]`.
-    #[arg(long)]
+    #[arg(long, env = "GITHUB_URL")]
     url: Option<String>,
     /// Registration token (with `--url`).
-    #[arg(long, hide_env_values = true)]
+    #[arg(long, env = "GITHUB_RUNNER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Runner name (with `--url`).
-    #[arg(long)]
+    #[arg(long, env = "RUNNER_NAME")]
     name: Option<String>,
     /// Comma-separated custom labels (with `--url`).
-    #[arg(long, value_delimiter = ',')]
-    labels: Vec<String>,
+    #[arg(long, env = "RUNNER_LABELS")]
+    labels: Option<String>,
     /// Take one job, then exit (with `--url`).
     #[arg(long)]
     ephemeral: bool,
@@ -62,15 +64,14 @@ fn sources(args: Args) -> Result<Vec<RunnerSource>, String> {
         )]);
     }
     if let Some(path) = std::env::var_os("RUNSCALE_CREDENTIALS_FILE") {
-        let configs = read_credentials_file(&PathBuf::from(path)).map_err(|e| e.to_string())?;
-        return Ok(configs.into_iter().map(RunnerSource::Jit).collect());
+        return read_credentials_file(&PathBuf::from(path)).map_err(|e| e.to_string());
     }
     match (args.url, args.token, args.name) {
         (Some(url), Some(token), Some(name)) => Ok(vec![RunnerSource::Register(Registration {
             url,
             token: SecretString::from(token),
             name,
-            labels: args.labels,
+            labels: args.labels.as_deref().map(split_labels).unwrap_or_default(),
             ephemeral: args.ephemeral,
             replace: args.replace,
         })]),

@@ -118,13 +118,27 @@ struct CredentialsFile {
 struct CredentialsEntry {
     name: String,
     #[serde(default)]
+    vars: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
     secrets: std::collections::BTreeMap<String, SecretString>,
 }
 
+/// The secret holding a registration token for persistent runners (with the variables
+/// [`URL_VAR`], [`NAME_VAR`] and [`LABELS_VAR`]), as runscale's GitHub provider hands them out.
+pub const RUNNER_TOKEN_SECRET: &str = "GITHUB_RUNNER_TOKEN";
+/// The registration URL variable (`<web base>/<owner>[/<repo>]`).
+pub const URL_VAR: &str = "GITHUB_URL";
+/// The runner name variable.
+pub const NAME_VAR: &str = "RUNNER_NAME";
+/// The comma-separated labels variable.
+pub const LABELS_VAR: &str = "RUNNER_LABELS";
+
 /// Reads runscale's credentials file
-/// (`{"runners":[{"name","runner_id","vars","secrets":{"GITHUB_JIT_CONFIG":..}}]}`) and
-/// decodes each runner's JIT configuration.
-pub fn read_credentials_file(path: &Path) -> Result<Vec<JitConfig>, AgentError> {
+/// (`{"runners":[{"name","runner_id","vars","secrets"}]}`): a runner with a
+/// [`JIT_CONFIG_SECRET`] secret runs from its JIT configuration; one with a
+/// [`RUNNER_TOKEN_SECRET`] secret and a [`URL_VAR`] variable registers as a persistent runner
+/// (replacing an idle runner of the same name, like `config.sh --replace`).
+pub fn read_credentials_file(path: &Path) -> Result<Vec<RunnerSource>, AgentError> {
     let err = |message: String| AgentError::CredentialsFile {
         path: path.display().to_string(),
         message,
@@ -143,12 +157,41 @@ pub fn read_credentials_file(path: &Path) -> Result<Vec<JitConfig>, AgentError> 
     file.runners
         .into_iter()
         .map(|r| {
-            let secret = r
-                .secrets
-                .get(JIT_CONFIG_SECRET)
-                .ok_or_else(|| err(format!("runner {} has no {JIT_CONFIG_SECRET}", r.name)))?;
-            Ok(JitConfig::decode(secret.expose_secret())?)
+            if let Some(secret) = r.secrets.get(JIT_CONFIG_SECRET) {
+                return Ok(RunnerSource::Jit(JitConfig::decode(
+                    secret.expose_secret(),
+                )?));
+            }
+            match (r.secrets.get(RUNNER_TOKEN_SECRET), r.vars.get(URL_VAR)) {
+                (Some(token), Some(url)) => Ok(RunnerSource::Register(Registration {
+                    url: url.clone(),
+                    token: token.clone(),
+                    name: r.vars.get(NAME_VAR).cloned().unwrap_or(r.name),
+                    labels: r
+                        .vars
+                        .get(LABELS_VAR)
+                        .map(|l| split_labels(l))
+                        .unwrap_or_default(),
+                    ephemeral: false,
+                    replace: true,
+                })),
+                _ => Err(err(format!(
+                    "runner {} has neither {JIT_CONFIG_SECRET} nor {RUNNER_TOKEN_SECRET} with \
+                     {URL_VAR}",
+                    r.name
+                ))),
+            }
         })
+        .collect()
+}
+
+/// Splits comma-separated labels, dropping empty ones.
+pub fn split_labels(labels: &str) -> Vec<String> {
+    labels
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
         .collect()
 }
 
@@ -476,7 +519,23 @@ mod tests {
             "secrets":{"GITHUB_JIT_CONFIG": jit.encode()}}]});
         std::fs::write(&path, content.to_string()).expect("write");
         let got = read_credentials_file(&path).expect("readable");
-        assert_eq!(got[0].runner_id, 3);
+        assert!(matches!(&got[0], RunnerSource::Jit(j) if j.runner_id == 3));
+
+        let persistent = json!({"runners":[{"name":"rs-p-1","runner_id":null,
+            "vars":{"GITHUB_URL":"http://127.0.0.1:1/octo-org","RUNNER_NAME":"rs-p-1",
+                    "RUNNER_LABELS":"a, b,,"},
+            "secrets":{"GITHUB_RUNNER_TOKEN":"REGTOKEN"}}]});
+        std::fs::write(&path, persistent.to_string()).expect("write");
+        match &read_credentials_file(&path).expect("readable")[0] {
+            RunnerSource::Register(r) => {
+                assert_eq!(r.url, "http://127.0.0.1:1/octo-org");
+                assert_eq!(r.name, "rs-p-1");
+                assert_eq!(r.labels, vec!["a", "b"]);
+                assert!(!r.ephemeral && r.replace);
+                assert_eq!(r.token.expose_secret(), "REGTOKEN");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
 
         std::fs::write(
             &path,
@@ -485,6 +544,7 @@ mod tests {
         .expect("write");
         let err = read_credentials_file(&path).expect_err("no jit config");
         assert!(err.to_string().contains("GITHUB_JIT_CONFIG"));
+        assert!(err.to_string().contains("GITHUB_RUNNER_TOKEN"));
         assert!(!err.to_string().contains("hush"));
         std::fs::write(&path, r#"{"runners":[{"name":1,"secrets":"hush"}]}"#).expect("write");
         let err = read_credentials_file(&path).expect_err("bad json");

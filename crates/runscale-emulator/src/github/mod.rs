@@ -28,8 +28,9 @@ mod state;
 mod webhook;
 
 pub use agent::{
-    AgentError, AgentExit, AgentReport, JIT_CONFIG_SECRET, Registration, RunnerSource,
-    read_credentials_file, run_agent,
+    AgentError, AgentExit, AgentReport, JIT_CONFIG_SECRET, LABELS_VAR, NAME_VAR,
+    RUNNER_TOKEN_SECRET, Registration, RunnerSource, URL_VAR, read_credentials_file, run_agent,
+    split_labels,
 };
 pub use config::{
     AppConfig, ConfigError, EmulatorConfig, EmulatorOptions, Faults, InstallationConfig,
