@@ -113,19 +113,19 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn local_example_runs_queued_jobs_and_scales_back_to_zero() {
-    let d = dirs();
+/// Starts `runscale run -c examples/local.yaml` with JSON logs; returns the daemon, its
+/// listen address and its log lines.
+fn start_daemon(d: &Dirs) -> (Daemon, SocketAddr, mpsc::Receiver<String>) {
     let mut child = runscale(
         &["--log-format", "json", "run", "-c", "examples/local.yaml"],
-        &d,
+        d,
     )
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .spawn()
     .expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
-    let mut daemon = Daemon(child);
+    let daemon = Daemon(child);
     let (tx, lines) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -145,30 +145,98 @@ fn local_example_runs_queued_jobs_and_scales_back_to_zero() {
                 .expect("addr");
         }
     };
+    (daemon, addr, lines)
+}
 
-    let enqueue = Command::new("sh")
-        .args(["examples/local/enqueue.sh", "linux", "3", "1"])
+fn enqueue(d: &Dirs, count: u32, secs: u32) {
+    let out = Command::new("sh")
+        .args([
+            "examples/local/enqueue.sh",
+            "linux",
+            &count.to_string(),
+            &secs.to_string(),
+        ])
         .current_dir(repo_root())
         .env("RUNSCALE_CI_DIR", &d.ci)
         .output()
         .expect("enqueue");
-    assert!(enqueue.status.success(), "{enqueue:?}");
+    assert!(out.status.success(), "{out:?}");
+}
 
+/// State files of live instances (one per runner process) in the backend's state directory.
+fn instance_files(d: &Dirs) -> usize {
+    std::fs::read_dir(d.state.join("linux"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn pool_is_empty(addr: SocketAddr) -> bool {
+    let body = http_get(addr, "/api/v1/pools");
+    let pools: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let o = &pools[0]["last_observation"];
+    o["waiting"] == 0
+        && o["instances_booting"] == 0
+        && o["instances_running"] == 0
+        && o["runners_idle"] == 0
+        && o["runners_offline"] == 0
+}
+
+fn launches_logged(lines: &mpsc::Receiver<String>) -> usize {
+    lines
+        .try_iter()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["message"] == "launched")
+        })
+        .count()
+}
+
+#[test]
+fn kill_9_mid_run_then_restart_re_adopts_runners_without_duplicates_or_leaks() {
+    let d = dirs();
+    let (mut first, _, first_lines) = start_daemon(&d);
+    enqueue(&d, 4, 8);
+    // All four runners up (max 4) and working, then the daemon dies without warning.
+    wait_until("four runner processes", || instance_files(&d) == 4);
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reaped");
+    let launched_first = launches_logged(&first_lines);
+    assert_eq!(launched_first, 4);
+    assert_eq!(instance_files(&d), 4, "runners outlive the daemon");
+
+    let (_second, addr, second_lines) = start_daemon(&d);
+    wait_until("four jobs done", || done_jobs(&d.ci).len() == 4);
+    wait_until("pool back to zero", || pool_is_empty(addr));
+    wait_until("no runner process left", || instance_files(&d) == 0);
+    assert_eq!(
+        launches_logged(&second_lines),
+        0,
+        "no duplicate launch after the restart"
+    );
+    let jobs = done_jobs(&d.ci);
+    assert!(jobs.iter().all(|j| j.contains("result=ok")), "{jobs:?}");
+    let runners_left = std::fs::read_dir(d.ci.join("runners"))
+        .map(|e| e.count())
+        .unwrap_or(0);
+    assert_eq!(runners_left, 0, "no registration left over");
+}
+
+#[test]
+fn local_example_runs_queued_jobs_and_scales_back_to_zero() {
+    let d = dirs();
+    let (mut daemon, addr, _lines) = start_daemon(&d);
+    enqueue(&d, 3, 1);
     wait_until("three jobs done", || done_jobs(&d.ci).len() == 3);
     for job in done_jobs(&d.ci) {
         assert!(job.contains("result=ok"), "{job}");
         assert!(job.contains("pool=linux"), "{job}");
     }
     // Ephemeral runners leave after their job: the pool goes back to zero instances.
-    wait_until("no instance left", || {
-        let body = http_get(addr, "/api/v1/pools");
-        let pools: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let o = &pools[0]["last_observation"];
-        o["waiting"] == 0
-            && o["instances_booting"] == 0
-            && o["instances_running"] == 0
-            && o["runners_idle"] == 0
-    });
+    wait_until("no instance left", || pool_is_empty(addr));
     let metrics = http_get(addr, "/metrics");
     assert!(
         metrics.contains(
