@@ -53,8 +53,47 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Replay a job trace (or a generated one) against runscale's policy and the policies of
+    /// the autoscalers it replaces; report waits and cost per policy.
+    Simulate(SimulateCli),
     /// Print the version and the provider and backend types compiled in.
     Version,
+}
+
+/// Arguments of `simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateCli {
+    /// Trace file: CSV or JSON Lines (`queued_at`, `duration_s`, `labels`, optional `pool`),
+    /// or GitHub Actions jobs JSON as returned by the REST API (`.json`).
+    #[arg(long, conflicts_with = "generate")]
+    pub trace: Option<PathBuf>,
+    /// Generate the trace instead: `workday`, `burst`, `nightly` or `matrix`.
+    #[arg(long)]
+    pub generate: Option<String>,
+    /// Seed of the generator and of the simulation's own randomness.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Take the pools (limits, timeouts, selector labels) from this configuration file;
+    /// default: one pool matching every job, with runscale's defaults.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Policies to compare: `all`, or a comma-separated list (`runscale,arc,terraform-aws,
+    /// taskscaler,agent-scaler,vela,circleci-lambda,gitlab-fleet,github-action-autoscaler,
+    /// buildscaler,clairvoyant`).
+    #[arg(long, default_value = "all")]
+    pub policies: String,
+    /// Boot time of an instance: `45s`, `uniform:30s..90s`, `lognormal:mean=45s,sd=15s`.
+    #[arg(long, default_value = "45s", conflicts_with = "boot_dist")]
+    pub boot: String,
+    /// Boot times sampled from a file (one duration per line).
+    #[arg(long)]
+    pub boot_dist: Option<PathBuf>,
+    /// Output: `table` or `json`.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Write charts (SVG and PNG) into this directory.
+    #[arg(long)]
+    pub charts: Option<PathBuf>,
 }
 
 /// Configuration subcommands.
@@ -104,6 +143,7 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
             command: ConfigCommand::Schema,
         } => commands::schema(&mut stdout),
         Command::Version => commands::version(&mut stdout),
+        Command::Simulate(args) => crate::simulate::run(&args, &mut stdout),
         Command::Check(args) => {
             let config = load(&args)?;
             runtime()?.block_on(commands::check(&config, &mut stdout))
@@ -138,6 +178,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(b) = cause.downcast_ref::<BuildError>()
             && b.is_misconfiguration()
+        {
+            return EXIT_INVALID_CONFIG;
+        }
+        if let Some(runscale_sim::SimError::Invalid { .. } | runscale_sim::SimError::Trace(_)) =
+            cause.downcast_ref::<runscale_sim::SimError>()
         {
             return EXIT_INVALID_CONFIG;
         }

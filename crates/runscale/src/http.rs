@@ -5,6 +5,7 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | the status page (HTML, refreshes itself) |
 //! | `GET /healthz` | 200 `ok` while the process runs |
 //! | `GET /readyz` | 200 once every pool has completed a pass, else 503 |
 //! | `GET /metrics` | the registry in the OpenMetrics text format |
@@ -52,6 +53,7 @@ pub struct AppState {
 /// The whole HTTP service.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -61,6 +63,23 @@ pub fn router(state: AppState) -> Router {
             post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
         )
         .with_state(state)
+}
+
+async fn status_page(State(state): State<AppState>) -> Response {
+    let page = crate::status_page::render(
+        &state.handle.status(),
+        &state.handle.budgets(),
+        chrono::Utc::now(),
+        env!("CARGO_PKG_VERSION"),
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -7,6 +7,8 @@
 //! - [`commands`]: `once`, `check`, `config schema`, `version`.
 //! - [`daemon`]: `run` (HTTP server + reconciler + signals).
 //! - [`http`]: the HTTP routes, as a `Router` built without a socket.
+//! - [`simulate`]: `simulate`, the policy simulator (`runscale-sim`) on a trace.
+//! - [`status_page`]: the HTML status page at `/`.
 //! - [`logging`], [`table`]: output helpers.
 
 pub mod cli;
@@ -15,4 +17,6 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod logging;
+pub mod simulate;
+pub mod status_page;
 pub mod table;

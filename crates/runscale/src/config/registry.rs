@@ -86,6 +86,18 @@ pub enum SelectorSettings {
     Github(github::PoolSelector),
 }
 
+impl SelectorSettings {
+    /// The labels the selector matches jobs by (for the simulator's routing).
+    pub fn labels(&self) -> Vec<String> {
+        match *self {
+            #[cfg(feature = "provider-exec")]
+            SelectorSettings::Exec(ref s) => s.labels.clone(),
+            #[cfg(feature = "provider-github")]
+            SelectorSettings::Github(ref s) => s.labels.clone(),
+        }
+    }
+}
+
 /// What a selector or template may depend on besides itself: the pool's own settings.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolContext {
