@@ -122,10 +122,13 @@ pub(crate) enum JobPhase {
     Other,
 }
 
-/// The phase of a job status. `queued` and `waiting` wait; `in_progress` runs.
+/// The phase of a job status. `queued` waits for a runner; `in_progress` runs. `waiting` (an
+/// environment's protection rules) and `pending`/`requested` (a concurrency group) want no
+/// runner until GitHub releases them as `queued`: counting them would keep runners idle for as
+/// long as an approval takes.
 pub(crate) fn job_phase(status: &str) -> JobPhase {
     match status {
-        "queued" | "waiting" => JobPhase::Waiting,
+        "queued" => JobPhase::Waiting,
         "in_progress" => JobPhase::Running,
         _ => JobPhase::Other,
     }
@@ -312,7 +315,8 @@ mod tests {
     #[test]
     fn job_phases() {
         assert_eq!(job_phase("queued"), JobPhase::Waiting);
-        assert_eq!(job_phase("waiting"), JobPhase::Waiting);
+        assert_eq!(job_phase("waiting"), JobPhase::Other);
+        assert_eq!(job_phase("pending"), JobPhase::Other);
         assert_eq!(job_phase("in_progress"), JobPhase::Running);
         assert_eq!(job_phase("completed"), JobPhase::Other);
         assert_eq!(job_phase("pending"), JobPhase::Other);
