@@ -58,6 +58,15 @@ pub enum Command {
     Simulate(SimulateCli),
     /// Print the version and the provider and backend types compiled in.
     Version,
+    /// Run runscale end to end on this machine against the GitHub emulator, with runner
+    /// processes and a synthetic workload; print live progress and a summary.
+    Demo(crate::demo::DemoArgs),
+    /// Run an emulator of a CI system (for trying runscale without an account).
+    Emulator(crate::demo::EmulatorCli),
+    /// Run the emulator's fake runner agents listed in `RUNSCALE_CREDENTIALS_FILE` (what the
+    /// demo's runner processes run).
+    #[command(hide = true)]
+    FakeRunner,
 }
 
 /// Arguments of `simulate`.
@@ -125,7 +134,12 @@ pub struct RunArgs {
 /// Parses the process's arguments, runs the command, and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, &cli.log_level);
+    // The demo draws progress on the terminal: keep routine logs out of it unless asked.
+    let level = match cli.command {
+        Command::Demo(_) if cli.log_level == "info" => "warn",
+        _ => &cli.log_level,
+    };
+    logging::init(cli.log_format, level);
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -157,6 +171,15 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
             drop(stdout);
             runtime()?.block_on(daemon::run(&config, args.dry_run))
         }
+        Command::Demo(args) => {
+            drop(stdout);
+            runtime()?.block_on(crate::demo::run(&args))
+        }
+        Command::Emulator(args) => runtime()?.block_on(crate::demo::emulator(args, &mut stdout)),
+        Command::FakeRunner => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::fake_runner::run()),
     }
 }
 

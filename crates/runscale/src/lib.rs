@@ -7,6 +7,9 @@
 //! - [`commands`]: `once`, `check`, `config schema`, `version`.
 //! - [`daemon`]: `run` (HTTP server + reconciler + signals).
 //! - [`http`]: the HTTP routes, as a `Router` built without a socket.
+//! - [`demo`]: `demo` (runscale, the GitHub emulator, runner processes and a workload, end to
+//!   end on one machine) and `emulator github`.
+//! - [`fake_runner`]: `fake-runner`, the emulator's runner agent as the demo's runner process.
 //! - [`simulate`]: `simulate`, the policy simulator (`runscale-sim`) on a trace.
 //! - [`status_page`]: the HTML status page at `/`.
 //! - [`logging`], [`table`]: output helpers.
@@ -15,6 +18,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod demo;
+pub mod fake_runner;
 pub mod http;
 pub mod logging;
 pub mod simulate;

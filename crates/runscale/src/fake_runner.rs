@@ -1,0 +1,83 @@
+//! `runscale fake-runner`: the GitHub emulator's fake runner agent, built into the runscale
+//! binary so `runscale demo` needs no second executable.
+//!
+//! It reads the runners from the credentials file the local-process backend writes
+//! (`RUNSCALE_CREDENTIALS_FILE`) and runs one agent per runner listed, side by side
+//! ([`runscale_emulator::github::run_agent`]). The first SIGTERM or SIGINT asks every agent to
+//! stop: an idle one disconnects and exits at once, a busy one finishes its job first.
+//!
+//! What does not live here: the agent protocol itself (in `runscale-emulator`), and the other
+//! ways the standalone `runscale-fake-runner` binary accepts a runner (`--jitconfig`, `--url`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use runscale_emulator::github::{AgentExit, read_credentials_file, run_agent};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// The environment variable naming the credentials file (set by the local-process backend).
+pub const CREDENTIALS_FILE_VAR: &str = "RUNSCALE_CREDENTIALS_FILE";
+
+/// Runs one agent per runner of the credentials file until each is done. Fails if the file is
+/// missing or unreadable, or if any agent failed.
+pub async fn run() -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os(CREDENTIALS_FILE_VAR) else {
+        bail!(
+            "{CREDENTIALS_FILE_VAR} is not set: fake-runner is started by the local-process backend"
+        );
+    };
+    let path = PathBuf::from(path);
+    let sources = read_credentials_file(&path)
+        .with_context(|| format!("cannot read runners from {}", path.display()))?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    let agents: Vec<_> = sources
+        .into_iter()
+        .map(|source| tokio::spawn(run_agent(source, shutdown.clone())))
+        .collect();
+    let mut failed = 0usize;
+    for agent in agents {
+        match agent.await {
+            Ok(Ok(report)) => {
+                let why = match report.exit {
+                    AgentExit::EphemeralDone => "ephemeral job done",
+                    AgentExit::Shutdown => "shutdown",
+                    AgentExit::RunnerRemoved => "runner removed",
+                };
+                info!(runner = %report.runner_name, jobs = report.jobs_completed, "agent exited: {why}");
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "agent failed");
+                failed += 1;
+            }
+            Err(e) => {
+                error!(error = %e, "agent task failed");
+                failed += 1;
+            }
+        }
+    }
+    signals.abort();
+    if failed > 0 {
+        bail!("{failed} agent(s) failed");
+    }
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutdown requested");
+    shutdown.cancel();
+}
