@@ -1,6 +1,6 @@
 //! Prints the comparison table for a generated workload:
 //! `cargo run --release -p runscale-sim --example table -- workday 1 [--persistent]
-//! [--wake-on-completion] [--charts DIR]`.
+//! [--no-wake-on-completion] [--charts DIR]`.
 fn main() {
     let mut kind = "workday".to_owned();
     let mut seed = 1u64;
@@ -12,7 +12,7 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--persistent" => pool.spec.ephemeral = false,
-            "--wake-on-completion" => world.wake_on_completion = true,
+            "--no-wake-on-completion" => world.wake_on_completion = false,
             "--charts" => charts = args.next(),
             _ if positional == 0 => {
                 kind = a;

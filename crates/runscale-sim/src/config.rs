@@ -106,11 +106,10 @@ pub struct WorldParams {
     /// webhook-driven ones reuse this latency).
     pub detection: Detection,
     /// A "job completed" webhook also wakes runscale's pool, not only "job queued" (runscale's
-    /// GitHub provider wakes the matching pools on every `workflow_job` delivery). Off by
-    /// default to halve the `plan` calls (1M jobs: ~8.5 s instead of ~12.7 s): a completion
-    /// changes nothing runscale launches for unless a cap held launches back, and then the
-    /// held-back requeue passes again within 5 s. On, under saturation runscale reacts to freed
-    /// capacity within the webhook latency instead (mean waits a few seconds lower).
+    /// GitHub provider wakes the matching pools on every `workflow_job` delivery, so this is
+    /// on by default). Under saturation runscale then reacts to freed capacity within the
+    /// webhook latency instead of the held-back requeue (up to 5 s). Off halves the `plan`
+    /// calls, for providers that only poll.
     pub wake_on_completion: bool,
     /// runscale's reconciler interval: a pool with nothing due is passed this often.
     #[serde(with = "secs")]
@@ -141,7 +140,7 @@ impl Default for WorldParams {
             detection: Detection::Webhook {
                 latency: Duration::from_secs(1),
             },
-            wake_on_completion: false,
+            wake_on_completion: true,
             pass_interval: Duration::from_secs(30),
             pass_latency: Duration::from_millis(500),
             registration_delay: Duration::from_secs(5),

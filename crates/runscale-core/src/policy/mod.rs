@@ -30,7 +30,7 @@
 //! Every termination removes the instance's runners from the CI system first; the reconciler
 //! terminates only after the CI system confirmed every removal.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::model::{
@@ -51,9 +51,14 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     let mut due = Due::new(now);
     let mut actions = Vec::new();
 
-    let by_name: HashMap<&str, &Runner> =
-        obs.runners.iter().map(|r| (r.name.as_str(), r)).collect();
-    let mut hosted: HashSet<&str> = HashSet::with_capacity(obs.runners.len());
+    // Runner name → index; `hosted[i]` is set when an instance names runner i.
+    let by_name: HashMap<&str, usize> = obs
+        .runners
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
+    let mut hosted = vec![false; obs.runners.len()];
 
     let mut active = 0u32; // booting + running instances that stay
     let mut booting = 0u32; // of which booting (state, or no runner registered yet)
@@ -65,8 +70,12 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     let mut idle_candidates: Vec<IdleInstance<'_>> = Vec::new();
 
     for inst in &obs.instances {
+        let mut regs: Vec<&Runner> = Vec::with_capacity(inst.runner_names.len());
         for n in &inst.runner_names {
-            hosted.insert(n.as_str());
+            if let Some(&i) = by_name.get(n.as_str()) {
+                hosted[i] = true;
+                regs.push(&obs.runners[i]);
+            }
         }
         if inst.state == InstanceState::Stopping {
             continue;
@@ -75,11 +84,6 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         if elapsed(inst.launched_at, now) < RATE_WINDOW {
             launched_in_window += 1;
         }
-        let regs: Vec<&Runner> = inst
-            .runner_names
-            .iter()
-            .filter_map(|n| by_name.get(n.as_str()).copied())
-            .collect();
         let past_boot = elapsed(inst.launched_at, now) >= spec.boot_timeout;
         let any_busy = regs.iter().any(|r| r.state == RunnerState::Busy);
 
@@ -204,8 +208,13 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     }
 
     // Rule 4: runners that no instance hosts.
-    for r in obs.runners.iter().filter(|_| !obs.stale) {
-        if !hosted.contains(r.name.as_str()) && r.state != RunnerState::Busy {
+    for (r, _) in obs
+        .runners
+        .iter()
+        .zip(&hosted)
+        .filter(|(_, hosted)| !obs.stale && !**hosted)
+    {
+        if r.state != RunnerState::Busy {
             actions.push(Planned {
                 action: Action::Deregister {
                     runner: r.id.clone(),
