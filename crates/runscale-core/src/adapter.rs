@@ -176,6 +176,16 @@ pub trait Backend: Send + Sync + 'static {
     /// A read-only check that the backend is usable with this configuration.
     async fn probe(&self) -> Result<String>;
 
+    /// Tells the backend which instances of `pool` host a runner that is running a job, so it
+    /// can shield them from disruption by others (cluster autoscalers, node consolidation,
+    /// eviction). Level-triggered: called after every fresh observation with the complete
+    /// list, so every other instance of the pool is not busy (any protection added earlier
+    /// should be lifted). Not called in dry-run or on a stale observation. An error is logged
+    /// and the pass goes on; the next pass calls again. Default: nothing.
+    async fn mark_busy(&self, _pool: &PoolId, _busy: &[InstanceId]) -> Result<()> {
+        Ok(())
+    }
+
     /// Subscribes to instance changes the backend notices by itself (a process exited, a pod
     /// failed): the pool is sent so it is reconciled early. Default: no events.
     fn subscribe(&self, _events: mpsc::UnboundedSender<PoolId>) {}

@@ -212,6 +212,16 @@ impl Backend for InstrumentedBackend {
         timed(&self.metrics, &self.account, "probe", self.inner.probe()).await
     }
 
+    async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
+        timed(
+            &self.metrics,
+            &self.account,
+            "mark_busy",
+            self.inner.mark_busy(pool, busy),
+        )
+        .await
+    }
+
     fn subscribe(&self, events: mpsc::UnboundedSender<PoolId>) {
         self.inner.subscribe(events);
     }

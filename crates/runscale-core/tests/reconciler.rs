@@ -359,3 +359,108 @@ async fn shutdown_finishes_in_flight_passes_and_launches_nothing_new() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(world.snapshot().launches, 0, "nothing after shutdown");
 }
+
+/// A backend that records what [`Backend::mark_busy`] was told, around the memory backend.
+struct BusyRecorder {
+    inner: Arc<dyn runscale_core::Backend>,
+    calls: std::sync::Mutex<Vec<(PoolId, Vec<runscale_core::InstanceId>)>>,
+}
+
+#[async_trait::async_trait]
+impl runscale_core::Backend for BusyRecorder {
+    fn kind(&self) -> &'static str {
+        "busy-recorder"
+    }
+    async fn instances(
+        &self,
+        pools: &[PoolId],
+    ) -> runscale_core::Result<std::collections::HashMap<PoolId, Vec<runscale_core::Instance>>>
+    {
+        self.inner.instances(pools).await
+    }
+    async fn launch(
+        &self,
+        request: runscale_core::LaunchRequest,
+    ) -> runscale_core::Result<runscale_core::Instance> {
+        self.inner.launch(request).await
+    }
+    async fn terminate(
+        &self,
+        pool: &PoolId,
+        instance: &runscale_core::InstanceId,
+    ) -> runscale_core::Result<()> {
+        self.inner.terminate(pool, instance).await
+    }
+    async fn probe(&self) -> runscale_core::Result<String> {
+        self.inner.probe().await
+    }
+    async fn mark_busy(
+        &self,
+        pool: &PoolId,
+        busy: &[runscale_core::InstanceId],
+    ) -> runscale_core::Result<()> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push((pool.clone(), busy.to_vec()));
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backend_is_told_which_instances_are_busy_and_when_they_are_idle_again() {
+    use runscale_core::Backend as _;
+    let clock = clock();
+    let mut cfg = WorldConfig::default();
+    cfg.ephemeral.insert(PoolId::new("p"), false);
+    let world = World::new(clock.clone(), cfg);
+    let recorder = Arc::new(BusyRecorder {
+        inner: world.backend(),
+        calls: Default::default(),
+    });
+    let mut b = binding(
+        &world,
+        PoolSpec::test("p")
+            .ephemeral(false)
+            .idle_timeout(Duration::from_secs(600)),
+        "ci",
+    );
+    b.backend = recorder.clone();
+    let r = Reconciler::new(vec![b], clock, metrics(), options());
+    world.enqueue("p", 1, Duration::from_secs(20));
+    r.once().await; // launches
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    world.step(); // booted; the job starts
+    r.once().await;
+    let instances = world
+        .backend()
+        .instances(&[PoolId::new("p")])
+        .await
+        .expect("list");
+    let id = instances[&PoolId::new("p")][0].id.clone();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    world.step(); // the job is done
+    r.once().await;
+    let calls = recorder.calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 3, "one call per pass: {calls:?}");
+    assert!(calls.iter().all(|(p, _)| p.as_str() == "p"));
+    assert!(calls[0].1.is_empty(), "nothing busy before the launch");
+    assert_eq!(calls[1].1, vec![id], "busy while the job runs");
+    assert!(calls[2].1.is_empty(), "idle again after the job");
+
+    // Dry-run passes do not call it.
+    let before = recorder.calls.lock().expect("lock").len();
+    let mut b = binding(&world, PoolSpec::test("p").ephemeral(false), "ci");
+    b.backend = recorder.clone();
+    let dry = Reconciler::new(
+        vec![b],
+        self::clock(),
+        metrics(),
+        Options {
+            dry_run: true,
+            ..options()
+        },
+    );
+    dry.once().await;
+    assert_eq!(recorder.calls.lock().expect("lock").len(), before);
+}

@@ -3,7 +3,7 @@
 //! A pass is not told why it woke; it always looks at the whole world, so running it twice is
 //! harmless. It returns when to come back; every error goes through [`super::backoff`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,9 @@ use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registratio
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{ActionLabels, FailureLabels, Metrics, PoolLabels, PoolStateLabels};
-use crate::model::{Instance, InstanceState, Observation, PoolSpec, RunnerState, Timestamp};
+use crate::model::{
+    Instance, InstanceId, InstanceState, Observation, PoolSpec, RunnerState, Timestamp,
+};
 use crate::naming;
 use crate::plan::{Action, Plan, Planned};
 use crate::policy;
@@ -126,6 +128,9 @@ impl PoolRuntime {
         let now = ctx.clock.now();
         let obs = self.observation(view, instances, now);
         self.record_observation(ctx.metrics, &obs, now);
+        if !ctx.dry_run && !obs.stale {
+            self.mark_busy(&obs).await;
+        }
 
         let plan = policy::plan(&self.spec, &obs, now);
         ctx.metrics
@@ -145,6 +150,31 @@ impl PoolRuntime {
         }
         let result = self.act(ctx, &plan).await;
         result.map(|()| plan)
+    }
+
+    /// Tells the backend which instances host a busy runner (it may shield them from
+    /// disruption). A failure is logged, never fails the pass: the next pass tries again.
+    async fn mark_busy(&self, obs: &Observation) {
+        let busy_names: HashSet<&str> = obs
+            .runners
+            .iter()
+            .filter(|r| r.state == RunnerState::Busy)
+            .map(|r| r.name.as_str())
+            .collect();
+        let busy: Vec<InstanceId> = obs
+            .instances
+            .iter()
+            .filter(|i| i.state != InstanceState::Stopping)
+            .filter(|i| {
+                i.runner_names
+                    .iter()
+                    .any(|n| busy_names.contains(n.as_str()))
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        if let Err(e) = self.backend.mark_busy(&self.spec.name, &busy).await {
+            warn!(pool = %self.spec.name, busy = busy.len(), error = %e, "cannot mark busy instances");
+        }
     }
 
     /// Builds the observation, filling what the provider could not tell from memory.
