@@ -1,0 +1,619 @@
+//! Pure construction of what the backend sends to the cluster: the pod template taken from a
+//! CronJob or a Job, the runner pod, and its credentials Secret.
+//!
+//! No I/O: every function here takes objects and returns objects, so it is unit-tested on the
+//! seed YAML files.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{
+    EnvFromSource, EnvVar, Pod, PodTemplateSpec, Secret, SecretEnvSource, SecretVolumeSource,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use runscale_core::Credentials;
+use sha2::{Digest, Sha256};
+
+use super::config::{CredentialsDelivery, PoolTemplate, canonical_json, hex16};
+
+/// Label naming the pool of a runner pod (and of its Secret).
+pub(crate) const LABEL_POOL: &str = "runscale/pool";
+/// Label naming the runner a pod was launched for (also the pod's name).
+pub(crate) const LABEL_RUNNER: &str = "runscale/runner-name";
+/// The standard "managed by" label.
+pub(crate) const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub(crate) const MANAGED_BY: &str = "runscale";
+/// Annotation with the pool's template hash at launch.
+pub(crate) const ANN_TEMPLATE_HASH: &str = "runscale/template-hash";
+/// Annotation with the version of the template source at launch (see [`Resolved::version`]).
+pub(crate) const ANN_TEMPLATE_VERSION: &str = "runscale/template-version";
+/// Annotation set to `template` when the pod template itself carries the disruption
+/// annotations: runscale then leaves them alone.
+pub(crate) const ANN_DISRUPTION: &str = "runscale/disruption";
+/// Karpenter: a pod with this annotation set to `"true"` blocks voluntary disruption of its
+/// node.
+pub(crate) const ANN_KARPENTER: &str = "karpenter.sh/do-not-disrupt";
+/// cluster-autoscaler: `"false"` keeps the node from being scaled down.
+pub(crate) const ANN_SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
+/// CircleCI resource class labels (circleci-runner-autoscaler).
+pub(crate) const LABEL_RC_ORG: &str = "resource-class-org";
+/// See [`LABEL_RC_ORG`].
+pub(crate) const LABEL_RC_NAME: &str = "resource-class-name";
+/// Buildscaler's label marking a template Job, and its value.
+pub(crate) const LABEL_BUILDSCALER: (&str, &str) = ("app.elotl.co", "buildscaler");
+/// Buildscaler's label naming a template Job's Buildkite queue.
+pub(crate) const LABEL_BUILDSCALER_QUEUE: &str = "buildscaler.elotl.co/queue";
+/// Environment variable naming the pool, set in the credential containers.
+pub(crate) const ENV_POOL: &str = "RUNSCALE_POOL";
+/// Environment variable naming the runner, set in the credential containers.
+pub(crate) const ENV_RUNNER_NAME: &str = "RUNSCALE_RUNNER_NAME";
+/// Environment variable naming the credentials directory (`volume` delivery).
+pub(crate) const ENV_CREDENTIALS_DIR: &str = "RUNSCALE_CREDENTIALS_DIR";
+/// Name of the credentials volume (`volume` delivery).
+const CREDENTIALS_VOLUME: &str = "runscale-credentials";
+/// Labels the Job controller puts on a Job's pod template; copied onto bare pods they would
+/// let the Job controller (parallelism 0) adopt and delete them.
+const JOB_CONTROLLER_LABELS: [&str; 4] = [
+    "controller-uid",
+    "batch.kubernetes.io/controller-uid",
+    "job-name",
+    "batch.kubernetes.io/job-name",
+];
+
+/// A pool's pod template as found (in the configuration or the cluster), and its version.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Resolved {
+    /// The pod template.
+    pub template: PodTemplateSpec,
+    /// Changes when the template does: `inline/{hash}`, `cronjob/{uid}/{hash}` or
+    /// `job/{uid}` (a Job's pod template is immutable, so its UID marks the version).
+    pub version: String,
+    /// What it was taken from, for messages (`CronJob small-runner`).
+    pub origin: String,
+}
+
+/// A pod template's content hash.
+fn template_digest(template: &PodTemplateSpec) -> String {
+    let value = serde_json::to_value(template).unwrap_or(serde_json::Value::Null);
+    hex16(&Sha256::digest(canonical_json(&value).as_bytes()))
+}
+
+/// The inline template of a pool.
+pub(crate) fn from_inline(template: &PodTemplateSpec) -> Resolved {
+    Resolved {
+        template: template.clone(),
+        version: format!("inline/{}", template_digest(template)),
+        origin: "the inline pod template".to_owned(),
+    }
+}
+
+/// The pod template of a suspended CronJob (its `spec.jobTemplate.spec.template`).
+pub(crate) fn from_cron_job(cron_job: &CronJob) -> Result<Resolved, String> {
+    let name = cron_job.metadata.name.as_deref().unwrap_or_default();
+    let spec = cron_job
+        .spec
+        .as_ref()
+        .ok_or_else(|| format!("CronJob {name} has no spec"))?;
+    if spec.suspend != Some(true) {
+        return Err(format!(
+            "CronJob {name} is not suspended (spec.suspend: true): it would start runners on \
+             its own schedule"
+        ));
+    }
+    let template = spec
+        .job_template
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .ok_or_else(|| format!("CronJob {name} has no spec.jobTemplate.spec"))?;
+    let uid = cron_job.metadata.uid.as_deref().unwrap_or_default();
+    Ok(Resolved {
+        version: format!("cronjob/{uid}/{}", template_digest(&template)),
+        template,
+        origin: format!("CronJob {name}"),
+    })
+}
+
+/// The pod template of a Job with `parallelism: 0`; the labels the Job controller added to
+/// it are dropped.
+pub(crate) fn from_job(job: &Job) -> Result<Resolved, String> {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let spec = job
+        .spec
+        .as_ref()
+        .ok_or_else(|| format!("Job {name} has no spec"))?;
+    if spec.parallelism != Some(0) {
+        return Err(format!(
+            "Job {name} must have spec.parallelism: 0, or the Job controller runs its pods \
+             itself"
+        ));
+    }
+    let mut template = spec.template.clone();
+    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        for l in JOB_CONTROLLER_LABELS {
+            labels.remove(l);
+        }
+    }
+    let uid = job
+        .metadata
+        .uid
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| format!("Job {name} has no metadata.uid"))?;
+    Ok(Resolved {
+        template,
+        version: format!("job/{uid}"),
+        origin: format!("Job {name}"),
+    })
+}
+
+/// Everything one runner pod is made from.
+pub(crate) struct PodParams<'a> {
+    /// The pool.
+    pub pool: &'a str,
+    /// The runner's name: also the pod's name.
+    pub runner_name: &'a str,
+    /// The namespace.
+    pub namespace: &'a str,
+    /// The pool's template hash (annotation).
+    pub template_hash: &'a str,
+    /// The template and its version.
+    pub resolved: &'a Resolved,
+    /// The pool's settings (credentials delivery, directory, containers).
+    pub settings: &'a PoolTemplate,
+}
+
+/// The name of a runner pod's credentials Secret.
+pub(crate) fn secret_name(pod_name: &str) -> String {
+    format!("{pod_name}-credentials")
+}
+
+/// The runner pod: the template with `restartPolicy: Never`, runscale's labels and
+/// annotations, and the credentials Secret wired into the credential containers. Errors say
+/// what in the template is unusable.
+pub(crate) fn render_pod(p: &PodParams<'_>) -> Result<Pod, String> {
+    let origin = &p.resolved.origin;
+    let problems = super::config::pod_template_problems(&p.resolved.template);
+    if let Some((field, message)) = problems.first() {
+        return Err(format!("{origin}: {field}: {message}"));
+    }
+    let template = p.resolved.template.clone();
+    let meta = template.metadata.unwrap_or_default();
+    let mut labels = meta.labels.unwrap_or_default();
+    for l in JOB_CONTROLLER_LABELS {
+        labels.remove(l);
+    }
+    labels.insert(LABEL_POOL.to_owned(), p.pool.to_owned());
+    labels.insert(LABEL_RUNNER.to_owned(), p.runner_name.to_owned());
+    labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
+    let mut annotations = meta.annotations.unwrap_or_default();
+    if annotations.contains_key(ANN_KARPENTER) || annotations.contains_key(ANN_SAFE_TO_EVICT) {
+        annotations.insert(ANN_DISRUPTION.to_owned(), "template".to_owned());
+    }
+    annotations.insert(ANN_TEMPLATE_HASH.to_owned(), p.template_hash.to_owned());
+    annotations.insert(
+        ANN_TEMPLATE_VERSION.to_owned(),
+        p.resolved.version.to_owned(),
+    );
+
+    let mut spec = template.spec.unwrap_or_default();
+    spec.restart_policy = Some("Never".to_owned());
+    let secret = secret_name(p.runner_name);
+    let wanted: Vec<&str> = if p.settings.credentials_containers.is_empty() {
+        spec.containers
+            .first()
+            .map(|c| c.name.as_str())
+            .into_iter()
+            .collect()
+    } else {
+        p.settings
+            .credentials_containers
+            .iter()
+            .map(String::as_str)
+            .collect()
+    };
+    let wanted: Vec<String> = wanted.into_iter().map(str::to_owned).collect();
+    for name in &wanted {
+        if !spec.containers.iter().any(|c| &c.name == name) {
+            return Err(format!(
+                "{origin} has no container {name:?} (credentials_containers)"
+            ));
+        }
+    }
+    let volume = p.settings.credentials == CredentialsDelivery::Volume;
+    for c in spec
+        .containers
+        .iter_mut()
+        .filter(|c| wanted.contains(&c.name))
+    {
+        let env = c.env.get_or_insert_with(Vec::new);
+        env.retain(|e| !e.name.starts_with("RUNSCALE_"));
+        let mut vars = vec![(ENV_POOL, p.pool), (ENV_RUNNER_NAME, p.runner_name)];
+        if volume {
+            vars.push((ENV_CREDENTIALS_DIR, p.settings.credentials_dir.as_str()));
+        }
+        env.extend(vars.into_iter().map(|(name, value)| EnvVar {
+            name: name.to_owned(),
+            value: Some(value.to_owned()),
+            value_from: None,
+        }));
+        if volume {
+            c.volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: CREDENTIALS_VOLUME.to_owned(),
+                    mount_path: p.settings.credentials_dir.clone(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+        } else {
+            // Last, so the runner's own credentials win over a template-wide Secret.
+            c.env_from.get_or_insert_with(Vec::new).push(EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvFromSource::default()
+            });
+        }
+    }
+    if volume {
+        let volumes = spec.volumes.get_or_insert_with(Vec::new);
+        if volumes.iter().any(|v| v.name == CREDENTIALS_VOLUME) {
+            return Err(format!(
+                "{origin} already has a volume named {CREDENTIALS_VOLUME}"
+            ));
+        }
+        volumes.push(Volume {
+            name: CREDENTIALS_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret),
+                default_mode: Some(0o400),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(p.runner_name.to_owned()),
+            namespace: Some(p.namespace.to_owned()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// Why `key` cannot be a Secret data key, if it cannot.
+fn secret_key_problem(key: &str) -> Option<String> {
+    let ok = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (!ok).then(|| {
+        format!(
+            "credential name {key:?} cannot be a Secret key (letters, digits, '-', '_' and '.')"
+        )
+    })
+}
+
+/// The credentials Secret of a runner pod, owned by the pod (deleted with it by the garbage
+/// collector). Every credential, variable or secret, is one key. Errors name the bad key,
+/// never a value.
+pub(crate) fn render_secret(
+    pod: &Pod,
+    pool: &str,
+    credentials: &Credentials,
+) -> Result<Secret, String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| format!("pod {name} has no uid"))?;
+    let mut data = BTreeMap::new();
+    for (key, value) in credentials.expose_all() {
+        if let Some(problem) = secret_key_problem(&key) {
+            return Err(problem);
+        }
+        data.insert(key, ByteString(value.into_bytes()));
+    }
+    let labels = BTreeMap::from([
+        (LABEL_POOL.to_owned(), pool.to_owned()),
+        (LABEL_RUNNER.to_owned(), name.clone()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ]);
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(&name)),
+            namespace: pod.metadata.namespace.clone(),
+            labels: Some(labels),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".to_owned(),
+                kind: "Pod".to_owned(),
+                name,
+                uid,
+                controller: None,
+                block_owner_deletion: None,
+            }]),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        immutable: Some(true),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use secrecy::SecretString;
+
+    use super::*;
+
+    const SECRET: &str = "jit-s3cret-9d2e";
+
+    /// Reads a fixture (YAML) under `tests/fixtures/kube/`.
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kube")
+            .join(name);
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        serde_saphyr::from_str(&text).expect("fixture parses")
+    }
+
+    fn credentials() -> Credentials {
+        let mut c = Credentials::default();
+        c.vars.insert("RUNNER_NAME".into(), "rs-p-abc".into());
+        c.secrets
+            .insert("RUNNER_TOKEN".into(), SecretString::from(SECRET.to_owned()));
+        c
+    }
+
+    fn params<'a>(resolved: &'a Resolved, settings: &'a PoolTemplate) -> PodParams<'a> {
+        PodParams {
+            pool: "small",
+            runner_name: "rs-small-0123456789",
+            namespace: "circleci-runners",
+            template_hash: "h1",
+            resolved,
+            settings,
+        }
+    }
+
+    fn env_of(pod: &Pod, container: usize) -> Vec<(&str, Option<&str>)> {
+        pod.spec.as_ref().expect("spec").containers[container]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn the_seed_cron_job_gives_a_runner_pod() {
+        let cron: CronJob = fixture("circleci-cronjob.yaml");
+        let resolved = from_cron_job(&cron).expect("suspended CronJob");
+        assert_eq!(resolved.origin, "CronJob small-runner");
+        assert!(resolved.version.starts_with("cronjob/"));
+        let settings = PoolTemplate::cron_job(super::super::config::CronJobRef {
+            name: None,
+            resource_class: Some("vela-games/k8s-small".into()),
+        });
+        let pod = render_pod(&params(&resolved, &settings)).expect("pod");
+        let meta = &pod.metadata;
+        assert_eq!(meta.name.as_deref(), Some("rs-small-0123456789"));
+        assert_eq!(meta.namespace.as_deref(), Some("circleci-runners"));
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels[LABEL_RC_ORG], "vela-games");
+        assert_eq!(labels[LABEL_RC_NAME], "k8s-small");
+        assert_eq!(labels[LABEL_POOL], "small");
+        assert_eq!(labels[LABEL_RUNNER], "rs-small-0123456789");
+        let annotations = meta.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations[ANN_TEMPLATE_HASH], "h1");
+        assert_eq!(annotations[ANN_TEMPLATE_VERSION], resolved.version);
+        assert!(!annotations.contains_key(ANN_DISRUPTION));
+        let spec = pod.spec.as_ref().expect("spec");
+        // The seed says OnFailure: runscale replaces, never restarts, a runner pod.
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let c = &spec.containers[0];
+        assert_eq!(c.name, "ci-small");
+        assert_eq!(c.image.as_deref(), Some("circleci-image:latest"));
+        // The template's own variables stay (the runner name from metadata.name is the pod
+        // name, which is the runner name).
+        let env = env_of(&pod, 0);
+        assert!(env.contains(&("LAUNCH_AGENT_RUNNER_NAME", None)));
+        assert!(env.contains(&("LAUNCH_AGENT_API_AUTH_TOKEN", None)));
+        assert!(env.contains(&(ENV_POOL, Some("small"))));
+        assert!(env.contains(&(ENV_RUNNER_NAME, Some("rs-small-0123456789"))));
+        let from = c.env_from.as_ref().expect("envFrom");
+        assert_eq!(
+            from.last()
+                .and_then(|f| f.secret_ref.as_ref())
+                .map(|s| s.name.as_str()),
+            Some("rs-small-0123456789-credentials")
+        );
+        let resources = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .expect("limits");
+        assert_eq!(resources["memory"].0, "1Gi");
+        // Nothing secret in the pod.
+        let text = serde_json::to_string(&pod).expect("json");
+        assert!(!text.contains(SECRET));
+    }
+
+    #[test]
+    fn a_cron_job_that_is_not_suspended_is_refused() {
+        let mut cron: CronJob = fixture("circleci-cronjob.yaml");
+        if let Some(s) = cron.spec.as_mut() {
+            s.suspend = Some(false);
+        }
+        let err = from_cron_job(&cron).expect_err("must be refused");
+        assert!(err.contains("not suspended"), "{err}");
+    }
+
+    #[test]
+    fn the_buildscaler_job_gives_a_runner_pod_and_its_uid_is_the_version() {
+        let mut job: Job = fixture("buildscaler-job.yaml");
+        job.metadata.uid = Some("0b5c7e8a-uid".into());
+        // What the API server adds to a Job's template; it must not reach bare pods.
+        job.spec
+            .as_mut()
+            .expect("spec")
+            .template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("batch.kubernetes.io/controller-uid".into(), "0b5c".into());
+        let resolved = from_job(&job).expect("parallelism 0");
+        assert_eq!(resolved.version, "job/0b5c7e8a-uid");
+        let mut settings = PoolTemplate::job(super::super::config::JobRef {
+            name: None,
+            queue: Some("bash".into()),
+        });
+        settings.credentials = CredentialsDelivery::Volume;
+        let pod = render_pod(&params(&resolved, &settings)).expect("pod");
+        let labels = pod.metadata.labels.as_ref().expect("labels");
+        assert!(!labels.contains_key("batch.kubernetes.io/controller-uid"));
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("buildkite/agent:3"));
+        // The template's agent-token Secret stays; credentials come through the volume.
+        let from: Vec<&str> = c
+            .env_from
+            .iter()
+            .flatten()
+            .filter_map(|f| f.secret_ref.as_ref().map(|s| s.name.as_str()))
+            .collect();
+        assert_eq!(from, ["buildkite-agent-token"]);
+        let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(mount.mount_path, "/run/runscale/credentials");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = &spec.volumes.as_ref().expect("volumes")[0];
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("rs-small-0123456789-credentials")
+        );
+        assert!(
+            env_of(&pod, 0).contains(&(ENV_CREDENTIALS_DIR, Some("/run/runscale/credentials")))
+        );
+        assert!(env_of(&pod, 0).contains(&("BASH_JOB", Some("my_bash_job"))));
+    }
+
+    #[test]
+    fn a_job_that_would_run_pods_itself_is_refused() {
+        let mut job: Job = fixture("buildscaler-job.yaml");
+        job.metadata.uid = Some("u".into());
+        if let Some(s) = job.spec.as_mut() {
+            s.parallelism = Some(1);
+        }
+        assert!(
+            from_job(&job)
+                .expect_err("refused")
+                .contains("parallelism: 0")
+        );
+    }
+
+    #[test]
+    fn only_the_credential_containers_get_credentials() {
+        let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {"karpenter.sh/do-not-disrupt": "true"}},
+            "spec": {
+                "restartPolicy": "Always",
+                "containers": [
+                    {"name": "sidecar", "image": "proxy:1",
+                     "env": [{"name": "RUNSCALE_POOL", "value": "spoofed"}]},
+                    {"name": "runner", "image": "runner:1",
+                     "env": [{"name": "RUNSCALE_POOL", "value": "spoofed"}]}
+                ]
+            }
+        }))
+        .expect("template");
+        let resolved = from_inline(&template);
+        let mut settings = PoolTemplate::inline(template.clone());
+        settings.credentials_containers = vec!["runner".into()];
+        let pod = render_pod(&params(&resolved, &settings)).expect("pod");
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert!(spec.containers[0].env_from.is_none());
+        assert_eq!(env_of(&pod, 0), [(ENV_POOL, Some("spoofed"))]);
+        assert!(spec.containers[1].env_from.is_some());
+        assert_eq!(
+            env_of(&pod, 1)
+                .iter()
+                .filter(|(n, _)| *n == ENV_POOL)
+                .collect::<Vec<_>>(),
+            [&(ENV_POOL, Some("small"))]
+        );
+        // The template asked for protection itself: runscale leaves it alone.
+        let annotations = pod.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations[ANN_DISRUPTION], "template");
+        settings.credentials_containers = vec!["missing".into()];
+        assert!(render_pod(&params(&resolved, &settings)).is_err());
+    }
+
+    #[test]
+    fn the_secret_is_owned_by_the_pod_and_holds_every_credential() {
+        let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [{"name": "runner", "image": "runner:1"}]}
+        }))
+        .expect("template");
+        let resolved = from_inline(&template);
+        let settings = PoolTemplate::inline(template);
+        let mut pod = render_pod(&params(&resolved, &settings)).expect("pod");
+        assert!(
+            render_secret(&pod, "small", &credentials()).is_err(),
+            "no uid yet"
+        );
+        pod.metadata.uid = Some("pod-uid-1".into());
+        let secret = render_secret(&pod, "small", &credentials()).expect("secret");
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("rs-small-0123456789-credentials")
+        );
+        let owner = &secret.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Pod", "rs-small-0123456789", "pod-uid-1")
+        );
+        let data = secret.data.as_ref().expect("data");
+        assert_eq!(data["RUNNER_TOKEN"].0, SECRET.as_bytes());
+        assert_eq!(data["RUNNER_NAME"].0, b"rs-p-abc");
+        assert_eq!(secret.immutable, Some(true));
+        let mut bad = credentials();
+        bad.vars.insert("NOT OK".into(), "v".into());
+        let err = render_secret(&pod, "small", &bad).expect_err("bad key");
+        assert!(err.contains("NOT OK") && !err.contains(SECRET));
+    }
+
+    #[test]
+    fn inline_versions_follow_the_content() {
+        let a: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [{"name": "r", "image": "r:1"}]}
+        }))
+        .expect("a");
+        let mut b = a.clone();
+        if let Some(s) = b.spec.as_mut() {
+            s.containers[0].image = Some("r:2".into());
+        }
+        assert_eq!(from_inline(&a).version, from_inline(&a.clone()).version);
+        assert_ne!(from_inline(&a).version, from_inline(&b).version);
+    }
+}
