@@ -25,9 +25,10 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use rand::{Rng as _, SeedableRng as _};
 use runscale_core::reconciler::{PoolStatus, Reconciler};
-use runscale_core::{Backend, PoolId, SystemClock};
+use runscale_core::{Backend, PoolId, Provider, SystemClock};
 use runscale_emulator::github::{
-    Emulator, EmulatorHandle, EmulatorOptions, JobSpec, JobStatus, Snapshot, Workload,
+    Emulator, EmulatorConfig, EmulatorHandle, EmulatorOptions, Faults, JobSpec, JobStatus,
+    Snapshot, Workload,
 };
 use secrecy::SecretString;
 use serde::Serialize;
@@ -44,6 +45,9 @@ const ORG: &str = "demo";
 const REPO: &str = "app";
 /// How often instances are sampled (for runner-seconds paid and launches).
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// How long the demo waits, once the workload has played, with no job completing before it
+/// gives up (longer than `idle_timeout` plus a boot, so scale-in always fits).
+const STALL_AFTER: Duration = Duration::from_secs(120);
 /// How often progress is redrawn on a terminal.
 const DRAW_EVERY: Duration = Duration::from_millis(500);
 /// How often progress is printed when the output is not a terminal.
@@ -63,6 +67,15 @@ pub struct DemoArgs {
     /// Probability of each injected fault: API 5xx, dropped and duplicated webhooks.
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
+    /// Probability that a webhook delivery is dropped (overrides `--fault-rate` for it).
+    #[arg(long, hide = true)]
+    pub webhook_drop_rate: Option<f64>,
+    /// Probability that a webhook delivery is sent twice (overrides `--fault-rate` for it).
+    #[arg(long, hide = true)]
+    pub webhook_duplicate_rate: Option<f64>,
+    /// Probability that an API request fails with a 5xx (overrides `--fault-rate` for it).
+    #[arg(long, hide = true)]
+    pub api_error_rate: Option<f64>,
     /// Seed of the workload and of the emulator's faults.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -164,6 +177,21 @@ async fn wait_for_signal() {
     }
 }
 
+impl DemoArgs {
+    /// The emulator's faults: `--fault-rate` for each kind, unless overridden by its own flag.
+    pub fn faults(&self) -> Faults {
+        let uniform = Faults::uniform(self.fault_rate);
+        Faults {
+            error_rate_5xx: self.api_error_rate.unwrap_or(uniform.error_rate_5xx),
+            webhook_drop_rate: self.webhook_drop_rate.unwrap_or(uniform.webhook_drop_rate),
+            webhook_duplicate_rate: self
+                .webhook_duplicate_rate
+                .unwrap_or(uniform.webhook_duplicate_rate),
+            ..uniform
+        }
+    }
+}
+
 /// Wait statistics, in seconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct WaitStats {
@@ -229,8 +257,19 @@ pub struct Summary {
     pub speed: f64,
     /// Fault probability used.
     pub fault_rate: f64,
+    /// The faults injected, per kind.
+    pub faults: FaultRates,
     /// Whether the pools returned to `min_idle` before the deadline.
     pub converged: bool,
+    /// Per pool, when the demo stopped waiting: `min_idle`, idle runners, live instances.
+    pub pools_at_end: BTreeMap<String, PoolEnd>,
+    /// Runners registered with the emulator when the pools had settled (the warm ones).
+    pub runners_registered_settled: u32,
+    /// Runners still registered with the emulator after everything was stopped (must be 0).
+    pub runners_left_registered: u32,
+    /// State and credentials files left in the backend's state directory after everything
+    /// was stopped (must be 0; runner logs are not counted).
+    pub state_files_left: u32,
     /// Wall-clock seconds of the whole demo.
     pub wall_secs: f64,
 }
@@ -238,7 +277,11 @@ pub struct Summary {
 impl Summary {
     /// True when every job completed successfully, nothing was violated and nothing is left.
     pub fn ok(&self) -> bool {
-        self.jobs_done == self.jobs_total && self.violations == 0 && self.remaining_instances == 0
+        self.jobs_done == self.jobs_total
+            && self.violations == 0
+            && self.remaining_instances == 0
+            && self.runners_left_registered == 0
+            && self.state_files_left == 0
     }
 
     /// The summary as text.
@@ -284,11 +327,37 @@ impl Summary {
             self.launches,
             by_pool.join(", ")
         );
-        let _ = writeln!(s, "  left over   {} instances", self.remaining_instances);
+        let _ = writeln!(
+            s,
+            "  left over   {} instances, {} registered runners, {} state files",
+            self.remaining_instances, self.runners_left_registered, self.state_files_left
+        );
         let _ = writeln!(s, "  violations  {}", self.violations);
         let _ = writeln!(s, "  wall time   {:.1}s", self.wall_secs);
         s
     }
+}
+
+/// The probabilities of the injected faults.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct FaultRates {
+    /// API requests answered with a 5xx.
+    pub api_error_rate: f64,
+    /// Webhook deliveries dropped.
+    pub webhook_drop_rate: f64,
+    /// Webhook deliveries sent twice.
+    pub webhook_duplicate_rate: f64,
+}
+
+/// One pool as the demo left it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PoolEnd {
+    /// Its configured `min_idle`.
+    pub min_idle: u32,
+    /// Idle runners in its last observation.
+    pub idle: u32,
+    /// Its live instances (backend), before the demo stopped them.
+    pub instances: u32,
 }
 
 /// One pool of the demo.
@@ -573,6 +642,12 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fault_rate) {
         bail!("--fault-rate must be between 0 and 1");
     }
+    let faults = args.faults();
+    if faults.validate().is_err() {
+        bail!(
+            "--webhook-drop-rate, --webhook-duplicate-rate and --api-error-rate must be between 0 and 1"
+        );
+    }
     let started = Instant::now();
     let mut progress = Progress::new(args.json);
     let tmp = tempfile::Builder::new()
@@ -607,6 +682,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     .into_config()
     .context("invalid emulator options")?;
+    let emu_config = EmulatorConfig {
+        faults,
+        ..emu_config
+    };
     let emu = Emulator::start(emu_config, "127.0.0.1:0".parse()?)
         .await
         .context("cannot start the GitHub emulator")?;
@@ -620,7 +699,16 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         &exe,
     );
     let validated = config::load_str(&text, Path::new("demo.yaml"), |_| None)?;
-    let result = drive(args, &mut progress, started, listener, &emu, &validated).await;
+    let result = drive(
+        args,
+        &mut progress,
+        started,
+        listener,
+        &emu,
+        &validated,
+        &state_dir,
+    )
+    .await;
     emu.shutdown().await;
     drop(tmp);
     let summary = result?;
@@ -631,11 +719,13 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     if !summary.ok() {
         bail!(
-            "demo failed: {}/{} jobs done, {} violations, {} instances left",
+            "demo failed: {}/{} jobs done, {} violations, {} instances, {} registered runners and {} state files left",
             summary.jobs_done,
             summary.jobs_total,
             summary.violations,
-            summary.remaining_instances
+            summary.remaining_instances,
+            summary.runners_left_registered,
+            summary.state_files_left
         );
     }
     Ok(())
@@ -649,6 +739,7 @@ async fn drive(
     listener: TcpListener,
     emu: &EmulatorHandle,
     validated: &config::Validated,
+    state_dir: &Path,
 ) -> anyhow::Result<Summary> {
     let runtime = config::build(validated)?;
     let listen = listener.local_addr()?;
@@ -658,6 +749,11 @@ async fn drive(
         .map(|b| (b.backend.clone(), b.spec.name.clone()))
         .collect();
     let pool_ids: Vec<PoolId> = backends.iter().map(|(_, p)| p.clone()).collect();
+    let providers: Vec<(Arc<dyn Provider>, PoolId)> = runtime
+        .pools
+        .iter()
+        .map(|b| (b.provider.clone(), b.spec.name.clone()))
+        .collect();
     let Some(backend) = backends.first().map(|(b, _)| b.clone()) else {
         bail!("the demo configuration has no pool");
     };
@@ -693,16 +789,24 @@ async fn drive(
     let (workload, span) = workload(args.jobs, args.seed);
     let total = workload.job_count() as u32;
     let playing = emu.run_workload(workload)?;
-    // The workload's real span, plus room to drain, boot and scale back in.
-    let deadline = Instant::now() + span.div_f64(args.speed) + Duration::from_secs(120);
+    // The workload's real span, plus room to drain, boot and scale back in; past it, the demo
+    // goes on while jobs keep completing (a slow or loaded machine), and gives up once no job
+    // has completed for STALL_AFTER.
+    let mut deadline = Instant::now() + span.div_f64(args.speed) + STALL_AFTER;
     let mut lifetimes = Lifetimes::default();
     let mut converged = false;
     let mut settled_since: Option<Instant> = None;
+    let mut completed_seen = 0;
     loop {
         lifetimes.sample(&backend, &pool_ids).await;
         let status = handle.status();
         let snap = emu.snapshot();
         progress.frame(&render_frame(&status, &snap, total, started), false);
+        let completed = snap.completed().count();
+        if completed > completed_seen {
+            completed_seen = completed;
+            deadline = deadline.max(Instant::now() + STALL_AFTER);
+        }
         let all_done = playing.is_finished() && snap.jobs.len() as u32 == total && snap.all_done();
         if all_done && settled(&status, &lifetimes) {
             // Stable for a moment: not a gap between two launches.
@@ -717,11 +821,29 @@ async fn drive(
         }
         if Instant::now() >= deadline {
             progress.frame(&render_frame(&status, &snap, total, started), true);
-            progress.line("  deadline reached before the pools settled; stopping");
+            progress.line(&format!(
+                "  no job completed for {}s and the pools have not settled; stopping",
+                STALL_AFTER.as_secs()
+            ));
             break;
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
+
+    let pools_at_end: BTreeMap<String, PoolEnd> = handle
+        .status()
+        .iter()
+        .map(|p| {
+            let name = p.pool.to_string();
+            let end = PoolEnd {
+                min_idle: p.limits.min_idle,
+                idle: p.last_observation.as_ref().map_or(0, |o| o.runners_idle),
+                instances: lifetimes.alive.get(&name).copied().unwrap_or(0),
+            };
+            (name, end)
+        })
+        .collect();
+    let runners_registered_settled = emu.snapshot().runners.len() as u32;
 
     // Stop runscale: no new pass, in-flight passes finish.
     stop.cancel();
@@ -733,14 +855,64 @@ async fn drive(
     }
     playing.abort();
 
-    // Stop the runners left (the warm idle ones): SIGTERM, SIGKILL after the grace.
+    // Deregister the runners left (the warm idle ones), then stop their processes: SIGTERM,
+    // SIGKILL after the grace.
+    deregister_runners(&providers).await;
     let remaining = stop_instances(&backends, &pool_ids, &mut lifetimes).await;
 
     emu.check_all_done();
     let snap = emu.snapshot();
-    Ok(summarise(
+    let mut summary = summarise(
         args, &snap, total, &lifetimes, remaining, converged, started,
-    ))
+    );
+    summary.pools_at_end = pools_at_end;
+    summary.runners_registered_settled = runners_registered_settled;
+    summary.runners_left_registered = emu.snapshot().runners.len() as u32;
+    summary.state_files_left = count_state_files(state_dir);
+    Ok(summary)
+}
+
+/// Removes every runner the provider still lists for the demo's pools (idle ones: the pools
+/// have settled or runscale has stopped), retrying through injected API errors.
+async fn deregister_runners(providers: &[(Arc<dyn Provider>, PoolId)]) {
+    for (provider, pool) in providers {
+        for _ in 0..5 {
+            let mut views = provider.observe(std::slice::from_ref(pool)).await;
+            let Some(Ok(view)) = views.remove(pool) else {
+                continue;
+            };
+            let mut failed = false;
+            for r in &view.runners {
+                if let Err(e) = provider.remove(pool, &r.id).await {
+                    tracing::warn!(pool = %pool, runner = %r.name, error = %e, "cannot deregister a runner");
+                    failed = true;
+                }
+            }
+            if !failed {
+                break;
+            }
+        }
+    }
+}
+
+/// State and credentials files under `dir`, recursively (0 when it does not exist). Runner
+/// logs (`*.log`) are not counted: the backend keeps the newest ones of gone instances on
+/// purpose, and the demo's temporary directory goes with them.
+fn count_state_files(dir: &Path) -> u32 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                count_state_files(&path)
+            } else {
+                u32::from(path.extension().is_none_or(|ext| ext != "log"))
+            }
+        })
+        .sum()
 }
 
 /// Terminates every instance of the demo's pools and waits for them to be gone; returns how
@@ -836,7 +1008,19 @@ fn summarise(
         webhooks: serde_json::to_value(&snap.webhooks).unwrap_or_default(),
         speed: args.speed,
         fault_rate: args.fault_rate,
+        faults: {
+            let f = args.faults();
+            FaultRates {
+                api_error_rate: f.error_rate_5xx,
+                webhook_drop_rate: f.webhook_drop_rate,
+                webhook_duplicate_rate: f.webhook_duplicate_rate,
+            }
+        },
         converged,
+        pools_at_end: BTreeMap::new(),
+        runners_registered_settled: 0,
+        runners_left_registered: 0,
+        state_files_left: 0,
         wall_secs: round(started.elapsed().as_secs_f64()),
     }
 }
