@@ -241,10 +241,14 @@ pub struct Summary {
     pub runner_seconds_busy: f64,
     /// busy / paid.
     pub utilisation: f64,
-    /// Instances launched, in total and per pool.
+    /// Instances launched (runscale's `runscale_launches_total`).
     pub launches: u32,
     /// Instances launched per pool.
     pub launches_by_pool: BTreeMap<String, u32>,
+    /// Instances launched per pool and reason (`demand`, `min_idle`, ...).
+    pub launches_by_reason: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Jobs run per pool (by the runner that took them).
+    pub jobs_by_pool: BTreeMap<String, u32>,
     /// Instances still alive after the demo stopped them (must be 0).
     pub remaining_instances: u32,
     /// Invariant violations the emulator recorded (must be 0).
@@ -518,14 +522,6 @@ impl Lifetimes {
             .map(|(_, from, to)| (*to - *from).num_milliseconds().max(0) as f64 / 1000.0)
             .sum()
     }
-
-    fn launches_by_pool(&self) -> BTreeMap<String, u32> {
-        let mut out: BTreeMap<String, u32> = POOLS.iter().map(|p| (p.name.to_owned(), 0)).collect();
-        for (pool, _, _) in self.seen.values() {
-            *out.entry(pool.clone()).or_default() += 1;
-        }
-        out
-    }
 }
 
 /// Where progress goes.
@@ -765,9 +761,10 @@ async fn drive(
         runtime.options,
     );
     let handle = reconciler.handle();
+    let registry = Arc::new(registry);
     let state = AppState {
         handle: handle.clone(),
-        registry: Arc::new(registry),
+        registry: registry.clone(),
     };
     let stop = CancellationToken::new();
     let server_stop = stop.clone();
@@ -869,7 +866,48 @@ async fn drive(
     summary.runners_registered_settled = runners_registered_settled;
     summary.runners_left_registered = emu.snapshot().runners.len() as u32;
     summary.state_files_left = count_state_files(state_dir);
+    let launched = launches_from_metrics(&registry);
+    summary.launches = launched.values().flat_map(|r| r.values()).sum();
+    summary.launches_by_pool = launched
+        .iter()
+        .map(|(pool, reasons)| (pool.clone(), reasons.values().sum()))
+        .collect();
+    summary.launches_by_reason = launched;
     Ok(summary)
+}
+
+/// Instances launched per pool and reason, read from runscale's own
+/// `runscale_launches_total{pool, action, reason}` counters (exact, unlike sampling).
+fn launches_from_metrics(
+    registry: &prometheus_client::registry::Registry,
+) -> BTreeMap<String, BTreeMap<String, u32>> {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return BTreeMap::new();
+    }
+    let label = |labels: &str, name: &str| -> Option<String> {
+        let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = labels[start..].find('"')?;
+        Some(labels[start..start + len].to_owned())
+    };
+    let mut out: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("runscale_launches_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let (Some(pool), Some(reason), Ok(n)) = (
+            label(labels, "pool"),
+            label(labels, "reason"),
+            value.trim().parse::<f64>(),
+        ) else {
+            continue;
+        };
+        *out.entry(pool).or_default().entry(reason).or_default() += n as u32;
+    }
+    out
 }
 
 /// Removes every runner the provider still lists for the demo's pools (idle ones: the pools
@@ -980,7 +1018,18 @@ fn summarise(
         .map(|ms| ms.max(0) as f64 / 1000.0)
         .sum();
     let paid = lifetimes.paid_secs();
-    let by_pool = lifetimes.launches_by_pool();
+    let mut jobs_by_pool: BTreeMap<String, u32> =
+        POOLS.iter().map(|p| (p.name.to_owned(), 0)).collect();
+    for j in &snap.jobs {
+        let pool = j.runner_name.as_deref().and_then(|n| {
+            POOLS
+                .iter()
+                .find(|p| n.starts_with(&format!("rs-{}-", p.name)))
+        });
+        if let Some(p) = pool {
+            *jobs_by_pool.entry(p.name.to_owned()).or_default() += 1;
+        }
+    }
     let violations = snap.violations.len() as u32;
     Summary {
         jobs_total: total,
@@ -996,8 +1045,10 @@ fn summarise(
         runner_seconds_paid: round(paid),
         runner_seconds_busy: round(busy),
         utilisation: if paid > 0.0 { round(busy / paid) } else { 0.0 },
-        launches: by_pool.values().sum(),
-        launches_by_pool: by_pool,
+        launches: 0,
+        launches_by_pool: BTreeMap::new(),
+        launches_by_reason: BTreeMap::new(),
+        jobs_by_pool,
         remaining_instances: remaining,
         violations,
         violation_details: snap
