@@ -75,8 +75,11 @@ impl Reply {
 /// The account's rate-limit state.
 #[derive(Debug, Default)]
 struct RateState {
-    /// Last `x-ratelimit-remaining`.
+    /// `x-ratelimit-remaining`: the lowest reported in the current window (answers to
+    /// concurrent requests arrive in any order, so the last one is not the newest).
     remaining: Option<u64>,
+    /// `x-ratelimit-reset` of the window `remaining` belongs to.
+    reset: Option<i64>,
     /// Requests are refused until then.
     paused_until: Option<Instant>,
     /// Why (for the error message).
@@ -256,7 +259,7 @@ impl Client {
         })
     }
 
-    /// The last `x-ratelimit-remaining` GitHub reported.
+    /// The `x-ratelimit-remaining` GitHub reported: the lowest seen in the current window.
     pub(crate) fn rate_limit_remaining(&self) -> Option<u64> {
         lock(&self.rate).remaining
     }
@@ -313,7 +316,19 @@ impl Client {
     fn record(&self, h: &RateHeaders) {
         let mut rate = lock(&self.rate);
         if let Some(r) = h.remaining {
-            rate.remaining = Some(r);
+            // A new window (a later reset) starts afresh; within one, the budget only falls.
+            let same_window = h.reset.is_none() || h.reset == rate.reset;
+            let newer_window = match (h.reset, rate.reset) {
+                (Some(new), Some(old)) => new > old,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if newer_window || rate.remaining.is_none() {
+                rate.remaining = Some(r);
+                rate.reset = h.reset.or(rate.reset);
+            } else if same_window {
+                rate.remaining = rate.remaining.map(|old| old.min(r));
+            }
         }
         rate.next_backoff = None;
     }
@@ -644,6 +659,27 @@ mod tests {
             Duration::from_secs(60),
             "a good answer resets the back-off"
         );
+    }
+
+    #[test]
+    fn the_budget_is_the_lowest_reported_in_the_current_window() {
+        let c = client();
+        let h = |remaining, reset| RateHeaders {
+            remaining: Some(remaining),
+            reset: Some(reset),
+            ..RateHeaders::default()
+        };
+        c.record(&h(4_900, 1_000));
+        // An answer to an earlier, concurrent request arrives last: the budget stays.
+        c.record(&h(4_902, 1_000));
+        assert_eq!(c.rate_limit_remaining(), Some(4_900));
+        c.record(&h(4_899, 1_000));
+        assert_eq!(c.rate_limit_remaining(), Some(4_899));
+        // A late answer from the previous window changes nothing; a new window starts afresh.
+        c.record(&h(10, 400));
+        assert_eq!(c.rate_limit_remaining(), Some(4_899));
+        c.record(&h(5_000, 4_600));
+        assert_eq!(c.rate_limit_remaining(), Some(5_000));
     }
 
     #[test]
