@@ -33,6 +33,21 @@ if [ ! -f "$stamp" ]; then
 fi
 echo "npm packages: $NPM_PACKAGES (in $RUNSCALE_NPM_DIR)"
 
+step "chromium"
+# Debian's Chromium: the status page test loads the page in it (headless) and finds it through
+# RUNSCALE_CHROMIUM. Package lists are refreshed only if the install fails.
+if [ ! -x "${RUNSCALE_CHROMIUM:-}" ]; then
+  if [ ! -x /usr/bin/chromium ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    apt_install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+    apt_install || { $sudo apt-get update -qq >/dev/null && apt_install; } \
+      || { echo "cannot install chromium with apt-get"; exit 1; }
+  fi
+  export RUNSCALE_CHROMIUM=/usr/bin/chromium
+fi
+export RUNSCALE_CHROMIUM
+echo "chromium: $("$RUNSCALE_CHROMIUM" --version 2>/dev/null)"
+
 step "format"
 cargo fmt --all -- --check
 
