@@ -18,6 +18,22 @@ cargo --version
 rustc --version
 
 step "test dependencies"
+# Helm's Go SDK for the chart test, from PyPI (helm-python-sdk: a wheel bundling libhelm_c, which
+# renders charts offline as `helm template` does). Installed once into a virtualenv outside the
+# checkout; the test finds its Python through RUNSCALE_HELM_PYTHON.
+HELM_VENV="${RUNSCALE_HELM_VENV:-$HOME/.cache/runscale/helm-venv}"
+HELM_PACKAGES="helm-python-sdk==0.2.2"
+stamp="$HELM_VENV/.installed-$(echo "$HELM_PACKAGES" | cksum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ]; then
+  rm -rf "$HELM_VENV"
+  { python3 -m venv "$HELM_VENV" \
+      && "$HELM_VENV/bin/pip" install --quiet --disable-pip-version-check $HELM_PACKAGES; } \
+    || { echo "cannot install $HELM_PACKAGES into $HELM_VENV (needs python3 with venv)"; exit 1; }
+  touch "$stamp"
+fi
+export RUNSCALE_HELM_PYTHON="$HELM_VENV/bin/python"
+echo "helm: $("$RUNSCALE_HELM_PYTHON" -c 'import helm_python as h; print(h.helm_sdk_version())') (helm-python-sdk in $HELM_VENV)"
+
 # GitHub's OpenAPI description and webhook examples (contract tests), Prism (a validating proxy).
 # Installed once into a cache outside the checkout; tests find it through RUNSCALE_NPM_DIR.
 export RUNSCALE_NPM_DIR="${RUNSCALE_NPM_DIR:-$HOME/.cache/runscale/npm}"
