@@ -9,10 +9,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, BuildError, ConfigError, Validated};
+use crate::config::{self, BuildError, ConfigError, LeaderElectionConfig, Validated};
 use crate::logging::{self, LogFormat};
 use crate::{commands, daemon};
 
@@ -41,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: HTTP server and reconciler, until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(DaemonArgs),
     /// Run one pass over every pool, print what was planned, and exit (non-zero if any pool
     /// failed).
     Once(RunArgs),
@@ -131,6 +132,76 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The configuration file and `--dry-run`.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Leader election.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+}
+
+/// Leader election flags of `run`; each overrides its key of the configuration's
+/// `leader_election` section.
+#[derive(Debug, Default, Args)]
+pub struct LeaderArgs {
+    /// Elect a leader among the replicas over a Kubernetes Lease; only the leader reconciles
+    /// (`leader_election.enabled`).
+    #[arg(long, env = "RUNSCALE_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the Lease (`leader_election.lease_name`; default "runscale").
+    #[arg(long, value_name = "NAME")]
+    pub leader_elect_lease_name: Option<String>,
+    /// Namespace of the Lease (`leader_election.namespace`; default: the Kubernetes client's).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub leader_elect_namespace: Option<String>,
+    /// This replica's identity in the Lease (`leader_election.identity`; default
+    /// `{hostname}_{pid}`).
+    #[arg(long, value_name = "ID", env = "RUNSCALE_LEADER_ELECT_IDENTITY")]
+    pub leader_elect_identity: Option<String>,
+    /// How long a claim lasts after its last renewal (`leader_election.lease_duration`;
+    /// default 15s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub leader_elect_lease_duration: Option<Duration>,
+    /// The leader stops reconciling after this long without a renewal
+    /// (`leader_election.renew_deadline`; default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub leader_elect_renew_deadline: Option<Duration>,
+    /// How often the leader renews and the others try to acquire
+    /// (`leader_election.retry_period`; default 2s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub leader_elect_retry_period: Option<Duration>,
+}
+
+impl LeaderArgs {
+    /// Writes the flags that were given over `config`.
+    pub fn apply(&self, config: &mut LeaderElectionConfig) {
+        if self.leader_elect {
+            config.enabled = true;
+        }
+        if let Some(name) = &self.leader_elect_lease_name {
+            config.lease_name.clone_from(name);
+        }
+        if let Some(ns) = &self.leader_elect_namespace {
+            config.namespace = Some(ns.clone());
+        }
+        if let Some(id) = &self.leader_elect_identity {
+            config.identity = Some(id.clone());
+        }
+        for (value, field) in [
+            (self.leader_elect_lease_duration, &mut config.lease_duration),
+            (self.leader_elect_renew_deadline, &mut config.renew_deadline),
+            (self.leader_elect_retry_period, &mut config.retry_period),
+        ] {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+    }
+}
+
 /// Parses the process's arguments, runs the command, and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -167,9 +238,11 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
             runtime()?.block_on(commands::once(&config, args.dry_run, &mut stdout))
         }
         Command::Run(args) => {
-            let config = load(&args.config)?;
+            let config = config::load_with(&args.run.config.config, |c| {
+                args.leader.apply(&mut c.leader_election);
+            })?;
             drop(stdout);
-            runtime()?.block_on(daemon::run(&config, args.dry_run))
+            runtime()?.block_on(daemon::run(&config, args.run.dry_run))
         }
         Command::Demo(args) => {
             drop(stdout);

@@ -31,7 +31,9 @@ use std::path::Path;
 
 pub use build::{Adapters, Built, Runtime, build, build_adapters};
 pub use error::{BuildError, ConfigError, FieldError};
-pub use model::{BackendConfig, Config, PoolConfig, ProviderConfig, ScheduleConfig};
+pub use model::{
+    BackendConfig, Config, LeaderElectionConfig, PoolConfig, ProviderConfig, ScheduleConfig,
+};
 pub use registry::{
     BACKEND_TYPES, BackendSettings, PROVIDER_TYPES, ProviderSettings, SelectorSettings,
     TemplateSettings, TypeInfo,
@@ -44,11 +46,18 @@ pub use validate::{
 /// Reads, interpolates (from the process environment), parses and validates a configuration
 /// file.
 pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+    load_with(path, |_| {})
+}
+
+/// Like [`load`], with `adjust` applied to the parsed configuration before it is validated
+/// (command-line flags that override settings of the file), so the overridden values are
+/// checked by the same rules.
+pub fn load_with(path: &Path, adjust: impl FnOnce(&mut Config)) -> Result<Validated, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    load_str(&text, path, |name| std::env::var(name).ok())
+    load_str_with(&text, path, |name| std::env::var(name).ok(), adjust)
 }
 
 /// Interpolates, parses and validates configuration text; `path` is only used in messages and
@@ -58,7 +67,17 @@ pub fn load_str(
     path: &Path,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Validated, ConfigError> {
-    let (config, lines) = parse_str(text, path, lookup)?;
+    load_str_with(text, path, lookup, |_| {})
+}
+
+fn load_str_with(
+    text: &str,
+    path: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+    adjust: impl FnOnce(&mut Config),
+) -> Result<Validated, ConfigError> {
+    let (mut config, lines) = parse_str(text, path, lookup)?;
+    adjust(&mut config);
     config.validate().map_err(|errors| ConfigError::Invalid {
         path: path.to_owned(),
         errors: error::locate(errors, &lines),
@@ -86,7 +105,8 @@ pub fn parse_str(
             errors: vec![FieldError {
                 path: String::new(),
                 message: "the file must be a mapping with the keys listen, interval, \
-                          max_concurrent_passes, shutdown_timeout, providers, backends and pools"
+                          max_concurrent_passes, shutdown_timeout, leader_election, providers, \
+                          backends and pools"
                     .to_owned(),
                 line: Some(1),
             }],

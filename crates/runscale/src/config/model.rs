@@ -7,6 +7,7 @@
 //! to. That keeps error paths exact (`providers[0].token`, `pools[2].template.command`).
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -35,6 +36,10 @@ pub struct Config {
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub shutdown_timeout: Duration,
+    /// Leader election among replicas over a Kubernetes Lease: only the replica holding the
+    /// lease reconciles. Off unless `enabled` is true or `run --leader-elect` is given.
+    #[serde(default)]
+    pub leader_election: LeaderElectionConfig,
     /// CI systems (accounts) to read demand from. Each has a unique `name` that pools refer to,
     /// a `type`, and the settings of that type.
     #[schemars(schema_with = "registry::providers_schema")]
@@ -65,6 +70,87 @@ fn default_max_concurrent_passes() -> usize {
 /// The default [`Config::shutdown_timeout`]: 30 seconds.
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// Leader election settings (see `crate::leader`). The `run` flags `--leader-elect*` override
+/// them.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// Elect a leader among the replicas; only the leader reconciles.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Name of the `coordination.k8s.io/v1` Lease the replicas compete for.
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    /// Namespace of the Lease. Default: the namespace of the Kubernetes client (the service
+    /// account's in a pod, else the kubeconfig context's, else "default").
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// This replica's identity in the Lease; unique among the replicas. Default: the host name
+    /// (in a pod, the pod name) and the process id, as `{hostname}_{pid}`.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// How long a Lease holder's claim lasts after its last renewal, as the other replicas see
+    /// it (a duration in whole seconds such as "15s").
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub lease_duration: Duration,
+    /// The leader stops reconciling when it has not renewed the Lease for this long (a
+    /// duration such as "10s"); shorter than `lease_duration`, so it stops before anyone else
+    /// can take over.
+    #[serde(default = "default_renew_deadline", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub renew_deadline: Duration,
+    /// How often the leader renews and the other replicas try to acquire (a duration such as
+    /// "2s"); shorter than `renew_deadline`.
+    #[serde(default = "default_retry_period", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_period: Duration,
+    /// Kubeconfig file to reach the Kubernetes API. Default: `$KUBECONFIG`, then
+    /// `~/.kube/config`, then the in-cluster service account.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use. Default: the file's current context.
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease_name: default_lease_name(),
+            namespace: None,
+            identity: None,
+            lease_duration: default_lease_duration(),
+            renew_deadline: default_renew_deadline(),
+            retry_period: default_retry_period(),
+            kubeconfig: None,
+            context: None,
+        }
+    }
+}
+
+/// The default [`LeaderElectionConfig::lease_name`]: "runscale".
+fn default_lease_name() -> String {
+    crate::leader::DEFAULT_LEASE_NAME.to_owned()
+}
+
+/// The default [`LeaderElectionConfig::lease_duration`]: 15 seconds.
+fn default_lease_duration() -> Duration {
+    crate::leader::DEFAULT_LEASE_DURATION
+}
+
+/// The default [`LeaderElectionConfig::renew_deadline`]: 10 seconds.
+fn default_renew_deadline() -> Duration {
+    crate::leader::DEFAULT_RENEW_DEADLINE
+}
+
+/// The default [`LeaderElectionConfig::retry_period`]: 2 seconds.
+fn default_retry_period() -> Duration {
+    crate::leader::DEFAULT_RETRY_PERIOD
 }
 
 /// One provider (CI system account).

@@ -22,11 +22,12 @@ use runscale_core::reconciler::Options;
 use runscale_core::{PoolId, PoolSpec, Schedule, ScheduleError};
 
 use super::error::FieldError;
-use super::model::{Config, PoolConfig, ScheduleConfig};
+use super::model::{Config, LeaderElectionConfig, PoolConfig, ScheduleConfig};
 use super::registry::{
     self, BackendSettings, ProviderSettings, SelectorSettings, TemplateSettings,
 };
 use super::source::{join_index, join_key};
+use crate::leader;
 
 /// Longest pool name: runner names are `rs-{pool}-{10 characters}` and must stay short for
 /// CI systems that limit them.
@@ -80,6 +81,8 @@ pub struct Validated {
     pub backends: Vec<BackendEntry>,
     /// Pools, in file order.
     pub pools: Vec<ValidPool>,
+    /// Leader election, when enabled.
+    pub leader_election: Option<leader::Settings>,
 }
 
 /// Why `name` is not a valid DNS-label-style name of at most `max` characters, if it is not.
@@ -132,6 +135,8 @@ impl Config {
             ));
         }
 
+        let leader_election = check_leader_election(&self.leader_election, &mut errors);
+
         let adapters = Adapters {
             providers: self.check_providers(&mut errors),
             provider_names: self.providers.iter().map(|p| p.name.as_str()).collect(),
@@ -180,6 +185,7 @@ impl Config {
             providers: adapters.providers.into_iter().flatten().collect(),
             backends: adapters.backends.into_iter().flatten().collect(),
             pools,
+            leader_election,
         })
     }
 
@@ -510,6 +516,95 @@ fn positive(d: Duration, field: &str, errors: &mut Vec<FieldError>) {
 
 fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+/// Checks the `leader_election` section; the settings when election is enabled.
+fn check_leader_election(
+    c: &LeaderElectionConfig,
+    errors: &mut Vec<FieldError>,
+) -> Option<leader::Settings> {
+    let before = errors.len();
+    let mut problem = |field: &str, message: String| {
+        errors.push(FieldError::new(join_key("leader_election", field), message));
+    };
+    if c.enabled && !cfg!(feature = "leader-election") {
+        problem(
+            "enabled",
+            "leader election is not compiled into this runscale; build it with the cargo \
+             feature \"leader-election\""
+                .to_owned(),
+        );
+    }
+    if let Some(p) = leader::lease_name_problem(&c.lease_name) {
+        problem("lease_name", p);
+    }
+    if let Some(ns) = &c.namespace
+        && let Some(p) = name_problem(ns, leader::MAX_NAMESPACE)
+    {
+        problem("namespace", p);
+    }
+    if let Some(id) = &c.identity
+        && let Some(p) = leader::identity_problem(id)
+    {
+        problem("identity", p);
+    }
+    if c.context.as_deref() == Some("") {
+        problem(
+            "context",
+            "must not be empty; leave it out for the current context".to_owned(),
+        );
+    }
+    let secs = c.lease_duration.as_secs_f64();
+    if secs < 1.0 || c.lease_duration.subsec_nanos() != 0 {
+        problem(
+            "lease_duration",
+            format!(
+                "{} is not a whole number of seconds of at least 1s (the Lease stores seconds)",
+                humantime::format_duration(c.lease_duration)
+            ),
+        );
+    } else if c.lease_duration > leader::MAX_LEASE_DURATION {
+        problem(
+            "lease_duration",
+            format!(
+                "must be at most {}",
+                humantime::format_duration(leader::MAX_LEASE_DURATION)
+            ),
+        );
+    }
+    if c.renew_deadline.is_zero() || c.renew_deadline >= c.lease_duration {
+        problem(
+            "renew_deadline",
+            format!(
+                "must be longer than 0s and shorter than lease_duration ({}), so the leader \
+                 stops before another replica can take the lease",
+                humantime::format_duration(c.lease_duration)
+            ),
+        );
+    }
+    if c.retry_period.is_zero() || c.retry_period >= c.renew_deadline {
+        problem(
+            "retry_period",
+            format!(
+                "must be longer than 0s and shorter than renew_deadline ({}), so a failed \
+                 renewal is retried before the deadline",
+                humantime::format_duration(c.renew_deadline)
+            ),
+        );
+    }
+    if errors.len() > before || !c.enabled {
+        return None;
+    }
+    Some(leader::Settings {
+        lease_name: c.lease_name.clone(),
+        namespace: c.namespace.clone(),
+        identity: c.identity.clone(),
+        lease_duration: c.lease_duration,
+        renew_deadline: c.renew_deadline,
+        retry_period: c.retry_period,
+        kubeconfig: c.kubeconfig.clone(),
+        context: c.context.clone(),
+    })
 }
 
 #[cfg(test)]
