@@ -34,8 +34,6 @@ use super::template::{
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the first list of the inventory.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// A CronJob or Job template is fetched again when older than this.
-const TEMPLATE_TTL: Duration = Duration::from_secs(15);
 /// A terminated pod the store never showed is forgotten after this long.
 const TERMINATED_MEMORY: Duration = Duration::from_secs(600);
 
@@ -199,6 +197,9 @@ impl Inner {
             .namespace
             .clone()
             .unwrap_or_else(|| kube_config.default_namespace.clone());
+        // Both ring and aws-lc-rs may be compiled into the binary; rustls then has no
+        // process default. Installing one fails harmlessly if somebody already did.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::try_from(kube_config)
             .map_err(|e| misconfigured(OP, format!("kubeconfig: cannot build a client: {e}")))?;
         let mut pools: Vec<&str> = self.templates.keys().map(PoolId::as_str).collect();
@@ -228,7 +229,7 @@ impl Inner {
             .ok_or_else(|| misconfigured(op, format!("pool {pool} has no kubernetes template")))
     }
 
-    /// The pool's template, fetched again when older than [`TEMPLATE_TTL`].
+    /// The pool's template, fetched again when older than [`Config::template_refresh`].
     async fn resolve(&self, conn: &Conn, pool: &PoolId) -> Result<Resolved> {
         const OP: &str = "kubernetes.template";
         let settings = self.settings(OP, pool)?;
@@ -240,7 +241,7 @@ impl Inner {
         }
         let mut cache = self.resolved.lock().await;
         if let Some(c) = cache.get(pool)
-            && c.at.elapsed() < TEMPLATE_TTL
+            && c.at.elapsed() < self.config.template_refresh
         {
             return c.resolved.clone();
         }

@@ -42,6 +42,11 @@ pub struct Config {
     #[serde(default = "default_resync_period", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub resync_period: Duration,
+    /// How long a CronJob or Job template fetched from the cluster is reused before it is
+    /// fetched again (edits are noticed within this time). At least 1 s.
+    #[serde(default = "default_template_refresh", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub template_refresh: Duration,
 }
 
 /// The default [`Config::kubeconfig`]: kube's inference.
@@ -69,6 +74,11 @@ fn default_resync_period() -> Duration {
     Duration::from_secs(300)
 }
 
+/// The default [`Config::template_refresh`]: 15 seconds.
+fn default_template_refresh() -> Duration {
+    Duration::from_secs(15)
+}
+
 impl Config {
     /// A configuration with every default and this namespace and kubeconfig.
     pub fn new(kubeconfig: Option<PathBuf>, namespace: Option<String>) -> Self {
@@ -78,6 +88,7 @@ impl Config {
             namespace,
             grace_period: default_grace_period(),
             resync_period: default_resync_period(),
+            template_refresh: default_template_refresh(),
         }
     }
 
@@ -114,6 +125,12 @@ impl Config {
                 "resync_period".to_owned(),
                 "must be at least 10s (the watch keeps the inventory current in between)"
                     .to_owned(),
+            ));
+        }
+        if self.template_refresh < Duration::from_secs(1) {
+            errors.push((
+                "template_refresh".to_owned(),
+                "must be at least 1s".to_owned(),
             ));
         }
         if errors.is_empty() {
@@ -585,6 +602,7 @@ mod tests {
             namespace: Some("Not_A_Label".to_owned()),
             grace_period: Duration::from_secs(2 * 24 * 3600),
             resync_period: Duration::from_secs(1),
+            template_refresh: Duration::ZERO,
         };
         assert_eq!(
             fields(c.validate()),
@@ -593,7 +611,8 @@ mod tests {
                 "grace_period",
                 "kubeconfig",
                 "namespace",
-                "resync_period"
+                "resync_period",
+                "template_refresh"
             ]
         );
         assert!(
