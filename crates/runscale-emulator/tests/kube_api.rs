@@ -756,3 +756,84 @@ async fn faults_fail_requests_without_side_effects() {
     assert!(f.emu.stats().faults >= 2);
     f.emu.shutdown().await;
 }
+
+/// Collects what [`serve`] prints.
+struct Lines(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.send(String::from_utf8_lossy(buf).into_owned());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn serve_prints_the_url_writes_a_kubeconfig_and_stops_on_request() {
+    use runscale_emulator::kube::serve;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let path = kubeconfig.clone();
+    let server = tokio::spawn(async move {
+        let mut out = Lines(tx);
+        serve(
+            KubeConfig {
+                anonymous: false,
+                ..KubeConfig::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+            Some(&path),
+            &mut out,
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    let url = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let url = url.trim().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let written = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(written.contains(&format!("server: \"{url}\"")), "{written}");
+    assert!(
+        written.contains("current-context: runscale-fake"),
+        "{written}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&kubeconfig).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Without anonymous access, a request needs the token.
+    let http = reqwest::Client::new();
+    let pods = format!("{url}/api/v1/namespaces/default/pods");
+    assert_eq!(http.get(&pods).send().await.unwrap().status(), 401);
+    let ok = http
+        .get(&pods)
+        .bearer_auth(runscale_emulator::kube::DEFAULT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        http.get(format!("{url}/version"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(http.get(&pods).send().await.is_err(), "the server is gone");
+}
