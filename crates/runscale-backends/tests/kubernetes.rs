@@ -920,3 +920,82 @@ async fn every_api_call_is_one_the_helm_chart_grants_and_every_grant_is_used() {
     assert_eq!(used, granted, "calls made vs the chart's grants");
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn connection_problems_are_configuration_errors_naming_the_field() {
+    let cluster = Cluster::start(&[]).await;
+    let probe = |config: Config| async move {
+        let backend = Kubernetes::new(
+            config,
+            HashMap::from([(PoolId::new("p"), inline(RUNNER_SCRIPT))]),
+        )
+        .expect("valid");
+        backend.probe().await.expect_err("must fail")
+    };
+    let mut config = cluster.config(NS);
+    config.kubeconfig = Some(cluster.dir.path().join("missing"));
+    let e = probe(config).await;
+    assert_eq!(e.kind(), runscale_core::ErrorKind::Misconfigured);
+    assert!(e.message().starts_with("kubeconfig: "), "{e}");
+
+    let mut config = cluster.config(NS);
+    config.context = Some("nope".into());
+    let e = probe(config).await;
+    assert_eq!(e.kind(), runscale_core::ErrorKind::Misconfigured);
+    assert!(e.message().starts_with("context: "), "{e}");
+
+    // A wrong token: the API server answers 401.
+    let text = cluster.handle.kubeconfig();
+    let token = runscale_emulator::kube::DEFAULT_TOKEN;
+    assert!(text.contains(token));
+    let bad = cluster.dir.path().join("bad-kubeconfig");
+    std::fs::write(&bad, text.replace(token, "not-the-token")).expect("write");
+    let mut config = cluster.config(NS);
+    config.kubeconfig = Some(bad);
+    let e = probe(config).await;
+    assert_eq!(e.kind(), runscale_core::ErrorKind::Misconfigured, "{e}");
+    assert!(e.to_string().contains("401"), "{e}");
+    assert!(!e.to_string().contains("not-the-token"), "{e}");
+
+    // A template source that does not exist.
+    let backend = cluster.backend(
+        NS,
+        &[(
+            "c",
+            PoolTemplate::cron_job(CronJobRef {
+                name: Some("absent".into()),
+                resource_class: None,
+            }),
+        )],
+    );
+    let e = backend.probe().await.expect_err("no CronJob");
+    assert!(
+        e.message().contains("pool c") && e.message().contains("absent"),
+        "{e}"
+    );
+    let e = backend
+        .launch(LaunchRequest {
+            pool: PoolId::new("c"),
+            runners: vec![registration(&runner_name("c"))],
+            template_hash: "h".into(),
+        })
+        .await
+        .expect_err("no CronJob");
+    assert_eq!(e.kind(), runscale_core::ErrorKind::Misconfigured, "{e}");
+    // One pod hosts one runner.
+    let backend = cluster.backend(NS, &[("p", inline(RUNNER_SCRIPT))]);
+    let e = backend
+        .launch(LaunchRequest {
+            pool: PoolId::new("p"),
+            runners: vec![
+                registration("rs-p-aaaaaaaaaa-1"),
+                registration("rs-p-aaaaaaaaaa-2"),
+            ],
+            template_hash: "h".into(),
+        })
+        .await
+        .expect_err("two runners");
+    assert!(e.message().contains("runners_per_instance"), "{e}");
+    assert!(cluster.handle.pods(NS).is_empty());
+    cluster.shutdown().await;
+}

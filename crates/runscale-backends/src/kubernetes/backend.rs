@@ -33,7 +33,7 @@ use super::template::{
 /// Longest wait for one API call.
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the first list of the inventory.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// A terminated pod the store never showed is forgotten after this long.
 const TERMINATED_MEMORY: Duration = Duration::from_secs(600);
 
@@ -425,16 +425,31 @@ impl Backend for Kubernetes {
         let inner = &self.inner;
         let conn = inner.conn().await?;
         let store = &conn.inventory.store;
-        tokio::time::timeout(READY_TIMEOUT, store.wait_until_ready())
-            .await
-            .map_err(|_| {
-                Error::new(
+        match tokio::time::timeout(READY_TIMEOUT, store.wait_until_ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Error::new(
                     OP,
                     ErrorKind::Transient,
-                    format!("the first list of runner pods took longer than {READY_TIMEOUT:?}"),
-                )
-            })?
-            .map_err(|e| Error::new(OP, ErrorKind::Transient, format!("pod watch stopped: {e}")))?;
+                    format!("pod watch stopped: {e}"),
+                ));
+            }
+            Err(_) => {
+                // Say why, if the watcher was told: a 403 is a configuration error.
+                let (kind, why) = conn.inventory.last_error().unwrap_or((
+                    ErrorKind::Transient,
+                    format!("no answer within {READY_TIMEOUT:?}"),
+                ));
+                return Err(Error::new(
+                    OP,
+                    kind,
+                    format!(
+                        "cannot list runner pods in namespace {}: {why}",
+                        conn.namespace
+                    ),
+                ));
+            }
+        }
         let wanted: HashSet<&PoolId> = pools.iter().collect();
         let mut versions: HashMap<&PoolId, Option<String>> = HashMap::new();
         for pool in pools.iter().filter(|p| inner.templates.contains_key(*p)) {
@@ -489,7 +504,9 @@ impl Backend for Kubernetes {
         {
             let launched = locked(&inner.launched);
             let mut terminated = locked(&inner.terminated);
-            let owned: HashSet<&str> = pods
+            // Every pod of this backend, not only the requested pools'.
+            let all = store.state();
+            let owned: HashSet<&str> = all
                 .iter()
                 .filter_map(|p| p.metadata.name.as_deref())
                 .collect();

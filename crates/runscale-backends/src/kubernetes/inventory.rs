@@ -14,13 +14,13 @@ use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use runscale_core::PoolId;
+use runscale_core::{ErrorKind, PoolId};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::convert;
+use super::{convert, errors};
 
 /// Who hears about pods that changed on their own.
 pub(crate) type Subscribers = Arc<Mutex<Vec<mpsc::UnboundedSender<PoolId>>>>;
@@ -39,6 +39,8 @@ pub(crate) struct SyncState {
     pub(crate) synced_from: Option<Instant>,
     /// Completed lists (the first one and every re-list).
     pub(crate) lists: u64,
+    /// The last failure of the watch, cleared by the next completed list.
+    last_error: Option<(ErrorKind, String)>,
 }
 
 /// The running inventory of one backend's runner pods.
@@ -46,7 +48,7 @@ pub(crate) struct Inventory {
     /// Pods of this backend's pools.
     pub(crate) store: Store<Pod>,
     /// How complete the store is.
-    pub(crate) sync: Arc<Mutex<SyncState>>,
+    sync: Arc<Mutex<SyncState>>,
     task: AbortHandle,
 }
 
@@ -85,6 +87,11 @@ impl Inventory {
     pub(crate) fn synced_from(&self) -> Option<Instant> {
         locked(&self.sync).synced_from
     }
+
+    /// The kind and description of the last watch failure, if the watch has not recovered.
+    pub(crate) fn last_error(&self) -> Option<(ErrorKind, String)> {
+        locked(&self.sync).last_error.clone()
+    }
 }
 
 async fn run(
@@ -114,11 +121,22 @@ async fn run(
                     }
                     Some(Err(e)) => {
                         warn!(error = %e, "runner pod watch failed; retrying with backoff");
+                        locked(&sync).last_error = Some(describe(&e));
                     }
                     None => break,
                 }
             }
         }
+    }
+}
+
+/// The kind of a watch failure, and what it says.
+fn describe(e: &watcher::Error) -> (ErrorKind, String) {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => (errors::kind(e), e.to_string()),
+        other => (ErrorKind::Transient, other.to_string()),
     }
 }
 
@@ -133,6 +151,7 @@ fn observe(event: &Event<Pod>, sync: &Mutex<SyncState>, subscribers: &Subscriber
             let mut s = locked(sync);
             s.synced_from = s.listing_since.take().or(s.synced_from);
             s.lists += 1;
+            s.last_error = None;
             return;
         }
         Event::InitApply(_) => return,
