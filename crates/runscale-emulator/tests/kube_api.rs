@@ -233,6 +233,43 @@ async fn label_and_field_selectors_and_pages() {
 }
 
 #[tokio::test]
+async fn delete_collection_removes_only_what_the_selector_matches() {
+    let f = start(KubeConfig::default()).await;
+    let pods = f.pods("default");
+    for (name, pool) in [("s1", "small"), ("s2", "small"), ("l1", "large")] {
+        pods.create(
+            &PostParams::default(),
+            &pod(name, json!({"runscale/pool": pool}), "x:1", &["x"]),
+        )
+        .await
+        .unwrap();
+    }
+    let deleted = pods
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("runscale/pool=small"),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = deleted
+        .left()
+        .expect("the deleted pods")
+        .items
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    assert_eq!(names, ["s1", "s2"]);
+    let left: Vec<String> = f
+        .emu
+        .pods("default")
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    assert_eq!(left, ["l1"]);
+    f.emu.shutdown().await;
+}
+
+#[tokio::test]
 async fn patches_merge_strategic_json_and_apply() {
     let f = start(KubeConfig::default()).await;
     let pods = f.pods("default");

@@ -94,7 +94,7 @@ impl Kubectl {
             out.status
         );
         assert!(
-            !stderr.contains("rror"),
+            !stderr.contains("rror") && !stderr.contains("Warning"),
             "kubectl {args:?} complained: {stderr}"
         );
         stdout
