@@ -541,6 +541,29 @@ pub(crate) fn label_value_problem(s: &str) -> Option<String> {
     }
 }
 
+/// Checks that a pool can run on this backend, for configuration validation: its name can
+/// name runner pods (field `name`), and it hosts one runner per pod (field
+/// `runners_per_instance`). [`Kubernetes::new`](super::Kubernetes::new) refuses the same.
+pub fn validate_pool(pool: &str, runners_per_instance: u32) -> Result<(), Vec<(String, String)>> {
+    let mut errors = Vec::new();
+    if let Some(problem) = pool_name_problem(pool) {
+        errors.push(("name".to_owned(), problem));
+    }
+    if runners_per_instance != 1 {
+        errors.push((
+            "runners_per_instance".to_owned(),
+            format!(
+                "the kubernetes backend runs one runner per pod; set 1, not {runners_per_instance}"
+            ),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// Why a pool name cannot name runner pods, if it cannot: runner names `rs-{pool}-{suffix}`
 /// are pod names and label values.
 pub(crate) fn pool_name_problem(pool: &str) -> Option<String> {
@@ -752,6 +775,11 @@ mod tests {
         assert!(pool_name_problem("linux-x64").is_none());
         assert!(pool_name_problem(&"a".repeat(MAX_POOL_NAME + 1)).is_some());
         assert!(pool_name_problem("Linux").is_some());
+        assert!(validate_pool("linux", 1).is_ok());
+        assert_eq!(
+            fields(validate_pool("Linux", 2)),
+            ["name", "runners_per_instance"]
+        );
     }
 
     #[test]

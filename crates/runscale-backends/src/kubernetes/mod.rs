@@ -68,4 +68,4 @@ mod inventory;
 mod template;
 
 pub use backend::Kubernetes;
-pub use config::{Config, CredentialsDelivery, CronJobRef, JobRef, PoolTemplate};
+pub use config::{Config, CredentialsDelivery, CronJobRef, JobRef, PoolTemplate, validate_pool};
