@@ -1,6 +1,6 @@
 //! The fake kube-apiserver checked with the real `kubectl` (v1.32 on the machine image):
 //! discovery, `get` with label selectors and server-side Tables, `apply -f` of the circleci
-//! seed CronJob (created, unchanged, configured), `get pods -w` seeing a pod appear, and
+//! seed CronJob (created, unchanged, configured, server-side applied), `get pods -w` seeing a pod appear, and
 //! `delete pod` of a pod whose container runs as a local process. Without kubectl the tests
 //! print a note and pass, unless `CI` is set.
 
@@ -142,6 +142,13 @@ async fn kubectl_gets_pods_by_label_with_server_side_columns() {
     f.emu.shutdown().await;
 }
 
+/// The seed CronJob's pod template, and the CronJob.
+async fn pod_template(cronjobs: &Api<CronJob>) -> (k8s_openapi::api::core::v1::PodSpec, CronJob) {
+    let cj = cronjobs.get("small-runner").await.unwrap();
+    let spec = cj.spec.clone().unwrap().job_template.spec.unwrap();
+    (spec.template.spec.unwrap(), cj)
+}
+
 #[tokio::test]
 async fn kubectl_applies_the_seed_cronjob_unchanged() {
     let Some(bin) = kubectl_binary() else { return };
@@ -192,22 +199,23 @@ async fn kubectl_applies_the_seed_cronjob_unchanged() {
         k.ok(&["apply", "-f", changed_path.to_str().unwrap()]).await,
         "cronjob.batch/small-runner configured\n"
     );
-    let cj = cronjobs.get("small-runner").await.unwrap();
-    let template = cj
-        .spec
-        .unwrap()
-        .job_template
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let (template, cj) = pod_template(&cronjobs).await;
     assert_eq!(template.containers.len(), 1, "containers merged by name");
     assert_eq!(
         template.containers[0].image.as_deref(),
         Some("circleci-image:v2")
     );
     assert_eq!(cj.metadata.generation, Some(2));
+    // Server-side apply of the original puts the image back.
+    assert_eq!(
+        k.ok(&["apply", "--server-side", "-f", SEED_CRONJOB]).await,
+        "cronjob.batch/small-runner serverside-applied\n"
+    );
+    let (template, _) = pod_template(&cronjobs).await;
+    assert_eq!(
+        template.containers[0].image.as_deref(),
+        Some("circleci-image:latest")
+    );
     let listed = k
         .ok(&[
             "get",

@@ -462,6 +462,61 @@ async fn image_and_configuration_errors_keep_pods_waiting() {
 }
 
 #[tokio::test]
+async fn a_hundred_pods_run_to_completion_and_are_cleaned_up() {
+    let f = start(host_shell()).await;
+    let pods = f.pods("load");
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), "load");
+    let started = Instant::now();
+    for i in 0..100 {
+        let p = pods
+            .create(
+                &PostParams::default(),
+                &scheduled_pod(
+                    &format!("p{i}"),
+                    json!({"batch": "x"}),
+                    SH,
+                    &["sh", "-c", "exit 0"],
+                ),
+            )
+            .await
+            .unwrap();
+        // Each pod owns a secret, as a runner's credentials would be.
+        let owned: Secret = serde_json::from_value(json!({"metadata": {"name": format!("p{i}"),
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": format!("p{i}"),
+                "uid": p.metadata.uid.unwrap()}]}}))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &owned)
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(60), "every pod to succeed", || async {
+        let all = f.emu.pods("load");
+        all.iter()
+            .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+            .then_some(())
+    })
+    .await;
+    let ran = started.elapsed();
+    pods.delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "pods and their secrets to be gone", || async {
+        (f.emu.pods("load").is_empty() && f.emu.secrets("load").is_empty()).then_some(())
+    })
+    .await;
+    eprintln!(
+        "100 pods created, run and collected in {ran:?} (+ cleanup {:?})",
+        started.elapsed() - ran
+    );
+    let stats = f.emu.stats();
+    assert_eq!((stats.pods_created, stats.pods_deleted), (100, 100));
+    assert_eq!((stats.secrets_created, stats.secrets_deleted), (100, 100));
+    assert_eq!(stats.processes_running, 0);
+    f.emu.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_kills_every_process_it_started() {
     let f = start(host_shell()).await;
     let pods = f.pods("default");

@@ -33,8 +33,8 @@ pub(crate) struct Waiting {
     pub message: String,
 }
 
-/// One file to write under the pod root.
-#[derive(Debug, Clone)]
+/// One file to write under the pod root. No `Debug`: the contents are secret.
+#[derive(Clone)]
 pub(crate) struct FileSpec {
     /// Path relative to the pod root.
     pub path: PathBuf,
@@ -44,8 +44,9 @@ pub(crate) struct FileSpec {
     pub mode: u32,
 }
 
-/// Everything needed to start the process, resolved under the store lock.
-#[derive(Debug, Clone)]
+/// Everything needed to start the process, resolved under the store lock. No `Debug`: the
+/// environment and files hold secrets.
+#[derive(Clone)]
 pub(crate) struct StartSpec {
     /// argv; argv\[0\] is the program.
     pub argv: Vec<String>,
