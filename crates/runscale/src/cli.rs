@@ -248,7 +248,11 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
             drop(stdout);
             runtime()?.block_on(crate::demo::run(&args))
         }
-        Command::Emulator(args) => runtime()?.block_on(crate::demo::emulator(args, &mut stdout)),
+        Command::Emulator(args) => {
+            // Locked stdout cannot cross threads; the emulator prints one line.
+            drop(stdout);
+            runtime()?.block_on(crate::demo::emulator(args, &mut std::io::stdout()))
+        }
         Command::FakeRunner => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -97,6 +97,24 @@ pub struct EmulatorCli {
 pub enum EmulatorCommand {
     /// The GitHub REST API subset runscale uses, with webhooks, faults and the runner protocol.
     Github(GithubEmulatorArgs),
+    /// A fake kube-apiserver (pods, secrets, jobs, cronjobs, leases; watch) whose simulated
+    /// kubelet runs each pod's container as a local process.
+    Kubernetes(KubernetesEmulatorArgs),
+}
+
+/// Arguments of `emulator kubernetes`.
+#[derive(Debug, Args)]
+pub struct KubernetesEmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8788")]
+    pub listen: SocketAddr,
+    /// Write a kubeconfig for the server here (context `runscale-fake`).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The server's settings as YAML: token, namespaces, node, images (image → local
+    /// program), faults. Defaults serve four namespaces, one node and no image.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `emulator github`.
@@ -137,8 +155,11 @@ pub struct GithubEmulatorArgs {
 }
 
 /// Runs the emulator until SIGINT or SIGTERM; prints its base URL on `out` first.
-pub async fn emulator(args: EmulatorCli, out: &mut dyn Write) -> anyhow::Result<()> {
-    let EmulatorCommand::Github(a) = args.command;
+pub async fn emulator(args: EmulatorCli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let a = match args.command {
+        EmulatorCommand::Github(a) => a,
+        EmulatorCommand::Kubernetes(k) => return kubernetes_emulator(k, out).await,
+    };
     let config = EmulatorOptions {
         org: a.org,
         repos: a.repos,
@@ -190,6 +211,32 @@ impl DemoArgs {
             ..uniform
         }
     }
+}
+
+/// Runs the fake kube-apiserver until SIGINT or SIGTERM; prints its URL on `out` first.
+async fn kubernetes_emulator(
+    args: KubernetesEmulatorArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    use runscale_emulator::kube::{KubeConfig, serve};
+    let config = match &args.config {
+        None => KubeConfig::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_saphyr::from_str::<KubeConfig>(&text)
+                .with_context(|| format!("invalid emulator settings in {}", path.display()))?
+        }
+    };
+    serve(
+        config,
+        args.listen,
+        args.kubeconfig.as_deref(),
+        out,
+        wait_for_signal(),
+    )
+    .await
+    .with_context(|| format!("cannot run the Kubernetes emulator on {}", args.listen))
 }
 
 /// Wait statistics, in seconds.

@@ -1,9 +1,10 @@
 //! `runscale fake-runner`: the GitHub emulator's fake runner agent, built into the runscale
 //! binary so `runscale demo` needs no second executable.
 //!
-//! It reads the runners from the credentials file the local-process backend writes
-//! (`RUNSCALE_CREDENTIALS_FILE`) and runs one agent per runner listed, side by side
-//! ([`runscale_emulator::github::run_agent`]). The first SIGTERM or SIGINT asks every agent to
+//! It takes its runner from `GITHUB_JIT_CONFIG` (runscale's `env` credentials delivery, e.g. a
+//! Kubernetes pod's Secret through `envFrom`), else reads the runners from the credentials file
+//! the local-process backend writes (`RUNSCALE_CREDENTIALS_FILE`) and runs one agent per runner
+//! listed, side by side ([`runscale_emulator::github::run_agent`]). The first SIGTERM or SIGINT asks every agent to
 //! stop: an idle one disconnects and exits at once, a busy one finishes its job first.
 //!
 //! What does not live here: the agent protocol itself (in `runscale-emulator`), and the other
@@ -12,24 +13,38 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use runscale_emulator::github::{AgentExit, read_credentials_file, run_agent};
+use runscale_emulator::github::{
+    AgentExit, JIT_CONFIG_SECRET, JitConfig, RunnerSource, read_credentials_file, run_agent,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 /// The environment variable naming the credentials file (set by the local-process backend).
 pub const CREDENTIALS_FILE_VAR: &str = "RUNSCALE_CREDENTIALS_FILE";
 
-/// Runs one agent per runner of the credentials file until each is done. Fails if the file is
-/// missing or unreadable, or if any agent failed.
-pub async fn run() -> anyhow::Result<()> {
+/// The runners to run: the JIT configuration in `GITHUB_JIT_CONFIG`, else those of the
+/// credentials file.
+fn sources() -> anyhow::Result<Vec<RunnerSource>> {
+    if let Ok(encoded) = std::env::var(JIT_CONFIG_SECRET) {
+        let jit = JitConfig::decode(&encoded)
+            .with_context(|| format!("{JIT_CONFIG_SECRET} is not a JIT configuration"))?;
+        return Ok(vec![RunnerSource::Jit(jit)]);
+    }
     let Some(path) = std::env::var_os(CREDENTIALS_FILE_VAR) else {
         bail!(
-            "{CREDENTIALS_FILE_VAR} is not set: fake-runner is started by the local-process backend"
+            "neither {JIT_CONFIG_SECRET} nor {CREDENTIALS_FILE_VAR} is set: fake-runner is \
+             started by a runscale backend"
         );
     };
     let path = PathBuf::from(path);
-    let sources = read_credentials_file(&path)
-        .with_context(|| format!("cannot read runners from {}", path.display()))?;
+    read_credentials_file(&path)
+        .with_context(|| format!("cannot read runners from {}", path.display()))
+}
+
+/// Runs one agent per runner until each is done. Fails if no runner is given or its
+/// credentials are unreadable, or if any agent failed.
+pub async fn run() -> anyhow::Result<()> {
+    let sources = sources()?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
     let agents: Vec<_> = sources

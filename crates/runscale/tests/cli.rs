@@ -278,13 +278,18 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path) -> Self {
-        let mut child = runscale(&["--log-format", "json", "run", "-c"])
+        let child = runscale(&["--log-format", "json", "run", "-c"])
             .arg(config)
             .env("RUNSCALE_CLI_TEST_TOKEN", "t")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
+        Self::watch(child)
+    }
+
+    /// Takes over a child spawned with a piped stderr.
+    fn watch(mut child: Child) -> Self {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -474,4 +479,36 @@ fn a_taken_port_fails_with_exit_1() {
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{stderr}"
     );
+}
+
+#[test]
+fn kubernetes_emulator_serves_until_sigterm_and_writes_a_kubeconfig() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = runscale(&["emulator", "kubernetes", "--listen", "127.0.0.1:0"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut emulator = Daemon::watch(child);
+    let mut url = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut url)
+        .expect("URL line");
+    let addr: SocketAddr = url
+        .trim()
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("a URL on stdout, got {url:?}"))
+        .parse()
+        .expect("host:port");
+    let (status, body) = http_get(addr, "/version");
+    assert_eq!(status, 200, "{body}");
+    let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig written");
+    assert!(text.contains(url.trim()), "{text}");
+    assert!(text.contains("runscale-fake"), "{text}");
+    emulator.signal("TERM");
+    assert_eq!(emulator.wait_exit(WAIT), 0);
 }

@@ -320,10 +320,10 @@ fn syntax_errors_have_a_line() {
 
 #[test]
 fn unknown_adapter_type_is_a_clear_error() {
-    let text = yaml("").replace("type: local-process", "type: kubernetes");
+    let text = yaml("").replace("type: local-process", "type: nomad");
     let errors = errors_of(&text);
     let e = error_at(&errors, "backends[0].type");
-    assert!(e.message.contains("\"kubernetes\""), "{e}");
+    assert!(e.message.contains("\"nomad\""), "{e}");
     assert!(e.message.contains("local-process"), "{e}");
     // The pool that refers to it is not blamed for the backend's problem.
     assert_eq!(errors.len(), 1, "{errors:#?}");
@@ -447,4 +447,31 @@ fn exec_provider_settings_and_selectors_are_checked_by_path() {
 
     let v = load(&fixed.replace("\"a,b\"", "\"b\"")).expect("valid");
     assert_eq!(v.providers[0].settings.kind(), "exec");
+}
+
+#[test]
+fn kubernetes_pools_host_one_runner_per_pod_and_need_one_template_source() {
+    let k8s = |template: &str, extra: &str| {
+        yaml(extra)
+            .replace(
+                "    type: local-process\n    state_dir: /tmp/runscale-config-test\n",
+                "    type: kubernetes\n    namespace: ci\n",
+            )
+            .replace(r#"template: {command: ["/bin/true"]}"#, template)
+    };
+    let pod = "template: {pod: {spec: {containers: [{name: runner, image: runner:1}]}}}";
+    let v = load(&k8s(pod, "")).expect("valid");
+    assert_eq!(v.backends[0].settings.kind(), "kubernetes");
+
+    let errors = errors_of(&k8s(pod, "    runners_per_instance: 2\n"));
+    let e = error_at(&errors, "pools[0].runners_per_instance");
+    assert!(e.message.contains("one runner per pod"), "{e}");
+
+    let errors = errors_of(&k8s("template: {credentials: env}", ""));
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.path.starts_with("pools[0].template")),
+        "{errors:#?}"
+    );
 }

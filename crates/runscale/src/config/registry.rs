@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+#[cfg(feature = "backend-kubernetes")]
+use runscale_backends::kubernetes;
 #[cfg(feature = "backend-local-process")]
 use runscale_backends::local_process;
 use runscale_core::{Backend, PoolId, Provider};
@@ -58,11 +60,18 @@ pub const PROVIDER_TYPES: &[TypeInfo] = &[
 ];
 
 /// Every backend type runscale knows.
-pub const BACKEND_TYPES: &[TypeInfo] = &[TypeInfo {
-    name: "local-process",
-    feature: "backend-local-process",
-    compiled: cfg!(feature = "backend-local-process"),
-}];
+pub const BACKEND_TYPES: &[TypeInfo] = &[
+    TypeInfo {
+        name: "local-process",
+        feature: "backend-local-process",
+        compiled: cfg!(feature = "backend-local-process"),
+    },
+    TypeInfo {
+        name: "kubernetes",
+        feature: "backend-kubernetes",
+        compiled: cfg!(feature = "backend-kubernetes"),
+    },
+];
 
 /// A provider's settings, parsed into its type's configuration.
 #[derive(Clone, Debug)]
@@ -100,7 +109,9 @@ impl SelectorSettings {
 
 /// What a selector or template may depend on besides itself: the pool's own settings.
 #[derive(Clone, Copy, Debug)]
-pub struct PoolContext {
+pub struct PoolContext<'a> {
+    /// The pool's name.
+    pub name: &'a str,
     /// The pool's `runners_per_instance`.
     pub runners_per_instance: u32,
     /// The pool's `ephemeral`.
@@ -113,6 +124,9 @@ pub enum BackendSettings {
     /// `local-process`.
     #[cfg(feature = "backend-local-process")]
     LocalProcess(local_process::Config),
+    /// `kubernetes`.
+    #[cfg(feature = "backend-kubernetes")]
+    Kubernetes(kubernetes::Config),
 }
 
 /// A pool's template, parsed into its backend type's template.
@@ -121,6 +135,9 @@ pub enum TemplateSettings {
     /// `local-process`.
     #[cfg(feature = "backend-local-process")]
     LocalProcess(local_process::PoolTemplate),
+    /// `kubernetes` (boxed: a pod template is large).
+    #[cfg(feature = "backend-kubernetes")]
+    Kubernetes(Box<kubernetes::PoolTemplate>),
 }
 
 impl ProviderSettings {
@@ -141,6 +158,8 @@ impl BackendSettings {
         match *self {
             #[cfg(feature = "backend-local-process")]
             BackendSettings::LocalProcess(_) => "local-process",
+            #[cfg(feature = "backend-kubernetes")]
+            BackendSettings::Kubernetes(_) => "kubernetes",
         }
     }
 }
@@ -281,6 +300,9 @@ pub(crate) fn parse_backend(
             local_process::Config::validate,
         )
         .map(BackendSettings::LocalProcess),
+        #[cfg(feature = "backend-kubernetes")]
+        "kubernetes" => typed(Value::Object(settings), path, kubernetes::Config::validate)
+            .map(BackendSettings::Kubernetes),
         _ => {
             let _ = settings;
             Err(vec![unknown_type(
@@ -298,7 +320,7 @@ pub(crate) fn parse_selector(
     provider: &ProviderSettings,
     value: Value,
     path: &str,
-    pool: PoolContext,
+    pool: PoolContext<'_>,
 ) -> Result<SelectorSettings, Vec<FieldError>> {
     let _ = (&value, path, pool);
     match *provider {
@@ -323,7 +345,7 @@ pub(crate) fn parse_template(
     backend: &BackendSettings,
     value: Value,
     path: &str,
-    pool: PoolContext,
+    pool: PoolContext<'_>,
 ) -> Result<TemplateSettings, Vec<FieldError>> {
     let _ = (&value, path, pool);
     let runners_per_instance = pool.runners_per_instance;
@@ -344,6 +366,15 @@ pub(crate) fn parse_template(
             }
             Ok(TemplateSettings::LocalProcess(t))
         }
+        #[cfg(feature = "backend-kubernetes")]
+        BackendSettings::Kubernetes(_) => {
+            let t = typed(value, path, kubernetes::PoolTemplate::validate)?;
+            // The pool's own fields: its name and runners_per_instance, next to `template`.
+            let pool_path = path.strip_suffix(".template").unwrap_or(path);
+            kubernetes::validate_pool(pool.name, runners_per_instance)
+                .map_err(|errors| prefixed(pool_path, errors))?;
+            Ok(TemplateSettings::Kubernetes(Box::new(t)))
+        }
     }
 }
 
@@ -353,6 +384,8 @@ impl TemplateSettings {
         match *self {
             #[cfg(feature = "backend-local-process")]
             TemplateSettings::LocalProcess(ref t) => t.template_hash(),
+            #[cfg(feature = "backend-kubernetes")]
+            TemplateSettings::Kubernetes(ref t) => t.template_hash(),
         }
     }
 }
@@ -423,6 +456,19 @@ pub(crate) fn build_backend(
                 })
                 .collect::<runscale_core::Result<HashMap<_, _>>>()?;
             let backend = local_process::LocalProcess::new(config.clone(), templates)?;
+            Ok(Arc::new(backend))
+        }
+        #[cfg(feature = "backend-kubernetes")]
+        BackendSettings::Kubernetes(ref config) => {
+            let templates = templates
+                .into_iter()
+                .map(|(pool, t)| match t {
+                    TemplateSettings::Kubernetes(t) => Ok((pool, *t)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(mismatch(&pool, "template")),
+                })
+                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
+            let backend = kubernetes::Kubernetes::new(config.clone(), templates)?;
             Ok(Arc::new(backend))
         }
     }
@@ -511,6 +557,12 @@ pub(crate) fn backends_schema(generator: &mut SchemaGenerator) -> Schema {
         "backend",
         "local-process",
     ));
+    #[cfg(feature = "backend-kubernetes")]
+    variants.push(entry_schema::<kubernetes::Config>(
+        generator,
+        "backend",
+        "kubernetes",
+    ));
     let _ = &generator;
     list_of(one_of(
         "A backend: `name`, `type` and that type's settings.",
@@ -547,6 +599,8 @@ pub(crate) fn template_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut variants: Vec<Schema> = Vec::new();
     #[cfg(feature = "backend-local-process")]
     variants.push(<local_process::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
+    #[cfg(feature = "backend-kubernetes")]
+    variants.push(<kubernetes::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
     let _ = &generator;
     any_of(
         "How one instance is started; the shape is that of the pool's backend type.",

@@ -387,6 +387,7 @@ fn check_pool(
         errors,
     );
     let context = registry::PoolContext {
+        name: &pool.name,
         runners_per_instance: pool.runners_per_instance,
         ephemeral: pool.ephemeral,
     };
