@@ -1,0 +1,776 @@
+//! The [`Backend`] implementation: groups resolved per pool, launches claimed and bound,
+//! terminations with protection lifted first, parameters cleaned up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use runscale_core::{
+    Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId, Result,
+    Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::client::{Aws, Group, GroupInstance, action};
+use super::config::{Config, GroupSelector, PoolTemplate};
+
+/// How often leftover parameters (of instances that ended while runscale was not looking) are
+/// swept, besides the first listing of each pool.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// An instance id that never exists, for permission probes without side effects.
+const PROBE_INSTANCE: &str = "i-00000000000000000";
+
+/// What runscale records about an instance it claimed, as the String parameter
+/// `{ssm_prefix}/{pool}/binding/{instance-id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Binding {
+    runner_names: Vec<String>,
+    template_hash: String,
+    launched_at: Timestamp,
+}
+
+#[derive(Default)]
+struct Known {
+    /// Bindings were loaded from SSM once.
+    loaded: bool,
+    bindings: HashMap<String, Binding>,
+    /// When instances without a binding were first seen (their launch time, as far as we know).
+    first_seen: HashMap<String, Timestamp>,
+    /// Protection as of the last listing.
+    protected: HashMap<String, bool>,
+    /// Instances whose credentials parameter is already deleted.
+    credentials_gone: HashSet<String>,
+    last_sweep: Option<Instant>,
+}
+
+struct PoolState {
+    selector: GroupSelector,
+    /// The resolved group name.
+    group: Mutex<Option<String>>,
+    /// Serialises launches, terminations and sweeps of the pool: each reads the desired
+    /// capacity or the member list and acts on it.
+    act: tokio::sync::Mutex<()>,
+    known: Mutex<Known>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The aws-asg backend. See the [module docs](super).
+pub struct AwsAsg {
+    config: Config,
+    aws: Aws,
+    pools: HashMap<PoolId, PoolState>,
+}
+
+impl std::fmt::Debug for AwsAsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsAsg")
+            .field("config", &self.config)
+            .field("pools", &self.pools.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn misconfigured(errors: Vec<(String, String)>) -> Error {
+    let text = errors
+        .into_iter()
+        .map(|(field, problem)| format!("{field}: {problem}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Error::new("aws_asg.config", ErrorKind::Misconfigured, text)
+}
+
+/// Maps AWS's lifecycle state to ours; `None` for instances that are gone.
+fn state_of(lifecycle: &str) -> Option<InstanceState> {
+    match lifecycle {
+        "Terminated" | "Detached" => None,
+        s if s.starts_with("Terminating") || s.starts_with("Detaching") => {
+            Some(InstanceState::Stopping)
+        }
+        s if s.starts_with("Pending") || s.starts_with("Warmed") => Some(InstanceState::Booting),
+        // InService, Standby, EnteringStandby, ...
+        _ => Some(InstanceState::Running),
+    }
+}
+
+fn is_leaving(i: &GroupInstance) -> bool {
+    state_of(&i.lifecycle).is_none_or(|s| s == InstanceState::Stopping)
+}
+
+/// The credentials parameter's value: one `NAME=value` line per variable, values without line
+/// breaks (the instance side splits at the first `=` and never evaluates them).
+fn credentials_file(pairs: &[(String, String)]) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!(
+                "credential name {k:?} is not an environment variable name"
+            ));
+        }
+        if v.contains(['\n', '\r', '\0']) {
+            return Err(format!("credential {k} contains a line break"));
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+impl AwsAsg {
+    /// Builds the backend from an SDK configuration (region, credentials, endpoint already
+    /// set); no AWS call is made. The settings and templates are validated first.
+    pub fn new(
+        config: Config,
+        templates: HashMap<PoolId, PoolTemplate>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self> {
+        let mut errors = Vec::new();
+        if let Err(e) = config.validate() {
+            errors.extend(e);
+        }
+        let mut pools = HashMap::new();
+        for (pool, template) in templates {
+            match template.selector(pool.as_str()) {
+                Ok(selector) => {
+                    pools.insert(
+                        pool,
+                        PoolState {
+                            selector,
+                            group: Mutex::new(None),
+                            act: tokio::sync::Mutex::new(()),
+                            known: Mutex::new(Known::default()),
+                        },
+                    );
+                }
+                Err(e) => {
+                    errors.extend(e.into_iter().map(|(f, p)| (format!("pools.{pool}.{f}"), p)))
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(misconfigured(errors));
+        }
+        if sdk.region().is_none() {
+            return Err(Error::new(
+                "aws_asg.config",
+                ErrorKind::Misconfigured,
+                "region: no AWS region configured (set region, AWS_REGION or a profile's region)",
+            ));
+        }
+        let aws = Aws::new(sdk, config.max_attempts);
+        Ok(Self { config, aws, pools })
+    }
+
+    /// Builds the backend with the SDK's default credential chain (environment, profile, web
+    /// identity, container and instance metadata) and the configured region and endpoint.
+    pub async fn connect(config: Config, templates: HashMap<PoolId, PoolTemplate>) -> Result<Self> {
+        config.validate().map_err(misconfigured)?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &config.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let sdk = loader.load().await;
+        Self::new(config, templates, &sdk)
+    }
+
+    fn pool(&self, pool: &PoolId) -> Result<&PoolState> {
+        self.pools.get(pool).ok_or_else(|| {
+            Error::new(
+                "aws_asg",
+                ErrorKind::Misconfigured,
+                format!("pool {pool} has no aws-asg template"),
+            )
+        })
+    }
+
+    fn credentials_name(&self, pool: &PoolId, id: &str) -> String {
+        format!("{}/{pool}/{id}", self.config.ssm_prefix)
+    }
+
+    fn binding_name(&self, pool: &PoolId, id: &str) -> String {
+        format!("{}/{pool}/binding/{id}", self.config.ssm_prefix)
+    }
+
+    /// The group of `pool`: by name, or the one group carrying the tag (cached).
+    async fn group_name(
+        &self,
+        op: &'static str,
+        pool: &PoolId,
+        state: &PoolState,
+    ) -> Result<String> {
+        if let Some(name) = lock(&state.group).clone() {
+            return Ok(name);
+        }
+        let name = match &state.selector {
+            GroupSelector::Name(n) => n.clone(),
+            GroupSelector::Tag { key, value } => {
+                let found = self.aws.groups_by_tag(op, key, value).await?;
+                match found.as_slice() {
+                    [one] => {
+                        info!(pool = %pool, group = %one.name, tag = %key, value = %value, "found the pool's Auto Scaling group by tag");
+                        one.name.clone()
+                    }
+                    [] => {
+                        return Err(Error::new(
+                            op,
+                            ErrorKind::Misconfigured,
+                            format!("pool {pool}: no Auto Scaling group is tagged {key}={value}"),
+                        ));
+                    }
+                    many => {
+                        let names: Vec<&str> = many.iter().map(|g| g.name.as_str()).collect();
+                        return Err(Error::new(
+                            op,
+                            ErrorKind::Misconfigured,
+                            format!(
+                                "pool {pool}: {} Auto Scaling groups are tagged {key}={value} ({}); tag exactly one",
+                                many.len(),
+                                names.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        *lock(&state.group) = Some(name.clone());
+        Ok(name)
+    }
+
+    /// A fresh description of the pool's group. A group that no longer exists is a
+    /// configuration error (and a tag-found one is looked up again next time).
+    async fn describe(&self, op: &'static str, pool: &PoolId, state: &PoolState) -> Result<Group> {
+        let name = self.group_name(op, pool, state).await?;
+        let mut groups = self
+            .aws
+            .describe_groups(op, std::slice::from_ref(&name))
+            .await?;
+        match groups.iter().position(|g| g.name == name) {
+            Some(i) => Ok(groups.swap_remove(i)),
+            None => Err(self.missing_group(op, pool, state, &name)),
+        }
+    }
+
+    fn missing_group(
+        &self,
+        op: &'static str,
+        pool: &PoolId,
+        state: &PoolState,
+        name: &str,
+    ) -> Error {
+        *lock(&state.group) = None;
+        Error::new(
+            op,
+            ErrorKind::Misconfigured,
+            format!(
+                "pool {pool}: Auto Scaling group {name} does not exist (or is not visible in this account and region)"
+            ),
+        )
+    }
+
+    /// Loads bindings once, and sweeps parameters of instances no longer in the group.
+    async fn sweep(
+        &self,
+        pool: &PoolId,
+        state: &PoolState,
+        members: &HashSet<String>,
+    ) -> Result<()> {
+        const OP: &str = "aws_asg.instances";
+        let due = {
+            let k = lock(&state.known);
+            !k.loaded || k.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_INTERVAL)
+        };
+        if !due {
+            return Ok(());
+        }
+        // Never while a launch is between "instance appeared" and "parameters written".
+        let Ok(_guard) = state.act.try_lock() else {
+            return Ok(());
+        };
+        // Members are re-read under the lock: the caller's list may predate a launch.
+        let group = self.describe(OP, pool, state).await?;
+        let members: HashSet<String> = members
+            .iter()
+            .cloned()
+            .chain(group.instances.iter().map(|i| i.id.clone()))
+            .collect();
+        let root = format!("{}/{pool}", self.config.ssm_prefix);
+        let binding_dir = format!("{root}/binding/");
+        let params = self.aws.parameters_under(OP, &root).await?;
+        let mut stale = Vec::new();
+        let mut loaded = HashMap::new();
+        for (name, value) in params {
+            let (id, is_binding) = match name.strip_prefix(&binding_dir) {
+                Some(id) => (id.to_owned(), true),
+                None => match name.strip_prefix(&root).and_then(|r| r.strip_prefix('/')) {
+                    Some(id) if !id.contains('/') => (id.to_owned(), false),
+                    _ => continue,
+                },
+            };
+            if !members.contains(&id) {
+                stale.push(name);
+                continue;
+            }
+            if is_binding {
+                match value.as_deref().map(serde_json::from_str::<Binding>) {
+                    Some(Ok(b)) => {
+                        loaded.insert(id, b);
+                    }
+                    _ => {
+                        warn!(pool = %pool, parameter = %name, "unreadable binding parameter; its instance is treated as unclaimed")
+                    }
+                }
+            }
+        }
+        for name in &stale {
+            info!(pool = %pool, parameter = %name, "deleting the parameter of an instance that is gone");
+            self.aws.delete_parameter(OP, name).await?;
+        }
+        let mut k = lock(&state.known);
+        for (id, b) in loaded {
+            k.bindings.entry(id).or_insert(b);
+        }
+        k.loaded = true;
+        k.last_sweep = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn delete_parameters(&self, op: &'static str, pool: &PoolId, id: &str) -> Result<()> {
+        self.aws
+            .delete_parameter(op, &self.credentials_name(pool, id))
+            .await?;
+        self.aws
+            .delete_parameter(op, &self.binding_name(pool, id))
+            .await
+    }
+
+    /// The instances of one pool's group, bound to their runners.
+    async fn list_pool(
+        &self,
+        pool: &PoolId,
+        state: &PoolState,
+        group: &Group,
+        now: Timestamp,
+    ) -> Result<Vec<Instance>> {
+        const OP: &str = "aws_asg.instances";
+        let members: HashSet<String> = group.instances.iter().map(|i| i.id.clone()).collect();
+        self.sweep(pool, state, &members).await?;
+        // Bindings of instances another runscale claimed after our load.
+        let unknown: Vec<String> = {
+            let k = lock(&state.known);
+            group
+                .instances
+                .iter()
+                .filter(|i| !is_leaving(i) && !k.bindings.contains_key(&i.id))
+                .map(|i| i.id.clone())
+                .collect()
+        };
+        for id in unknown {
+            if let Some(v) = self
+                .aws
+                .get_parameter(OP, &self.binding_name(pool, &id))
+                .await?
+                && let Ok(b) = serde_json::from_str::<Binding>(&v)
+            {
+                lock(&state.known).bindings.insert(id, b);
+            }
+        }
+        // Instances that left the group: their parameters go too.
+        let gone: Vec<String> = {
+            let k = lock(&state.known);
+            k.bindings
+                .keys()
+                .filter(|id| !members.contains(*id))
+                .cloned()
+                .collect()
+        };
+        for id in &gone {
+            self.delete_parameters(OP, pool, id).await?;
+            let mut k = lock(&state.known);
+            k.bindings.remove(id);
+            k.credentials_gone.remove(id);
+        }
+        let mut k = lock(&state.known);
+        k.first_seen.retain(|id, _| members.contains(id));
+        k.protected = group
+            .instances
+            .iter()
+            .map(|i| (i.id.clone(), i.protected))
+            .collect();
+        let mut out = Vec::new();
+        for i in &group.instances {
+            let Some(st) = state_of(&i.lifecycle) else {
+                continue;
+            };
+            let instance = match k.bindings.get(&i.id) {
+                Some(b) => Instance {
+                    id: InstanceId::new(&i.id),
+                    state: st,
+                    launched_at: b.launched_at,
+                    template_hash: b.template_hash.clone(),
+                    runner_names: b.runner_names.clone(),
+                },
+                None => {
+                    let seen = *k.first_seen.entry(i.id.clone()).or_insert(now);
+                    Instance {
+                        id: InstanceId::new(&i.id),
+                        state: st,
+                        launched_at: seen,
+                        template_hash: String::new(),
+                        runner_names: Vec::new(),
+                    }
+                }
+            };
+            out.push(instance);
+        }
+        Ok(out)
+    }
+
+    /// Waits for an instance that is in the group, was not there before and is not leaving.
+    async fn wait_for_new(
+        &self,
+        pool: &PoolId,
+        state: &PoolState,
+        before: &HashSet<String>,
+        desired: i32,
+    ) -> Result<(String, String)> {
+        const OP: &str = "aws_asg.launch";
+        let deadline = Instant::now() + self.config.claim_timeout;
+        loop {
+            let group = self.describe(OP, pool, state).await?;
+            let mut fresh: Vec<&GroupInstance> = group
+                .instances
+                .iter()
+                .filter(|i| !before.contains(&i.id) && !is_leaving(i))
+                .collect();
+            fresh.sort_by(|a, b| a.id.cmp(&b.id));
+            if let Some(i) = fresh.first() {
+                return Ok((group.name.clone(), i.id.clone()));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    OP,
+                    ErrorKind::Transient,
+                    format!(
+                        "group {}: no new instance within {:?} after raising the desired capacity to {desired} (see the group's scaling activities)",
+                        group.name, self.config.claim_timeout
+                    ),
+                ));
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for AwsAsg {
+    fn kind(&self) -> &'static str {
+        "aws-asg"
+    }
+
+    async fn instances(&self, pools: &[PoolId]) -> Result<HashMap<PoolId, Vec<Instance>>> {
+        const OP: &str = "aws_asg.instances";
+        let now = chrono::Utc::now();
+        let mut names = Vec::new();
+        let mut mine = Vec::new();
+        for pool in pools {
+            // Pools of other backends are not ours to list.
+            let Some(state) = self.pools.get(pool) else {
+                continue;
+            };
+            let name = self.group_name(OP, pool, state).await?;
+            names.push(name.clone());
+            mine.push((pool, state, name));
+        }
+        names.sort();
+        names.dedup();
+        let groups: HashMap<String, Group> = self
+            .aws
+            .describe_groups(OP, &names)
+            .await?
+            .into_iter()
+            .map(|g| (g.name.clone(), g))
+            .collect();
+        let mut out = HashMap::new();
+        for (pool, state, name) in mine {
+            let Some(group) = groups.get(&name) else {
+                return Err(self.missing_group(OP, pool, state, &name));
+            };
+            out.insert(pool.clone(), self.list_pool(pool, state, group, now).await?);
+        }
+        Ok(out)
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
+        const OP: &str = "aws_asg.launch";
+        let pool = &request.pool;
+        let state = self.pool(pool)?;
+        let [registration] = request.runners.as_slice() else {
+            return Err(Error::new(
+                OP,
+                ErrorKind::Misconfigured,
+                format!(
+                    "pool {pool}: an Auto Scaling group instance hosts exactly one runner (runners_per_instance must be 1, got {})",
+                    request.runners.len()
+                ),
+            ));
+        };
+        let _guard = state.act.lock().await;
+        let group = self.describe(OP, pool, state).await?;
+        if group.desired >= group.max {
+            warn!(pool = %pool, group = %group.name, desired = group.desired, max_size = group.max, "the group is at its MaxSize; not launching");
+            return Err(Error::new(
+                OP,
+                ErrorKind::InsufficientCapacity,
+                format!(
+                    "group {} is at its MaxSize {} (desired capacity {}); raise MaxSize or lower the pool's max",
+                    group.name, group.max, group.desired
+                ),
+            ));
+        }
+        let before: HashSet<String> = group.instances.iter().map(|i| i.id.clone()).collect();
+        let desired = group.desired + 1;
+        self.aws.set_desired(OP, &group.name, desired).await?;
+        let (group_name, id) = self.wait_for_new(pool, state, &before, desired).await?;
+        let now = chrono::Utc::now();
+        // Protected first: from now on only runscale removes it.
+        self.aws
+            .set_protection(OP, &group_name, std::slice::from_ref(&id), true)
+            .await?;
+        let binding = Binding {
+            runner_names: vec![registration.runner_name.clone()],
+            template_hash: request.template_hash.clone(),
+            launched_at: now,
+        };
+        let value = serde_json::to_string(&binding).map_err(|e| {
+            Error::new(OP, ErrorKind::Protocol, "cannot serialise a binding").with_source(e)
+        })?;
+        self.aws
+            .put_parameter(OP, &self.binding_name(pool, &id), value, false)
+            .await?;
+        lock(&state.known)
+            .bindings
+            .insert(id.clone(), binding.clone());
+        let mut pairs = vec![
+            ("RUNSCALE_POOL".to_owned(), pool.to_string()),
+            ("RUNSCALE_INSTANCE_ID".to_owned(), id.clone()),
+            (
+                "RUNSCALE_RUNNER_NAME".to_owned(),
+                registration.runner_name.clone(),
+            ),
+            (
+                "RUNSCALE_TEMPLATE_HASH".to_owned(),
+                request.template_hash.clone(),
+            ),
+        ];
+        pairs.extend(registration.credentials.expose_all());
+        let file = credentials_file(&pairs)
+            .map_err(|problem| Error::new(OP, ErrorKind::Misconfigured, problem))?;
+        self.aws
+            .put_parameter(OP, &self.credentials_name(pool, &id), file, true)
+            .await?;
+        info!(pool = %pool, group = %group_name, instance = %id, runner = %registration.runner_name, desired, "instance claimed");
+        Ok(Instance {
+            id: InstanceId::new(id),
+            state: InstanceState::Booting,
+            launched_at: now,
+            template_hash: binding.template_hash,
+            runner_names: binding.runner_names,
+        })
+    }
+
+    async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
+        const OP: &str = "aws_asg.terminate";
+        let state = self.pool(pool)?;
+        let _guard = state.act.lock().await;
+        let id = instance.as_str();
+        let group = self.group_name(OP, pool, state).await?;
+        match self.aws.instance_group(OP, id).await? {
+            Some((g, lifecycle))
+                if g == group
+                    && state_of(&lifecycle).is_some_and(|s| s != InstanceState::Stopping) =>
+            {
+                self.aws
+                    .set_protection(OP, &group, &[id.to_owned()], false)
+                    .await?;
+                self.aws.terminate(OP, &group, id).await?;
+                info!(pool = %pool, group = %group, instance = %id, "instance terminated (desired capacity decremented)");
+            }
+            Some((g, _)) if g != group => {
+                warn!(pool = %pool, instance = %id, group = %g, "instance belongs to another group; left alone");
+                return Ok(());
+            }
+            _ => debug!(pool = %pool, instance = %id, "instance already gone or going"),
+        }
+        self.delete_parameters(OP, pool, id).await?;
+        lock(&state.known).credentials_gone.insert(id.to_owned());
+        Ok(())
+    }
+
+    async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
+        const OP: &str = "aws_asg.mark_busy";
+        let Some(state) = self.pools.get(pool) else {
+            return Ok(());
+        };
+        let (unprotected, creds): (Vec<String>, Vec<String>) = {
+            let k = lock(&state.known);
+            let unprotected = busy
+                .iter()
+                .filter(|i| k.protected.get(i.as_str()) == Some(&false))
+                .map(|i| i.to_string())
+                .collect();
+            let creds = busy
+                .iter()
+                .filter(|i| !k.credentials_gone.contains(i.as_str()))
+                .map(|i| i.to_string())
+                .collect();
+            (unprotected, creds)
+        };
+        if !unprotected.is_empty() {
+            let group = self.group_name(OP, pool, state).await?;
+            warn!(pool = %pool, group = %group, instances = ?unprotected, "busy instances had lost their scale-in protection; protecting them again");
+            self.aws
+                .set_protection(OP, &group, &unprotected, true)
+                .await?;
+            let mut k = lock(&state.known);
+            for id in &unprotected {
+                k.protected.insert(id.clone(), true);
+            }
+        }
+        // A busy runner has registered: its credentials are no longer needed.
+        for id in creds {
+            self.aws
+                .delete_parameter(OP, &self.credentials_name(pool, &id))
+                .await?;
+            lock(&state.known).credentials_gone.insert(id);
+        }
+        Ok(())
+    }
+
+    async fn probe(&self) -> Result<String> {
+        const OP: &str = "aws_asg.probe";
+        let mut missing: Vec<&'static str> = Vec::new();
+        let mut problems: Vec<String> = Vec::new();
+        let mut seen = Vec::new();
+        let note = |e: Error,
+                    act: &'static str,
+                    missing: &mut Vec<&'static str>,
+                    problems: &mut Vec<String>| {
+            if e.kind() == ErrorKind::Misconfigured && e.message().contains("access denied") {
+                if !missing.contains(&act) {
+                    missing.push(act);
+                }
+            } else {
+                problems.push(e.to_string());
+            }
+        };
+        let mut pools: Vec<(&PoolId, &PoolState)> = self.pools.iter().collect();
+        pools.sort_by(|a, b| a.0.cmp(b.0));
+        for (pool, state) in pools {
+            match self.describe(OP, pool, state).await {
+                Ok(g) => {
+                    if g.min != 0 {
+                        problems.push(format!(
+                            "pool {pool}: group {} has MinSize {}; runscale needs MinSize 0 to scale in",
+                            g.name, g.min
+                        ));
+                    }
+                    // Harmless permission checks: the instance id never exists.
+                    if let Err(e) = self
+                        .aws
+                        .set_protection(OP, &g.name, &[PROBE_INSTANCE.to_owned()], false)
+                        .await
+                        && e.kind() == ErrorKind::Misconfigured
+                        && e.message().contains("access denied")
+                    {
+                        note(e, action::SET_PROTECTION, &mut missing, &mut problems);
+                    }
+                    seen.push(format!(
+                        "{pool} -> {} (desired {}, max {}, {} instances)",
+                        g.name,
+                        g.desired,
+                        g.max,
+                        g.instances.len()
+                    ));
+                }
+                Err(e) => note(e, action::DESCRIBE_GROUPS, &mut missing, &mut problems),
+            }
+            let root = format!("{}/{pool}", self.config.ssm_prefix);
+            if let Err(e) = self.aws.parameters_under(OP, &root).await {
+                note(e, action::PARAMETERS_BY_PATH, &mut missing, &mut problems);
+            }
+            let probe_param = self.binding_name(pool, PROBE_INSTANCE);
+            if let Err(e) = self.aws.get_parameter(OP, &probe_param).await {
+                note(e, action::GET_PARAMETER, &mut missing, &mut problems);
+            }
+            if let Err(e) = self.aws.delete_parameter(OP, &probe_param).await {
+                note(e, action::DELETE_PARAMETER, &mut missing, &mut problems);
+            }
+        }
+        if let Err(e) = self.aws.instance_group(OP, PROBE_INSTANCE).await {
+            note(e, action::DESCRIBE_INSTANCES, &mut missing, &mut problems);
+        }
+        if !missing.is_empty() {
+            problems.insert(
+                0,
+                format!("missing IAM permissions: {}", missing.join(", ")),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(Error::new(
+                OP,
+                ErrorKind::Misconfigured,
+                problems.join("; "),
+            ));
+        }
+        Ok(format!(
+            "aws-asg: {}; IAM checked: {}, {}, {}, {}, {}, {}; not checkable without side effects: {}, {}, {}, {}",
+            seen.join(", "),
+            action::DESCRIBE_GROUPS,
+            action::DESCRIBE_INSTANCES,
+            action::SET_PROTECTION,
+            action::GET_PARAMETER,
+            action::PARAMETERS_BY_PATH,
+            action::DELETE_PARAMETER,
+            action::SET_DESIRED,
+            action::TERMINATE,
+            action::PUT_PARAMETER,
+            action::KMS_ENCRYPT,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_states_map() {
+        assert_eq!(state_of("Pending"), Some(InstanceState::Booting));
+        assert_eq!(state_of("Pending:Wait"), Some(InstanceState::Booting));
+        assert_eq!(state_of("InService"), Some(InstanceState::Running));
+        assert_eq!(state_of("Standby"), Some(InstanceState::Running));
+        assert_eq!(state_of("Terminating:Wait"), Some(InstanceState::Stopping));
+        assert_eq!(state_of("Detaching"), Some(InstanceState::Stopping));
+        assert_eq!(state_of("Terminated"), None);
+    }
+
+    #[test]
+    fn credentials_file_is_line_per_variable_and_rejects_line_breaks() {
+        let ok = credentials_file(&[
+            ("A".to_owned(), "x=y".to_owned()),
+            ("B_2".to_owned(), String::new()),
+        ]);
+        assert_eq!(ok, Ok("A=x=y\nB_2=\n".to_owned()));
+        assert!(credentials_file(&[("A".to_owned(), "x\ny".to_owned())]).is_err());
+        assert!(credentials_file(&[("A B".to_owned(), "x".to_owned())]).is_err());
+    }
+}

@@ -1,0 +1,368 @@
+//! Configuration of the aws-asg backend: the backend-level [`Config`] (region, endpoint, SSM
+//! prefix, timings) and the per-pool [`PoolTemplate`] (which Auto Scaling group), their pure
+//! validation, and the template hash.
+//!
+//! Nothing here opens a connection.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Longest pool name: it is a segment of SSM parameter names (at most 1011 characters in all)
+/// and of the runner name `rs-{pool}-{10 chars}`, which CI systems limit to 64 characters.
+pub(crate) const MAX_POOL_NAME: usize = 64 - 14;
+
+/// Backend-level settings of the aws-asg backend.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// AWS region of the groups and parameters. Default: the SDK's (`AWS_REGION`, the
+    /// profile, the instance metadata).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint URL for both Auto Scaling and SSM (a VPC endpoint, or an emulator). Default:
+    /// the region's public endpoints.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Root of runscale's SSM parameters: credentials are written to
+    /// `{ssm_prefix}/{pool}/{instance-id}` and bindings to
+    /// `{ssm_prefix}/{pool}/binding/{instance-id}`.
+    #[serde(default = "default_ssm_prefix")]
+    pub ssm_prefix: String,
+    /// How long a launch waits for the group to show the instance it asked for, a duration
+    /// such as "5m".
+    #[serde(default = "default_claim_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub claim_timeout: Duration,
+    /// How often a launch re-reads the group while it waits for the new instance.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub poll_interval: Duration,
+    /// Attempts per AWS call (the SDK's standard retry mode with exponential backoff and
+    /// jitter; throttling errors are retried). At least 1.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+/// The default [`Config::ssm_prefix`]: `/runscale`.
+fn default_ssm_prefix() -> String {
+    "/runscale".to_owned()
+}
+
+/// The default [`Config::claim_timeout`]: 5 minutes.
+fn default_claim_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The default [`Config::poll_interval`]: 2 seconds.
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// The default [`Config::max_attempts`]: 5.
+fn default_max_attempts() -> u32 {
+    5
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint_url: None,
+            ssm_prefix: default_ssm_prefix(),
+            claim_timeout: default_claim_timeout(),
+            poll_interval: default_poll_interval(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings without touching the network. Errors name the field (relative to
+    /// this struct) and say what is wrong.
+    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        if let Some(region) = &self.region
+            && (region.is_empty()
+                || !region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        {
+            errors.push((
+                "region".to_owned(),
+                format!("{region:?} is not a region name such as us-east-1"),
+            ));
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            errors.push((
+                "endpoint_url".to_owned(),
+                "must be an http:// or https:// URL".to_owned(),
+            ));
+        }
+        if let Some(problem) = ssm_prefix_problem(&self.ssm_prefix) {
+            errors.push(("ssm_prefix".to_owned(), problem));
+        }
+        if self.claim_timeout < Duration::from_secs(1) {
+            errors.push(("claim_timeout".to_owned(), "must be at least 1s".to_owned()));
+        }
+        if self.poll_interval < Duration::from_millis(10) || self.poll_interval > self.claim_timeout
+        {
+            errors.push((
+                "poll_interval".to_owned(),
+                "must be at least 10ms and at most claim_timeout".to_owned(),
+            ));
+        }
+        if !(1..=20).contains(&self.max_attempts) {
+            errors.push((
+                "max_attempts".to_owned(),
+                "must be between 1 and 20".to_owned(),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn ssm_prefix_problem(prefix: &str) -> Option<String> {
+    if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.len() < 2 {
+        return Some("must start with '/' and not end with '/' (e.g. /runscale)".to_owned());
+    }
+    if prefix.len() > 200 {
+        return Some("must be at most 200 characters".to_owned());
+    }
+    let ok = prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+    let reserved = prefix.split('/').any(|seg| {
+        seg.to_ascii_lowercase().starts_with("aws") || seg.to_ascii_lowercase().starts_with("ssm")
+    });
+    if !ok || prefix.contains("//") {
+        return Some("may hold only letters, digits, '_', '.', '-' and single '/'".to_owned());
+    }
+    if reserved {
+        return Some("segments may not start with 'aws' or 'ssm' (reserved by SSM)".to_owned());
+    }
+    None
+}
+
+/// Which Auto Scaling group hosts one pool's runners. Exactly one of the fields.
+///
+/// The group must have `MinSize` 0 (runscale scales in by terminating single instances with
+/// the desired capacity decremented, which AWS refuses below `MinSize`), and its launch
+/// template's user data must start the runner from the pool's SSM parameter (see
+/// `deploy/aws/runner-user-data.sh`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTemplate {
+    /// The group's name.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// A CircleCI resource class (`org/name`): the one group tagged `resource-class` with
+    /// this value (circleci-runner-autoscaler's convention; the group's name may differ).
+    #[serde(default)]
+    pub resource_class: Option<String>,
+    /// `true`: the one group tagged `runscale/pool` with the pool's name.
+    #[serde(default)]
+    pub pool_tag: bool,
+}
+
+/// How a pool's group is found, after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum GroupSelector {
+    /// By name.
+    Name(String),
+    /// The one group with this tag key and value.
+    Tag { key: &'static str, value: String },
+}
+
+impl std::fmt::Display for GroupSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupSelector::Name(n) => write!(f, "group {n}"),
+            GroupSelector::Tag { key, value } => write!(f, "the group tagged {key}={value}"),
+        }
+    }
+}
+
+/// Tag of a group found by CircleCI resource class.
+pub(crate) const RESOURCE_CLASS_TAG: &str = "resource-class";
+/// Tag of a group found by pool name.
+pub(crate) const POOL_TAG: &str = "runscale/pool";
+
+impl PoolTemplate {
+    /// A template naming a group.
+    pub fn group(name: impl Into<String>) -> Self {
+        Self {
+            group: Some(name.into()),
+            resource_class: None,
+            pool_tag: false,
+        }
+    }
+
+    /// Checks the template of `pool` without touching the network. Errors name the field
+    /// (relative to this struct) and say what is wrong.
+    pub fn validate(&self, pool: &str) -> Result<(), Vec<(String, String)>> {
+        self.selector(pool).map(|_| ())
+    }
+
+    pub(crate) fn selector(&self, pool: &str) -> Result<GroupSelector, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        if pool.is_empty()
+            || pool.len() > MAX_POOL_NAME
+            || !pool
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            errors.push((
+                "pool".to_owned(),
+                format!(
+                    "pool name {pool:?} must be 1 to {MAX_POOL_NAME} letters, digits, '-' or '_' (it names SSM parameters)"
+                ),
+            ));
+        }
+        let chosen = usize::from(self.group.is_some())
+            + usize::from(self.resource_class.is_some())
+            + usize::from(self.pool_tag);
+        if chosen != 1 {
+            errors.push((
+                "group".to_owned(),
+                "set exactly one of group, resource_class and pool_tag".to_owned(),
+            ));
+        }
+        if let Some(g) = &self.group
+            && (g.is_empty() || g.len() > 255)
+        {
+            errors.push(("group".to_owned(), "must be 1 to 255 characters".to_owned()));
+        }
+        if let Some(rc) = &self.resource_class
+            && (rc.is_empty() || rc.len() > 256)
+        {
+            errors.push((
+                "resource_class".to_owned(),
+                "must be 1 to 256 characters".to_owned(),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(match (&self.group, &self.resource_class) {
+            (Some(g), _) => GroupSelector::Name(g.clone()),
+            (None, Some(rc)) => GroupSelector::Tag {
+                key: RESOURCE_CLASS_TAG,
+                value: rc.clone(),
+            },
+            (None, None) => GroupSelector::Tag {
+                key: POOL_TAG,
+                value: pool.to_owned(),
+            },
+        })
+    }
+
+    /// A short hash of the template (hex), for the pool's template hash. The launch template
+    /// itself lives in AWS: a new launch template version is rolled out by the group's own
+    /// instance refresh, not by runscale.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let digest = Sha256::digest(&json);
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let c: Config = serde_json::from_str("{}").expect("empty config");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let c = Config {
+            region: Some("US East".to_owned()),
+            endpoint_url: Some("localhost:5000".to_owned()),
+            ssm_prefix: "runscale/".to_owned(),
+            claim_timeout: Duration::ZERO,
+            poll_interval: Duration::from_secs(1),
+            max_attempts: 0,
+        };
+        let fields: Vec<String> = c
+            .validate()
+            .expect_err("invalid")
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "region",
+                "endpoint_url",
+                "ssm_prefix",
+                "claim_timeout",
+                "poll_interval",
+                "max_attempts"
+            ]
+        );
+        for bad in ["/aws/x", "/a//b", "/a b", "/"] {
+            assert!(ssm_prefix_problem(bad).is_some(), "{bad}");
+        }
+        assert!(ssm_prefix_problem("/ci/runscale").is_none());
+        let unknown = serde_json::from_str::<Config>(r#"{"regio": "x"}"#);
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn exactly_one_group_selector() {
+        let t = PoolTemplate::group("g");
+        assert_eq!(t.selector("p"), Ok(GroupSelector::Name("g".to_owned())));
+        let rc = PoolTemplate {
+            group: None,
+            resource_class: Some("acme/large".to_owned()),
+            pool_tag: false,
+        };
+        assert_eq!(
+            rc.selector("p"),
+            Ok(GroupSelector::Tag {
+                key: "resource-class",
+                value: "acme/large".to_owned()
+            })
+        );
+        let tag = PoolTemplate {
+            group: None,
+            resource_class: None,
+            pool_tag: true,
+        };
+        assert_eq!(
+            tag.selector("linux"),
+            Ok(GroupSelector::Tag {
+                key: "runscale/pool",
+                value: "linux".to_owned()
+            })
+        );
+        let both = PoolTemplate {
+            pool_tag: true,
+            ..PoolTemplate::group("g")
+        };
+        let errs = both.validate("p").expect_err("two selectors");
+        assert_eq!(errs[0].0, "group");
+        let none = PoolTemplate {
+            group: None,
+            resource_class: None,
+            pool_tag: false,
+        };
+        assert!(none.validate("p").is_err());
+        assert!(t.validate("bad/pool").is_err());
+        assert_ne!(t.hash(), PoolTemplate::group("h").hash());
+        assert_eq!(t.hash().len(), 16);
+    }
+}
