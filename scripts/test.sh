@@ -34,6 +34,22 @@ fi
 export RUNSCALE_HELM_PYTHON="$HELM_VENV/bin/python"
 echo "helm: $("$RUNSCALE_HELM_PYTHON" -c 'import helm_python as h; print(h.helm_sdk_version())') (helm-python-sdk in $HELM_VENV)"
 
+# moto (PyPI moto[server]): the AWS emulator the aws-asg backend's tests run against. Installed once
+# into a virtualenv outside the checkout; each test binary starts its own moto_server on loopback,
+# found through RUNSCALE_MOTO_SERVER.
+MOTO_VENV="${RUNSCALE_MOTO_VENV:-$HOME/.cache/runscale/moto-venv}"
+MOTO_PACKAGES="moto[server]==5.2.5"
+stamp="$MOTO_VENV/.installed-$(echo "$MOTO_PACKAGES" | cksum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ]; then
+  rm -rf "$MOTO_VENV"
+  { python3 -m venv "$MOTO_VENV" \
+      && "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "$MOTO_PACKAGES"; } \
+    || { echo "cannot install $MOTO_PACKAGES into $MOTO_VENV (needs python3 with venv)"; exit 1; }
+  touch "$stamp"
+fi
+export RUNSCALE_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+echo "moto: $("$MOTO_VENV/bin/python" -c 'import moto; print(moto.__version__)') (moto_server in $MOTO_VENV)"
+
 # GitHub's OpenAPI description and webhook examples (contract tests), Prism (a validating proxy).
 # Installed once into a cache outside the checkout; tests find it through RUNSCALE_NPM_DIR.
 export RUNSCALE_NPM_DIR="${RUNSCALE_NPM_DIR:-$HOME/.cache/runscale/npm}"

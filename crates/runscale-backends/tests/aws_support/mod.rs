@@ -1,0 +1,371 @@
+//! Test support for the aws-asg backend: one `moto_server` per test binary on a free loopback
+//! port (killed by PID when the last test using it drops it), SDK clients pointed at it, group
+//! fixtures, a checker for what moto does not validate, and a fault-injecting proxy speaking
+//! the AWS wire protocols (Query XML errors for Auto Scaling, JSON errors for SSM).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use aws_sdk_autoscaling::config::Credentials;
+use aws_sdk_autoscaling::types::Tag;
+
+/// A running moto_server.
+pub struct Moto {
+    child: Mutex<Child>,
+    /// `http://127.0.0.1:{port}`.
+    pub url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+static MOTO: Mutex<Weak<Moto>> = Mutex::new(Weak::new());
+
+/// The moto_server of this test binary, started on first use; `None` (after a note) when
+/// `RUNSCALE_MOTO_SERVER` is not set, which fails the test when `CI` is set.
+pub fn moto() -> Option<Arc<Moto>> {
+    let Some(bin) = std::env::var_os("RUNSCALE_MOTO_SERVER") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
+        );
+        eprintln!(
+            "note: RUNSCALE_MOTO_SERVER not set; skipping the moto test (run scripts/test.sh)"
+        );
+        return None;
+    };
+    let mut slot = MOTO.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = slot.upgrade() {
+        return Some(m);
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}"));
+    let moto = Arc::new(Moto {
+        child: Mutex::new(child),
+        url: format!("http://127.0.0.1:{port}"),
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "moto_server did not listen on {addr} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    *slot = Arc::downgrade(&moto);
+    Some(moto)
+}
+
+/// An SDK configuration for `url` (moto or a proxy in front of it).
+pub async fn sdk(url: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(url)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "static"))
+        .load()
+        .await
+}
+
+/// The test's own clients, to set up and inspect what the backend works on.
+pub struct Inspect {
+    pub asg: aws_sdk_autoscaling::Client,
+    pub ssm: aws_sdk_ssm::Client,
+}
+
+impl Inspect {
+    pub async fn new(url: &str) -> Self {
+        let sdk = sdk(url).await;
+        Self {
+            asg: aws_sdk_autoscaling::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+        }
+    }
+
+    /// Creates a group (and its launch configuration) with min 0, desired 0 and `tags`.
+    pub async fn create_group(&self, name: &str, max: i32, tags: &[(&str, &str)]) {
+        let lc = format!("{name}-lc");
+        self.asg
+            .create_launch_configuration()
+            .launch_configuration_name(&lc)
+            .image_id("ami-12c6146b")
+            .instance_type("t3.micro")
+            .send()
+            .await
+            .expect("create launch configuration");
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| {
+                Tag::builder()
+                    .key(*k)
+                    .value(*v)
+                    .resource_id(name)
+                    .resource_type("auto-scaling-group")
+                    .propagate_at_launch(true)
+                    .build()
+            })
+            .collect();
+        self.asg
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_configuration_name(&lc)
+            .min_size(0)
+            .max_size(max)
+            .desired_capacity(0)
+            .availability_zones("us-east-1a")
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .expect("create group");
+    }
+
+    /// The group as AWS reports it.
+    pub async fn group(&self, name: &str) -> aws_sdk_autoscaling::types::AutoScalingGroup {
+        self.asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .expect("describe group")
+            .auto_scaling_groups()
+            .first()
+            .cloned()
+            .unwrap_or_else(|| panic!("group {name} missing"))
+    }
+
+    /// Live (not terminating) instance ids and whether each is protected.
+    pub async fn live(&self, name: &str) -> HashMap<String, bool> {
+        live_of(&self.group(name).await)
+    }
+
+    /// Names of every parameter under `path`.
+    pub async fn parameters(&self, path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let resp = self
+                .ssm
+                .get_parameters_by_path()
+                .path(path)
+                .recursive(true)
+                .set_next_token(token)
+                .send()
+                .await
+                .expect("list parameters");
+            out.extend(
+                resp.parameters()
+                    .iter()
+                    .filter_map(|p| p.name().map(str::to_owned)),
+            );
+            token = resp.next_token().map(str::to_owned);
+            if token.is_none() {
+                return out;
+            }
+        }
+    }
+
+    /// What AWS would refuse and moto accepts: checked after every step of a test.
+    /// min <= desired <= max, and as many live members as desired (moto launches at once).
+    pub async fn check_group(&self, name: &str) {
+        let g = self.group(name).await;
+        let (min, desired, max) = (
+            g.min_size().unwrap_or(0),
+            g.desired_capacity().unwrap_or(0),
+            g.max_size().unwrap_or(0),
+        );
+        assert!(
+            min <= desired && desired <= max,
+            "group {name}: min {min} <= desired {desired} <= max {max} violated"
+        );
+        let live = live_of(&g).len() as i32;
+        assert_eq!(
+            live, desired,
+            "group {name}: {live} live members, desired {desired}"
+        );
+    }
+}
+
+/// Live (not terminating) members of a group and whether each is protected.
+pub fn live_of(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> HashMap<String, bool> {
+    g.instances()
+        .iter()
+        .filter(|i| {
+            i.lifecycle_state()
+                .is_none_or(|s| !s.as_str().starts_with("Terminat"))
+        })
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_owned(),
+                i.protected_from_scale_in().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+/// What the fault proxy answers instead of forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Throttle,
+    AccessDenied,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// Action name → (fault, remaining count).
+    rules: HashMap<String, (Fault, usize)>,
+    /// Action name → requests seen.
+    seen: HashMap<String, usize>,
+}
+
+/// A loopback proxy in front of moto that answers chosen actions with AWS errors.
+pub struct FaultProxy {
+    pub url: String,
+    state: Arc<Mutex<ProxyState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn action_of(headers: &axum::http::HeaderMap, body: &[u8]) -> String {
+    if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        return target.rsplit('.').next().unwrap_or_default().to_owned();
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("Action="))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> Self {
+        use axum::body::Bytes;
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        use axum::response::IntoResponse;
+
+        let state: Arc<Mutex<ProxyState>> = Arc::default();
+        let client = reqwest::Client::new();
+        let upstream = upstream.to_owned();
+        let st = state.clone();
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (client, upstream, st) = (client.clone(), upstream.clone(), st.clone());
+            async move {
+                let action = action_of(&headers, &body);
+                let json = headers.contains_key("x-amz-target");
+                let fault = {
+                    let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                    *s.seen.entry(action.clone()).or_default() += 1;
+                    match s.rules.get_mut(&action) {
+                        Some((f, n)) if *n > 0 => {
+                            *n -= 1;
+                            Some(*f)
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(f) = fault {
+                    let (status, code, msg) = match (f, json) {
+                        (Fault::Throttle, false) => (400, "Throttling", "Rate exceeded"),
+                        (Fault::Throttle, true) => (400, "ThrottlingException", "Rate exceeded"),
+                        (Fault::AccessDenied, false) => {
+                            (403, "AccessDenied", "User is not authorized")
+                        }
+                        (Fault::AccessDenied, true) => {
+                            (400, "AccessDeniedException", "User is not authorized")
+                        }
+                    };
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                    return if json {
+                        (
+                            status,
+                            [("content-type", "application/x-amz-json-1.1")],
+                            format!(r#"{{"__type":"{code}","message":"{msg}"}}"#),
+                        )
+                            .into_response()
+                    } else {
+                        (
+                            status,
+                            [("content-type", "text/xml")],
+                            format!(
+                                "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{msg}</Message></Error><RequestId>fault</RequestId></ErrorResponse>"
+                            ),
+                        )
+                            .into_response()
+                    };
+                }
+                let mut req = client.request(method, format!("{upstream}{uri}"));
+                for (k, v) in &headers {
+                    if k != "host" && k != "content-length" {
+                        req = req.header(k, v);
+                    }
+                }
+                match req.body(body).send().await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let ct = resp
+                            .headers()
+                            .get("content-type")
+                            .cloned()
+                            .unwrap_or(axum::http::HeaderValue::from_static("text/xml"));
+                        let bytes = resp.bytes().await.unwrap_or_default();
+                        (status, [(axum::http::header::CONTENT_TYPE, ct)], bytes).into_response()
+                    }
+                    Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+                }
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, state, task }
+    }
+
+    /// Answers the next `n` requests of `action` (e.g. `SetDesiredCapacity`, `PutParameter`)
+    /// with `fault`.
+    pub fn fail(&self, action: &str, fault: Fault, n: usize) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rules
+            .insert(action.to_owned(), (fault, n));
+    }
+
+    /// Requests of `action` seen so far (faulted or forwarded).
+    pub fn seen(&self, action: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .get(action)
+            .copied()
+            .unwrap_or(0)
+    }
+}
