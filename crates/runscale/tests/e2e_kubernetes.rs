@@ -3,7 +3,9 @@
 //! kubelet runs every pod's container as a local process — here `runscale fake-runner`, which
 //! takes its JIT configuration from the pod's Secret through `envFrom`. 100 jobs must complete
 //! with one pod per runner (no pod created twice), and once the pool has scaled back to zero
-//! no pod, Secret or process may be left.
+//! no pod, Secret or process may be left. Then the same with two `runscale run` replicas
+//! electing a leader over a Lease: the leader is killed (SIGKILL) mid-run, the other takes over
+//! within the lease duration plus one pass, every job completes and no pod is created twice.
 
 #![cfg(all(feature = "backend-kubernetes", feature = "provider-github"))]
 
@@ -25,6 +27,9 @@ const NAMESPACE: &str = "ci";
 const JOBS: usize = 100;
 const TOKEN: &str = "e2e-token";
 const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
+const FAILOVER_JOBS: usize = 60;
+const LEASE_DURATION: Duration = Duration::from_secs(4);
+const INTERVAL: Duration = Duration::from_secs(3);
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write");
@@ -59,6 +64,20 @@ fn workload() -> Workload {
     for i in 0..JOBS as u64 {
         let at = Duration::from_millis(i * 200);
         let run = Duration::from_millis(500 + (i * 379) % 1500);
+        w = w.job(
+            at,
+            JobSpec::new("octo-org/app", &["self-hosted", "k8s"], run).named(format!("job-{i}")),
+        );
+    }
+    w
+}
+
+/// 60 jobs over about 24 s, each running 1 to 3 s.
+fn failover_workload() -> Workload {
+    let mut w = Workload::new();
+    for i in 0..FAILOVER_JOBS as u64 {
+        let at = Duration::from_millis(i * 400);
+        let run = Duration::from_millis(1000 + (i * 379) % 2000);
         w = w.job(
             at,
             JobSpec::new("octo-org/app", &["self-hosted", "k8s"], run).named(format!("job-{i}")),
@@ -214,6 +233,167 @@ async fn a_hundred_jobs_run_in_pods_with_no_duplicate_and_nothing_left() {
         "every Secret collected"
     );
 
+    kube.shutdown().await;
+    github.shutdown().await;
+}
+
+/// The Lease's holder, if any.
+fn lease_holder(kube: &KubeHandle) -> Option<String> {
+    kube.leases(NAMESPACE)
+        .into_iter()
+        .find(|l| l.metadata.name.as_deref() == Some("runscale"))
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+/// A `runscale run` process, killed when dropped; its stderr goes to a file.
+struct Replica {
+    child: std::process::Child,
+}
+
+impl Replica {
+    fn start(config: &Path, identity: &str, log: &Path) -> Self {
+        let child = std::process::Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .args(["--leader-elect-identity", identity])
+            .env_remove("RUNSCALE_LOG_LEVEL")
+            .env_remove("RUNSCALE_LOG_FORMAT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("spawn runscale run");
+        Self { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_is_killed_mid_run_and_the_other_replica_finishes_every_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen_a = format!("127.0.0.1:{}", free_port());
+    let listen_b = format!("127.0.0.1:{}", free_port());
+    // Webhooks go to the first replica only; once it is dead, the second one's poll sees
+    // every change.
+    let (github, kube) = start_emulators(&listen_a).await;
+    write(&dir.path().join("token"), TOKEN);
+    write(&dir.path().join("webhook-secret"), WEBHOOK_SECRET);
+    kube.write_kubeconfig(&dir.path().join("kubeconfig"))
+        .expect("kubeconfig");
+    let leader_election = format!(
+        "leader_election:\n  enabled: true\n  namespace: {NAMESPACE}\n  \
+         lease_duration: {}s\n  renew_deadline: 3s\n  retry_period: 1s\n  \
+         kubeconfig: {}\n  context: runscale-fake\n",
+        LEASE_DURATION.as_secs(),
+        serde_json::Value::String(dir.path().join("kubeconfig").display().to_string()),
+    );
+    let mut configs = Vec::new();
+    for (name, listen) in [("a", &listen_a), ("b", &listen_b)] {
+        let text = config_text(listen, github.base_url(), dir.path()) + &leader_election;
+        let path = dir.path().join(format!("{name}.yaml"));
+        write(&path, &text);
+        configs.push(path);
+    }
+
+    let mut a = Replica::start(&configs[0], "replica-a", &dir.path().join("a.log"));
+    wait_for("replica a to lead", Duration::from_secs(60), || {
+        lease_holder(&kube).as_deref() == Some("replica-a")
+    })
+    .await;
+    let _b = Replica::start(&configs[1], "replica-b", &dir.path().join("b.log"));
+
+    let playing = github.run_workload(failover_workload()).expect("workload");
+    // Mid-run: a third of the jobs done, others running in pods the leader created.
+    wait_for("a third of the jobs done", Duration::from_secs(120), || {
+        github.snapshot().completed().count() >= FAILOVER_JOBS / 3
+    })
+    .await;
+    let running_pods = kube.pods(NAMESPACE).len();
+    a.kill();
+    let killed = Instant::now();
+    wait_for("replica b to take over", Duration::from_secs(60), || {
+        lease_holder(&kube).as_deref() == Some("replica-b")
+    })
+    .await;
+    let takeover = killed.elapsed();
+    // Then b acts: its first pod appears within one more pass (jobs keep arriving).
+    let created_before = kube.pods_created_total();
+    wait_for("replica b to launch a pod", Duration::from_secs(60), || {
+        kube.pods_created_total() > created_before
+    })
+    .await;
+    let first_launch = killed.elapsed();
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+
+    wait_for("every job to complete", Duration::from_secs(240), || {
+        playing.is_finished()
+            && github.snapshot().jobs.len() == FAILOVER_JOBS
+            && github.snapshot().all_done()
+    })
+    .await;
+    wait_for(
+        "no pod, Secret or process left",
+        Duration::from_secs(90),
+        || {
+            kube.pods(NAMESPACE).is_empty()
+                && kube.secrets(NAMESPACE).is_empty()
+                && kube.process_ids().is_empty()
+        },
+    )
+    .await;
+    eprintln!(
+        "killed the leader with {running_pods} pods up; lease taken over after {:.1}s, first \
+         launch by the new leader after {:.1}s; {} pods for {FAILOVER_JOBS} jobs",
+        takeover.as_secs_f64(),
+        first_launch.as_secs_f64(),
+        kube.pods_created_total(),
+    );
+    // The lease runs out LEASE_DURATION after the last renewal; the standby tries every
+    // retry period; allow one pass and scheduling slack on a shared machine.
+    assert!(
+        takeover <= LEASE_DURATION + INTERVAL + Duration::from_secs(2),
+        "takeover took {takeover:?}\nb:\n{}",
+        log("b.log")
+    );
+
+    let snap = github.snapshot();
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+    assert!(
+        snap.jobs
+            .iter()
+            .all(|j| j.conclusion == Some(Conclusion::Success))
+    );
+    let mut runners = BTreeSet::new();
+    for j in &snap.jobs {
+        let name = j.runner_name.as_deref().expect("a job ran on a runner");
+        assert!(runners.insert(name), "runner {name} ran two jobs");
+    }
+    // No pod created twice: every pod create succeeded (a second create of a runner's pod
+    // name is a 409), from either replica.
+    let failed: Vec<_> = kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/pods") && r.status != 201)
+        .collect();
+    assert!(failed.is_empty(), "failed pod creations: {failed:?}");
+    let created = kube.pods_created_total() as usize;
+    assert!(
+        (FAILOVER_JOBS..=FAILOVER_JOBS + 8).contains(&created),
+        "{created} pods for {FAILOVER_JOBS} jobs\na:\n{}\nb:\n{}",
+        log("a.log"),
+        log("b.log")
+    );
+    drop(_b);
     kube.shutdown().await;
     github.shutdown().await;
 }
