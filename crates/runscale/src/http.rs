@@ -12,6 +12,9 @@
 //! | `GET /api/v1/pools` | JSON array of every pool's status |
 //! | `POST /webhooks/{provider}` | see below |
 //!
+//! [`crate::daemon`] adds `GET /api/v1/leader` (this replica's view of the election) and answers
+//! `/readyz` on a standby replica, which is ready without reconciling.
+//!
 //! Webhooks: the body is limited to 1 MiB (413 beyond). The delivery is handed to the
 //! provider configured under that name, which verifies and parses it; the pools it names are
 //! woken. Answers: 202 `{"woke": [pools]}`; 404 for an unknown provider; 401 when the
