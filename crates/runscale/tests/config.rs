@@ -475,3 +475,30 @@ fn kubernetes_pools_host_one_runner_per_pod_and_need_one_template_source() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn aws_asg_pools_name_their_group_and_host_one_runner_per_instance() {
+    let asg = |template: &str, extra: &str| {
+        yaml(extra)
+            .replace(
+                "    type: local-process\n    state_dir: /tmp/runscale-config-test\n",
+                "    type: aws-asg\n    region: eu-west-1\n",
+            )
+            .replace(r#"template: {command: ["/bin/true"]}"#, template)
+    };
+    let v = load(&asg("template: {group: ci-linux}", "")).expect("valid");
+    assert_eq!(v.backends[0].settings.kind(), "aws-asg");
+    let errors = errors_of(&asg(
+        "template: {group: ci-linux}",
+        "    runners_per_instance: 2\n",
+    ));
+    let e = error_at(&errors, "pools[0].runners_per_instance");
+    assert!(e.message.contains("one runner per instance"), "{e}");
+    let errors = errors_of(&asg("template: {}", ""));
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.path.starts_with("pools[0].template")),
+        "{errors:#?}"
+    );
+}

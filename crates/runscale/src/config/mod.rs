@@ -20,6 +20,8 @@
 //! [`Spanned`]: serde_saphyr::Spanned
 
 mod build;
+#[cfg(feature = "backend-aws-asg")]
+mod deferred;
 mod error;
 pub mod interpolate;
 mod model;

@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+#[cfg(feature = "backend-aws-asg")]
+use runscale_backends::aws_asg;
 #[cfg(feature = "backend-kubernetes")]
 use runscale_backends::kubernetes;
 #[cfg(feature = "backend-local-process")]
@@ -70,6 +72,11 @@ pub const BACKEND_TYPES: &[TypeInfo] = &[
         name: "kubernetes",
         feature: "backend-kubernetes",
         compiled: cfg!(feature = "backend-kubernetes"),
+    },
+    TypeInfo {
+        name: "aws-asg",
+        feature: "backend-aws-asg",
+        compiled: cfg!(feature = "backend-aws-asg"),
     },
 ];
 
@@ -127,6 +134,9 @@ pub enum BackendSettings {
     /// `kubernetes`.
     #[cfg(feature = "backend-kubernetes")]
     Kubernetes(kubernetes::Config),
+    /// `aws-asg`.
+    #[cfg(feature = "backend-aws-asg")]
+    AwsAsg(aws_asg::Config),
 }
 
 /// A pool's template, parsed into its backend type's template.
@@ -138,6 +148,9 @@ pub enum TemplateSettings {
     /// `kubernetes` (boxed: a pod template is large).
     #[cfg(feature = "backend-kubernetes")]
     Kubernetes(Box<kubernetes::PoolTemplate>),
+    /// `aws-asg`.
+    #[cfg(feature = "backend-aws-asg")]
+    AwsAsg(aws_asg::PoolTemplate),
 }
 
 impl ProviderSettings {
@@ -160,6 +173,8 @@ impl BackendSettings {
             BackendSettings::LocalProcess(_) => "local-process",
             #[cfg(feature = "backend-kubernetes")]
             BackendSettings::Kubernetes(_) => "kubernetes",
+            #[cfg(feature = "backend-aws-asg")]
+            BackendSettings::AwsAsg(_) => "aws-asg",
         }
     }
 }
@@ -303,6 +318,9 @@ pub(crate) fn parse_backend(
         #[cfg(feature = "backend-kubernetes")]
         "kubernetes" => typed(Value::Object(settings), path, kubernetes::Config::validate)
             .map(BackendSettings::Kubernetes),
+        #[cfg(feature = "backend-aws-asg")]
+        "aws-asg" => typed(Value::Object(settings), path, aws_asg::Config::validate)
+            .map(BackendSettings::AwsAsg),
         _ => {
             let _ = settings;
             Err(vec![unknown_type(
@@ -375,6 +393,23 @@ pub(crate) fn parse_template(
                 .map_err(|errors| prefixed(pool_path, errors))?;
             Ok(TemplateSettings::Kubernetes(Box::new(t)))
         }
+        #[cfg(feature = "backend-aws-asg")]
+        BackendSettings::AwsAsg(_) => {
+            let t = typed(value, path, |t: &aws_asg::PoolTemplate| {
+                t.validate(pool.name)
+            })?;
+            if runners_per_instance != 1 {
+                let pool_path = path.strip_suffix(".template").unwrap_or(path);
+                return Err(vec![FieldError::new(
+                    join_key(pool_path, "runners_per_instance"),
+                    format!(
+                        "the aws-asg backend runs one runner per instance; set 1, not \
+                         {runners_per_instance}"
+                    ),
+                )]);
+            }
+            Ok(TemplateSettings::AwsAsg(t))
+        }
     }
 }
 
@@ -386,6 +421,8 @@ impl TemplateSettings {
             TemplateSettings::LocalProcess(ref t) => t.template_hash(),
             #[cfg(feature = "backend-kubernetes")]
             TemplateSettings::Kubernetes(ref t) => t.template_hash(),
+            #[cfg(feature = "backend-aws-asg")]
+            TemplateSettings::AwsAsg(ref t) => t.hash(),
         }
     }
 }
@@ -470,6 +507,29 @@ pub(crate) fn build_backend(
                 .collect::<runscale_core::Result<HashMap<_, _>>>()?;
             let backend = kubernetes::Kubernetes::new(config.clone(), templates)?;
             Ok(Arc::new(backend))
+        }
+        #[cfg(feature = "backend-aws-asg")]
+        BackendSettings::AwsAsg(ref config) => {
+            let templates = templates
+                .into_iter()
+                .map(|(pool, t)| match t {
+                    TemplateSettings::AwsAsg(t) => Ok((pool, t)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(mismatch(&pool, "template")),
+                })
+                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
+            // The SDK loads its credential chain and region asynchronously: built on first use.
+            let config = config.clone();
+            Ok(Arc::new(super::deferred::Deferred::new(
+                "aws-asg",
+                move || {
+                    let (config, templates) = (config.clone(), templates.clone());
+                    async move {
+                        let backend = aws_asg::AwsAsg::connect(config, templates).await?;
+                        Ok(Arc::new(backend) as Arc<dyn Backend>)
+                    }
+                },
+            )))
         }
     }
 }
@@ -563,6 +623,10 @@ pub(crate) fn backends_schema(generator: &mut SchemaGenerator) -> Schema {
         "backend",
         "kubernetes",
     ));
+    #[cfg(feature = "backend-aws-asg")]
+    variants.push(entry_schema::<aws_asg::Config>(
+        generator, "backend", "aws-asg",
+    ));
     let _ = &generator;
     list_of(one_of(
         "A backend: `name`, `type` and that type's settings.",
@@ -601,6 +665,8 @@ pub(crate) fn template_schema(generator: &mut SchemaGenerator) -> Schema {
     variants.push(<local_process::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
     #[cfg(feature = "backend-kubernetes")]
     variants.push(<kubernetes::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
+    #[cfg(feature = "backend-aws-asg")]
+    variants.push(<aws_asg::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
     let _ = &generator;
     any_of(
         "How one instance is started; the shape is that of the pool's backend type.",
