@@ -152,6 +152,18 @@ pub struct LaunchRequest {
     pub template_hash: String,
 }
 
+/// Something notable a backend did that is worth counting, beyond the call's outcome: a spot
+/// launch that fell back to on-demand capacity, a group at its size limit, ... Counted by the
+/// instrumenting wrapper under `runscale_backend_events_total{account, pool, event}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendEvent {
+    /// The pool it concerns.
+    pub pool: PoolId,
+    /// A stable, static name (a metric label, so never built from data), e.g.
+    /// `spot_fallback_on_demand`.
+    pub event: &'static str,
+}
+
 /// Somewhere runners run: local processes, pods, EC2 instances, an Auto Scaling group.
 ///
 /// A backend is built with the template of every pool bound to it. Instances carry the pool,
@@ -184,6 +196,13 @@ pub trait Backend: Send + Sync + 'static {
     /// and the pass goes on; the next pass calls again. Default: nothing.
     async fn mark_busy(&self, _pool: &PoolId, _busy: &[InstanceId]) -> Result<()> {
         Ok(())
+    }
+
+    /// Takes the [`BackendEvent`]s recorded since the last call. The instrumenting wrapper calls
+    /// it after every call and counts them, so adapter code never touches metrics. Default:
+    /// none. Wrappers that forward calls to another backend must forward this too.
+    fn take_events(&self) -> Vec<BackendEvent> {
+        Vec::new()
     }
 
     /// Subscribes to instance changes the backend notices by itself (a process exited, a pod

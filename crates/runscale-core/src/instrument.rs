@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::adapter::{
-    Backend, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
+    Backend, BackendEvent, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
 };
 use crate::error::Result;
-use crate::metrics::{AccountLabels, CallLabels, Metrics};
+use crate::metrics::{AccountLabels, BackendEventLabels, CallLabels, Metrics};
 use crate::model::{Instance, InstanceId, PoolId, RunnerId};
 
 /// Records one call's latency and outcome.
@@ -172,6 +172,28 @@ impl InstrumentedBackend {
     }
 }
 
+impl InstrumentedBackend {
+    /// Counts the events the backend recorded during the call that just ended.
+    fn count_events(&self) {
+        for e in self.inner.take_events() {
+            self.metrics
+                .backend_events
+                .get_or_create(&BackendEventLabels {
+                    account: self.account.clone(),
+                    pool: e.pool.to_string(),
+                    event: e.event,
+                })
+                .inc();
+        }
+    }
+
+    async fn counted<T>(&self, op: &'static str, f: impl Future<Output = Result<T>>) -> Result<T> {
+        let out = timed(&self.metrics, &self.account, op, f).await;
+        self.count_events();
+        out
+    }
+}
+
 #[async_trait]
 impl Backend for InstrumentedBackend {
     fn kind(&self) -> &'static str {
@@ -179,50 +201,111 @@ impl Backend for InstrumentedBackend {
     }
 
     async fn instances(&self, pools: &[PoolId]) -> Result<HashMap<PoolId, Vec<Instance>>> {
-        timed(
-            &self.metrics,
-            &self.account,
-            "instances",
-            self.inner.instances(pools),
-        )
-        .await
+        self.counted("instances", self.inner.instances(pools)).await
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
-        timed(
-            &self.metrics,
-            &self.account,
-            "launch",
-            self.inner.launch(request),
-        )
-        .await
+        self.counted("launch", self.inner.launch(request)).await
     }
 
     async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
-        timed(
-            &self.metrics,
-            &self.account,
-            "terminate",
-            self.inner.terminate(pool, instance),
-        )
-        .await
+        self.counted("terminate", self.inner.terminate(pool, instance))
+            .await
     }
 
     async fn probe(&self) -> Result<String> {
-        timed(&self.metrics, &self.account, "probe", self.inner.probe()).await
+        self.counted("probe", self.inner.probe()).await
     }
 
     async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
-        timed(
-            &self.metrics,
-            &self.account,
-            "mark_busy",
-            self.inner.mark_busy(pool, busy),
-        )
-        .await
+        self.counted("mark_busy", self.inner.mark_busy(pool, busy))
+            .await
+    }
+
+    fn take_events(&self) -> Vec<BackendEvent> {
+        // Already counted after each call.
+        Vec::new()
     }
 
     fn subscribe(&self, events: mpsc::UnboundedSender<PoolId>) {
         self.inner.subscribe(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::model::InstanceState;
+
+    /// Records one event per launch, as a backend falling back to another capacity type would.
+    #[derive(Default)]
+    struct Eventful {
+        events: Mutex<Vec<BackendEvent>>,
+    }
+
+    #[async_trait]
+    impl Backend for Eventful {
+        fn kind(&self) -> &'static str {
+            "eventful"
+        }
+        async fn instances(&self, _pools: &[PoolId]) -> Result<HashMap<PoolId, Vec<Instance>>> {
+            Ok(HashMap::new())
+        }
+        async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
+            self.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(BackendEvent {
+                    pool: request.pool.clone(),
+                    event: "spot_fallback_on_demand",
+                });
+            Ok(Instance {
+                id: InstanceId::new("i-1"),
+                state: InstanceState::Booting,
+                launched_at: chrono::Utc::now(),
+                template_hash: request.template_hash,
+                runner_names: Vec::new(),
+            })
+        }
+        async fn terminate(&self, _pool: &PoolId, _instance: &InstanceId) -> Result<()> {
+            Ok(())
+        }
+        async fn probe(&self) -> Result<String> {
+            Ok(String::new())
+        }
+        fn take_events(&self) -> Vec<BackendEvent> {
+            std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+    }
+
+    #[tokio::test]
+    async fn backend_events_are_counted_once_per_event() {
+        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let b = InstrumentedBackend::new(
+            Arc::new(Eventful::default()),
+            "ec2".to_owned(),
+            metrics.clone(),
+        );
+        for _ in 0..2 {
+            b.launch(LaunchRequest {
+                pool: PoolId::new("p"),
+                runners: Vec::new(),
+                template_hash: "h".to_owned(),
+            })
+            .await
+            .expect("launch");
+        }
+        b.instances(&[PoolId::new("p")]).await.expect("instances");
+        let labels = BackendEventLabels {
+            account: "ec2".to_owned(),
+            pool: "p".to_owned(),
+            event: "spot_fallback_on_demand",
+        };
+        assert_eq!(metrics.backend_events.get_or_create(&labels).get(), 2);
+        assert!(b.take_events().is_empty(), "the wrapper consumed them");
     }
 }

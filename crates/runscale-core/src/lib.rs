@@ -20,7 +20,8 @@ pub mod secret;
 pub mod testing;
 
 pub use adapter::{
-    Backend, Credentials, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
+    Backend, BackendEvent, Credentials, LaunchRequest, Provider, ProviderView, Registration,
+    WebhookRequest,
 };
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, ErrorKind, Result};

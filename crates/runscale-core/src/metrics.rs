@@ -58,6 +58,17 @@ pub struct CallLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a backend event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendEventLabels {
+    /// Configured backend name (the account).
+    pub account: String,
+    /// Pool name.
+    pub pool: String,
+    /// Event name (`spot_fallback_on_demand`, ...).
+    pub event: &'static str,
+}
+
 /// Labels: account.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabels {
@@ -89,6 +100,9 @@ pub struct Metrics {
     pub api_duration: Family<CallLabels, Histogram>,
     /// Rate-limit budget left per account, as last reported by the provider.
     pub rate_limit_remaining: Family<AccountLabels, Gauge>,
+    /// Notable backend events (e.g. spot launches that fell back to on-demand), by account,
+    /// pool and event.
+    pub backend_events: Family<BackendEventLabels, Counter>,
     /// Duration of a pass (seconds).
     pub pass_duration: Histogram,
     /// Failed passes by pool and error kind.
@@ -118,6 +132,7 @@ impl Metrics {
             api_requests: Family::default(),
             api_duration: Family::new_with_constructor(latency_histogram),
             rate_limit_remaining: Family::default(),
+            backend_events: Family::default(),
             pass_duration: latency_histogram(),
             failures: Family::default(),
         };
@@ -172,6 +187,11 @@ impl Metrics {
             "rate_limit_remaining",
             "API rate-limit budget left, per account",
             m.rate_limit_remaining.clone(),
+        );
+        r.register(
+            "backend_events",
+            "Notable backend events (e.g. spot capacity fallbacks), by account, pool and event",
+            m.backend_events.clone(),
         );
         r.register(
             "pass_duration_seconds",
