@@ -5,12 +5,22 @@
 //!   runs and jobs, App installations, rate limits), `workflow_job` webhooks, fault
 //!   injection, workloads, an invariant log, and the fake runner agent (also the
 //!   `runscale-fake-runner` binary).
+//! - [`circleci`]: CircleCI's self-hosted runner API (v3 and v2 paths), task claiming by
+//!   resource class, plan concurrency, `job-completed`/`workflow-completed` webhooks, fault
+//!   injection, a violation log, and the fake machine runner (also a mode of
+//!   `runscale-fake-runner`).
 //! - [`kube`]: a fake kube-apiserver (pods, secrets, jobs, cronjobs, leases; watches,
 //!   selectors, garbage collection) with a scheduler and a kubelet that runs pods as local
 //!   processes.
+//! - [`aws`] (feature `aws`, on by default): a `moto_server` child on loopback, clients to
+//!   set up and inspect it, and an instance agent that plays every Auto Scaling instance's
+//!   user data (`deploy/aws/runner-user-data.sh`) with the fake runner agent.
 
 // `serde_json::json!` of a full repository object nests deeper than the default allows.
 #![recursion_limit = "256"]
 
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod circleci;
 pub mod github;
 pub mod kube;

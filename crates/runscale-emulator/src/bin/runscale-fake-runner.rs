@@ -10,6 +10,12 @@
 //!    `GITHUB_RUNNER_TOKEN`, `RUNNER_NAME` and `RUNNER_LABELS` (what runscale's GitHub
 //!    provider hands persistent runners with `env` delivery).
 //!
+//! A CircleCI machine runner instead, when `CIRCLECI_RUNNER_API_AUTH_TOKEN` (or the
+//! launch-agent's `LAUNCH_AGENT_API_AUTH_TOKEN`) is set, or the credentials file holds one:
+//! with `CIRCLECI_RUNNER_NAME`, `CIRCLECI_RUNNER_API_URL`, `CIRCLECI_RUNNER_MODE`
+//! (`single-task` | `continuous`) and `CIRCLECI_RUNNER_IDLE_TIMEOUT` (or their `LAUNCH_AGENT_*`
+//! names); see `runscale_emulator::circleci::AgentConfig`.
+//!
 //! Exit codes: 0 done (job finished, shutdown, or runner removed), 1 runtime failure,
 //! 2 bad arguments or credentials. SIGTERM/SIGINT: idle agents disconnect and exit at once;
 //! busy ones finish their job first.
@@ -18,6 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use runscale_emulator::circleci;
 use runscale_emulator::github::{
     AgentExit, JIT_CONFIG_SECRET, JitConfig, Registration, RunnerSource, read_credentials_file,
     run_agent, split_labels,
@@ -92,6 +99,16 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let circleci = match circleci_runners() {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("runscale-fake-runner: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if !circleci.is_empty() {
+        return run_circleci(circleci, shutdown_on_signal()).await;
+    }
     let sources = match sources(Args::parse()) {
         Ok(sources) => sources,
         Err(message) => {
@@ -99,26 +116,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shutdown = CancellationToken::new();
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("shutdown requested");
-            shutdown.cancel();
-        });
-    }
+    let shutdown = shutdown_on_signal();
     let agents: Vec<_> = sources
         .into_iter()
         .map(|source| tokio::spawn(run_agent(source, shutdown.clone())))
@@ -144,6 +142,73 @@ async fn main() -> ExitCode {
             }
             Err(error) => {
                 tracing::error!(%error, "agent task failed");
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    code
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+fn shutdown_on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+    shutdown
+}
+
+/// CircleCI runners from the environment or runscale's credentials file; empty when this is
+/// not a CircleCI runner.
+fn circleci_runners() -> Result<Vec<circleci::AgentConfig>, String> {
+    if let Some(c) = circleci::AgentConfig::from_env().map_err(|e| e.to_string())? {
+        return Ok(vec![c]);
+    }
+    match std::env::var_os("RUNSCALE_CREDENTIALS_FILE") {
+        Some(path) => {
+            circleci::configs_from_credentials_file(&PathBuf::from(path)).map_err(|e| e.to_string())
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+async fn run_circleci(
+    configs: Vec<circleci::AgentConfig>,
+    shutdown: CancellationToken,
+) -> ExitCode {
+    let agents: Vec<_> = configs
+        .into_iter()
+        .map(|c| tokio::spawn(circleci::run_agent(c, shutdown.clone())))
+        .collect();
+    let mut code = ExitCode::SUCCESS;
+    for agent in agents {
+        match agent.await {
+            Ok(Ok(report)) => tracing::info!(
+                runner = %report.runner_name,
+                tasks = report.tasks_completed,
+                exit = ?report.exit,
+                "circleci runner exited"
+            ),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "circleci runner failed");
+                code = ExitCode::from(1);
+            }
+            Err(error) => {
+                tracing::error!(%error, "circleci runner task failed");
                 code = ExitCode::from(1);
             }
         }
