@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use runscale_core::{Backend, Instance, InstanceId, LaunchRequest, PoolId, Result};
+use runscale_core::{Backend, BackendEvent, Instance, InstanceId, LaunchRequest, PoolId, Result};
 use tokio::sync::{OnceCell, mpsc};
 
 type Build =
@@ -81,6 +81,13 @@ impl Backend for Deferred {
 
     async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
         self.get().await?.mark_busy(pool, busy).await
+    }
+
+    fn take_events(&self) -> Vec<BackendEvent> {
+        self.built
+            .get()
+            .map(|backend| backend.take_events())
+            .unwrap_or_default()
     }
 
     fn subscribe(&self, events: mpsc::UnboundedSender<PoolId>) {
