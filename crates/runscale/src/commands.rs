@@ -54,6 +54,7 @@ pub fn metrics() -> (Registry, Arc<Metrics>) {
 /// One pass over every pool; prints a table of pools with what was observed and planned.
 /// With `dry_run` the plans are only computed. Fails if any pool's pass failed.
 pub async fn once(config: &Validated, dry_run: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    config::fetch_secrets(config).await;
     let runtime = config::build(config)?;
     let (_registry, metrics) = metrics();
     let mut options = runtime.options;
@@ -174,6 +175,7 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Builds every provider and backend and probes each, read-only; prints a table
 /// `NAME ROLE TYPE STATUS DETAIL`. Fails unless every one is OK.
 pub async fn check(config: &Validated, out: &mut dyn Write) -> anyhow::Result<()> {
+    config::fetch_secrets(config).await;
     let adapters = config::build_adapters(config);
     let mut targets: Vec<(String, &'static str, &'static str, Probe)> = Vec::new();
     for b in adapters.providers {

@@ -75,6 +75,7 @@ pub async fn serve(
     dry_run: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config::fetch_secrets(config).await;
     let runtime = config::build(config)?;
     let listener = TcpListener::bind(runtime.listen)
         .await

@@ -11,7 +11,9 @@
 //! 5. **Validate** ([`Config::validate`], pure): every semantic rule, every error collected, each
 //!    naming its path and line. Adapter settings, selectors and templates are parsed into their
 //!    types here, since only now is it known which adapter each belongs to.
-//! 6. **Build** ([`build()`]): secrets are read and adapters constructed.
+//! 6. **Fetch** ([`fetch_secrets`], async): secrets held by AWS Secrets Manager are read once
+//!    ([`secrets_aws`]).
+//! 7. **Build** ([`build()`]): secrets are read and adapters constructed.
 //!
 //! Lines are looked up from the parsed document by field path (serde-saphyr's [`Spanned`]
 //! locations, recorded for every key and sequence item), so semantic errors point at the line
@@ -26,6 +28,7 @@ mod error;
 pub mod interpolate;
 mod model;
 mod registry;
+pub mod secrets_aws;
 pub mod source;
 mod validate;
 
@@ -119,6 +122,17 @@ pub fn parse_str(
         errors: error::locate(vec![e], &doc.lines),
     })?;
     Ok((config, doc.lines))
+}
+
+/// Fetches the secrets the configuration keeps in remote stores (AWS Secrets Manager), once,
+/// so that [`build()`] can read them; failures are recorded and fail the adapters that use
+/// those secrets when they are built. Nothing to do without such references.
+pub async fn fetch_secrets(config: &Validated) {
+    #[cfg(feature = "secrets-aws")]
+    secrets_aws::fetch(&config.remote_secrets).await;
+    // Without the feature, validation rejected every reference.
+    #[cfg(not(feature = "secrets-aws"))]
+    let _ = config;
 }
 
 /// The JSON Schema of the configuration file, generated from the types.

@@ -26,6 +26,7 @@ use super::model::{Config, LeaderElectionConfig, PoolConfig, ScheduleConfig};
 use super::registry::{
     self, BackendSettings, ProviderSettings, SelectorSettings, TemplateSettings,
 };
+use super::secrets_aws::{self, RemoteSecret};
 use super::source::{join_index, join_key};
 use crate::leader;
 
@@ -83,6 +84,8 @@ pub struct Validated {
     pub pools: Vec<ValidPool>,
     /// Leader election, when enabled.
     pub leader_election: Option<leader::Settings>,
+    /// Secrets kept in remote stores, to fetch before building.
+    pub remote_secrets: Vec<RemoteSecret>,
 }
 
 /// Why `name` is not a valid DNS-label-style name of at most `max` characters, if it is not.
@@ -136,6 +139,7 @@ impl Config {
         }
 
         let leader_election = check_leader_election(&self.leader_election, &mut errors);
+        let remote_secrets = secrets_aws::references(self, &mut errors);
 
         let adapters = Adapters {
             providers: self.check_providers(&mut errors),
@@ -186,6 +190,7 @@ impl Config {
             backends: adapters.backends.into_iter().flatten().collect(),
             pools,
             leader_election,
+            remote_secrets,
         })
     }
 

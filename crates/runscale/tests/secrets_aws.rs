@@ -1,0 +1,304 @@
+//! Secrets from AWS Secrets Manager, end to end: the real `runscale` executable reads its
+//! GitHub token from moto's Secrets Manager (a `moto_server` per test on a free loopback
+//! port, killed by PID) and talks to the GitHub emulator with it; a
+//! missing secret or key fails naming the field and the secret, never the value.
+//!
+//! Without `RUNSCALE_MOTO_SERVER` (set by scripts/test.sh) the tests print a note and pass,
+//! unless `CI` is set.
+
+#![cfg(all(
+    feature = "secrets-aws",
+    feature = "provider-github",
+    feature = "backend-local-process"
+))]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use runscale_emulator::github::{Emulator, EmulatorHandle, EmulatorOptions};
+use secrecy::SecretString;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runscale");
+
+/// The token the GitHub emulator accepts.
+const TOKEN: &str = "ghp-from-secrets-manager-5f3a";
+
+/// A moto_server of one test on a free loopback port, killed by its PID when dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    /// Starts one; `None` after a note when `RUNSCALE_MOTO_SERVER` is not set (a failure when
+    /// `CI` is set).
+    fn start() -> Option<Moto> {
+        let Some(bin) = std::env::var_os("RUNSCALE_MOTO_SERVER") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
+            );
+            eprintln!("note: RUNSCALE_MOTO_SERVER not set; skipping (run scripts/test.sh)");
+            return None;
+        };
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let moto = Moto {
+            child: Command::new(&bin)
+                .arg("-H")
+                .arg(addr.ip().to_string())
+                .arg("-p")
+                .arg(addr.port().to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start moto_server"),
+            url: format!("http://{addr}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server not up on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates the secret `name` holding `value` in moto.
+async fn create_secret(moto: &Moto, name: &str, value: &str) {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&moto.url)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "static"))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create secret");
+}
+
+async fn github() -> EmulatorHandle {
+    let options = EmulatorOptions {
+        token: SecretString::from(TOKEN),
+        ..EmulatorOptions::default()
+    }
+    .into_config()
+    .expect("emulator options");
+    Emulator::start(options, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("GitHub emulator")
+}
+
+/// A configuration in `dir` whose GitHub provider (at `api`) authenticates with `token` (a
+/// secret reference in YAML flow style) and verifies webhooks with `webhook_secret`.
+fn config_file(dir: &Path, api: &str, token: &str, webhook_secret: &str) -> PathBuf {
+    let text = format!(
+        r#"listen: 127.0.0.1:0
+providers:
+  - name: gh
+    type: github
+    api_url: {api}
+    org: octo-org
+    repositories: [app]
+    auth:
+      token: {token}
+    webhook_secret: {webhook_secret}
+backends:
+  - name: local
+    type: local-process
+    state_dir: {state}
+pools:
+  - name: linux
+    provider: gh
+    backend: local
+    selector: {{labels: [linux]}}
+    template: {{command: ["/bin/true"]}}
+    max: 2
+"#,
+        state = dir.join("state").display()
+    );
+    let path = dir.join("runscale.yaml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Runs `runscale <args> -c <config>` with the AWS environment pointing at moto: exit code,
+/// stdout, stderr.
+async fn runscale(moto: &Moto, args: &[&str], config: &Path) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .arg("-c")
+        .arg(config)
+        .env_remove("RUNSCALE_CONFIG")
+        .env_remove("RUNSCALE_LOG_FORMAT")
+        .env_remove("RUNSCALE_LOG_LEVEL")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", config.with_file_name("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            config.with_file_name("no-aws-credentials"),
+        )
+        .stdin(Stdio::null());
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || c.output()),
+    )
+    .await
+    .expect("runscale finished within 120 s")
+    .expect("join")
+    .expect("run runscale");
+    (
+        out.status.code().expect("exited normally"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts that `text` contains every one of `needles`.
+fn assert_names(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+}
+
+/// The fields of the table row of `name` in `check`'s output.
+fn row<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&name))
+        .unwrap_or_else(|| panic!("no row {name}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_once_use_the_token_from_a_json_key_of_the_secret() {
+    let Some(moto) = Moto::start() else { return };
+    let gh = github().await;
+    create_secret(
+        &moto,
+        "runscale-test/github",
+        &format!(r#"{{"user": "ci-bot", "token": "{TOKEN}"}}"#),
+    )
+    .await;
+    create_secret(&moto, "runscale-test/hook", "hook-secret-b81c").await;
+    create_secret(
+        &moto,
+        "runscale-test/stale",
+        r#"{"token": "ghp-revoked-0000"}"#,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = "{aws_secrets_manager: {name: runscale-test/hook, region: us-east-1}}";
+    let path = config_file(
+        dir.path(),
+        gh.base_url(),
+        "{aws_secrets_manager: {name: runscale-test/github, key: token}}",
+        hook,
+    );
+
+    let (code, stdout, stderr) = runscale(&moto, &["check"], &path).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(&row(&stdout, "gh")[..4], ["gh", "provider", "github", "OK"]);
+    let (code, stdout, stderr) = runscale(&moto, &["once"], &path).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(&row(&stdout, "linux")[..2], ["linux", "ok"], "{stdout}");
+    for text in [&stdout, &stderr] {
+        assert!(
+            !text.contains(TOKEN) && !text.contains("hook-secret"),
+            "{text}"
+        );
+    }
+
+    // The value read is the one used: another secret's token is refused by GitHub.
+    let path = config_file(
+        dir.path(),
+        gh.base_url(),
+        "{aws_secrets_manager: {name: runscale-test/stale, key: token}}",
+        hook,
+    );
+    let (code, stdout, stderr) = runscale(&moto, &["check"], &path).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(
+        &row(&stdout, "gh")[..4],
+        ["gh", "provider", "github", "FAIL"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_or_key_is_an_error_naming_the_field_and_the_secret() {
+    let Some(moto) = Moto::start() else { return };
+    let gh = github().await;
+    create_secret(
+        &moto,
+        "runscale-test/keys",
+        &format!(r#"{{"token": "{TOKEN}"}}"#),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let absent = config_file(
+        dir.path(),
+        gh.base_url(),
+        "{aws_secrets_manager: {name: runscale-test/absent, key: token}}",
+        "null",
+    );
+    for cmd in ["once", "run"] {
+        let (code, stdout, stderr) = runscale(&moto, &[cmd], &absent).await;
+        assert_eq!(code, 2, "{cmd}: {stdout}{stderr}");
+        assert_names(
+            &stderr,
+            &[
+                "provider \"gh\"",
+                "auth.token",
+                "secret \"runscale-test/absent\"",
+                "does not exist",
+            ],
+        );
+    }
+
+    let wrong_key = config_file(
+        dir.path(),
+        gh.base_url(),
+        "{aws_secrets_manager: {name: runscale-test/keys, key: tokn}}",
+        "null",
+    );
+    let (code, stdout, stderr) = runscale(&moto, &["check"], &wrong_key).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let detail = row(&stdout, "gh")[4..].join(" ");
+    assert_names(
+        &detail,
+        &[
+            "auth.token",
+            "secret \"runscale-test/keys\" (key \"tokn\")",
+            "has no key \"tokn\" (its keys: token)",
+        ],
+    );
+    let (code, stdout, stderr) = runscale(&moto, &["once"], &wrong_key).await;
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("has no key \"tokn\""), "{stderr}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(TOKEN), "{text}");
+    }
+}
