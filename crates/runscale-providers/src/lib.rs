@@ -1,5 +1,7 @@
 //! Providers: the CI systems runscale reads demand from and registers runners with.
 
+#[cfg(feature = "circleci")]
+pub mod circleci;
 pub mod exec;
 #[cfg(feature = "github")]
 pub mod github;

@@ -1,0 +1,258 @@
+//! Configuration of the CircleCI provider: the organisation-level [`Config`] and the per-pool
+//! [`PoolSelector`], with their pure validation. Nothing here reads a secret or opens a
+//! connection; that happens in [`CircleciProvider::new`](super::CircleciProvider::new).
+
+use std::time::Duration;
+
+use runscale_core::secret::SecretRef;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// One CircleCI organisation whose self-hosted runners runscale scales.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of the runner API, without the version: `https://runner.circleci.com`
+    /// (default). Runners are given the same URL.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// Which paths to read: `v3` (default; `/api/v3/runner/tasks`, `/api/v3/runner/tasks/running`,
+    /// `/api/v3/runner`) or `v2` (`/api/v2/tasks`, `/api/v2/tasks/running`, `/api/v2/runner`,
+    /// the paths circleci-runner-autoscaler and the CircleCI Lambda example use).
+    #[serde(default)]
+    pub api_version: ApiVersion,
+    /// A personal or project API token, sent as `Circle-Token` (only reads the runner API).
+    pub token: SecretRef,
+    /// Secret of the outbound webhooks (`circleci-signature: v1=...`); deliveries to
+    /// `/webhooks/circleci` are verified with it. Without it, webhooks are rejected.
+    #[serde(default)]
+    pub webhook_secret: Option<SecretRef>,
+    /// The organisation's runner concurrency (the plan's limit, shared by every resource
+    /// class; queued tasks count against it). runscale then never asks for more capacity than
+    /// `max_concurrency` minus the running tasks of all pools. Default: no limit.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// A listed runner whose last contact (`last_connected`) is older than this is taken as
+    /// gone: its instance may be reaped. Keep it well above how long a runner can go without
+    /// contacting CircleCI.
+    #[serde(default = "default_disconnect_grace", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub disconnect_grace: Duration,
+    /// Timeout of one API request, including reading the response.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub request_timeout: Duration,
+    /// Timeout for opening a connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+}
+
+/// The runner API generation whose paths are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    /// `/api/v3/runner/...` (current).
+    #[default]
+    V3,
+    /// `/api/v2/tasks`, `/api/v2/runner` (what the seed systems call).
+    V2,
+}
+
+/// One pool: a resource class, the token its runners claim tasks with, and how they live.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSelector {
+    /// `namespace/name` of the resource class. One pool per resource class.
+    pub resource_class: String,
+    /// The resource-class token. It reaches each runner through the backend's private
+    /// credentials channel (never argv, user data or logs).
+    pub token: SecretRef,
+    /// `single-task` (default: one task, then the runner exits and its instance is reaped)
+    /// or `continuous` (the runner takes tasks until `runner_idle_timeout`).
+    #[serde(default)]
+    pub runner_mode: RunnerMode,
+    /// How long a runner waits for a task before it exits by itself. runscale never stops a
+    /// connected runner, so this is how idle capacity goes away: set it (required for
+    /// `continuous`).
+    #[serde(
+        default = "default_runner_idle_timeout",
+        with = "humantime_serde::option"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub runner_idle_timeout: Option<Duration>,
+    /// Project slugs (`gh/org/repo`) whose webhooks wake this pool. Empty (default): every
+    /// project's.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// Variable names the runner is configured with: `circleci-runner` (machine runner 3,
+    /// `CIRCLECI_RUNNER_*`; default) or `launch-agent` (`LAUNCH_AGENT_*`).
+    #[serde(default)]
+    pub agent_env: AgentEnv,
+}
+
+/// How a runner lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunnerMode {
+    /// One task, then exit.
+    #[default]
+    SingleTask,
+    /// Tasks until the idle timeout.
+    Continuous,
+}
+
+impl RunnerMode {
+    /// As the runner's configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerMode::SingleTask => "single-task",
+            RunnerMode::Continuous => "continuous",
+        }
+    }
+}
+
+/// The family of environment variables a runner reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentEnv {
+    /// Machine runner 3: `CIRCLECI_RUNNER_API_AUTH_TOKEN`, `CIRCLECI_RUNNER_NAME`, ...
+    #[default]
+    CircleciRunner,
+    /// The older launch-agent: `LAUNCH_AGENT_API_AUTH_TOKEN`, `LAUNCH_AGENT_RUNNER_NAME`, ...
+    LaunchAgent,
+}
+
+impl AgentEnv {
+    /// (token, name, api url, mode, idle timeout) variable names.
+    pub(crate) fn names(self) -> [&'static str; 5] {
+        match self {
+            AgentEnv::CircleciRunner => [
+                "CIRCLECI_RUNNER_API_AUTH_TOKEN",
+                "CIRCLECI_RUNNER_NAME",
+                "CIRCLECI_RUNNER_API_URL",
+                "CIRCLECI_RUNNER_MODE",
+                "CIRCLECI_RUNNER_IDLE_TIMEOUT",
+            ],
+            AgentEnv::LaunchAgent => [
+                "LAUNCH_AGENT_API_AUTH_TOKEN",
+                "LAUNCH_AGENT_RUNNER_NAME",
+                "LAUNCH_AGENT_API_URL",
+                "LAUNCH_AGENT_RUNNER_MODE",
+                "LAUNCH_AGENT_RUNNER_IDLE_TIMEOUT",
+            ],
+        }
+    }
+}
+
+fn default_api_url() -> String {
+    "https://runner.circleci.com".to_owned()
+}
+
+fn default_disconnect_grace() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_runner_idle_timeout() -> Option<Duration> {
+    Some(Duration::from_secs(5 * 60))
+}
+
+/// A `namespace/name` resource class.
+pub(crate) fn valid_resource_class(s: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    };
+    s.split_once('/').is_some_and(|(ns, n)| ok(ns) && ok(n))
+}
+
+impl Config {
+    /// Checks the settings without reading secrets or touching the network. Errors name the
+    /// field and say what is wrong.
+    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        match reqwest::Url::parse(&self.api_url) {
+            Err(e) => errors.push(("api_url".to_owned(), format!("not a URL: {e}"))),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                errors.push(("api_url".to_owned(), "must be http or https".to_owned()));
+            }
+            Ok(u) if u.query().is_some() => {
+                errors.push(("api_url".to_owned(), "must not have a query".to_owned()));
+            }
+            Ok(_) => {}
+        }
+        if self.max_concurrency == Some(0) {
+            errors.push((
+                "max_concurrency".to_owned(),
+                "must be at least 1 (leave it out for no limit)".to_owned(),
+            ));
+        }
+        if self.disconnect_grace < Duration::from_secs(1) {
+            errors.push((
+                "disconnect_grace".to_owned(),
+                "must be at least 1s (keep it well above the time a runner can go without contact)"
+                    .to_owned(),
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            errors.push(("request_timeout".to_owned(), "must not be zero".to_owned()));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl PoolSelector {
+    /// Checks the selector without reading secrets. Errors name the field.
+    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        if !valid_resource_class(&self.resource_class) {
+            errors.push((
+                "resource_class".to_owned(),
+                format!(
+                    "{:?} is not of the form namespace/name",
+                    self.resource_class
+                ),
+            ));
+        }
+        if self.runner_mode == RunnerMode::Continuous && self.runner_idle_timeout.is_none() {
+            errors.push((
+                "runner_idle_timeout".to_owned(),
+                "required with runner_mode continuous: runscale never stops a connected \
+                 runner, so a runner without an idle timeout would never leave"
+                    .to_owned(),
+            ));
+        }
+        if self.runner_idle_timeout.is_some_and(|d| d.is_zero()) {
+            errors.push((
+                "runner_idle_timeout".to_owned(),
+                "must not be zero".to_owned(),
+            ));
+        }
+        for (i, p) in self.projects.iter().enumerate() {
+            if p.split('/').count() != 3 || p.split('/').any(str::is_empty) {
+                errors.push((
+                    format!("projects[{i}]"),
+                    format!("{p:?} is not a project slug like gh/org/repo"),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}

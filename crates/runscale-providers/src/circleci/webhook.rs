@@ -1,0 +1,111 @@
+//! `/webhooks/circleci`: `circleci-signature` verification (HMAC-SHA256 of the raw body,
+//! `v1=<hex>`, constant time, before anything is parsed), de-duplication by delivery id, and
+//! the project a `job-completed` / `workflow-completed` event names.
+
+use std::collections::{HashSet, VecDeque};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+/// Largest body accepted: 1 MiB.
+pub(crate) const MAX_BODY: usize = 1 << 20;
+/// Delivery ids remembered.
+const SEEN_CAPACITY: usize = 10_000;
+
+/// Checks `circleci-signature` against the body. The header may list several
+/// comma-separated `version=value` pairs; only `v1` exists and is checked. The error says what
+/// is wrong without quoting anything.
+pub(crate) fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), &'static str> {
+    let header = header.ok_or("circleci-signature header missing")?;
+    let hex = header
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("v1="))
+        .ok_or("circleci-signature has no v1=<hex> value")?;
+    let tag = decode_hex(hex.trim()).ok_or("circleci-signature v1 is not 64 hex digits")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "unusable webhook secret")?;
+    mac.update(body);
+    mac.verify_slice(&tag)
+        .map_err(|_| "circleci-signature does not match the body and the webhook secret")
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+/// Delivery ids seen recently; the oldest is forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl Seen {
+    /// Remembers `id`; false if it was seen already.
+    pub(crate) fn first_time(&mut self, id: &str) -> bool {
+        if !self.ids.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back(id.to_owned());
+        if self.order.len() > SEEN_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        true
+    }
+}
+
+/// The parts of an event runscale reads.
+#[derive(Deserialize)]
+pub(crate) struct Event {
+    pub(crate) id: String,
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    #[serde(default)]
+    pub(crate) project: Option<Project>,
+}
+
+/// The event's project.
+#[derive(Deserialize)]
+pub(crate) struct Project {
+    #[serde(default)]
+    pub(crate) slug: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use runscale_emulator::circleci::signature as sign;
+
+    #[test]
+    fn signature_is_checked_over_the_raw_body() {
+        let body = br#"{"id":"1","type":"job-completed"}"#;
+        let good = sign(b"s3cret", body);
+        assert!(verify(b"s3cret", body, Some(&good)).is_ok());
+        assert!(verify(b"s3cret", body, Some(&format!("v0=abc, {good}"))).is_ok());
+        assert!(verify(b"other", body, Some(&good)).is_err());
+        assert!(verify(b"s3cret", b"{}", Some(&good)).is_err());
+        assert!(verify(b"s3cret", body, None).is_err());
+        assert!(verify(b"s3cret", body, Some("v1=zz")).is_err());
+        assert!(verify(b"s3cret", body, Some(&good.replace("v1=", "sha256="))).is_err());
+    }
+
+    #[test]
+    fn seen_ids_are_bounded() {
+        let mut seen = Seen::default();
+        assert!(seen.first_time("a"));
+        assert!(!seen.first_time("a"));
+        for i in 0..SEEN_CAPACITY {
+            seen.first_time(&i.to_string());
+        }
+        assert!(seen.ids.len() <= SEEN_CAPACITY);
+        assert!(seen.first_time("a"), "the oldest id is forgotten first");
+    }
+}
