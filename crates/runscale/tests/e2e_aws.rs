@@ -11,6 +11,9 @@
 //! instance is terminated, the emulator records no violation, and at the end no parameter is
 //! left under the prefix and no instance is `InService`.
 //!
+//! A second test plays a runscale that terminates a busy instance, to show the harness
+//! reports it (and that the instance's runner really stops: the emulator loses its job).
+//!
 //! Needs `moto_server` (`RUNSCALE_MOTO_SERVER`, set by scripts/test.sh): without it the test
 //! prints a note and passes, except under `CI`, where it fails.
 
@@ -21,11 +24,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use runscale::config;
+use runscale_emulator::aws::aws_sdk_ssm::types::ParameterType;
 use runscale_emulator::aws::{
     AgentOutcome, DUMMY_KEY, InstanceAgent, InstanceAgentConfig, InstancePhase, MotoClient,
-    MotoServer, moto_server_from_env,
+    MotoServer, ViolationKind, moto_server_from_env,
 };
-use runscale_emulator::github::{Conclusion, Emulator, EmulatorOptions, JobSpec, Workload};
+use runscale_emulator::github::{
+    Conclusion, Emulator, EmulatorOptions, JobSpec, ViolationKind as EmulatorViolation, Workload,
+};
 use secrecy::SecretString;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runscale");
@@ -38,7 +44,11 @@ const JOBS: u64 = 30;
 const TOKEN: &str = "e2e-token";
 const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
 
-/// The daemon's configuration: one GitHub organisation, one pool on the moto group.
+/// The daemon's configuration: one GitHub organisation, one pool on the moto group. An
+/// instance outlives its ephemeral runner (the user data waits to be terminated), and the
+/// policy terminates an instance with no registered runner only `boot_timeout` after its
+/// launch — until then it counts as booting — so `boot_timeout` is short here (the instance
+/// agent starts a runner within a second of the launch).
 fn config_text(listen: &str, api_url: &str, moto_url: &str, dir: &Path) -> String {
     let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
     format!(
@@ -149,9 +159,11 @@ async fn wait_for(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_jobs_scale_a_group_zero_to_n_to_zero_with_no_busy_instance_terminated() {
-    let Some(moto_bin) = moto_server_from_env() else {
+/// The `moto_server` to start; `None` (after a note) when `RUNSCALE_MOTO_SERVER` is not set,
+/// which fails the test when `CI` is set.
+fn moto_bin() -> Option<std::path::PathBuf> {
+    let bin = moto_server_from_env();
+    if bin.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
@@ -159,8 +171,13 @@ async fn thirty_jobs_scale_a_group_zero_to_n_to_zero_with_no_busy_instance_termi
         eprintln!(
             "note: RUNSCALE_MOTO_SERVER not set; skipping the moto test (run scripts/test.sh)"
         );
-        return;
-    };
+    }
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_jobs_scale_a_group_zero_to_n_to_zero_with_no_busy_instance_terminated() {
+    let Some(moto_bin) = moto_bin() else { return };
     let moto = MotoServer::start(&moto_bin).await.expect("moto_server");
     let aws = MotoClient::new(moto.url(), REGION);
     aws.create_group(GROUP, N).await.expect("group");
@@ -330,5 +347,150 @@ async fn thirty_jobs_scale_a_group_zero_to_n_to_zero_with_no_busy_instance_termi
         aws.parameters("/runscale").await.expect("parameters"),
         Vec::<String>::new()
     );
+    github.shutdown().await;
+}
+
+/// Waits for `done` to give a value, polling every 100 ms.
+async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut done: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = done().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_reports_a_busy_instance_terminated_and_powers_it_off() {
+    let Some(moto_bin) = moto_bin() else { return };
+    let moto = MotoServer::start(&moto_bin).await.expect("moto_server");
+    let aws = MotoClient::new(moto.url(), REGION);
+    aws.create_group(GROUP, 2).await.expect("group");
+    let mut config = EmulatorOptions {
+        token: SecretString::from(TOKEN),
+        ..EmulatorOptions::default()
+    }
+    .into_config()
+    .expect("emulator options");
+    // A runner whose heartbeats stop is offline after 1 s and loses its job 1 s later.
+    config.runners.heartbeat_interval = Duration::from_millis(200);
+    config.runners.offline_after = Duration::from_secs(1);
+    config.runners.lost_job_timeout = Duration::from_secs(1);
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let github = Emulator::start(config, addr)
+        .await
+        .expect("GitHub emulator");
+    let instances = InstanceAgent::start(aws.clone(), InstanceAgentConfig::new(GROUP, POOL));
+
+    // A careless autoscaler: a JIT runner, one instance, its registration in SSM.
+    let runner = "rs-asg-careless01";
+    let jit: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/orgs/octo-org/actions/runners/generate-jitconfig",
+            github.base_url()
+        ))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "name": runner, "runner_group_id": 1, "labels": ["self-hosted", "asg"],
+        }))
+        .send()
+        .await
+        .expect("generate-jitconfig")
+        .error_for_status()
+        .expect("a JIT configuration")
+        .json()
+        .await
+        .expect("JSON");
+    let encoded = jit["encoded_jit_config"]
+        .as_str()
+        .expect("encoded_jit_config");
+    aws.asg
+        .set_desired_capacity()
+        .auto_scaling_group_name(GROUP)
+        .desired_capacity(1)
+        .send()
+        .await
+        .expect("set desired capacity");
+    let id = eventually("an InService member", Duration::from_secs(10), async || {
+        let g = aws.group(GROUP).await.ok().flatten()?;
+        g.in_service().next().map(|m| m.instance_id.clone())
+    })
+    .await;
+    aws.ssm
+        .put_parameter()
+        .name(format!("/runscale/{POOL}/{id}"))
+        .value(format!(
+            "RUNSCALE_INSTANCE_ID={id}\nGITHUB_JIT_CONFIG={encoded}\n"
+        ))
+        .r#type(ParameterType::SecureString)
+        .send()
+        .await
+        .expect("put parameter");
+    let job = github
+        .enqueue(JobSpec::new(
+            "octo-org/app",
+            &["self-hosted", "asg"],
+            Duration::from_secs(60),
+        ))
+        .expect("job");
+    eventually(
+        "the runner to take the job",
+        Duration::from_secs(20),
+        async || {
+            let snap = github.snapshot();
+            snap.runners
+                .iter()
+                .any(|r| r.name == runner && r.job_id == Some(job.job_id))
+                .then_some(())
+        },
+    )
+    .await;
+    // The instance read and deleted its parameter.
+    assert_eq!(
+        aws.parameters("/runscale").await.expect("parameters"),
+        Vec::<String>::new()
+    );
+
+    // Terminated mid-job.
+    aws.asg
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(&id)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .expect("terminate");
+    let violation = eventually("the violation", Duration::from_secs(10), async || {
+        instances.snapshot().violations.first().cloned()
+    })
+    .await;
+    assert_eq!(violation.instance_id, id);
+    assert_eq!(
+        violation.kind,
+        ViolationKind::BusyInstanceTerminated {
+            runner_name: runner.to_owned(),
+            job_id: Some(job.job_id),
+        }
+    );
+    eprintln!("reported: {violation}");
+    // Powered off: no more heartbeats, so the emulator fails the job and records it.
+    let lost = eventually("the emulator to lose the job", Duration::from_secs(15), async || {
+        github.violations().into_iter().find(|v| {
+            matches!(&v.kind, EmulatorViolation::RunnerLostMidJob { job_id, .. } if *job_id == job.job_id)
+        })
+    })
+    .await;
+    eprintln!("emulator: {lost}");
+    let fleet = instances.stop().await;
+    assert_eq!(fleet.violations.len(), 1, "{:?}", fleet.violations);
+    let record = &fleet.instances[0];
+    assert_eq!(record.phase, InstancePhase::Terminated);
+    assert_eq!(record.outcome, Some(AgentOutcome::Killed));
+    assert_eq!(record.runner_name.as_deref(), Some(runner));
     github.shutdown().await;
 }

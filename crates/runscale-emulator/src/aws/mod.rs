@@ -34,6 +34,11 @@ pub use moto::{
     DUMMY_KEY, GroupState, MOTO_SERVER_ENV, Member, MotoClient, MotoServer, moto_server_from_env,
 };
 
+/// The AWS SDK crates the clients come from, for calls the helpers do not cover.
+pub use aws_sdk_autoscaling;
+/// See [`aws_sdk_autoscaling`].
+pub use aws_sdk_ssm;
+
 use std::time::Duration;
 
 /// Why the AWS harness failed. Messages never include a parameter's value.
