@@ -1,7 +1,7 @@
 //! Secrets from AWS Secrets Manager, end to end: the real `runscale` executable reads its
-//! GitHub token from moto's Secrets Manager (a `moto_server` per test on a free loopback
-//! port, killed by PID) and talks to the GitHub emulator with it; a
-//! missing secret or key fails naming the field and the secret, never the value.
+//! GitHub token from moto's Secrets Manager (a `moto_server` per test, from the emulator's
+//! AWS harness) and talks to the GitHub emulator with it; a missing secret or key fails naming
+//! the field and the secret, never the value.
 //!
 //! Without `RUNSCALE_MOTO_SERVER` (set by scripts/test.sh) the tests print a note and pass,
 //! unless `CI` is set.
@@ -12,12 +12,12 @@
     feature = "backend-local-process"
 ))]
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use runscale_emulator::aws::{MotoServer, moto_server_from_env};
 use runscale_emulator::github::{Emulator, EmulatorHandle, EmulatorOptions};
 use secrecy::SecretString;
 
@@ -26,62 +26,27 @@ const BIN: &str = env!("CARGO_BIN_EXE_runscale");
 /// The token the GitHub emulator accepts.
 const TOKEN: &str = "ghp-from-secrets-manager-5f3a";
 
-/// A moto_server of one test on a free loopback port, killed by its PID when dropped.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    /// Starts one; `None` after a note when `RUNSCALE_MOTO_SERVER` is not set (a failure when
-    /// `CI` is set).
-    fn start() -> Option<Moto> {
-        let Some(bin) = std::env::var_os("RUNSCALE_MOTO_SERVER") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
-            );
-            eprintln!("note: RUNSCALE_MOTO_SERVER not set; skipping (run scripts/test.sh)");
-            return None;
-        };
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let moto = Moto {
-            child: Command::new(&bin)
-                .arg("-H")
-                .arg(addr.ip().to_string())
-                .arg("-p")
-                .arg(addr.port().to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start moto_server"),
-            url: format!("http://{addr}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server not up on {addr}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A moto_server of its own for one test (the emulator's harness: a free loopback port,
+/// killed by its PID when dropped); `None` after a note when `RUNSCALE_MOTO_SERVER` is not set
+/// (a failure when `CI` is set).
+async fn moto() -> Option<MotoServer> {
+    let Some(bin) = moto_server_from_env() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
+        );
+        eprintln!("note: RUNSCALE_MOTO_SERVER not set; skipping (run scripts/test.sh)");
+        return None;
+    };
+    Some(MotoServer::start(&bin).await.expect("moto_server"))
 }
 
 /// Creates the secret `name` holding `value` in moto.
-async fn create_secret(moto: &Moto, name: &str, value: &str) {
+async fn create_secret(moto: &MotoServer, name: &str, value: &str) {
     let config = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(&moto.url)
+        .endpoint_url(moto.url())
         .credentials_provider(Credentials::new("testing", "testing", None, None, "static"))
         .build();
     aws_sdk_secretsmanager::Client::from_conf(config)
@@ -140,7 +105,7 @@ pools:
 
 /// Runs `runscale <args> -c <config>` with the AWS environment pointing at moto: exit code,
 /// stdout, stderr.
-async fn runscale(moto: &Moto, args: &[&str], config: &Path) -> (i32, String, String) {
+async fn runscale(moto: &MotoServer, args: &[&str], config: &Path) -> (i32, String, String) {
     let mut c = Command::new(BIN);
     c.args(args)
         .arg("-c")
@@ -150,7 +115,7 @@ async fn runscale(moto: &Moto, args: &[&str], config: &Path) -> (i32, String, St
         .env_remove("RUNSCALE_LOG_LEVEL")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
-        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ENDPOINT_URL", moto.url())
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
@@ -194,7 +159,7 @@ fn row<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_and_once_use_the_token_from_a_json_key_of_the_secret() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = moto().await else { return };
     let gh = github().await;
     create_secret(
         &moto,
@@ -248,7 +213,7 @@ async fn check_and_once_use_the_token_from_a_json_key_of_the_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_or_key_is_an_error_naming_the_field_and_the_secret() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = moto().await else { return };
     let gh = github().await;
     create_secret(
         &moto,
