@@ -1,15 +1,18 @@
 #!/bin/bash
-# User data for the launch template of a runscale aws-asg group: the instance side of the
-# hand-over. runscale raises the group's desired capacity, sees this instance appear, protects
-# it from scale-in and writes its runner's registration to the SecureString parameter
+# User data for the launch template of a runscale aws-asg group or aws-ec2 pool: the instance
+# side of the hand-over. aws-asg raises the group's desired capacity, sees this instance appear
+# and protects it from scale-in; aws-ec2 launches it directly (CreateFleet or RunInstances).
+# Both then write its runner's registration to the SecureString parameter
 # ${RUNSCALE_SSM_PREFIX}/${RUNSCALE_POOL}/<instance-id>. This script:
 #   1. gets its instance id and region from the instance metadata service (IMDSv2),
 #   2. waits for that parameter, reads it and deletes it (no credential stays in SSM),
 #   3. starts the runner for one job, as an unprivileged user, with the registration in its
 #      environment (never on a command line or in this user data),
-#   4. when the runner exits, waits for runscale to terminate the instance (it does so with
-#      the desired capacity decremented, so the group launches no replacement) and powers
-#      off after RUNSCALE_EXIT_GRACE seconds if it has not.
+#   4. when the runner exits, waits for runscale to terminate the instance (aws-asg does so
+#      with the desired capacity decremented, so the group launches no replacement) and powers
+#      off after RUNSCALE_EXIT_GRACE seconds if it has not (aws-ec2 terminates a stopped
+#      instance at its next listing; better, set the launch template's instance-initiated
+#      shutdown behaviour to terminate).
 # The instance profile needs deploy/aws/instance-role-policy.json; the AMI needs bash, curl,
 # the AWS CLI v2 and the runner. Edit the settings below per group.
 set -euo pipefail

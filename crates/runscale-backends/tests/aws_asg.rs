@@ -12,17 +12,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_support::{Fault, FaultProxy, Inspect, moto, sdk};
+use aws_support::{Fault, FaultProxy, Inspect, moto, registration, request, sdk};
 use prometheus_client::registry::Registry;
 use runscale_backends::aws_asg::{AwsAsg, Config, PoolTemplate};
 use runscale_core::metrics::Metrics;
 use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
 use runscale_core::testing::conformance::backend_contract;
 use runscale_core::testing::{World, WorldConfig};
-use runscale_core::{
-    Backend, Credentials, ErrorKind, LaunchRequest, PoolId, PoolSpec, Registration, SystemClock,
-};
-use secrecy::SecretString;
+use runscale_core::{Backend, ErrorKind, PoolId, PoolSpec, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 fn config() -> Config {
@@ -40,30 +37,6 @@ async fn backend(url: &str, config: Config, pools: &[(&str, PoolTemplate)]) -> A
         .map(|(p, t)| (PoolId::new(p), t.clone()))
         .collect();
     AwsAsg::new(config, templates, &sdk(url).await).expect("backend")
-}
-
-fn registration(name: &str) -> Registration {
-    let mut credentials = Credentials::default();
-    credentials
-        .vars
-        .insert("RUNNER_URL".to_owned(), "https://ci.example".to_owned());
-    credentials.secrets.insert(
-        "RUNNER_TOKEN".to_owned(),
-        SecretString::from(format!("token-of-{name}")),
-    );
-    Registration {
-        runner_name: name.to_owned(),
-        runner_id: None,
-        credentials,
-    }
-}
-
-fn request(pool: &str, name: &str) -> LaunchRequest {
-    LaunchRequest {
-        pool: PoolId::new(pool),
-        runners: vec![registration(name)],
-        template_hash: "h1".to_owned(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

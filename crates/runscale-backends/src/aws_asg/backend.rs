@@ -2,7 +2,7 @@
 //! terminations with protection lifted first, parameters cleaned up.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,6 +15,8 @@ use tracing::{debug, info, warn};
 
 use super::client::{Aws, Group, GroupInstance, action};
 use super::config::{Config, GroupSelector, PoolTemplate};
+use crate::aws_common::ssm::{credentials_name, credentials_value};
+use crate::aws_common::{ProbeReport, build_pools, load_sdk, lock, misconfigured, unknown_pool};
 
 /// How often leftover parameters (of instances that ended while runscale was not looking) are
 /// swept, besides the first listing of each pool.
@@ -55,10 +57,6 @@ struct PoolState {
     known: Mutex<Known>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The aws-asg backend. See the [module docs](super).
 pub struct AwsAsg {
     config: Config,
@@ -73,15 +71,6 @@ impl std::fmt::Debug for AwsAsg {
             .field("pools", &self.pools.keys().collect::<Vec<_>>())
             .finish()
     }
-}
-
-fn misconfigured(errors: Vec<(String, String)>) -> Error {
-    let text = errors
-        .into_iter()
-        .map(|(field, problem)| format!("{field}: {problem}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Error::new("aws_asg.config", ErrorKind::Misconfigured, text)
 }
 
 /// Maps AWS's lifecycle state to ours; `None` for instances that are gone.
@@ -101,27 +90,6 @@ fn is_leaving(i: &GroupInstance) -> bool {
     state_of(&i.lifecycle).is_none_or(|s| s == InstanceState::Stopping)
 }
 
-/// The credentials parameter's value: one `NAME=value` line per variable, values without line
-/// breaks (the instance side splits at the first `=` and never evaluates them).
-fn credentials_file(pairs: &[(String, String)]) -> std::result::Result<String, String> {
-    let mut out = String::new();
-    for (k, v) in pairs {
-        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!(
-                "credential name {k:?} is not an environment variable name"
-            ));
-        }
-        if v.contains(['\n', '\r', '\0']) {
-            return Err(format!("credential {k} contains a line break"));
-        }
-        out.push_str(k);
-        out.push('=');
-        out.push_str(v);
-        out.push('\n');
-    }
-    Ok(out)
-}
-
 impl AwsAsg {
     /// Builds the backend from an SDK configuration (region, credentials, endpoint already
     /// set); no AWS call is made. The settings and templates are validated first.
@@ -130,39 +98,20 @@ impl AwsAsg {
         templates: HashMap<PoolId, PoolTemplate>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self> {
-        let mut errors = Vec::new();
-        if let Err(e) = config.validate() {
-            errors.extend(e);
-        }
-        let mut pools = HashMap::new();
-        for (pool, template) in templates {
-            match template.selector(pool.as_str()) {
-                Ok(selector) => {
-                    pools.insert(
-                        pool,
-                        PoolState {
-                            selector,
-                            group: Mutex::new(None),
-                            act: tokio::sync::Mutex::new(()),
-                            known: Mutex::new(Known::default()),
-                        },
-                    );
-                }
-                Err(e) => {
-                    errors.extend(e.into_iter().map(|(f, p)| (format!("pools.{pool}.{f}"), p)))
-                }
-            }
-        }
-        if !errors.is_empty() {
-            return Err(misconfigured(errors));
-        }
-        if sdk.region().is_none() {
-            return Err(Error::new(
-                "aws_asg.config",
-                ErrorKind::Misconfigured,
-                "region: no AWS region configured (set region, AWS_REGION or a profile's region)",
-            ));
-        }
+        let pools = build_pools(
+            "aws_asg.config",
+            config.validate().err().unwrap_or_default(),
+            templates,
+            sdk,
+            |pool, template| {
+                Ok(PoolState {
+                    selector: template.selector(pool.as_str())?,
+                    group: Mutex::new(None),
+                    act: tokio::sync::Mutex::new(()),
+                    known: Mutex::new(Known::default()),
+                })
+            },
+        )?;
         let aws = Aws::new(sdk, config.max_attempts);
         Ok(Self { config, aws, pools })
     }
@@ -170,30 +119,21 @@ impl AwsAsg {
     /// Builds the backend with the SDK's default credential chain (environment, profile, web
     /// identity, container and instance metadata) and the configured region and endpoint.
     pub async fn connect(config: Config, templates: HashMap<PoolId, PoolTemplate>) -> Result<Self> {
-        config.validate().map_err(misconfigured)?;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &config.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(url) = &config.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        let sdk = loader.load().await;
+        config
+            .validate()
+            .map_err(|e| misconfigured("aws_asg.config", e))?;
+        let sdk = load_sdk(config.region.as_deref(), config.endpoint_url.as_deref()).await;
         Self::new(config, templates, &sdk)
     }
 
     fn pool(&self, pool: &PoolId) -> Result<&PoolState> {
-        self.pools.get(pool).ok_or_else(|| {
-            Error::new(
-                "aws_asg",
-                ErrorKind::Misconfigured,
-                format!("pool {pool} has no aws-asg template"),
-            )
-        })
+        self.pools
+            .get(pool)
+            .ok_or_else(|| unknown_pool("aws_asg", "aws-asg", pool))
     }
 
     fn credentials_name(&self, pool: &PoolId, id: &str) -> String {
-        format!("{}/{pool}/{id}", self.config.ssm_prefix)
+        credentials_name(&self.config.ssm_prefix, pool.as_str(), id)
     }
 
     fn binding_name(&self, pool: &PoolId, id: &str) -> String {
@@ -304,7 +244,7 @@ impl AwsAsg {
             .collect();
         let root = format!("{}/{pool}", self.config.ssm_prefix);
         let binding_dir = format!("{root}/binding/");
-        let params = self.aws.parameters_under(OP, &root).await?;
+        let params = self.aws.ssm.parameters_under(OP, &root).await?;
         let mut stale = Vec::new();
         let mut loaded = HashMap::new();
         for (name, value) in params {
@@ -332,7 +272,7 @@ impl AwsAsg {
         }
         for name in &stale {
             info!(pool = %pool, parameter = %name, "deleting the parameter of an instance that is gone");
-            self.aws.delete_parameter(OP, name).await?;
+            self.aws.ssm.delete_parameter(OP, name).await?;
         }
         let mut k = lock(&state.known);
         for (id, b) in loaded {
@@ -345,9 +285,11 @@ impl AwsAsg {
 
     async fn delete_parameters(&self, op: &'static str, pool: &PoolId, id: &str) -> Result<()> {
         self.aws
+            .ssm
             .delete_parameter(op, &self.credentials_name(pool, id))
             .await?;
         self.aws
+            .ssm
             .delete_parameter(op, &self.binding_name(pool, id))
             .await
     }
@@ -376,6 +318,7 @@ impl AwsAsg {
         for id in unknown {
             if let Some(v) = self
                 .aws
+                .ssm
                 .get_parameter(OP, &self.binding_name(pool, &id))
                 .await?
                 && let Ok(b) = serde_json::from_str::<Binding>(&v)
@@ -554,27 +497,16 @@ impl Backend for AwsAsg {
             Error::new(OP, ErrorKind::Protocol, "cannot serialise a binding").with_source(e)
         })?;
         self.aws
+            .ssm
             .put_parameter(OP, &self.binding_name(pool, &id), value, false)
             .await?;
         lock(&state.known)
             .bindings
             .insert(id.clone(), binding.clone());
-        let mut pairs = vec![
-            ("RUNSCALE_POOL".to_owned(), pool.to_string()),
-            ("RUNSCALE_INSTANCE_ID".to_owned(), id.clone()),
-            (
-                "RUNSCALE_RUNNER_NAME".to_owned(),
-                registration.runner_name.clone(),
-            ),
-            (
-                "RUNSCALE_TEMPLATE_HASH".to_owned(),
-                request.template_hash.clone(),
-            ),
-        ];
-        pairs.extend(registration.credentials.expose_all());
-        let file = credentials_file(&pairs)
+        let file = credentials_value(pool.as_str(), &id, &request.template_hash, registration)
             .map_err(|problem| Error::new(OP, ErrorKind::Misconfigured, problem))?;
         self.aws
+            .ssm
             .put_parameter(OP, &self.credentials_name(pool, &id), file, true)
             .await?;
         info!(pool = %pool, group = %group_name, instance = %id, runner = %registration.runner_name, desired, "instance claimed");
@@ -648,6 +580,7 @@ impl Backend for AwsAsg {
         // A busy runner has registered: its credentials are no longer needed.
         for id in creds {
             self.aws
+                .ssm
                 .delete_parameter(OP, &self.credentials_name(pool, &id))
                 .await?;
             lock(&state.known).credentials_gone.insert(id);
@@ -657,28 +590,15 @@ impl Backend for AwsAsg {
 
     async fn probe(&self) -> Result<String> {
         const OP: &str = "aws_asg.probe";
-        let mut missing: Vec<&'static str> = Vec::new();
-        let mut problems: Vec<String> = Vec::new();
+        let mut report = ProbeReport::default();
         let mut seen = Vec::new();
-        let note = |e: Error,
-                    act: &'static str,
-                    missing: &mut Vec<&'static str>,
-                    problems: &mut Vec<String>| {
-            if e.kind() == ErrorKind::Misconfigured && e.message().contains("access denied") {
-                if !missing.contains(&act) {
-                    missing.push(act);
-                }
-            } else {
-                problems.push(e.to_string());
-            }
-        };
         let mut pools: Vec<(&PoolId, &PoolState)> = self.pools.iter().collect();
         pools.sort_by(|a, b| a.0.cmp(b.0));
         for (pool, state) in pools {
             match self.describe(OP, pool, state).await {
                 Ok(g) => {
                     if g.min != 0 {
-                        problems.push(format!(
+                        report.problem(format!(
                             "pool {pool}: group {} has MinSize {}; runscale needs MinSize 0 to scale in",
                             g.name, g.min
                         ));
@@ -691,7 +611,7 @@ impl Backend for AwsAsg {
                         && e.kind() == ErrorKind::Misconfigured
                         && e.message().contains("access denied")
                     {
-                        note(e, action::SET_PROTECTION, &mut missing, &mut problems);
+                        report.denied(action::SET_PROTECTION);
                     }
                     seen.push(format!(
                         "{pool} -> {} (desired {}, max {}, {} instances)",
@@ -701,36 +621,20 @@ impl Backend for AwsAsg {
                         g.instances.len()
                     ));
                 }
-                Err(e) => note(e, action::DESCRIBE_GROUPS, &mut missing, &mut problems),
+                Err(e) => report.check::<()>(action::DESCRIBE_GROUPS, Err(e)),
             }
             let root = format!("{}/{pool}", self.config.ssm_prefix);
-            if let Err(e) = self.aws.parameters_under(OP, &root).await {
-                note(e, action::PARAMETERS_BY_PATH, &mut missing, &mut problems);
-            }
             let probe_param = self.binding_name(pool, PROBE_INSTANCE);
-            if let Err(e) = self.aws.get_parameter(OP, &probe_param).await {
-                note(e, action::GET_PARAMETER, &mut missing, &mut problems);
-            }
-            if let Err(e) = self.aws.delete_parameter(OP, &probe_param).await {
-                note(e, action::DELETE_PARAMETER, &mut missing, &mut problems);
-            }
+            self.aws
+                .ssm
+                .probe(OP, &root, &probe_param, &mut report)
+                .await;
         }
-        if let Err(e) = self.aws.instance_group(OP, PROBE_INSTANCE).await {
-            note(e, action::DESCRIBE_INSTANCES, &mut missing, &mut problems);
-        }
-        if !missing.is_empty() {
-            problems.insert(
-                0,
-                format!("missing IAM permissions: {}", missing.join(", ")),
-            );
-        }
-        if !problems.is_empty() {
-            return Err(Error::new(
-                OP,
-                ErrorKind::Misconfigured,
-                problems.join("; "),
-            ));
-        }
+        report.check(
+            action::DESCRIBE_INSTANCES,
+            self.aws.instance_group(OP, PROBE_INSTANCE).await,
+        );
+        report.finish(OP)?;
         Ok(format!(
             "aws-asg: {}; IAM checked: {}, {}, {}, {}, {}, {}; not checkable without side effects: {}, {}, {}, {}",
             seen.join(", "),
@@ -761,16 +665,5 @@ mod tests {
         assert_eq!(state_of("Terminating:Wait"), Some(InstanceState::Stopping));
         assert_eq!(state_of("Detaching"), Some(InstanceState::Stopping));
         assert_eq!(state_of("Terminated"), None);
-    }
-
-    #[test]
-    fn credentials_file_is_line_per_variable_and_rejects_line_breaks() {
-        let ok = credentials_file(&[
-            ("A".to_owned(), "x=y".to_owned()),
-            ("B_2".to_owned(), String::new()),
-        ]);
-        assert_eq!(ok, Ok("A=x=y\nB_2=\n".to_owned()));
-        assert!(credentials_file(&[("A".to_owned(), "x\ny".to_owned())]).is_err());
-        assert!(credentials_file(&[("A B".to_owned(), "x".to_owned())]).is_err());
     }
 }

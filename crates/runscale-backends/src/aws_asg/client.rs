@@ -3,10 +3,10 @@
 //! [`super::errors`] with the IAM action it needs.
 
 use aws_sdk_autoscaling::types::Filter;
-use aws_sdk_ssm::types::ParameterType;
-use runscale_core::{Error, Result};
+use runscale_core::Result;
 
-use super::errors::{Failure, aws_error, secret_error};
+use crate::aws_common::errors::{Failure, aws_error};
+use crate::aws_common::ssm::{Ssm, retry};
 
 /// Most group names per DescribeAutoScalingGroups request.
 const NAMES_PER_DESCRIBE: usize = 50;
@@ -20,12 +20,19 @@ pub(crate) mod action {
     pub(crate) const SET_DESIRED: &str = "autoscaling:SetDesiredCapacity";
     pub(crate) const SET_PROTECTION: &str = "autoscaling:SetInstanceProtection";
     pub(crate) const TERMINATE: &str = "autoscaling:TerminateInstanceInAutoScalingGroup";
-    pub(crate) const PUT_PARAMETER: &str = "ssm:PutParameter";
-    pub(crate) const GET_PARAMETER: &str = "ssm:GetParameter";
-    pub(crate) const DELETE_PARAMETER: &str = "ssm:DeleteParameter";
-    pub(crate) const PARAMETERS_BY_PATH: &str = "ssm:GetParametersByPath";
-    /// SecureString parameters are encrypted with a KMS key (`alias/aws/ssm` by default).
-    pub(crate) const KMS_ENCRYPT: &str = "kms:Encrypt";
+    pub(crate) use crate::aws_common::ssm::action::{
+        DELETE_PARAMETER, GET_PARAMETER, KMS_ENCRYPT, PARAMETERS_BY_PATH, PUT_PARAMETER,
+    };
+
+    /// The Auto Scaling actions (the SSM ones are listed with the SSM client).
+    #[cfg(test)]
+    pub(crate) const ALL: &[&str] = &[
+        DESCRIBE_GROUPS,
+        DESCRIBE_INSTANCES,
+        SET_DESIRED,
+        SET_PROTECTION,
+        TERMINATE,
+    ];
 }
 
 /// One instance of a group, as the group reports it.
@@ -74,23 +81,19 @@ fn group_of(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> Group {
 #[derive(Clone, Debug)]
 pub(crate) struct Aws {
     asg: aws_sdk_autoscaling::Client,
-    ssm: aws_sdk_ssm::Client,
+    /// Parameters: bindings and credentials.
+    pub(crate) ssm: Ssm,
 }
 
 impl Aws {
     /// Clients from a loaded SDK configuration, with `max_attempts` per call.
     pub(crate) fn new(sdk: &aws_config::SdkConfig, max_attempts: u32) -> Self {
-        let retry = aws_sdk_autoscaling::config::retry::RetryConfig::standard()
-            .with_max_attempts(max_attempts);
         let asg = aws_sdk_autoscaling::config::Builder::from(sdk)
-            .retry_config(retry.clone())
-            .build();
-        let ssm = aws_sdk_ssm::config::Builder::from(sdk)
-            .retry_config(retry)
+            .retry_config(retry(max_attempts))
             .build();
         Self {
             asg: aws_sdk_autoscaling::Client::from_conf(asg),
-            ssm: aws_sdk_ssm::Client::from_conf(ssm),
+            ssm: Ssm::new(sdk, max_attempts),
         }
     }
 
@@ -248,169 +251,5 @@ impl Aws {
                 )
             })?;
         Ok(())
-    }
-
-    /// Writes a parameter (overwriting). `secure` makes it a SecureString, whose value never
-    /// appears in an error.
-    pub(crate) async fn put_parameter(
-        &self,
-        op: &'static str,
-        name: &str,
-        value: String,
-        secure: bool,
-    ) -> Result<()> {
-        self.ssm
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(if secure {
-                ParameterType::SecureString
-            } else {
-                ParameterType::String
-            })
-            .overwrite(true)
-            .send()
-            .await
-            .map_err(|e| {
-                let f = Failure::of(&e);
-                let what = format!("writing parameter {name}");
-                match (secure, f.is_access_denied()) {
-                    // SecureString needs KMS too; say both.
-                    (true, true) => Error::new(
-                        op,
-                        f.kind(),
-                        format!(
-                            "{what}: access denied: the IAM policy must allow {} and {} (see deploy/aws/iam-policy.json)",
-                            action::PUT_PARAMETER,
-                            action::KMS_ENCRYPT
-                        ),
-                    ),
-                    (true, false) => secret_error(op, action::PUT_PARAMETER, what, &f),
-                    (false, _) => aws_error(op, action::PUT_PARAMETER, what, &f),
-                }
-            })?;
-        Ok(())
-    }
-
-    /// Reads a String parameter; `None` if it does not exist.
-    pub(crate) async fn get_parameter(
-        &self,
-        op: &'static str,
-        name: &str,
-    ) -> Result<Option<String>> {
-        match self.ssm.get_parameter().name(name).send().await {
-            Ok(resp) => Ok(resp.parameter().and_then(|p| p.value()).map(str::to_owned)),
-            Err(e) => {
-                let f = Failure::of(&e);
-                if f.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(aws_error(
-                        op,
-                        action::GET_PARAMETER,
-                        format!("reading parameter {name}"),
-                        &f,
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Deletes a parameter; `Ok` if it did not exist.
-    pub(crate) async fn delete_parameter(&self, op: &'static str, name: &str) -> Result<()> {
-        match self.ssm.delete_parameter().name(name).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let f = Failure::of(&e);
-                if f.is_not_found() {
-                    Ok(())
-                } else {
-                    Err(aws_error(
-                        op,
-                        action::DELETE_PARAMETER,
-                        format!("deleting parameter {name}"),
-                        &f,
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Names of every parameter under `path` (recursively, all pages), with the values of
-    /// String parameters (SecureString values are not decrypted and come back `None`).
-    pub(crate) async fn parameters_under(
-        &self,
-        op: &'static str,
-        path: &str,
-    ) -> Result<Vec<(String, Option<String>)>> {
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let resp = self
-                .ssm
-                .get_parameters_by_path()
-                .path(path)
-                .recursive(true)
-                .with_decryption(false)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| {
-                    aws_error(
-                        op,
-                        action::PARAMETERS_BY_PATH,
-                        format!("listing parameters under {path}"),
-                        &Failure::of(&e),
-                    )
-                })?;
-            for p in resp.parameters() {
-                let Some(name) = p.name() else { continue };
-                let value = match p.r#type() {
-                    Some(ParameterType::String) => p.value().map(str::to_owned),
-                    _ => None,
-                };
-                out.push((name.to_owned(), value));
-            }
-            token = resp.next_token().map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::action;
-
-    /// `deploy/aws/iam-policy.json` allows exactly the actions the backend calls.
-    #[test]
-    fn iam_policy_lists_exactly_the_calls_made() {
-        let policy: serde_json::Value =
-            serde_json::from_str(include_str!("../../../../deploy/aws/iam-policy.json"))
-                .expect("policy is JSON");
-        let mut allowed: Vec<String> = policy["Statement"]
-            .as_array()
-            .expect("statements")
-            .iter()
-            .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
-            .filter_map(|a| a.as_str().map(str::to_owned))
-            .collect();
-        allowed.sort_unstable();
-        let mut used = vec![
-            action::DESCRIBE_GROUPS,
-            action::DESCRIBE_INSTANCES,
-            action::SET_DESIRED,
-            action::SET_PROTECTION,
-            action::TERMINATE,
-            action::PUT_PARAMETER,
-            action::GET_PARAMETER,
-            action::DELETE_PARAMETER,
-            action::PARAMETERS_BY_PATH,
-            action::KMS_ENCRYPT,
-        ];
-        used.sort_unstable();
-        assert_eq!(allowed, used);
     }
 }

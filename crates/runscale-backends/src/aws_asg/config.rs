@@ -10,9 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Longest pool name: it is a segment of SSM parameter names (at most 1011 characters in all)
-/// and of the runner name `rs-{pool}-{10 chars}`, which CI systems limit to 64 characters.
-pub(crate) const MAX_POOL_NAME: usize = 64 - 14;
+use crate::aws_common::{
+    common_problems, default_max_attempts, default_ssm_prefix, pool_name_problem,
+};
 
 /// Backend-level settings of the aws-asg backend.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -46,11 +46,6 @@ pub struct Config {
     pub max_attempts: u32,
 }
 
-/// The default [`Config::ssm_prefix`]: `/runscale`.
-fn default_ssm_prefix() -> String {
-    "/runscale".to_owned()
-}
-
 /// The default [`Config::claim_timeout`]: 5 minutes.
 fn default_claim_timeout() -> Duration {
     Duration::from_secs(300)
@@ -59,11 +54,6 @@ fn default_claim_timeout() -> Duration {
 /// The default [`Config::poll_interval`]: 2 seconds.
 fn default_poll_interval() -> Duration {
     Duration::from_secs(2)
-}
-
-/// The default [`Config::max_attempts`]: 5.
-fn default_max_attempts() -> u32 {
-    5
 }
 
 impl Default for Config {
@@ -83,29 +73,12 @@ impl Config {
     /// Checks the settings without touching the network. Errors name the field (relative to
     /// this struct) and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
-        let mut errors = Vec::new();
-        if let Some(region) = &self.region
-            && (region.is_empty()
-                || !region
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
-        {
-            errors.push((
-                "region".to_owned(),
-                format!("{region:?} is not a region name such as us-east-1"),
-            ));
-        }
-        if let Some(url) = &self.endpoint_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            errors.push((
-                "endpoint_url".to_owned(),
-                "must be an http:// or https:// URL".to_owned(),
-            ));
-        }
-        if let Some(problem) = ssm_prefix_problem(&self.ssm_prefix) {
-            errors.push(("ssm_prefix".to_owned(), problem));
-        }
+        let mut errors = common_problems(
+            self.region.as_deref(),
+            self.endpoint_url.as_deref(),
+            &self.ssm_prefix,
+            self.max_attempts,
+        );
         if self.claim_timeout < Duration::from_secs(1) {
             errors.push(("claim_timeout".to_owned(), "must be at least 1s".to_owned()));
         }
@@ -116,40 +89,12 @@ impl Config {
                 "must be at least 10ms and at most claim_timeout".to_owned(),
             ));
         }
-        if !(1..=20).contains(&self.max_attempts) {
-            errors.push((
-                "max_attempts".to_owned(),
-                "must be between 1 and 20".to_owned(),
-            ));
-        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
     }
-}
-
-fn ssm_prefix_problem(prefix: &str) -> Option<String> {
-    if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.len() < 2 {
-        return Some("must start with '/' and not end with '/' (e.g. /runscale)".to_owned());
-    }
-    if prefix.len() > 200 {
-        return Some("must be at most 200 characters".to_owned());
-    }
-    let ok = prefix
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
-    let reserved = prefix.split('/').any(|seg| {
-        seg.to_ascii_lowercase().starts_with("aws") || seg.to_ascii_lowercase().starts_with("ssm")
-    });
-    if !ok || prefix.contains("//") {
-        return Some("may hold only letters, digits, '_', '.', '-' and single '/'".to_owned());
-    }
-    if reserved {
-        return Some("segments may not start with 'aws' or 'ssm' (reserved by SSM)".to_owned());
-    }
-    None
 }
 
 /// Which Auto Scaling group hosts one pool's runners. Exactly one of the fields.
@@ -213,20 +158,7 @@ impl PoolTemplate {
     }
 
     pub(crate) fn selector(&self, pool: &str) -> Result<GroupSelector, Vec<(String, String)>> {
-        let mut errors = Vec::new();
-        if pool.is_empty()
-            || pool.len() > MAX_POOL_NAME
-            || !pool
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            errors.push((
-                "pool".to_owned(),
-                format!(
-                    "pool name {pool:?} must be 1 to {MAX_POOL_NAME} letters, digits, '-' or '_' (it names SSM parameters)"
-                ),
-            ));
-        }
+        let mut errors: Vec<(String, String)> = pool_name_problem(pool).into_iter().collect();
         let chosen = usize::from(self.group.is_some())
             + usize::from(self.resource_class.is_some())
             + usize::from(self.pool_tag);
@@ -308,15 +240,11 @@ mod tests {
                 "region",
                 "endpoint_url",
                 "ssm_prefix",
+                "max_attempts",
                 "claim_timeout",
-                "poll_interval",
-                "max_attempts"
+                "poll_interval"
             ]
         );
-        for bad in ["/aws/x", "/a//b", "/a b", "/"] {
-            assert!(ssm_prefix_problem(bad).is_some(), "{bad}");
-        }
-        assert!(ssm_prefix_problem("/ci/runscale").is_none());
         let unknown = serde_json::from_str::<Config>(r#"{"regio": "x"}"#);
         assert!(unknown.is_err());
     }

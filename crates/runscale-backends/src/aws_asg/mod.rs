@@ -76,7 +76,10 @@
 mod backend;
 mod client;
 mod config;
-mod errors;
 
 pub use backend::AwsAsg;
 pub use config::{Config, PoolTemplate};
+
+/// The Auto Scaling IAM actions this backend calls (besides the shared SSM ones).
+#[cfg(test)]
+pub(crate) const IAM_ACTIONS: &[&str] = client::action::ALL;

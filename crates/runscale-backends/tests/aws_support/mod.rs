@@ -1,7 +1,9 @@
-//! Test support for the aws-asg backend: one `moto_server` per test binary on a free loopback
+//! Test support for the AWS backends: one `moto_server` per test binary on a free loopback
 //! port (killed by PID when the last test using it drops it), SDK clients pointed at it, group
-//! fixtures, a checker for what moto does not validate, and a fault-injecting proxy speaking
-//! the AWS wire protocols (Query XML errors for Auto Scaling, JSON errors for SSM).
+//! and launch-template fixtures, a checker for what moto does not validate, and a
+//! fault-injecting proxy speaking the AWS wire protocols (Query XML errors for Auto Scaling,
+//! EC2's own XML errors, JSON errors for SSM) that also answers spot launches with AWS's
+//! capacity errors (moto always has capacity).
 
 #![allow(dead_code)]
 
@@ -11,8 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use aws_sdk_autoscaling::config::Credentials;
+#[cfg(feature = "aws-asg")]
 use aws_sdk_autoscaling::types::Tag;
+use aws_sdk_ssm::config::Credentials;
+use runscale_core::{Credentials as RunnerCredentials, LaunchRequest, PoolId, Registration};
+use secrecy::SecretString;
 
 /// A running moto_server.
 pub struct Moto {
@@ -76,6 +81,32 @@ pub fn moto() -> Option<Arc<Moto>> {
     Some(moto)
 }
 
+/// A registration for runner `name`: a variable and a secret (`token-of-{name}`).
+pub fn registration(name: &str) -> Registration {
+    let mut credentials = RunnerCredentials::default();
+    credentials
+        .vars
+        .insert("RUNNER_URL".to_owned(), "https://ci.example".to_owned());
+    credentials.secrets.insert(
+        "RUNNER_TOKEN".to_owned(),
+        SecretString::from(format!("token-of-{name}")),
+    );
+    Registration {
+        runner_name: name.to_owned(),
+        runner_id: None,
+        credentials,
+    }
+}
+
+/// A launch request for one runner `name` of `pool`, template hash `h1`.
+pub fn request(pool: &str, name: &str) -> LaunchRequest {
+    LaunchRequest {
+        pool: PoolId::new(pool),
+        runners: vec![registration(name)],
+        template_hash: "h1".to_owned(),
+    }
+}
+
 /// An SDK configuration for `url` (moto or a proxy in front of it).
 pub async fn sdk(url: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -87,11 +118,13 @@ pub async fn sdk(url: &str) -> aws_config::SdkConfig {
 }
 
 /// The test's own clients, to set up and inspect what the backend works on.
+#[cfg(feature = "aws-asg")]
 pub struct Inspect {
     pub asg: aws_sdk_autoscaling::Client,
     pub ssm: aws_sdk_ssm::Client,
 }
 
+#[cfg(feature = "aws-asg")]
 impl Inspect {
     pub async fn new(url: &str) -> Self {
         let sdk = sdk(url).await;
@@ -159,28 +192,7 @@ impl Inspect {
 
     /// Names of every parameter under `path`.
     pub async fn parameters(&self, path: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let resp = self
-                .ssm
-                .get_parameters_by_path()
-                .path(path)
-                .recursive(true)
-                .set_next_token(token)
-                .send()
-                .await
-                .expect("list parameters");
-            out.extend(
-                resp.parameters()
-                    .iter()
-                    .filter_map(|p| p.name().map(str::to_owned)),
-            );
-            token = resp.next_token().map(str::to_owned);
-            if token.is_none() {
-                return out;
-            }
-        }
+        parameters(&self.ssm, path).await
     }
 
     /// What AWS would refuse and moto accepts: checked after every step of a test.
@@ -205,6 +217,7 @@ impl Inspect {
 }
 
 /// Live (not terminating) members of a group and whether each is protected.
+#[cfg(feature = "aws-asg")]
 pub fn live_of(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> HashMap<String, bool> {
     g.instances()
         .iter()
@@ -221,11 +234,181 @@ pub fn live_of(g: &aws_sdk_autoscaling::types::AutoScalingGroup) -> HashMap<Stri
         .collect()
 }
 
+/// The test's own EC2 and SSM clients, for launch templates, instances and parameters.
+#[cfg(feature = "aws-ec2")]
+pub struct Ec2Inspect {
+    pub ec2: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
+}
+
+#[cfg(feature = "aws-ec2")]
+impl Ec2Inspect {
+    pub async fn new(url: &str) -> Self {
+        let sdk = sdk(url).await;
+        Self {
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+        }
+    }
+
+    /// Creates a launch template (image and type only) and returns its id.
+    pub async fn create_template(&self, name: &str) -> String {
+        let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+            .image_id("ami-12c6146b")
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .build();
+        self.ec2
+            .create_launch_template()
+            .launch_template_name(name)
+            .launch_template_data(data)
+            .send()
+            .await
+            .expect("create launch template")
+            .launch_template()
+            .and_then(|t| t.launch_template_id())
+            .expect("template id")
+            .to_owned()
+    }
+
+    /// Starts an instance from `template` with `tags` behind the backend's back.
+    pub async fn run(&self, template: &str, tags: &[(&str, &str)]) -> String {
+        let spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
+                    .collect(),
+            ))
+            .build();
+        self.ec2
+            .run_instances()
+            .launch_template(
+                aws_sdk_ec2::types::LaunchTemplateSpecification::builder()
+                    .launch_template_name(template)
+                    .build(),
+            )
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(spec)
+            .send()
+            .await
+            .expect("run instance")
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .expect("instance id")
+            .to_owned()
+    }
+
+    /// An instance as EC2 reports it.
+    pub async fn instance(&self, id: &str) -> aws_sdk_ec2::types::Instance {
+        self.ec2
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .expect("describe instance")
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .cloned()
+            .unwrap_or_else(|| panic!("instance {id} missing"))
+    }
+
+    /// An instance's state name.
+    pub async fn state(&self, id: &str) -> String {
+        self.instance(id)
+            .await
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// An instance's tags.
+    pub async fn tags(&self, id: &str) -> HashMap<String, String> {
+        self.instance(id)
+            .await
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+            .collect()
+    }
+
+    /// Ids of instances tagged `runscale/owner={owner}` that are not terminated or going.
+    pub async fn live(&self, owner: &str) -> Vec<String> {
+        let filter = |name: &str, values: &[&str]| {
+            aws_sdk_ec2::types::Filter::builder()
+                .name(name)
+                .set_values(Some(values.iter().map(|v| (*v).to_owned()).collect()))
+                .build()
+        };
+        let mut ids: Vec<String> = self
+            .ec2
+            .describe_instances()
+            .filters(filter("tag:runscale/owner", &[owner]))
+            .filters(filter("instance-state-name", &["pending", "running"]))
+            .send()
+            .await
+            .expect("describe instances")
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// A decrypted parameter, if it exists.
+    pub async fn secret(&self, name: &str) -> Option<String> {
+        self.ssm
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .ok()
+            .and_then(|r| r.parameter().and_then(|p| p.value()).map(str::to_owned))
+    }
+}
+
+/// Names of every parameter under `path`.
+pub async fn parameters(ssm: &aws_sdk_ssm::Client, path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let resp = ssm
+            .get_parameters_by_path()
+            .path(path)
+            .recursive(true)
+            .set_next_token(token)
+            .send()
+            .await
+            .expect("list parameters");
+        out.extend(
+            resp.parameters()
+                .iter()
+                .filter_map(|p| p.name().map(str::to_owned)),
+        );
+        token = resp.next_token().map(str::to_owned);
+        if token.is_none() {
+            return out;
+        }
+    }
+}
+
 /// What the fault proxy answers instead of forwarding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     Throttle,
     AccessDenied,
+    /// For CreateFleet and RunInstances: a *spot* request is answered with this capacity
+    /// error code as AWS does (CreateFleet: HTTP 200 with one error per override and no
+    /// instance; RunInstances: the call's error); on-demand requests are forwarded and do not
+    /// use up the count.
+    Capacity(&'static str),
 }
 
 #[derive(Default)]
@@ -260,6 +443,30 @@ fn action_of(headers: &axum::http::HeaderMap, body: &[u8]) -> String {
         .to_owned()
 }
 
+/// CreateFleet's answer when no override had capacity: one error per override of the request
+/// (`LaunchTemplateConfigs.1.Overrides.N.*`), no instance.
+fn fleet_capacity_errors(request: &str, code: &str) -> String {
+    let mut overrides: Vec<u32> = request
+        .split('&')
+        .filter_map(|kv| {
+            let rest = kv.strip_prefix("LaunchTemplateConfigs.1.Overrides.")?;
+            rest.split('.').next()?.parse().ok()
+        })
+        .collect();
+    overrides.sort_unstable();
+    overrides.dedup();
+    let items: String = (0..overrides.len().max(1))
+        .map(|_| {
+            format!(
+                "<item><lifecycle>spot</lifecycle><errorCode>{code}</errorCode><errorMessage>There is no Spot capacity available that matches your request.</errorMessage></item>"
+            )
+        })
+        .collect();
+    format!(
+        r#"<CreateFleetResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>fault</requestId><fleetId>fleet-00000000-0000-0000-0000-000000000000</fleetId><errorSet>{items}</errorSet><fleetInstanceSet/></CreateFleetResponse>"#
+    )
+}
+
 impl FaultProxy {
     pub async fn start(upstream: &str) -> Self {
         use axum::body::Bytes;
@@ -275,10 +482,16 @@ impl FaultProxy {
             async move {
                 let action = action_of(&headers, &body);
                 let json = headers.contains_key("x-amz-target");
+                let text = String::from_utf8_lossy(&body).into_owned();
+                // EC2 speaks its own Query dialect, with its own error document.
+                let ec2 = text.contains("Version=2016-11-15");
+                let spot = text.contains("DefaultTargetCapacityType=spot")
+                    || text.contains("MarketType=spot");
                 let fault = {
                     let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
                     *s.seen.entry(action.clone()).or_default() += 1;
                     match s.rules.get_mut(&action) {
+                        Some((Fault::Capacity(_), _)) if !spot => None,
                         Some((f, n)) if *n > 0 => {
                             *n -= 1;
                             Some(*f)
@@ -286,18 +499,57 @@ impl FaultProxy {
                         _ => None,
                     }
                 };
+                if let Some(Fault::Capacity(code)) = fault
+                    && action == "CreateFleet"
+                {
+                    return (
+                        StatusCode::OK,
+                        [("content-type", "text/xml")],
+                        fleet_capacity_errors(&text, code),
+                    )
+                        .into_response();
+                }
                 if let Some(f) = fault {
-                    let (status, code, msg) = match (f, json) {
-                        (Fault::Throttle, false) => (400, "Throttling", "Rate exceeded"),
-                        (Fault::Throttle, true) => (400, "ThrottlingException", "Rate exceeded"),
-                        (Fault::AccessDenied, false) => {
+                    let (status, code, msg) = match (f, json, ec2) {
+                        // AWS answers an exhausted pool with a server error (retried by
+                        // the SDK), a quota or price problem with a client error.
+                        (Fault::Capacity(code), _, _) => (
+                            if code == "InsufficientInstanceCapacity" {
+                                500
+                            } else {
+                                400
+                            },
+                            code,
+                            "There is no Spot capacity available that matches your request.",
+                        ),
+                        (Fault::Throttle, _, true) => {
+                            (503, "RequestLimitExceeded", "Request limit exceeded.")
+                        }
+                        (Fault::AccessDenied, _, true) => (
+                            403,
+                            "UnauthorizedOperation",
+                            "You are not authorized to perform this operation.",
+                        ),
+                        (Fault::Throttle, false, _) => (400, "Throttling", "Rate exceeded"),
+                        (Fault::Throttle, true, _) => (400, "ThrottlingException", "Rate exceeded"),
+                        (Fault::AccessDenied, false, _) => {
                             (403, "AccessDenied", "User is not authorized")
                         }
-                        (Fault::AccessDenied, true) => {
+                        (Fault::AccessDenied, true, _) => {
                             (400, "AccessDeniedException", "User is not authorized")
                         }
                     };
                     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                    if ec2 {
+                        return (
+                            status,
+                            [("content-type", "text/xml")],
+                            format!(
+                                "<Response><Errors><Error><Code>{code}</Code><Message>{msg}</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+                            ),
+                        )
+                            .into_response();
+                    }
                     return if json {
                         (
                             status,

@@ -1,12 +1,13 @@
-//! How the aws-asg backend's failures map to [`ErrorKind`]s, in one place.
+//! How the AWS backends' failures map to [`ErrorKind`]s, in one place (Auto Scaling, EC2 and
+//! SSM alike).
 //!
-//! Every AWS call carries the IAM action it needs, so an `AccessDenied` names the missing
-//! permission. Errors about credential parameters keep only the error code: the service's
-//! message could quote the request.
+//! Every AWS call carries the IAM action it needs, so an `AccessDenied` (or EC2's
+//! `UnauthorizedOperation`) names the missing permission. Errors about credential parameters
+//! keep only the error code: the service's message could quote the request.
 
 use std::fmt;
 
-use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use runscale_core::{Error, ErrorKind};
 
 /// Error codes AWS uses for throttling (Auto Scaling, SSM, STS and the generic ones).
@@ -40,6 +41,44 @@ const BAD_CREDENTIALS: &[&str] = &[
     "AuthFailure",
     "IncompleteSignature",
     "MissingAuthenticationToken",
+];
+
+/// Error codes meaning the thing asked for does not exist (any more).
+const NOT_FOUND: &[&str] = &["ParameterNotFound", "InvalidInstanceID.NotFound"];
+
+/// Error codes meaning AWS has no capacity for the request right now, or a quota is used up:
+/// worth trying another capacity type (spot -> on-demand), instance type or zone.
+pub(crate) const CAPACITY: &[&str] = &[
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "MaxSpotInstanceCountExceeded",
+    "MaxSpotFleetRequestCountExceeded",
+    "SpotMaxPriceTooLow",
+    "UnfulfillableCapacity",
+    "VcpuLimitExceeded",
+    "InstanceLimitExceeded",
+];
+
+/// EC2 error codes meaning the request itself is wrong (template, subnet, image, parameters).
+const EC2_INVALID: &[&str] = &[
+    "InvalidLaunchTemplateName.NotFoundException",
+    "InvalidLaunchTemplateName.MalformedException",
+    "InvalidLaunchTemplateId.NotFound",
+    "InvalidLaunchTemplateId.Malformed",
+    "InvalidLaunchTemplateId.VersionNotFound",
+    "InvalidLaunchTemplateVersion",
+    "InvalidSubnetID.NotFound",
+    "InvalidSubnetID.Malformed",
+    "InvalidAMIID.NotFound",
+    "InvalidAMIID.Malformed",
+    "InvalidParameter",
+    "InvalidParameterCombination",
+    "InvalidFleetConfiguration",
+    "MissingParameter",
+    "UnsupportedOperation",
+    "Unsupported",
 ];
 
 /// What an SDK error is, reduced to what decides control flow and messages.
@@ -90,7 +129,13 @@ impl Failure {
 
     /// Whether the thing asked for does not exist.
     pub(crate) fn is_not_found(&self) -> bool {
-        matches!(self.code.as_deref(), Some("ParameterNotFound"))
+        self.code.as_deref().is_some_and(|c| NOT_FOUND.contains(&c))
+    }
+
+    /// Whether AWS had no capacity (or quota) for the request.
+    #[cfg(feature = "aws-ec2")]
+    pub(crate) fn is_capacity(&self) -> bool {
+        self.code.as_deref().is_some_and(|c| CAPACITY.contains(&c))
     }
 
     /// Whether the caller lacks a permission.
@@ -109,8 +154,16 @@ impl Failure {
             if ACCESS_DENIED.contains(&code) || BAD_CREDENTIALS.contains(&code) {
                 return ErrorKind::Misconfigured;
             }
+            if NOT_FOUND.contains(&code) {
+                return ErrorKind::NotFound;
+            }
+            if CAPACITY.contains(&code) {
+                return ErrorKind::InsufficientCapacity;
+            }
+            if EC2_INVALID.contains(&code) {
+                return ErrorKind::Misconfigured;
+            }
             match code {
-                "ParameterNotFound" => return ErrorKind::NotFound,
                 "ValidationError" | "ValidationException" | "InvalidParameterValue" => {
                     return ErrorKind::Misconfigured;
                 }
@@ -163,7 +216,8 @@ pub(crate) trait HasStatus {
     fn status(&self) -> u16;
 }
 
-impl HasStatus for aws_sdk_autoscaling::config::http::HttpResponse {
+// One type for every SDK crate (aws-smithy-runtime-api's response).
+impl HasStatus for aws_sdk_ssm::config::http::HttpResponse {
     fn status(&self) -> u16 {
         self.status().as_u16()
     }
@@ -246,6 +300,28 @@ mod tests {
         assert!(code("ParameterNotFound", 400).is_not_found());
         assert_eq!(code("ResourceContention", 500).kind(), ErrorKind::Transient);
         assert_eq!(code("Whatever", 503).kind(), ErrorKind::Transient);
+        // EC2's codes.
+        assert_eq!(
+            code("RequestLimitExceeded", 503).kind(),
+            ErrorKind::RateLimited { retry_after: None }
+        );
+        assert_eq!(
+            code("UnauthorizedOperation", 403).kind(),
+            ErrorKind::Misconfigured
+        );
+        for c in [
+            "InsufficientInstanceCapacity",
+            "MaxSpotInstanceCountExceeded",
+            "UnfulfillableCapacity",
+            "SpotMaxPriceTooLow",
+        ] {
+            assert_eq!(code(c, 500).kind(), ErrorKind::InsufficientCapacity, "{c}");
+        }
+        assert_eq!(
+            code("InvalidLaunchTemplateName.NotFoundException", 400).kind(),
+            ErrorKind::Misconfigured
+        );
+        assert!(code("InvalidInstanceID.NotFound", 400).is_not_found());
         let transport = Failure {
             code: None,
             message: None,
