@@ -34,6 +34,20 @@ async fn live(backend: &LocalProcess) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_task_runners_take_every_task_and_the_fleet_returns_to_zero() {
+    let seen = run(RunnerMode::SingleTask, Duration::from_secs(2)).await;
+    assert!(seen >= 8, "one single-task runner per task, saw {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_runners_leave_after_their_idle_timeout_and_the_fleet_returns_to_zero() {
+    let seen = run(RunnerMode::Continuous, Duration::from_secs(1)).await;
+    assert!(seen >= 1, "saw {seen} runners");
+}
+
+/// Plays 8 tasks in two waves through the reconciler; checks every task ran, no task was
+/// lost, at most `max` processes, and processes and listed runners back to zero. Returns how
+/// many runners connected.
+async fn run(mode: RunnerMode, runner_idle_timeout: Duration) -> usize {
     let emu = Emulator::start(EmulatorConfig::new("api-token", &[(RC, "rc-token")]))
         .await
         .expect("emulator");
@@ -57,8 +71,8 @@ async fn single_task_runners_take_every_task_and_the_fleet_returns_to_zero() {
             PoolSelector {
                 resource_class: RC.to_owned(),
                 token: SecretRef::File(dir.path().join("rc")),
-                runner_mode: RunnerMode::SingleTask,
-                runner_idle_timeout: Some(Duration::from_secs(2)),
+                runner_mode: mode,
+                runner_idle_timeout: Some(runner_idle_timeout),
                 projects: Vec::new(),
                 agent_env: AgentEnv::CircleciRunner,
             },
@@ -146,17 +160,13 @@ async fn single_task_runners_take_every_task_and_the_fleet_returns_to_zero() {
         s.violations
     );
     assert!(peak <= 4, "max 4 processes, saw {peak}");
-    assert!(
-        s.runners_seen >= 8,
-        "one single-task runner per task, saw {}",
-        s.runners_seen
-    );
     println!(
-        "8 tasks done in {:.1}s, fleet at zero after {:.1}s, peak {peak} processes, {} runners",
+        "{mode:?}: 8 tasks done in {:.1}s, fleet at zero after {:.1}s, peak {peak} processes, {} runners",
         done.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         s.runners_seen
     );
     stop.cancel();
     task.await.expect("reconciler");
+    s.runners_seen
 }
