@@ -502,3 +502,29 @@ fn aws_asg_pools_name_their_group_and_host_one_runner_per_instance() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn circleci_pools_select_a_resource_class_with_its_token() {
+    let circle = |selector: &str| {
+        yaml("")
+            .replace(
+                "    type: github\n    org: acme\n    repositories: [app]\n    auth: {token: {env: RUNSCALE_TEST_TOKEN}}\n",
+                "    type: circleci\n    token: {env: RUNSCALE_TEST_TOKEN}\n",
+            )
+            .replace("selector: {labels: [linux]}", selector)
+    };
+    let v = load(&circle(
+        "selector: {resource_class: acme/linux, token: {env: RUNSCALE_TEST_CLASS_TOKEN}}",
+    ))
+    .expect("valid");
+    assert_eq!(v.providers[0].settings.kind(), "circleci");
+    let errors = errors_of(&circle(
+        "selector: {resource_class: no-slash, token: {env: T}}",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path.starts_with("pools[0].selector.resource_class")),
+        "{errors:#?}"
+    );
+}

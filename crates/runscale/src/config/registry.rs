@@ -25,6 +25,8 @@ use runscale_backends::kubernetes;
 #[cfg(feature = "backend-local-process")]
 use runscale_backends::local_process;
 use runscale_core::{Backend, PoolId, Provider};
+#[cfg(feature = "provider-circleci")]
+use runscale_providers::circleci;
 #[cfg(feature = "provider-exec")]
 use runscale_providers::exec;
 #[cfg(feature = "provider-github")]
@@ -59,6 +61,11 @@ pub const PROVIDER_TYPES: &[TypeInfo] = &[
         feature: "provider-github",
         compiled: cfg!(feature = "provider-github"),
     },
+    TypeInfo {
+        name: "circleci",
+        feature: "provider-circleci",
+        compiled: cfg!(feature = "provider-circleci"),
+    },
 ];
 
 /// Every backend type runscale knows.
@@ -89,6 +96,9 @@ pub enum ProviderSettings {
     /// `github`.
     #[cfg(feature = "provider-github")]
     Github(github::Config),
+    /// `circleci`.
+    #[cfg(feature = "provider-circleci")]
+    Circleci(circleci::Config),
 }
 
 /// A pool's selector, parsed into its provider type's selector.
@@ -100,6 +110,9 @@ pub enum SelectorSettings {
     /// `github`.
     #[cfg(feature = "provider-github")]
     Github(github::PoolSelector),
+    /// `circleci`.
+    #[cfg(feature = "provider-circleci")]
+    Circleci(circleci::PoolSelector),
 }
 
 impl SelectorSettings {
@@ -110,6 +123,8 @@ impl SelectorSettings {
             SelectorSettings::Exec(ref s) => s.labels.clone(),
             #[cfg(feature = "provider-github")]
             SelectorSettings::Github(ref s) => s.labels.clone(),
+            #[cfg(feature = "provider-circleci")]
+            SelectorSettings::Circleci(ref s) => vec![s.resource_class.clone()],
         }
     }
 }
@@ -161,6 +176,8 @@ impl ProviderSettings {
             ProviderSettings::Exec(_) => "exec",
             #[cfg(feature = "provider-github")]
             ProviderSettings::Github(_) => "github",
+            #[cfg(feature = "provider-circleci")]
+            ProviderSettings::Circleci(_) => "circleci",
         }
     }
 }
@@ -289,6 +306,9 @@ pub(crate) fn parse_provider(
         #[cfg(feature = "provider-github")]
         "github" => typed(Value::Object(settings), path, github::Config::validate)
             .map(ProviderSettings::Github),
+        #[cfg(feature = "provider-circleci")]
+        "circleci" => typed(Value::Object(settings), path, circleci::Config::validate)
+            .map(ProviderSettings::Circleci),
         _ => {
             let _ = settings;
             Err(vec![unknown_type(
@@ -353,6 +373,10 @@ pub(crate) fn parse_selector(
             // setting.
             s.ephemeral = pool.ephemeral;
             Ok(SelectorSettings::Github(s))
+        }
+        #[cfg(feature = "provider-circleci")]
+        ProviderSettings::Circleci(_) => {
+            typed(value, path, circleci::PoolSelector::validate).map(SelectorSettings::Circleci)
         }
     }
 }
@@ -468,6 +492,21 @@ pub(crate) fn build_provider(
                 })
                 .collect::<runscale_core::Result<Vec<_>>>()?;
             Ok(Arc::new(github::GithubProvider::new(
+                config.clone(),
+                pools,
+            )?))
+        }
+        #[cfg(feature = "provider-circleci")]
+        ProviderSettings::Circleci(ref config) => {
+            let pools = selectors
+                .into_iter()
+                .map(|(pool, s)| match s {
+                    SelectorSettings::Circleci(s) => Ok((pool, s)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(mismatch(&pool, "selector")),
+                })
+                .collect::<runscale_core::Result<Vec<_>>>()?;
+            Ok(Arc::new(circleci::CircleciProvider::new(
                 config.clone(),
                 pools,
             )?))
@@ -598,6 +637,10 @@ pub(crate) fn providers_schema(generator: &mut SchemaGenerator) -> Schema {
     variants.push(entry_schema::<github::Config>(
         generator, "provider", "github",
     ));
+    #[cfg(feature = "provider-circleci")]
+    variants.push(entry_schema::<circleci::Config>(
+        generator, "provider", "circleci",
+    ));
     let _ = &generator;
     list_of(one_of(
         "A provider: `name`, `type` and that type's settings.",
@@ -648,6 +691,8 @@ pub(crate) fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
     variants.push(<github::PoolSelector as schemars::JsonSchema>::json_schema(
         generator,
     ));
+    #[cfg(feature = "provider-circleci")]
+    variants.push(<circleci::PoolSelector as schemars::JsonSchema>::json_schema(generator));
     let _ = &generator;
     any_of(
         "Which jobs the pool serves; the shape is that of the pool's provider type.",
