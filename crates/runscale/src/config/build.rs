@@ -2,9 +2,10 @@
 //! configured name (shared by all of its pools, so observations can be batched per account),
 //! and one [`PoolBinding`] per pool.
 //!
-//! This is where adapters read their secrets (`{env: NAME}`, `{file: PATH}`) and may touch the
-//! world (create a state directory); nothing here makes a network call to a CI system or a
-//! cloud, which `probe` does.
+//! This is where adapters read their secrets (`{env: NAME}`, `{file: PATH}`, and
+//! `{aws_secrets_manager: ...}` from the values [`fetch_secrets`](super::fetch_secrets) preloaded
+//! before) and may touch the world (create a state directory); nothing here makes a network call
+//! to a CI system or a cloud, which `probe` does.
 
 // A build without any provider type or without any backend type has empty enums here, so
 // code handling their values is unreachable and some helpers unused: that is expected.
