@@ -418,11 +418,22 @@ async fn orphans_and_strays_are_collected_by_the_policy_and_others_left_alone() 
     let mut expected = vec![orphan.clone(), stray.clone()];
     expected.sort();
     assert_eq!(doomed, expected);
+    // The orphan's credentials were written under its own (removed) pool: they go with it.
+    aws.ssm
+        .put_parameter()
+        .name(format!("/runscale/removed/{orphan}"))
+        .value("RUNSCALE_POOL=removed")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect("orphan's parameter");
     for id in &doomed {
         be.terminate(&PoolId::new("orph-a"), &id.as_str().into())
             .await
             .expect("terminate");
     }
+
+    assert!(parameters(&aws.ssm, "/runscale/removed").await.is_empty());
 
     // Not ours, or another served pool's: left alone (Ok, nothing done).
     be.terminate(&PoolId::new("orph-a"), &foreign.as_str().into())

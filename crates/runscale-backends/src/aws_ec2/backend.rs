@@ -52,9 +52,10 @@ struct Known {
 
 struct PoolState {
     template: PoolTemplate,
-    /// Serialises launches (between the instance's creation and its credentials parameter)
-    /// with sweeps and terminations of the pool.
-    act: tokio::sync::Mutex<()>,
+    /// Held shared by each launch from the instance's creation to its credentials parameter,
+    /// and exclusively by a sweep, which thus never deletes a parameter being handed over.
+    /// Launches of a pool run concurrently.
+    act: tokio::sync::RwLock<()>,
     known: Mutex<Known>,
 }
 
@@ -113,7 +114,7 @@ impl AwsEc2 {
                 template.validate(pool.as_str())?;
                 Ok(PoolState {
                     template,
-                    act: tokio::sync::Mutex::new(()),
+                    act: tokio::sync::RwLock::new(()),
                     known: Mutex::new(Known::default()),
                 })
             },
@@ -218,7 +219,7 @@ impl AwsEc2 {
             return Ok(());
         }
         // Never while a launch is between "instance created" and "parameter written".
-        let Ok(_guard) = state.act.try_lock() else {
+        let Ok(_guard) = state.act.try_write() else {
             return Ok(());
         };
         let root = format!("{}/{pool}", self.config.ssm_prefix);
@@ -387,7 +388,7 @@ impl Backend for AwsEc2 {
             Market::OnDemand => &[false],
         };
         let tags = self.tags(pool, runner, &request.template_hash);
-        let _guard = state.act.lock().await;
+        let _guard = state.act.read().await;
         let mut no_capacity: Vec<String> = Vec::new();
         let mut launched = None;
         for &spot in markets {
@@ -459,9 +460,11 @@ impl Backend for AwsEc2 {
     async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
         const OP: &str = "aws_ec2.terminate";
         let state = self.pool(pool)?;
-        let _guard = state.act.lock().await;
         let id = instance.as_str();
         lock(&state.known).recent.remove(id);
+        // The credentials parameter is named after the pool the instance was launched for
+        // (an orphan's is not this pool).
+        let mut param_pool = pool.clone();
         match self.ec2.describe_instance(OP, id).await? {
             None => debug!(pool = %pool, instance = %id, "instance unknown to EC2"),
             Some(i) if i.tag(TAG_OWNER) != Some(self.config.owner.as_str()) => {
@@ -472,16 +475,22 @@ impl Backend for AwsEc2 {
                 warn!(pool = %pool, instance = %id, tagged = i.tag(TAG_POOL).unwrap_or_default(), "instance belongs to another pool; left alone");
                 return Ok(());
             }
-            Some(i) if matches!(i.state.as_str(), "shutting-down" | "terminated") => {
-                debug!(pool = %pool, instance = %id, state = %i.state, "instance already going");
-            }
-            Some(_) => {
-                self.ec2.terminate(OP, id).await?;
-                info!(pool = %pool, instance = %id, "instance terminated");
+            Some(i) => {
+                if let Some(p) = i.tag(TAG_POOL)
+                    && crate::aws_common::pool_name_problem(p).is_none()
+                {
+                    param_pool = PoolId::new(p);
+                }
+                if matches!(i.state.as_str(), "shutting-down" | "terminated") {
+                    debug!(pool = %pool, instance = %id, state = %i.state, "instance already going");
+                } else {
+                    self.ec2.terminate(OP, id).await?;
+                    info!(pool = %pool, instance = %id, "instance terminated");
+                }
             }
         }
         self.ssm
-            .delete_parameter(OP, &self.credentials_name(pool, id))
+            .delete_parameter(OP, &self.credentials_name(&param_pool, id))
             .await?;
         lock(&state.known).credentials_gone.insert(id.to_owned());
         Ok(())
