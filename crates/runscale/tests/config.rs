@@ -528,3 +528,28 @@ fn circleci_pools_select_a_resource_class_with_its_token() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn aws_ec2_pools_name_a_launch_template_and_host_one_runner_per_instance() {
+    let ec2 = |template: &str, extra: &str| {
+        yaml(extra)
+            .replace(
+                "    type: local-process\n    state_dir: /tmp/runscale-config-test\n",
+                "    type: aws-ec2\n    owner: ci-prod\n    region: eu-west-1\n",
+            )
+            .replace(r#"template: {command: ["/bin/true"]}"#, template)
+    };
+    let template = "template: {launch_template_name: ci-linux, instance_types: [m6i.large]}";
+    let v = load(&ec2(template, "")).expect("valid");
+    assert_eq!(v.backends[0].settings.kind(), "aws-ec2");
+    let errors = errors_of(&ec2(template, "    runners_per_instance: 3\n"));
+    let e = error_at(&errors, "pools[0].runners_per_instance");
+    assert!(e.message.contains("aws-ec2"), "{e}");
+    let errors = errors_of(&ec2("template: {instance_types: [m6i.large]}", ""));
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.path.starts_with("pools[0].template")),
+        "{errors:#?}"
+    );
+}

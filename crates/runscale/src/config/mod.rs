@@ -22,7 +22,7 @@
 //! [`Spanned`]: serde_saphyr::Spanned
 
 mod build;
-#[cfg(feature = "backend-aws-asg")]
+#[cfg(any(feature = "backend-aws-asg", feature = "backend-aws-ec2"))]
 mod deferred;
 mod error;
 pub mod interpolate;

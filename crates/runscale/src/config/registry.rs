@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 #[cfg(feature = "backend-aws-asg")]
 use runscale_backends::aws_asg;
+#[cfg(feature = "backend-aws-ec2")]
+use runscale_backends::aws_ec2;
 #[cfg(feature = "backend-kubernetes")]
 use runscale_backends::kubernetes;
 #[cfg(feature = "backend-local-process")]
@@ -84,6 +86,11 @@ pub const BACKEND_TYPES: &[TypeInfo] = &[
         name: "aws-asg",
         feature: "backend-aws-asg",
         compiled: cfg!(feature = "backend-aws-asg"),
+    },
+    TypeInfo {
+        name: "aws-ec2",
+        feature: "backend-aws-ec2",
+        compiled: cfg!(feature = "backend-aws-ec2"),
     },
 ];
 
@@ -152,6 +159,9 @@ pub enum BackendSettings {
     /// `aws-asg`.
     #[cfg(feature = "backend-aws-asg")]
     AwsAsg(aws_asg::Config),
+    /// `aws-ec2`.
+    #[cfg(feature = "backend-aws-ec2")]
+    AwsEc2(aws_ec2::Config),
 }
 
 /// A pool's template, parsed into its backend type's template.
@@ -166,6 +176,9 @@ pub enum TemplateSettings {
     /// `aws-asg`.
     #[cfg(feature = "backend-aws-asg")]
     AwsAsg(aws_asg::PoolTemplate),
+    /// `aws-ec2` (boxed: a template with its overrides is large).
+    #[cfg(feature = "backend-aws-ec2")]
+    AwsEc2(Box<aws_ec2::PoolTemplate>),
 }
 
 impl ProviderSettings {
@@ -192,6 +205,8 @@ impl BackendSettings {
             BackendSettings::Kubernetes(_) => "kubernetes",
             #[cfg(feature = "backend-aws-asg")]
             BackendSettings::AwsAsg(_) => "aws-asg",
+            #[cfg(feature = "backend-aws-ec2")]
+            BackendSettings::AwsEc2(_) => "aws-ec2",
         }
     }
 }
@@ -341,6 +356,9 @@ pub(crate) fn parse_backend(
         #[cfg(feature = "backend-aws-asg")]
         "aws-asg" => typed(Value::Object(settings), path, aws_asg::Config::validate)
             .map(BackendSettings::AwsAsg),
+        #[cfg(feature = "backend-aws-ec2")]
+        "aws-ec2" => typed(Value::Object(settings), path, aws_ec2::Config::validate)
+            .map(BackendSettings::AwsEc2),
         _ => {
             let _ = settings;
             Err(vec![unknown_type(
@@ -422,19 +440,38 @@ pub(crate) fn parse_template(
             let t = typed(value, path, |t: &aws_asg::PoolTemplate| {
                 t.validate(pool.name)
             })?;
-            if runners_per_instance != 1 {
-                let pool_path = path.strip_suffix(".template").unwrap_or(path);
-                return Err(vec![FieldError::new(
-                    join_key(pool_path, "runners_per_instance"),
-                    format!(
-                        "the aws-asg backend runs one runner per instance; set 1, not \
-                         {runners_per_instance}"
-                    ),
-                )]);
-            }
+            one_runner_per_instance("aws-asg", path, runners_per_instance)?;
             Ok(TemplateSettings::AwsAsg(t))
         }
+        #[cfg(feature = "backend-aws-ec2")]
+        BackendSettings::AwsEc2(_) => {
+            let t = typed(value, path, |t: &aws_ec2::PoolTemplate| {
+                t.validate(pool.name)
+            })?;
+            one_runner_per_instance("aws-ec2", path, runners_per_instance)?;
+            Ok(TemplateSettings::AwsEc2(Box::new(t)))
+        }
     }
+}
+
+/// Backends that host one runner per instance: an error at the pool's `runners_per_instance`
+/// (`path` is the pool's template) unless it is 1.
+#[cfg(any(feature = "backend-aws-asg", feature = "backend-aws-ec2"))]
+fn one_runner_per_instance(
+    kind: &str,
+    path: &str,
+    runners_per_instance: u32,
+) -> Result<(), Vec<FieldError>> {
+    if runners_per_instance == 1 {
+        return Ok(());
+    }
+    let pool_path = path.strip_suffix(".template").unwrap_or(path);
+    Err(vec![FieldError::new(
+        join_key(pool_path, "runners_per_instance"),
+        format!(
+            "the {kind} backend runs one runner per instance; set 1, not {runners_per_instance}"
+        ),
+    )])
 }
 
 impl TemplateSettings {
@@ -447,6 +484,8 @@ impl TemplateSettings {
             TemplateSettings::Kubernetes(ref t) => t.template_hash(),
             #[cfg(feature = "backend-aws-asg")]
             TemplateSettings::AwsAsg(ref t) => t.hash(),
+            #[cfg(feature = "backend-aws-ec2")]
+            TemplateSettings::AwsEc2(ref t) => t.hash(),
         }
     }
 }
@@ -570,6 +609,29 @@ pub(crate) fn build_backend(
                 },
             )))
         }
+        #[cfg(feature = "backend-aws-ec2")]
+        BackendSettings::AwsEc2(ref config) => {
+            let templates = templates
+                .into_iter()
+                .map(|(pool, t)| match t {
+                    TemplateSettings::AwsEc2(t) => Ok((pool, *t)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(mismatch(&pool, "template")),
+                })
+                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
+            // The SDK loads its credential chain and region asynchronously: built on first use.
+            let config = config.clone();
+            Ok(Arc::new(super::deferred::Deferred::new(
+                "aws-ec2",
+                move || {
+                    let (config, templates) = (config.clone(), templates.clone());
+                    async move {
+                        let backend = aws_ec2::AwsEc2::connect(config, templates).await?;
+                        Ok(Arc::new(backend) as Arc<dyn Backend>)
+                    }
+                },
+            )))
+        }
     }
 }
 
@@ -670,6 +732,10 @@ pub(crate) fn backends_schema(generator: &mut SchemaGenerator) -> Schema {
     variants.push(entry_schema::<aws_asg::Config>(
         generator, "backend", "aws-asg",
     ));
+    #[cfg(feature = "backend-aws-ec2")]
+    variants.push(entry_schema::<aws_ec2::Config>(
+        generator, "backend", "aws-ec2",
+    ));
     let _ = &generator;
     list_of(one_of(
         "A backend: `name`, `type` and that type's settings.",
@@ -712,6 +778,8 @@ pub(crate) fn template_schema(generator: &mut SchemaGenerator) -> Schema {
     variants.push(<kubernetes::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
     #[cfg(feature = "backend-aws-asg")]
     variants.push(<aws_asg::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
+    #[cfg(feature = "backend-aws-ec2")]
+    variants.push(<aws_ec2::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
     let _ = &generator;
     any_of(
         "How one instance is started; the shape is that of the pool's backend type.",
