@@ -449,25 +449,33 @@ fn exec_provider_settings_and_selectors_are_checked_by_path() {
     assert_eq!(v.providers[0].settings.kind(), "exec");
 }
 
-#[test]
-fn kubernetes_pools_host_one_runner_per_pod_and_need_one_template_source() {
-    let k8s = |template: &str, extra: &str| {
+/// A backend hosting one runner per instance: `settings` (its `type` and settings lines) with
+/// the pool's `template` is valid; two runners per instance is an error at the pool's
+/// `runners_per_instance` whose message contains `one_runner`; `bad_template` gets errors under
+/// the pool's template only.
+fn check_one_runner_backend(
+    settings: &str,
+    template: &str,
+    bad_template: &str,
+    kind: &str,
+    one_runner: &str,
+) {
+    let text = |template: &str, extra: &str| {
         yaml(extra)
             .replace(
                 "    type: local-process\n    state_dir: /tmp/runscale-config-test\n",
-                "    type: kubernetes\n    namespace: ci\n",
+                settings,
             )
             .replace(r#"template: {command: ["/bin/true"]}"#, template)
     };
-    let pod = "template: {pod: {spec: {containers: [{name: runner, image: runner:1}]}}}";
-    let v = load(&k8s(pod, "")).expect("valid");
-    assert_eq!(v.backends[0].settings.kind(), "kubernetes");
+    let v = load(&text(template, "")).expect("valid");
+    assert_eq!(v.backends[0].settings.kind(), kind);
 
-    let errors = errors_of(&k8s(pod, "    runners_per_instance: 2\n"));
+    let errors = errors_of(&text(template, "    runners_per_instance: 2\n"));
     let e = error_at(&errors, "pools[0].runners_per_instance");
-    assert!(e.message.contains("one runner per pod"), "{e}");
+    assert!(e.message.contains(one_runner), "{e}");
 
-    let errors = errors_of(&k8s("template: {credentials: env}", ""));
+    let errors = errors_of(&text(bad_template, ""));
     assert!(
         errors
             .iter()
@@ -477,29 +485,35 @@ fn kubernetes_pools_host_one_runner_per_pod_and_need_one_template_source() {
 }
 
 #[test]
+fn kubernetes_pools_host_one_runner_per_pod_and_need_one_template_source() {
+    check_one_runner_backend(
+        "    type: kubernetes\n    namespace: ci\n",
+        "template: {pod: {spec: {containers: [{name: runner, image: runner:1}]}}}",
+        "template: {credentials: env}",
+        "kubernetes",
+        "one runner per pod",
+    );
+}
+
+#[test]
 fn aws_asg_pools_name_their_group_and_host_one_runner_per_instance() {
-    let asg = |template: &str, extra: &str| {
-        yaml(extra)
-            .replace(
-                "    type: local-process\n    state_dir: /tmp/runscale-config-test\n",
-                "    type: aws-asg\n    region: eu-west-1\n",
-            )
-            .replace(r#"template: {command: ["/bin/true"]}"#, template)
-    };
-    let v = load(&asg("template: {group: ci-linux}", "")).expect("valid");
-    assert_eq!(v.backends[0].settings.kind(), "aws-asg");
-    let errors = errors_of(&asg(
+    check_one_runner_backend(
+        "    type: aws-asg\n    region: eu-west-1\n",
         "template: {group: ci-linux}",
-        "    runners_per_instance: 2\n",
-    ));
-    let e = error_at(&errors, "pools[0].runners_per_instance");
-    assert!(e.message.contains("one runner per instance"), "{e}");
-    let errors = errors_of(&asg("template: {}", ""));
-    assert!(
-        errors
-            .iter()
-            .all(|e| e.path.starts_with("pools[0].template")),
-        "{errors:#?}"
+        "template: {}",
+        "aws-asg",
+        "the aws-asg backend runs one runner per instance",
+    );
+}
+
+#[test]
+fn aws_ec2_pools_name_a_launch_template_and_host_one_runner_per_instance() {
+    check_one_runner_backend(
+        "    type: aws-ec2\n    owner: ci-prod\n    region: eu-west-1\n",
+        "template: {launch_template_name: ci-linux, instance_types: [m6i.large]}",
+        "template: {instance_types: [m6i.large]}",
+        "aws-ec2",
+        "the aws-ec2 backend runs one runner per instance",
     );
 }
 
@@ -525,31 +539,6 @@ fn circleci_pools_select_a_resource_class_with_its_token() {
         errors
             .iter()
             .any(|e| e.path.starts_with("pools[0].selector.resource_class")),
-        "{errors:#?}"
-    );
-}
-
-#[test]
-fn aws_ec2_pools_name_a_launch_template_and_host_one_runner_per_instance() {
-    let ec2 = |template: &str, extra: &str| {
-        yaml(extra)
-            .replace(
-                "    type: local-process\n    state_dir: /tmp/runscale-config-test\n",
-                "    type: aws-ec2\n    owner: ci-prod\n    region: eu-west-1\n",
-            )
-            .replace(r#"template: {command: ["/bin/true"]}"#, template)
-    };
-    let template = "template: {launch_template_name: ci-linux, instance_types: [m6i.large]}";
-    let v = load(&ec2(template, "")).expect("valid");
-    assert_eq!(v.backends[0].settings.kind(), "aws-ec2");
-    let errors = errors_of(&ec2(template, "    runners_per_instance: 3\n"));
-    let e = error_at(&errors, "pools[0].runners_per_instance");
-    assert!(e.message.contains("aws-ec2"), "{e}");
-    let errors = errors_of(&ec2("template: {instance_types: [m6i.large]}", ""));
-    assert!(
-        errors
-            .iter()
-            .all(|e| e.path.starts_with("pools[0].template")),
         "{errors:#?}"
     );
 }

@@ -9,13 +9,13 @@
 
 #![cfg(all(feature = "backend-kubernetes", feature = "provider-github"))]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use runscale::config;
 use runscale_emulator::github::{
-    Conclusion, Emulator, EmulatorHandle, EmulatorOptions, JobSpec, Workload,
+    Conclusion, Emulator, EmulatorHandle, EmulatorOptions, JobSpec, Snapshot, Workload,
 };
 use runscale_emulator::kube::{ImageConfig, KubeConfig, KubeEmulator, KubeHandle};
 use secrecy::SecretString;
@@ -58,32 +58,72 @@ fn config_text(listen: &str, api_url: &str, dir: &Path) -> String {
     )
 }
 
-/// 100 jobs over about 20 s, each running 0.5 to 2 s.
-fn workload() -> Workload {
+/// `jobs` jobs, one every `every`, each running `min_run` plus up to `spread`.
+fn workload(jobs: usize, every: Duration, min_run: Duration, spread: Duration) -> Workload {
     let mut w = Workload::new();
-    for i in 0..JOBS as u64 {
-        let at = Duration::from_millis(i * 200);
-        let run = Duration::from_millis(500 + (i * 379) % 1500);
+    for i in 0..jobs as u32 {
+        let extra = spread.mul_f64(f64::from((i * 379) % 1000) / 1000.0);
         w = w.job(
-            at,
-            JobSpec::new("octo-org/app", &["self-hosted", "k8s"], run).named(format!("job-{i}")),
+            every * i,
+            JobSpec::new("octo-org/app", &["self-hosted", "k8s"], min_run + extra)
+                .named(format!("job-{i}")),
         );
     }
     w
 }
 
-/// 60 jobs over about 24 s, each running 1 to 3 s.
-fn failover_workload() -> Workload {
-    let mut w = Workload::new();
-    for i in 0..FAILOVER_JOBS as u64 {
-        let at = Duration::from_millis(i * 400);
-        let run = Duration::from_millis(1000 + (i * 379) % 2000);
-        w = w.job(
-            at,
-            JobSpec::new("octo-org/app", &["self-hosted", "k8s"], run).named(format!("job-{i}")),
-        );
+/// Waits until the workload has played and its `jobs` jobs are done, then until the pool has
+/// scaled back to zero: ephemeral runners exit after their job and idle_timeout is short, so
+/// no pod, Secret (collected with its pod) or process may be left.
+async fn wait_done_and_gone(
+    github: &EmulatorHandle,
+    kube: &KubeHandle,
+    playing: &tokio::task::JoinHandle<()>,
+    jobs: usize,
+) {
+    wait_for("every job to complete", Duration::from_secs(240), || {
+        playing.is_finished()
+            && github.snapshot().jobs.len() == jobs
+            && github.snapshot().all_done()
+    })
+    .await;
+    wait_for(
+        "no pod, Secret or process left",
+        Duration::from_secs(90),
+        || {
+            kube.pods(NAMESPACE).is_empty()
+                && kube.secrets(NAMESPACE).is_empty()
+                && kube.process_ids().is_empty()
+        },
+    )
+    .await;
+}
+
+/// No violation, every job succeeded, each on a runner of its own (ephemeral); returns how
+/// many runners ran jobs.
+fn assert_one_successful_job_per_runner(snap: &Snapshot) -> usize {
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+    let mut runners = BTreeSet::new();
+    for j in &snap.jobs {
+        assert_eq!(j.conclusion, Some(Conclusion::Success), "{j:?}");
+        let name = j.runner_name.as_deref().expect("a job ran on a runner");
+        assert!(runners.insert(name), "runner {name} ran two jobs");
     }
-    w
+    runners.len()
+}
+
+/// How many pod creations there were; each must have succeeded (a second create of a
+/// runner's pod name is a 409), so no pod was created twice for one runner.
+fn successful_pod_creates(kube: &KubeHandle) -> usize {
+    let creates: Vec<_> = kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/api/v1/namespaces/{NAMESPACE}/pods"))
+        .collect();
+    let failed: Vec<_> = creates.iter().filter(|r| r.status != 201).collect();
+    assert!(failed.is_empty(), "failed pod creations: {failed:?}");
+    assert_eq!(kube.pods_created_total() as usize, creates.len());
+    creates.len()
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -150,25 +190,15 @@ async fn a_hundred_jobs_run_in_pods_with_no_duplicate_and_nothing_left() {
         async move { runscale::daemon::serve(&validated, false, stop).await }
     });
 
-    let playing = github.run_workload(workload()).expect("workload");
-    wait_for("every job to complete", Duration::from_secs(240), || {
-        playing.is_finished()
-            && github.snapshot().jobs.len() == JOBS
-            && github.snapshot().all_done()
-    })
-    .await;
-    // Ephemeral runners exit after their job and idle_timeout is short: the pool scales back
-    // to zero, and the pods' Secrets go with them.
-    wait_for(
-        "no pod, Secret or process left",
-        Duration::from_secs(90),
-        || {
-            kube.pods(NAMESPACE).is_empty()
-                && kube.secrets(NAMESPACE).is_empty()
-                && kube.process_ids().is_empty()
-        },
-    )
-    .await;
+    // 100 jobs over about 20 s, each running 0.5 to 2 s.
+    let jobs = workload(
+        JOBS,
+        Duration::from_millis(200),
+        Duration::from_millis(500),
+        Duration::from_millis(1500),
+    );
+    let playing = github.run_workload(jobs).expect("workload");
+    wait_done_and_gone(&github, &kube, &playing, JOBS).await;
     stop.cancel();
     daemon
         .await
@@ -176,56 +206,23 @@ async fn a_hundred_jobs_run_in_pods_with_no_duplicate_and_nothing_left() {
         .expect("daemon stopped cleanly");
 
     let snap = github.snapshot();
-    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
-    assert!(
-        snap.jobs
-            .iter()
-            .all(|j| j.conclusion == Some(Conclusion::Success)),
-        "every job succeeded"
-    );
-    // One job per runner (ephemeral), each runner its own pod.
-    let mut jobs_per_runner: BTreeMap<&str, u32> = BTreeMap::new();
-    for j in &snap.jobs {
-        let name = j.runner_name.as_deref().expect("a job ran on a runner");
-        *jobs_per_runner.entry(name).or_default() += 1;
-    }
-    assert!(
-        jobs_per_runner.values().all(|n| *n == 1),
-        "{jobs_per_runner:?}"
-    );
+    assert_eq!(assert_one_successful_job_per_runner(&snap), JOBS);
     assert!(
         snap.runners.is_empty(),
         "no runner left registered: {:?}",
         snap.runners
     );
-
-    // No pod created twice for one runner: every pod creation succeeded with a new name (a
-    // second create of a name is a 409), and there was one pod per launch.
-    let requests = kube.requests();
-    let pod_creates: Vec<_> = requests
-        .iter()
-        .filter(|r| r.method == "POST" && r.path == format!("/api/v1/namespaces/{NAMESPACE}/pods"))
-        .collect();
+    // One pod per runner: every create succeeded, and there was one per launch.
+    let created = successful_pod_creates(&kube);
     assert!(
-        pod_creates.iter().all(|r| r.status == 201),
-        "failed pod creations: {:?}",
-        pod_creates
-            .iter()
-            .filter(|r| r.status != 201)
-            .collect::<Vec<_>>()
-    );
-    let created = kube.pods_created_total();
-    assert_eq!(created as usize, pod_creates.len());
-    assert!(
-        created as usize >= JOBS && created as usize <= JOBS + 8,
+        (JOBS..=JOBS + 8).contains(&created),
         "{created} pods for {JOBS} jobs"
     );
     eprintln!(
         "{JOBS} jobs, {created} pods created, {} Kubernetes API requests",
-        requests.len()
+        kube.requests().len()
     );
-    let runners_with_jobs: BTreeSet<&str> = jobs_per_runner.keys().copied().collect();
-    assert_eq!(runners_with_jobs.len(), JOBS);
+    let created = created as u64;
     assert_eq!(kube.secrets_created_total(), created, "one Secret per pod");
     assert_eq!(
         kube.secrets_deleted_total(),
@@ -312,7 +309,14 @@ async fn the_leader_is_killed_mid_run_and_the_other_replica_finishes_every_job()
     .await;
     let _b = Replica::start(&configs[1], "replica-b", &dir.path().join("b.log"));
 
-    let playing = github.run_workload(failover_workload()).expect("workload");
+    // 60 jobs over about 24 s, each running 1 to 3 s.
+    let jobs = workload(
+        FAILOVER_JOBS,
+        Duration::from_millis(400),
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+    );
+    let playing = github.run_workload(jobs).expect("workload");
     // Mid-run: a third of the jobs done, others running in pods the leader created.
     wait_for("a third of the jobs done", Duration::from_secs(120), || {
         github.snapshot().completed().count() >= FAILOVER_JOBS / 3
@@ -335,22 +339,7 @@ async fn the_leader_is_killed_mid_run_and_the_other_replica_finishes_every_job()
     let first_launch = killed.elapsed();
     let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
 
-    wait_for("every job to complete", Duration::from_secs(240), || {
-        playing.is_finished()
-            && github.snapshot().jobs.len() == FAILOVER_JOBS
-            && github.snapshot().all_done()
-    })
-    .await;
-    wait_for(
-        "no pod, Secret or process left",
-        Duration::from_secs(90),
-        || {
-            kube.pods(NAMESPACE).is_empty()
-                && kube.secrets(NAMESPACE).is_empty()
-                && kube.process_ids().is_empty()
-        },
-    )
-    .await;
+    wait_done_and_gone(&github, &kube, &playing, FAILOVER_JOBS).await;
     eprintln!(
         "killed the leader with {running_pods} pods up; lease taken over after {:.1}s, first \
          launch by the new leader after {:.1}s; {} pods for {FAILOVER_JOBS} jobs",
@@ -366,27 +355,12 @@ async fn the_leader_is_killed_mid_run_and_the_other_replica_finishes_every_job()
         log("b.log")
     );
 
-    let snap = github.snapshot();
-    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
-    assert!(
-        snap.jobs
-            .iter()
-            .all(|j| j.conclusion == Some(Conclusion::Success))
+    assert_eq!(
+        assert_one_successful_job_per_runner(&github.snapshot()),
+        FAILOVER_JOBS
     );
-    let mut runners = BTreeSet::new();
-    for j in &snap.jobs {
-        let name = j.runner_name.as_deref().expect("a job ran on a runner");
-        assert!(runners.insert(name), "runner {name} ran two jobs");
-    }
-    // No pod created twice: every pod create succeeded (a second create of a runner's pod
-    // name is a 409), from either replica.
-    let failed: Vec<_> = kube
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/pods") && r.status != 201)
-        .collect();
-    assert!(failed.is_empty(), "failed pod creations: {failed:?}");
-    let created = kube.pods_created_total() as usize;
+    // No pod created twice, from either replica.
+    let created = successful_pod_creates(&kube);
     assert!(
         (FAILOVER_JOBS..=FAILOVER_JOBS + 8).contains(&created),
         "{created} pods for {FAILOVER_JOBS} jobs\na:\n{}\nb:\n{}",
