@@ -41,12 +41,12 @@ async fn backend(url: &str, config: Config, pools: &[(&str, PoolTemplate)]) -> A
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conforms_and_leaves_no_parameter() {
-    let Some(moto) = moto() else { return };
-    let aws = Inspect::new(&moto.url).await;
+    let Some(moto) = moto().await else { return };
+    let aws = Inspect::new(moto.url()).await;
     aws.create_group("conf-a-group", 3, &[]).await;
     aws.create_group("conf-b-group", 3, &[]).await;
     let be = backend(
-        &moto.url,
+        moto.url(),
         config(),
         &[
             ("conf-a", PoolTemplate::group("conf-a-group")),
@@ -100,7 +100,7 @@ async fn conforms_and_leaves_no_parameter() {
 
     // A second backend (a restarted runscale) finds the binding.
     let again = backend(
-        &moto.url,
+        moto.url(),
         config(),
         &[("conf-a", PoolTemplate::group("conf-a-group"))],
     )
@@ -151,8 +151,8 @@ async fn conforms_and_leaves_no_parameter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_are_found_by_tag_across_pages() {
-    let Some(moto) = moto() else { return };
-    let aws = Inspect::new(&moto.url).await;
+    let Some(moto) = moto().await else { return };
+    let aws = Inspect::new(moto.url()).await;
     aws.create_group("tag-circle", 2, &[("resource-class", "acme/large")])
         .await;
     aws.create_group("tag-pool", 2, &[("runscale/pool", "tagged")])
@@ -163,7 +163,7 @@ async fn groups_are_found_by_tag_across_pages() {
             .await;
     }
     let be = backend(
-        &moto.url,
+        moto.url(),
         config(),
         &[
             (
@@ -219,7 +219,7 @@ async fn groups_are_found_by_tag_across_pages() {
             resource_class: None,
             pool_tag: true,
         };
-        let be = backend(&moto.url, config(), &[(pool, tagged)]).await;
+        let be = backend(moto.url(), config(), &[(pool, tagged)]).await;
         let e = be
             .instances(&[PoolId::new(pool)])
             .await
@@ -228,7 +228,7 @@ async fn groups_are_found_by_tag_across_pages() {
         assert!(e.to_string().contains(wanted), "{e}");
     }
     let be = backend(
-        &moto.url,
+        moto.url(),
         config(),
         &[("ghost", PoolTemplate::group("no-such-group"))],
     )
@@ -248,11 +248,11 @@ async fn groups_are_found_by_tag_across_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_size_caps_launches() {
-    let Some(moto) = moto() else { return };
-    let aws = Inspect::new(&moto.url).await;
+    let Some(moto) = moto().await else { return };
+    let aws = Inspect::new(moto.url()).await;
     aws.create_group("cap-group", 2, &[]).await;
     let be = backend(
-        &moto.url,
+        moto.url(),
         config(),
         &[("cap", PoolTemplate::group("cap-group"))],
     )
@@ -285,10 +285,10 @@ async fn max_size_caps_launches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_then_reported_and_access_denied_names_the_permission() {
-    let Some(moto) = moto() else { return };
-    let aws = Inspect::new(&moto.url).await;
+    let Some(moto) = moto().await else { return };
+    let aws = Inspect::new(moto.url()).await;
     aws.create_group("fault-group", 3, &[]).await;
-    let proxy = FaultProxy::start(&moto.url).await;
+    let proxy = FaultProxy::start(moto.url()).await;
     let be = backend(
         &proxy.url,
         config(),
@@ -361,12 +361,12 @@ async fn throttling_is_retried_then_reported_and_access_denied_names_the_permiss
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_scales_a_group_up_and_back_to_zero() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = moto().await else { return };
     const POOL: &str = "scale";
     const GROUP: &str = "scale-group";
-    let aws = Inspect::new(&moto.url).await;
+    let aws = Inspect::new(moto.url()).await;
     aws.create_group(GROUP, 4, &[]).await;
-    let be = Arc::new(backend(&moto.url, config(), &[(POOL, PoolTemplate::group(GROUP))]).await);
+    let be = Arc::new(backend(moto.url(), config(), &[(POOL, PoolTemplate::group(GROUP))]).await);
 
     let world = World::new(
         Arc::new(SystemClock),

@@ -49,15 +49,15 @@ fn template(name: &str, types: &[&str], market: Market) -> PoolTemplate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conforms_tags_instances_and_finds_them_after_a_restart() {
-    let Some(moto) = moto() else { return };
-    let aws = Ec2Inspect::new(&moto.url).await;
+    let Some(moto) = moto().await else { return };
+    let aws = Ec2Inspect::new(moto.url()).await;
     let lt_id = aws.create_template("conf-lt").await;
     for (owner, api) in [
         ("conf-fleet", LaunchApi::CreateFleet),
         ("conf-run", LaunchApi::RunInstances),
     ] {
         let be = backend(
-            &moto.url,
+            moto.url(),
             Config {
                 api,
                 ..config(owner)
@@ -93,7 +93,7 @@ async fn conforms_tags_instances_and_finds_them_after_a_restart() {
         subnets: Vec::new(),
         market: Market::SpotFirst,
     };
-    let be = backend(&moto.url, config("tags"), &[("tags", by_id.clone())]).await;
+    let be = backend(moto.url(), config("tags"), &[("tags", by_id.clone())]).await;
     let inst = be
         .launch(request("tags", "rs-tags-aaaaaaaaaa"))
         .await
@@ -156,7 +156,7 @@ async fn conforms_tags_instances_and_finds_them_after_a_restart() {
     assert!(!ud.contains("token-of"), "{ud}");
 
     // A new backend object (a restarted runscale) finds the instance by its tags alone.
-    let again = backend(&moto.url, config("tags"), &[("tags", by_id)]).await;
+    let again = backend(moto.url(), config("tags"), &[("tags", by_id)]).await;
     let listed = again.instances(&[PoolId::new("tags")]).await.expect("list");
     let found = &listed[&PoolId::new("tags")];
     assert_eq!(found.len(), 1, "{found:?}");
@@ -212,10 +212,10 @@ fn events(metrics: &Metrics, pool: &str, event: &'static str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_capacity_errors_fall_back_to_on_demand_and_are_counted() {
-    let Some(moto) = moto() else { return };
-    let aws = Ec2Inspect::new(&moto.url).await;
+    let Some(moto) = moto().await else { return };
+    let aws = Ec2Inspect::new(moto.url()).await;
     aws.create_template("spot-lt").await;
-    let proxy = FaultProxy::start(&moto.url).await;
+    let proxy = FaultProxy::start(moto.url()).await;
     for (owner, api, fault, attempts) in [
         // CreateFleet: per-override errors in a 200 answer; one call per market.
         (
@@ -317,8 +317,8 @@ async fn spot_capacity_errors_fall_back_to_on_demand_and_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_and_strays_are_collected_by_the_policy_and_others_left_alone() {
-    let Some(moto) = moto() else { return };
-    let aws = Ec2Inspect::new(&moto.url).await;
+    let Some(moto) = moto().await else { return };
+    let aws = Ec2Inspect::new(moto.url()).await;
     aws.create_template("orph-lt").await;
     let owner = "orph-owner";
     // An instance of a pool that was removed from the configuration, one of a served pool
@@ -348,14 +348,14 @@ async fn orphans_and_strays_are_collected_by_the_policy_and_others_left_alone() 
         ("orph-a", template("orph-lt", &[], Market::OnDemand)),
         ("orph-b", template("orph-lt", &[], Market::OnDemand)),
     ];
-    let sibling = backend(&moto.url, config(owner), &pools).await;
+    let sibling = backend(moto.url(), config(owner), &pools).await;
     let theirs = sibling
         .launch(request("orph-b", "rs-orph-b-eeeeeeeeee"))
         .await
         .expect("launch");
 
     // Within the grace an orphan is not listed; after it, it is, under the first pool.
-    let patient = backend(&moto.url, config(owner), &pools).await;
+    let patient = backend(moto.url(), config(owner), &pools).await;
     let listed = patient
         .instances(&[PoolId::new("orph-a"), PoolId::new("orph-b")])
         .await
@@ -370,7 +370,7 @@ async fn orphans_and_strays_are_collected_by_the_policy_and_others_left_alone() 
     assert_eq!(ids("orph-b"), [theirs.id.to_string()]);
 
     let be = backend(
-        &moto.url,
+        moto.url(),
         Config {
             orphan_grace: Duration::ZERO,
             ..config(owner)
@@ -466,7 +466,7 @@ async fn orphans_and_strays_are_collected_by_the_policy_and_others_left_alone() 
         "state {state}"
     );
     // Its credentials parameter goes with the next sweep of a new process.
-    let fresh = backend(&moto.url, config(owner), &pools).await;
+    let fresh = backend(moto.url(), config(owner), &pools).await;
     fresh
         .instances(&[PoolId::new("orph-b")])
         .await
@@ -482,10 +482,10 @@ async fn orphans_and_strays_are_collected_by_the_policy_and_others_left_alone() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_backs_off_and_errors_name_the_permission_or_template() {
-    let Some(moto) = moto() else { return };
-    let aws = Ec2Inspect::new(&moto.url).await;
+    let Some(moto) = moto().await else { return };
+    let aws = Ec2Inspect::new(moto.url()).await;
     aws.create_template("err-lt").await;
-    let proxy = FaultProxy::start(&moto.url).await;
+    let proxy = FaultProxy::start(moto.url()).await;
     let owner = "err-owner";
     let be = backend(
         &proxy.url,
@@ -558,7 +558,7 @@ async fn throttling_backs_off_and_errors_name_the_permission_or_template() {
 
     // An unknown launch template: a configuration error naming it, from launch and probe.
     let ghost = backend(
-        &moto.url,
+        moto.url(),
         config("ghost-owner"),
         &[(
             "ghost",

@@ -8,10 +8,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 
 #[cfg(feature = "aws-asg")]
 use aws_sdk_autoscaling::types::Tag;
@@ -19,27 +16,17 @@ use aws_sdk_ssm::config::Credentials;
 use runscale_core::{Credentials as RunnerCredentials, LaunchRequest, PoolId, Registration};
 use secrecy::SecretString;
 
-/// A running moto_server.
-pub struct Moto {
-    child: Mutex<Child>,
-    /// `http://127.0.0.1:{port}`.
-    pub url: String,
-}
+/// A running moto_server (the emulator crate's launcher: free loopback port, readiness wait,
+/// killed by PID on drop).
+pub use runscale_emulator::aws::MotoServer as Moto;
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
+static MOTO: tokio::sync::Mutex<Weak<Moto>> = tokio::sync::Mutex::const_new(Weak::new());
 
-static MOTO: Mutex<Weak<Moto>> = Mutex::new(Weak::new());
-
-/// The moto_server of this test binary, started on first use; `None` (after a note) when
-/// `RUNSCALE_MOTO_SERVER` is not set, which fails the test when `CI` is set.
-pub fn moto() -> Option<Arc<Moto>> {
-    let Some(bin) = std::env::var_os("RUNSCALE_MOTO_SERVER") else {
+/// The moto_server of this test binary, started on first use and stopped when the last test
+/// using it drops it; `None` (after a note) when `RUNSCALE_MOTO_SERVER` is not set, which fails
+/// the test when `CI` is set.
+pub async fn moto() -> Option<Arc<Moto>> {
+    let Some(bin) = runscale_emulator::aws::moto_server_from_env() else {
         assert!(
             std::env::var_os("CI").is_none(),
             "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
@@ -49,34 +36,15 @@ pub fn moto() -> Option<Arc<Moto>> {
         );
         return None;
     };
-    let mut slot = MOTO.lock().unwrap_or_else(|e| e.into_inner());
+    let mut slot = MOTO.lock().await;
     if let Some(m) = slot.upgrade() {
         return Some(m);
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(&bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}"));
-    let moto = Arc::new(Moto {
-        child: Mutex::new(child),
-        url: format!("http://127.0.0.1:{port}"),
-    });
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "moto_server did not listen on {addr} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let moto = Arc::new(
+        Moto::start(&bin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}")),
+    );
     *slot = Arc::downgrade(&moto);
     Some(moto)
 }
