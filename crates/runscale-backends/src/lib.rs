@@ -16,6 +16,8 @@ pub mod aws_asg;
 mod aws_common;
 #[cfg(feature = "aws-ec2")]
 pub mod aws_ec2;
+#[cfg(feature = "exec")]
+pub mod exec;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 #[cfg(feature = "local")]

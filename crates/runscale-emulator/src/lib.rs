@@ -21,6 +21,8 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod buildkite;
 pub mod circleci;
 pub mod github;
+pub mod gitlab;
 pub mod kube;

@@ -1,7 +1,11 @@
 //! Providers: the CI systems runscale reads demand from and registers runners with.
 
+#[cfg(feature = "buildkite")]
+pub mod buildkite;
 #[cfg(feature = "circleci")]
 pub mod circleci;
 pub mod exec;
 #[cfg(feature = "github")]
 pub mod github;
+#[cfg(feature = "gitlab")]
+pub mod gitlab;

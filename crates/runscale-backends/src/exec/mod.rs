@@ -1,0 +1,1 @@
+//! The exec backend (work in progress).

@@ -1,0 +1,1 @@
+//! A fake Buildkite (work in progress).

@@ -1,0 +1,1 @@
+//! Buildkite agents (work in progress: see the crate README).

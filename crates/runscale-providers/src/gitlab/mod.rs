@@ -1,0 +1,1 @@
+//! GitLab CI runners (work in progress: see the crate README).
