@@ -249,4 +249,11 @@ pub struct Observation {
     /// launches only, remove nothing.
     #[serde(default)]
     pub stale: bool,
+    /// Names of runners of this pool's instances that this process saw registered and that
+    /// the CI system has since stopped listing (on two observations in a row): an ephemeral
+    /// runner that finished its job, a runner that exited after its idle timeout. A slot whose
+    /// runner departed will not come up again, so it is not booting capacity. Empty after a
+    /// restart; the policy then falls back to `boot_timeout`.
+    #[serde(default)]
+    pub departed: Vec<String>,
 }

@@ -26,6 +26,9 @@ pub enum Reason {
     NoInstance,
     /// An instance's runners are offline and it is past `boot_timeout`.
     RunnerOffline,
+    /// Every runner of an instance registered and has since left the CI system (an
+    /// ephemeral runner after its job): the instance can take no job, whatever its age.
+    RunnerLeft,
     /// An instance outlived `max_lifetime`.
     MaxLifetime,
     /// An instance was launched from an older template.
@@ -45,6 +48,7 @@ impl Reason {
             Reason::Drained => "drained",
             Reason::NoInstance => "no_instance",
             Reason::RunnerOffline => "runner_offline",
+            Reason::RunnerLeft => "runner_left",
             Reason::MaxLifetime => "max_lifetime",
             Reason::TemplateChanged => "template_changed",
             Reason::OverMax => "over_max",

@@ -167,10 +167,24 @@ fn observation_strategy() -> impl Strategy<Value = (PoolSpec, Observation)> {
             0usize..30,
             proptest::collection::vec(0u64..120, 0..8),
             proptest::bool::weighted(0.1),
+            proptest::collection::vec(proptest::bool::weighted(0.3), 64),
         )
-            .prop_map(|(spec, seeds, orphans, waiting, recent, stale)| {
+            .prop_map(|(spec, seeds, orphans, waiting, recent, stale, departed)| {
                 let mut obs = build(&spec, seeds, orphans, waiting, recent);
                 obs.stale = stale;
+                // Runners the reconciler saw registered that have left. Mostly unlisted ones,
+                // but a listed name may come too (the policy must trust the listing).
+                let names: Vec<String> = obs
+                    .instances
+                    .iter()
+                    .flat_map(|i| i.runner_names.iter().cloned())
+                    .collect();
+                obs.departed = names
+                    .into_iter()
+                    .zip(departed)
+                    .filter(|(_, d)| *d)
+                    .map(|(n, _)| n)
+                    .collect();
                 (spec, obs)
             })
     })
@@ -265,7 +279,11 @@ proptest! {
             free += regs.iter().filter(|r| r.state == RunnerState::Idle && !r.draining).count() as u32;
             if elapsed(i.launched_at) < spec.boot_timeout {
                 let online = regs.iter().filter(|r| r.state != RunnerState::Offline || r.draining).count() as u32;
-                free += k - online;
+                // A slot whose runner registered and left is not coming up.
+                let left = i.runner_names.iter()
+                    .filter(|n| obs.departed.contains(n) && !by_name.contains_key(n.as_str()))
+                    .count() as u32;
+                free += (k - online).saturating_sub(left);
             }
         }
         let wanted = obs.demand.waiting.len() as u32 + p.limits.min_idle;
@@ -308,6 +326,23 @@ proptest! {
         for r in &obs.runners {
             if !hosted.contains(r.name.as_str()) && r.state != RunnerState::Busy {
                 prop_assert!(deregistered.contains(r.name.as_str()), "{} has no instance", r.name);
+            }
+        }
+    }
+
+    /// 7. An instance whose every runner registered and left (an ephemeral runner after its
+    /// job) is retired in the same pass, whatever its age; a departed name that is listed
+    /// again (the listing is the truth) protects its instance as any listed runner does.
+    #[test]
+    fn p7_instances_whose_runners_all_left_are_retired((spec, mut obs) in observation_strategy()) {
+        obs.stale = false;
+        let p = plan(&spec, &obs, now());
+        let by_name = runners_by_name(&obs);
+        let gone = terminated(&p);
+        for i in obs.instances.iter().filter(|i| i.state != InstanceState::Stopping) {
+            let all_left = i.runner_names.iter().all(|n| obs.departed.contains(n) && !by_name.contains_key(n.as_str()));
+            if all_left {
+                prop_assert!(gone.contains(&i.id), "{} kept after its runners left", i.id);
             }
         }
     }

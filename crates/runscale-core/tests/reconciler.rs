@@ -464,3 +464,42 @@ async fn the_backend_is_told_which_instances_are_busy_and_when_they_are_idle_aga
     dry.once().await;
     assert_eq!(recorder.calls.lock().expect("lock").len(), before);
 }
+
+/// Instances that outlive their ephemeral runner (nothing on them shuts them down) are
+/// retired once the runner has left, long before `boot_timeout`, and a second wave of jobs
+/// gets new instances at once instead of waiting for the finished ones to time out.
+#[tokio::test(start_paused = true)]
+async fn instances_whose_ephemeral_runner_left_are_retired_before_boot_timeout() {
+    let clock = clock();
+    let world = World::new(
+        clock.clone(),
+        WorldConfig {
+            instances_exit_when_runners_leave: false,
+            ..WorldConfig::default()
+        },
+    );
+    let spec = PoolSpec::test("linux")
+        .max(5)
+        .boot_timeout(Duration::from_secs(900));
+    let r = Reconciler::new(
+        vec![binding(&world, spec, "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    world.enqueue("linux", 3, Duration::from_secs(20));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let first = world.snapshot();
+    assert_eq!(first.completed.len(), 3, "{first:?}");
+    assert_eq!(first.instances, 0, "finished instances retired: {first:?}");
+    world.enqueue("linux", 3, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    stop.cancel();
+    task.await.expect("reconciler task");
+    let s = world.snapshot();
+    assert_eq!(s.completed.len(), 6, "second wave ran within 90 s: {s:?}");
+    assert_eq!(s.instances, 0, "{s:?}");
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+}

@@ -10,7 +10,9 @@
 //! yet (registered and offline).
 //!
 //! The rules, in the order they are applied:
-//! 1. Instances with no registered runner after `boot_timeout` are terminated.
+//! 1. Instances with no registered runner after `boot_timeout` are terminated, and so are
+//!    younger ones whose every runner registered and has since left (`departed`: an
+//!    ephemeral runner after its job). A departed slot never counts as booting.
 //! 2. Instances from an old template, or older than `max_lifetime`, are terminated when none of
 //!    their runners is busy; otherwise their runners are drained so they take no new job.
 //! 3. Instances whose runners are all offline after `boot_timeout`, or all draining, with none
@@ -30,7 +32,7 @@
 //! Every termination removes the instance's runners from the CI system first; the reconciler
 //! terminates only after the CI system confirmed every removal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::model::{
@@ -59,6 +61,7 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         .map(|(i, r)| (r.name.as_str(), i))
         .collect();
     let mut hosted = vec![false; obs.runners.len()];
+    let departed: HashSet<&str> = obs.departed.iter().map(String::as_str).collect();
 
     let mut active = 0u32; // booting + running instances that stay
     let mut booting = 0u32; // of which booting (state, or no runner registered yet)
@@ -85,6 +88,12 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
             launched_in_window += 1;
         }
         let past_boot = elapsed(inst.launched_at, now) >= spec.boot_timeout;
+        // Slots whose runner registered and left: they will not come up again.
+        let left = inst
+            .runner_names
+            .iter()
+            .filter(|n| departed.contains(n.as_str()) && !by_name.contains_key(n.as_str()))
+            .count() as u32;
         let any_busy = regs.iter().any(|r| r.state == RunnerState::Busy);
 
         // Rule 2 (first, so it also covers instances still booting): old template or too old.
@@ -124,10 +133,12 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         if regs.is_empty() {
             if past_boot {
                 actions.push(terminate(inst, &regs, Reason::BootTimeout));
+            } else if left > 0 && left as usize == inst.runner_names.len() {
+                actions.push(terminate(inst, &regs, Reason::RunnerLeft));
             } else {
                 active += 1;
                 booting += 1;
-                booting_slots += slots_per_instance;
+                booting_slots += slots_per_instance.saturating_sub(left);
                 due.at(inst.launched_at, spec.boot_timeout);
             }
             continue;
@@ -155,7 +166,9 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
             .iter()
             .filter(|r| r.state != RunnerState::Offline || r.draining)
             .count() as u32;
-        let missing = slots_per_instance.saturating_sub(online);
+        let missing = slots_per_instance
+            .saturating_sub(online)
+            .saturating_sub(left);
         let is_booting = inst.state == InstanceState::Booting || (missing > 0 && !past_boot);
         if is_booting {
             booting += 1;

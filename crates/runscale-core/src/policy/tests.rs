@@ -265,6 +265,48 @@ fn instance_without_runner_after_boot_timeout_is_terminated() {
 }
 
 #[test]
+fn instance_whose_runner_left_is_retired_before_boot_timeout_and_not_counted() {
+    let spec = PoolSpec::test("p").boot_timeout(Duration::from_secs(600));
+    let obs = Observation {
+        demand: jobs(1),
+        instances: vec![inst("done", 30), inst("coming", 30)],
+        departed: vec!["done".into()],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(terminated(&p), vec![("i-done".into(), Reason::RunnerLeft)]);
+    // The waiting job is covered by the slot still coming up, not by the finished one.
+    assert_eq!(launches(&p), 0);
+    let obs = Observation {
+        demand: jobs(2),
+        ..obs
+    };
+    assert_eq!(launches(&plan(&spec, &obs, t0())), 1);
+}
+
+#[test]
+fn departed_slot_of_a_shared_instance_is_not_booting_capacity() {
+    let spec = PoolSpec::test("p")
+        .slots(2)
+        .boot_timeout(Duration::from_secs(600));
+    let mut two = inst("a", 30);
+    two.runner_names = vec!["a-0".into(), "a-1".into()];
+    let obs = Observation {
+        demand: jobs(2),
+        runners: vec![runner("a-1", RunnerState::Busy)],
+        instances: vec![two],
+        departed: vec!["a-0".into()],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert!(
+        terminated(&p).is_empty(),
+        "a busy runner keeps its instance"
+    );
+    assert_eq!(launches(&p), 1, "2 jobs need 2 slots: one instance of 2");
+}
+
+#[test]
 fn runner_without_instance_is_deregistered_unless_busy() {
     let spec = PoolSpec::test("p");
     let obs = Observation {

@@ -44,7 +44,14 @@ pub(crate) struct Memory {
     launches: VecDeque<Timestamp>,
     /// Jobs waiting at the last observation, for the wait-time histogram.
     waiting: HashMap<String, Timestamp>,
+    /// Runner names of the pool's instances seen listed by the CI system, with how many fresh
+    /// observations in a row have not listed them since (0 while listed).
+    registered: HashMap<String, u32>,
 }
+
+/// Fresh observations in a row without a runner that was listed before it counts as departed
+/// (one missing listing may be a paging race, not a departure).
+const DEPARTED_AFTER: u32 = 2;
 
 /// Everything the reconciler holds for one pool.
 pub(crate) struct PoolRuntime {
@@ -197,6 +204,7 @@ impl PoolRuntime {
             seen.insert(r.name.clone(), ());
         }
         memory.last_busy.retain(|name, _| seen.contains_key(name));
+        let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale);
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
         while memory.launches.front().is_some_and(|t| *t + window <= now) {
             memory.launches.pop_front();
@@ -207,6 +215,7 @@ impl PoolRuntime {
             instances,
             recent_launches: memory.launches.iter().copied().collect(),
             stale: view.stale,
+            departed,
         }
     }
 
@@ -458,4 +467,42 @@ fn record(at: Timestamp, p: &Planned, outcome: &'static str) -> ActionRecord {
         target: target(&p.action),
         outcome,
     }
+}
+
+/// Updates which runners of the pool's instances were seen listed and for how many fresh
+/// observations they have been missing since, and returns those missing for
+/// [`DEPARTED_AFTER`] observations or more. A stale view (an old copy) changes nothing. Only
+/// names of current instances are kept, so the memory stays as small as the fleet.
+fn track_departures(
+    registered: &mut HashMap<String, u32>,
+    listed: &HashMap<String, ()>,
+    instances: &[Instance],
+    stale: bool,
+) -> Vec<String> {
+    let hosted: HashSet<&str> = instances
+        .iter()
+        .flat_map(|i| i.runner_names.iter().map(String::as_str))
+        .collect();
+    registered.retain(|name, _| hosted.contains(name.as_str()));
+    if !stale {
+        for (name, missing) in registered.iter_mut() {
+            if listed.contains_key(name) {
+                *missing = 0;
+            } else {
+                *missing = missing.saturating_add(1);
+            }
+        }
+        for name in listed.keys() {
+            if hosted.contains(name.as_str()) {
+                registered.entry(name.clone()).or_insert(0);
+            }
+        }
+    }
+    let mut departed: Vec<String> = registered
+        .iter()
+        .filter(|(_, missing)| **missing >= DEPARTED_AFTER)
+        .map(|(name, _)| name.clone())
+        .collect();
+    departed.sort();
+    departed
 }
