@@ -1,0 +1,142 @@
+//! Configuration of the GitLab emulator: admin tokens, projects and groups, webhooks, fault
+//! knobs, the runner-side long poll and the job lease.
+//!
+//! Secrets are [`SecretString`]s: `Debug` output is redacted.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything the GitLab emulator needs to start.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmulatorConfig {
+    /// Personal access tokens accepted as `PRIVATE-TOKEN: <token>` or
+    /// `Authorization: Bearer <token>` on the admin API.
+    #[serde(default)]
+    pub admin_tokens: Vec<SecretString>,
+    /// Groups (id and full path).
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+    /// Projects (id, path and the group they belong to).
+    #[serde(default)]
+    pub projects: Vec<ProjectConfig>,
+    /// Project or group hooks receiving Job Hook events.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// Faults injected into the admin API from the start (changeable while running).
+    #[serde(default)]
+    pub faults: Faults,
+    /// How long `POST /jobs/request` holds a request while no job is there (Workhorse long
+    /// polling; GitLab: up to 50 s).
+    #[serde(default = "default_long_poll", with = "humantime_serde")]
+    pub long_poll: Duration,
+    /// A running job whose runner sent no update for this long is lost (failed with
+    /// `runner_system_failure`, recorded as a violation: its runner was killed mid-job).
+    #[serde(default = "default_job_lease", with = "humantime_serde")]
+    pub job_lease: Duration,
+    /// A runner or manager contacted within this long is `online` (GitLab: 2 hours).
+    #[serde(default = "default_online_window", with = "humantime_serde")]
+    pub online_window: Duration,
+    /// Seed of the generator behind faults, tokens and UUIDs.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl EmulatorConfig {
+    /// One admin token, one group `acme` (id 10) holding the given projects (ids from 100,
+    /// paths `acme/<name>`); everything else default.
+    pub fn new(admin_token: &str, projects: &[&str]) -> Self {
+        EmulatorConfig {
+            admin_tokens: vec![SecretString::from(admin_token.to_owned())],
+            groups: vec![GroupConfig {
+                id: 10,
+                path: "acme".to_owned(),
+            }],
+            projects: projects
+                .iter()
+                .zip(100..)
+                .map(|(name, id)| ProjectConfig {
+                    id,
+                    path: format!("acme/{name}"),
+                    group: Some(10),
+                })
+                .collect(),
+            webhooks: Vec::new(),
+            faults: Faults::default(),
+            long_poll: default_long_poll(),
+            job_lease: default_job_lease(),
+            online_window: default_online_window(),
+            seed: 0,
+        }
+    }
+}
+
+/// A group.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Numeric id.
+    pub id: u64,
+    /// Full path (`acme`, `acme/platform`).
+    pub path: String,
+}
+
+/// A project.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Numeric id.
+    pub id: u64,
+    /// `path_with_namespace` (`acme/app`).
+    pub path: String,
+    /// The group it belongs to, if any.
+    #[serde(default)]
+    pub group: Option<u64>,
+}
+
+/// One outbound hook.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// The secret token sent as `X-Gitlab-Token`; without it none is sent.
+    #[serde(default)]
+    pub token: Option<SecretString>,
+}
+
+/// Faults injected into the admin API (runscale's calls; the runners' own calls are not
+/// affected).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Probability that an admin request fails with 500/502/503 before doing anything.
+    #[serde(default)]
+    pub error_rate_5xx: f64,
+    /// The next this-many admin requests fail with 503.
+    #[serde(default)]
+    pub fail_next: u32,
+    /// The next this-many admin requests answer 429 with `retry-after: 1`.
+    #[serde(default)]
+    pub throttle_next: u32,
+    /// Latency added before every admin response.
+    #[serde(default, with = "humantime_serde")]
+    pub latency: Duration,
+    /// Every webhook is delivered twice with the same `Idempotency-Key` (a retry).
+    #[serde(default)]
+    pub duplicate_webhooks: bool,
+}
+
+fn default_long_poll() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_job_lease() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_online_window() -> Duration {
+    Duration::from_secs(2 * 3600)
+}

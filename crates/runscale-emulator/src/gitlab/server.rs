@@ -1,0 +1,814 @@
+//! The HTTP server: the admin API runscale calls (`PRIVATE-TOKEN` or Bearer; faults and
+//! outages apply), the runner API the fake runner calls (runner and job tokens in the body;
+//! never faulted), the long poll of `POST /jobs/request`, the lease sweeper and webhook
+//! delivery.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Path, Request, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::Utc;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{EmulatorConfig, Faults};
+use super::model::{JobSpec, Snapshot, Workload};
+use super::state::{Event, NewRunner, Refusal, State};
+use super::webhook;
+
+/// How often the sweeper looks for lost jobs.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// Largest page size.
+const PER_PAGE_MAX: usize = 100;
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Woken when a job is queued or a runner unpaused (ends long polls early).
+    work: Notify,
+    long_poll: Duration,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, events: impl IntoIterator<Item = Event>) {
+        for e in events {
+            // The receiver lives as long as the server; after shutdown events are dropped.
+            let _ = self.events.send(e);
+        }
+    }
+}
+
+/// The GitLab emulator.
+pub struct Emulator;
+
+/// A running emulator. Dropping it stops the server.
+pub struct EmulatorHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+}
+
+impl Emulator {
+    /// Binds `127.0.0.1:0` and serves until the handle is dropped.
+    pub async fn start(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(&config)),
+            events: tx,
+            work: Notify::new(),
+            long_poll: config.long_poll,
+        });
+        let cancel = CancellationToken::new();
+        let app = router(shared.clone());
+        {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await;
+            });
+        }
+        tokio::spawn(sweeper(shared.clone(), cancel.clone()));
+        tokio::spawn(webhook::delivery_loop(
+            rx,
+            shared.clone(),
+            config.webhooks.clone(),
+            format!("http://{addr}"),
+            cancel.clone(),
+        ));
+        Ok(EmulatorHandle {
+            addr,
+            shared,
+            cancel,
+        })
+    }
+}
+
+impl EmulatorHandle {
+    /// `http://127.0.0.1:PORT` (what runscale and runners are configured with).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues jobs as pending; returns their ids.
+    pub fn submit(&self, jobs: Vec<JobSpec>) -> Vec<u64> {
+        let (ids, events) = self.shared.lock().submit(jobs, Utc::now());
+        self.shared.emit(events);
+        self.shared.work.notify_waiters();
+        ids
+    }
+
+    /// Plays a workload in the background: each batch is queued at its offset.
+    pub fn play(&self, workload: Workload) {
+        let shared = self.shared.clone();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            for (at, jobs) in workload.arrivals {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(start + at) => {}
+                }
+                let (_, events) = shared.lock().submit(jobs, Utc::now());
+                shared.emit(events);
+                shared.work.notify_waiters();
+            }
+        });
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.lock().snapshot()
+    }
+
+    /// Replaces the fault knobs.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.lock().faults = faults;
+    }
+
+    /// Every admin request answers 503 for `length` from now (the runner API stays up).
+    pub fn outage(&self, length: Duration) {
+        self.shared.lock().outage_until = Some(Instant::now() + length);
+    }
+
+    /// Stops the server.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn sweeper(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let events = shared.lock().sweep(Utc::now(), Instant::now());
+        shared.emit(events);
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        // Admin API.
+        .route("/api/v4/user", get(user))
+        .route("/api/v4/user/runners", post(create_runner))
+        .route("/api/v4/runners", get(list_runners).delete(delete_by_token))
+        .route("/api/v4/runners/all", get(list_runners))
+        .route("/api/v4/groups/{id}/runners", get(list_runners))
+        .route("/api/v4/projects/{id}/runners", get(list_runners))
+        .route(
+            "/api/v4/runners/{id}",
+            get(get_runner).put(update_runner).delete(delete_runner),
+        )
+        .route("/api/v4/runners/{id}/managers", get(managers))
+        .route("/api/v4/projects/{id}", get(get_project))
+        .route("/api/v4/projects/{id}/jobs", get(project_jobs))
+        .route("/api/v4/projects/{id}/jobs/{job}", get(project_job))
+        .route("/api/v4/groups/{id}/projects", get(group_projects))
+        // Runner API.
+        .route("/api/v4/runners/verify", post(verify))
+        .route(
+            "/api/v4/runners/managers",
+            axum::routing::delete(delete_manager),
+        )
+        .route("/api/v4/jobs/request", post(request_job))
+        .route("/api/v4/jobs/{id}", put(update_job))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), gate))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), count))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "message": message }))).into_response()
+}
+
+fn route_of(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(|p| format!("{} {}", req.method(), p.as_str()))
+        .unwrap_or_else(|| format!("{} (unmatched)", req.method()))
+}
+
+/// Counts every answered request by route.
+async fn count(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
+    *shared.lock().requests.entry(route_of(&req)).or_default() += 1;
+    next.run(req).await
+}
+
+/// Calls runners make with their own tokens: never faulted, no admin token.
+fn runner_call(method: &Method, route: &str) -> bool {
+    matches!(
+        (method.as_str(), route),
+        ("POST", "/api/v4/jobs/request")
+            | ("POST", "/api/v4/runners/verify")
+            | ("PUT", "/api/v4/jobs/{id}")
+            | ("DELETE", "/api/v4/runners/managers")
+            | ("DELETE", "/api/v4/runners")
+    )
+}
+
+/// `PRIVATE-TOKEN: <t>` or `Authorization: Bearer <t>`.
+fn admin_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(t) = headers.get("private-token").and_then(|v| v.to_str().ok()) {
+        return Some(t.trim());
+    }
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Outage, faults and admin authentication for admin calls.
+async fn gate(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    if runner_call(req.method(), &route) {
+        return next.run(req).await;
+    }
+    let (latency, outcome) = {
+        let mut s = shared.lock();
+        let latency = s.faults.latency;
+        let outcome = if s.outage_until.is_some_and(|u| Instant::now() < u) {
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        } else if s.faults.fail_next > 0 {
+            s.faults.fail_next -= 1;
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        } else if s.faults.throttle_next > 0 {
+            s.faults.throttle_next -= 1;
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        } else if s.faults.error_rate_5xx > 0.0 {
+            let rate = s.faults.error_rate_5xx.clamp(0.0, 1.0);
+            s.rng.random_bool(rate).then(|| {
+                [
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    StatusCode::BAD_GATEWAY,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ][s.rng.random_range(0..3)]
+            })
+        } else {
+            None
+        };
+        if outcome.is_some() {
+            s.faulted += 1;
+        }
+        (latency, outcome)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match outcome {
+        Some(StatusCode::TOO_MANY_REQUESTS) => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests");
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            r
+        }
+        Some(status) => error(status, "502 GitLab is not responding"),
+        None => {
+            let ok = admin_token(req.headers()).is_some_and(|t| shared.lock().admin_ok(t));
+            if ok {
+                next.run(req).await
+            } else {
+                error(StatusCode::UNAUTHORIZED, "401 Unauthorized")
+            }
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Query parameters in order, repeated keys kept (`scope[]=a&scope[]=b`).
+fn params(uri: &Uri) -> Vec<(String, String)> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn param<'a>(ps: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    ps.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// One page of `items` with GitLab's offset pagination headers.
+fn paginated(uri: &Uri, items: Vec<Value>) -> Response {
+    let ps = params(uri);
+    let per_page = param(&ps, "per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, PER_PAGE_MAX);
+    let page = param(&ps, "page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let total = items.len();
+    let pages = total.div_ceil(per_page).max(1);
+    let slice: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    let mut r = Json(slice).into_response();
+    let h = r.headers_mut();
+    let mut set = |k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    set("x-page", page.to_string());
+    set("x-per-page", per_page.to_string());
+    set("x-total", total.to_string());
+    set("x-total-pages", pages.to_string());
+    set(
+        "x-next-page",
+        if page < pages {
+            (page + 1).to_string()
+        } else {
+            String::new()
+        },
+    );
+    set(
+        "x-prev-page",
+        if page > 1 {
+            (page - 1).to_string()
+        } else {
+            String::new()
+        },
+    );
+    if page < pages {
+        let next = format!("{}?page={}&per_page={per_page}", uri.path(), page + 1);
+        set("link", format!("<{next}>; rel=\"next\""));
+    }
+    r
+}
+
+async fn user() -> Response {
+    Json(json!({ "id": 1, "username": "root", "is_admin": true })).into_response()
+}
+
+#[derive(Deserialize)]
+struct CreateRunner {
+    runner_type: String,
+    #[serde(default)]
+    group_id: Option<u64>,
+    #[serde(default)]
+    project_id: Option<u64>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    paused: Option<bool>,
+    #[serde(default)]
+    locked: Option<bool>,
+    #[serde(default)]
+    run_untagged: Option<bool>,
+    #[serde(default)]
+    tag_list: Option<TagList>,
+    #[serde(default)]
+    maintenance_note: Option<String>,
+}
+
+/// `tag_list` as an array or a comma-separated string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TagList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl TagList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            TagList::List(v) => v,
+            TagList::Text(s) => s
+                .split(',')
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        }
+    }
+}
+
+async fn create_runner(AxState(shared): AxState<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let Ok(c) = serde_json::from_slice::<CreateRunner>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - runner_type is missing",
+        );
+    };
+    let mut s = shared.lock();
+    let scope = match c.runner_type.as_str() {
+        "instance_type" => None,
+        "group_type" => match c.group_id.and_then(|g| s.group(&g.to_string())) {
+            Some(g) => Some(g),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad request - group_id is invalid",
+                );
+            }
+        },
+        "project_type" => match c
+            .project_id
+            .and_then(|p| s.project(&p.to_string()).map(|p| p.id))
+        {
+            Some(p) => Some(p),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad request - project_id is invalid",
+                );
+            }
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "400 Bad request - runner_type does not have a valid value",
+            );
+        }
+    };
+    let tags = c.tag_list.map(TagList::into_vec).unwrap_or_default();
+    let (id, token) = s.create_runner(
+        NewRunner {
+            runner_type: c.runner_type,
+            scope,
+            description: c.description.unwrap_or_default(),
+            run_untagged: c.run_untagged.unwrap_or(tags.is_empty()),
+            tags,
+            paused: c.paused.unwrap_or(false),
+            locked: c.locked.unwrap_or(false),
+            maintenance_note: c.maintenance_note.unwrap_or_default(),
+        },
+        Utc::now(),
+    );
+    (
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "token": token, "token_expires_at": null })),
+    )
+        .into_response()
+}
+
+async fn list_runners(
+    AxState(shared): AxState<Arc<Shared>>,
+    path: Option<Path<String>>,
+    uri: Uri,
+) -> Response {
+    let ps = params(&uri);
+    let now = Utc::now();
+    let s = shared.lock();
+    let p = uri.path();
+    let scope: Option<(&str, u64)> = match &path {
+        Some(Path(key)) if p.contains("/groups/") => match s.group(key) {
+            Some(g) => Some(("group_type", g)),
+            None => return error(StatusCode::NOT_FOUND, "404 Group Not Found"),
+        },
+        Some(Path(key)) => match s.project(key) {
+            Some(pr) => Some(("project_type", pr.id)),
+            None => return error(StatusCode::NOT_FOUND, "404 Project Not Found"),
+        },
+        None => None,
+    };
+    let want_type = param(&ps, "type").map(str::to_owned);
+    let want_paused = param(&ps, "paused").map(|v| v == "true");
+    let want_tags: Vec<String> = param(&ps, "tag_list")
+        .map(|t| t.split(',').map(|x| x.trim().to_owned()).collect())
+        .unwrap_or_default();
+    let ids = s.runner_ids(|r| {
+        scope.is_none_or(|(t, id)| r.runner_type == t && r.scope == Some(id))
+            && want_type.as_deref().is_none_or(|t| r.runner_type == t)
+            && want_paused.is_none_or(|p| r.paused == p)
+            && want_tags.iter().all(|t| r.tags.contains(t))
+    });
+    let want_status = param(&ps, "status").map(str::to_owned);
+    let items: Vec<Value> = ids
+        .into_iter()
+        .filter_map(|id| s.runner_json(id, false, now))
+        .filter(|v| want_status.as_deref().is_none_or(|st| v["status"] == st))
+        .collect();
+    drop(s);
+    paginated(&uri, items)
+}
+
+fn runner_id(key: &str) -> Option<u64> {
+    key.parse().ok()
+}
+
+async fn get_runner(AxState(shared): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match runner_id(&id).and_then(|id| shared.lock().runner_json(id, true, Utc::now())) {
+        Some(v) => Json(v).into_response(),
+        None => error(StatusCode::NOT_FOUND, "404 Runner Not Found"),
+    }
+}
+
+#[derive(Deserialize)]
+struct UpdateRunner {
+    #[serde(default)]
+    paused: Option<bool>,
+    #[serde(default)]
+    active: Option<bool>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    tag_list: Option<TagList>,
+    #[serde(default)]
+    run_untagged: Option<bool>,
+}
+
+async fn update_runner(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(u) = serde_json::from_slice::<UpdateRunner>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "400 Bad request");
+    };
+    let now = Utc::now();
+    let v = {
+        let mut s = shared.lock();
+        let Some(r) = runner_id(&id).and_then(|id| s.runner_mut(id)) else {
+            return error(StatusCode::NOT_FOUND, "404 Runner Not Found");
+        };
+        if let Some(p) = u.paused.or(u.active.map(|a| !a)) {
+            r.paused = p;
+        }
+        if let Some(d) = u.description {
+            r.description = d;
+        }
+        if let Some(t) = u.tag_list {
+            r.tags = t.into_vec();
+        }
+        if let Some(x) = u.run_untagged {
+            r.run_untagged = x;
+        }
+        let rid = r.id;
+        s.runner_json(rid, true, now)
+    };
+    shared.work.notify_waiters();
+    Json(v).into_response()
+}
+
+async fn delete_runner(AxState(shared): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let events = runner_id(&id).and_then(|id| shared.lock().delete_runner(id, Utc::now()));
+    match events {
+        Some(events) => {
+            shared.emit(events);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "404 Runner Not Found"),
+    }
+}
+
+async fn managers(AxState(shared): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match runner_id(&id).and_then(|id| shared.lock().managers_json(id, Utc::now())) {
+        Some(v) => Json(v).into_response(),
+        None => error(StatusCode::NOT_FOUND, "404 Runner Not Found"),
+    }
+}
+
+fn project_json(p: &super::state::Project) -> Value {
+    json!({
+        "id": p.id,
+        "path_with_namespace": p.path,
+        "path": p.path.rsplit('/').next().unwrap_or_default(),
+        "name": p.path.rsplit('/').next().unwrap_or_default(),
+        "namespace": { "id": p.group },
+    })
+}
+
+async fn get_project(AxState(shared): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match shared.lock().project(&id) {
+        Some(p) => Json(project_json(p)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "404 Project Not Found"),
+    }
+}
+
+async fn group_projects(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Response {
+    let ps = params(&uri);
+    let subgroups = param(&ps, "include_subgroups") == Some("true");
+    let items: Vec<Value> = {
+        let s = shared.lock();
+        let Some(g) = s.group(&id) else {
+            return error(StatusCode::NOT_FOUND, "404 Group Not Found");
+        };
+        s.group_projects(g)
+            .iter()
+            .filter(|p| subgroups || p.group == Some(g))
+            .map(project_json)
+            .collect()
+    };
+    paginated(&uri, items)
+}
+
+async fn project_jobs(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Response {
+    let scopes: Vec<String> = params(&uri)
+        .into_iter()
+        .filter(|(k, _)| k == "scope[]" || k == "scope")
+        .map(|(_, v)| v)
+        .collect();
+    let items = {
+        let s = shared.lock();
+        let Some(p) = s.project(&id).map(|p| p.id) else {
+            return error(StatusCode::NOT_FOUND, "404 Project Not Found");
+        };
+        s.project_jobs(p, &scopes, Utc::now())
+    };
+    paginated(&uri, items)
+}
+
+async fn project_job(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path((id, job)): Path<(String, u64)>,
+) -> Response {
+    let s = shared.lock();
+    let found = s
+        .project(&id)
+        .map(|p| p.id)
+        .and_then(|p| s.project_job(p, job, Utc::now()));
+    match found {
+        Some(v) => Json(v).into_response(),
+        None => error(StatusCode::NOT_FOUND, "404 Not found"),
+    }
+}
+
+/// What runners send with their runner token.
+#[derive(Deserialize)]
+struct RunnerHello {
+    token: String,
+    #[serde(default)]
+    system_id: Option<String>,
+}
+
+async fn verify(AxState(shared): AxState<Arc<Shared>>, Json(h): Json<RunnerHello>) -> Response {
+    let sid = h.system_id.unwrap_or_default();
+    if shared.lock().verify(&h.token, &sid, Utc::now()) {
+        StatusCode::OK.into_response()
+    } else {
+        error(StatusCode::FORBIDDEN, "403 Forbidden")
+    }
+}
+
+async fn delete_manager(
+    AxState(shared): AxState<Arc<Shared>>,
+    Json(h): Json<RunnerHello>,
+) -> Response {
+    let sid = h.system_id.unwrap_or_default();
+    let result = shared.lock().delete_manager(&h.token, &sid, Utc::now());
+    match result {
+        Ok(events) => {
+            shared.emit(events);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(Refusal::Forbidden) => error(StatusCode::FORBIDDEN, "403 Forbidden"),
+        Err(Refusal::Gone) => error(StatusCode::NOT_FOUND, "404 Runner Manager Not Found"),
+    }
+}
+
+async fn delete_by_token(
+    AxState(shared): AxState<Arc<Shared>>,
+    Json(h): Json<RunnerHello>,
+) -> Response {
+    let result = shared.lock().delete_runner_by_token(&h.token, Utc::now());
+    match result {
+        Ok(events) => {
+            shared.emit(events);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(_) => error(StatusCode::FORBIDDEN, "403 Forbidden"),
+    }
+}
+
+async fn request_job(
+    AxState(shared): AxState<Arc<Shared>>,
+    Json(h): Json<RunnerHello>,
+) -> Response {
+    let sid = h.system_id.unwrap_or_default();
+    if sid.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - system_id is missing",
+        );
+    }
+    let deadline = Instant::now() + shared.long_poll;
+    loop {
+        let notified = shared.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let result = shared
+            .lock()
+            .request_job(&h.token, &sid, Utc::now(), Instant::now());
+        match result {
+            Err(_) => return error(StatusCode::FORBIDDEN, "403 Forbidden"),
+            Ok(Some((payload, event))) => {
+                shared.emit([event]);
+                return (StatusCode::CREATED, Json(payload)).into_response();
+            }
+            Ok(None) if Instant::now() >= deadline => {
+                let mut r = StatusCode::NO_CONTENT.into_response();
+                r.headers_mut()
+                    .insert("x-gitlab-last-update", HeaderValue::from_static("emulated"));
+                return r;
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct JobUpdate {
+    token: String,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn update_job(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<u64>,
+    Json(u): Json<JobUpdate>,
+) -> Response {
+    let state = u.state.unwrap_or_else(|| "running".to_owned());
+    let result = shared
+        .lock()
+        .update_job(id, &u.token, &state, Utc::now(), Instant::now());
+    match result {
+        Ok(event) => {
+            shared.emit(event);
+            StatusCode::OK.into_response()
+        }
+        Err(Refusal::Forbidden) => error(StatusCode::FORBIDDEN, "403 Forbidden"),
+        Err(Refusal::Gone) => {
+            let mut r = error(StatusCode::FORBIDDEN, "403 Forbidden - Job is not running");
+            r.headers_mut()
+                .insert("job-status", HeaderValue::from_static("failed"));
+            r
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! The emulator's state and every rule it enforces: runners and their managers, job picking
+//! by tags / `run_untagged` / paused / runner scope, job updates and leases, deletions that
+//! lose running jobs, and the Job Hook events all of this produces. Pure bookkeeping: no I/O,
+//! the time is passed in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::config::{EmulatorConfig, Faults};
+use super::model::{
+    JobSnapshot, JobSpec, JobStatus, ManagerSnapshot, RunnerSnapshot, Snapshot, Violation,
+    ViolationKind,
+};
+
+pub(crate) struct Manager {
+    created_at: DateTime<Utc>,
+    contacted_at: DateTime<Utc>,
+    running: BTreeSet<u64>,
+    jobs_done: u32,
+}
+
+pub(crate) struct Runner {
+    pub(crate) id: u64,
+    token: String,
+    pub(crate) description: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) run_untagged: bool,
+    pub(crate) paused: bool,
+    pub(crate) locked: bool,
+    pub(crate) runner_type: String,
+    /// Group id (group_type) or project id (project_type).
+    pub(crate) scope: Option<u64>,
+    pub(crate) maintenance_note: String,
+    created_at: DateTime<Utc>,
+    contacted_at: Option<DateTime<Utc>>,
+    managers: BTreeMap<String, Manager>,
+}
+
+struct Job {
+    snap: JobSnapshot,
+    spec: JobSpec,
+    token: String,
+    lease_until: Option<Instant>,
+}
+
+/// A project: id, path, group.
+#[derive(Clone, Debug)]
+pub(crate) struct Project {
+    pub(crate) id: u64,
+    pub(crate) path: String,
+    pub(crate) group: Option<u64>,
+}
+
+/// A Job Hook event: the job as it is after a status change.
+#[derive(Clone, Debug)]
+pub(crate) struct Event {
+    pub(crate) job: JobSnapshot,
+    pub(crate) name: String,
+    pub(crate) project_path: String,
+    pub(crate) runner: Option<(u64, String, String, Vec<String>)>,
+}
+
+/// Why a call made with a token was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Unknown token or id.
+    Forbidden,
+    /// The job is not running (finished, lost).
+    Gone,
+}
+
+/// What `POST /user/runners` may set.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NewRunner {
+    pub(crate) runner_type: String,
+    pub(crate) scope: Option<u64>,
+    pub(crate) description: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) run_untagged: bool,
+    pub(crate) paused: bool,
+    pub(crate) locked: bool,
+    pub(crate) maintenance_note: String,
+}
+
+pub(crate) struct State {
+    admin_tokens: Vec<SecretString>,
+    pub(crate) projects: Vec<Project>,
+    pub(crate) groups: Vec<(u64, String)>,
+    pub(crate) faults: Faults,
+    pub(crate) outage_until: Option<Instant>,
+    job_lease: Duration,
+    online_window: Duration,
+    runners: BTreeMap<u64, Runner>,
+    jobs: Vec<Job>,
+    by_id: HashMap<u64, usize>,
+    next_runner: u64,
+    next_job: u64,
+    seen: BTreeSet<(u64, String)>,
+    violations: Vec<Violation>,
+    peak_running: u32,
+    runners_created: u32,
+    pub(crate) requests: BTreeMap<String, u64>,
+    pub(crate) faulted: u64,
+    pub(crate) webhooks_sent: u64,
+    pub(crate) rng: StdRng,
+}
+
+/// Equality of a presented token and a stored one, in time independent of where they differ.
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl State {
+    pub(crate) fn new(config: &EmulatorConfig) -> Self {
+        State {
+            admin_tokens: config.admin_tokens.clone(),
+            projects: config
+                .projects
+                .iter()
+                .map(|p| Project {
+                    id: p.id,
+                    path: p.path.clone(),
+                    group: p.group,
+                })
+                .collect(),
+            groups: config
+                .groups
+                .iter()
+                .map(|g| (g.id, g.path.clone()))
+                .collect(),
+            faults: config.faults.clone(),
+            outage_until: None,
+            job_lease: config.job_lease,
+            online_window: config.online_window,
+            runners: BTreeMap::new(),
+            jobs: Vec::new(),
+            by_id: HashMap::new(),
+            next_runner: 1000,
+            next_job: 5000,
+            seen: BTreeSet::new(),
+            violations: Vec::new(),
+            peak_running: 0,
+            runners_created: 0,
+            requests: BTreeMap::new(),
+            faulted: 0,
+            webhooks_sent: 0,
+            rng: StdRng::seed_from_u64(config.seed),
+        }
+    }
+
+    /// Whether `token` is an admin token.
+    pub(crate) fn admin_ok(&self, token: &str) -> bool {
+        self.admin_tokens
+            .iter()
+            .any(|t| same(token, t.expose_secret()))
+    }
+
+    /// Random lower-case hex.
+    pub(crate) fn hex(&mut self, bytes: usize) -> String {
+        (0..bytes)
+            .map(|_| format!("{:02x}", self.rng.random::<u8>()))
+            .collect()
+    }
+
+    /// A random UUID-shaped string.
+    pub(crate) fn uuid(&mut self) -> String {
+        let h = self.hex(16);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+
+    /// A project by numeric id or `path_with_namespace`.
+    pub(crate) fn project(&self, key: &str) -> Option<&Project> {
+        match key.parse::<u64>() {
+            Ok(id) => self.projects.iter().find(|p| p.id == id),
+            Err(_) => self.projects.iter().find(|p| p.path == key),
+        }
+    }
+
+    /// A group by numeric id or full path.
+    pub(crate) fn group(&self, key: &str) -> Option<u64> {
+        match key.parse::<u64>() {
+            Ok(id) => self.groups.iter().find(|g| g.0 == id).map(|g| g.0),
+            Err(_) => self.groups.iter().find(|g| g.1 == key).map(|g| g.0),
+        }
+    }
+
+    /// Projects of a group and of its subgroups (by path prefix).
+    pub(crate) fn group_projects(&self, group: u64) -> Vec<Project> {
+        let Some(path) = self
+            .groups
+            .iter()
+            .find(|g| g.0 == group)
+            .map(|g| g.1.clone())
+        else {
+            return Vec::new();
+        };
+        let prefix = format!("{path}/");
+        let in_tree: BTreeSet<u64> = self
+            .groups
+            .iter()
+            .filter(|g| g.0 == group || g.1.starts_with(&prefix))
+            .map(|g| g.0)
+            .collect();
+        self.projects
+            .iter()
+            .filter(|p| p.group.is_some_and(|g| in_tree.contains(&g)))
+            .cloned()
+            .collect()
+    }
+
+    fn status_of(&self, contacted: Option<DateTime<Utc>>, now: DateTime<Utc>) -> &'static str {
+        let window =
+            chrono::Duration::from_std(self.online_window).unwrap_or(chrono::Duration::MAX);
+        match contacted {
+            None => "never_contacted",
+            Some(t) if t + window > now => "online",
+            Some(_) => "offline",
+        }
+    }
+
+    /// Creates a runner; returns its id and glrt- token.
+    pub(crate) fn create_runner(&mut self, new: NewRunner, now: DateTime<Utc>) -> (u64, String) {
+        let id = self.next_runner;
+        self.next_runner += 1;
+        let token = format!("glrt-{}", self.hex(12));
+        self.runners.insert(
+            id,
+            Runner {
+                id,
+                token: token.clone(),
+                description: new.description,
+                tags: new.tags,
+                run_untagged: new.run_untagged,
+                paused: new.paused,
+                locked: new.locked,
+                runner_type: new.runner_type,
+                scope: new.scope,
+                maintenance_note: new.maintenance_note,
+                created_at: now,
+                contacted_at: None,
+                managers: BTreeMap::new(),
+            },
+        );
+        self.runners_created += 1;
+        (id, token)
+    }
+
+    pub(crate) fn runner_mut(&mut self, id: u64) -> Option<&mut Runner> {
+        self.runners.get_mut(&id)
+    }
+
+    fn active(r: &Runner) -> bool {
+        r.managers.values().any(|m| !m.running.is_empty())
+    }
+
+    /// The listing item of a runner (`GET /runners`), or with `detail` the full record
+    /// (`GET /runners/:id`).
+    pub(crate) fn runner_json(&self, id: u64, detail: bool, now: DateTime<Utc>) -> Option<Value> {
+        let r = self.runners.get(&id)?;
+        let status = self.status_of(r.contacted_at, now);
+        let mut v = json!({
+            "id": r.id,
+            "description": r.description,
+            "active": !r.paused,
+            "paused": r.paused,
+            "is_shared": r.runner_type == "instance_type",
+            "runner_type": r.runner_type,
+            "name": "gitlab-runner",
+            "online": status == "online",
+            "status": status,
+            "job_execution_status": if Self::active(r) { "active" } else { "idle" },
+            "ip_address": "",
+            "created_at": r.created_at,
+        });
+        if detail {
+            let scope = match (r.runner_type.as_str(), r.scope) {
+                ("group_type", Some(g)) => json!({ "groups": [{ "id": g }] }),
+                ("project_type", Some(p)) => json!({ "projects": [{ "id": p }] }),
+                _ => json!({}),
+            };
+            v["contacted_at"] = json!(r.contacted_at);
+            v["tag_list"] = json!(r.tags);
+            v["run_untagged"] = json!(r.run_untagged);
+            v["locked"] = json!(r.locked);
+            v["access_level"] = json!("not_protected");
+            v["maximum_timeout"] = Value::Null;
+            v["maintenance_note"] = json!(r.maintenance_note);
+            if let Some(obj) = scope.as_object() {
+                for (k, val) in obj {
+                    v[k] = val.clone();
+                }
+            }
+        }
+        Some(v)
+    }
+
+    /// Ids of every runner, in order.
+    pub(crate) fn runner_ids(&self, filter: impl Fn(&Runner) -> bool) -> Vec<u64> {
+        self.runners
+            .values()
+            .filter(|r| filter(r))
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// `GET /runners/:id/managers`.
+    pub(crate) fn managers_json(&self, id: u64, now: DateTime<Utc>) -> Option<Value> {
+        let r = self.runners.get(&id)?;
+        let items: Vec<Value> = r
+            .managers
+            .iter()
+            .zip(1..)
+            .map(|((sid, m), n)| {
+                json!({
+                    "id": r.id * 1000 + n,
+                    "system_id": sid,
+                    "version": "17.5.0-emulated",
+                    "revision": "emulated",
+                    "platform": "linux",
+                    "architecture": "amd64",
+                    "created_at": m.created_at,
+                    "contacted_at": m.contacted_at,
+                    "ip_address": "127.0.0.1",
+                    "status": self.status_of(Some(m.contacted_at), now),
+                    "job_execution_status": if m.running.is_empty() { "idle" } else { "active" },
+                })
+            })
+            .collect();
+        Some(Value::Array(items))
+    }
+
+    /// Fails a running job because its runner is gone, recording `kind`.
+    fn lose(&mut self, job: u64, kind: ViolationKind, now: DateTime<Utc>) -> Option<Event> {
+        let i = *self.by_id.get(&job)?;
+        if self.jobs[i].snap.status != JobStatus::Running {
+            return None;
+        }
+        let (runner, system_id) = self.jobs[i].snap.runner.clone().unwrap_or_default();
+        self.violations.push(Violation {
+            kind,
+            runner,
+            system_id,
+            job,
+            at: now,
+        });
+        Some(self.finish(i, JobStatus::Failed, Some("runner_system_failure"), now))
+    }
+
+    /// `DELETE /runners/:id`: the runner and its managers go; their running jobs are lost.
+    pub(crate) fn delete_runner(&mut self, id: u64, now: DateTime<Utc>) -> Option<Vec<Event>> {
+        let r = self.runners.remove(&id)?;
+        let jobs: Vec<u64> = r
+            .managers
+            .values()
+            .flat_map(|m| m.running.clone())
+            .collect();
+        Some(
+            jobs.into_iter()
+                .filter_map(|j| self.lose(j, ViolationKind::RunnerDeletedWhileBusy, now))
+                .collect(),
+        )
+    }
+
+    fn runner_by_token(&self, token: &str) -> Option<u64> {
+        self.runners
+            .values()
+            .find(|r| same(token, &r.token))
+            .map(|r| r.id)
+    }
+
+    /// `DELETE /runners {token}`.
+    pub(crate) fn delete_runner_by_token(
+        &mut self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Event>, Refusal> {
+        let id = self.runner_by_token(token).ok_or(Refusal::Forbidden)?;
+        self.delete_runner(id, now).ok_or(Refusal::Forbidden)
+    }
+
+    /// `DELETE /runners/managers {token, system_id}`.
+    pub(crate) fn delete_manager(
+        &mut self,
+        token: &str,
+        system_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Event>, Refusal> {
+        let id = self.runner_by_token(token).ok_or(Refusal::Forbidden)?;
+        let m = self
+            .runners
+            .get_mut(&id)
+            .and_then(|r| r.managers.remove(system_id))
+            .ok_or(Refusal::Gone)?;
+        Ok(m.running
+            .into_iter()
+            .filter_map(|j| self.lose(j, ViolationKind::ManagerDeletedWhileBusy, now))
+            .collect())
+    }
+
+    /// Records contact by manager `system_id` of the runner with `token`.
+    fn contact(&mut self, token: &str, system_id: &str, now: DateTime<Utc>) -> Option<u64> {
+        let id = self.runner_by_token(token)?;
+        let r = self.runners.get_mut(&id)?;
+        r.contacted_at = Some(now);
+        let m = r
+            .managers
+            .entry(system_id.to_owned())
+            .or_insert_with(|| Manager {
+                created_at: now,
+                contacted_at: now,
+                running: BTreeSet::new(),
+                jobs_done: 0,
+            });
+        m.contacted_at = now;
+        self.seen.insert((id, system_id.to_owned()));
+        Some(id)
+    }
+
+    /// `POST /runners/verify`.
+    pub(crate) fn verify(&mut self, token: &str, system_id: &str, now: DateTime<Utc>) -> bool {
+        self.contact(token, system_id, now).is_some()
+    }
+
+    fn project_of(&self, id: u64) -> Option<&Project> {
+        self.projects.iter().find(|p| p.id == id)
+    }
+
+    /// Whether runner `r` may run `job` (tags, untagged, scope).
+    fn matches(&self, r: &Runner, job: &JobSpec) -> bool {
+        let tags_ok = if job.tags.is_empty() {
+            r.run_untagged
+        } else {
+            job.tags.iter().all(|t| r.tags.contains(t))
+        };
+        let scope_ok = match (r.runner_type.as_str(), r.scope) {
+            ("project_type", Some(p)) => job.project_id == p,
+            ("group_type", Some(g)) => self
+                .group_projects(g)
+                .iter()
+                .any(|p| p.id == job.project_id),
+            _ => true,
+        };
+        tags_ok && scope_ok
+    }
+
+    /// `POST /jobs/request`: the oldest pending job this runner may run, flipped to running.
+    /// `Err` for an unknown token; `Ok(None)` when there is nothing (or the runner is paused).
+    pub(crate) fn request_job(
+        &mut self,
+        token: &str,
+        system_id: &str,
+        now: DateTime<Utc>,
+        at: Instant,
+    ) -> Result<Option<(Value, Event)>, Refusal> {
+        let id = self
+            .contact(token, system_id, now)
+            .ok_or(Refusal::Forbidden)?;
+        let Some(r) = self.runners.get(&id) else {
+            return Err(Refusal::Forbidden);
+        };
+        if r.paused {
+            return Ok(None);
+        }
+        let Some(i) = self
+            .jobs
+            .iter()
+            .position(|j| j.snap.status == JobStatus::Pending && self.matches(r, &j.spec))
+        else {
+            return Ok(None);
+        };
+        let (desc, rtype, rtags) = (r.description.clone(), r.runner_type.clone(), r.tags.clone());
+        let lease = self.job_lease;
+        let job = &mut self.jobs[i];
+        job.snap.status = JobStatus::Running;
+        job.snap.runner = Some((id, system_id.to_owned()));
+        job.snap.started_at = Some(now);
+        job.lease_until = Some(at + lease);
+        let job_id = job.snap.id;
+        let payload = json!({
+            "id": job_id,
+            "token": job.token,
+            "allow_git_fetch": true,
+            "job_info": {
+                "id": job_id,
+                "name": job.spec.name,
+                "stage": "test",
+                "project_id": job.spec.project_id,
+                "project_name": "",
+            },
+            "git_info": { "repo_url": "", "ref": "main", "sha": "0000000", "ref_type": "branch" },
+            "runner_info": { "timeout": 3600, "runner_session_url": null },
+            "variables": [
+                { "key": "CI_JOB_ID", "value": job_id.to_string(), "public": true, "masked": false },
+                { "key": "FAKE_JOB_DURATION_MS",
+                  "value": u64::try_from(job.spec.duration.as_millis()).unwrap_or(u64::MAX).to_string(),
+                  "public": true, "masked": false },
+                { "key": "FAKE_JOB_FAIL", "value": job.spec.fail.to_string(), "public": true, "masked": false },
+            ],
+            "steps": [{ "name": "script", "script": ["true"], "timeout": 3600,
+                        "when": "on_success", "allow_failure": false }],
+            "image": null,
+            "services": [],
+            "artifacts": [],
+            "cache": [],
+            "credentials": [],
+            "dependencies": [],
+            "features": { "trace_sections": true },
+        });
+        let snap = job.snap.clone();
+        let name = job.spec.name.clone();
+        if let Some(m) = self
+            .runners
+            .get_mut(&id)
+            .and_then(|r| r.managers.get_mut(system_id))
+        {
+            m.running.insert(job_id);
+        }
+        let running = self
+            .jobs
+            .iter()
+            .filter(|j| j.snap.status == JobStatus::Running)
+            .count() as u32;
+        self.peak_running = self.peak_running.max(running);
+        let event = self.event(snap, name, Some((id, desc, rtype, rtags)));
+        Ok(Some((payload, event)))
+    }
+
+    fn event(
+        &self,
+        job: JobSnapshot,
+        name: String,
+        runner: Option<(u64, String, String, Vec<String>)>,
+    ) -> Event {
+        let project_path = self
+            .project_of(job.project_id)
+            .map(|p| p.path.clone())
+            .unwrap_or_default();
+        Event {
+            job,
+            name,
+            project_path,
+            runner,
+        }
+    }
+
+    /// `PUT /jobs/:id {token, state}`: `running` renews the lease, `success` / `failed`
+    /// finish the job.
+    pub(crate) fn update_job(
+        &mut self,
+        id: u64,
+        token: &str,
+        state: &str,
+        now: DateTime<Utc>,
+        at: Instant,
+    ) -> Result<Option<Event>, Refusal> {
+        let i = *self.by_id.get(&id).ok_or(Refusal::Forbidden)?;
+        if !same(token, &self.jobs[i].token) {
+            return Err(Refusal::Forbidden);
+        }
+        if self.jobs[i].snap.status != JobStatus::Running {
+            return Err(Refusal::Gone);
+        }
+        let lease = self.job_lease;
+        self.jobs[i].lease_until = Some(at + lease);
+        if let Some((rid, sid)) = self.jobs[i].snap.runner.clone()
+            && let Some(r) = self.runners.get_mut(&rid)
+        {
+            r.contacted_at = Some(now);
+            if let Some(m) = r.managers.get_mut(&sid) {
+                m.contacted_at = now;
+            }
+        }
+        Ok(match state {
+            "success" => Some(self.finish(i, JobStatus::Success, None, now)),
+            "failed" => Some(self.finish(i, JobStatus::Failed, Some("script_failure"), now)),
+            _ => None,
+        })
+    }
+
+    fn finish(
+        &mut self,
+        i: usize,
+        status: JobStatus,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Event {
+        let job = &mut self.jobs[i];
+        job.snap.status = status;
+        job.snap.failure_reason = reason.map(str::to_owned);
+        job.snap.finished_at = Some(now);
+        job.lease_until = None;
+        let snap = job.snap.clone();
+        let name = job.spec.name.clone();
+        let mut runner = None;
+        if let Some((rid, sid)) = &snap.runner
+            && let Some(r) = self.runners.get_mut(rid)
+        {
+            if let Some(m) = r.managers.get_mut(sid) {
+                m.running.remove(&snap.id);
+                m.jobs_done += 1;
+            }
+            runner = Some((
+                r.id,
+                r.description.clone(),
+                r.runner_type.clone(),
+                r.tags.clone(),
+            ));
+        }
+        self.event(snap, name, runner)
+    }
+
+    /// Queues jobs as pending; returns their ids and the events.
+    pub(crate) fn submit(
+        &mut self,
+        specs: Vec<JobSpec>,
+        now: DateTime<Utc>,
+    ) -> (Vec<u64>, Vec<Event>) {
+        let mut ids = Vec::with_capacity(specs.len());
+        let mut events = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id = self.next_job;
+            self.next_job += 1;
+            let token = format!("glcbt-{}", self.hex(12));
+            let snap = JobSnapshot {
+                id,
+                project_id: spec.project_id,
+                tags: spec.tags.clone(),
+                status: JobStatus::Pending,
+                failure_reason: None,
+                runner: None,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+            };
+            events.push(self.event(snap.clone(), spec.name.clone(), None));
+            self.by_id.insert(id, self.jobs.len());
+            self.jobs.push(Job {
+                snap,
+                spec,
+                token,
+                lease_until: None,
+            });
+            ids.push(id);
+        }
+        (ids, events)
+    }
+
+    /// Jobs of a project with one of `scopes` (all when empty), oldest first.
+    pub(crate) fn project_jobs(
+        &self,
+        project: u64,
+        scopes: &[String],
+        now: DateTime<Utc>,
+    ) -> Vec<Value> {
+        self.jobs
+            .iter()
+            .filter(|j| j.snap.project_id == project)
+            .filter(|j| scopes.is_empty() || scopes.iter().any(|s| s == j.snap.status.as_str()))
+            .map(|j| self.job_json(j, now))
+            .collect()
+    }
+
+    /// One job of a project.
+    pub(crate) fn project_job(&self, project: u64, id: u64, now: DateTime<Utc>) -> Option<Value> {
+        let j = &self.jobs[*self.by_id.get(&id)?];
+        (j.snap.project_id == project).then(|| self.job_json(j, now))
+    }
+
+    fn job_json(&self, j: &Job, now: DateTime<Utc>) -> Value {
+        let s = &j.snap;
+        let secs = |a: DateTime<Utc>, b: Option<DateTime<Utc>>| {
+            (b.unwrap_or(now) - a).num_milliseconds() as f64 / 1000.0
+        };
+        let runner = s.runner.as_ref().and_then(|(rid, _)| {
+            self.runners.get(rid).map(|r| {
+                json!({ "id": r.id, "description": r.description, "active": !r.paused,
+                        "paused": r.paused, "is_shared": r.runner_type == "instance_type",
+                        "runner_type": r.runner_type, "name": "gitlab-runner",
+                        "online": true, "status": "online" })
+            })
+        });
+        let path = self
+            .project_of(s.project_id)
+            .map(|p| p.path.clone())
+            .unwrap_or_default();
+        json!({
+            "id": s.id,
+            "name": j.spec.name,
+            "stage": "test",
+            "status": s.status.as_str(),
+            "ref": "main",
+            "tag": false,
+            "tag_list": s.tags,
+            "allow_failure": false,
+            "created_at": s.created_at,
+            "started_at": s.started_at,
+            "finished_at": s.finished_at,
+            "queued_duration": secs(s.created_at, s.started_at),
+            "duration": s.started_at.map(|t| secs(t, s.finished_at)),
+            "failure_reason": s.failure_reason,
+            "runner": runner,
+            "pipeline": { "id": s.id / 10, "project_id": s.project_id, "ref": "main",
+                          "sha": "0000000", "status": s.status.as_str() },
+            "web_url": format!("https://gitlab.example/{path}/-/jobs/{}", s.id),
+            "user": { "id": 1, "username": "root" },
+            "commit": { "id": "0000000", "short_id": "0000000", "title": "emulated" },
+        })
+    }
+
+    /// Fails running jobs whose runner went silent past the lease (violations).
+    pub(crate) fn sweep(&mut self, now: DateTime<Utc>, at: Instant) -> Vec<Event> {
+        let expired: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|j| {
+                j.snap.status == JobStatus::Running && j.lease_until.is_some_and(|l| l <= at)
+            })
+            .map(|j| j.snap.id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|j| self.lose(j, ViolationKind::JobLost, now))
+            .collect()
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            jobs: self.jobs.iter().map(|j| j.snap.clone()).collect(),
+            runners: self
+                .runners
+                .values()
+                .map(|r| RunnerSnapshot {
+                    id: r.id,
+                    description: r.description.clone(),
+                    paused: r.paused,
+                    tags: r.tags.clone(),
+                    run_untagged: r.run_untagged,
+                    managers: r
+                        .managers
+                        .iter()
+                        .map(|(sid, m)| ManagerSnapshot {
+                            system_id: sid.clone(),
+                            contacted_at: m.contacted_at,
+                            running: m.running.iter().copied().collect(),
+                            jobs_done: m.jobs_done,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            violations: self.violations.clone(),
+            peak_running: self.peak_running,
+            managers_seen: self.seen.len(),
+            runners_created: self.runners_created,
+            requests: self.requests.clone(),
+            faulted: self.faulted,
+            webhooks_sent: self.webhooks_sent,
+        }
+    }
+}
