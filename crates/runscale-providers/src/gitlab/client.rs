@@ -1,0 +1,350 @@
+//! The REST client: `PRIVATE-TOKEN` or Bearer auth, listings followed page by page through
+//! `x-next-page` (complete or an error, never truncated), and every failure mapped to a core
+//! [`ErrorKind`] in [`status_error`]. Errors never carry a token.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use runscale_core::{Error, ErrorKind, Result};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::config::AuthHeader;
+
+/// Longest error message kept from a response body.
+const MESSAGE_MAX: usize = 200;
+/// Page size of listings.
+const PER_PAGE: u32 = 100;
+
+pub(crate) struct Client {
+    http: reqwest::Client,
+    api: String,
+    auth: AuthHeader,
+    token: SecretString,
+    max_pages: u32,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("api", &self.api)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// GitLab's `message` (or `error`) from an error body, on one short printable line.
+fn message(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = match (&v["message"], &v["error"]) {
+        (Value::String(s), _) | (_, Value::String(s)) => s.clone(),
+        (m, _) if !m.is_null() => m.to_string(),
+        _ => String::new(),
+    };
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MESSAGE_MAX)
+        .collect()
+}
+
+/// Maps a non-success answer to an error kind.
+pub(crate) fn status_error(
+    op: &'static str,
+    what: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Error {
+    let msg = message(body);
+    let detail = if msg.is_empty() {
+        format!("{what}: HTTP {status}")
+    } else {
+        format!("{what}: HTTP {status}: {msg}")
+    };
+    let kind = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            return Error::new(
+                op,
+                ErrorKind::Misconfigured,
+                format!(
+                    "{detail} (does the token have the api scope, and create_runner to create runners?)"
+                ),
+            );
+        }
+        StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited { retry_after },
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => ErrorKind::Misconfigured,
+        s if s.is_server_error() => ErrorKind::Transient,
+        _ => ErrorKind::Protocol,
+    };
+    Error::new(op, kind, detail)
+}
+
+/// A path segment: ids as they are, full paths URL-encoded (`acme%2Fapp`).
+pub(crate) fn segment(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One successful answer: `x-next-page` and the body.
+struct Answer {
+    next_page: Option<u32>,
+    body: Vec<u8>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        base: &str,
+        auth: AuthHeader,
+        token: SecretString,
+        max_pages: u32,
+        request_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("runscale/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    "gitlab.client",
+                    ErrorKind::Misconfigured,
+                    "cannot build the HTTP client",
+                )
+                .with_source(e)
+            })?;
+        Ok(Client {
+            http,
+            api: format!("{}/api/v4", base.trim_end_matches('/')),
+            auth,
+            token,
+            max_pages,
+        })
+    }
+
+    async fn call(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+        admin: bool,
+    ) -> Result<Answer> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .header("accept", "application/json");
+        if admin {
+            req = match self.auth {
+                AuthHeader::PrivateToken => req.header("PRIVATE-TOKEN", self.token.expose_secret()),
+                AuthHeader::Bearer => req.bearer_auth(self.token.expose_secret()),
+            };
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            let kind = if e.is_builder() {
+                ErrorKind::Misconfigured
+            } else {
+                ErrorKind::Transient
+            };
+            Error::new(op, kind, format!("{what}: request failed")).with_source(e.without_url())
+        })?;
+        let status = resp.status();
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .map(str::to_owned)
+        };
+        let retry_after = header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let next_page = header("x-next-page").and_then(|v| v.parse::<u32>().ok());
+        let body = resp.bytes().await.map_err(|e| {
+            Error::new(
+                op,
+                ErrorKind::Transient,
+                format!("{what}: reading the answer failed"),
+            )
+            .with_source(e.without_url())
+        })?;
+        if !status.is_success() {
+            return Err(status_error(op, what, status, retry_after, &body));
+        }
+        Ok(Answer {
+            next_page,
+            body: body.to_vec(),
+        })
+    }
+
+    fn parse<T: DeserializeOwned>(op: &'static str, what: &str, body: &[u8]) -> Result<T> {
+        serde_json::from_slice(body).map_err(|e| {
+            Error::new(
+                op,
+                ErrorKind::Protocol,
+                format!(
+                    "{what}: unexpected answer ({:?} error at column {})",
+                    e.classify(),
+                    e.column()
+                ),
+            )
+        })
+    }
+
+    /// `GET` one object.
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        path: &str,
+        what: &str,
+    ) -> Result<T> {
+        let a = self.call(op, Method::GET, path, None, what, true).await?;
+        Self::parse(op, what, &a.body)
+    }
+
+    /// `GET` every page of a listing (`path` may carry a query). More than `max_pages` pages
+    /// is an error: a truncated listing would look like fewer jobs or runners.
+    pub(crate) async fn get_all<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        path: &str,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut out = Vec::new();
+        let mut page = 1u32;
+        loop {
+            let url = format!("{path}{sep}per_page={PER_PAGE}&page={page}");
+            let a = self.call(op, Method::GET, &url, None, what, true).await?;
+            out.extend(Self::parse::<Vec<T>>(op, what, &a.body)?);
+            match a.next_page {
+                Some(next) if next > page => {
+                    if next > self.max_pages {
+                        return Err(Error::new(
+                            op,
+                            ErrorKind::Misconfigured,
+                            format!("{what}: more than max_pages ({}) pages", self.max_pages),
+                        ));
+                    }
+                    page = next;
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// An admin call with a JSON body; the answer parsed (`Value::Null` when empty).
+    pub(crate) async fn send(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: &Value,
+        what: &str,
+    ) -> Result<Value> {
+        let a = self.call(op, method, path, Some(body), what, true).await?;
+        if a.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        Self::parse(op, what, &a.body)
+    }
+
+    /// `DELETE` with the admin token.
+    pub(crate) async fn delete(&self, op: &'static str, path: &str, what: &str) -> Result<()> {
+        self.call(op, Method::DELETE, path, None, what, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// A runner-API call authenticated by the runner token in the body (no admin token).
+    pub(crate) async fn runner_delete(
+        &self,
+        op: &'static str,
+        path: &str,
+        body: &Value,
+        what: &str,
+    ) -> Result<()> {
+        self.call(op, Method::DELETE, path, Some(body), what, false)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A job of the listing.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiJob {
+    pub(crate) id: u64,
+    pub(crate) status: String,
+    #[serde(default)]
+    pub(crate) tag_list: Vec<String>,
+    pub(crate) created_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub(crate) pipeline: Option<ApiPipeline>,
+}
+
+/// A job's pipeline (for its project id).
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiPipeline {
+    pub(crate) project_id: Option<u64>,
+}
+
+/// A project of a group listing.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiProject {
+    pub(crate) id: u64,
+}
+
+/// A runner of a listing.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiRunner {
+    pub(crate) id: u64,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    #[serde(default)]
+    pub(crate) status: Option<String>,
+    #[serde(default)]
+    pub(crate) paused: Option<bool>,
+    #[serde(default)]
+    pub(crate) active: Option<bool>,
+    #[serde(default)]
+    pub(crate) created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ApiRunner {
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.unwrap_or(self.active.is_some_and(|a| !a))
+    }
+}
+
+/// A runner manager.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiManager {
+    pub(crate) system_id: String,
+    #[serde(default)]
+    pub(crate) status: Option<String>,
+    #[serde(default)]
+    pub(crate) job_execution_status: Option<String>,
+}
+
+impl ApiManager {
+    pub(crate) fn active(&self) -> bool {
+        self.job_execution_status.as_deref() == Some("active")
+    }
+
+    pub(crate) fn online(&self) -> bool {
+        self.status.as_deref() == Some("online")
+    }
+}

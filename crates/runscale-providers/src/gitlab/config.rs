@@ -1,0 +1,267 @@
+//! Configuration of the GitLab provider: the instance-level [`Config`] (URL, token, projects
+//! and groups to read demand from, webhooks) and the per-pool [`PoolSelector`] (tags,
+//! `run_untagged`, runner scope, one runner per pool or per instance), with their pure
+//! validation. Nothing here reads a secret or opens a connection.
+
+use std::time::Duration;
+
+use runscale_core::secret::SecretRef;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// One GitLab instance (gitlab.com or self-managed) whose CI jobs runscale serves.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of GitLab, without `/api/v4`: `https://gitlab.com` (default). Runners are given
+    /// the same URL.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// A personal, group or project access token with `api` scope (and `create_runner` to
+    /// create runners).
+    pub token: SecretRef,
+    /// How the token is sent: `private-token` (`PRIVATE-TOKEN` header, default) or `bearer`
+    /// (`Authorization: Bearer`, for OAuth tokens).
+    #[serde(default)]
+    pub auth: AuthHeader,
+    /// Projects whose pending jobs count as demand: numeric ids or full paths (`acme/app`).
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// Groups whose projects (subgroups included) count as demand: ids or full paths. Their
+    /// project list is cached for `group_refresh`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// How long the projects of `groups` are cached before they are listed again.
+    #[serde(default = "default_group_refresh", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub group_refresh: Duration,
+    /// Secret token of the project/group webhook (`X-Gitlab-Token`); deliveries to
+    /// `/webhooks/gitlab` are checked against it. Without it, webhooks are rejected.
+    #[serde(default)]
+    pub webhook_token: Option<SecretRef>,
+    /// A runner runscale created that is still `never_contacted` or `offline` this long after
+    /// runscale last handed out its token, with no manager online, is deleted.
+    #[serde(default = "default_stale_runner_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub stale_runner_timeout: Duration,
+    /// Most pages (of 100) read from one listing. A listing longer than this is an error,
+    /// never a silently truncated view.
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u32,
+    /// Timeout of one API request, including reading the response.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub request_timeout: Duration,
+    /// Timeout for opening a connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+}
+
+/// How the API token is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthHeader {
+    /// `PRIVATE-TOKEN: <token>`.
+    #[default]
+    PrivateToken,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+}
+
+/// One pool: the jobs it serves (by tags) and the runner(s) its instances use.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSelector {
+    /// The runner's tags: the pool serves jobs whose tags are all among these.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Whether the pool also serves jobs without tags.
+    #[serde(default)]
+    pub run_untagged: bool,
+    /// `instance_type` (default; needs an administrator's token), `group_type` (with
+    /// `group_id`) or `project_type` (with `project_id`).
+    #[serde(default)]
+    pub runner_type: RunnerType,
+    /// The group of a `group_type` runner.
+    #[serde(default)]
+    pub group_id: Option<u64>,
+    /// The project of a `project_type` runner.
+    #[serde(default)]
+    pub project_id: Option<u64>,
+    /// `pool` (default): one runner per pool, its token shared by every instance, each
+    /// runner slot a distinct manager (`system_id`), as GitLab recommends. `instance`: one
+    /// runner per instance, created at launch and deleted with it; it can be paused, so
+    /// draining stops new jobs on the instance.
+    #[serde(default)]
+    pub runner_per: RunnerPer,
+}
+
+/// The scope of the runners runscale creates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerType {
+    /// Shared with every project.
+    #[default]
+    InstanceType,
+    /// A group's runner.
+    GroupType,
+    /// A project's runner.
+    ProjectType,
+}
+
+impl RunnerType {
+    /// As the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerType::InstanceType => "instance_type",
+            RunnerType::GroupType => "group_type",
+            RunnerType::ProjectType => "project_type",
+        }
+    }
+}
+
+/// What one runner (token) serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerPer {
+    /// One runner for the pool.
+    #[default]
+    Pool,
+    /// One runner per instance.
+    Instance,
+}
+
+fn default_url() -> String {
+    "https://gitlab.com".to_owned()
+}
+
+fn default_group_refresh() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn default_stale_runner_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_max_pages() -> u32 {
+    50
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn push(errors: &mut Vec<(String, String)>, field: &str, message: impl Into<String>) {
+    errors.push((field.to_owned(), message.into()));
+}
+
+fn result(errors: Vec<(String, String)>) -> Result<(), Vec<(String, String)>> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+impl Config {
+    /// Checks the settings without reading secrets or touching the network. Errors name the
+    /// field and say what is wrong.
+    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Err(e) => push(&mut errors, "url", format!("not a URL: {e}")),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                push(&mut errors, "url", "must be http or https");
+            }
+            Ok(u) if u.query().is_some() || u.path().trim_end_matches('/').ends_with("/api/v4") => {
+                push(
+                    &mut errors,
+                    "url",
+                    "give the GitLab base URL, without /api/v4 or a query",
+                );
+            }
+            Ok(_) => {}
+        }
+        if self.projects.is_empty() && self.groups.is_empty() {
+            push(
+                &mut errors,
+                "projects",
+                "list at least one project or group: GitLab has no instance-wide pending-jobs API",
+            );
+        }
+        for (field, list) in [("projects", &self.projects), ("groups", &self.groups)] {
+            for (i, p) in list.iter().enumerate() {
+                if p.trim().is_empty() || p.starts_with('/') || p.ends_with('/') {
+                    push(
+                        &mut errors,
+                        &format!("{field}[{i}]"),
+                        format!("{p:?} is not an id or a full path"),
+                    );
+                }
+            }
+        }
+        if self.max_pages == 0 {
+            push(&mut errors, "max_pages", "must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            push(&mut errors, "request_timeout", "must not be zero");
+        }
+        if self.stale_runner_timeout < Duration::from_secs(1) {
+            push(&mut errors, "stale_runner_timeout", "must be at least 1s");
+        }
+        result(errors)
+    }
+}
+
+impl PoolSelector {
+    /// Checks the selector without reading secrets. Errors name the field.
+    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        if self.tags.is_empty() && !self.run_untagged {
+            push(
+                &mut errors,
+                "tags",
+                "give tags or set run_untagged: otherwise no job can ever run on this pool",
+            );
+        }
+        for (i, t) in self.tags.iter().enumerate() {
+            if t.trim().is_empty() || t.contains(',') || t.trim() != t {
+                push(
+                    &mut errors,
+                    &format!("tags[{i}]"),
+                    format!("{t:?} is not a tag"),
+                );
+            }
+        }
+        match self.runner_type {
+            RunnerType::InstanceType if self.group_id.is_some() || self.project_id.is_some() => {
+                push(
+                    &mut errors,
+                    "runner_type",
+                    "group_id and project_id need group_type or project_type",
+                );
+            }
+            RunnerType::GroupType if self.group_id.is_none() => {
+                push(
+                    &mut errors,
+                    "group_id",
+                    "required with runner_type group_type",
+                );
+            }
+            RunnerType::ProjectType if self.project_id.is_none() => {
+                push(
+                    &mut errors,
+                    "project_id",
+                    "required with runner_type project_type",
+                );
+            }
+            _ => {}
+        }
+        result(errors)
+    }
+}

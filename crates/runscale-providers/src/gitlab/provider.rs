@@ -1,0 +1,904 @@
+//! [`GitlabProvider`]: the [`Provider`] implementation. Demand from pending jobs matched to
+//! pools by tags, runner slots from runner managers, registration with a per-pool (or
+//! per-instance) runner token, removal only of idle managers, pausing, clean-up of runners
+//! that never came up, and webhooks.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use reqwest::Method;
+use runscale_core::{
+    Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
+    Runner, RunnerId, RunnerState, Timestamp, WaitingJob, WebhookRequest, naming,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use super::client::{ApiJob, ApiManager, ApiProject, ApiRunner, Client, segment};
+use super::config::{Config, PoolSelector, RunnerPer, RunnerType};
+use super::webhook::{self, Seen};
+
+/// Variables handed to each runner slot.
+const URL_VAR: &str = "CI_SERVER_URL";
+const TOKEN_VAR: &str = "CI_SERVER_TOKEN";
+const NAME_VAR: &str = "RUNNER_NAME";
+const SYSTEM_ID_VAR: &str = "RUNNER_SYSTEM_ID";
+
+/// One pool as the provider keeps it.
+struct Pool {
+    id: PoolId,
+    tags: BTreeSet<String>,
+    run_untagged: bool,
+    runner_type: RunnerType,
+    group_id: Option<u64>,
+    project_id: Option<u64>,
+    per: RunnerPer,
+}
+
+impl Pool {
+    /// The description of the pool's shared runner.
+    fn shared_description(&self) -> String {
+        format!("runscale pool {}", self.id)
+    }
+
+    /// Whether a runner with this description is one runscale made for this pool.
+    fn owns(&self, description: &str) -> bool {
+        description == self.shared_description() || naming::owned_by(self.id.as_str(), description)
+    }
+
+    /// The listing of the runners of this pool's scope.
+    fn listing(&self) -> String {
+        match (self.runner_type, self.group_id, self.project_id) {
+            (RunnerType::GroupType, Some(g), _) => format!("/groups/{g}/runners?type=group_type"),
+            (RunnerType::ProjectType, _, Some(p)) => {
+                format!("/projects/{p}/runners?type=project_type")
+            }
+            _ => "/runners/all?type=instance_type".to_owned(),
+        }
+    }
+
+    /// The key of the runner a slot uses: the pool (shared) or the instance.
+    fn registry_key(&self, runner_name: &str) -> String {
+        match self.per {
+            RunnerPer::Pool => format!("pool:{}", self.id),
+            RunnerPer::Instance => instance_base(self.id.as_str(), runner_name).to_owned(),
+        }
+    }
+}
+
+/// The instance base name of a slot name (`rs-pool-abc-2` → `rs-pool-abc`).
+fn instance_base<'a>(pool: &str, name: &'a str) -> &'a str {
+    let rest = name
+        .strip_prefix(naming::PREFIX)
+        .and_then(|r| r.strip_prefix(pool))
+        .and_then(|r| r.strip_prefix('-'))
+        .unwrap_or("");
+    match (rest.contains('-'), name.rfind('-')) {
+        (true, Some(i)) => &name[..i],
+        _ => name,
+    }
+}
+
+/// A runner token runscale holds.
+struct Held {
+    runner_id: u64,
+    token: SecretString,
+}
+
+/// What one observation saw of the account, before it is split into pools.
+struct Seen2 {
+    waiting: HashMap<PoolId, Vec<WaitingJob>>,
+}
+
+/// The GitLab provider of one GitLab instance.
+///
+/// Each runner slot runscale launches is a runner manager, identified by `system_id` = the
+/// slot's runner name; its `job_execution_status` says busy or idle. Runner tokens are shown
+/// once, so the provider keeps them in memory; after a restart it creates a new runner for
+/// the pool and deletes the old one once none of its managers is online.
+pub struct GitlabProvider {
+    client: Client,
+    url: String,
+    pools: Vec<Pool>,
+    projects: Vec<String>,
+    groups: Vec<String>,
+    group_refresh: Duration,
+    stale_runner_timeout: Duration,
+    webhook_token: Option<SecretString>,
+    registry: tokio::sync::Mutex<HashMap<String, Held>>,
+    issued: Mutex<HashMap<u64, Instant>>,
+    group_cache: Mutex<HashMap<String, (Instant, Vec<u64>)>>,
+    job_pools: Mutex<HashMap<u64, PoolId>>,
+    runner_pools: Mutex<HashMap<u64, PoolId>>,
+    last_busy: Mutex<HashMap<String, Timestamp>>,
+    last_good: Mutex<HashMap<PoolId, ProviderView>>,
+    seen: Mutex<Seen>,
+}
+
+impl std::fmt::Debug for GitlabProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitlabProvider")
+            .field("client", &self.client)
+            .field(
+                "pools",
+                &self.pools.iter().map(|p| &p.id).collect::<Vec<_>>(),
+            )
+            .field("projects", &self.projects)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn misconfigured(message: String) -> Error {
+    Error::new("gitlab.config", ErrorKind::Misconfigured, message)
+}
+
+fn joined(prefix: &str, errs: &[(String, String)]) -> String {
+    errs.iter()
+        .map(|(f, m)| format!("{prefix}{f}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn slot_id(runner: u64, system_id: &str) -> RunnerId {
+    RunnerId::new(format!("{runner}/{system_id}"))
+}
+
+fn parse_slot(op: &'static str, id: &RunnerId) -> Result<(u64, String)> {
+    id.as_str()
+        .split_once('/')
+        .and_then(|(r, s)| Some((r.parse().ok()?, s.to_owned())))
+        .ok_or_else(|| {
+            Error::new(
+                op,
+                ErrorKind::NotFound,
+                format!("{id} is not a runscale GitLab runner slot"),
+            )
+        })
+}
+
+impl GitlabProvider {
+    /// Builds the provider: validates `config` and every selector, reads the secrets (API
+    /// token, webhook token) and builds the HTTP client. Makes no request. Errors are
+    /// [`ErrorKind::Misconfigured`] and name the field.
+    pub fn new(config: Config, pools: Vec<(PoolId, PoolSelector)>) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|e| misconfigured(joined("", &e)))?;
+        let mut ids = HashSet::new();
+        let mut built = Vec::with_capacity(pools.len());
+        for (id, sel) in pools {
+            if !ids.insert(id.clone()) {
+                return Err(misconfigured(format!("pool {id} is listed twice")));
+            }
+            sel.validate()
+                .map_err(|e| misconfigured(joined(&format!("pool {id}: "), &e)))?;
+            built.push(Pool {
+                id,
+                tags: sel.tags.into_iter().collect(),
+                run_untagged: sel.run_untagged,
+                runner_type: sel.runner_type,
+                group_id: sel.group_id,
+                project_id: sel.project_id,
+                per: sel.runner_per,
+            });
+        }
+        let token = config
+            .token
+            .resolve()
+            .map_err(|e| misconfigured(format!("token: {e}")))?;
+        let webhook_token = config
+            .webhook_token
+            .as_ref()
+            .map(|r| {
+                r.resolve()
+                    .map_err(|e| misconfigured(format!("webhook_token: {e}")))
+            })
+            .transpose()?;
+        let client = Client::new(
+            &config.url,
+            config.auth,
+            token,
+            config.max_pages,
+            config.request_timeout,
+            config.connect_timeout,
+        )?;
+        Ok(GitlabProvider {
+            client,
+            url: config.url.trim_end_matches('/').to_owned(),
+            pools: built,
+            projects: config.projects,
+            groups: config.groups,
+            group_refresh: config.group_refresh,
+            stale_runner_timeout: config.stale_runner_timeout,
+            webhook_token,
+            registry: tokio::sync::Mutex::new(HashMap::new()),
+            issued: Mutex::new(HashMap::new()),
+            group_cache: Mutex::new(HashMap::new()),
+            job_pools: Mutex::new(HashMap::new()),
+            runner_pools: Mutex::new(HashMap::new()),
+            last_busy: Mutex::new(HashMap::new()),
+            last_good: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Seen::default()),
+        })
+    }
+
+    fn pool(&self, op: &'static str, id: &PoolId) -> Result<&Pool> {
+        self.pools.iter().find(|p| p.id == *id).ok_or_else(|| {
+            Error::new(
+                op,
+                ErrorKind::NotFound,
+                format!("pool {id} is not bound to this GitLab provider"),
+            )
+        })
+    }
+
+    /// Project ids of a group (subgroups included), cached for `group_refresh`. A failed
+    /// refresh keeps using the old list; with none, it is an error.
+    async fn group_projects(&self, op: &'static str, group: &str) -> Result<Vec<u64>> {
+        if let Some((at, ids)) = lock(&self.group_cache).get(group)
+            && at.elapsed() < self.group_refresh
+        {
+            return Ok(ids.clone());
+        }
+        let path = format!(
+            "/groups/{}/projects?include_subgroups=true&simple=true",
+            segment(group)
+        );
+        match self
+            .client
+            .get_all::<ApiProject>(op, &path, &format!("projects of group {group}"))
+            .await
+        {
+            Ok(list) => {
+                let ids: Vec<u64> = list.into_iter().map(|p| p.id).collect();
+                lock(&self.group_cache).insert(group.to_owned(), (Instant::now(), ids.clone()));
+                Ok(ids)
+            }
+            Err(e) => match lock(&self.group_cache).get(group) {
+                Some((_, ids)) => {
+                    tracing::warn!(group, error = %e, "listing the group's projects failed; using the cached list");
+                    Ok(ids.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Pending and running jobs of every configured project and group project, each once.
+    async fn jobs(&self, op: &'static str) -> Result<Vec<ApiJob>> {
+        let mut keys: Vec<String> = self.projects.clone();
+        for g in &self.groups {
+            keys.extend(
+                self.group_projects(op, g)
+                    .await?
+                    .into_iter()
+                    .map(|id| id.to_string()),
+            );
+        }
+        keys.sort();
+        keys.dedup();
+        let fetches = keys.iter().map(|k| {
+            let path = format!(
+                "/projects/{}/jobs?scope[]=pending&scope[]=running",
+                segment(k)
+            );
+            let what = format!("jobs of project {k}");
+            async move { self.client.get_all::<ApiJob>(op, &path, &what).await }
+        });
+        let mut by_id = HashMap::new();
+        for list in futures::future::join_all(fetches).await {
+            for job in list? {
+                by_id.insert(job.id, job);
+            }
+        }
+        let mut jobs: Vec<ApiJob> = by_id.into_values().collect();
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    /// Whether `pool`'s runners may run a job of `project` (runner scope).
+    async fn in_scope(&self, op: &'static str, pool: &Pool, project: Option<u64>) -> bool {
+        match (pool.runner_type, project) {
+            (RunnerType::ProjectType, Some(p)) => pool.project_id == Some(p),
+            (RunnerType::GroupType, Some(p)) => match pool.group_id {
+                Some(g) => match self.group_projects(op, &g.to_string()).await {
+                    Ok(ids) => ids.contains(&p),
+                    // Unknown: count the job rather than miss demand.
+                    Err(_) => true,
+                },
+                None => false,
+            },
+            _ => true,
+        }
+    }
+
+    /// Whether `pool` would run a job with these tags.
+    fn tags_match(pool: &Pool, tags: &[String]) -> bool {
+        if tags.is_empty() {
+            pool.run_untagged
+        } else {
+            tags.iter().all(|t| pool.tags.contains(t))
+        }
+    }
+
+    /// The first pool (in configuration order) that would run `job`, so that a job two pools
+    /// could run is counted once.
+    async fn pool_for(&self, op: &'static str, job: &ApiJob) -> Option<&Pool> {
+        let project = job.pipeline.as_ref().and_then(|p| p.project_id);
+        for pool in &self.pools {
+            if Self::tags_match(pool, &job.tag_list) && self.in_scope(op, pool, project).await {
+                return Some(pool);
+            }
+        }
+        None
+    }
+
+    async fn demand(&self, op: &'static str) -> Result<Seen2> {
+        let jobs = self.jobs(op).await?;
+        let mut waiting: HashMap<PoolId, Vec<WaitingJob>> = HashMap::new();
+        let mut job_pools = HashMap::new();
+        for job in jobs.iter().filter(|j| j.status == "pending") {
+            if let Some(pool) = self.pool_for(op, job).await {
+                job_pools.insert(job.id, pool.id.clone());
+                waiting
+                    .entry(pool.id.clone())
+                    .or_default()
+                    .push(WaitingJob {
+                        id: job.id.to_string(),
+                        queued_at: job.created_at.unwrap_or_else(Utc::now),
+                    });
+            }
+        }
+        *lock(&self.job_pools) = job_pools;
+        Ok(Seen2 { waiting })
+    }
+
+    /// The runners runscale made for `pool` and their managers.
+    async fn owned_runners(
+        &self,
+        op: &'static str,
+        pool: &Pool,
+        listing: &[ApiRunner],
+    ) -> Result<Vec<(ApiRunner, Vec<ApiManager>)>> {
+        let owned: Vec<&ApiRunner> = listing
+            .iter()
+            .filter(|r| r.description.as_deref().is_some_and(|d| pool.owns(d)))
+            .collect();
+        let results = futures::future::join_all(owned.iter().map(|r| {
+            let path = format!("/runners/{}/managers", r.id);
+            let what = format!("managers of runner {}", r.id);
+            async move { self.client.get::<Vec<ApiManager>>(op, &path, &what).await }
+        }))
+        .await;
+        let mut out = Vec::with_capacity(owned.len());
+        for (r, managers) in owned.into_iter().zip(results) {
+            match managers {
+                Ok(m) => out.push((r.clone(), m)),
+                // Deleted between the listing and now: it has no slot any more.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runner slots of `pool`; deletes runscale's runners that never came up (best effort).
+    async fn slots(
+        &self,
+        op: &'static str,
+        pool: &Pool,
+        listing: &[ApiRunner],
+    ) -> Result<Vec<Runner>> {
+        let now = Utc::now();
+        let owned = self.owned_runners(op, pool, listing).await?;
+        let mut slots = Vec::new();
+        let mut stale = Vec::new();
+        for (r, managers) in &owned {
+            lock(&self.runner_pools).insert(r.id, pool.id.clone());
+            let paused = r.is_paused();
+            for m in managers
+                .iter()
+                .filter(|m| naming::owned_by(pool.id.as_str(), &m.system_id))
+            {
+                let state = if m.active() {
+                    RunnerState::Busy
+                } else if m.online() {
+                    RunnerState::Idle
+                } else {
+                    RunnerState::Offline
+                };
+                let last_busy = {
+                    let mut memory = lock(&self.last_busy);
+                    if state == RunnerState::Busy {
+                        memory.insert(m.system_id.clone(), now);
+                    }
+                    memory.get(&m.system_id).copied()
+                };
+                slots.push(Runner {
+                    id: slot_id(r.id, &m.system_id),
+                    name: m.system_id.clone(),
+                    state,
+                    draining: paused,
+                    last_busy,
+                });
+            }
+            if self.never_came_up(r, managers, now) {
+                stale.push(r.id);
+            }
+        }
+        for id in stale {
+            match self
+                .client
+                .delete(op, &format!("/runners/{id}"), &format!("stale runner {id}"))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(pool = %pool.id, runner = id, "deleted a runner that never came up");
+                    self.registry.lock().await.retain(|_, h| h.runner_id != id);
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %pool.id, runner = id, error = %e, "deleting a stale runner failed")
+                }
+            }
+        }
+        Ok(slots)
+    }
+
+    /// A runner runscale made that nobody uses: no manager online or busy, `never_contacted`
+    /// or `offline`, and neither created nor handed out within `stale_runner_timeout`.
+    fn never_came_up(&self, r: &ApiRunner, managers: &[ApiManager], now: Timestamp) -> bool {
+        let timeout = self.stale_runner_timeout;
+        let quiet = managers.iter().all(|m| !m.active() && !m.online());
+        let status_ok = matches!(
+            r.status.as_deref(),
+            Some("never_contacted" | "offline" | "stale")
+        );
+        let old = r
+            .created_at
+            .is_none_or(|c| (now - c).to_std().is_ok_and(|age| age >= timeout));
+        let handed_out = lock(&self.issued)
+            .get(&r.id)
+            .is_some_and(|at| at.elapsed() < timeout);
+        quiet && status_ok && old && !handed_out
+    }
+
+    /// The runner (id, token) a new slot of `pool` uses, created when needed.
+    async fn runner_for(
+        &self,
+        op: &'static str,
+        pool: &Pool,
+        runner_name: &str,
+    ) -> Result<(u64, SecretString)> {
+        let key = pool.registry_key(runner_name);
+        let mut registry = self.registry.lock().await;
+        if let Some(h) = registry.get(&key) {
+            return Ok((h.runner_id, h.token.clone()));
+        }
+        let description = match pool.per {
+            RunnerPer::Pool => pool.shared_description(),
+            RunnerPer::Instance => key.clone(),
+        };
+        let mut body = json!({
+            "runner_type": pool.runner_type.as_str(),
+            "description": description,
+            "tag_list": pool.tags.iter().cloned().collect::<Vec<_>>(),
+            "run_untagged": pool.run_untagged,
+            "locked": true,
+            "maintenance_note": "created and deleted by runscale",
+        });
+        if let Some(g) = pool.group_id {
+            body["group_id"] = json!(g);
+        }
+        if let Some(p) = pool.project_id {
+            body["project_id"] = json!(p);
+        }
+        let v = self
+            .client
+            .send(
+                op,
+                Method::POST,
+                "/user/runners",
+                &body,
+                &format!("creating a runner for pool {}", pool.id),
+            )
+            .await?;
+        let (Some(id), Some(token)) = (v["id"].as_u64(), v["token"].as_str()) else {
+            return Err(Error::new(
+                op,
+                ErrorKind::Protocol,
+                "POST /user/runners answered without id and token",
+            ));
+        };
+        let token = SecretString::from(token.to_owned());
+        registry.insert(
+            key,
+            Held {
+                runner_id: id,
+                token: token.clone(),
+            },
+        );
+        lock(&self.runner_pools).insert(id, pool.id.clone());
+        Ok((id, token))
+    }
+
+    async fn managers(&self, op: &'static str, runner: u64) -> Result<Option<Vec<ApiManager>>> {
+        match self
+            .client
+            .get::<Vec<ApiManager>>(
+                op,
+                &format!("/runners/{runner}/managers"),
+                &format!("managers of runner {runner}"),
+            )
+            .await
+        {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn pause(&self, op: &'static str, runner: u64) -> Result<()> {
+        self.client
+            .send(
+                op,
+                Method::PUT,
+                &format!("/runners/{runner}"),
+                &json!({ "paused": true }),
+                &format!("pausing runner {runner}"),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    fn token_of(registry: &HashMap<String, Held>, runner: u64) -> Option<SecretString> {
+        registry
+            .values()
+            .find(|h| h.runner_id == runner)
+            .map(|h| h.token.clone())
+    }
+
+    /// Pools to wake for a Job Hook.
+    fn pools_for_event(&self, event: &webhook::JobEvent) -> Vec<PoolId> {
+        if let Some(p) = event
+            .build_id
+            .and_then(|id| lock(&self.job_pools).get(&id).cloned())
+        {
+            return vec![p];
+        }
+        if let Some(p) = event
+            .runner
+            .as_ref()
+            .and_then(|r| lock(&self.runner_pools).get(&r.id).cloned())
+        {
+            return vec![p];
+        }
+        // A job not seen yet: the payload has no tags, so every pool that may run jobs of
+        // its project wakes, and its next observation reads the tags.
+        let groups = lock(&self.group_cache);
+        self.pools
+            .iter()
+            .filter(|p| match (p.runner_type, event.project_id) {
+                (RunnerType::ProjectType, Some(id)) => p.project_id == Some(id),
+                (RunnerType::GroupType, Some(id)) => p
+                    .group_id
+                    .and_then(|g| groups.get(&g.to_string()))
+                    .is_none_or(|(_, ids)| ids.contains(&id)),
+                _ => true,
+            })
+            .map(|p| p.id.clone())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Provider for GitlabProvider {
+    fn kind(&self) -> &'static str {
+        "gitlab"
+    }
+
+    async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
+        let op = "gitlab.observe";
+        let demand = self.demand(op).await;
+        let mut listings: HashMap<String, Result<Vec<ApiRunner>>> = HashMap::new();
+        for id in pools {
+            if let Ok(pool) = self.pool(op, id) {
+                let path = pool.listing();
+                if !listings.contains_key(&path) {
+                    let r = self.client.get_all::<ApiRunner>(op, &path, "runners").await;
+                    listings.insert(path, r);
+                }
+            }
+        }
+        let mut out = HashMap::with_capacity(pools.len());
+        for id in pools {
+            let result: Result<ProviderView> = async {
+                let pool = self.pool(op, id)?;
+                let demand = demand.as_ref().map_err(Clone::clone)?;
+                let listing = listings
+                    .get(&pool.listing())
+                    .ok_or_else(|| Error::new(op, ErrorKind::Protocol, "runner listing missing"))?
+                    .as_ref()
+                    .map_err(Clone::clone)?;
+                let runners = self.slots(op, pool, listing).await?;
+                let running = runners
+                    .iter()
+                    .filter(|r| r.state == RunnerState::Busy)
+                    .count() as u32;
+                Ok(ProviderView {
+                    demand: Demand {
+                        waiting: demand.waiting.get(id).cloned().unwrap_or_default(),
+                        running,
+                    },
+                    runners,
+                    stale: false,
+                })
+            }
+            .await;
+            let view = match result {
+                Ok(view) => {
+                    lock(&self.last_good).insert(id.clone(), view.clone());
+                    Ok(view)
+                }
+                // Throttled: the last good view, marked stale (launch only, remove nothing).
+                Err(e) if matches!(e.kind(), ErrorKind::RateLimited { .. }) => {
+                    match lock(&self.last_good).get(id) {
+                        Some(v) => Ok(ProviderView {
+                            stale: true,
+                            ..v.clone()
+                        }),
+                        None => Err(e),
+                    }
+                }
+                // Any other failure is an error, never an empty view: an empty view would make
+                // every instance look runner-less and get it terminated.
+                Err(e) => Err(e),
+            };
+            out.insert(id.clone(), view);
+        }
+        out
+    }
+
+    async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
+        let op = "gitlab.register";
+        let pool = self.pool(op, pool)?;
+        let (runner_id, token) = self.runner_for(op, pool, runner_name).await?;
+        lock(&self.issued).insert(runner_id, Instant::now());
+        let mut credentials = Credentials::default();
+        credentials.vars.insert(URL_VAR.into(), self.url.clone());
+        credentials
+            .vars
+            .insert(NAME_VAR.into(), runner_name.to_owned());
+        credentials
+            .vars
+            .insert(SYSTEM_ID_VAR.into(), runner_name.to_owned());
+        credentials.secrets.insert(TOKEN_VAR.into(), token);
+        Ok(Registration {
+            runner_name: runner_name.to_owned(),
+            runner_id: Some(slot_id(runner_id, runner_name)),
+            credentials,
+        })
+    }
+
+    async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        let op = "gitlab.drain";
+        let pool = self.pool(op, pool)?;
+        let (runner_id, _) = parse_slot(op, runner)?;
+        match pool.per {
+            // Pausing the shared runner would stop the whole pool.
+            RunnerPer::Pool => Ok(()),
+            RunnerPer::Instance => match self.pause(op, runner_id).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                r => r,
+            },
+        }
+    }
+
+    async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        let op = "gitlab.remove";
+        let pool = self.pool(op, pool)?;
+        let (runner_id, system_id) = parse_slot(op, runner)?;
+        let busy = || {
+            Error::new(
+                op,
+                ErrorKind::Busy,
+                format!("runner manager {system_id} is running a job"),
+            )
+        };
+        let Some(managers) = self.managers(op, runner_id).await? else {
+            return Ok(());
+        };
+        if managers
+            .iter()
+            .any(|m| m.system_id == system_id && m.active())
+        {
+            return Err(busy());
+        }
+        let token = Self::token_of(&*self.registry.lock().await, runner_id);
+        if pool.per == RunnerPer::Instance {
+            // Pause first, then look again: a job picked in between shows as active.
+            match self.pause(op, runner_id).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                r => r?,
+            }
+            let Some(managers) = self.managers(op, runner_id).await? else {
+                return Ok(());
+            };
+            if managers
+                .iter()
+                .any(|m| m.system_id == system_id && m.active())
+            {
+                return Err(busy());
+            }
+            if !managers
+                .iter()
+                .any(|m| m.system_id != system_id && (m.active() || m.online()))
+            {
+                return match self
+                    .client
+                    .delete(
+                        op,
+                        &format!("/runners/{runner_id}"),
+                        &format!("deleting runner {runner_id}"),
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        self.registry
+                            .lock()
+                            .await
+                            .retain(|_, h| h.runner_id != runner_id);
+                        Ok(())
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
+        }
+        if !managers.iter().any(|m| m.system_id == system_id) {
+            return Ok(());
+        }
+        match token {
+            Some(token) => {
+                let body = json!({ "token": token.expose_secret(), "system_id": system_id });
+                match self
+                    .client
+                    .runner_delete(
+                        op,
+                        "/runners/managers",
+                        &body,
+                        &format!("unregistering manager {system_id}"),
+                    )
+                    .await
+                {
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                    r => r,
+                }
+            }
+            // A runner from before a restart: its token is gone with the old process, and an
+            // idle manager stops with its instance; GitLab forgets it later.
+            None => Ok(()),
+        }
+    }
+
+    fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
+        let op = "gitlab.webhook";
+        let Some(expected) = &self.webhook_token else {
+            return Err(misconfigured(
+                "webhook_token is not set: webhooks are not accepted".to_owned(),
+            ));
+        };
+        if !webhook::token_matches(
+            expected.expose_secret().as_bytes(),
+            request.header("x-gitlab-token"),
+        ) {
+            return Err(Error::new(
+                op,
+                ErrorKind::Misconfigured,
+                "X-Gitlab-Token missing or wrong",
+            ));
+        }
+        if request.body.len() > webhook::MAX_BODY {
+            return Err(Error::new(
+                op,
+                ErrorKind::Protocol,
+                "body larger than 1 MiB",
+            ));
+        }
+        let event: webhook::JobEvent = serde_json::from_slice(&request.body).map_err(|e| {
+            Error::new(
+                op,
+                ErrorKind::Protocol,
+                format!("not a GitLab event ({:?} error)", e.classify()),
+            )
+        })?;
+        let key = request
+            .header("idempotency-key")
+            .or_else(|| request.header("x-gitlab-event-uuid"));
+        if let Some(key) = key
+            && !lock(&self.seen).first_time(key)
+        {
+            return Ok(Vec::new());
+        }
+        if event.object_kind != "build" {
+            return Ok(Vec::new());
+        }
+        let relevant = matches!(
+            event.build_status.as_deref(),
+            Some("created" | "pending" | "running" | "success" | "failed" | "canceled")
+        );
+        Ok(if relevant {
+            self.pools_for_event(&event)
+        } else {
+            Vec::new()
+        })
+    }
+
+    async fn probe(&self) -> Result<String> {
+        let op = "gitlab.probe";
+        self.client
+            .get::<serde_json::Value>(op, "/user", "the token's user")
+            .await?;
+        for p in &self.projects {
+            self.client
+                .get::<serde_json::Value>(
+                    op,
+                    &format!("/projects/{}", segment(p)),
+                    &format!("project {p}"),
+                )
+                .await?;
+        }
+        let mut n = self.projects.len();
+        for g in &self.groups {
+            n += self.group_projects(op, g).await?.len();
+        }
+        Ok(format!(
+            "read the user, {} project(s) and {} group(s) at {}",
+            n,
+            self.groups.len(),
+            self.url
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_map_to_their_instance() {
+        assert_eq!(
+            instance_base("linux", "rs-linux-abcdefghij-2"),
+            "rs-linux-abcdefghij"
+        );
+        assert_eq!(
+            instance_base("linux", "rs-linux-abcdefghij"),
+            "rs-linux-abcdefghij"
+        );
+        assert_eq!(
+            instance_base("a-b", "rs-a-b-abcdefghij"),
+            "rs-a-b-abcdefghij"
+        );
+        assert_eq!(
+            instance_base("a-b", "rs-a-b-abcdefghij-1"),
+            "rs-a-b-abcdefghij"
+        );
+    }
+
+    #[test]
+    fn slot_ids_round_trip() {
+        let id = slot_id(42, "rs-p-abcdefghij-1");
+        assert_eq!(
+            parse_slot("t", &id).expect("parse"),
+            (42, "rs-p-abcdefghij-1".to_owned())
+        );
+        assert!(parse_slot("t", &RunnerId::new("nope")).is_err());
+    }
+}

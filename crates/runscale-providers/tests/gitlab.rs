@@ -1,0 +1,476 @@
+//! The GitLab provider against the GitLab emulator over loopback HTTP: demand by tags
+//! (untagged included) across projects and paginated group listings, runner slots from
+//! managers, removal only when idle, per-instance runners that are paused and deleted,
+//! clean-up of runners that never came up, failures that never look like an empty fleet,
+//! and webhooks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use runscale_core::secret::SecretRef;
+use runscale_core::{ErrorKind, PoolId, Provider, RunnerState, WebhookRequest};
+use runscale_emulator::gitlab::{
+    self as emu, Emulator, EmulatorConfig, EmulatorHandle, Faults, JobSpec,
+};
+use runscale_providers::gitlab::{
+    AuthHeader, Config, GitlabProvider, PoolSelector, RunnerPer, RunnerType,
+};
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "glpat-admin";
+const HOOK: &str = "hook-secret";
+
+struct Setup {
+    emu: EmulatorHandle,
+    _dir: tempfile::TempDir,
+    provider: GitlabProvider,
+}
+
+fn selector(tags: &[&str], run_untagged: bool, per: RunnerPer) -> PoolSelector {
+    PoolSelector {
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        run_untagged,
+        runner_type: RunnerType::InstanceType,
+        group_id: None,
+        project_id: None,
+        runner_per: per,
+    }
+}
+
+async fn setup(pools: Vec<(&str, PoolSelector)>, tweak: impl FnOnce(&mut Config)) -> Setup {
+    let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
+    c.long_poll = Duration::from_millis(100);
+    let emu = Emulator::start(c).await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), ADMIN).expect("token");
+    std::fs::write(dir.path().join("hook"), HOOK).expect("hook");
+    let mut config = Config {
+        url: emu.url(),
+        token: SecretRef::File(dir.path().join("token")),
+        auth: AuthHeader::PrivateToken,
+        projects: vec!["acme/app".into()],
+        groups: vec!["acme".into()],
+        group_refresh: Duration::from_secs(60),
+        webhook_token: Some(SecretRef::File(dir.path().join("hook"))),
+        stale_runner_timeout: Duration::from_secs(600),
+        max_pages: 50,
+        request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+    };
+    tweak(&mut config);
+    let provider = GitlabProvider::new(
+        config,
+        pools
+            .into_iter()
+            .map(|(p, s)| (PoolId::new(p), s))
+            .collect(),
+    )
+    .expect("provider");
+    Setup {
+        emu,
+        _dir: dir,
+        provider,
+    }
+}
+
+fn ids(names: &[&str]) -> Vec<PoolId> {
+    names.iter().map(|n| PoolId::new(*n)).collect()
+}
+
+async fn views(p: &GitlabProvider, names: &[&str]) -> HashMap<PoolId, runscale_core::ProviderView> {
+    p.observe(&ids(names))
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.expect("view")))
+        .collect()
+}
+
+#[tokio::test]
+async fn pending_jobs_go_to_the_first_pool_whose_tags_match_across_paginated_listings() {
+    let s = setup(
+        vec![
+            (
+                "linux",
+                selector(&["linux", "docker"], false, RunnerPer::Pool),
+            ),
+            ("any", selector(&[], true, RunnerPer::Pool)),
+            (
+                "wide",
+                selector(&["linux", "docker", "gpu"], false, RunnerPer::Pool),
+            ),
+        ],
+        |_| {},
+    )
+    .await;
+    // 130 linux jobs in acme/lib (only reachable through the group: two pages of 100).
+    s.emu
+        .submit(vec![JobSpec::new(101, &["linux"], Duration::ZERO); 130]);
+    s.emu.submit(vec![
+        JobSpec::new(100, &["linux", "docker"], Duration::ZERO),
+        JobSpec::new(100, &[], Duration::ZERO),
+        JobSpec::new(100, &[], Duration::ZERO),
+        JobSpec::new(100, &["gpu"], Duration::ZERO),
+        JobSpec::new(100, &["arm"], Duration::ZERO),
+    ]);
+    let v = views(&s.provider, &["linux", "any", "wide"]).await;
+    let n = |p: &str| v[&PoolId::new(p)].demand.waiting.len();
+    assert_eq!(
+        n("linux"),
+        131,
+        "tags subset, counted once though acme/app is listed twice"
+    );
+    assert_eq!(
+        n("any"),
+        2,
+        "untagged jobs go to the run_untagged pool only"
+    );
+    assert_eq!(
+        n("wide"),
+        1,
+        "gpu: only the pool with that tag; linux jobs went to the first match"
+    );
+    let snap = s.emu.snapshot();
+    let pages = snap
+        .requests
+        .get("GET /api/v4/projects/{id}/jobs")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(
+        pages, 4,
+        "acme/app by path and by id (from the group), acme/lib in 2 pages"
+    );
+}
+
+#[tokio::test]
+async fn slots_are_managers_busy_ones_are_never_removed() {
+    let s = setup(
+        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
+        |_| {},
+    )
+    .await;
+    let pool = PoolId::new("linux");
+    let a = s
+        .provider
+        .register(&pool, "rs-linux-aaaaaaaaaa-1")
+        .await
+        .expect("register");
+    let b = s
+        .provider
+        .register(&pool, "rs-linux-aaaaaaaaaa-2")
+        .await
+        .expect("register");
+    assert_eq!(
+        s.emu.snapshot().runners_created,
+        1,
+        "one runner shared by the pool"
+    );
+    assert_eq!(
+        a.credentials.secrets.keys().collect::<Vec<_>>(),
+        vec!["CI_SERVER_TOKEN"]
+    );
+    assert!(
+        !format!("{a:?}").contains("glrt-"),
+        "the token is not in Debug output"
+    );
+    assert_eq!(
+        a.credentials.vars["RUNNER_SYSTEM_ID"],
+        "rs-linux-aaaaaaaaaa-1"
+    );
+
+    // Two workers (slots) of one instance; a 1.5 s job arrives.
+    let stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for reg in [&a, &b] {
+        let vars = reg
+            .credentials
+            .expose_all()
+            .into_iter()
+            .collect::<HashMap<_, _>>();
+        let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
+            .expect("vars")
+            .expect("gitlab");
+        workers.push(tokio::spawn(emu::run_agent(config, stop.clone())));
+    }
+    s.emu.submit(vec![JobSpec::new(
+        100,
+        &["linux"],
+        Duration::from_millis(1500),
+    )]);
+    let mut busy = None;
+    for _ in 0..50 {
+        let v = views(&s.provider, &["linux"]).await;
+        let runners = &v[&pool].runners;
+        if runners.len() == 2 && runners.iter().any(|r| r.state == RunnerState::Busy) {
+            busy = Some(runners.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runners = busy.expect("one slot busy");
+    let busy_one = runners
+        .iter()
+        .find(|r| r.state == RunnerState::Busy)
+        .expect("busy");
+    let idle_one = runners
+        .iter()
+        .find(|r| r.state == RunnerState::Idle)
+        .expect("idle");
+    let err = s
+        .provider
+        .remove(&pool, &busy_one.id)
+        .await
+        .expect_err("busy");
+    assert_eq!(err.kind(), ErrorKind::Busy);
+    s.provider
+        .remove(&pool, &idle_one.id)
+        .await
+        .expect("idle slot removed");
+    stop.cancel();
+    for w in workers {
+        w.await.expect("join").expect("worker");
+    }
+    let snap = s.emu.snapshot();
+    assert_eq!(
+        snap.count(emu::JobStatus::Success),
+        1,
+        "the busy slot finished its job on shutdown"
+    );
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+    // A manager unregistered while its process still polls comes back (as in GitLab): only
+    // the instance's stop ends it. Once both processes are gone, both slots are removed.
+    for slot in [busy_one, idle_one] {
+        s.provider.remove(&pool, &slot.id).await.expect("idle now");
+    }
+    assert_eq!(s.emu.snapshot().managers(), 0);
+}
+
+#[tokio::test]
+async fn per_instance_runners_are_paused_by_drain_and_deleted_by_remove() {
+    let s = setup(
+        vec![("linux", selector(&["linux"], false, RunnerPer::Instance))],
+        |_| {},
+    )
+    .await;
+    let pool = PoolId::new("linux");
+    let a = s
+        .provider
+        .register(&pool, "rs-linux-aaaaaaaaaa")
+        .await
+        .expect("register");
+    s.provider
+        .register(&pool, "rs-linux-bbbbbbbbbb")
+        .await
+        .expect("register");
+    assert_eq!(
+        s.emu.snapshot().runners_created,
+        2,
+        "one runner per instance"
+    );
+    let vars = a
+        .credentials
+        .expose_all()
+        .into_iter()
+        .collect::<HashMap<_, _>>();
+    let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
+        .expect("vars")
+        .expect("gitlab");
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(emu::run_agent(config, stop.clone()));
+    let mut slot = None;
+    for _ in 0..50 {
+        let v = views(&s.provider, &["linux"]).await;
+        if let Some(r) = v[&pool].runners.first() {
+            slot = Some(r.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slot = slot.expect("the worker shows up as a slot");
+    s.provider.drain(&pool, &slot.id).await.expect("drain");
+    let v = views(&s.provider, &["linux"]).await;
+    assert!(
+        v[&pool].runners[0].draining,
+        "paused runner → draining slot"
+    );
+    s.emu
+        .submit(vec![JobSpec::new(100, &["linux"], Duration::ZERO)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.emu.snapshot().count(emu::JobStatus::Pending),
+        1,
+        "a paused runner takes nothing"
+    );
+    s.provider.remove(&pool, &slot.id).await.expect("remove");
+    let report = worker.await.expect("join").expect("worker");
+    assert_eq!(report.exit, emu::AgentExit::RunnerRemoved);
+    assert_eq!(
+        s.emu.snapshot().runners.len(),
+        1,
+        "only the other instance's runner is left"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn runners_that_never_came_up_are_deleted_after_the_timeout() {
+    let s = setup(
+        vec![("linux", selector(&["linux"], false, RunnerPer::Instance))],
+        |c| {
+            c.stale_runner_timeout = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let pool = PoolId::new("linux");
+    s.provider
+        .register(&pool, "rs-linux-aaaaaaaaaa")
+        .await
+        .expect("register");
+    views(&s.provider, &["linux"]).await;
+    assert_eq!(s.emu.snapshot().runners.len(), 1, "kept while young");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    views(&s.provider, &["linux"]).await;
+    assert_eq!(
+        s.emu.snapshot().runners.len(),
+        0,
+        "never contacted past the timeout: deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
+    let s = setup(
+        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
+        |_| {},
+    )
+    .await;
+    let pool = PoolId::new("linux");
+    let reg = s
+        .provider
+        .register(&pool, "rs-linux-aaaaaaaaaa")
+        .await
+        .expect("register");
+    let vars = reg
+        .credentials
+        .expose_all()
+        .into_iter()
+        .collect::<HashMap<_, _>>();
+    let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
+        .expect("vars")
+        .expect("gitlab");
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(emu::run_agent(config, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(views(&s.provider, &["linux"]).await[&pool].runners.len(), 1);
+
+    s.emu.outage(Duration::from_millis(500));
+    let r = s
+        .provider
+        .observe(&[pool.clone()])
+        .await
+        .remove(&pool)
+        .expect("entry");
+    assert_eq!(r.expect_err("outage").kind(), ErrorKind::Transient);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A listing failing on a later page (the managers call) is an error too.
+    s.emu.set_faults(Faults {
+        throttle_next: 5,
+        ..Faults::default()
+    });
+    let v = s
+        .provider
+        .observe(&[pool.clone()])
+        .await
+        .remove(&pool)
+        .expect("entry")
+        .expect("stale view");
+    assert!(v.stale, "throttled: the last good view, marked stale");
+    assert_eq!(v.runners.len(), 1);
+    stop.cancel();
+    worker.await.expect("join").expect("worker");
+}
+
+#[tokio::test]
+async fn webhooks_need_the_token_are_deduplicated_and_wake_the_right_pools() {
+    let mut pt = selector(&["linux"], false, RunnerPer::Pool);
+    pt.runner_type = RunnerType::ProjectType;
+    pt.project_id = Some(101);
+    let s = setup(
+        vec![
+            ("linux", selector(&["linux"], false, RunnerPer::Pool)),
+            ("lib", pt),
+        ],
+        |_| {},
+    )
+    .await;
+    let req = |token: Option<&str>, key: &str, body: String| WebhookRequest {
+        headers: [
+            Some(("x-gitlab-event".to_owned(), "Job Hook".to_owned())),
+            token.map(|t| ("x-gitlab-token".to_owned(), t.to_owned())),
+            Some(("idempotency-key".to_owned(), key.to_owned())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        body: body.into_bytes(),
+    };
+    let event = |job: u64, project: u64| {
+        format!(
+            r#"{{"object_kind":"build","build_id":{job},"build_status":"pending","project_id":{project},"runner":null}}"#
+        )
+    };
+    let err = s
+        .provider
+        .webhook(&req(Some("wrong"), "k0", event(1, 100)))
+        .expect_err("bad token");
+    assert_eq!(err.kind(), ErrorKind::Misconfigured);
+    assert!(
+        s.provider.webhook(&req(None, "k0", event(1, 100))).is_err(),
+        "no token"
+    );
+    assert!(
+        s.provider
+            .webhook(&req(Some(HOOK), "k1", "x".repeat(2 << 20)))
+            .is_err(),
+        "over 1 MiB"
+    );
+    assert!(
+        s.provider
+            .webhook(&req(Some(HOOK), "k1", "{not json".into()))
+            .is_err()
+    );
+
+    // Unknown job of project 100: only pools that may run jobs of project 100.
+    let woke = s
+        .provider
+        .webhook(&req(Some(HOOK), "k2", event(1, 100)))
+        .expect("ok");
+    assert_eq!(woke, ids(&["linux"]));
+    assert_eq!(
+        s.provider
+            .webhook(&req(Some(HOOK), "k2", event(1, 100)))
+            .expect("ok"),
+        Vec::<PoolId>::new(),
+        "duplicate"
+    );
+    let mut woke = s
+        .provider
+        .webhook(&req(Some(HOOK), "k3", event(2, 101)))
+        .expect("ok");
+    woke.sort();
+    assert_eq!(woke, ids(&["lib", "linux"]));
+
+    // Once observed, a job wakes exactly its pool.
+    let job = s
+        .emu
+        .submit(vec![JobSpec::new(101, &["linux"], Duration::ZERO)])[0];
+    views(&s.provider, &["linux", "lib"]).await;
+    let woke = s
+        .provider
+        .webhook(&req(Some(HOOK), "k4", event(job, 101)))
+        .expect("ok");
+    assert_eq!(
+        woke,
+        ids(&["linux"]),
+        "the first matching pool in configuration order"
+    );
+}
