@@ -16,6 +16,10 @@
 //! (`single-task` | `continuous`) and `CIRCLECI_RUNNER_IDLE_TIMEOUT` (or their `LAUNCH_AGENT_*`
 //! names); see `runscale_emulator::circleci::AgentConfig`.
 //!
+//! A GitLab runner instead, when `CI_SERVER_TOKEN` is set or the credentials file holds it:
+//! one worker (runner manager) per runner entry, with `CI_SERVER_URL`, `RUNNER_NAME`,
+//! `RUNNER_SYSTEM_ID` and `RUNNER_MAX_JOBS`; see `runscale_emulator::gitlab::AgentConfig`.
+//!
 //! Exit codes: 0 done (job finished, shutdown, or runner removed), 1 runtime failure,
 //! 2 bad arguments or credentials. SIGTERM/SIGINT: idle agents disconnect and exit at once;
 //! busy ones finish their job first.
@@ -99,6 +103,9 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if let Some(code) = gitlab_main().await {
+        return code;
+    }
     let circleci = match circleci_runners() {
         Ok(c) => c,
         Err(message) => {
@@ -214,4 +221,48 @@ async fn run_circleci(
         }
     }
     code
+}
+
+/// GitLab runner managers from `CI_SERVER_*` / `RUNNER_*` variables or runscale's
+/// credentials file (one per slot, run side by side); `None` when this is not a GitLab runner.
+async fn gitlab_main() -> Option<ExitCode> {
+    use runscale_emulator::gitlab;
+    let configs = match gitlab::AgentConfig::from_vars(&|n| std::env::var(n).ok()) {
+        Ok(Some(c)) => Ok(vec![c]),
+        Ok(None) => match std::env::var_os("RUNSCALE_CREDENTIALS_FILE") {
+            Some(path) => gitlab::configs_from_credentials_file(&PathBuf::from(path)),
+            None => Ok(Vec::new()),
+        },
+        Err(e) => Err(e),
+    };
+    let configs = match configs {
+        Ok(c) if c.is_empty() => return None,
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runscale-fake-runner: {e}");
+            return Some(ExitCode::from(2));
+        }
+    };
+    let shutdown = shutdown_on_signal();
+    let workers: Vec<_> = configs
+        .into_iter()
+        .map(|c| tokio::spawn(gitlab::run_agent(c, shutdown.clone())))
+        .collect();
+    let mut code = ExitCode::SUCCESS;
+    for worker in workers {
+        match worker.await {
+            Ok(Ok(r)) => {
+                tracing::info!(runner = %r.runner_name, jobs = r.jobs_completed, exit = ?r.exit, "gitlab runner exited")
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "gitlab runner failed");
+                code = ExitCode::from(1);
+            }
+            Err(error) => {
+                tracing::error!(%error, "gitlab runner task failed");
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    Some(code)
 }

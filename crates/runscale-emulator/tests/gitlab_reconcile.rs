@@ -1,0 +1,284 @@
+//! End to end: runscale's reconciler with the GitLab provider and the local-process backend
+//! running `runscale-fake-runner` processes as GitLab runners (two slots per instance, each a
+//! runner manager of the pool's shared runner, token through the 0600 credentials file)
+//! against the GitLab emulator. Tagged and untagged jobs all succeed, no running job is lost
+//! (the emulator records a job lost to a deleted runner/manager or a killed process as a
+//! violation), capacity returns to zero; and an outage of the GitLab API terminates nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use runscale_backends::local_process::{Config as LocalConfig, LocalProcess, PoolTemplate};
+use runscale_core::metrics::Metrics;
+use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+use runscale_core::secret::SecretRef;
+use runscale_core::{Backend, PoolId, PoolSpec, SystemClock};
+use runscale_emulator::gitlab::{
+    Emulator, EmulatorConfig, EmulatorHandle, JobSpec, JobStatus, Snapshot, Workload,
+};
+use runscale_providers::gitlab::{
+    AuthHeader, Config, GitlabProvider, PoolSelector, RunnerPer, RunnerType,
+};
+use tokio_util::sync::CancellationToken;
+
+const POOL: &str = "linux";
+const ADMIN: &str = "glpat-admin";
+const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
+const MAX: u32 = 3;
+
+struct Harness {
+    emu: EmulatorHandle,
+    backend: Arc<LocalProcess>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
+        c.long_poll = Duration::from_millis(300);
+        c.job_lease = Duration::from_secs(5);
+        let emu = Emulator::start(c).await.expect("emulator");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), ADMIN).expect("secret");
+        let provider = GitlabProvider::new(
+            Config {
+                url: emu.url(),
+                token: SecretRef::File(dir.path().join("token")),
+                auth: AuthHeader::PrivateToken,
+                projects: vec!["acme/app".into()],
+                groups: vec!["acme".into()],
+                group_refresh: Duration::from_secs(60),
+                webhook_token: None,
+                stale_runner_timeout: Duration::from_secs(60),
+                max_pages: 10,
+                request_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+            },
+            vec![(
+                PoolId::new(POOL),
+                PoolSelector {
+                    tags: vec!["linux".into(), "docker".into()],
+                    run_untagged: true,
+                    runner_type: RunnerType::InstanceType,
+                    group_id: None,
+                    project_id: None,
+                    runner_per: RunnerPer::Pool,
+                },
+            )],
+        )
+        .expect("provider");
+        let config: LocalConfig = serde_json::from_value(serde_json::json!({
+            "state_dir": dir.path().join("state"),
+            "stop_grace": "10s",
+        }))
+        .expect("config");
+        let template: PoolTemplate =
+            serde_json::from_value(serde_json::json!({ "command": [BIN] })).expect("template");
+        let backend = Arc::new(
+            LocalProcess::new(config, HashMap::from([(PoolId::new(POOL), template)]))
+                .expect("backend"),
+        );
+        let mut spec = PoolSpec::test(POOL)
+            .max(MAX)
+            .slots(2)
+            .idle_timeout(Duration::from_secs(2))
+            .boot_timeout(Duration::from_secs(10));
+        spec.template_hash = "t1".into();
+        let reconciler = Reconciler::new(
+            vec![PoolBinding {
+                spec,
+                provider_name: "gitlab".into(),
+                provider: Arc::new(provider),
+                backend_name: "local".into(),
+                backend: backend.clone(),
+            }],
+            Arc::new(SystemClock),
+            Arc::new(Metrics::register(&mut Registry::default())),
+            Options {
+                interval: Duration::from_millis(300),
+                backoff_base: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(1),
+                ..Options::default()
+            },
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(reconciler.run(stop.clone()));
+        Harness {
+            emu,
+            backend,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn live(&self) -> usize {
+        self.backend
+            .instances(&[PoolId::new(POOL)])
+            .await
+            .expect("instances")
+            .get(&PoolId::new(POOL))
+            .map_or(0, Vec::len)
+    }
+
+    /// Waits until every one of `n` jobs finished; returns the peak instance count seen.
+    async fn wait_done(&self, n: usize, started: Instant, limit: Duration) -> usize {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(self.live().await);
+            let s = self.emu.snapshot();
+            if s.jobs.len() == n && s.all_finished() {
+                return peak;
+            }
+            assert!(started.elapsed() < limit, "jobs not done: {:?}", s.jobs);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until no instance and no runner manager is left.
+    async fn wait_zero(&self, started: Instant, limit: Duration) -> Snapshot {
+        loop {
+            let s = self.emu.snapshot();
+            if self.live().await == 0 && s.managers() == 0 {
+                return s;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "fleet not back to zero: {} instances, runners {:?}",
+                self.live().await,
+                s.runners
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("reconciler");
+    }
+}
+
+fn check(s: &Snapshot, n: usize) {
+    assert_eq!(
+        s.count(JobStatus::Success),
+        n,
+        "every job ran: {:?}",
+        s.jobs
+    );
+    assert!(s.violations.is_empty(), "no job lost: {:?}", s.violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_and_untagged_jobs_run_on_two_slot_instances_and_the_fleet_returns_to_zero() {
+    let h = Harness::start().await;
+    let job = |tags: &[&str]| JobSpec::new(100, tags, Duration::from_millis(800));
+    let lib = |tags: &[&str]| JobSpec::new(101, tags, Duration::from_millis(800));
+    h.emu.play(Workload {
+        arrivals: vec![
+            (
+                Duration::ZERO,
+                vec![
+                    job(&["linux"]),
+                    job(&[]),
+                    lib(&["linux", "docker"]),
+                    job(&[]),
+                    lib(&["docker"]),
+                ],
+            ),
+            (
+                Duration::from_secs(2),
+                vec![
+                    job(&["linux"]),
+                    lib(&[]),
+                    job(&["docker"]),
+                    lib(&["linux"]),
+                    job(&[]),
+                ],
+            ),
+        ],
+    });
+    let started = Instant::now();
+    let peak = h.wait_done(10, started, Duration::from_secs(60)).await;
+    let done = started.elapsed();
+    let s = h.wait_zero(started, Duration::from_secs(90)).await;
+    check(&s, 10);
+    assert!(peak <= MAX as usize, "max {MAX} instances, saw {peak}");
+    assert!(
+        s.peak_running >= 3,
+        "slots ran jobs side by side: peak {}",
+        s.peak_running
+    );
+    println!(
+        "gitlab e2e: 10 jobs (6 tagged, 4 untagged) done in {:.1}s, fleet and managers at zero after {:.1}s, \
+         peak {peak} instances / {} jobs running at once, {} managers seen, {} runner created",
+        done.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        s.peak_running,
+        s.managers_seen,
+        s.runners_created
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_terminates_nothing() {
+    const OUTAGE: Duration = Duration::from_secs(10);
+    let h = Harness::start().await;
+    h.emu.submit(vec![
+        JobSpec::new(100, &["linux"], Duration::from_secs(4));
+        4
+    ]);
+    let started = Instant::now();
+    // Wait until the four jobs run on two instances.
+    loop {
+        let s = h.emu.snapshot();
+        if s.count(JobStatus::Running) == 4 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "jobs did not start: {:?}",
+            s.jobs
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = h.live().await;
+    assert_eq!(before, 2, "two instances of two slots");
+    // GitLab's API goes down (the runners' own API stays up): the jobs finish during the
+    // outage and the runners go idle, but runscale cannot see it and must keep everything.
+    h.emu.outage(OUTAGE);
+    let outage_started = Instant::now();
+    let mut min_live = before;
+    while outage_started.elapsed() < OUTAGE - Duration::from_millis(300) {
+        min_live = min_live.min(h.live().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = h.emu.snapshot();
+    assert_eq!(min_live, before, "no instance terminated during the outage");
+    assert_eq!(
+        s.count(JobStatus::Success),
+        4,
+        "the jobs finished during the outage"
+    );
+    assert!(s.faulted > 0, "runscale did call GitLab during the outage");
+    let faulted = s.faulted;
+    // After the outage the idle fleet is scaled in as usual.
+    let s = h
+        .wait_zero(outage_started, OUTAGE + Duration::from_secs(60))
+        .await;
+    check(&s, 4);
+    println!(
+        "gitlab outage: {}s outage, {} admin calls refused, {} of {} instances kept throughout, \
+         fleet at zero {:.1}s after the outage ended",
+        OUTAGE.as_secs(),
+        faulted,
+        min_live,
+        before,
+        (outage_started.elapsed() - OUTAGE).as_secs_f64()
+    );
+    h.stop().await;
+}
