@@ -17,7 +17,9 @@ use runscale_core::{
     Registration, RunnerId,
 };
 use secrecy::SecretString;
-use support::{Reaper, example_backend, example_template, running, tools_present, write_script};
+use support::{
+    Reaper, eventually, example_backend, example_template, running, tools_present, write_script,
+};
 
 const SECRET: &str = "jit-s3cret-52ab9e";
 const WAIT: Duration = Duration::from_secs(20);
@@ -53,14 +55,6 @@ async fn list(backend: &ExecBackend, pool: &str) -> Vec<Instance> {
         .await
         .expect("instances");
     all.remove(&pool).expect("every requested pool is answered")
-}
-
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A runner for the local example: copies its credentials file, argv and environment to
@@ -185,7 +179,7 @@ async fn the_local_example_creates_lists_and_deletes_runner_processes() {
         after.iter().all(|i| i.state == InstanceState::Stopping),
         "{after:?}"
     );
-    eventually("the runner to exit", async || {
+    eventually("the runner to exit", WAIT, async || {
         list(&backend, "a").await.is_empty()
     })
     .await;
