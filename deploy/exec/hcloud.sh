@@ -18,7 +18,8 @@
 #   server_type       (required) e.g. "cx22"
 #   image             (required) e.g. "ubuntu-24.04" or a snapshot id
 #   ssh_key           (required) name of an SSH key in the project (for the credentials copy)
-#   ssh_private_key   (required) path of its private key on the runscale host (readable by it)
+#   ssh_private_key   (required) path of its private key on the runscale host (readable by it;
+#                     under systemd: "${CREDENTIALS_DIRECTORY}/hcloud-ssh-key", see deploy/systemd/)
 #   location          (optional) e.g. "fsn1"
 #   user_data         (optional) path of a cloud-init file on the runscale host
 #   network, firewall (optional) names or ids

@@ -488,14 +488,3 @@ async fn created_instances_are_listed_while_the_listing_lags_and_deleted_ones_st
     assert_eq!(ids, ["m-old"], "past the grace the listing alone counts");
     assert_eq!(listed[0].state, InstanceState::Running);
 }
-
-#[test]
-fn the_hcloud_example_is_valid_bash() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/exec/hcloud.sh");
-    let status = std::process::Command::new("bash")
-        .arg("-n")
-        .arg(&path)
-        .status()
-        .expect("bash");
-    assert!(status.success(), "bash -n {}", path.display());
-}
