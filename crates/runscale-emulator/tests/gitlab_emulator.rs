@@ -190,8 +190,8 @@ async fn managers_report_activity_and_deleting_a_busy_one_loses_its_job() {
         .iter()
         .map(|m| {
             (
-                m["system_id"].as_str().unwrap(),
-                m["job_execution_status"].as_str().unwrap(),
+                m["system_id"].as_str().expect("system_id"),
+                m["job_execution_status"].as_str().expect("status"),
             )
         })
         .collect();

@@ -365,7 +365,7 @@ async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
     s.emu.outage(Duration::from_millis(500));
     let r = s
         .provider
-        .observe(&[pool.clone()])
+        .observe(std::slice::from_ref(&pool))
         .await
         .remove(&pool)
         .expect("entry");
@@ -378,7 +378,7 @@ async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
     });
     let v = s
         .provider
-        .observe(&[pool.clone()])
+        .observe(std::slice::from_ref(&pool))
         .await
         .remove(&pool)
         .expect("entry")

@@ -611,9 +611,12 @@ impl Provider for GitlabProvider {
         for id in pools {
             if let Ok(pool) = self.pool(op, id) {
                 let path = pool.listing();
-                if !listings.contains_key(&path) {
-                    let r = self.client.get_all::<ApiRunner>(op, &path, "runners").await;
-                    listings.insert(path, r);
+                if let std::collections::hash_map::Entry::Vacant(slot) = listings.entry(path) {
+                    let r = self
+                        .client
+                        .get_all::<ApiRunner>(op, slot.key(), "runners")
+                        .await;
+                    slot.insert(r);
                 }
             }
         }
