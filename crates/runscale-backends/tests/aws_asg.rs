@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use aws_support::{Fault, FaultProxy, Inspect, moto, registration, request, sdk};
 use prometheus_client::registry::Registry;
-use runscale_backends::aws_asg::{AwsAsg, Config, PoolTemplate};
+use runscale_backends::aws_asg::{AwsAsg, Config, PoolTemplate, RunnerName};
 use runscale_core::metrics::Metrics;
 use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
 use runscale_core::testing::conformance::backend_contract;
@@ -159,9 +159,28 @@ async fn groups_are_found_by_tag_across_pages() {
         .await;
     // More groups with one tag than fit on a page of DescribeAutoScalingGroups (50).
     for i in 0..51 {
-        aws.create_group(&format!("tag-crowd-{i}"), 1, &[("runscale/pool", "crowd")])
-            .await;
+        let class = format!("crowd/c{i:02}");
+        aws.create_group(
+            &format!("tag-crowd-{i}"),
+            1,
+            &[("runscale/pool", "crowd"), ("resource-class", &class)],
+        )
+        .await;
     }
+    // circleci-runner-autoscaler's discovery: by namespace, across pages.
+    let sdk = sdk(moto.url()).await;
+    let found = AwsAsg::discover_resource_classes_with(&sdk, 3, "acme")
+        .await
+        .expect("discover");
+    assert_eq!(found, [("acme/large".to_owned(), "tag-circle".to_owned())]);
+    let crowd = AwsAsg::discover_resource_classes_with(&sdk, 3, "crowd")
+        .await
+        .expect("discover");
+    assert_eq!(crowd.len(), 51, "{crowd:?}");
+    assert_eq!(
+        crowd[50],
+        ("crowd/c50".to_owned(), "tag-crowd-50".to_owned())
+    );
     let be = backend(
         moto.url(),
         config(),
@@ -172,6 +191,7 @@ async fn groups_are_found_by_tag_across_pages() {
                     group: None,
                     resource_class: Some("acme/large".to_owned()),
                     pool_tag: false,
+                    runner_name: RunnerName::Runscale,
                 },
             ),
             (
@@ -180,6 +200,7 @@ async fn groups_are_found_by_tag_across_pages() {
                     group: None,
                     resource_class: None,
                     pool_tag: true,
+                    runner_name: RunnerName::Runscale,
                 },
             ),
         ],
@@ -218,6 +239,7 @@ async fn groups_are_found_by_tag_across_pages() {
             group: None,
             resource_class: None,
             pool_tag: true,
+            runner_name: RunnerName::Runscale,
         };
         let be = backend(moto.url(), config(), &[(pool, tagged)]).await;
         let e = be

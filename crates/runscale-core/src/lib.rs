@@ -27,7 +27,7 @@ pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{
     Demand, EffectiveLimits, Instance, InstanceId, InstanceState, Observation, PoolId, PoolSpec,
-    Runner, RunnerId, RunnerState, Timestamp, WaitingJob,
+    Runner, RunnerId, RunnerState, Timestamp, WaitingJob, template_hash,
 };
 pub use plan::{Action, Limit, Plan, Planned, Reason};
 pub use policy::plan;

@@ -257,3 +257,11 @@ pub struct Observation {
     #[serde(default)]
     pub departed: Vec<String>,
 }
+
+/// A pool's template hash (`PoolSpec::template_hash`, recorded on instances): the backend's
+/// hash of its template combined with the slots per instance, so changing either replaces the
+/// pool's instances once idle. Backends that adopt instances they did not launch use it to
+/// give them the pool's current hash.
+pub fn template_hash(backend_hash: &str, runners_per_instance: u32) -> String {
+    format!("{backend_hash}-{runners_per_instance}")
+}

@@ -15,7 +15,7 @@ use runscale_core::secret::SecretRef;
 use runscale_core::{Backend, PoolId, PoolSpec, SystemClock};
 use runscale_emulator::circleci::{Emulator, EmulatorConfig, TaskSpec, TaskStatus, Workload};
 use runscale_providers::circleci::{
-    AgentEnv, ApiVersion, CircleciProvider, Config, PoolSelector, RunnerMode,
+    AgentEnv, ApiVersion, CircleciProvider, Config, PoolSelector, RunnerMode, RunnerNames,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +70,8 @@ async fn run(mode: RunnerMode, runner_idle_timeout: Duration) -> usize {
             PoolId::new(POOL),
             PoolSelector {
                 resource_class: RC.to_owned(),
-                token: SecretRef::File(dir.path().join("rc")),
+                token: Some(SecretRef::File(dir.path().join("rc"))),
+                runner_names: RunnerNames::Runscale,
                 runner_mode: mode,
                 runner_idle_timeout: Some(runner_idle_timeout),
                 projects: Vec::new(),

@@ -15,7 +15,7 @@ use runscale_emulator::circleci::{
     TaskSpec, TaskStatus, run_agent, signature,
 };
 use runscale_providers::circleci::{
-    AgentEnv, ApiVersion, CircleciProvider, Config, PoolSelector, RunnerMode,
+    AgentEnv, ApiVersion, CircleciProvider, Config, PoolSelector, RunnerMode, RunnerNames,
 };
 use secrecy::ExposeSecret;
 use tempfile::TempDir;
@@ -67,7 +67,8 @@ impl Setup {
     fn selector(&self, class: &str, token: &str) -> PoolSelector {
         PoolSelector {
             resource_class: class.to_owned(),
-            token: self.secret(token),
+            token: Some(self.secret(token)),
+            runner_names: RunnerNames::Runscale,
             runner_mode: RunnerMode::SingleTask,
             runner_idle_timeout: Some(Duration::from_secs(60)),
             projects: Vec::new(),

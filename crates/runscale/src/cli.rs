@@ -116,9 +116,11 @@ pub enum ConfigCommand {
 /// The configuration file argument.
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// Configuration file (YAML).
+    /// Configuration file (YAML). Without it, the configuration comes from the environment of
+    /// a seed system runscale replaces: `SECRET_NAME`, ... (CircleCI's simple-Lambda
+    /// autoscaler) or `APP_CIRCLE_TOKEN`, ... (circleci-runner-autoscaler); see the README.
     #[arg(short, long, env = "RUNSCALE_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 /// Arguments of `run` and `once`.
@@ -230,19 +232,22 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
         Command::Version => commands::version(&mut stdout),
         Command::Simulate(args) => crate::simulate::run(&args, &mut stdout),
         Command::Check(args) => {
-            let config = load(&args)?;
-            runtime()?.block_on(commands::check(&config, &mut stdout))
+            let rt = runtime()?;
+            let config = rt.block_on(load(&args, |_| {}))?;
+            rt.block_on(commands::check(&config, &mut stdout))
         }
         Command::Once(args) => {
-            let config = load(&args.config)?;
-            runtime()?.block_on(commands::once(&config, args.dry_run, &mut stdout))
+            let rt = runtime()?;
+            let config = rt.block_on(load(&args.config, |_| {}))?;
+            rt.block_on(commands::once(&config, args.dry_run, &mut stdout))
         }
         Command::Run(args) => {
-            let config = config::load_with(&args.run.config.config, |c| {
+            let rt = runtime()?;
+            let config = rt.block_on(load(&args.run.config, |c| {
                 args.leader.apply(&mut c.leader_election);
-            })?;
+            }))?;
             drop(stdout);
-            runtime()?.block_on(daemon::run(&config, args.run.dry_run))
+            rt.block_on(daemon::run(&config, args.run.dry_run))
         }
         Command::Demo(args) => {
             drop(stdout);
@@ -260,8 +265,20 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn load(args: &ConfigArg) -> Result<Validated, ConfigError> {
-    config::load(&args.config)
+/// The configuration file, or else the environment-only configuration of a seed system
+/// (`adjust` applies to files only: the environment modes have no leader election section).
+async fn load(
+    args: &ConfigArg,
+    adjust: impl FnOnce(&mut config::Config),
+) -> anyhow::Result<Validated> {
+    if let Some(path) = &args.config {
+        return Ok(config::load_with(path, adjust)?);
+    }
+    let lookup = |name: &str| std::env::var(name).ok();
+    match config::environment::Mode::detect(&lookup) {
+        Some(mode) => config::environment::load(mode).await,
+        None => Err(ConfigError::Missing.into()),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use runscale_core::{
-    Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId, Result,
-    Timestamp,
+    Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId,
+    Registration, Result, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::client::{Aws, Group, GroupInstance, action};
-use super::config::{Config, GroupSelector, PoolTemplate};
+use super::config::{Config, GroupSelector, PoolTemplate, RunnerName};
 use crate::aws_common::ssm::{credentials_name, credentials_value};
 use crate::aws_common::{ProbeReport, build_pools, load_sdk, lock, misconfigured, unknown_pool};
 
@@ -49,6 +49,9 @@ struct Known {
 
 struct PoolState {
     selector: GroupSelector,
+    runner_name: RunnerName,
+    /// The template's hash, given to members adopted in `instance-id` mode.
+    template_hash: String,
     /// The resolved group name.
     group: Mutex<Option<String>>,
     /// Serialises launches, terminations and sweeps of the pool: each reads the desired
@@ -106,6 +109,9 @@ impl AwsAsg {
             |pool, template| {
                 Ok(PoolState {
                     selector: template.selector(pool.as_str())?,
+                    runner_name: template.runner_name,
+                    // One runner per instance (checked by the binary's configuration).
+                    template_hash: runscale_core::template_hash(&template.hash(), 1),
                     group: Mutex::new(None),
                     act: tokio::sync::Mutex::new(()),
                     known: Mutex::new(Known::default()),
@@ -124,6 +130,41 @@ impl AwsAsg {
             .map_err(|e| misconfigured("aws_asg.config", e))?;
         let sdk = load_sdk(config.region.as_deref(), config.endpoint_url.as_deref()).await;
         Self::new(config, templates, &sdk)
+    }
+
+    /// circleci-runner-autoscaler's discovery: the groups tagged `resource-class` with a value
+    /// `{namespace}/...`, as (resource class, group name) sorted by class, across every page
+    /// (the seed read only the first). Uses the SDK's default credential chain with the
+    /// configured region and endpoint; needs `autoscaling:DescribeAutoScalingGroups`.
+    pub async fn discover_resource_classes(
+        config: &Config,
+        namespace: &str,
+    ) -> Result<Vec<(String, String)>> {
+        config
+            .validate()
+            .map_err(|e| misconfigured("aws_asg.discover", e))?;
+        let sdk = load_sdk(config.region.as_deref(), config.endpoint_url.as_deref()).await;
+        Self::discover_resource_classes_with(&sdk, config.max_attempts, namespace).await
+    }
+
+    /// [`AwsAsg::discover_resource_classes`] with a given SDK configuration.
+    pub async fn discover_resource_classes_with(
+        sdk: &aws_config::SdkConfig,
+        max_attempts: u32,
+        namespace: &str,
+    ) -> Result<Vec<(String, String)>> {
+        const OP: &str = "aws_asg.discover";
+        let aws = Aws::new(sdk, max_attempts);
+        let prefix = format!("{namespace}/");
+        let mut found: Vec<(String, String)> = aws
+            .groups_with_tag_key(OP, super::config::RESOURCE_CLASS_TAG)
+            .await?
+            .into_iter()
+            .filter(|(_, class)| class.strip_prefix(&prefix).is_some_and(|n| !n.is_empty()))
+            .map(|(group, class)| (class, group))
+            .collect();
+        found.sort();
+        Ok(found)
     }
 
     fn pool(&self, pool: &PoolId) -> Result<&PoolState> {
@@ -363,12 +404,19 @@ impl AwsAsg {
                 },
                 None => {
                     let seen = *k.first_seen.entry(i.id.clone()).or_insert(now);
+                    // With runners named by instance id, a member without a binding (there
+                    // before runscale) hosts the runner named by its id; otherwise it is
+                    // nobody's (a replacement the group launched by itself).
+                    let (template_hash, runner_names) = match state.runner_name {
+                        RunnerName::InstanceId => (state.template_hash.clone(), vec![i.id.clone()]),
+                        RunnerName::Runscale => (String::new(), Vec::new()),
+                    };
                     Instance {
                         id: InstanceId::new(&i.id),
                         state: st,
                         launched_at: seen,
-                        template_hash: String::new(),
-                        runner_names: Vec::new(),
+                        template_hash,
+                        runner_names,
                     }
                 }
             };
@@ -488,8 +536,12 @@ impl Backend for AwsAsg {
         self.aws
             .set_protection(OP, &group_name, std::slice::from_ref(&id), true)
             .await?;
+        let runner_name = match state.runner_name {
+            RunnerName::Runscale => registration.runner_name.clone(),
+            RunnerName::InstanceId => id.clone(),
+        };
         let binding = Binding {
-            runner_names: vec![registration.runner_name.clone()],
+            runner_names: vec![runner_name.clone()],
             template_hash: request.template_hash.clone(),
             launched_at: now,
         };
@@ -503,13 +555,20 @@ impl Backend for AwsAsg {
         lock(&state.known)
             .bindings
             .insert(id.clone(), binding.clone());
+        let renamed;
+        let registration = if runner_name == registration.runner_name {
+            registration
+        } else {
+            renamed = renamed_registration(registration, &runner_name);
+            &renamed
+        };
         let file = credentials_value(pool.as_str(), &id, &request.template_hash, registration)
             .map_err(|problem| Error::new(OP, ErrorKind::Misconfigured, problem))?;
         self.aws
             .ssm
             .put_parameter(OP, &self.credentials_name(pool, &id), file, true)
             .await?;
-        info!(pool = %pool, group = %group_name, instance = %id, runner = %registration.runner_name, desired, "instance claimed");
+        info!(pool = %pool, group = %group_name, instance = %id, runner = %runner_name, desired, "instance claimed");
         Ok(Instance {
             id: InstanceId::new(id),
             state: InstanceState::Booting,
@@ -652,6 +711,19 @@ impl Backend for AwsAsg {
     }
 }
 
+/// The registration with the runner's name replaced by `name` wherever a (non-secret)
+/// credential variable carries it, for runners named by their instance id.
+fn renamed_registration(registration: &Registration, name: &str) -> Registration {
+    let mut renamed = registration.clone();
+    renamed.runner_name = name.to_owned();
+    for value in renamed.credentials.vars.values_mut() {
+        if *value == registration.runner_name {
+            *value = name.to_owned();
+        }
+    }
+    renamed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,5 +737,33 @@ mod tests {
         assert_eq!(state_of("Terminating:Wait"), Some(InstanceState::Stopping));
         assert_eq!(state_of("Detaching"), Some(InstanceState::Stopping));
         assert_eq!(state_of("Terminated"), None);
+    }
+
+    #[test]
+    fn renaming_replaces_the_name_in_variables_only() {
+        use secrecy::{ExposeSecret, SecretString};
+        let mut registration = Registration {
+            runner_name: "rs-p-abc".to_owned(),
+            runner_id: None,
+            credentials: runscale_core::Credentials::default(),
+        };
+        let vars = &mut registration.credentials.vars;
+        vars.insert("CIRCLECI_RUNNER_NAME".into(), "rs-p-abc".into());
+        vars.insert("CIRCLECI_RUNNER_API_URL".into(), "https://x".into());
+        registration
+            .credentials
+            .secrets
+            .insert("TOKEN".into(), SecretString::from("rs-p-abc"));
+        let renamed = renamed_registration(&registration, "i-0123");
+        assert_eq!(renamed.runner_name, "i-0123");
+        assert_eq!(renamed.credentials.vars["CIRCLECI_RUNNER_NAME"], "i-0123");
+        assert_eq!(
+            renamed.credentials.vars["CIRCLECI_RUNNER_API_URL"],
+            "https://x"
+        );
+        assert_eq!(
+            renamed.credentials.secrets["TOKEN"].expose_secret(),
+            "rs-p-abc"
+        );
     }
 }

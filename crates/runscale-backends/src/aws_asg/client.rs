@@ -126,6 +126,42 @@ impl Aws {
         self.groups(op, what, None, Some(filter)).await
     }
 
+    /// Every group carrying the tag `key`, as (group name, tag value), all pages.
+    pub(crate) async fn groups_with_tag_key(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let filter = Filter::builder().name("tag-key").values(key).build();
+        let what = format!("finding groups tagged {key}");
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let resp = self
+                .asg
+                .describe_auto_scaling_groups()
+                .filters(filter.clone())
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| aws_error(op, action::DESCRIBE_GROUPS, &what, &Failure::of(&e)))?;
+            for g in resp.auto_scaling_groups() {
+                let value = g
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(key))
+                    .and_then(|t| t.value());
+                if let (Some(name), Some(value)) = (g.auto_scaling_group_name(), value) {
+                    out.push((name.to_owned(), value.to_owned()));
+                }
+            }
+            token = resp.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     /// Every page of one DescribeAutoScalingGroups query.
     async fn groups(
         &self,

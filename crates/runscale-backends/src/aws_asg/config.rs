@@ -116,6 +116,33 @@ pub struct PoolTemplate {
     /// `true`: the one group tagged `runscale/pool` with the pool's name.
     #[serde(default)]
     pub pool_tag: bool,
+    /// How the runner on an instance is named: `runscale` (default: the name runscale
+    /// registered, tied to the instance by a binding parameter) or `instance-id` (the runner is
+    /// named by its EC2 instance id, circleci-runner-autoscaler's convention: every credential
+    /// variable holding the registered name carries the instance id instead, and members of
+    /// the group without a binding — instances that were there before runscale — are the
+    /// pool's, hosting the runner named by their id). `instance-id` suits providers whose
+    /// registration creates nothing CI-side (CircleCI); a GitHub JIT config has the name
+    /// sealed inside.
+    #[serde(default, skip_serializing_if = "RunnerName::is_runscale")]
+    pub runner_name: RunnerName,
+}
+
+/// How the runner on an Auto Scaling instance is named.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunnerName {
+    /// The name runscale registered.
+    #[default]
+    Runscale,
+    /// The instance id.
+    InstanceId,
+}
+
+impl RunnerName {
+    fn is_runscale(&self) -> bool {
+        *self == RunnerName::Runscale
+    }
 }
 
 /// How a pool's group is found, after validation.
@@ -148,6 +175,7 @@ impl PoolTemplate {
             group: Some(name.into()),
             resource_class: None,
             pool_tag: false,
+            runner_name: RunnerName::Runscale,
         }
     }
 
@@ -250,6 +278,18 @@ mod tests {
     }
 
     #[test]
+    fn the_default_runner_name_keeps_the_template_hash() {
+        let before = PoolTemplate::group("g").hash();
+        let text = serde_json::to_string(&PoolTemplate::group("g")).expect("json");
+        assert!(!text.contains("runner_name"), "{text}");
+        let by_id = PoolTemplate {
+            runner_name: RunnerName::InstanceId,
+            ..PoolTemplate::group("g")
+        };
+        assert_ne!(by_id.hash(), before, "a new naming replaces instances");
+    }
+
+    #[test]
     fn exactly_one_group_selector() {
         let t = PoolTemplate::group("g");
         assert_eq!(t.selector("p"), Ok(GroupSelector::Name("g".to_owned())));
@@ -257,6 +297,7 @@ mod tests {
             group: None,
             resource_class: Some("acme/large".to_owned()),
             pool_tag: false,
+            runner_name: RunnerName::Runscale,
         };
         assert_eq!(
             rc.selector("p"),
@@ -269,6 +310,7 @@ mod tests {
             group: None,
             resource_class: None,
             pool_tag: true,
+            runner_name: RunnerName::Runscale,
         };
         assert_eq!(
             tag.selector("linux"),
@@ -287,6 +329,7 @@ mod tests {
             group: None,
             resource_class: None,
             pool_tag: false,
+            runner_name: RunnerName::Runscale,
         };
         assert!(none.validate("p").is_err());
         assert!(t.validate("bad/pool").is_err());

@@ -78,7 +78,7 @@ mod client;
 mod config;
 
 pub use backend::AwsAsg;
-pub use config::{Config, PoolTemplate};
+pub use config::{Config, PoolTemplate, RunnerName};
 
 /// The Auto Scaling IAM actions this backend calls (besides the shared SSM ones).
 #[cfg(test)]

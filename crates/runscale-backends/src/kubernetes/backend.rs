@@ -155,6 +155,84 @@ impl Kubernetes {
     }
 }
 
+/// A client from the configuration's kubeconfig and context (or the in-cluster service
+/// account), and the namespace to work in.
+async fn client(c: &Config) -> Result<(Client, String)> {
+    const OP: &str = "kubernetes.connect";
+    let options = KubeConfigOptions {
+        context: c.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let kube_config = match (&c.kubeconfig, &c.context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| {
+                misconfigured(
+                    OP,
+                    format!("kubeconfig: cannot use {}: {e}", path.display()),
+                )
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| kubeconfig_error(OP, c, e))?
+        }
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| kubeconfig_error(OP, c, e))?,
+        (None, None) => kube::Config::infer().await.map_err(|e| {
+            misconfigured(
+                OP,
+                format!(
+                    "kubeconfig: none given, and neither KUBECONFIG, ~/.kube/config nor \
+                         an in-cluster service account works: {e}"
+                ),
+            )
+        })?,
+    };
+    let namespace = c
+        .namespace
+        .clone()
+        .unwrap_or_else(|| kube_config.default_namespace.clone());
+    // Both ring and aws-lc-rs may be compiled into the binary; rustls then has no
+    // process default. Installing one fails harmlessly if somebody already did.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_from(kube_config)
+        .map_err(|e| misconfigured(OP, format!("kubeconfig: cannot build a client: {e}")))?;
+    Ok((client, namespace))
+}
+
+impl Kubernetes {
+    /// circleci-runner-autoscaler's discovery: the CronJobs of the configured namespace
+    /// labelled `resource-class-org: {org}` and `resource-class-name`, as (resource class
+    /// `org/name`, CronJob name) sorted by class. Needs `list` on `cronjobs`.
+    pub async fn discover_cron_jobs(config: &Config, org: &str) -> Result<Vec<(String, String)>> {
+        const OP: &str = "kubernetes.discover";
+        if let Err(errors) = config.validate() {
+            return Err(misconfigured(OP, join_errors("", &errors)));
+        }
+        let (client, namespace) = client(config).await?;
+        let api: Api<CronJob> = Api::namespaced(client, &namespace);
+        let params = ListParams::default().labels(&format!("{LABEL_RC_ORG}={org},{LABEL_RC_NAME}"));
+        let list = api.list(&params).await.map_err(|e| {
+            api_error(
+                OP,
+                format!("listing CronJobs labelled {LABEL_RC_ORG}={org} in namespace {namespace}"),
+                e,
+            )
+        })?;
+        let mut found: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .filter_map(|cj| {
+                let name = cj.metadata.name?;
+                let class = cj.metadata.labels?.get(LABEL_RC_NAME)?.clone();
+                (!class.is_empty()).then(|| (format!("{org}/{class}"), name))
+            })
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+}
+
 impl Inner {
     /// The connection, made on first use: client, namespace and the running inventory.
     async fn conn(&self) -> Result<&Conn> {
@@ -162,46 +240,8 @@ impl Inner {
     }
 
     async fn connect(&self) -> Result<Conn> {
-        const OP: &str = "kubernetes.connect";
         let c = &self.config;
-        let options = KubeConfigOptions {
-            context: c.context.clone(),
-            ..KubeConfigOptions::default()
-        };
-        let kube_config = match (&c.kubeconfig, &c.context) {
-            (Some(path), _) => {
-                let file = Kubeconfig::read_from(path).map_err(|e| {
-                    misconfigured(
-                        OP,
-                        format!("kubeconfig: cannot use {}: {e}", path.display()),
-                    )
-                })?;
-                kube::Config::from_custom_kubeconfig(file, &options)
-                    .await
-                    .map_err(|e| kubeconfig_error(OP, c, e))?
-            }
-            (None, Some(_)) => kube::Config::from_kubeconfig(&options)
-                .await
-                .map_err(|e| kubeconfig_error(OP, c, e))?,
-            (None, None) => kube::Config::infer().await.map_err(|e| {
-                misconfigured(
-                    OP,
-                    format!(
-                        "kubeconfig: none given, and neither KUBECONFIG, ~/.kube/config nor \
-                         an in-cluster service account works: {e}"
-                    ),
-                )
-            })?,
-        };
-        let namespace = c
-            .namespace
-            .clone()
-            .unwrap_or_else(|| kube_config.default_namespace.clone());
-        // Both ring and aws-lc-rs may be compiled into the binary; rustls then has no
-        // process default. Installing one fails harmlessly if somebody already did.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::try_from(kube_config)
-            .map_err(|e| misconfigured(OP, format!("kubeconfig: cannot build a client: {e}")))?;
+        let (client, namespace) = client(c).await?;
         let mut pools: Vec<&str> = self.templates.keys().map(PoolId::as_str).collect();
         pools.sort_unstable();
         let selector = format!("{LABEL_POOL} in ({})", pools.join(","));

@@ -268,6 +268,37 @@ impl MotoClient {
         Ok(())
     }
 
+    /// Sets the group's desired capacity, as another tool (or an operator) would.
+    pub async fn set_desired(&self, name: &str, desired: i32) -> Result<(), AwsError> {
+        self.asg
+            .set_desired_capacity()
+            .auto_scaling_group_name(name)
+            .desired_capacity(desired)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("SetDesiredCapacity", e))?;
+        Ok(())
+    }
+
+    /// Tags the group `key=value` (circleci-runner-autoscaler finds groups by their
+    /// `resource-class` tag).
+    pub async fn tag_group(&self, name: &str, key: &str, value: &str) -> Result<(), AwsError> {
+        let tag = aws_sdk_autoscaling::types::Tag::builder()
+            .resource_id(name)
+            .resource_type("auto-scaling-group")
+            .key(key)
+            .value(value)
+            .propagate_at_launch(false)
+            .build();
+        self.asg
+            .create_or_update_tags()
+            .tags(tag)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("CreateOrUpdateTags", e))?;
+        Ok(())
+    }
+
     /// The group `name`, or `None` if it does not exist.
     pub async fn group(&self, name: &str) -> Result<Option<GroupState>, AwsError> {
         let resp = self

@@ -66,8 +66,19 @@ pub struct PoolSelector {
     /// `namespace/name` of the resource class. One pool per resource class.
     pub resource_class: String,
     /// The resource-class token. It reaches each runner through the backend's private
-    /// credentials channel (never argv, user data or logs).
-    pub token: SecretRef,
+    /// credentials channel (never argv, user data or logs). Without it, runscale hands the
+    /// runner no token: the instance template must carry one (as circleci-runner-autoscaler's
+    /// CronJobs and the CircleCI Lambda example's launch templates do).
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+    /// Which runners of the resource class are the pool's: `runscale` (default: those runscale
+    /// named for this pool) or `any` (every runner of the class, named however its instance
+    /// names it — circleci-runner-autoscaler's convention of runners named by their EC2
+    /// instance id or pod name; pair it with a backend that names instances that way, e.g.
+    /// aws-asg's `runner_name: instance-id`). Runners that no instance hosts are never stopped
+    /// while connected, so `any` is safe with runners runscale did not start.
+    #[serde(default)]
+    pub runner_names: RunnerNames,
     /// `single-task` (default: one task, then the runner exits and its instance is reaped)
     /// or `continuous` (the runner takes tasks until `runner_idle_timeout`).
     #[serde(default)]
@@ -89,6 +100,17 @@ pub struct PoolSelector {
     /// `CIRCLECI_RUNNER_*`; default) or `launch-agent` (`LAUNCH_AGENT_*`).
     #[serde(default)]
     pub agent_env: AgentEnv,
+}
+
+/// Which runners of a resource class belong to a pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunnerNames {
+    /// Runners runscale named for the pool.
+    #[default]
+    Runscale,
+    /// Every runner of the resource class.
+    Any,
 }
 
 /// How a runner lives.

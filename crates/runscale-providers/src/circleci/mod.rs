@@ -43,5 +43,5 @@ mod config;
 mod provider;
 mod webhook;
 
-pub use config::{AgentEnv, ApiVersion, Config, PoolSelector, RunnerMode};
+pub use config::{AgentEnv, ApiVersion, Config, PoolSelector, RunnerMode, RunnerNames};
 pub use provider::CircleciProvider;

@@ -15,14 +15,15 @@ use runscale_core::{
 use secrecy::SecretString;
 
 use super::client::{ApiRunner, Client};
-use super::config::{AgentEnv, Config, PoolSelector, RunnerMode};
+use super::config::{AgentEnv, Config, PoolSelector, RunnerMode, RunnerNames};
 use super::webhook::{self, Seen};
 
 /// One pool as the provider keeps it.
 struct Pool {
     id: PoolId,
     resource_class: String,
-    token: SecretString,
+    token: Option<SecretString>,
+    names: RunnerNames,
     mode: RunnerMode,
     idle_timeout: Option<Duration>,
     projects: Vec<String>,
@@ -129,12 +130,14 @@ impl CircleciProvider {
             }
             let token = sel
                 .token
-                .resolve()
+                .map(|t| t.resolve())
+                .transpose()
                 .map_err(|e| misconfigured(format!("pool {id}: token: {e}")))?;
             built.push(Pool {
                 id,
                 resource_class: sel.resource_class,
                 token,
+                names: sel.runner_names,
                 mode: sel.runner_mode,
                 idle_timeout: sel.runner_idle_timeout,
                 projects: sel.projects,
@@ -193,7 +196,10 @@ impl CircleciProvider {
         );
         let runners = runners?
             .into_iter()
-            .filter(|r| naming::owned_by(pool.id.as_str(), &r.name))
+            .filter(|r| match pool.names {
+                RunnerNames::Runscale => naming::owned_by(pool.id.as_str(), &r.name),
+                RunnerNames::Any => true,
+            })
             .collect();
         Ok((
             Counts {
@@ -356,7 +362,9 @@ impl Provider for CircleciProvider {
         if let Some(d) = pool.idle_timeout {
             credentials.vars.insert(idle.into(), duration_text(d));
         }
-        credentials.secrets.insert(token.into(), pool.token.clone());
+        if let Some(t) = &pool.token {
+            credentials.secrets.insert(token.into(), t.clone());
+        }
         Ok(Registration {
             runner_name: runner_name.to_owned(),
             runner_id: None,

@@ -62,6 +62,13 @@ pub(crate) fn locate(mut errors: Vec<FieldError>, lines: &LineIndex) -> Vec<Fiel
 /// Why a configuration file could not be loaded. Every variant is a bad configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// No configuration file was given and the environment selects no compatibility mode.
+    #[error(
+        "no configuration: pass -c FILE (or set RUNSCALE_CONFIG), or set the environment of a \
+         system runscale replaces (SECRET_NAME, ... for CircleCI's simple-Lambda autoscaler; \
+         APP_CIRCLE_TOKEN, ... for circleci-runner-autoscaler)"
+    )]
+    Missing,
     /// The file cannot be read.
     #[error("cannot read configuration file {path}")]
     Read {

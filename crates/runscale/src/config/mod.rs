@@ -24,6 +24,7 @@
 mod build;
 #[cfg(any(feature = "backend-aws-asg", feature = "backend-aws-ec2"))]
 mod deferred;
+pub mod environment;
 mod error;
 pub mod interpolate;
 mod model;
@@ -86,6 +87,20 @@ fn load_str_with(
     config.validate().map_err(|errors| ConfigError::Invalid {
         path: path.to_owned(),
         errors: error::locate(errors, &lines),
+    })
+}
+
+/// Stages 4 and 5 for a configuration built in memory (the environment-only modes of
+/// [`environment`]): errors name field paths, and `origin` stands for the file.
+pub fn load_value(value: serde_json::Value, origin: &Path) -> Result<Validated, ConfigError> {
+    let no_lines = source::LineIndex::default();
+    let config: Config = registry::from_value(value, "").map_err(|e| ConfigError::Invalid {
+        path: origin.to_owned(),
+        errors: vec![e],
+    })?;
+    config.validate().map_err(|errors| ConfigError::Invalid {
+        path: origin.to_owned(),
+        errors: error::locate(errors, &no_lines),
     })
 }
 

@@ -113,10 +113,11 @@ pub fn name_problem(name: &str, max: usize) -> Option<String> {
     None
 }
 
-/// The template hash recorded on instances: the backend's hash of the template, combined with
-/// the slots per instance (changing either replaces the pool's instances once idle).
+/// The template hash recorded on instances: [`runscale_core::template_hash`] (the backend's
+/// hash of the template, combined with the slots per instance; changing either replaces the
+/// pool's instances once idle).
 pub fn combined_template_hash(backend_hash: &str, runners_per_instance: u32) -> String {
-    format!("{backend_hash}-{runners_per_instance}")
+    runscale_core::template_hash(backend_hash, runners_per_instance)
 }
 
 impl Config {

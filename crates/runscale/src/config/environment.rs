@@ -1,0 +1,589 @@
+//! Configurations made from the environment alone, so runscale can replace two seed systems
+//! without a configuration file (`check`, `once` and `run` without `-c`):
+//!
+//! - **Simple-Lambda** (CircleCI's "Simple Runner AutoScaling in AWS" Lambda), when
+//!   `SECRET_NAME` is set: `SECRET_NAME` and `SECRET_REGION` name a Secrets Manager secret
+//!   holding a JSON object with `resource_class` and `circle_token` (or the variant's
+//!   `resource_class_` and `circle_token_`); `AUTO_SCALING_GROUP_NAME`,
+//!   `AUTO_SCALING_GROUP_REGION` and `AUTO_SCALING_MAX` name the group and the cap. One pool:
+//!   the resource class on that group. The Lambda set `desired = min(unclaimed + running,
+//!   max)`; runscale launches for unclaimed tasks beyond the capacity already there, up to the
+//!   same cap, which comes to the same desired capacity while the running tasks run on the
+//!   group — and it scales in without ever stopping a connected runner.
+//! - **circleci-runner-autoscaler**, when `APP_CIRCLE_TOKEN` is set:
+//!   `APP_CIRCLE_RESOURCE_NAMESPACE` (required) filters resource classes; pools are discovered
+//!   at start-up from Auto Scaling groups tagged `resource-class: <namespace>/<name>` (every
+//!   page) and, unless `APP_KUBERNETES_SCALER_ENABLED` is `false`, from the CronJobs of
+//!   `APP_KUBERNETES_NAMESPACE` (default `circleci-runners`) labelled
+//!   `resource-class-org: <namespace>` and `resource-class-name: <name>`. Unlike the seed,
+//!   runscale scales in, caps Kubernetes pools (`RUNSCALE_POOL_MAX`, default 20), counts pods
+//!   that are still starting, and does not need the group to be named like the class.
+//!
+//! Both: runners on Auto Scaling instances are named by their instance id (the seeds'
+//! convention), so every runner of the class is the pool's; pods are named by runscale
+//! (pod name = runner name). The runner token stays where the seed kept it (the launch
+//! template's user data, the CronJob's pod template). CircleCI is reached at
+//! `RUNSCALE_CIRCLECI_URL` (default `https://runner.circleci.com`, for CircleCI server or a
+//! proxy) with the v2 runner paths the seeds call; `RUNSCALE_LISTEN` sets the HTTP address.
+//!
+//! Discovery happens once, when runscale starts: a class added later needs a restart (the
+//! seed re-discovered every 5 s but never dropped a class that went away).
+
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use super::error::{ConfigError, FieldError};
+use super::validate::{MAX_POOL_NAME, Validated};
+
+/// The Lambda's secret name; its presence selects the simple-Lambda mode.
+pub const LAMBDA_SECRET_NAME: &str = "SECRET_NAME";
+/// circleci-runner-autoscaler's API token; its presence selects that mode.
+pub const AUTOSCALER_TOKEN: &str = "APP_CIRCLE_TOKEN";
+
+/// Default cap of a pool discovered from a CronJob (the seed had none).
+const DEFAULT_KUBERNETES_MAX: u32 = 20;
+/// Cap of a pool discovered from an Auto Scaling group: the group's MaxSize binds first.
+const GROUP_MAX: u32 = 1000;
+
+/// Which seed system the environment configures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// CircleCI's simple-Lambda autoscaler.
+    SimpleLambda,
+    /// vela-games/circleci-runner-autoscaler.
+    CircleciAutoscaler,
+}
+
+impl Mode {
+    /// The mode the environment selects, if any (the simple-Lambda mode wins when both are
+    /// set).
+    pub fn detect(lookup: &impl Fn(&str) -> Option<String>) -> Option<Mode> {
+        if lookup(LAMBDA_SECRET_NAME).is_some() {
+            Some(Mode::SimpleLambda)
+        } else if lookup(AUTOSCALER_TOKEN).is_some() {
+            Some(Mode::CircleciAutoscaler)
+        } else {
+            None
+        }
+    }
+
+    /// How errors name the configuration's origin.
+    pub fn origin(self) -> &'static Path {
+        Path::new(match self {
+            Mode::SimpleLambda => "(environment: simple-Lambda mode)",
+            Mode::CircleciAutoscaler => "(environment: circleci-runner-autoscaler mode)",
+        })
+    }
+}
+
+/// What the environment-only configuration is built from, once read and discovered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// (resource class, Auto Scaling group name).
+    pub groups: Vec<(String, String)>,
+    /// (resource class, CronJob name).
+    pub cron_jobs: Vec<(String, String)>,
+}
+
+fn invalid(mode: Mode, errors: Vec<FieldError>) -> ConfigError {
+    ConfigError::Invalid {
+        path: mode.origin().to_owned(),
+        errors,
+    }
+}
+
+fn required(
+    mode: Mode,
+    lookup: &impl Fn(&str) -> Option<String>,
+    names: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
+    for name in names {
+        match lookup(name).filter(|v| !v.trim().is_empty()) {
+            Some(v) => values.push(v.trim().to_owned()),
+            None => errors.push(FieldError::new(*name, "must be set and not empty")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(values)
+    } else {
+        Err(invalid(mode, errors))
+    }
+}
+
+fn number(mode: Mode, name: &str, text: &str) -> Result<u32, ConfigError> {
+    text.parse::<u32>().map_err(|_| {
+        invalid(
+            mode,
+            vec![FieldError::new(
+                name,
+                format!("{text:?} is not a whole number"),
+            )],
+        )
+    })
+}
+
+/// A pool name from a resource class `namespace/name`: the name, lower case, anything but
+/// letters and digits as `-`, at most [`MAX_POOL_NAME`] characters.
+pub fn pool_name(class: &str) -> String {
+    let short = class.rsplit('/').next().unwrap_or(class);
+    let mut name: String = short
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(MAX_POOL_NAME);
+    name.trim_matches('-').to_owned()
+}
+
+fn common(lookup: &impl Fn(&str) -> Option<String>) -> Map<String, Value> {
+    let mut top = Map::new();
+    if let Some(listen) = lookup("RUNSCALE_LISTEN") {
+        top.insert("listen".into(), json!(listen));
+    }
+    top
+}
+
+fn circleci_provider(lookup: &impl Fn(&str) -> Option<String>, token: Value) -> Value {
+    json!({
+        "name": "circleci",
+        "type": "circleci",
+        "api_url": lookup("RUNSCALE_CIRCLECI_URL")
+            .unwrap_or_else(|| "https://runner.circleci.com".to_owned()),
+        "api_version": "v2",
+        "token": token,
+    })
+}
+
+/// The secret of the simple-Lambda mode: `(name, region)`.
+pub fn lambda_secret(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(String, String), ConfigError> {
+    let v = required(
+        Mode::SimpleLambda,
+        lookup,
+        &[LAMBDA_SECRET_NAME, "SECRET_REGION"],
+    )?;
+    Ok((v[0].clone(), v[1].clone()))
+}
+
+/// From the secret's JSON text: the resource class and the key holding the API token
+/// (`resource_class`/`circle_token`, or the variant's names with a trailing `_`). Errors name
+/// the keys, never a value.
+pub fn lambda_secret_fields(text: &str) -> Result<(String, &'static str), ConfigError> {
+    let problem = |message: String| {
+        invalid(
+            Mode::SimpleLambda,
+            vec![FieldError::new(LAMBDA_SECRET_NAME, message)],
+        )
+    };
+    let object: Map<String, Value> = serde_json::from_str(text)
+        .map_err(|_| problem("the secret is not a JSON object".to_owned()))?;
+    let class = ["resource_class", "resource_class_"]
+        .iter()
+        .find_map(|k| object.get(*k).and_then(Value::as_str))
+        .ok_or_else(|| problem("the secret has no string key resource_class".to_owned()))?;
+    let token_key = ["circle_token", "circle_token_"]
+        .into_iter()
+        .find(|k| object.get(*k).is_some_and(Value::is_string))
+        .ok_or_else(|| problem("the secret has no string key circle_token".to_owned()))?;
+    Ok((class.to_owned(), token_key))
+}
+
+/// The simple-Lambda configuration, with the resource class and token key read from the
+/// secret.
+pub fn simple_lambda(
+    lookup: &impl Fn(&str) -> Option<String>,
+    class: &str,
+    token_key: &str,
+) -> Result<Validated, ConfigError> {
+    let mode = Mode::SimpleLambda;
+    let (secret, region) = lambda_secret(lookup)?;
+    let v = required(
+        mode,
+        lookup,
+        &[
+            "AUTO_SCALING_GROUP_NAME",
+            "AUTO_SCALING_GROUP_REGION",
+            "AUTO_SCALING_MAX",
+        ],
+    )?;
+    let max = number(mode, "AUTO_SCALING_MAX", &v[2])?;
+    let mut top = common(lookup);
+    top.insert(
+        "providers".into(),
+        json!([circleci_provider(
+            lookup,
+            json!({"aws_secrets_manager": {"name": secret, "key": token_key, "region": region}}),
+        )]),
+    );
+    top.insert(
+        "backends".into(),
+        json!([{"name": "asg", "type": "aws-asg", "region": v[1]}]),
+    );
+    top.insert(
+        "pools".into(),
+        json!([{
+            "name": pool_name(class),
+            "provider": "circleci",
+            "backend": "asg",
+            "max": max,
+            "selector": {"resource_class": class, "runner_names": "any"},
+            "template": {"group": v[0], "runner_name": "instance-id"},
+        }]),
+    );
+    super::load_value(Value::Object(top), mode.origin())
+}
+
+/// The settings of the circleci-runner-autoscaler mode: (resource namespace, Kubernetes
+/// scaler enabled, Kubernetes namespace).
+pub fn autoscaler_settings(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(String, bool, String), ConfigError> {
+    let mode = Mode::CircleciAutoscaler;
+    let v = required(
+        mode,
+        lookup,
+        &[AUTOSCALER_TOKEN, "APP_CIRCLE_RESOURCE_NAMESPACE"],
+    )?;
+    let enabled = match lookup("APP_KUBERNETES_SCALER_ENABLED")
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") => true,
+        Some(t) => match t.to_ascii_lowercase().as_str() {
+            "true" | "1" | "t" => true,
+            "false" | "0" | "f" => false,
+            _ => {
+                return Err(invalid(
+                    mode,
+                    vec![FieldError::new(
+                        "APP_KUBERNETES_SCALER_ENABLED",
+                        format!("{t:?} is neither true nor false"),
+                    )],
+                ));
+            }
+        },
+    };
+    let namespace = lookup("APP_KUBERNETES_NAMESPACE")
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| "circleci-runners".to_owned());
+    Ok((v[1].clone(), enabled, namespace))
+}
+
+/// The circleci-runner-autoscaler configuration for what discovery found: one pool per
+/// resource class, on its group or its CronJob.
+pub fn circleci_autoscaler(
+    lookup: &impl Fn(&str) -> Option<String>,
+    found: &Discovered,
+) -> Result<Validated, ConfigError> {
+    let mode = Mode::CircleciAutoscaler;
+    let (resource_namespace, _, kube_namespace) = autoscaler_settings(lookup)?;
+    let kube_max = match lookup("RUNSCALE_POOL_MAX") {
+        Some(t) => number(mode, "RUNSCALE_POOL_MAX", t.trim())?,
+        None => DEFAULT_KUBERNETES_MAX,
+    };
+    if found.groups.is_empty() && found.cron_jobs.is_empty() {
+        return Err(invalid(
+            mode,
+            vec![FieldError::new(
+                "APP_CIRCLE_RESOURCE_NAMESPACE",
+                format!(
+                    "no resource class of namespace {resource_namespace} found: no Auto Scaling \
+                     group tagged resource-class={resource_namespace}/<name> and no CronJob in \
+                     namespace {kube_namespace} labelled resource-class-org={resource_namespace}"
+                ),
+            )],
+        ));
+    }
+    let mut errors = Vec::new();
+    for (class, group) in &found.groups {
+        if let Some((_, cj)) = found.cron_jobs.iter().find(|(c, _)| c == class) {
+            errors.push(FieldError::new(
+                "APP_CIRCLE_RESOURCE_NAMESPACE",
+                format!(
+                    "resource class {class} is both Auto Scaling group {group} and CronJob \
+                     {cj}; one resource class can have one home"
+                ),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(invalid(mode, errors));
+    }
+    let mut pools = Vec::new();
+    let mut backends = Vec::new();
+    if !found.groups.is_empty() {
+        let mut backend = json!({"name": "asg", "type": "aws-asg"});
+        if let Some(region) = lookup("AWS_REGION") {
+            backend["region"] = json!(region);
+        }
+        backends.push(backend);
+    }
+    for (class, group) in &found.groups {
+        pools.push(json!({
+            "name": pool_name(class),
+            "provider": "circleci",
+            "backend": "asg",
+            "max": GROUP_MAX,
+            "selector": {"resource_class": class, "runner_names": "any"},
+            "template": {"group": group, "runner_name": "instance-id"},
+        }));
+    }
+    if !found.cron_jobs.is_empty() {
+        backends.push(json!({
+            "name": "kubernetes",
+            "type": "kubernetes",
+            "namespace": kube_namespace,
+        }));
+    }
+    for (class, cron_job) in &found.cron_jobs {
+        pools.push(json!({
+            "name": pool_name(class),
+            "provider": "circleci",
+            "backend": "kubernetes",
+            "max": kube_max,
+            "selector": {"resource_class": class, "agent_env": "launch-agent"},
+            "template": {"cron_job": {"name": cron_job}},
+        }));
+    }
+    let mut top = common(lookup);
+    top.insert(
+        "providers".into(),
+        json!([circleci_provider(lookup, json!({"env": AUTOSCALER_TOKEN}))]),
+    );
+    top.insert("backends".into(), Value::Array(backends));
+    top.insert("pools".into(), Value::Array(pools));
+    super::load_value(Value::Object(top), mode.origin())
+}
+
+/// Reads what `mode` needs from outside — the Lambda's secret, or the groups and CronJobs of
+/// the autoscaler mode — and builds the configuration from the process environment.
+pub async fn load(mode: Mode) -> anyhow::Result<Validated> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    match mode {
+        Mode::SimpleLambda => {
+            let text = lambda_secret_text(&lookup).await?;
+            let (class, token_key) = lambda_secret_fields(&text)?;
+            Ok(simple_lambda(&lookup, &class, token_key)?)
+        }
+        Mode::CircleciAutoscaler => {
+            let (namespace, kubernetes, kube_namespace) = autoscaler_settings(&lookup)?;
+            let found = Discovered {
+                groups: discover_groups(&namespace).await?,
+                cron_jobs: if kubernetes {
+                    discover_cron_jobs(&namespace, &kube_namespace).await?
+                } else {
+                    Vec::new()
+                },
+            };
+            tracing::info!(
+                groups = found.groups.len(),
+                cron_jobs = found.cron_jobs.len(),
+                "circleci-runner-autoscaler mode: resource classes discovered"
+            );
+            Ok(circleci_autoscaler(&lookup, &found)?)
+        }
+    }
+}
+
+#[cfg(feature = "secrets-aws")]
+async fn lambda_secret_text(lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    use runscale_core::secret::{AwsSecret, SecretRef};
+    use secrecy::ExposeSecret;
+    let (name, region) = lambda_secret(lookup)?;
+    let reference = SecretRef::AwsSecretsManager(Box::new(AwsSecret {
+        name: name.clone(),
+        key: None,
+        region: Some(region),
+    }));
+    super::secrets_aws::fetch(&[super::secrets_aws::RemoteSecret {
+        path: LAMBDA_SECRET_NAME.to_owned(),
+        reference: reference.clone(),
+    }])
+    .await;
+    let text = reference
+        .resolve()
+        .map_err(|e| anyhow::anyhow!("{LAMBDA_SECRET_NAME}: secret {name:?}: {e}"))?;
+    Ok(text.expose_secret().to_owned())
+}
+
+#[cfg(not(feature = "secrets-aws"))]
+async fn lambda_secret_text(_: &impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    anyhow::bail!(
+        "the simple-Lambda mode needs AWS Secrets Manager: build with feature secrets-aws"
+    )
+}
+
+#[cfg(feature = "backend-aws-asg")]
+async fn discover_groups(namespace: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use runscale_backends::aws_asg::{AwsAsg, Config};
+    let config = Config {
+        region: std::env::var("AWS_REGION").ok(),
+        ..Config::default()
+    };
+    AwsAsg::discover_resource_classes(&config, namespace)
+        .await
+        .map_err(|e| anyhow::anyhow!("discovering Auto Scaling groups: {e}"))
+}
+
+#[cfg(not(feature = "backend-aws-asg"))]
+async fn discover_groups(_: &str) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(Vec::new())
+}
+
+#[cfg(feature = "backend-kubernetes")]
+async fn discover_cron_jobs(org: &str, namespace: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use runscale_backends::kubernetes::{Config, Kubernetes};
+    let config = Config::new(None, Some(namespace.to_owned()));
+    Kubernetes::discover_cron_jobs(&config, org)
+        .await
+        .map_err(|e| anyhow::anyhow!("discovering CronJobs: {e}"))
+}
+
+#[cfg(not(feature = "backend-kubernetes"))]
+async fn discover_cron_jobs(_: &str, _: &str) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    fn messages(e: ConfigError) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn the_mode_follows_the_variables_present() {
+        assert_eq!(Mode::detect(&env(&[])), None);
+        assert_eq!(
+            Mode::detect(&env(&[("APP_CIRCLE_TOKEN", "t")])),
+            Some(Mode::CircleciAutoscaler)
+        );
+        assert_eq!(
+            Mode::detect(&env(&[("APP_CIRCLE_TOKEN", "t"), ("SECRET_NAME", "s")])),
+            Some(Mode::SimpleLambda)
+        );
+    }
+
+    #[test]
+    fn pool_names_come_from_the_class_name() {
+        assert_eq!(pool_name("acme/Linux_Large"), "linux-large");
+        assert_eq!(pool_name("acme/x.y"), "x-y");
+        assert!(pool_name(&format!("acme/{}", "a".repeat(90))).len() <= MAX_POOL_NAME);
+    }
+
+    #[test]
+    fn the_secret_must_hold_a_class_and_a_token_and_errors_never_quote_it() {
+        assert_eq!(
+            lambda_secret_fields(r#"{"resource_class": "acme/l", "circle_token": "x"}"#)
+                .expect("fields"),
+            ("acme/l".to_owned(), "circle_token")
+        );
+        assert_eq!(
+            lambda_secret_fields(r#"{"resource_class_": "acme/l", "circle_token_": "x"}"#)
+                .expect("variant fields"),
+            ("acme/l".to_owned(), "circle_token_")
+        );
+        let e = messages(
+            lambda_secret_fields(r#"{"resource_class": "acme/l", "token": "sekrit"}"#)
+                .expect_err("no token"),
+        );
+        assert!(e.contains("circle_token") && !e.contains("sekrit"), "{e}");
+        let e = messages(lambda_secret_fields("sekrit-not-json").expect_err("not JSON"));
+        assert!(
+            e.contains("not a JSON object") && !e.contains("sekrit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn lambda_variables_are_required_and_the_cap_is_a_number() {
+        let e = messages(
+            simple_lambda(
+                &env(&[("SECRET_NAME", "s"), ("SECRET_REGION", "eu-west-1")]),
+                "acme/l",
+                "circle_token",
+            )
+            .expect_err("missing"),
+        );
+        for name in [
+            "AUTO_SCALING_GROUP_NAME",
+            "AUTO_SCALING_GROUP_REGION",
+            "AUTO_SCALING_MAX",
+        ] {
+            assert!(e.contains(name), "{e}");
+        }
+        let e = messages(
+            simple_lambda(
+                &env(&[
+                    ("SECRET_NAME", "s"),
+                    ("SECRET_REGION", "eu-west-1"),
+                    ("AUTO_SCALING_GROUP_NAME", "g"),
+                    ("AUTO_SCALING_GROUP_REGION", "eu-west-1"),
+                    ("AUTO_SCALING_MAX", "ten"),
+                ]),
+                "acme/l",
+                "circle_token",
+            )
+            .expect_err("not a number"),
+        );
+        assert!(
+            e.contains("AUTO_SCALING_MAX") && e.contains("\"ten\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn autoscaler_needs_a_namespace_and_finds_one_home_per_class() {
+        let e = messages(
+            circleci_autoscaler(&env(&[("APP_CIRCLE_TOKEN", "t")]), &Discovered::default())
+                .expect_err("no namespace"),
+        );
+        assert!(e.contains("APP_CIRCLE_RESOURCE_NAMESPACE"), "{e}");
+        let vars = env(&[
+            ("APP_CIRCLE_TOKEN", "t"),
+            ("APP_CIRCLE_RESOURCE_NAMESPACE", "acme"),
+        ]);
+        let e = messages(
+            circleci_autoscaler(&vars, &Discovered::default()).expect_err("nothing found"),
+        );
+        assert!(e.contains("no resource class of namespace acme"), "{e}");
+        let both = Discovered {
+            groups: vec![("acme/l".into(), "g".into())],
+            cron_jobs: vec![("acme/l".into(), "cj".into())],
+        };
+        let e = messages(circleci_autoscaler(&vars, &both).expect_err("two homes"));
+        assert!(
+            e.contains("both Auto Scaling group g and CronJob cj"),
+            "{e}"
+        );
+        let e = messages(
+            autoscaler_settings(&env(&[
+                ("APP_CIRCLE_TOKEN", "t"),
+                ("APP_CIRCLE_RESOURCE_NAMESPACE", "acme"),
+                ("APP_KUBERNETES_SCALER_ENABLED", "maybe"),
+            ]))
+            .expect_err("not a boolean"),
+        );
+        assert!(e.contains("APP_KUBERNETES_SCALER_ENABLED"), "{e}");
+    }
+}

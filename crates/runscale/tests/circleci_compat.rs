@@ -1,0 +1,345 @@
+//! The environment-only modes that replace two CircleCI seed systems, through the real
+//! `runscale` executable with no configuration file:
+//!
+//! - the simple-Lambda mode runs one pass (`runscale once`) against moto (Secrets Manager and
+//!   an Auto Scaling group) and the CircleCI emulator, and sets the group's desired capacity to
+//!   what the Lambda would: `min(unclaimed + running, AUTO_SCALING_MAX)` while the running
+//!   tasks run on the group's instances, whose runners are named by instance id;
+//! - the circleci-runner-autoscaler mode discovers its pools from a group tagged
+//!   `resource-class` (moto) and a CronJob labelled `resource-class-org`/`-name` (the fake
+//!   kube-apiserver), and from nothing else.
+//!
+//! Without `RUNSCALE_MOTO_SERVER` (set by scripts/test.sh) the tests print a note and pass,
+//! unless `CI` is set.
+
+#![cfg(all(
+    feature = "secrets-aws",
+    feature = "provider-circleci",
+    feature = "backend-aws-asg",
+    feature = "backend-kubernetes"
+))]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use runscale_emulator::aws::{MotoClient, MotoServer, moto_server_from_env};
+use runscale_emulator::circleci::{
+    self, AgentConfig, Emulator, EmulatorConfig, EmulatorHandle, TaskSpec, TaskStatus,
+};
+use runscale_emulator::kube::{KubeConfig, KubeEmulator};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runscale");
+const REGION: &str = "us-east-1";
+const API_TOKEN: &str = "circle-api-token-7d1e";
+const RC_TOKEN: &str = "rc-token-0b9a";
+
+async fn moto() -> Option<MotoServer> {
+    let Some(bin) = moto_server_from_env() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
+        );
+        eprintln!("note: RUNSCALE_MOTO_SERVER not set; skipping (run scripts/test.sh)");
+        return None;
+    };
+    Some(MotoServer::start(&bin).await.expect("moto_server"))
+}
+
+async fn create_secret(moto: &MotoServer, name: &str, value: &str) {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(moto.url())
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "static"))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create secret");
+}
+
+/// Runs `runscale <args>` with no configuration file and `env` on top of an AWS environment
+/// pointing at moto: exit code, stdout, stderr.
+async fn runscale(
+    moto: &MotoServer,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("RUNSCALE_CONFIG")
+        .env_remove("RUNSCALE_LOG_FORMAT")
+        .env_remove("RUNSCALE_LOG_LEVEL")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("KUBECONFIG")
+        .env_remove("SECRET_NAME")
+        .env_remove("APP_CIRCLE_TOKEN")
+        .env("AWS_ENDPOINT_URL", moto.url())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials"),
+        )
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::task::spawn_blocking(move || c.output()),
+    )
+    .await
+    .expect("runscale finished within 180 s")
+    .expect("join")
+    .expect("run runscale");
+    (
+        out.status.code().expect("exited normally"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts a fake machine runner named `name` that takes one task of `class`.
+fn runner(emu: &EmulatorHandle, name: &str, stop: &CancellationToken) {
+    let config = AgentConfig {
+        api_url: emu.url(),
+        token: SecretString::from(RC_TOKEN),
+        name: name.to_owned(),
+        hostname: name.to_owned(),
+        mode: circleci::RunnerMode::SingleTask,
+        idle_timeout: Some(Duration::from_secs(60)),
+        poll_interval: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_millis(500),
+    };
+    tokio::spawn(circleci::run_agent(config, stop.clone()));
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_lambda_mode_sets_the_desired_capacity_the_lambda_would() {
+    let Some(moto) = moto().await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let aws = MotoClient::new(moto.url(), REGION);
+    const GROUP: &str = "circleci-lambda-runners";
+    const CLASS: &str = "acme/lambda";
+    aws.create_group(GROUP, 10).await.expect("group");
+    // Two instances already run a task each; their runners are named by instance id.
+    aws.set_desired(GROUP, 2).await.expect("desired 2");
+    let group = aws.group(GROUP).await.expect("describe").expect("group");
+    let busy: Vec<String> = group
+        .members
+        .iter()
+        .map(|m| m.instance_id.clone())
+        .collect();
+    assert_eq!(busy.len(), 2, "{group:?}");
+    create_secret(
+        &moto,
+        "runscale/circleci-lambda",
+        &format!(r#"{{"resource_class": "{CLASS}", "circle_token": "{API_TOKEN}"}}"#),
+    )
+    .await;
+
+    let emu = Emulator::start(EmulatorConfig::new(API_TOKEN, &[(CLASS, RC_TOKEN)]))
+        .await
+        .expect("CircleCI emulator");
+    emu.submit(
+        (0..5)
+            .map(|_| TaskSpec::new(CLASS, Duration::from_secs(120)))
+            .collect(),
+    );
+    let stop = CancellationToken::new();
+    for id in &busy {
+        runner(&emu, id, &stop);
+    }
+    wait_until("two running tasks", || {
+        emu.snapshot().count(TaskStatus::Running) == 2
+    })
+    .await;
+
+    let url = emu.url();
+    let lambda_env = |max: &'static str| {
+        vec![
+            ("SECRET_NAME", "runscale/circleci-lambda"),
+            ("SECRET_REGION", REGION),
+            ("AUTO_SCALING_GROUP_NAME", GROUP),
+            ("AUTO_SCALING_GROUP_REGION", REGION),
+            ("AUTO_SCALING_MAX", max),
+            ("RUNSCALE_CIRCLECI_URL", url.as_str()),
+        ]
+    };
+    // Lambda: min(3 unclaimed + 2 running, 4) = 4.
+    let (code, stdout, stderr) = runscale(&moto, dir.path(), &["once"], &lambda_env("4")).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let group = aws.group(GROUP).await.expect("describe").expect("group");
+    assert_eq!(group.desired, 4, "{stdout}{stderr}{group:?}");
+    // Lambda: min(3 + 2, 10) = 5: one more, as two new instances are still coming up.
+    let (code, stdout, stderr) = runscale(&moto, dir.path(), &["once"], &lambda_env("10")).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let group = aws.group(GROUP).await.expect("describe").expect("group");
+    assert_eq!(group.desired, 5, "{stdout}{stderr}{group:?}");
+    for id in &busy {
+        assert!(
+            group.members.iter().any(|m| m.instance_id == *id),
+            "busy instance {id} was terminated: {group:?}"
+        );
+    }
+    // The new instances' runners are to be named by their instance id; nothing secret is
+    // printed.
+    let params = aws.parameters("/runscale").await.expect("parameters");
+    let new: Vec<&str> = group
+        .members
+        .iter()
+        .map(|m| m.instance_id.as_str())
+        .filter(|id| !busy.iter().any(|b| b == id))
+        .collect();
+    assert_eq!(new.len(), 3, "{group:?}");
+    for id in &new {
+        let name = format!("/runscale/lambda/{id}");
+        assert!(params.contains(&name), "{name} missing from {params:?}");
+        let value = aws
+            .ssm
+            .get_parameter()
+            .name(&name)
+            .with_decryption(true)
+            .send()
+            .await
+            .expect("get parameter");
+        let text = value
+            .parameter()
+            .and_then(|p| p.value())
+            .unwrap_or_default();
+        assert!(
+            text.contains(&format!("CIRCLECI_RUNNER_NAME={id}")),
+            "{text}"
+        );
+    }
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(API_TOKEN), "{text}");
+    }
+    stop.cancel();
+
+    // A missing variable is named.
+    let mut partial = lambda_env("4");
+    partial.retain(|(k, _)| *k != "AUTO_SCALING_GROUP_NAME");
+    let (code, stdout, stderr) = runscale(&moto, dir.path(), &["once"], &partial).await;
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("AUTO_SCALING_GROUP_NAME"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaler_mode_discovers_pools_from_group_tags_and_cron_job_labels() {
+    let Some(moto) = moto().await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let aws = MotoClient::new(moto.url(), REGION);
+    // The group's name differs from its class (the seed required them equal).
+    aws.create_group("asg-large", 3).await.expect("group");
+    aws.tag_group("asg-large", "resource-class", "vela-games/large")
+        .await
+        .expect("tag");
+    // Another namespace's group and an untagged one are not runscale's.
+    aws.create_group("asg-other", 3).await.expect("group");
+    aws.tag_group("asg-other", "resource-class", "someone-else/large")
+        .await
+        .expect("tag");
+    aws.create_group("asg-untagged", 3).await.expect("group");
+
+    let kube = KubeEmulator::start(
+        KubeConfig {
+            namespaces: vec!["default".to_owned(), "circleci-runners".to_owned()],
+            ..KubeConfig::default()
+        },
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("fake kube-apiserver");
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    // The seed README's CronJob, unchanged.
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../runscale-backends/tests/fixtures/kube/circleci-cronjob.yaml"
+    ))
+    .expect("seed CronJob");
+    create_cron_job(&kube.url(), &kube.kubeconfig(), &seed).await;
+
+    let emu = Emulator::start(EmulatorConfig::new(
+        API_TOKEN,
+        &[
+            ("vela-games/large", RC_TOKEN),
+            ("vela-games/k8s-small", RC_TOKEN),
+        ],
+    ))
+    .await
+    .expect("CircleCI emulator");
+    let url = emu.url();
+    let kubeconfig_text = kubeconfig.display().to_string();
+    let env = [
+        ("APP_CIRCLE_TOKEN", API_TOKEN),
+        ("APP_CIRCLE_RESOURCE_NAMESPACE", "vela-games"),
+        ("RUNSCALE_CIRCLECI_URL", url.as_str()),
+        ("KUBECONFIG", kubeconfig_text.as_str()),
+    ];
+    let (code, stdout, stderr) = runscale(&moto, dir.path(), &["once", "--dry-run"], &env).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let pools: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| ["large", "k8s-small"].contains(w))
+        .collect();
+    assert_eq!(pools, ["large", "k8s-small"], "{stdout}{stderr}");
+    assert!(!stdout.contains("other"), "{stdout}");
+
+    // Without the Kubernetes scaler only the group's class is a pool.
+    let mut no_kube = env.to_vec();
+    no_kube.push(("APP_KUBERNETES_SCALER_ENABLED", "false"));
+    let (code, stdout, stderr) =
+        runscale(&moto, dir.path(), &["once", "--dry-run"], &no_kube).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("large") && !stdout.contains("k8s-small"),
+        "{stdout}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(API_TOKEN), "{text}");
+    }
+    kube.shutdown().await;
+}
+
+/// Creates the CronJob in `yaml` through the API server's REST API, authenticating with the
+/// bearer token of `kubeconfig`.
+async fn create_cron_job(server: &str, kubeconfig: &str, yaml: &str) {
+    let token = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token:"))
+        .map(|t| t.trim().trim_matches('"').to_owned())
+        .expect("token in kubeconfig");
+    let object: serde_json::Value = serde_saphyr::from_str(yaml).expect("CronJob YAML");
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{server}/apis/batch/v1/namespaces/circleci-runners/cronjobs"
+        ))
+        .bearer_auth(token)
+        .json(&object)
+        .send()
+        .await
+        .expect("create CronJob");
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+}
