@@ -37,7 +37,7 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start() -> Self {
+    async fn start(runner_per: RunnerPer) -> Self {
         let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
         c.long_poll = Duration::from_millis(300);
         c.job_lease = Duration::from_secs(5);
@@ -66,7 +66,7 @@ impl Harness {
                     runner_type: RunnerType::InstanceType,
                     group_id: None,
                     project_id: None,
-                    runner_per: RunnerPer::Pool,
+                    runner_per,
                 },
             )],
         )
@@ -174,7 +174,21 @@ fn check(s: &Snapshot, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tagged_and_untagged_jobs_run_on_two_slot_instances_and_the_fleet_returns_to_zero() {
-    let h = Harness::start().await;
+    let runners = tagged_and_untagged(RunnerPer::Pool).await;
+    assert_eq!(runners, 1, "one runner (token) shared by the pool");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_instance_runners_are_paused_and_deleted_and_every_job_completes() {
+    let runners = tagged_and_untagged(RunnerPer::Instance).await;
+    assert!(runners >= 2, "one runner per instance, saw {runners}");
+}
+
+/// Ten tagged and untagged jobs in two waves on instances of two slots; checks every job
+/// ran, none was lost, at most `MAX` instances, then instances, managers and runners back
+/// to zero (the pool's shared runner stays). Returns how many runners were created.
+async fn tagged_and_untagged(runner_per: RunnerPer) -> u32 {
+    let h = Harness::start(runner_per).await;
     let job = |tags: &[&str]| JobSpec::new(100, tags, Duration::from_millis(800));
     let lib = |tags: &[&str]| JobSpec::new(101, tags, Duration::from_millis(800));
     h.emu.play(Workload {
@@ -213,21 +227,29 @@ async fn tagged_and_untagged_jobs_run_on_two_slot_instances_and_the_fleet_return
         s.peak_running
     );
     println!(
-        "gitlab e2e: 10 jobs (6 tagged, 4 untagged) done in {:.1}s, fleet and managers at zero after {:.1}s, \
-         peak {peak} instances / {} jobs running at once, {} managers seen, {} runner created",
+        "gitlab e2e ({runner_per:?}): 10 jobs (6 tagged, 4 untagged) done in {:.1}s, fleet and managers at zero after {:.1}s, \
+         peak {peak} instances / {} jobs running at once, {} managers seen, {} runner(s) created",
         done.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         s.peak_running,
         s.managers_seen,
         s.runners_created
     );
+    if runner_per == RunnerPer::Instance {
+        assert!(
+            s.runners.is_empty(),
+            "per-instance runners deleted: {:?}",
+            s.runners
+        );
+    }
     h.stop().await;
+    s.runners_created
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_outage_terminates_nothing() {
     const OUTAGE: Duration = Duration::from_secs(10);
-    let h = Harness::start().await;
+    let h = Harness::start(RunnerPer::Pool).await;
     h.emu.submit(vec![
         JobSpec::new(100, &["linux"], Duration::from_secs(4));
         4

@@ -27,7 +27,7 @@
 //!   none of its managers is online.
 //! - **Drain and remove**: `remove` answers busy while the slot's manager is `active`. With
 //!   `runner_per: instance`, `drain` pauses the runner, and `remove` pauses it, looks again,
-//!   then deletes the runner (`DELETE /runners/:id`). With a shared runner (which cannot be
+//!   then deletes the runner (`DELETE /runners/:id`) once none of its slots runs a job. With a shared runner (which cannot be
 //!   paused for one instance), `remove` unregisters the idle manager
 //!   (`DELETE /runners/managers`); a job picked between that check and the instance's stop is
 //!   finished by the runner's graceful shutdown (stop gitlab-runner with `SIGQUIT`, and give

@@ -740,30 +740,31 @@ impl Provider for GitlabProvider {
             {
                 return Err(busy());
             }
-            if !managers
-                .iter()
-                .any(|m| m.system_id != system_id && (m.active() || m.online()))
-            {
-                return match self
-                    .client
-                    .delete(
-                        op,
-                        &format!("/runners/{runner_id}"),
-                        &format!("deleting runner {runner_id}"),
-                    )
-                    .await
-                {
-                    Ok(()) => {
-                        self.registry
-                            .lock()
-                            .await
-                            .retain(|_, h| h.runner_id != runner_id);
-                        Ok(())
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e),
-                };
+            // The runner serves this instance only, is paused, and this slot is idle: when no
+            // other slot runs a job either, the runner goes (its processes then stop asking
+            // for jobs); otherwise it stays, paused, for the busy slot.
+            if managers.iter().any(ApiManager::active) {
+                return Ok(());
             }
+            return match self
+                .client
+                .delete(
+                    op,
+                    &format!("/runners/{runner_id}"),
+                    &format!("deleting runner {runner_id}"),
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.registry
+                        .lock()
+                        .await
+                        .retain(|_, h| h.runner_id != runner_id);
+                    Ok(())
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
         }
         if !managers.iter().any(|m| m.system_id == system_id) {
             return Ok(());
