@@ -312,9 +312,9 @@ async fn per_instance_runners_are_paused_by_drain_and_deleted_by_remove() {
 }
 
 #[tokio::test]
-async fn runners_that_never_came_up_are_deleted_after_the_timeout() {
+async fn runners_that_never_came_up_are_reported_offline_and_removed_after_the_timeout() {
     let s = setup(
-        vec![("linux", selector(&["linux"], false, RunnerPer::Instance))],
+        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
         |c| {
             c.stale_runner_timeout = Duration::from_secs(1);
         },
@@ -325,15 +325,31 @@ async fn runners_that_never_came_up_are_deleted_after_the_timeout() {
         .register(&pool, "rs-linux-aaaaaaaaaa")
         .await
         .expect("register");
-    views(&s.provider, &["linux"]).await;
-    assert_eq!(s.emu.snapshot().runners.len(), 1, "kept while young");
+    let v = views(&s.provider, &["linux"]).await;
+    assert!(v[&pool].runners.is_empty(), "not reported while young");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    views(&s.provider, &["linux"]).await;
+    let v = views(&s.provider, &["linux"]).await;
     assert_eq!(
         s.emu.snapshot().runners.len(),
-        0,
-        "never contacted past the timeout: deleted"
+        1,
+        "observing deletes nothing"
     );
+    let [stale] = v[&pool].runners.as_slice() else {
+        panic!("one stale runner: {:?}", v[&pool].runners);
+    };
+    assert_eq!(stale.state, RunnerState::Offline);
+    assert_eq!(
+        stale.name, "runscale pool linux",
+        "hosted by no instance: deregistered"
+    );
+    s.provider.remove(&pool, &stale.id).await.expect("remove");
+    assert_eq!(s.emu.snapshot().runners.len(), 0, "deleted by remove");
+    // The token went with it: the next registration creates a new runner.
+    s.provider
+        .register(&pool, "rs-linux-bbbbbbbbbb")
+        .await
+        .expect("register");
+    assert_eq!(s.emu.snapshot().runners_created, 2);
 }
 
 #[tokio::test]

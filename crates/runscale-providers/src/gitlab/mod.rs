@@ -32,8 +32,11 @@
 //!   (`DELETE /runners/managers`); a job picked between that check and the instance's stop is
 //!   finished by the runner's graceful shutdown (stop gitlab-runner with `SIGQUIT`, and give
 //!   the backend a stop grace longer than a job).
-//! - **Clean-up**: runners runscale created that are `never_contacted` or `offline`, with no
-//!   manager online, and not created or handed out within `stale_runner_timeout`, are deleted.
+//! - **Clean-up**: a runner runscale created that is `never_contacted` or `offline`, with
+//!   no manager online, and not created or handed out within `stale_runner_timeout`, is
+//!   reported as an offline runner without manager (named after its description), so the
+//!   policy deregisters it and `remove` deletes it; observing never deletes anything (dry-run
+//!   stays read-only).
 //! - **Failures**: a failed call fails the observation of the pools it concerns; it never
 //!   yields an empty view, so no instance is ever taken for runner-less because GitLab was
 //!   down (the seed's fleet-wide destruction). A 429 returns the last good view, marked stale.

@@ -400,7 +400,6 @@ impl GitlabProvider {
         let now = Utc::now();
         let owned = self.owned_runners(op, pool, listing).await?;
         let mut slots = Vec::new();
-        let mut stale = Vec::new();
         for (r, managers) in &owned {
             lock(&self.runner_pools).insert(r.id, pool.id.clone());
             let paused = r.is_paused();
@@ -430,23 +429,16 @@ impl GitlabProvider {
                     last_busy,
                 });
             }
+            // Reported as an offline runner with no manager, so the policy deregisters it
+            // through `remove` (and nothing is deleted while observing, e.g. in dry-run).
             if self.never_came_up(r, managers, now) {
-                stale.push(r.id);
-            }
-        }
-        for id in stale {
-            match self
-                .client
-                .delete(op, &format!("/runners/{id}"), &format!("stale runner {id}"))
-                .await
-            {
-                Ok(()) => {
-                    tracing::info!(pool = %pool.id, runner = id, "deleted a runner that never came up");
-                    self.registry.lock().await.retain(|_, h| h.runner_id != id);
-                }
-                Err(e) => {
-                    tracing::warn!(pool = %pool.id, runner = id, error = %e, "deleting a stale runner failed")
-                }
+                slots.push(Runner {
+                    id: slot_id(r.id, ""),
+                    name: r.description.clone().unwrap_or_default(),
+                    state: RunnerState::Offline,
+                    draining: paused,
+                    last_busy: None,
+                });
             }
         }
         Ok(slots)
@@ -556,6 +548,46 @@ impl GitlabProvider {
             )
             .await
             .map(|_| ())
+    }
+
+    /// Deletes a runner reported as never having come up, unless one of its managers came
+    /// online since.
+    async fn delete_unused(
+        &self,
+        op: &'static str,
+        runner_id: u64,
+        managers: &[ApiManager],
+    ) -> Result<()> {
+        if managers.iter().any(|m| m.active() || m.online()) {
+            return Err(Error::new(
+                op,
+                ErrorKind::Busy,
+                format!("runner {runner_id} has a manager online now"),
+            ));
+        }
+        self.delete_runner(op, runner_id).await
+    }
+
+    /// `DELETE /runners/:id` (gone already is fine), and its token forgotten.
+    async fn delete_runner(&self, op: &'static str, runner_id: u64) -> Result<()> {
+        match self
+            .client
+            .delete(
+                op,
+                &format!("/runners/{runner_id}"),
+                &format!("deleting runner {runner_id}"),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.registry
+            .lock()
+            .await
+            .retain(|_, h| h.runner_id != runner_id);
+        Ok(())
     }
 
     fn token_of(registry: &HashMap<String, Held>, runner: u64) -> Option<SecretString> {
@@ -724,6 +756,9 @@ impl Provider for GitlabProvider {
         {
             return Err(busy());
         }
+        if system_id.is_empty() {
+            return self.delete_unused(op, runner_id, &managers).await;
+        }
         let token = Self::token_of(&*self.registry.lock().await, runner_id);
         if pool.per == RunnerPer::Instance {
             // Pause first, then look again: a job picked in between shows as active.
@@ -746,25 +781,7 @@ impl Provider for GitlabProvider {
             if managers.iter().any(ApiManager::active) {
                 return Ok(());
             }
-            return match self
-                .client
-                .delete(
-                    op,
-                    &format!("/runners/{runner_id}"),
-                    &format!("deleting runner {runner_id}"),
-                )
-                .await
-            {
-                Ok(()) => {
-                    self.registry
-                        .lock()
-                        .await
-                        .retain(|_, h| h.runner_id != runner_id);
-                    Ok(())
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            };
+            return self.delete_runner(op, runner_id).await;
         }
         if !managers.iter().any(|m| m.system_id == system_id) {
             return Ok(());
