@@ -248,7 +248,13 @@ async fn tagged_and_untagged(runner_per: RunnerPer) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_outage_terminates_nothing() {
-    const OUTAGE: Duration = Duration::from_secs(10);
+    // The issue asks for 2 minutes; 10 s by default keeps the suite short, and
+    // `GITLAB_OUTAGE_SECS=120` runs the full length.
+    let secs = std::env::var("GITLAB_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let outage = Duration::from_secs(secs);
     let h = Harness::start(RunnerPer::Pool).await;
     h.emu.submit(vec![
         JobSpec::new(100, &["linux"], Duration::from_secs(4));
@@ -272,10 +278,10 @@ async fn an_api_outage_terminates_nothing() {
     assert_eq!(before, 2, "two instances of two slots");
     // GitLab's API goes down (the runners' own API stays up): the jobs finish during the
     // outage and the runners go idle, but runscale cannot see it and must keep everything.
-    h.emu.outage(OUTAGE);
+    h.emu.outage(outage);
     let outage_started = Instant::now();
     let mut min_live = before;
-    while outage_started.elapsed() < OUTAGE - Duration::from_millis(300) {
+    while outage_started.elapsed() < outage - Duration::from_millis(300) {
         min_live = min_live.min(h.live().await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -290,17 +296,17 @@ async fn an_api_outage_terminates_nothing() {
     let faulted = s.faulted;
     // After the outage the idle fleet is scaled in as usual.
     let s = h
-        .wait_zero(outage_started, OUTAGE + Duration::from_secs(60))
+        .wait_zero(outage_started, outage + Duration::from_secs(60))
         .await;
     check(&s, 4);
     println!(
         "gitlab outage: {}s outage, {} admin calls refused, {} of {} instances kept throughout, \
          fleet at zero {:.1}s after the outage ended",
-        OUTAGE.as_secs(),
+        outage.as_secs(),
         faulted,
         min_live,
         before,
-        (outage_started.elapsed() - OUTAGE).as_secs_f64()
+        (outage_started.elapsed() - outage).as_secs_f64()
     );
     h.stop().await;
 }

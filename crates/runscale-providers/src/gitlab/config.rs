@@ -265,3 +265,90 @@ impl PoolSelector {
         result(errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(v: serde_json::Value) -> Result<Config, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn an_account_with_defaults_validates() {
+        let c = config(serde_json::json!({
+            "token": { "env": "GITLAB_TOKEN" },
+            "groups": ["acme"],
+        }))
+        .expect("parses");
+        assert_eq!(c.url, "https://gitlab.com");
+        assert_eq!(c.auth, AuthHeader::PrivateToken);
+        assert_eq!(c.group_refresh, Duration::from_secs(300));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named() {
+        let err = config(serde_json::json!({ "token": { "env": "T" }, "project": ["x"] }))
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("project"), "{err}");
+        let c = config(serde_json::json!({
+            "url": "https://gitlab.example/api/v4",
+            "token": { "env": "T" },
+            "projects": ["/acme"],
+            "max_pages": 0,
+        }))
+        .expect("parses");
+        let fields: Vec<String> = c
+            .validate()
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(fields, ["url", "projects[0]", "max_pages"]);
+        let c = config(serde_json::json!({ "token": { "env": "T" } })).expect("parses");
+        assert_eq!(c.validate().expect_err("no projects")[0].0, "projects");
+    }
+
+    #[test]
+    fn selectors_need_a_way_to_get_jobs_and_a_consistent_scope() {
+        let sel = |v: serde_json::Value| serde_json::from_value::<PoolSelector>(v).expect("parses");
+        assert!(
+            sel(serde_json::json!({ "tags": ["linux"] }))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            sel(serde_json::json!({ "run_untagged": true }))
+                .validate()
+                .is_ok()
+        );
+        let fields = |s: PoolSelector| -> Vec<String> {
+            s.validate()
+                .expect_err("invalid")
+                .into_iter()
+                .map(|e| e.0)
+                .collect()
+        };
+        assert_eq!(fields(sel(serde_json::json!({}))), ["tags"]);
+        assert_eq!(
+            fields(sel(serde_json::json!({ "tags": ["a,b"] }))),
+            ["tags[0]"]
+        );
+        assert_eq!(
+            fields(sel(
+                serde_json::json!({ "tags": ["a"], "runner_type": "group_type" })
+            )),
+            ["group_id"]
+        );
+        assert_eq!(
+            fields(sel(serde_json::json!({ "tags": ["a"], "project_id": 3 }))),
+            ["runner_type"]
+        );
+        let s = sel(serde_json::json!({
+            "tags": ["a"], "runner_type": "project_type", "project_id": 3, "runner_per": "instance",
+        }));
+        assert!(s.validate().is_ok());
+        assert_eq!(s.runner_per, RunnerPer::Instance);
+    }
+}
