@@ -303,6 +303,13 @@ async fn job_listing_is_paginated_and_filtered_by_scope() {
         ),
         ("44".into(), "3".into(), "2".into(), "3".into())
     );
+    let link = h("link");
+    assert!(
+        link.contains("scope[]=pending")
+            && link.contains("page=3")
+            && link.ends_with("rel=\"next\""),
+        "{link}"
+    );
     let page: Vec<Value> = r.json().await.expect("json");
     assert_eq!(page.len(), 20);
     assert!(

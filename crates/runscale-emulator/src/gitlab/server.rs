@@ -393,7 +393,14 @@ fn paginated(uri: &Uri, items: Vec<Value>) -> Response {
         },
     );
     if page < pages {
-        let next = format!("{}?page={}&per_page={per_page}", uri.path(), page + 1);
+        let kept: String = uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("page=") && !p.starts_with("per_page="))
+            .map(|p| format!("{p}&"))
+            .collect();
+        let next = format!("{}?{kept}page={}&per_page={per_page}", uri.path(), page + 1);
         set("link", format!("<{next}>; rel=\"next\""));
     }
     r

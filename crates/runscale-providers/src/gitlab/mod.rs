@@ -22,7 +22,11 @@
 //! - **Register**: the pool's runner is created on first use (`runner_per: pool`, default;
 //!   token shared by its instances, as GitLab recommends) or one per instance
 //!   (`runner_per: instance`). Each slot gets `CI_SERVER_URL`, `RUNNER_NAME`,
-//!   `RUNNER_SYSTEM_ID` and the secret `CI_SERVER_TOKEN`. Tokens are shown once, so they live
+//!   `RUNNER_SYSTEM_ID` and the secret `CI_SERVER_TOKEN`. With the real gitlab-runner, the
+//!   instance's start-up script must write `RUNNER_SYSTEM_ID` into the runner's
+//!   `.runner_system_id` file before starting it (it otherwise makes up its own id, and the
+//!   slot would never be recognised: its instance would be reaped as runner-less after
+//!   `boot_timeout`). Tokens are shown once, so they live
 //!   in memory; after a restart a new pool runner is created and the old one is deleted once
 //!   none of its managers is online.
 //! - **Drain and remove**: `remove` answers busy while the slot's manager is `active`. With

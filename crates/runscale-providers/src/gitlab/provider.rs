@@ -88,8 +88,8 @@ struct Held {
     token: SecretString,
 }
 
-/// What one observation saw of the account, before it is split into pools.
-struct Seen2 {
+/// The waiting jobs of every pool, from one read of the account.
+struct DemandView {
     waiting: HashMap<PoolId, Vec<WaitingJob>>,
 }
 
@@ -341,7 +341,7 @@ impl GitlabProvider {
         None
     }
 
-    async fn demand(&self, op: &'static str) -> Result<Seen2> {
+    async fn demand(&self, op: &'static str) -> Result<DemandView> {
         let jobs = self.jobs(op).await?;
         let mut waiting: HashMap<PoolId, Vec<WaitingJob>> = HashMap::new();
         let mut job_pools = HashMap::new();
@@ -358,7 +358,7 @@ impl GitlabProvider {
             }
         }
         *lock(&self.job_pools) = job_pools;
-        Ok(Seen2 { waiting })
+        Ok(DemandView { waiting })
     }
 
     /// The runners runscale made for `pool` and their managers.
