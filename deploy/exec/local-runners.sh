@@ -16,6 +16,10 @@
 # RUNSCALE_RUNNER_NAMES (comma-separated) and RUNSCALE_CREDENTIALS_FILE, a 0600 file
 # {"runners":[{"name","runner_id","vars","secrets"}]} (the create request's runners).
 #
+# Limitation: a create killed (timeout, runscale stopping) in the few milliseconds between
+# starting the runner and recording it leaves that runner unrecorded and so unlisted; a real
+# cloud script avoids this by finding machines through labels the create call itself sets.
+#
 # Secrets: the request is read from stdin into a shell variable and only ever piped into jq
 # (printf is a builtin: nothing secret reaches any argv); the credentials file is written under
 # umask 077. Nothing here prints the request.

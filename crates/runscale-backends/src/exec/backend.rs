@@ -78,16 +78,25 @@ enum Answer {
 }
 
 impl ExecBackend {
-    /// Builds the backend for these pools after validating the configuration. Runs nothing
+    /// Builds the backend for these pools after validating the configuration and the
+    /// templates. Runs nothing
     /// (see [`Backend::probe`]) and starts no task, so it may be called outside a Tokio runtime.
     pub fn new(config: Config, templates: HashMap<PoolId, PoolTemplate>) -> Result<Self> {
-        if let Err(errors) = config.validate() {
+        let misconfigured = |prefix: &str, errors: Vec<(String, String)>| {
             let message = errors
                 .iter()
-                .map(|(field, msg)| format!("{field}: {msg}"))
+                .map(|(field, msg)| format!("{prefix}{field}: {msg}"))
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(Error::new("exec.new", ErrorKind::Misconfigured, message));
+            Error::new("exec.new", ErrorKind::Misconfigured, message)
+        };
+        config.validate().map_err(|e| misconfigured("", e))?;
+        let mut pools: Vec<&PoolId> = templates.keys().collect();
+        pools.sort();
+        for pool in pools {
+            templates[pool]
+                .validate()
+                .map_err(|e| misconfigured(&format!("pool {pool}: "), e))?;
         }
         Ok(Self {
             inner: Arc::new(Inner {

@@ -233,7 +233,22 @@ pub struct PoolTemplate {
     pub params: Map<String, Value>,
 }
 
+/// The largest `params` accepted, as JSON: they are sent with every request.
+const MAX_PARAMS_BYTES: usize = 64 * 1024;
+
 impl PoolTemplate {
+    /// Checks the template without running anything. Errors name the field (`params`).
+    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+        let size = serde_json::to_vec(&self.params).map_or(usize::MAX, |v| v.len());
+        if size > MAX_PARAMS_BYTES {
+            return Err(vec![(
+                "params".to_owned(),
+                format!("{size} bytes as JSON; at most {MAX_PARAMS_BYTES} are sent per request"),
+            )]);
+        }
+        Ok(())
+    }
+
     /// A short hash of the parameters (the executable itself is not part of it: changing the
     /// script does not retire running machines). Stable across runs and key order: SHA-256
     /// over a canonical encoding (object keys sorted), the first 16 hex digits.
@@ -362,6 +377,16 @@ mod tests {
             a.template_hash(),
             "no params differs from some params"
         );
+    }
+
+    #[test]
+    fn template_validate_bounds_the_params() {
+        let mut t = PoolTemplate::default();
+        assert!(t.validate().is_ok());
+        t.params
+            .insert("blob".into(), Value::from("x".repeat(70 * 1024)));
+        let errors = t.validate().expect_err("too large");
+        assert_eq!(errors[0].0, "params");
     }
 
     #[test]

@@ -22,8 +22,8 @@
 //!
 //! 0: done, the answer on stdout. 3: not found (success for `delete`). 4: no capacity
 //! (`InsufficientCapacity`). 75: temporary failure (`Transient`, retried on a later pass).
-//! 78: configuration error (`Misconfigured`). Anything else, or a signal: an error
-//! (`Protocol`) quoting the end of stderr.
+//! 78: configuration error (`Misconfigured`). Any other code: `Protocol`; killed by a signal
+//! or by the timeout: `Transient`. Errors quote the end of stderr.
 //!
 //! # Safety
 //!
