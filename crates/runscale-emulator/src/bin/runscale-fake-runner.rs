@@ -16,6 +16,11 @@
 //! (`single-task` | `continuous`) and `CIRCLECI_RUNNER_IDLE_TIMEOUT` (or their `LAUNCH_AGENT_*`
 //! names); see `runscale_emulator::circleci::AgentConfig`.
 //!
+//! A Buildkite agent instead, when `BUILDKITE_AGENT_TOKEN` is set: with
+//! `BUILDKITE_AGENT_NAME`, `BUILDKITE_AGENT_TAGS`, `BUILDKITE_AGENT_ENDPOINT`,
+//! `BUILDKITE_AGENT_DISCONNECT_AFTER_JOB` and `BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT`;
+//! see `runscale_emulator::buildkite::AgentConfig`.
+//!
 //! A GitLab runner instead, when `CI_SERVER_TOKEN` is set or the credentials file holds it:
 //! one worker (runner manager) per runner entry, with `CI_SERVER_URL`, `RUNNER_NAME`,
 //! `RUNNER_SYSTEM_ID` and `RUNNER_MAX_JOBS`; see `runscale_emulator::gitlab::AgentConfig`.
@@ -103,6 +108,9 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if std::env::var_os(runscale_emulator::buildkite::TOKEN_VAR).is_some() {
+        return run_buildkite(shutdown_on_signal()).await;
+    }
     if let Some(code) = gitlab_main().await {
         return code;
     }
@@ -221,6 +229,38 @@ async fn run_circleci(
         }
     }
     code
+}
+
+/// A Buildkite agent from `BUILDKITE_AGENT_*` variables (see
+/// `runscale_emulator::buildkite::AgentConfig`).
+async fn run_buildkite(shutdown: CancellationToken) -> ExitCode {
+    use runscale_emulator::buildkite;
+    let config = match buildkite::AgentConfig::from_env() {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            eprintln!("runscale-fake-runner: {} is empty", buildkite::TOKEN_VAR);
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("runscale-fake-runner: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match buildkite::run_agent(config, shutdown).await {
+        Ok(report) => {
+            tracing::info!(
+                agent = %report.name,
+                jobs = report.jobs_finished,
+                exit = ?report.exit,
+                "buildkite agent exited"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "buildkite agent failed");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// GitLab runner managers from `CI_SERVER_*` / `RUNNER_*` variables or runscale's
