@@ -387,7 +387,7 @@ async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
         .expect("entry");
     assert_eq!(r.expect_err("outage").kind(), ErrorKind::Transient);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    // A listing failing on a later page (the managers call) is an error too.
+    // Throttled (429) instead: the last good view, marked stale, so launches go on.
     s.emu.set_faults(Faults {
         throttle_next: 5,
         ..Faults::default()
@@ -401,6 +401,60 @@ async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
         .expect("stale view");
     assert!(v.stale, "throttled: the last good view, marked stale");
     assert_eq!(v.runners.len(), 1);
+    stop.cancel();
+    worker.await.expect("join").expect("worker");
+}
+
+/// The seed (gitlab-runners-fleet) took a host whose metrics call failed for an errored one
+/// and destroyed it, busy or not. Here one failing managers call among successful ones fails
+/// the pool's observation: no view without that runner's slots.
+#[tokio::test]
+async fn regression_one_failed_managers_call_is_not_a_fleet_without_runners() {
+    let s = setup(
+        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
+        |_| {},
+    )
+    .await;
+    let pool = PoolId::new("linux");
+    let reg = s
+        .provider
+        .register(&pool, "rs-linux-aaaaaaaaaa")
+        .await
+        .expect("register");
+    let vars = reg
+        .credentials
+        .expose_all()
+        .into_iter()
+        .collect::<HashMap<_, _>>();
+    let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
+        .expect("vars")
+        .expect("gitlab");
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(emu::run_agent(config, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(views(&s.provider, &["linux"]).await[&pool].runners.len(), 1);
+    s.emu.set_faults(Faults {
+        failing_routes: vec!["/api/v4/runners/{id}/managers".into()],
+        ..Faults::default()
+    });
+    let r = s
+        .provider
+        .observe(std::slice::from_ref(&pool))
+        .await
+        .remove(&pool)
+        .expect("entry");
+    assert_eq!(r.expect_err("managers failed").kind(), ErrorKind::Transient);
+    let snap = s.emu.snapshot();
+    assert!(
+        snap.requests
+            .get("GET /api/v4/projects/{id}/jobs")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "the other calls succeeded"
+    );
+    s.emu.set_faults(Faults::default());
+    assert_eq!(views(&s.provider, &["linux"]).await[&pool].runners.len(), 1);
     stop.cancel();
     worker.await.expect("join").expect("worker");
 }

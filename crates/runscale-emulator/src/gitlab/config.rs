@@ -127,6 +127,10 @@ pub struct Faults {
     /// Every webhook is delivered twice with the same `Idempotency-Key` (a retry).
     #[serde(default)]
     pub duplicate_webhooks: bool,
+    /// Admin routes (as routed, e.g. `/api/v4/runners/{id}/managers`) that answer 503 while
+    /// listed: one failing call among many that succeed.
+    #[serde(default)]
+    pub failing_routes: Vec<String>,
 }
 
 fn default_long_poll() -> Duration {

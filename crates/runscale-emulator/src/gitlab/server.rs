@@ -257,7 +257,9 @@ async fn gate(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -
     let (latency, outcome) = {
         let mut s = shared.lock();
         let latency = s.faults.latency;
-        let outcome = if s.outage_until.is_some_and(|u| Instant::now() < u) {
+        let outcome = if s.outage_until.is_some_and(|u| Instant::now() < u)
+            || s.faults.failing_routes.contains(&route)
+        {
             Some(StatusCode::SERVICE_UNAVAILABLE)
         } else if s.faults.fail_next > 0 {
             s.faults.fail_next -= 1;
