@@ -460,6 +460,37 @@ async fn regression_one_failed_managers_call_is_not_a_fleet_without_runners() {
 }
 
 #[tokio::test]
+async fn the_rate_budget_is_reported_and_running_out_of_it_is_a_stale_view() {
+    let s = setup(
+        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
+        |_| {},
+    )
+    .await;
+    let pool = PoolId::new("linux");
+    assert_eq!(
+        s.provider.rate_limit_remaining(),
+        None,
+        "unknown before any call"
+    );
+    s.emu.set_rate_limit(Some(100));
+    views(&s.provider, &["linux"]).await;
+    let left = s.provider.rate_limit_remaining().expect("reported");
+    assert!((90..100).contains(&left), "a few calls spent: {left} left");
+    s.emu.set_rate_limit(Some(0));
+    let r = s
+        .provider
+        .observe(std::slice::from_ref(&pool))
+        .await
+        .remove(&pool)
+        .expect("entry");
+    assert!(
+        r.expect("stale view").stale,
+        "429: the last good view, marked stale"
+    );
+    assert_eq!(s.provider.rate_limit_remaining(), Some(0));
+}
+
+#[tokio::test]
 async fn webhooks_need_the_token_are_deduplicated_and_wake_the_right_pools() {
     let mut pt = selector(&["linux"], false, RunnerPer::Pool);
     pt.runner_type = RunnerType::ProjectType;

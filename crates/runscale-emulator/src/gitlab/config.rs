@@ -39,6 +39,11 @@ pub struct EmulatorConfig {
     /// A runner or manager contacted within this long is `online` (GitLab: 2 hours).
     #[serde(default = "default_online_window", with = "humantime_serde")]
     pub online_window: Duration,
+    /// Admin requests allowed per minute (gitlab.com: 2,000 per user); beyond it, 429 with
+    /// `Retry-After`. Every admin answer then carries `RateLimit-Limit`,
+    /// `RateLimit-Remaining` and `RateLimit-Reset`. `None` (default): unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
     /// Seed of the generator behind faults, tokens and UUIDs.
     #[serde(default)]
     pub seed: u64,
@@ -68,6 +73,7 @@ impl EmulatorConfig {
             long_poll: default_long_poll(),
             job_lease: default_job_lease(),
             online_window: default_online_window(),
+            rate_limit: None,
             seed: 0,
         }
     }

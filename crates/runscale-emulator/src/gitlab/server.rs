@@ -142,6 +142,13 @@ impl EmulatorHandle {
         self.shared.lock().faults = faults;
     }
 
+    /// Admin requests allowed per minute (`None`: unlimited); the window restarts now.
+    pub fn set_rate_limit(&self, per_minute: Option<u32>) {
+        self.shared
+            .lock()
+            .set_rate_limit(per_minute, Instant::now());
+    }
+
     /// Every admin request answers 503 for `length` from now (the runner API stays up).
     pub fn outage(&self, length: Duration) {
         self.shared.lock().outage_until = Some(Instant::now() + length);
@@ -254,10 +261,13 @@ async fn gate(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -
     if runner_call(req.method(), &route) {
         return next.run(req).await;
     }
-    let (latency, outcome) = {
+    let (latency, outcome, budget) = {
         let mut s = shared.lock();
         let latency = s.faults.latency;
-        let outcome = if s.outage_until.is_some_and(|u| Instant::now() < u)
+        let budget = s.spend_rate_budget(Instant::now());
+        let outcome = if budget.is_some_and(|b| b.exhausted) {
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        } else if s.outage_until.is_some_and(|u| Instant::now() < u)
             || s.faults.failing_routes.contains(&route)
         {
             Some(StatusCode::SERVICE_UNAVAILABLE)
@@ -282,16 +292,18 @@ async fn gate(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -
         if outcome.is_some() {
             s.faulted += 1;
         }
-        (latency, outcome)
+        (latency, outcome, budget)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    match outcome {
+    let mut response = match outcome {
         Some(StatusCode::TOO_MANY_REQUESTS) => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests");
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+            let wait = budget.map_or(1, |b| b.reset_in.as_secs().max(1));
+            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                r.headers_mut().insert("retry-after", v);
+            }
             r
         }
         Some(status) => error(status, "502 GitLab is not responding"),
@@ -303,7 +315,20 @@ async fn gate(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -
                 error(StatusCode::UNAUTHORIZED, "401 Unauthorized")
             }
         }
+    };
+    if let Some(b) = budget {
+        let reset = Utc::now().timestamp() + i64::try_from(b.reset_in.as_secs()).unwrap_or(0);
+        for (k, v) in [
+            ("ratelimit-limit", b.limit.to_string()),
+            ("ratelimit-remaining", b.remaining.to_string()),
+            ("ratelimit-reset", reset.to_string()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                response.headers_mut().insert(k, v);
+            }
+        }
     }
+    response
 }
 
 fn percent_decode(s: &str) -> String {

@@ -95,6 +95,8 @@ pub(crate) struct State {
     pub(crate) groups: Vec<(u64, String)>,
     pub(crate) faults: Faults,
     pub(crate) outage_until: Option<Instant>,
+    rate_limit: Option<u32>,
+    window: (Instant, u32),
     job_lease: Duration,
     online_window: Duration,
     runners: BTreeMap<u64, Runner>,
@@ -111,6 +113,19 @@ pub(crate) struct State {
     pub(crate) webhooks_sent: u64,
     pub(crate) rng: StdRng,
 }
+
+/// The rate budget after one admin request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    pub(crate) limit: u32,
+    pub(crate) remaining: u32,
+    pub(crate) reset_in: Duration,
+    /// The request is over the budget (answer 429).
+    pub(crate) exhausted: bool,
+}
+
+/// The length of a rate-limit window.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Equality of a presented token and a stored one, in time independent of where they differ.
 pub(crate) fn same(a: &str, b: &str) -> bool {
@@ -138,6 +153,8 @@ impl State {
                 .collect(),
             faults: config.faults.clone(),
             outage_until: None,
+            rate_limit: config.rate_limit,
+            window: (Instant::now(), 0),
             job_lease: config.job_lease,
             online_window: config.online_window,
             runners: BTreeMap::new(),
@@ -154,6 +171,30 @@ impl State {
             webhooks_sent: 0,
             rng: StdRng::seed_from_u64(config.seed),
         }
+    }
+
+    /// Admin requests allowed per minute; the window restarts at `at`.
+    pub(crate) fn set_rate_limit(&mut self, per_minute: Option<u32>, at: Instant) {
+        self.rate_limit = per_minute;
+        self.window = (at, 0);
+    }
+
+    /// Counts one admin request against the per-minute budget, if there is one.
+    pub(crate) fn spend_rate_budget(&mut self, at: Instant) -> Option<Budget> {
+        let limit = self.rate_limit?;
+        if at.saturating_duration_since(self.window.0) >= RATE_WINDOW {
+            self.window = (at, 0);
+        }
+        let exhausted = self.window.1 >= limit;
+        if !exhausted {
+            self.window.1 += 1;
+        }
+        Some(Budget {
+            limit,
+            remaining: limit - self.window.1,
+            reset_in: RATE_WINDOW.saturating_sub(at.saturating_duration_since(self.window.0)),
+            exhausted,
+        })
     }
 
     /// Whether `token` is an admin token.

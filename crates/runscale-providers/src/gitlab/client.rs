@@ -2,6 +2,7 @@
 //! `x-next-page` (complete or an error, never truncated), and every failure mapped to a core
 //! [`ErrorKind`] in [`status_error`]. Errors never carry a token.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -24,6 +25,8 @@ pub(crate) struct Client {
     auth: AuthHeader,
     token: SecretString,
     max_pages: u32,
+    /// `RateLimit-Remaining` of the latest admin answer; `u64::MAX` until one says.
+    remaining: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -128,6 +131,7 @@ impl Client {
             auth,
             token,
             max_pages,
+            remaining: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -173,6 +177,9 @@ impl Client {
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
         let next_page = header("x-next-page").and_then(|v| v.parse::<u32>().ok());
+        if let Some(left) = header("ratelimit-remaining").and_then(|v| v.parse::<u64>().ok()) {
+            self.remaining.store(left, Ordering::Relaxed);
+        }
         let body = resp.bytes().await.map_err(|e| {
             Error::new(
                 op,
@@ -202,6 +209,11 @@ impl Client {
                 ),
             )
         })
+    }
+
+    /// The API budget left, as GitLab last reported it (`RateLimit-Remaining`).
+    pub(crate) fn rate_limit_remaining(&self) -> Option<u64> {
+        Some(self.remaining.load(Ordering::Relaxed)).filter(|&n| n != u64::MAX)
     }
 
     /// `GET` one object.

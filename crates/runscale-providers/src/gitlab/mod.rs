@@ -43,7 +43,9 @@
 //!   stays read-only).
 //! - **Failures**: a failed call fails the observation of the pools it concerns; it never
 //!   yields an empty view, so no instance is ever taken for runner-less because GitLab was
-//!   down (the seed's fleet-wide destruction). A 429 returns the last good view, marked stale.
+//!   down (the seed's fleet-wide destruction). A 429 returns the last good view, marked stale,
+//!   and its `Retry-After` sets the backoff; `RateLimit-Remaining` is reported as the budget
+//!   left.
 //! - **Webhooks**: Job Hooks with `X-Gitlab-Token` compared in constant time before the body
 //!   is parsed, bodies over 1 MiB refused, retries (same `Idempotency-Key`, else
 //!   `X-Gitlab-Event-UUID`) ignored. The payload has no tags: a job seen by the last

@@ -862,6 +862,10 @@ impl Provider for GitlabProvider {
         })
     }
 
+    fn rate_limit_remaining(&self) -> Option<u64> {
+        self.client.rate_limit_remaining()
+    }
+
     async fn probe(&self) -> Result<String> {
         let op = "gitlab.probe";
         self.client
