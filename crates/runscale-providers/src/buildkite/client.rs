@@ -1,0 +1,501 @@
+//! The HTTP client: the agent metrics API (`Authorization: Token`) and the REST v2 agents
+//! calls (`Authorization: Bearer`), the organisation's REST budget (a sliding minute, plus
+//! what `RateLimit-*` headers say), and every failure mapped to a core [`ErrorKind`] in
+//! [`status_error`]. Errors never carry a token.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use runscale_core::{Error, ErrorKind, Result};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Longest error message kept from a response body.
+const MESSAGE_MAX: usize = 200;
+/// The window of the REST budget.
+const WINDOW: Duration = Duration::from_secs(60);
+/// Page size of the agents listing (Buildkite's maximum).
+const PER_PAGE: u32 = 100;
+/// Most pages read of one listing.
+const MAX_PAGES: u32 = 50;
+
+/// Counts of one queue in the metrics API.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub(crate) struct JobCounts {
+    #[serde(default)]
+    pub(crate) scheduled: u32,
+    #[serde(default)]
+    pub(crate) running: u32,
+}
+
+#[derive(Deserialize)]
+struct JobsPart {
+    #[serde(default)]
+    queues: HashMap<String, JobCounts>,
+}
+
+#[derive(Deserialize)]
+struct Organization {
+    slug: String,
+}
+
+#[derive(Deserialize)]
+struct MetricsBody {
+    jobs: JobsPart,
+    organization: Organization,
+}
+
+/// `GET /metrics`: job counts per queue, and how long to wait before the next poll.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) queues: HashMap<String, JobCounts>,
+    pub(crate) poll_duration: Option<Duration>,
+}
+
+/// One agent of the REST API.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiAgent {
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) connection_state: String,
+    #[serde(default)]
+    /// The job it runs (`null` when idle); only its presence matters.
+    pub(crate) job: Option<serde_json::Value>,
+    #[serde(default)]
+    pub(crate) last_job_finished_at: Option<DateTime<Utc>>,
+}
+
+impl ApiAgent {
+    /// Connected to Buildkite (taking jobs, or finishing one before it stops).
+    pub(crate) fn is_connected(&self) -> bool {
+        matches!(self.connection_state.as_str(), "connected" | "stopping")
+    }
+}
+
+/// What the REST budget knows.
+#[derive(Debug, Default)]
+struct Budget {
+    sent: VecDeque<Instant>,
+    /// The server said no request before this.
+    blocked_until: Option<Instant>,
+    /// `RateLimit-Remaining` of the last answer.
+    remaining: Option<u64>,
+}
+
+pub(crate) struct Client {
+    http: reqwest::Client,
+    rest_base: String,
+    agent_endpoint: String,
+    api_token: SecretString,
+    agent_token: SecretString,
+    per_minute: u32,
+    budget: Mutex<Budget>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("rest_base", &self.rest_base)
+            .field("agent_endpoint", &self.agent_endpoint)
+            .field("per_minute", &self.per_minute)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Buildkite's `message` from an error body, on one short printable line.
+fn message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Body {
+        message: Option<String>,
+    }
+    serde_json::from_slice::<Body>(body)
+        .ok()
+        .and_then(|b| b.message)
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MESSAGE_MAX)
+        .collect()
+}
+
+fn header_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Maps a non-success answer to an error kind.
+pub(crate) fn status_error(
+    op: &'static str,
+    what: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Error {
+    let msg = message(body);
+    let detail = if msg.is_empty() {
+        format!("{what}: HTTP {status}")
+    } else {
+        format!("{what}: HTTP {status}: {msg}")
+    };
+    let kind = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            return Error::new(
+                op,
+                ErrorKind::Misconfigured,
+                format!("{detail} (check the token and its scopes)"),
+            );
+        }
+        StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited { retry_after },
+        StatusCode::BAD_REQUEST => ErrorKind::Misconfigured,
+        s if s.is_server_error() => ErrorKind::Transient,
+        _ => ErrorKind::Protocol,
+    };
+    Error::new(op, kind, detail)
+}
+
+/// The `rel="next"` URL of a `Link` header.
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })
+}
+
+/// An answer: status, headers and body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        rest_base: &str,
+        agent_endpoint: &str,
+        api_token: SecretString,
+        agent_token: SecretString,
+        per_minute: u32,
+        request_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("runscale/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    "buildkite.client",
+                    ErrorKind::Misconfigured,
+                    "cannot build the HTTP client",
+                )
+                .with_source(e)
+            })?;
+        Ok(Client {
+            http,
+            rest_base: rest_base.trim_end_matches('/').to_owned(),
+            agent_endpoint: agent_endpoint.trim_end_matches('/').to_owned(),
+            api_token,
+            agent_token,
+            per_minute,
+            budget: Mutex::new(Budget::default()),
+        })
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `RateLimit-Remaining` of the last REST answer.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        self.budget().remaining
+    }
+
+    /// Takes one REST request from the budget, or says how long to wait.
+    fn take(&self, op: &'static str) -> Result<()> {
+        let now = Instant::now();
+        let mut b = self.budget();
+        if let Some(until) = b.blocked_until {
+            if until > now {
+                return Err(throttled(op, until - now));
+            }
+            b.blocked_until = None;
+        }
+        while b
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+        {
+            b.sent.pop_front();
+        }
+        if b.sent.len() as u64 >= u64::from(self.per_minute) {
+            let wait = b
+                .sent
+                .front()
+                .map_or(WINDOW, |t| WINDOW.saturating_sub(now.duration_since(*t)));
+            return Err(throttled(op, wait));
+        }
+        b.sent.push_back(now);
+        Ok(())
+    }
+
+    /// Records what the answer says about the budget.
+    fn note_limits(&self, headers: &HeaderMap, status: StatusCode) {
+        let remaining = header_secs(headers, "ratelimit-remaining");
+        let reset = header_secs(headers, "ratelimit-reset");
+        let retry = header_secs(headers, "retry-after");
+        let mut b = self.budget();
+        if remaining.is_some() {
+            b.remaining = remaining;
+        }
+        let pause = if status == StatusCode::TOO_MANY_REQUESTS {
+            retry.or(reset).or(Some(1))
+        } else if remaining == Some(0) {
+            reset
+        } else {
+            None
+        };
+        if let Some(s) = pause {
+            b.blocked_until = Some(Instant::now() + Duration::from_secs(s));
+        }
+    }
+
+    async fn send(
+        &self,
+        op: &'static str,
+        what: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Answer> {
+        let resp = req
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                let kind = if e.is_builder() {
+                    ErrorKind::Misconfigured
+                } else {
+                    ErrorKind::Transient
+                };
+                Error::new(op, kind, format!("{what}: request failed")).with_source(e)
+            })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|e| {
+            Error::new(
+                op,
+                ErrorKind::Transient,
+                format!("{what}: reading the answer failed"),
+            )
+            .with_source(e)
+        })?;
+        Ok(Answer {
+            status,
+            headers,
+            body: body.to_vec(),
+        })
+    }
+
+    fn parse<T: DeserializeOwned>(op: &'static str, what: &str, a: &Answer) -> Result<T> {
+        if !a.status.is_success() {
+            let retry = header_secs(&a.headers, "retry-after").map(Duration::from_secs);
+            return Err(status_error(op, what, a.status, retry, &a.body));
+        }
+        serde_json::from_slice(&a.body).map_err(|e| {
+            Error::new(
+                op,
+                ErrorKind::Protocol,
+                format!("{what}: unexpected answer ({:?} error)", e.classify()),
+            )
+        })
+    }
+
+    /// One REST call within the budget.
+    async fn rest(
+        &self,
+        op: &'static str,
+        what: &str,
+        method: Method,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Answer> {
+        self.take(op)?;
+        let mut req = self
+            .http
+            .request(method, url)
+            .bearer_auth(self.api_token.expose_secret());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let a = self.send(op, what, req).await?;
+        self.note_limits(&a.headers, a.status);
+        Ok(a)
+    }
+
+    /// `GET <agent endpoint>/metrics`.
+    pub(crate) async fn metrics(&self, op: &'static str, org: &str) -> Result<Metrics> {
+        let what = "agent metrics";
+        let req = self
+            .http
+            .get(format!("{}/metrics", self.agent_endpoint))
+            .header(
+                "authorization",
+                format!("Token {}", self.agent_token.expose_secret()),
+            );
+        let a = self.send(op, what, req).await?;
+        let body: MetricsBody = Self::parse(op, what, &a)?;
+        if !body.organization.slug.eq_ignore_ascii_case(org) {
+            return Err(Error::new(
+                op,
+                ErrorKind::Misconfigured,
+                format!(
+                    "the agent token belongs to organisation {:?}, not {org:?}",
+                    body.organization.slug
+                ),
+            ));
+        }
+        Ok(Metrics {
+            queues: body.jobs.queues,
+            poll_duration: header_secs(&a.headers, "buildkite-agent-metrics-poll-duration")
+                .map(Duration::from_secs),
+        })
+    }
+
+    fn agents_url(&self, org: &str) -> String {
+        format!("{}/v2/organizations/{org}/agents", self.rest_base)
+    }
+
+    /// Every connected agent of the organisation (`Link` pagination).
+    pub(crate) async fn agents(&self, op: &'static str, org: &str) -> Result<Vec<ApiAgent>> {
+        let what = "agents";
+        let mut url = format!("{}?per_page={PER_PAGE}", self.agents_url(org));
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let a = self.rest(op, what, Method::GET, &url, None).await?;
+            let page: Vec<ApiAgent> = Self::parse(op, what, &a)?;
+            out.extend(page);
+            match next_link(&a.headers) {
+                Some(next) => url = next,
+                None => return Ok(out),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One agent, in any connection state; `None` when Buildkite does not know it.
+    pub(crate) async fn agent(
+        &self,
+        op: &'static str,
+        org: &str,
+        id: &str,
+    ) -> Result<Option<ApiAgent>> {
+        let what = format!("agent {id}");
+        let url = format!("{}/{id}", self.agents_url(org));
+        let a = self.rest(op, &what, Method::GET, &url, None).await?;
+        if a.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::parse(op, &what, &a).map(Some)
+    }
+
+    /// `PUT .../agents/{id}/stop {"force": false}`: `Ok(true)` if accepted, `Ok(false)` if
+    /// the agent is gone or not connected (404, 422).
+    pub(crate) async fn stop(&self, op: &'static str, org: &str, id: &str) -> Result<bool> {
+        let what = format!("stop agent {id}");
+        let url = format!("{}/{id}/stop", self.agents_url(org));
+        let a = self
+            .rest(
+                op,
+                &what,
+                Method::PUT,
+                &url,
+                Some(serde_json::json!({ "force": false })),
+            )
+            .await?;
+        match a.status {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
+            s => Err(status_error(
+                op,
+                &what,
+                s,
+                header_secs(&a.headers, "retry-after").map(Duration::from_secs),
+                &a.body,
+            )),
+        }
+    }
+}
+
+fn throttled(op: &'static str, wait: Duration) -> Error {
+    Error::new(
+        op,
+        ErrorKind::RateLimited {
+            retry_after: Some(wait.max(Duration::from_secs(1))),
+        },
+        "REST budget of the organisation used up",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "link",
+            "<http://x/a?page=1>; rel=\"prev\", <http://x/a?page=3>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("http://x/a?page=3"));
+        h.insert("link", "<http://x/a?page=1>; rel=\"prev\"".parse().unwrap());
+        assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn the_budget_refuses_beyond_its_minute() {
+        let c = Client::new(
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:1/v3",
+            SecretString::from("a"),
+            SecretString::from("b"),
+            2,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(c.take("t").is_ok());
+        assert!(c.take("t").is_ok());
+        let e = c.take("t").unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::RateLimited { retry_after: Some(d) } if d <= WINDOW));
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        c.note_limits(&h, StatusCode::TOO_MANY_REQUESTS);
+        assert!(matches!(
+            c.take("t").unwrap_err().kind(),
+            ErrorKind::RateLimited { .. }
+        ));
+    }
+}

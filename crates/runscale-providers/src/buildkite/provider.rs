@@ -1,0 +1,478 @@
+//! [`BuildkiteProvider`]: the [`Provider`] implementation. Demand per queue from the agent
+//! metrics API, runners from the REST agents listing, registration with the agent token,
+//! drain and removal by graceful stop, and webhooks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use runscale_core::{
+    Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
+    Runner, RunnerId, RunnerState, WaitingJob, WebhookRequest, naming,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::client::{ApiAgent, Client, Metrics};
+use super::config::{Config, PoolSelector};
+use super::webhook::{self, Proof, Recent};
+
+/// Agent variables runscale hands every agent (`buildkite-agent start` reads them).
+pub(crate) const TOKEN_VAR: &str = "BUILDKITE_AGENT_TOKEN";
+const NAME_VAR: &str = "BUILDKITE_AGENT_NAME";
+const TAGS_VAR: &str = "BUILDKITE_AGENT_TAGS";
+const ENDPOINT_VAR: &str = "BUILDKITE_AGENT_ENDPOINT";
+const AFTER_JOB_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB";
+const AFTER_IDLE_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT";
+
+/// Poll interval assumed after a 429 without `Retry-After`.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+/// First pause while waiting for a stopped agent to disconnect (doubles each time).
+const FIRST_STOP_CHECK: Duration = Duration::from_millis(250);
+
+/// One pool as the provider keeps it.
+struct Pool {
+    id: PoolId,
+    queue: String,
+    tags: Vec<String>,
+    disconnect_after_job: bool,
+    idle_timeout: Option<Duration>,
+}
+
+/// The last metrics read, and when the next read is allowed.
+#[derive(Default)]
+struct MetricsCache {
+    metrics: Option<Metrics>,
+    /// Not before this (the poll duration Buildkite asked for).
+    next_poll: Option<Instant>,
+    /// Throttled until then.
+    throttled_until: Option<Instant>,
+}
+
+/// The Buildkite provider of one organisation (or cluster).
+///
+/// Demand comes from the agent metrics API (scheduled and running jobs per queue), polled
+/// no more often than Buildkite's `Buildkite-Agent-Metrics-Poll-Duration`; runners are the
+/// connected agents runscale named for the pool, busy when they run a job. A runner is
+/// removed by a graceful stop (`force: false`), and only confirmed removed once Buildkite
+/// says the agent disconnected; while it runs a job the answer is [`ErrorKind::Busy`].
+pub struct BuildkiteProvider {
+    client: Client,
+    org: String,
+    agent_endpoint: String,
+    agent_token: SecretString,
+    pools: Vec<Pool>,
+    webhook_token: Option<SecretString>,
+    stop_wait: Duration,
+    recent: Mutex<Recent>,
+    metrics: Mutex<MetricsCache>,
+    last_good: Mutex<HashMap<PoolId, ProviderView>>,
+}
+
+impl std::fmt::Debug for BuildkiteProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildkiteProvider")
+            .field("org", &self.org)
+            .field("client", &self.client)
+            .field(
+                "queues",
+                &self.pools.iter().map(|p| &p.queue).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn misconfigured(message: String) -> Error {
+    Error::new("buildkite.config", ErrorKind::Misconfigured, message)
+}
+
+fn joined(prefix: &str, errs: &[(String, String)]) -> String {
+    errs.iter()
+        .map(|(f, m)| format!("{prefix}{f}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn is_rate_limited(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::RateLimited { .. })
+}
+
+impl BuildkiteProvider {
+    /// Builds the provider: validates `config` and every selector (one pool per queue), reads
+    /// the secrets (API token, agent token, webhook token) and builds the HTTP client. Makes
+    /// no request. Errors are [`ErrorKind::Misconfigured`] and name the field.
+    pub fn new(config: Config, pools: Vec<(PoolId, PoolSelector)>) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|e| misconfigured(joined("", &e)))?;
+        let mut ids = HashSet::new();
+        let mut queues = HashMap::new();
+        let mut built = Vec::with_capacity(pools.len());
+        for (id, sel) in pools {
+            if !ids.insert(id.clone()) {
+                return Err(misconfigured(format!("pool {id} is listed twice")));
+            }
+            sel.validate()
+                .map_err(|e| misconfigured(joined(&format!("pool {id}: "), &e)))?;
+            if let Some(other) = queues.insert(sel.queue.clone(), id.clone()) {
+                return Err(misconfigured(format!(
+                    "pool {id}: queue: {} is already the queue of pool {other} (the metrics API \
+                     counts jobs per queue, so both pools would launch for the same job)",
+                    sel.queue
+                )));
+            }
+            built.push(Pool {
+                id,
+                tags: sel.agent_tags(),
+                queue: sel.queue,
+                disconnect_after_job: sel.disconnect_after_job,
+                idle_timeout: sel.disconnect_after_idle_timeout,
+            });
+        }
+        let secret = |field: &str, r: &runscale_core::secret::SecretRef| {
+            r.resolve()
+                .map_err(|e| misconfigured(format!("{field}: {e}")))
+        };
+        let api_token = secret("api_token", &config.api_token)?;
+        let agent_token = secret("agent_token", &config.agent_token)?;
+        let webhook_token = config
+            .webhook_token
+            .as_ref()
+            .map(|r| secret("webhook_token", r))
+            .transpose()?;
+        let client = Client::new(
+            &config.api_url,
+            &config.agent_endpoint,
+            api_token,
+            agent_token.clone(),
+            config.rest_requests_per_minute,
+            config.request_timeout,
+            config.connect_timeout,
+        )?;
+        Ok(BuildkiteProvider {
+            client,
+            org: config.org,
+            agent_endpoint: config.agent_endpoint.trim_end_matches('/').to_owned(),
+            agent_token,
+            pools: built,
+            webhook_token,
+            stop_wait: config.stop_wait,
+            recent: Mutex::new(Recent::default()),
+            metrics: Mutex::new(MetricsCache::default()),
+            last_good: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn pool(&self, op: &'static str, id: &PoolId) -> Result<&Pool> {
+        self.pools.iter().find(|p| p.id == *id).ok_or_else(|| {
+            Error::new(
+                op,
+                ErrorKind::NotFound,
+                format!("pool {id} is not bound to this Buildkite provider"),
+            )
+        })
+    }
+
+    /// The metrics to use now and whether they are stale: read again only once the poll
+    /// duration has passed and no throttling is in force; throttled, the last good read is
+    /// returned as stale.
+    async fn current_metrics(&self, op: &'static str) -> Result<(Metrics, bool)> {
+        let now = Instant::now();
+        {
+            let cache = lock(&self.metrics);
+            if cache.throttled_until.is_some_and(|t| t > now) {
+                return match &cache.metrics {
+                    Some(m) => Ok((m.clone(), true)),
+                    None => Err(Error::new(
+                        op,
+                        ErrorKind::RateLimited {
+                            retry_after: cache.throttled_until.map(|t| t - now),
+                        },
+                        "agent metrics throttled",
+                    )),
+                };
+            }
+            if let (Some(m), Some(next)) = (&cache.metrics, cache.next_poll)
+                && next > now
+            {
+                return Ok((m.clone(), false));
+            }
+        }
+        match self.client.metrics(op, &self.org).await {
+            Ok(m) => {
+                let mut cache = lock(&self.metrics);
+                cache.next_poll = m.poll_duration.map(|d| Instant::now() + d);
+                cache.throttled_until = None;
+                cache.metrics = Some(m.clone());
+                Ok((m, false))
+            }
+            Err(e) => {
+                let ErrorKind::RateLimited { retry_after } = e.kind() else {
+                    return Err(e);
+                };
+                let mut cache = lock(&self.metrics);
+                cache.throttled_until =
+                    Some(Instant::now() + retry_after.unwrap_or(DEFAULT_BACKOFF));
+                match &cache.metrics {
+                    Some(m) => Ok((m.clone(), true)),
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    fn runner(&self, a: &ApiAgent) -> Runner {
+        let busy = a.job.as_ref().is_some_and(|j| !j.is_null());
+        let state = if busy {
+            RunnerState::Busy
+        } else if a.is_connected() {
+            RunnerState::Idle
+        } else {
+            RunnerState::Offline
+        };
+        Runner {
+            id: RunnerId::new(&a.id),
+            name: a.name.clone(),
+            state,
+            draining: a.connection_state == "stopping",
+            last_busy: a.last_job_finished_at,
+        }
+    }
+
+    fn view(&self, pool: &Pool, metrics: &Metrics, agents: &[ApiAgent]) -> ProviderView {
+        let counts = metrics.queues.get(&pool.queue).copied().unwrap_or_default();
+        let now = Utc::now();
+        ProviderView {
+            demand: Demand {
+                waiting: (0..counts.scheduled)
+                    .map(|i| WaitingJob {
+                        id: format!("{}#{i}", pool.queue),
+                        queued_at: now,
+                    })
+                    .collect(),
+                running: counts.running,
+            },
+            runners: agents
+                .iter()
+                .filter(|a| a.is_connected() && naming::owned_by(pool.id.as_str(), &a.name))
+                .map(|a| self.runner(a))
+                .collect(),
+            stale: false,
+        }
+    }
+
+    /// Waits up to `stop_wait` for a stopped agent to disconnect: `Ok` once gone, busy if it
+    /// runs a job or is still connected.
+    async fn wait_disconnected(&self, op: &'static str, id: &RunnerId) -> Result<()> {
+        let deadline = Instant::now() + self.stop_wait;
+        let mut pause = FIRST_STOP_CHECK;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::new(
+                    op,
+                    ErrorKind::Busy,
+                    format!("agent {id} was asked to stop and has not disconnected yet"),
+                ));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause *= 2;
+            match self.client.agent(op, &self.org, id.as_str()).await? {
+                None => return Ok(()),
+                Some(a) if !a.is_connected() => return Ok(()),
+                Some(a) if a.job.as_ref().is_some_and(|j| !j.is_null()) => {
+                    return Err(busy(op, id));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+fn busy(op: &'static str, id: &RunnerId) -> Error {
+    Error::new(
+        op,
+        ErrorKind::Busy,
+        format!("agent {id} is running a job; it stays until the job is done"),
+    )
+}
+
+#[async_trait]
+impl Provider for BuildkiteProvider {
+    fn kind(&self) -> &'static str {
+        "buildkite"
+    }
+
+    async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
+        let op = "buildkite.observe";
+        let (metrics, agents) =
+            tokio::join!(self.current_metrics(op), self.client.agents(op, &self.org));
+        let mut out = HashMap::with_capacity(pools.len());
+        for id in pools {
+            let result = self.pool(op, id).and_then(|pool| {
+                let (m, metrics_stale) = metrics.as_ref().map_err(Clone::clone)?;
+                match &agents {
+                    Ok(agents) => {
+                        let mut view = self.view(pool, m, agents);
+                        if *metrics_stale {
+                            view.stale = true;
+                        } else {
+                            lock(&self.last_good).insert(id.clone(), view.clone());
+                        }
+                        Ok(view)
+                    }
+                    // Throttled: the last runners seen, with the demand just read.
+                    Err(e) if is_rate_limited(e) => match lock(&self.last_good).get(id) {
+                        Some(last) => {
+                            let fresh = self.view(pool, m, &[]);
+                            Ok(ProviderView {
+                                demand: fresh.demand,
+                                runners: last.runners.clone(),
+                                stale: true,
+                            })
+                        }
+                        None => Err(e.clone()),
+                    },
+                    Err(e) => Err(e.clone()),
+                }
+            });
+            out.insert(id.clone(), result);
+        }
+        out
+    }
+
+    async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
+        let pool = self.pool("buildkite.register", pool)?;
+        let mut credentials = Credentials::default();
+        let vars = &mut credentials.vars;
+        vars.insert(NAME_VAR.into(), runner_name.to_owned());
+        vars.insert(TAGS_VAR.into(), pool.tags.join(","));
+        vars.insert(ENDPOINT_VAR.into(), self.agent_endpoint.clone());
+        if pool.disconnect_after_job {
+            vars.insert(AFTER_JOB_VAR.into(), "true".into());
+        }
+        if let Some(d) = pool.idle_timeout {
+            vars.insert(AFTER_IDLE_VAR.into(), d.as_secs().to_string());
+        }
+        credentials
+            .secrets
+            .insert(TOKEN_VAR.into(), self.agent_token.clone());
+        Ok(Registration {
+            runner_name: runner_name.to_owned(),
+            runner_id: None,
+            credentials,
+        })
+    }
+
+    async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        let op = "buildkite.remove";
+        let pool = self.pool(op, pool)?;
+        let Some(agent) = self.client.agent(op, &self.org, runner.as_str()).await? else {
+            return Ok(());
+        };
+        if !naming::owned_by(pool.id.as_str(), &agent.name) {
+            return Err(Error::new(
+                op,
+                ErrorKind::Misconfigured,
+                format!(
+                    "agent {runner} ({}) was not started by runscale for pool {}",
+                    agent.name, pool.id
+                ),
+            ));
+        }
+        if !agent.is_connected() {
+            return Ok(());
+        }
+        if agent.job.as_ref().is_some_and(|j| !j.is_null()) {
+            return Err(busy(op, runner));
+        }
+        if agent.connection_state != "stopping"
+            && !self.client.stop(op, &self.org, runner.as_str()).await?
+        {
+            // Not connected any more (or unknown) by the time the stop arrived.
+            return Ok(());
+        }
+        self.wait_disconnected(op, runner).await
+    }
+
+    async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        let op = "buildkite.drain";
+        self.pool(op, pool)?;
+        self.client
+            .stop(op, &self.org, runner.as_str())
+            .await
+            .map(|_| ())
+    }
+
+    fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
+        let op = "buildkite.webhook";
+        let Some(token) = &self.webhook_token else {
+            return Err(misconfigured(
+                "webhook_token is not set: webhooks are not accepted".to_owned(),
+            ));
+        };
+        if request.body.len() > webhook::MAX_BODY {
+            return Err(Error::new(
+                op,
+                ErrorKind::Protocol,
+                "body larger than 1 MiB",
+            ));
+        }
+        let proof = webhook::verify(
+            token.expose_secret().as_bytes(),
+            &request.body,
+            request.header("x-buildkite-token"),
+            request.header("x-buildkite-signature"),
+            Utc::now().timestamp(),
+        )
+        .map_err(|m| Error::new(op, ErrorKind::Misconfigured, m))?;
+        let event: webhook::Event = serde_json::from_slice(&request.body).map_err(|e| {
+            Error::new(
+                op,
+                ErrorKind::Protocol,
+                format!("not a Buildkite event ({:?} error)", e.classify()),
+            )
+        })?;
+        let (subject, rules) = match (event.event.as_str(), &event.job, &event.agent) {
+            ("job.scheduled", Some(job), _) => (&job.id, &job.agent_query_rules),
+            ("agent.disconnected" | "agent.lost" | "agent.stopped", _, Some(agent)) => {
+                (&agent.id, &agent.meta_data)
+            }
+            _ => return Ok(Vec::new()),
+        };
+        let mut keys = vec![format!("{}:{subject}", event.event)];
+        if let Proof::Signature(sig) = proof {
+            keys.push(format!("sig:{sig}"));
+        }
+        if !lock(&self.recent).first_time(&keys, Instant::now()) {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .pools
+            .iter()
+            .filter(|p| webhook::rules_match(rules, &p.tags))
+            .map(|p| p.id.clone())
+            .collect())
+    }
+
+    async fn probe(&self) -> Result<String> {
+        let op = "buildkite.probe";
+        let metrics = self.client.metrics(op, &self.org).await?;
+        let agents = self.client.agents(op, &self.org).await?;
+        Ok(format!(
+            "read agent metrics ({} queues) and {} connected agents of {}",
+            metrics.queues.len(),
+            agents.len(),
+            self.org
+        ))
+    }
+
+    fn rate_limit_remaining(&self) -> Option<u64> {
+        self.client.remaining()
+    }
+}

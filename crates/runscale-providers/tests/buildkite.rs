@@ -1,0 +1,529 @@
+//! The Buildkite provider against the Buildkite emulator over loopback HTTP: demand per queue
+//! and the poll duration, runners from the agents listing, registration whose credentials
+//! start a real (fake) agent, a graceful stop that lets a busy agent finish its job before
+//! removal succeeds, throttling and the REST budget, webhooks in both authentication
+//! styles; and core's provider conformance suite.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use runscale_core::secret::SecretRef;
+use runscale_core::testing::conformance;
+use runscale_core::{ErrorKind, PoolId, Provider, ProviderView, RunnerState, WebhookRequest};
+use runscale_emulator::buildkite::{
+    AgentConfig, AgentExit, AgentReport, Emulator, EmulatorConfig, EmulatorHandle, Faults, JobSpec,
+    JobStatus, WebhookAuth, WebhookConfig, run_agent, signature,
+};
+use runscale_providers::buildkite::{BuildkiteProvider, Config, PoolSelector};
+use secrecy::ExposeSecret;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const ORG: &str = "acme";
+
+fn linux() -> PoolId {
+    PoolId::new("linux")
+}
+
+fn arm() -> PoolId {
+    PoolId::new("arm")
+}
+
+struct Setup {
+    emu: EmulatorHandle,
+    dir: TempDir,
+}
+
+impl Setup {
+    async fn with(cfg: EmulatorConfig) -> Self {
+        let emu = Emulator::start(cfg).await.expect("emulator");
+        let dir = TempDir::new().expect("tempdir");
+        for (file, value) in [
+            ("api", "api-token"),
+            ("agent", "agent-token"),
+            ("hook", "hook-token"),
+        ] {
+            std::fs::write(dir.path().join(file), value).expect("write secret");
+        }
+        Setup { emu, dir }
+    }
+
+    async fn new() -> Self {
+        Self::with(EmulatorConfig::new(ORG, "agent-token", "api-token")).await
+    }
+
+    fn config(&self) -> Config {
+        let secret = |f: &str| SecretRef::File(self.dir.path().join(f));
+        Config {
+            org: ORG.to_owned(),
+            api_url: self.emu.url(),
+            agent_endpoint: self.emu.agent_endpoint(),
+            api_token: secret("api"),
+            agent_token: secret("agent"),
+            webhook_token: Some(secret("hook")),
+            rest_requests_per_minute: 200,
+            stop_wait: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn provider_with(&self, config: Config) -> BuildkiteProvider {
+        let sel = |queue: &str| PoolSelector {
+            queue: queue.to_owned(),
+            tags: BTreeMap::from([("os".to_owned(), "linux".to_owned())]),
+            disconnect_after_job: false,
+            disconnect_after_idle_timeout: None,
+        };
+        BuildkiteProvider::new(config, vec![(linux(), sel("linux")), (arm(), sel("arm"))])
+            .expect("provider")
+    }
+
+    fn provider(&self) -> BuildkiteProvider {
+        self.provider_with(self.config())
+    }
+
+    /// Registers a runner of `pool` and starts a fake agent from its credentials only.
+    async fn start_agent(
+        &self,
+        provider: &BuildkiteProvider,
+        pool: &PoolId,
+    ) -> (String, JoinHandle<AgentReport>) {
+        let name = runscale_core::naming::generate(pool.as_str(), 1, &mut rand::rng()).1[0].clone();
+        let reg = provider.register(pool, &name).await.expect("register");
+        let creds = reg.credentials.clone();
+        let lookup = move |n: &str| {
+            creds
+                .secrets
+                .get(n)
+                .map(|s| s.expose_secret().to_owned())
+                .or_else(|| creds.vars.get(n).cloned())
+        };
+        let mut cfg = AgentConfig::from_vars(&lookup)
+            .expect("agent config")
+            .expect("a buildkite agent");
+        cfg.ping_interval = Duration::from_millis(50);
+        let handle = tokio::spawn(async move {
+            run_agent(cfg, CancellationToken::new())
+                .await
+                .expect("agent")
+        });
+        (name, handle)
+    }
+}
+
+async fn view(p: &BuildkiteProvider, pool: &PoolId) -> ProviderView {
+    p.observe(std::slice::from_ref(pool))
+        .await
+        .remove(pool)
+        .expect("asked pool")
+        .expect("view")
+}
+
+async fn wait_view(
+    p: &BuildkiteProvider,
+    pool: &PoolId,
+    what: &str,
+    cond: impl Fn(&ProviderView) -> bool,
+) -> ProviderView {
+    for _ in 0..100 {
+        let v = view(p, pool).await;
+        if cond(&v) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn demand_per_queue_and_runners_owned_by_each_pool() {
+    let s = Setup::new().await;
+    let p = s.provider();
+    s.emu
+        .submit(vec![JobSpec::new("linux", Duration::from_millis(600)); 3]);
+    s.emu
+        .submit(vec![JobSpec::new("arm", Duration::from_millis(600))]);
+    s.emu
+        .submit(vec![JobSpec::new("other", Duration::from_millis(600))]);
+    let seen = p.observe(&[linux(), arm()]).await;
+    let l = seen[&linux()].as_ref().expect("linux");
+    let a = seen[&arm()].as_ref().expect("arm");
+    assert_eq!((l.demand.waiting.len(), l.demand.running), (3, 0));
+    assert_eq!((a.demand.waiting.len(), a.demand.running), (1, 0));
+    assert!(!l.stale && l.runners.is_empty());
+
+    let (name, agent) = s.start_agent(&p, &linux()).await;
+    let v = wait_view(&p, &linux(), "busy runner", |v| {
+        v.runners.len() == 1 && v.runners[0].state == RunnerState::Busy
+    })
+    .await;
+    assert_eq!(v.runners[0].name, name);
+    assert_eq!(v.demand.running, 1);
+    assert_eq!(v.demand.waiting.len(), 2);
+    assert!(view(&p, &arm()).await.runners.is_empty(), "not arm's agent");
+    let v = wait_view(&p, &linux(), "all linux jobs done, agent idle", |v| {
+        v.demand.waiting.is_empty()
+            && v.demand.running == 0
+            && v.runners
+                .first()
+                .is_some_and(|r| r.state == RunnerState::Idle)
+    })
+    .await;
+    assert!(v.runners[0].last_busy.is_some());
+    let started = Instant::now();
+    p.remove(&linux(), &v.runners[0].id)
+        .await
+        .expect("an idle agent is stopped and confirmed gone");
+    let report = tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .expect("agent exits in time")
+        .expect("agent");
+    assert_eq!((report.exit, report.jobs_finished), (AgentExit::Stopped, 3));
+    println!(
+        "idle agent stopped and gone in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(view(&p, &linux()).await.runners.is_empty());
+    p.remove(&linux(), &v.runners[0].id)
+        .await
+        .expect("removing a gone agent is Ok");
+    let snap = s.emu.snapshot();
+    assert_eq!(snap.count(JobStatus::Passed), 3);
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+}
+
+/// The issue's "Done when": a stop request on a busy agent lets its job finish before the
+/// instance may go (remove answers busy until the agent has disconnected).
+#[tokio::test]
+async fn a_stop_request_on_a_busy_agent_lets_its_job_finish_before_remove_succeeds() {
+    let s = Setup::new().await;
+    let p = s.provider();
+    let job = s
+        .emu
+        .submit(vec![JobSpec::new("linux", Duration::from_millis(1500))])
+        .remove(0);
+    let (_, agent) = s.start_agent(&p, &linux()).await;
+    let v = wait_view(&p, &linux(), "busy", |v| {
+        v.runners
+            .first()
+            .is_some_and(|r| r.state == RunnerState::Busy)
+    })
+    .await;
+    let id = v.runners[0].id.clone();
+    p.drain(&linux(), &id).await.expect("drain");
+    let v = view(&p, &linux()).await;
+    assert!(v.runners[0].draining, "stopping shows as draining");
+    assert_eq!(v.runners[0].state, RunnerState::Busy);
+    let mut busy_answers = 0;
+    let removed_at = loop {
+        match p.remove(&linux(), &id).await {
+            Ok(()) => break chrono::Utc::now(),
+            Err(e) if e.kind() == ErrorKind::Busy => busy_answers += 1,
+            Err(e) => panic!("remove: {e}"),
+        }
+        assert!(busy_answers < 100, "never removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let snap = s.emu.snapshot();
+    let j = snap.jobs.iter().find(|j| j.id == job).expect("job");
+    assert_eq!(j.status, JobStatus::Passed, "the job finished");
+    let finished = j.finished_at.expect("finished");
+    assert!(finished <= removed_at, "job finished before removal");
+    assert!(busy_answers >= 1, "remove answered busy while the job ran");
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+    let report = tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .expect("agent exits in time")
+        .expect("agent");
+    assert_eq!((report.exit, report.jobs_finished), (AgentExit::Stopped, 1));
+    println!(
+        "busy agent: {busy_answers} busy answers, removal {} ms after the job finished",
+        (removed_at - finished).num_milliseconds()
+    );
+}
+
+#[tokio::test]
+async fn the_poll_duration_and_throttling_keep_the_last_view() {
+    let mut cfg = EmulatorConfig::new(ORG, "agent-token", "api-token");
+    cfg.metrics_poll_duration = Some(Duration::from_secs(60));
+    let s = Setup::with(cfg).await;
+    let p = s.provider();
+    s.emu
+        .submit(vec![JobSpec::new("linux", Duration::from_secs(1)); 2]);
+    assert_eq!(view(&p, &linux()).await.demand.waiting.len(), 2);
+    s.emu
+        .submit(vec![JobSpec::new("linux", Duration::from_secs(1))]);
+    let v = view(&p, &linux()).await;
+    assert_eq!(v.demand.waiting.len(), 2, "metrics not read again yet");
+    assert!(!v.stale);
+    assert_eq!(s.emu.snapshot().requests["GET /v3/metrics"], 1);
+
+    // Throttled on the first read: an error, as there is no last view.
+    let s = Setup::new().await;
+    let p = s.provider();
+    s.emu.set_faults(Faults {
+        throttle_next: 1,
+        metrics_only: true,
+        ..Faults::default()
+    });
+    let e = p
+        .observe(&[linux()])
+        .await
+        .remove(&linux())
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::RateLimited { .. }), "{e}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.emu
+        .submit(vec![JobSpec::new("linux", Duration::from_secs(1))]);
+    assert_eq!(view(&p, &linux()).await.demand.waiting.len(), 1);
+    // Throttled later: the last good view, stale, until Retry-After has passed.
+    s.emu.set_faults(Faults {
+        throttle_next: 1,
+        metrics_only: true,
+        ..Faults::default()
+    });
+    s.emu
+        .submit(vec![JobSpec::new("linux", Duration::from_secs(1))]);
+    let v = view(&p, &linux()).await;
+    assert!(v.stale);
+    assert_eq!(v.demand.waiting.len(), 1);
+    let before = s.emu.snapshot().requests["GET /v3/metrics"];
+    assert!(view(&p, &linux()).await.stale);
+    assert_eq!(
+        s.emu.snapshot().requests["GET /v3/metrics"],
+        before,
+        "no request while throttled"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let v = view(&p, &linux()).await;
+    assert!(!v.stale);
+    assert_eq!(v.demand.waiting.len(), 2);
+    assert!(p.rate_limit_remaining().is_some_and(|r| r < 200));
+
+    // 5xx: an error for every pool asked.
+    s.emu.set_faults(Faults {
+        fail_next: 1,
+        ..Faults::default()
+    });
+    let seen = p.observe(&[linux(), arm()]).await;
+    assert!(
+        seen.values()
+            .all(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Transient))
+    );
+}
+
+#[tokio::test]
+async fn rest_calls_stay_within_the_budget() {
+    let s = Setup::new().await;
+    let mut config = s.config();
+    config.rest_requests_per_minute = 2;
+    let p = s.provider_with(config);
+    assert!(!view(&p, &linux()).await.stale);
+    assert!(!view(&p, &linux()).await.stale);
+    let v = view(&p, &linux()).await;
+    assert!(v.stale, "third listing over budget: last view, stale");
+    let e = p
+        .remove(&linux(), &runscale_core::RunnerId::new("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        e.kind(),
+        ErrorKind::RateLimited {
+            retry_after: Some(_)
+        }
+    ));
+    assert_eq!(
+        s.emu.snapshot().requests["GET /v2/organizations/{org}/agents"],
+        2,
+        "calls over budget are not sent"
+    );
+}
+
+fn request(headers: &[(&str, String)], body: &[u8]) -> WebhookRequest {
+    WebhookRequest {
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        body: body.to_vec(),
+    }
+}
+
+/// Deliveries the emulator sends, as the daemon would hand them to the provider.
+async fn receiver() -> (String, Arc<Mutex<Vec<WebhookRequest>>>) {
+    let got: Arc<Mutex<Vec<WebhookRequest>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/webhooks/buildkite",
+        axum::routing::post({
+            let got = got.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                    .collect();
+                got.lock().unwrap().push(WebhookRequest {
+                    headers,
+                    body: body.to_vec(),
+                });
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/webhooks/buildkite",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+#[tokio::test]
+async fn webhooks_with_a_token_or_a_signature_wake_the_jobs_pool_once() {
+    let (url, got) = receiver().await;
+    let mut cfg = EmulatorConfig::new(ORG, "agent-token", "api-token");
+    for auth in [WebhookAuth::Token, WebhookAuth::Signature] {
+        cfg.webhooks.push(WebhookConfig {
+            url: url.clone(),
+            token: secrecy::SecretString::from("hook-token"),
+            auth,
+        });
+    }
+    let s = Setup::with(cfg).await;
+    let p = s.provider();
+    let started = Instant::now();
+    s.emu.submit(vec![
+        JobSpec::new("arm", Duration::from_secs(1)).rule("os=linux"),
+    ]);
+    for _ in 0..100 {
+        if got.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = got.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 2);
+    println!(
+        "job.scheduled delivered in {} ms",
+        started.elapsed().as_millis()
+    );
+    let (token_style, signed): (Vec<_>, Vec<_>) = delivered
+        .into_iter()
+        .partition(|r| r.header("x-buildkite-token").is_some());
+    let (token_style, signed) = (&token_style[0], &signed[0]);
+
+    assert_eq!(p.webhook(signed).expect("signed"), vec![arm()]);
+    assert_eq!(
+        p.webhook(signed).expect("replayed signature"),
+        vec![],
+        "a replay wakes nothing"
+    );
+    assert_eq!(
+        p.webhook(token_style).expect("token"),
+        vec![],
+        "the same job's event again wakes nothing"
+    );
+
+    let body =
+        br#"{"event":"job.scheduled","job":{"id":"j2","agent_query_rules":["queue=linux"]}}"#;
+    let now = chrono::Utc::now().timestamp();
+    let token = |t: &str| vec![("x-buildkite-token", t.to_owned())];
+    let sig = |ts: i64, key: &[u8]| vec![("x-buildkite-signature", signature(key, ts, body))];
+    for (why, headers) in [
+        ("wrong token", token("hook-tokem")),
+        ("old timestamp", sig(now - 301, b"hook-token")),
+        ("future timestamp", sig(now + 301, b"hook-token")),
+        ("wrong key", sig(now, b"other")),
+        ("nothing", vec![]),
+    ] {
+        let e = p.webhook(&request(&headers, body)).expect_err(why);
+        assert_eq!(e.kind(), ErrorKind::Misconfigured, "{why}");
+    }
+    let mut tampered = sig(now, b"hook-token");
+    tampered[0].1 = tampered[0].1.replace(
+        &format!("timestamp={now}"),
+        &format!("timestamp={}", now - 1),
+    );
+    assert!(
+        p.webhook(&request(&tampered, body)).is_err(),
+        "timestamp is signed"
+    );
+    let big = vec![b' '; (1 << 20) + 1];
+    assert!(p.webhook(&request(&token("hook-token"), &big)).is_err());
+    assert_eq!(
+        p.webhook(&request(&token("hook-token"), body))
+            .expect("token"),
+        vec![linux()]
+    );
+    let gpu = br#"{"event":"job.scheduled","job":{"id":"j3","agent_query_rules":["queue=linux","gpu=true"]}}"#;
+    assert_eq!(
+        p.webhook(&request(&token("hook-token"), gpu)).expect("gpu"),
+        vec![],
+        "no pool has the gpu tag"
+    );
+    let ping = br#"{"event":"ping"}"#;
+    assert_eq!(
+        p.webhook(&request(
+            &[("x-buildkite-signature", signature(b"hook-token", now, ping))],
+            ping
+        ))
+        .expect("ping"),
+        vec![]
+    );
+}
+
+#[tokio::test]
+async fn registration_credentials_and_the_provider_contract() {
+    let s = Setup::new().await;
+    let p = s.provider();
+    let reg = p.register(&linux(), "linux-abc").await.expect("register");
+    let c = &reg.credentials;
+    assert_eq!(c.vars["BUILDKITE_AGENT_NAME"], "linux-abc");
+    assert_eq!(c.vars["BUILDKITE_AGENT_TAGS"], "queue=linux,os=linux");
+    assert_eq!(c.vars["BUILDKITE_AGENT_ENDPOINT"], s.emu.agent_endpoint());
+    assert_eq!(
+        c.secrets["BUILDKITE_AGENT_TOKEN"].expose_secret(),
+        "agent-token"
+    );
+    assert!(!format!("{reg:?} {p:?}").contains("agent-token"));
+    let sel: PoolSelector = serde_json::from_value(serde_json::json!({
+        "queue": "q",
+        "disconnect_after_job": true,
+        "disconnect_after_idle_timeout": "10m",
+    }))
+    .expect("selector");
+    let p2 = BuildkiteProvider::new(s.config(), vec![(linux(), sel)]).expect("provider");
+    let c = p2
+        .register(&linux(), "linux-x")
+        .await
+        .expect("register")
+        .credentials;
+    assert_eq!(c.vars["BUILDKITE_AGENT_DISCONNECT_AFTER_JOB"], "true");
+    assert_eq!(
+        c.vars["BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT"],
+        "600"
+    );
+    assert_eq!(c.vars["BUILDKITE_AGENT_TAGS"], "queue=q");
+    assert!(p.probe().await.expect("probe").contains("acme"));
+    conformance::provider_contract(&p, &linux(), &arm())
+        .await
+        .expect("provider contract");
+
+    let mut bad = s.config();
+    bad.org = "other".into();
+    let e = s.provider_with(bad).probe().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Misconfigured);
+    let dup = PoolSelector {
+        queue: "linux".into(),
+        tags: BTreeMap::new(),
+        disconnect_after_job: false,
+        disconnect_after_idle_timeout: None,
+    };
+    let e =
+        BuildkiteProvider::new(s.config(), vec![(linux(), dup.clone()), (arm(), dup)]).unwrap_err();
+    assert!(e.to_string().contains("queue"), "{e}");
+}
