@@ -31,7 +31,9 @@ use runscale_core::{
     Backend, Instance, InstanceId, LaunchRequest, PoolId, PoolSpec, Provider, Result, RunnerState,
     SystemClock,
 };
-use support::{Reaper, eventually, example_backend, example_template, recorded_groups, running};
+use support::{
+    Reaper, eventually, example_backend, example_template, idle_runner, recorded_groups, running,
+};
 use tokio_util::sync::CancellationToken;
 
 const POOL: &str = "exec";
@@ -177,11 +179,7 @@ async fn jobs_flow_through_script_made_machines_and_the_fleet_returns_to_zero() 
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let reaper = Reaper::new(state.clone());
-    let runner = vec![
-        "/bin/sh".to_owned(),
-        "-c".to_owned(),
-        "trap 'exit 0' TERM; while :; do sleep 0.1; done".to_owned(),
-    ];
+    let runner = idle_runner();
     let template = example_template(&state, &runner, &BTreeMap::new());
 
     let mut cfg = WorldConfig {
