@@ -7,12 +7,18 @@
 //! listed, side by side ([`runscale_emulator::github::run_agent`]). The first SIGTERM or SIGINT asks every agent to
 //! stop: an idle one disconnects and exits at once, a busy one finishes its job first.
 //!
+//! A CircleCI machine runner instead (the CircleCI emulator's fake), when
+//! `CIRCLECI_RUNNER_API_AUTH_TOKEN` or the launch-agent's `LAUNCH_AGENT_API_AUTH_TOKEN` is set
+//! (with `*_RUNNER_NAME`, `*_API_URL`, `*_MODE`, `*_IDLE_TIMEOUT`; e.g. circleci-runner-
+//! autoscaler's CronJob pods), or the credentials file holds such runners.
+//!
 //! What does not live here: the agent protocol itself (in `runscale-emulator`), and the other
 //! ways the standalone `runscale-fake-runner` binary accepts a runner (`--jitconfig`, `--url`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
+use runscale_emulator::circleci;
 use runscale_emulator::github::{
     AgentExit, JIT_CONFIG_SECRET, JitConfig, RunnerSource, read_credentials_file, run_agent,
 };
@@ -44,6 +50,10 @@ fn sources() -> anyhow::Result<Vec<RunnerSource>> {
 /// Runs one agent per runner until each is done. Fails if no runner is given or its
 /// credentials are unreadable, or if any agent failed.
 pub async fn run() -> anyhow::Result<()> {
+    let circleci = circleci_runners()?;
+    if !circleci.is_empty() {
+        return run_circleci(circleci).await;
+    }
     let sources = sources()?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
@@ -75,6 +85,55 @@ pub async fn run() -> anyhow::Result<()> {
     signals.abort();
     if failed > 0 {
         bail!("{failed} agent(s) failed");
+    }
+    Ok(())
+}
+
+/// CircleCI runners from the environment, or from the credentials file when it holds any;
+/// empty when this is not a CircleCI runner.
+fn circleci_runners() -> anyhow::Result<Vec<circleci::AgentConfig>> {
+    if let Some(c) = circleci::AgentConfig::from_env()? {
+        return Ok(vec![c]);
+    }
+    match std::env::var_os(CREDENTIALS_FILE_VAR) {
+        Some(path) => Ok(circleci::configs_from_credentials_file(&PathBuf::from(
+            path,
+        ))?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Runs the CircleCI runners until each has exited (after its task in single-task mode, after
+/// its idle timeout, or on SIGTERM, finishing a task in hand first).
+async fn run_circleci(configs: Vec<circleci::AgentConfig>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    let agents: Vec<_> = configs
+        .into_iter()
+        .map(|c| tokio::spawn(circleci::run_agent(c, shutdown.clone())))
+        .collect();
+    let mut failed = 0usize;
+    for agent in agents {
+        match agent.await {
+            Ok(Ok(report)) => info!(
+                runner = %report.runner_name,
+                tasks = report.tasks_completed,
+                exit = ?report.exit,
+                "circleci runner exited"
+            ),
+            Ok(Err(e)) => {
+                error!(error = %e, "circleci runner failed");
+                failed += 1;
+            }
+            Err(e) => {
+                error!(error = %e, "circleci runner task failed");
+                failed += 1;
+            }
+        }
+    }
+    signals.abort();
+    if failed > 0 {
+        bail!("{failed} runner(s) failed");
     }
     Ok(())
 }

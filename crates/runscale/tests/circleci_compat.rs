@@ -7,7 +7,10 @@
 //!   tasks run on the group's instances, whose runners are named by instance id;
 //! - the circleci-runner-autoscaler mode discovers its pools from a group tagged
 //!   `resource-class` (moto) and a CronJob labelled `resource-class-org`/`-name` (the fake
-//!   kube-apiserver), and from nothing else.
+//!   kube-apiserver), and from nothing else;
+//! - end to end on Kubernetes: `runscale run` in that mode runs every task in pods made from
+//!   the seed README's CronJob, unchanged (the fake kubelet runs `/opt/circleci/start.sh` as
+//!   `runscale fake-runner`), capacity returns to zero, and no runner loses its task.
 //!
 //! Without `RUNSCALE_MOTO_SERVER` (set by scripts/test.sh) the tests print a note and pass,
 //! unless `CI` is set.
@@ -28,7 +31,7 @@ use runscale_emulator::aws::{MotoClient, MotoServer, moto_server_from_env};
 use runscale_emulator::circleci::{
     self, AgentConfig, Emulator, EmulatorConfig, EmulatorHandle, TaskSpec, TaskStatus,
 };
-use runscale_emulator::kube::{KubeConfig, KubeEmulator};
+use runscale_emulator::kube::{ImageConfig, KubeConfig, KubeEmulator};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -326,11 +329,7 @@ async fn autoscaler_mode_discovers_pools_from_group_tags_and_cron_job_labels() {
 /// Creates the CronJob in `yaml` through the API server's REST API, authenticating with the
 /// bearer token of `kubeconfig`.
 async fn create_cron_job(server: &str, kubeconfig: &str, yaml: &str) {
-    let token = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token:"))
-        .map(|t| t.trim().trim_matches('"').to_owned())
-        .expect("token in kubeconfig");
+    let token = bearer(kubeconfig);
     let object: serde_json::Value = serde_saphyr::from_str(yaml).expect("CronJob YAML");
     let resp = reqwest::Client::new()
         .post(format!(
@@ -342,4 +341,155 @@ async fn create_cron_job(server: &str, kubeconfig: &str, yaml: &str) {
         .await
         .expect("create CronJob");
     assert!(resp.status().is_success(), "{:?}", resp.text().await);
+}
+
+/// Creates a Secret holding `key: value` in `namespace` through the REST API.
+async fn create_secret_object(server: &str, kubeconfig: &str, name: &str, key: &str, value: &str) {
+    let object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "circleci-runners"},
+        "stringData": {key: value},
+    });
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{server}/api/v1/namespaces/circleci-runners/secrets"
+        ))
+        .bearer_auth(bearer(kubeconfig))
+        .json(&object)
+        .send()
+        .await
+        .expect("create Secret");
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaler_mode_runs_every_task_in_pods_from_the_seed_cron_job() {
+    let Some(moto) = moto().await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The seed image's entrypoint, played by runscale's fake machine runner.
+    let start = dir.path().join("start.sh");
+    std::fs::write(&start, format!("#!/bin/sh\nexec '{BIN}' fake-runner\n")).expect("script");
+    std::fs::set_permissions(&start, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let kube = KubeEmulator::start(
+        KubeConfig {
+            namespaces: vec!["default".to_owned(), "circleci-runners".to_owned()],
+            ..KubeConfig::default()
+        }
+        .image(
+            "circleci-image:latest",
+            ImageConfig::host().with_program("/opt/circleci/start.sh", &start),
+        ),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("fake kube-apiserver");
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../runscale-backends/tests/fixtures/kube/circleci-cronjob.yaml"
+    ))
+    .expect("seed CronJob");
+    create_cron_job(&kube.url(), &kube.kubeconfig(), &seed).await;
+    // The runner token, where the seed's CronJob reads it from.
+    create_secret_object(
+        &kube.url(),
+        &kube.kubeconfig(),
+        "api-token",
+        "LAUNCH_AGENT_API_AUTH_TOKEN",
+        RC_TOKEN,
+    )
+    .await;
+
+    const CLASS: &str = "vela-games/k8s-small";
+    const TASKS: usize = 12;
+    let emu = Emulator::start(EmulatorConfig::new(API_TOKEN, &[(CLASS, RC_TOKEN)]))
+        .await
+        .expect("CircleCI emulator");
+    let started = Instant::now();
+    emu.submit(
+        (0..TASKS)
+            .map(|i| TaskSpec::new(CLASS, Duration::from_millis(500 + 100 * i as u64)))
+            .collect(),
+    );
+    let url = emu.url();
+    let mut daemon = tokio::process::Command::new(BIN)
+        .arg("run")
+        .env_remove("RUNSCALE_CONFIG")
+        .env_remove("SECRET_NAME")
+        .env("APP_CIRCLE_TOKEN", API_TOKEN)
+        .env("APP_CIRCLE_RESOURCE_NAMESPACE", "vela-games")
+        .env("RUNSCALE_CIRCLECI_URL", &url)
+        .env("RUNSCALE_LISTEN", "127.0.0.1:0")
+        .env("RUNSCALE_INTERVAL", "1s")
+        .env("RUNSCALE_POOL_MAX", "4")
+        .env("KUBECONFIG", &kubeconfig)
+        .env("AWS_ENDPOINT_URL", moto.url())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.path().join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("no-aws-credentials"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("runscale.log")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("runscale run");
+
+    let mut most_pods = 0;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let log = || std::fs::read_to_string(dir.path().join("runscale.log")).unwrap_or_default();
+    loop {
+        let pods = kube.pods("circleci-runners").len();
+        most_pods = most_pods.max(pods);
+        let snap = emu.snapshot();
+        if snap.count(TaskStatus::Succeeded) == TASKS && pods == 0 {
+            break;
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("runscale exited with {status}: {}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not done in 150 s: {snap:?}, {pods} pods\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    let snap = emu.snapshot();
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+    assert!(
+        most_pods <= 4,
+        "{most_pods} pods at once, above RUNSCALE_POOL_MAX"
+    );
+    assert!(kube.pods_created_total() >= TASKS as u64 / 4);
+    eprintln!(
+        "{TASKS} tasks in pods from the seed CronJob: all done and no pod left after {took:?}, \
+         {} pods created, at most {most_pods} at once",
+        kube.pods_created_total()
+    );
+    let text = log();
+    assert!(
+        !text.contains(API_TOKEN) && !text.contains(RC_TOKEN),
+        "{text}"
+    );
+    daemon.kill().await.expect("stop runscale");
+    kube.shutdown().await;
+}
+
+/// The bearer token of a kubeconfig written by the fake API server.
+fn bearer(kubeconfig: &str) -> String {
+    kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token:"))
+        .map(|t| t.trim().trim_matches('"').to_owned())
+        .expect("token in kubeconfig")
 }

@@ -143,10 +143,15 @@ pub fn pool_name(class: &str) -> String {
     name.trim_matches('-').to_owned()
 }
 
-fn common(lookup: &impl Fn(&str) -> Option<String>) -> Map<String, Value> {
+/// `listen` and `interval` from `RUNSCALE_LISTEN` and `RUNSCALE_INTERVAL`, the interval
+/// defaulting to `interval`.
+fn common(lookup: &impl Fn(&str) -> Option<String>, interval: Option<&str>) -> Map<String, Value> {
     let mut top = Map::new();
     if let Some(listen) = lookup("RUNSCALE_LISTEN") {
         top.insert("listen".into(), json!(listen));
+    }
+    if let Some(interval) = lookup("RUNSCALE_INTERVAL").or(interval.map(str::to_owned)) {
+        top.insert("interval".into(), json!(interval));
     }
     top
 }
@@ -216,7 +221,7 @@ pub fn simple_lambda(
         ],
     )?;
     let max = number(mode, "AUTO_SCALING_MAX", &v[2])?;
-    let mut top = common(lookup);
+    let mut top = common(lookup, None);
     top.insert(
         "providers".into(),
         json!([circleci_provider(
@@ -354,7 +359,8 @@ pub fn circleci_autoscaler(
             "template": {"cron_job": {"name": cron_job}},
         }));
     }
-    let mut top = common(lookup);
+    // The seed polled every 5 s.
+    let mut top = common(lookup, Some("5s"));
     top.insert(
         "providers".into(),
         json!([circleci_provider(lookup, json!({"env": AUTOSCALER_TOKEN}))]),
@@ -376,13 +382,31 @@ pub async fn load(mode: Mode) -> anyhow::Result<Validated> {
         }
         Mode::CircleciAutoscaler => {
             let (namespace, kubernetes, kube_namespace) = autoscaler_settings(&lookup)?;
-            let found = Discovered {
-                groups: discover_groups(&namespace).await?,
-                cron_jobs: if kubernetes {
-                    discover_cron_jobs(&namespace, &kube_namespace).await?
-                } else {
-                    Vec::new()
-                },
+            let groups = discover_groups(&namespace).await;
+            let cron_jobs = if kubernetes {
+                discover_cron_jobs(&namespace, &kube_namespace).await
+            } else {
+                Ok(Vec::new())
+            };
+            // Like the seed, one side failing does not stop the other (a cluster without
+            // AWS credentials, an AWS account without a cluster); both failing is an error.
+            let found = match (groups, cron_jobs) {
+                (Err(g), Err(k)) => anyhow::bail!("{g}; {k}"),
+                (Ok(groups), Ok(cron_jobs)) => Discovered { groups, cron_jobs },
+                (Ok(groups), Err(e)) => {
+                    tracing::warn!(error = %e, "no pools from CronJobs: discovery failed");
+                    Discovered {
+                        groups,
+                        cron_jobs: Vec::new(),
+                    }
+                }
+                (Err(e), Ok(cron_jobs)) => {
+                    tracing::warn!(error = %e, "no pools from Auto Scaling groups: discovery failed");
+                    Discovered {
+                        groups: Vec::new(),
+                        cron_jobs,
+                    }
+                }
             };
             tracing::info!(
                 groups = found.groups.len(),
