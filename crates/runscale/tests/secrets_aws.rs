@@ -3,13 +3,17 @@
 //! AWS harness) and talks to the GitHub emulator with it; a missing secret or key fails naming
 //! the field and the secret, never the value.
 //!
+//! `runscale check` with an AWS identity whose IAM policy lacks some of the aws-asg backend's
+//! permissions lists exactly those (moto enforcing IAM).
+//!
 //! Without `RUNSCALE_MOTO_SERVER` (set by scripts/test.sh) the tests print a note and pass,
 //! unless `CI` is set.
 
 #![cfg(all(
     feature = "secrets-aws",
     feature = "provider-github",
-    feature = "backend-local-process"
+    feature = "backend-local-process",
+    feature = "backend-aws-asg"
 ))]
 
 use std::path::{Path, PathBuf};
@@ -106,6 +110,16 @@ pools:
 /// Runs `runscale <args> -c <config>` with the AWS environment pointing at moto: exit code,
 /// stdout, stderr.
 async fn runscale(moto: &MotoServer, args: &[&str], config: &Path) -> (i32, String, String) {
+    runscale_as(moto, args, config, ("testing", "testing")).await
+}
+
+/// [`runscale`] with the access key `(id, secret)`.
+async fn runscale_as(
+    moto: &MotoServer,
+    args: &[&str],
+    config: &Path,
+    key: (&str, &str),
+) -> (i32, String, String) {
     let mut c = Command::new(BIN);
     c.args(args)
         .arg("-c")
@@ -116,8 +130,8 @@ async fn runscale(moto: &MotoServer, args: &[&str], config: &Path) -> (i32, Stri
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
         .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_ACCESS_KEY_ID", key.0)
+        .env("AWS_SECRET_ACCESS_KEY", key.1)
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", config.with_file_name("no-aws-config"))
@@ -266,4 +280,158 @@ async fn a_missing_secret_or_key_is_an_error_naming_the_field_and_the_secret() {
     for text in [&stdout, &stderr] {
         assert!(!text.contains(TOKEN), "{text}");
     }
+}
+
+/// One IAM Query API call to moto (routed by the credential scope; moto does not check the
+/// signature before authorization is switched on); the response body.
+async fn iam(moto: &MotoServer, params: &[(&str, &str)]) -> String {
+    let mut form: Vec<(&str, &str)> = vec![("Version", "2010-05-08")];
+    form.extend_from_slice(params);
+    let resp = reqwest::Client::new()
+        .post(moto.url())
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20261130/us-east-1/iam/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&form))
+        .send()
+        .await
+        .expect("IAM call");
+    let status = resp.status();
+    let body = resp.text().await.expect("IAM body");
+    assert!(status.is_success(), "{params:?}: {status} {body}");
+    body
+}
+
+/// `application/x-www-form-urlencoded` text of `pairs`.
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut url = reqwest::Url::parse("http://form.invalid/").expect("url");
+    url.query_pairs_mut().extend_pairs(pairs);
+    url.query().unwrap_or_default().to_owned()
+}
+
+/// The text of `<tag>` in an XML answer.
+fn xml_field(body: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = body.find(&open).expect("field") + open.len();
+    let end = body[start..].find("</").expect("end") + start;
+    body[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_the_iam_actions_the_policy_lacks() {
+    let Some(moto) = moto().await else { return };
+    let gh = github().await;
+    let aws = runscale_emulator::aws::MotoClient::new(moto.url(), "us-east-1");
+    aws.create_group("iam-runners", 2).await.expect("group");
+    // A user allowed to read the group and the parameters, and nothing else runscale needs.
+    iam(
+        &moto,
+        &[("Action", "CreateUser"), ("UserName", "runscale-check")],
+    )
+    .await;
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Action": [
+                "autoscaling:DescribeAutoScalingGroups",
+                "ssm:GetParameter",
+                "ssm:GetParametersByPath"
+            ],
+            "Resource": "*"
+        }]
+    })
+    .to_string();
+    iam(
+        &moto,
+        &[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "runscale-check"),
+            ("PolicyName", "partial"),
+            ("PolicyDocument", &policy),
+        ],
+    )
+    .await;
+    let key = iam(
+        &moto,
+        &[
+            ("Action", "CreateAccessKey"),
+            ("UserName", "runscale-check"),
+        ],
+    )
+    .await;
+    let (id, secret) = (
+        xml_field(&key, "AccessKeyId"),
+        xml_field(&key, "SecretAccessKey"),
+    );
+    // From now on moto authenticates and authorizes every request.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/moto-api/reset-auth", moto.url()))
+        .body("0")
+        .send()
+        .await
+        .expect("reset-auth");
+    assert!(resp.status().is_success());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("gh-token");
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    let text = format!(
+        r#"listen: 127.0.0.1:0
+providers:
+  - name: gh
+    type: github
+    api_url: {api}
+    org: octo-org
+    repositories: [app]
+    auth:
+      token: {{file: {token}}}
+backends:
+  - name: asg
+    type: aws-asg
+    region: us-east-1
+pools:
+  - name: iam
+    provider: gh
+    backend: asg
+    selector: {{labels: [linux]}}
+    template: {{group: iam-runners}}
+    max: 2
+"#,
+        api = gh.base_url(),
+        token = token_file.display()
+    );
+    let path = dir.path().join("runscale.yaml");
+    std::fs::write(&path, &text).expect("config");
+    let (code, stdout, stderr) = runscale_as(&moto, &["check"], &path, (&id, &secret)).await;
+    assert_eq!(code, 1, "{text}\n{stdout}{stderr}");
+    let detail = row(&stdout, "asg")[4..].join(" ");
+    assert!(detail.contains("missing IAM permissions"), "{stdout}");
+    for missing in [
+        "autoscaling:SetInstanceProtection",
+        "autoscaling:DescribeAutoScalingInstances",
+        "ssm:DeleteParameter",
+    ] {
+        assert!(detail.contains(missing), "{missing} not listed: {detail}");
+    }
+    for allowed in [
+        "autoscaling:DescribeAutoScalingGroups,",
+        "ssm:GetParametersByPath,",
+    ] {
+        assert!(
+            !detail
+                .split("missing IAM permissions:")
+                .nth(1)
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .contains(allowed.trim_end_matches(',')),
+            "{allowed} listed as missing: {detail}"
+        );
+    }
+    assert!(!stdout.contains(&secret) && !stderr.contains(&secret));
 }

@@ -138,11 +138,15 @@ impl Failure {
         self.code.as_deref().is_some_and(|c| CAPACITY.contains(&c))
     }
 
-    /// Whether the caller lacks a permission.
+    /// Whether the caller lacks a permission: an access-denied code, or an HTTP 403 whose
+    /// body names no error code the SDK could read (moto, enforcing IAM, answers Auto Scaling
+    /// and SSM in another protocol's error format; a 403 is an authorization refusal either
+    /// way, and bad credentials come with their own codes).
     pub(crate) fn is_access_denied(&self) -> bool {
-        self.code
-            .as_deref()
-            .is_some_and(|c| ACCESS_DENIED.contains(&c))
+        match self.code.as_deref() {
+            Some(c) => ACCESS_DENIED.contains(&c),
+            None => self.status == Some(403),
+        }
     }
 
     /// The kind.
@@ -329,6 +333,23 @@ mod tests {
             transport: Some("connection failed".to_owned()),
         };
         assert_eq!(transport.kind(), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn a_403_without_a_readable_error_is_access_denied() {
+        let f = Failure {
+            code: None,
+            message: None,
+            status: Some(403),
+            transport: Some("unreadable response".to_owned()),
+        };
+        assert!(f.is_access_denied());
+        assert_eq!(f.kind(), ErrorKind::Misconfigured);
+        let other = Failure {
+            status: Some(404),
+            ..f
+        };
+        assert!(!other.is_access_denied());
     }
 
     #[test]
