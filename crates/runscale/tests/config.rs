@@ -542,3 +542,46 @@ fn circleci_pools_select_a_resource_class_with_its_token() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn gitlab_pools_on_exec_machines_are_validated_and_built() {
+    let text = r#"providers:
+  - name: gl
+    type: gitlab
+    url: https://gitlab.example.com
+    token: {env: RUNSCALE_TEST_GL_TOKEN}
+    projects: [acme/app]
+backends:
+  - name: cloud
+    type: exec
+    command: ["/usr/local/bin/hcloud-runners", "--verbose"]
+    timeouts: {create: 5m}
+pools:
+  - name: docker
+    provider: gl
+    backend: cloud
+    selector: {tags: [docker], run_untagged: true}
+    template: {params: {server_type: cx22, image: ubuntu-24.04}}
+    runners_per_instance: 2
+    max: 4
+"#;
+    let v = config::load_str(text, Path::new(FILE), no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.providers[0].settings.kind(), "gitlab");
+    assert_eq!(v.pools[0].spec.runners_per_instance, 2);
+    let errors = errors_of(&text.replace("run_untagged: true", "run_untagged: maybe"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "pools[0].selector.run_untagged"),
+        "{errors:#?}"
+    );
+    let errors = errors_of(&text.replace("command: [", "command: [] #"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path.starts_with("backends[0].command")),
+        "{errors:#?}"
+    );
+    let schema = config::schema().to_string();
+    assert!(schema.contains("\"gitlab\"") && schema.contains("\"exec\""));
+}

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use runscale_backends::aws_asg;
 #[cfg(feature = "backend-aws-ec2")]
 use runscale_backends::aws_ec2;
+#[cfg(feature = "backend-exec")]
+use runscale_backends::exec as exec_backend;
 #[cfg(feature = "backend-kubernetes")]
 use runscale_backends::kubernetes;
 #[cfg(feature = "backend-local-process")]
@@ -33,6 +35,8 @@ use runscale_providers::circleci;
 use runscale_providers::exec;
 #[cfg(feature = "provider-github")]
 use runscale_providers::github;
+#[cfg(feature = "provider-gitlab")]
+use runscale_providers::gitlab;
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -68,6 +72,11 @@ pub const PROVIDER_TYPES: &[TypeInfo] = &[
         feature: "provider-circleci",
         compiled: cfg!(feature = "provider-circleci"),
     },
+    TypeInfo {
+        name: "gitlab",
+        feature: "provider-gitlab",
+        compiled: cfg!(feature = "provider-gitlab"),
+    },
 ];
 
 /// Every backend type runscale knows.
@@ -76,6 +85,11 @@ pub const BACKEND_TYPES: &[TypeInfo] = &[
         name: "local-process",
         feature: "backend-local-process",
         compiled: cfg!(feature = "backend-local-process"),
+    },
+    TypeInfo {
+        name: "exec",
+        feature: "backend-exec",
+        compiled: cfg!(feature = "backend-exec"),
     },
     TypeInfo {
         name: "kubernetes",
@@ -106,6 +120,9 @@ pub enum ProviderSettings {
     /// `circleci`.
     #[cfg(feature = "provider-circleci")]
     Circleci(circleci::Config),
+    /// `gitlab`.
+    #[cfg(feature = "provider-gitlab")]
+    Gitlab(gitlab::Config),
 }
 
 /// A pool's selector, parsed into its provider type's selector.
@@ -120,6 +137,9 @@ pub enum SelectorSettings {
     /// `circleci`.
     #[cfg(feature = "provider-circleci")]
     Circleci(circleci::PoolSelector),
+    /// `gitlab`.
+    #[cfg(feature = "provider-gitlab")]
+    Gitlab(gitlab::PoolSelector),
 }
 
 impl SelectorSettings {
@@ -132,6 +152,8 @@ impl SelectorSettings {
             SelectorSettings::Github(ref s) => s.labels.clone(),
             #[cfg(feature = "provider-circleci")]
             SelectorSettings::Circleci(ref s) => vec![s.resource_class.clone()],
+            #[cfg(feature = "provider-gitlab")]
+            SelectorSettings::Gitlab(ref s) => s.tags.clone(),
         }
     }
 }
@@ -153,6 +175,9 @@ pub enum BackendSettings {
     /// `local-process`.
     #[cfg(feature = "backend-local-process")]
     LocalProcess(local_process::Config),
+    /// `exec`.
+    #[cfg(feature = "backend-exec")]
+    Exec(exec_backend::Config),
     /// `kubernetes`.
     #[cfg(feature = "backend-kubernetes")]
     Kubernetes(kubernetes::Config),
@@ -170,6 +195,9 @@ pub enum TemplateSettings {
     /// `local-process`.
     #[cfg(feature = "backend-local-process")]
     LocalProcess(local_process::PoolTemplate),
+    /// `exec`.
+    #[cfg(feature = "backend-exec")]
+    Exec(exec_backend::PoolTemplate),
     /// `kubernetes` (boxed: a pod template is large).
     #[cfg(feature = "backend-kubernetes")]
     Kubernetes(Box<kubernetes::PoolTemplate>),
@@ -191,6 +219,8 @@ impl ProviderSettings {
             ProviderSettings::Github(_) => "github",
             #[cfg(feature = "provider-circleci")]
             ProviderSettings::Circleci(_) => "circleci",
+            #[cfg(feature = "provider-gitlab")]
+            ProviderSettings::Gitlab(_) => "gitlab",
         }
     }
 }
@@ -201,6 +231,8 @@ impl BackendSettings {
         match *self {
             #[cfg(feature = "backend-local-process")]
             BackendSettings::LocalProcess(_) => "local-process",
+            #[cfg(feature = "backend-exec")]
+            BackendSettings::Exec(_) => "exec",
             #[cfg(feature = "backend-kubernetes")]
             BackendSettings::Kubernetes(_) => "kubernetes",
             #[cfg(feature = "backend-aws-asg")]
@@ -324,6 +356,9 @@ pub(crate) fn parse_provider(
         #[cfg(feature = "provider-circleci")]
         "circleci" => typed(Value::Object(settings), path, circleci::Config::validate)
             .map(ProviderSettings::Circleci),
+        #[cfg(feature = "provider-gitlab")]
+        "gitlab" => typed(Value::Object(settings), path, gitlab::Config::validate)
+            .map(ProviderSettings::Gitlab),
         _ => {
             let _ = settings;
             Err(vec![unknown_type(
@@ -350,6 +385,13 @@ pub(crate) fn parse_backend(
             local_process::Config::validate,
         )
         .map(BackendSettings::LocalProcess),
+        #[cfg(feature = "backend-exec")]
+        "exec" => typed(
+            Value::Object(settings),
+            path,
+            exec_backend::Config::validate,
+        )
+        .map(BackendSettings::Exec),
         #[cfg(feature = "backend-kubernetes")]
         "kubernetes" => typed(Value::Object(settings), path, kubernetes::Config::validate)
             .map(BackendSettings::Kubernetes),
@@ -396,6 +438,10 @@ pub(crate) fn parse_selector(
         ProviderSettings::Circleci(_) => {
             typed(value, path, circleci::PoolSelector::validate).map(SelectorSettings::Circleci)
         }
+        #[cfg(feature = "provider-gitlab")]
+        ProviderSettings::Gitlab(_) => {
+            typed(value, path, gitlab::PoolSelector::validate).map(SelectorSettings::Gitlab)
+        }
     }
 }
 
@@ -425,6 +471,10 @@ pub(crate) fn parse_template(
                 )]);
             }
             Ok(TemplateSettings::LocalProcess(t))
+        }
+        #[cfg(feature = "backend-exec")]
+        BackendSettings::Exec(_) => {
+            typed(value, path, exec_backend::PoolTemplate::validate).map(TemplateSettings::Exec)
         }
         #[cfg(feature = "backend-kubernetes")]
         BackendSettings::Kubernetes(_) => {
@@ -480,6 +530,8 @@ impl TemplateSettings {
         match *self {
             #[cfg(feature = "backend-local-process")]
             TemplateSettings::LocalProcess(ref t) => t.template_hash(),
+            #[cfg(feature = "backend-exec")]
+            TemplateSettings::Exec(ref t) => t.template_hash(),
             #[cfg(feature = "backend-kubernetes")]
             TemplateSettings::Kubernetes(ref t) => t.template_hash(),
             #[cfg(feature = "backend-aws-asg")]
@@ -550,6 +602,21 @@ pub(crate) fn build_provider(
                 pools,
             )?))
         }
+        #[cfg(feature = "provider-gitlab")]
+        ProviderSettings::Gitlab(ref config) => {
+            let pools = selectors
+                .into_iter()
+                .map(|(pool, s)| match s {
+                    SelectorSettings::Gitlab(s) => Ok((pool, s)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(mismatch(&pool, "selector")),
+                })
+                .collect::<runscale_core::Result<Vec<_>>>()?;
+            Ok(Arc::new(gitlab::GitlabProvider::new(
+                config.clone(),
+                pools,
+            )?))
+        }
     }
 }
 
@@ -571,6 +638,19 @@ pub(crate) fn build_backend(
                 })
                 .collect::<runscale_core::Result<HashMap<_, _>>>()?;
             let backend = local_process::LocalProcess::new(config.clone(), templates)?;
+            Ok(Arc::new(backend))
+        }
+        #[cfg(feature = "backend-exec")]
+        BackendSettings::Exec(ref config) => {
+            let templates = templates
+                .into_iter()
+                .map(|(pool, t)| match t {
+                    TemplateSettings::Exec(t) => Ok((pool, t)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(mismatch(&pool, "template")),
+                })
+                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
+            let backend = exec_backend::ExecBackend::new(config.clone(), templates)?;
             Ok(Arc::new(backend))
         }
         #[cfg(feature = "backend-kubernetes")]
@@ -703,6 +783,10 @@ pub(crate) fn providers_schema(generator: &mut SchemaGenerator) -> Schema {
     variants.push(entry_schema::<circleci::Config>(
         generator, "provider", "circleci",
     ));
+    #[cfg(feature = "provider-gitlab")]
+    variants.push(entry_schema::<gitlab::Config>(
+        generator, "provider", "gitlab",
+    ));
     let _ = &generator;
     list_of(one_of(
         "A provider: `name`, `type` and that type's settings.",
@@ -721,6 +805,10 @@ pub(crate) fn backends_schema(generator: &mut SchemaGenerator) -> Schema {
         generator,
         "backend",
         "local-process",
+    ));
+    #[cfg(feature = "backend-exec")]
+    variants.push(entry_schema::<exec_backend::Config>(
+        generator, "backend", "exec",
     ));
     #[cfg(feature = "backend-kubernetes")]
     variants.push(entry_schema::<kubernetes::Config>(
@@ -759,6 +847,10 @@ pub(crate) fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
     ));
     #[cfg(feature = "provider-circleci")]
     variants.push(<circleci::PoolSelector as schemars::JsonSchema>::json_schema(generator));
+    #[cfg(feature = "provider-gitlab")]
+    variants.push(<gitlab::PoolSelector as schemars::JsonSchema>::json_schema(
+        generator,
+    ));
     let _ = &generator;
     any_of(
         "Which jobs the pool serves; the shape is that of the pool's provider type.",
@@ -774,6 +866,8 @@ pub(crate) fn template_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut variants: Vec<Schema> = Vec::new();
     #[cfg(feature = "backend-local-process")]
     variants.push(<local_process::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
+    #[cfg(feature = "backend-exec")]
+    variants.push(<exec_backend::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
     #[cfg(feature = "backend-kubernetes")]
     variants.push(<kubernetes::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
     #[cfg(feature = "backend-aws-asg")]
