@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use runscale_core::secret::SecretRef;
-use runscale_core::{ErrorKind, PoolId, Provider, RunnerState, WebhookRequest};
+use runscale_core::{ErrorKind, PoolId, Provider, Registration, RunnerState, WebhookRequest};
 use runscale_emulator::gitlab::{
     self as emu, Emulator, EmulatorConfig, EmulatorHandle, Faults, JobSpec,
 };
@@ -71,6 +71,18 @@ async fn setup(pools: Vec<(&str, PoolSelector)>, tweak: impl FnOnce(&mut Config)
         _dir: dir,
         provider,
     }
+}
+
+/// A fake runner worker (one slot) with a registration's credentials, as the instance gets them.
+fn start_worker(
+    reg: &Registration,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<emu::AgentReport, emu::AgentError>> {
+    let vars: HashMap<String, String> = reg.credentials.expose_all().into_iter().collect();
+    let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
+        .expect("vars")
+        .expect("gitlab");
+    tokio::spawn(emu::run_agent(config, stop.clone()))
 }
 
 fn ids(names: &[&str]) -> Vec<PoolId> {
@@ -181,15 +193,7 @@ async fn slots_are_managers_busy_ones_are_never_removed() {
     let stop = CancellationToken::new();
     let mut workers = Vec::new();
     for reg in [&a, &b] {
-        let vars = reg
-            .credentials
-            .expose_all()
-            .into_iter()
-            .collect::<HashMap<_, _>>();
-        let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
-            .expect("vars")
-            .expect("gitlab");
-        workers.push(tokio::spawn(emu::run_agent(config, stop.clone())));
+        workers.push(start_worker(reg, &stop));
     }
     s.emu.submit(vec![JobSpec::new(
         100,
@@ -266,16 +270,8 @@ async fn per_instance_runners_are_paused_by_drain_and_deleted_by_remove() {
         2,
         "one runner per instance"
     );
-    let vars = a
-        .credentials
-        .expose_all()
-        .into_iter()
-        .collect::<HashMap<_, _>>();
-    let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
-        .expect("vars")
-        .expect("gitlab");
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(emu::run_agent(config, stop.clone()));
+    let worker = start_worker(&a, &stop);
     let mut slot = None;
     for _ in 0..50 {
         let v = views(&s.provider, &["linux"]).await;
@@ -365,16 +361,8 @@ async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
         .register(&pool, "rs-linux-aaaaaaaaaa")
         .await
         .expect("register");
-    let vars = reg
-        .credentials
-        .expose_all()
-        .into_iter()
-        .collect::<HashMap<_, _>>();
-    let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
-        .expect("vars")
-        .expect("gitlab");
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(emu::run_agent(config, stop.clone()));
+    let worker = start_worker(&reg, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(views(&s.provider, &["linux"]).await[&pool].runners.len(), 1);
 
@@ -421,16 +409,8 @@ async fn regression_one_failed_managers_call_is_not_a_fleet_without_runners() {
         .register(&pool, "rs-linux-aaaaaaaaaa")
         .await
         .expect("register");
-    let vars = reg
-        .credentials
-        .expose_all()
-        .into_iter()
-        .collect::<HashMap<_, _>>();
-    let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
-        .expect("vars")
-        .expect("gitlab");
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(emu::run_agent(config, stop.clone()));
+    let worker = start_worker(&reg, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(views(&s.provider, &["linux"]).await[&pool].runners.len(), 1);
     s.emu.set_faults(Faults {
