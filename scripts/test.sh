@@ -65,20 +65,25 @@ if [ ! -f "$stamp" ]; then
 fi
 echo "npm packages: $NPM_PACKAGES (in $RUNSCALE_NPM_DIR)"
 
-step "chromium"
+step "debian packages"
 # Debian's Chromium: the status page test loads the page in it (headless) and finds it through
-# RUNSCALE_CHROMIUM. Package lists are refreshed only if the install fails.
+# RUNSCALE_CHROMIUM. jq: the exec backend's example scripts (deploy/exec/) parse their JSON
+# requests with it. Package lists are refreshed only if the install fails.
+packages=""
+if [ ! -x "${RUNSCALE_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then packages="chromium"; fi
+command -v jq >/dev/null 2>&1 || packages="$packages jq"
+if [ -n "$packages" ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # shellcheck disable=SC2086 # one word per package
+  apt_install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null; }
+  apt_install || { $sudo apt-get update -qq >/dev/null && apt_install; } \
+    || { echo "cannot install$packages with apt-get"; exit 1; }
+fi
 if [ ! -x "${RUNSCALE_CHROMIUM:-}" ]; then
-  if [ ! -x /usr/bin/chromium ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    apt_install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
-    apt_install || { $sudo apt-get update -qq >/dev/null && apt_install; } \
-      || { echo "cannot install chromium with apt-get"; exit 1; }
-  fi
   export RUNSCALE_CHROMIUM=/usr/bin/chromium
 fi
 export RUNSCALE_CHROMIUM
-echo "chromium: $("$RUNSCALE_CHROMIUM" --version 2>/dev/null)"
+echo "chromium: $("$RUNSCALE_CHROMIUM" --version 2>/dev/null); $(jq --version)"
 
 step "format"
 cargo fmt --all -- --check
