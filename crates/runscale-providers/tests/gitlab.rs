@@ -38,8 +38,20 @@ fn selector(tags: &[&str], run_untagged: bool, per: RunnerPer) -> PoolSelector {
 }
 
 async fn setup(pools: Vec<(&str, PoolSelector)>, tweak: impl FnOnce(&mut Config)) -> Setup {
+    setup_with(Vec::new(), pools, tweak).await
+}
+
+/// [`setup`] with the emulator delivering Job Hooks to `hooks`.
+async fn setup_with(
+    hooks: Vec<emu::WebhookConfig>,
+    pools: Vec<(&str, PoolSelector)>,
+    tweak: impl FnOnce(&mut Config),
+) -> Setup {
     let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
     c.long_poll = Duration::from_millis(100);
+    // Every delivery is retried once (same Idempotency-Key).
+    c.faults.duplicate_webhooks = !hooks.is_empty();
+    c.webhooks = hooks;
     let emu = Emulator::start(c).await.expect("emulator");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token"), ADMIN).expect("token");
@@ -468,6 +480,74 @@ async fn the_rate_budget_is_reported_and_running_out_of_it_is_a_stale_view() {
         "429: the last good view, marked stale"
     );
     assert_eq!(s.provider.rate_limit_remaining(), Some(0));
+}
+
+/// Job Hooks as the emulator delivers them (headers and body), fed to the provider.
+#[tokio::test]
+async fn delivered_job_hooks_wake_the_pool_once_per_event() {
+    type Got = std::sync::Arc<std::sync::Mutex<Vec<WebhookRequest>>>;
+    let got: Got = Default::default();
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |h: axum::http::HeaderMap, b: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let headers = h
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                    .collect();
+                store.lock().expect("lock").push(WebhookRequest {
+                    headers,
+                    body: b.to_vec(),
+                });
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let hook = |token: &str| emu::WebhookConfig {
+        url: url.clone(),
+        token: Some(token.to_owned().into()),
+    };
+    let s = setup_with(
+        vec![hook(HOOK), hook("not-the-secret")],
+        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
+        |_| {},
+    )
+    .await;
+    s.emu
+        .submit(vec![JobSpec::new(100, &["linux"], Duration::ZERO)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while got.lock().expect("lock").len() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deliveries = got.lock().expect("lock").clone();
+    assert_eq!(
+        deliveries.len(),
+        4,
+        "one event, two hooks, each delivered twice"
+    );
+    let (mut woken, mut duplicates, mut refused) = (0, 0, 0);
+    for d in &deliveries {
+        match s.provider.webhook(d) {
+            Ok(pools) if pools == ids(&["linux"]) => woken += 1,
+            Ok(pools) if pools.is_empty() => duplicates += 1,
+            Ok(pools) => panic!("unexpected pools {pools:?}"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Misconfigured);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((woken, duplicates, refused), (1, 1, 2));
+    server.abort();
 }
 
 #[tokio::test]
