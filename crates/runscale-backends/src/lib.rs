@@ -3,6 +3,8 @@
 //! Each backend is one module implementing [`runscale_core::Backend`], behind a cargo feature:
 //!
 //! - [`local_process`] (feature `local`): one child process of this host per instance.
+//! - [`exec`] (feature `exec`): machines an operator-supplied executable creates, deletes and
+//!   lists through one JSON request on stdin (any cloud CLI or Terraform wrapper).
 //! - [`kubernetes`] (feature `kubernetes`): one pod per runner.
 //! - [`aws_asg`] (feature `aws-asg`): one instance of an AWS Auto Scaling group per runner.
 //! - [`aws_ec2`] (feature `aws-ec2`): one EC2 instance per runner, launched from a launch
