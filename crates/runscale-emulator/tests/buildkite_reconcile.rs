@@ -1,0 +1,212 @@
+//! End to end: runscale's reconciler with the Buildkite provider and the local-process
+//! backend running `runscale-fake-runner` processes as Buildkite agents (agent token and
+//! settings in their environment) against the emulator, on two queues: `linux` agents run one
+//! job and disconnect (`disconnect_after_job`), `arm` agents stay until runscale stops them
+//! (graceful stop, then the process is terminated). Every job runs exactly once, capacity
+//! returns to zero, and the emulator records no violation (no job started twice, no agent
+//! stopped, killed or disconnected while running a job).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use runscale_backends::local_process::{Config as LocalConfig, LocalProcess, PoolTemplate};
+use runscale_core::metrics::Metrics;
+use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+use runscale_core::secret::SecretRef;
+use runscale_core::{Backend, PoolId, PoolSpec, SystemClock};
+use runscale_emulator::buildkite::{Emulator, EmulatorConfig, JobSpec, JobStatus, Workload};
+use runscale_providers::buildkite::{BuildkiteProvider, Config, PoolSelector};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
+const LINUX_MAX: u32 = 3;
+const ARM_MAX: u32 = 2;
+
+async fn live(backend: &LocalProcess) -> usize {
+    let pools = [PoolId::new("linux"), PoolId::new("arm")];
+    backend
+        .instances(&pools)
+        .await
+        .expect("instances")
+        .values()
+        .map(Vec::len)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
+    let mut emu_config = EmulatorConfig::new("acme", "agent-token", "api-token");
+    emu_config.rest_requests_per_minute = 600;
+    let emu = Emulator::start(emu_config).await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (f, v) in [("api", "api-token"), ("agent", "agent-token")] {
+        std::fs::write(dir.path().join(f), v).expect("secret");
+    }
+    let selector = |queue: &str, after_job: bool| PoolSelector {
+        queue: queue.to_owned(),
+        tags: BTreeMap::from([("os".to_owned(), "linux".to_owned())]),
+        disconnect_after_job: after_job,
+        disconnect_after_idle_timeout: Some(Duration::from_secs(60)),
+    };
+    let provider = Arc::new(
+        BuildkiteProvider::new(
+            Config {
+                org: "acme".to_owned(),
+                api_url: emu.url(),
+                agent_endpoint: emu.agent_endpoint(),
+                api_token: SecretRef::File(dir.path().join("api")),
+                agent_token: SecretRef::File(dir.path().join("agent")),
+                webhook_token: None,
+                rest_requests_per_minute: 600,
+                stop_wait: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+            },
+            vec![
+                (PoolId::new("linux"), selector("linux", true)),
+                (PoolId::new("arm"), selector("arm", false)),
+            ],
+        )
+        .expect("provider"),
+    );
+    let config: LocalConfig = serde_json::from_value(serde_json::json!({
+        "state_dir": dir.path().join("state"),
+        "stop_grace": "2s",
+    }))
+    .expect("config");
+    let template: PoolTemplate =
+        serde_json::from_value(serde_json::json!({ "command": [BIN], "credentials": "env" }))
+            .expect("template");
+    let backend = Arc::new(
+        LocalProcess::new(
+            config,
+            HashMap::from([
+                (PoolId::new("linux"), template.clone()),
+                (PoolId::new("arm"), template),
+            ]),
+        )
+        .expect("backend"),
+    );
+    let spec = |name: &str, max: u32, ephemeral: bool| {
+        let mut s = PoolSpec::test(name)
+            .max(max)
+            .ephemeral(ephemeral)
+            .idle_timeout(Duration::from_secs(1))
+            .boot_timeout(Duration::from_secs(10));
+        s.template_hash = "t1".into();
+        s
+    };
+    let binding = |spec: PoolSpec| PoolBinding {
+        spec,
+        provider_name: "buildkite".into(),
+        provider: provider.clone(),
+        backend_name: "local".into(),
+        backend: backend.clone(),
+    };
+    let reconciler = Reconciler::new(
+        vec![
+            binding(spec("linux", LINUX_MAX, true)),
+            binding(spec("arm", ARM_MAX, false)),
+        ],
+        Arc::new(SystemClock),
+        Arc::new(Metrics::register(&mut Registry::default())),
+        Options {
+            interval: Duration::from_millis(400),
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(2),
+            ..Options::default()
+        },
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(reconciler.run(stop.clone()));
+
+    let jobs =
+        |queue: &str, n| vec![JobSpec::new(queue, Duration::from_millis(600)).rule("os=linux"); n];
+    let mut first = jobs("linux", 5);
+    first.extend(jobs("arm", 3));
+    let mut second = jobs("linux", 3);
+    second.extend(jobs("arm", 3));
+    let total = first.len() + second.len();
+    emu.play(Workload {
+        arrivals: vec![(Duration::ZERO, first), (Duration::from_secs(3), second)],
+    });
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        peak = peak.max(live(&backend).await);
+        let s = emu.snapshot();
+        if s.jobs.len() == total && s.all_finished() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "jobs not done: {:?}",
+            s.jobs
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = started.elapsed();
+    loop {
+        peak = peak.max(live(&backend).await);
+        if live(&backend).await == 0 && emu.snapshot().connected() == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "fleet not back to zero: {} processes, {:?}",
+            live(&backend).await,
+            emu.snapshot().agents
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = emu.snapshot();
+    assert_eq!(
+        s.count(JobStatus::Passed),
+        total,
+        "every job ran: {:?}",
+        s.jobs
+    );
+    assert!(s.jobs.iter().all(|j| j.starts == 1), "no job started twice");
+    assert!(s.violations.is_empty(), "violations: {:?}", s.violations);
+    assert!(
+        peak <= (LINUX_MAX + ARM_MAX) as usize,
+        "at most {} processes, saw {peak}",
+        LINUX_MAX + ARM_MAX
+    );
+    let by_queue = |pool: &'static str| {
+        s.agents
+            .iter()
+            .filter(move |a| runscale_core::naming::owned_by(pool, &a.name))
+    };
+    assert!(
+        by_queue("linux").all(|a| a.jobs_finished <= 1),
+        "linux agents run one job each"
+    );
+    let arm_jobs: u32 = by_queue("arm").map(|a| a.jobs_finished).sum();
+    assert_eq!(arm_jobs, 6);
+    let stops = s
+        .requests
+        .get("PUT /v2/organizations/{org}/agents/{id}/stop")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        stops >= by_queue("arm").count() as u64,
+        "every arm agent left because runscale stopped it ({stops} stops)"
+    );
+    println!(
+        "{total} jobs done in {:.1}s, fleet at zero after {:.1}s, peak {peak} processes, \
+         {} linux and {} arm agents, {} REST agent listings",
+        done.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        by_queue("linux").count(),
+        by_queue("arm").count(),
+        s.requests
+            .get("GET /v2/organizations/{org}/agents")
+            .copied()
+            .unwrap_or(0),
+    );
+    stop.cancel();
+    task.await.expect("reconciler");
+}
