@@ -33,17 +33,74 @@ struct Harness {
     backend: Arc<LocalProcess>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// How one runscale process is set up.
+#[derive(Clone, Copy)]
+struct Run {
+    runner_per: RunnerPer,
+    template_hash: &'static str,
+    stale_runner_timeout: Duration,
+}
+
+impl Run {
+    fn new(runner_per: RunnerPer) -> Self {
+        Run {
+            runner_per,
+            template_hash: "t1",
+            stale_runner_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn emulator_config() -> EmulatorConfig {
+    let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
+    c.long_poll = Duration::from_millis(300);
+    c.job_lease = Duration::from_secs(5);
+    c
 }
 
 impl Harness {
     async fn start(runner_per: RunnerPer) -> Self {
-        let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
-        c.long_poll = Duration::from_millis(300);
-        c.job_lease = Duration::from_secs(5);
+        Self::start_with(emulator_config(), Run::new(runner_per)).await
+    }
+
+    async fn start_with(c: EmulatorConfig, run: Run) -> Self {
         let emu = Emulator::start(c).await.expect("emulator");
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("token"), ADMIN).expect("secret");
+        let (backend, stop, task) = Self::runscale(&emu, &dir, run);
+        Harness {
+            emu,
+            backend,
+            stop,
+            task,
+            dir,
+        }
+    }
+
+    /// Stops this runscale and starts a new one (new provider, new backend object on the same
+    /// state directory), as after a restart.
+    async fn restart(&mut self, run: Run) {
+        self.stop.cancel();
+        (&mut self.task).await.expect("reconciler");
+        let (backend, stop, task) = Self::runscale(&self.emu, &self.dir, run);
+        self.backend = backend;
+        self.stop = stop;
+        self.task = task;
+    }
+
+    /// One runscale process: provider, backend and reconciler.
+    fn runscale(
+        emu: &EmulatorHandle,
+        dir: &tempfile::TempDir,
+        run: Run,
+    ) -> (
+        Arc<LocalProcess>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let provider = GitlabProvider::new(
             Config {
                 url: emu.url(),
@@ -53,7 +110,7 @@ impl Harness {
                 groups: vec!["acme".into()],
                 group_refresh: Duration::from_secs(60),
                 webhook_token: None,
-                stale_runner_timeout: Duration::from_secs(60),
+                stale_runner_timeout: run.stale_runner_timeout,
                 max_pages: 10,
                 request_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
@@ -66,7 +123,7 @@ impl Harness {
                     runner_type: RunnerType::InstanceType,
                     group_id: None,
                     project_id: None,
-                    runner_per,
+                    runner_per: run.runner_per,
                 },
             )],
         )
@@ -87,7 +144,7 @@ impl Harness {
             .slots(2)
             .idle_timeout(Duration::from_secs(2))
             .boot_timeout(Duration::from_secs(10));
-        spec.template_hash = "t1".into();
+        spec.template_hash = run.template_hash.into();
         let reconciler = Reconciler::new(
             vec![PoolBinding {
                 spec,
@@ -107,13 +164,7 @@ impl Harness {
         );
         let stop = CancellationToken::new();
         let task = tokio::spawn(reconciler.run(stop.clone()));
-        Harness {
-            emu,
-            backend,
-            stop,
-            task,
-            _dir: dir,
-        }
+        (backend, stop, task)
     }
 
     async fn live(&self) -> usize {
@@ -307,6 +358,60 @@ async fn an_api_outage_terminates_nothing() {
         min_live,
         before,
         (outage_started.elapsed() - outage).as_secs_f64()
+    );
+    h.stop().await;
+}
+
+/// runscale restarts with a new template while jobs run: the new process has lost the old
+/// runner's token, creates a new runner, waits for the old instances' jobs to finish before
+/// retiring them, and deletes the old runner once its managers are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_new_template_retires_old_instances_only_when_idle() {
+    let mut c = emulator_config();
+    // Managers of killed processes go offline after 3 s (GitLab: 2 hours) so the old runner
+    // is seen unused within the test.
+    c.online_window = Duration::from_secs(3);
+    let run = Run {
+        stale_runner_timeout: Duration::from_secs(2),
+        ..Run::new(RunnerPer::Pool)
+    };
+    let mut h = Harness::start_with(c, run).await;
+    h.emu.submit(vec![
+        JobSpec::new(100, &["linux"], Duration::from_secs(4));
+        4
+    ]);
+    let started = Instant::now();
+    while h.emu.snapshot().count(JobStatus::Running) < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "jobs did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.restart(Run {
+        template_hash: "t2",
+        ..run
+    })
+    .await;
+    h.emu
+        .submit(vec![JobSpec::new(100, &[], Duration::from_millis(500)); 2]);
+    h.wait_done(6, started, Duration::from_secs(60)).await;
+    let s = h.wait_zero(started, Duration::from_secs(90)).await;
+    check(&s, 6);
+    assert_eq!(
+        s.runners_created, 2,
+        "the restarted process made its own runner"
+    );
+    assert!(
+        s.runners.iter().all(|r| r.managers.is_empty()),
+        "{:?}",
+        s.runners
+    );
+    println!(
+        "gitlab restart: 4 running jobs kept through a restart with a new template, 2 more \
+         on new instances, {} runners left, zero after {:.1}s",
+        s.runners.len(),
+        started.elapsed().as_secs_f64()
     );
     h.stop().await;
 }
