@@ -3,6 +3,8 @@
 //! authentication, the REST rate limit, fault injection, and webhooks in both
 //! authentication styles.
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap.
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

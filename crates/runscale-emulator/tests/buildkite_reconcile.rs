@@ -6,6 +6,8 @@
 //! returns to zero, and the emulator records no violation (no job started twice, no agent
 //! stopped, killed or disconnected while running a job).
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap.
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

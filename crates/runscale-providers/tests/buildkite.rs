@@ -4,6 +4,8 @@
 //! removal succeeds, throttling and the REST budget, webhooks in both authentication
 //! styles; and core's provider conformance suite.
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap.
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

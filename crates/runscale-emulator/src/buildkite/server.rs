@@ -564,10 +564,12 @@ async fn register(
     .into_response()
 }
 
-fn access_token(headers: &HeaderMap) -> Result<String, Response> {
-    auth_value(headers, "Token ")
-        .map(str::to_owned)
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "Invalid access token"))
+fn access_token(headers: &HeaderMap) -> Option<String> {
+    auth_value(headers, "Token ").map(str::to_owned)
+}
+
+fn bad_access_token() -> Response {
+    error(StatusCode::UNAUTHORIZED, "Invalid access token")
 }
 
 /// Runs an agent call with its access token, emitting the events it produced.
@@ -576,9 +578,8 @@ fn agent_call(
     headers: &HeaderMap,
     call: impl FnOnce(&mut State, &str) -> Result<Vec<Event>, Refusal>,
 ) -> Response {
-    let token = match access_token(headers) {
-        Ok(t) => t,
-        Err(r) => return r,
+    let Some(token) = access_token(headers) else {
+        return bad_access_token();
     };
     let result = call(&mut shared.lock(), &token);
     match result {
@@ -586,7 +587,7 @@ fn agent_call(
             shared.emit(events);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(Refusal::Unknown) => error(StatusCode::UNAUTHORIZED, "Invalid access token"),
+        Err(Refusal::Unknown) => bad_access_token(),
         Err(r) => refusal(r),
     }
 }
@@ -604,9 +605,8 @@ async fn disconnect(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -
 }
 
 async fn ping(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let token = match access_token(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
+    let Some(token) = access_token(&headers) else {
+        return bad_access_token();
     };
     let result = shared.lock().ping(&token, Utc::now(), Instant::now());
     match result {
@@ -614,7 +614,7 @@ async fn ping(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -> Resp
             shared.emit(events);
             Json(answer).into_response()
         }
-        Err(Refusal::Unknown) => error(StatusCode::UNAUTHORIZED, "Invalid access token"),
+        Err(Refusal::Unknown) => bad_access_token(),
         Err(r) => refusal(r),
     }
 }

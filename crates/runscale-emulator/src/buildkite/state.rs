@@ -586,6 +586,7 @@ impl State {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
 
@@ -621,7 +622,7 @@ mod tests {
         let mut s = state();
         let (now, t) = (Utc::now(), Instant::now());
         s.submit(vec![JobSpec::new("a", Duration::from_secs(1)); 2], now);
-        let mut run = |s: &mut State, name: &str| {
+        let run = |s: &mut State, name: &str| {
             let (id, tok) = s.register(name, "h", tags(&["queue=a"]), now, t);
             s.connect(&tok, now, t).unwrap();
             let (ans, _) = s.ping(&tok, now, t).unwrap();

@@ -457,6 +457,7 @@ fn throttled(op: &'static str, wait: Duration) -> Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
 

@@ -162,6 +162,7 @@ pub(crate) fn rules_match(rules: &[String], tags: &[String]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap.
 mod tests {
     use super::*;
 
