@@ -12,16 +12,20 @@
 //! (with `*_RUNNER_NAME`, `*_API_URL`, `*_MODE`, `*_IDLE_TIMEOUT`; e.g. circleci-runner-
 //! autoscaler's CronJob pods), or the credentials file holds such runners.
 //!
+//! A Buildkite agent (the Buildkite emulator's fake) when `BUILDKITE_AGENT_TOKEN` is set (with
+//! `BUILDKITE_AGENT_NAME`, `_TAGS`, `_ENDPOINT`, `_DISCONNECT_AFTER_JOB`,
+//! `_DISCONNECT_AFTER_IDLE_TIMEOUT`; e.g. a Buildscaler Job's pod).
+//!
 //! What does not live here: the agent protocol itself (in `runscale-emulator`), and the other
 //! ways the standalone `runscale-fake-runner` binary accepts a runner (`--jitconfig`, `--url`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use runscale_emulator::circleci;
 use runscale_emulator::github::{
     AgentExit, JIT_CONFIG_SECRET, JitConfig, RunnerSource, read_credentials_file, run_agent,
 };
+use runscale_emulator::{buildkite, circleci};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -50,6 +54,9 @@ fn sources() -> anyhow::Result<Vec<RunnerSource>> {
 /// Runs one agent per runner until each is done. Fails if no runner is given or its
 /// credentials are unreadable, or if any agent failed.
 pub async fn run() -> anyhow::Result<()> {
+    if let Some(agent) = buildkite::AgentConfig::from_env()? {
+        return run_buildkite(agent).await;
+    }
     let circleci = circleci_runners()?;
     if !circleci.is_empty() {
         return run_circleci(circleci).await;
@@ -135,6 +142,18 @@ async fn run_circleci(configs: Vec<circleci::AgentConfig>) -> anyhow::Result<()>
     if failed > 0 {
         bail!("{failed} runner(s) failed");
     }
+    Ok(())
+}
+
+/// Runs the Buildkite agent until it leaves (after its job with disconnect-after-job, after its
+/// idle timeout, when stopped through the API, or on SIGTERM once its job is done).
+async fn run_buildkite(config: buildkite::AgentConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    let report = buildkite::run_agent(config, shutdown).await;
+    signals.abort();
+    let report = report.context("buildkite agent failed")?;
+    info!(agent = %report.name, jobs = report.jobs_finished, exit = ?report.exit, "buildkite agent exited");
     Ok(())
 }
 

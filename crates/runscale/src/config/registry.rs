@@ -29,6 +29,8 @@ use runscale_backends::kubernetes;
 #[cfg(feature = "backend-local-process")]
 use runscale_backends::local_process;
 use runscale_core::{Backend, PoolId, Provider};
+#[cfg(feature = "provider-buildkite")]
+use runscale_providers::buildkite;
 #[cfg(feature = "provider-circleci")]
 use runscale_providers::circleci;
 #[cfg(feature = "provider-exec")]
@@ -77,6 +79,11 @@ pub const PROVIDER_TYPES: &[TypeInfo] = &[
         feature: "provider-gitlab",
         compiled: cfg!(feature = "provider-gitlab"),
     },
+    TypeInfo {
+        name: "buildkite",
+        feature: "provider-buildkite",
+        compiled: cfg!(feature = "provider-buildkite"),
+    },
 ];
 
 /// Every backend type runscale knows.
@@ -123,6 +130,9 @@ pub enum ProviderSettings {
     /// `gitlab`.
     #[cfg(feature = "provider-gitlab")]
     Gitlab(gitlab::Config),
+    /// `buildkite`.
+    #[cfg(feature = "provider-buildkite")]
+    Buildkite(buildkite::Config),
 }
 
 /// A pool's selector, parsed into its provider type's selector.
@@ -140,6 +150,9 @@ pub enum SelectorSettings {
     /// `gitlab`.
     #[cfg(feature = "provider-gitlab")]
     Gitlab(gitlab::PoolSelector),
+    /// `buildkite`.
+    #[cfg(feature = "provider-buildkite")]
+    Buildkite(buildkite::PoolSelector),
 }
 
 impl SelectorSettings {
@@ -154,6 +167,10 @@ impl SelectorSettings {
             SelectorSettings::Circleci(ref s) => vec![s.resource_class.clone()],
             #[cfg(feature = "provider-gitlab")]
             SelectorSettings::Gitlab(ref s) => s.tags.clone(),
+            #[cfg(feature = "provider-buildkite")]
+            SelectorSettings::Buildkite(ref s) => std::iter::once(format!("queue={}", s.queue))
+                .chain(s.tags.iter().map(|(k, v)| format!("{k}={v}")))
+                .collect(),
         }
     }
 }
@@ -221,6 +238,8 @@ impl ProviderSettings {
             ProviderSettings::Circleci(_) => "circleci",
             #[cfg(feature = "provider-gitlab")]
             ProviderSettings::Gitlab(_) => "gitlab",
+            #[cfg(feature = "provider-buildkite")]
+            ProviderSettings::Buildkite(_) => "buildkite",
         }
     }
 }
@@ -359,6 +378,9 @@ pub(crate) fn parse_provider(
         #[cfg(feature = "provider-gitlab")]
         "gitlab" => typed(Value::Object(settings), path, gitlab::Config::validate)
             .map(ProviderSettings::Gitlab),
+        #[cfg(feature = "provider-buildkite")]
+        "buildkite" => typed(Value::Object(settings), path, buildkite::Config::validate)
+            .map(ProviderSettings::Buildkite),
         _ => {
             let _ = settings;
             Err(vec![unknown_type(
@@ -441,6 +463,10 @@ pub(crate) fn parse_selector(
         #[cfg(feature = "provider-gitlab")]
         ProviderSettings::Gitlab(_) => {
             typed(value, path, gitlab::PoolSelector::validate).map(SelectorSettings::Gitlab)
+        }
+        #[cfg(feature = "provider-buildkite")]
+        ProviderSettings::Buildkite(_) => {
+            typed(value, path, buildkite::PoolSelector::validate).map(SelectorSettings::Buildkite)
         }
     }
 }
@@ -617,6 +643,21 @@ pub(crate) fn build_provider(
                 pools,
             )?))
         }
+        #[cfg(feature = "provider-buildkite")]
+        ProviderSettings::Buildkite(ref config) => {
+            let pools = selectors
+                .into_iter()
+                .map(|(pool, s)| match s {
+                    SelectorSettings::Buildkite(s) => Ok((pool, s)),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(mismatch(&pool, "selector")),
+                })
+                .collect::<runscale_core::Result<Vec<_>>>()?;
+            Ok(Arc::new(buildkite::BuildkiteProvider::new(
+                config.clone(),
+                pools,
+            )?))
+        }
     }
 }
 
@@ -787,6 +828,12 @@ pub(crate) fn providers_schema(generator: &mut SchemaGenerator) -> Schema {
     variants.push(entry_schema::<gitlab::Config>(
         generator, "provider", "gitlab",
     ));
+    #[cfg(feature = "provider-buildkite")]
+    variants.push(entry_schema::<buildkite::Config>(
+        generator,
+        "provider",
+        "buildkite",
+    ));
     let _ = &generator;
     list_of(one_of(
         "A provider: `name`, `type` and that type's settings.",
@@ -851,6 +898,8 @@ pub(crate) fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
     variants.push(<gitlab::PoolSelector as schemars::JsonSchema>::json_schema(
         generator,
     ));
+    #[cfg(feature = "provider-buildkite")]
+    variants.push(<buildkite::PoolSelector as schemars::JsonSchema>::json_schema(generator));
     let _ = &generator;
     any_of(
         "Which jobs the pool serves; the shape is that of the pool's provider type.",
