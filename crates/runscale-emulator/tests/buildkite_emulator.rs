@@ -1,7 +1,7 @@
 //! The Buildkite emulator over loopback HTTP: metrics per queue with the poll-duration
 //! header, the REST agents listing, graceful and forced stops (the latter a violation),
-//! authentication, the REST rate limit, fault injection, and webhooks in both
-//! authentication styles.
+//! authentication, the REST rate limit, fault injection, webhooks in both authentication
+//! styles, and the Stacks API's scheduled jobs and reservations.
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap.
 
@@ -29,6 +29,7 @@ fn agent(emu: &EmulatorHandle, name: &str, queue: &str, after_job: bool) -> Agen
         tags: vec![format!("queue={queue}"), "os=linux".to_owned()],
         disconnect_after_job: after_job,
         disconnect_after_idle_timeout: None,
+        acquire_job: None,
         ping_interval: Duration::from_millis(50),
     }
 }
@@ -305,4 +306,130 @@ async fn webhooks_carry_the_token_or_a_timestamped_signature() {
         .unwrap();
     assert!((chrono::Utc::now().timestamp() - ts).abs() < 60);
     assert_eq!(sig, signature(b"hook-token", ts, body));
+}
+
+async fn stacks(
+    emu: &EmulatorHandle,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (reqwest::StatusCode, Value) {
+    let mut req = http()
+        .request(method, format!("{}/stacks{path}", emu.agent_endpoint()))
+        .header("authorization", "Token agent-token");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn scheduled(emu: &EmulatorHandle, key: &str, query: &str) -> Value {
+    let (status, v) = stacks(
+        emu,
+        reqwest::Method::GET,
+        &format!("/{key}/scheduled-jobs?queue_key=linux{query}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    v
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            j.as_str()
+                .map_or_else(|| j["id"].as_str().unwrap().to_owned(), str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn stacks_list_scheduled_jobs_and_reservations_keep_two_controllers_apart() {
+    let emu = Emulator::start(EmulatorConfig::new(ORG, "agent-token", "api-token"))
+        .await
+        .unwrap();
+    for key in ["k8s-a", "k8s-b"] {
+        let (status, v) = stacks(
+            &emu,
+            reqwest::Method::POST,
+            "/register",
+            Some(serde_json::json!({ "key": key, "type": "custom", "queue_key": "linux" })),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            (v["key"].as_str(), v["state"].as_str()),
+            (Some(key), Some("connected"))
+        );
+    }
+    let jobs = emu.submit(vec![JobSpec::new("linux", Duration::from_millis(200)); 3]);
+    emu.submit(vec![JobSpec::new("arm", Duration::from_millis(200))]);
+
+    let page = scheduled(&emu, "k8s-a", "&limit=2").await;
+    assert_eq!(ids(&page["jobs"]), jobs[..2]);
+    assert_eq!(page["jobs"][0]["agent_query_rules"][0], "queue=linux");
+    assert_eq!(page["page_info"]["has_next_page"], true);
+    let after = page["page_info"]["end_cursor"].as_str().unwrap().to_owned();
+    let rest = scheduled(&emu, "k8s-a", &format!("&after={after}")).await;
+    assert_eq!(ids(&rest["jobs"]), jobs[2..]);
+    assert_eq!(rest["page_info"]["has_next_page"], false);
+
+    let reserve = |key: &'static str, which: Vec<String>, secs: u64| {
+        let emu = &emu;
+        async move {
+            stacks(
+                emu,
+                reqwest::Method::PUT,
+                &format!("/{key}/scheduled-jobs/batch-reserve"),
+                Some(serde_json::json!({
+                    "job_uuids": which,
+                    "reservation_expiry_seconds": secs,
+                })),
+            )
+            .await
+        }
+    };
+    let (_, a) = reserve("k8s-a", jobs[..2].to_vec(), 1).await;
+    assert_eq!(ids(&a["reserved"]), jobs[..2]);
+    let (_, b) = reserve("k8s-b", jobs[1..].to_vec(), 1).await;
+    assert_eq!(ids(&b["reserved"]), jobs[2..], "b gets only the free job");
+    assert_eq!(
+        ids(&b["not_reserved"]),
+        jobs[1..2],
+        "a holds the second job"
+    );
+    assert!(ids(&scheduled(&emu, "k8s-a", "").await["jobs"]).is_empty());
+    let (status, _) = reserve("k8s-a", jobs.clone(), 7200).await;
+    assert_eq!(status, 422);
+
+    // A plain agent of the queue gets no reserved job; one acquiring a job takes it.
+    let mut plain = agent(&emu, "plain", "linux", false);
+    plain.disconnect_after_idle_timeout = Some(Duration::from_millis(300));
+    let plain = tokio::spawn(run_agent(plain, CancellationToken::new()));
+    let mut acquirer = agent(&emu, "acquirer", "linux", false);
+    acquirer.acquire_job = Some(jobs[0].clone());
+    let report = joined(tokio::spawn(run_agent(acquirer, CancellationToken::new()))).await;
+    assert_eq!((report.exit, report.jobs_finished), (AgentExit::JobDone, 1));
+    let report = joined(plain).await;
+    assert_eq!(
+        (report.exit, report.jobs_finished),
+        (AgentExit::IdleTimeout, 0)
+    );
+
+    // Expired reservations put the jobs back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ids(&scheduled(&emu, "k8s-b", "").await["jobs"]), jobs[1..]);
+    let s = emu.snapshot();
+    assert_eq!(s.jobs[0].status, JobStatus::Passed);
+    assert_eq!(s.jobs[0].reserved_by.as_deref(), Some("k8s-a"));
+    assert!(s.violations.is_empty());
+    let (status, _) = stacks(&emu, reqwest::Method::GET, "/nope/scheduled-jobs", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = stacks(&emu, reqwest::Method::POST, "/k8s-b/deregister", None).await;
+    assert_eq!(status, 204);
 }

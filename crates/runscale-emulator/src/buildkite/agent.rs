@@ -31,6 +31,9 @@ pub const DISCONNECT_AFTER_JOB_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB
 /// Seconds (or a duration such as `5m`) without a job after which the agent disconnects.
 pub const DISCONNECT_AFTER_IDLE_TIMEOUT_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT";
 
+/// A job id: acquire exactly this job, run it, then disconnect (`--acquire-job`).
+pub const ACQUIRE_JOB_VAR: &str = "BUILDKITE_AGENT_ACQUIRE_JOB";
+
 /// Buildkite's default agent endpoint.
 const DEFAULT_ENDPOINT: &str = "https://agent.buildkite.com/v3";
 
@@ -49,6 +52,8 @@ pub struct AgentConfig {
     pub disconnect_after_job: bool,
     /// Leave after this long without a job.
     pub disconnect_after_idle_timeout: Option<Duration>,
+    /// Acquire this job (reserved or not), run it and leave, instead of waiting for work.
+    pub acquire_job: Option<String>,
     /// Pause between pings.
     pub ping_interval: Duration,
 }
@@ -114,7 +119,7 @@ impl AgentConfig {
     /// Builds a configuration from variables: [`TOKEN_VAR`] (`Ok(None)` without it: not a
     /// Buildkite agent), [`NAME_VAR`] (default: `HOSTNAME`), [`TAGS_VAR`], [`ENDPOINT_VAR`]
     /// (default Buildkite's), [`DISCONNECT_AFTER_JOB_VAR`] and
-    /// [`DISCONNECT_AFTER_IDLE_TIMEOUT_VAR`] (`0` or unset: never).
+    /// [`DISCONNECT_AFTER_IDLE_TIMEOUT_VAR`] (`0` or unset: never), [`ACQUIRE_JOB_VAR`].
     pub fn from_vars(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, AgentError> {
         let Some(token) = lookup(TOKEN_VAR).filter(|t| !t.trim().is_empty()) else {
             return Ok(None);
@@ -148,6 +153,7 @@ impl AgentConfig {
             tags,
             disconnect_after_job,
             disconnect_after_idle_timeout,
+            acquire_job: lookup(ACQUIRE_JOB_VAR).filter(|j| !j.trim().is_empty()),
             ping_interval: Duration::from_millis(200),
         }))
     }
@@ -301,6 +307,9 @@ pub async fn run_agent(
         return Err(AgentError::Api(format!("connect: HTTP {}", r.status())));
     }
     tracing::info!(agent = %config.name, tags = ?config.tags, "agent connected");
+    if let Some(id) = &config.acquire_job {
+        return acquire_and_run(&session, config.clone(), id).await;
+    }
     let mut done = 0u32;
     let mut idle_since = Instant::now();
     let exit = loop {
@@ -365,4 +374,39 @@ pub async fn run_agent(
         jobs_finished: done,
         exit,
     })
+}
+
+/// `--acquire-job`: take that job, run it, disconnect.
+async fn acquire_and_run(
+    session: &Session,
+    config: AgentConfig,
+    id: &str,
+) -> Result<AgentReport, AgentError> {
+    let r = session
+        .call(reqwest::Method::POST, &format!("/jobs/{id}/acquire"), None)
+        .await?;
+    let job: Option<AssignedJob> = if r.status().is_success() {
+        Some(r.json().await.map_err(|e| AgentError::Api(e.to_string()))?)
+    } else {
+        tracing::warn!(job = %id, status = %r.status(), "job could not be acquired");
+        None
+    };
+    let done = match &job {
+        Some(job) => matches!(
+            session.run_job(job, config.ping_interval).await,
+            JobEnd::Finished
+        ),
+        None => false,
+    };
+    let _ = session
+        .call(reqwest::Method::POST, "/disconnect", None)
+        .await;
+    match job {
+        Some(_) => Ok(AgentReport {
+            name: config.name,
+            jobs_finished: u32::from(done),
+            exit: AgentExit::JobDone,
+        }),
+        None => Err(AgentError::Api(format!("job {id} could not be acquired"))),
+    }
 }

@@ -21,6 +21,16 @@
 //!   (`timestamp=<unix>,signature=<hex HMAC-SHA256(token, "<timestamp>.<body>")>`, see
 //!   [`signature`]).
 //!
+//! - Stacks API subset, with an agent (cluster) token: `POST /v3/stacks/register {key, type,
+//!   queue_key, metadata}`, `POST /v3/stacks/{key}/deregister`,
+//!   `GET /v3/stacks/{key}/scheduled-jobs?queue_key=&limit=&after=` (scheduled jobs not held
+//!   by a reservation, with `agent_query_rules`, and `page_info`), and
+//!   `PUT /v3/stacks/{key}/scheduled-jobs/batch-reserve {job_uuids,
+//!   reservation_expiry_seconds}` (→ `{reserved, not_reserved}`; 1 to 3600 s, default
+//!   300 s). A reserved job goes to no agent by itself; an agent started with
+//!   `BUILDKITE_AGENT_ACQUIRE_JOB` takes it (`POST /v3/jobs/{id}/acquire`); a reservation that
+//!   expires puts the job back in the list.
+//!
 //! What agents call: Buildkite's agent protocol is internal, so this one is the emulator's
 //! own, loosely shaped like it: `POST /v3/register {name, hostname, meta_data}` with the
 //! agent token (→ `{id, access_token}`), then with `Authorization: Token <access_token>`:
@@ -33,8 +43,8 @@
 //! disconnecting or going silent for [`EmulatorConfig::agent_lost_after`] while it runs a
 //! job.
 //!
-//! Not modelled: the Stacks API (scheduled jobs with reservations), clusters, pausing, agent
-//! priorities, job retries, GraphQL.
+//! Not modelled: the rest of the Stacks API (job details, states, finish, notifications),
+//! clusters, pausing, agent and job priorities, job retries, GraphQL.
 
 mod agent;
 mod config;
@@ -44,8 +54,9 @@ mod state;
 mod webhook;
 
 pub use agent::{
-    AgentConfig, AgentError, AgentExit, AgentReport, DISCONNECT_AFTER_IDLE_TIMEOUT_VAR,
-    DISCONNECT_AFTER_JOB_VAR, ENDPOINT_VAR, NAME_VAR, TAGS_VAR, TOKEN_VAR, run_agent,
+    ACQUIRE_JOB_VAR, AgentConfig, AgentError, AgentExit, AgentReport,
+    DISCONNECT_AFTER_IDLE_TIMEOUT_VAR, DISCONNECT_AFTER_JOB_VAR, ENDPOINT_VAR, NAME_VAR, TAGS_VAR,
+    TOKEN_VAR, run_agent,
 };
 pub use config::{EmulatorConfig, Faults, WebhookAuth, WebhookConfig};
 pub use model::{

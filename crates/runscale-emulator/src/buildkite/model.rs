@@ -114,6 +114,11 @@ pub struct JobSnapshot {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The stack that last reserved it through the Stacks API (the reservation may have
+    /// expired).
+    pub reserved_by: Option<String>,
+    /// Successful reservations (a re-reservation by the holder counts again).
+    pub reservations: u32,
 }
 
 /// Buildkite's connection states of an agent.

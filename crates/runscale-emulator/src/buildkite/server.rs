@@ -22,13 +22,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{EmulatorConfig, Faults};
 use super::model::{JobSpec, Snapshot, Workload};
-use super::state::{Agent, Event, QueueCounts, Refusal, State};
+use super::state::{Agent, Event, QueueCounts, Refusal, Stack, State};
 use super::webhook;
 
 /// How often the sweeper looks for lost agents.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Largest `per_page` of the agents listing.
 const MAX_PER_PAGE: usize = 100;
+/// Largest page of scheduled jobs (Stacks API).
+const MAX_JOBS_PAGE: usize = 1000;
+/// Longest reservation (Stacks API), in seconds.
+const MAX_RESERVATION_SECS: u64 = 3600;
+/// Reservation when none is asked for, in seconds.
+const DEFAULT_RESERVATION_SECS: u64 = 300;
 
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
@@ -171,6 +177,13 @@ fn router(shared: Arc<Shared>) -> Router {
     let metrics = Router::new()
         .route("/v3/metrics", get(metrics))
         .route("/v3/metrics/queue", get(queue_metrics))
+        .route("/v3/stacks/register", post(register_stack))
+        .route("/v3/stacks/{key}/deregister", post(deregister_stack))
+        .route("/v3/stacks/{key}/scheduled-jobs", get(scheduled_jobs))
+        .route(
+            "/v3/stacks/{key}/scheduled-jobs/batch-reserve",
+            put(batch_reserve),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             agent_token_auth,
@@ -194,6 +207,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v3/connect", post(connect))
         .route("/v3/ping", post(ping))
         .route("/v3/disconnect", post(disconnect))
+        .route("/v3/jobs/{id}/acquire", post(acquire_job))
         .route("/v3/jobs/{id}/start", put(start_job))
         .route("/v3/jobs/{id}/finish", put(finish_job));
     metrics
@@ -643,4 +657,166 @@ async fn finish_job(
     agent_call(&shared, &headers, |s, t| {
         s.finish(t, &id, body.exit_status, Utc::now(), Instant::now())
     })
+}
+
+fn stack_json(stack: &Stack) -> serde_json::Value {
+    json!({
+        "id": stack.id,
+        "organization_uuid": "00000000-0000-0000-0000-000000000001",
+        "cluster_queue_key": stack.queue_key,
+        "key": stack.key,
+        "type": stack.kind,
+        "metadata": stack.metadata,
+        "last_connected_on": stack.registered_at,
+        "state": "connected",
+    })
+}
+
+#[derive(Deserialize)]
+struct RegisterStack {
+    key: String,
+    #[serde(rename = "type", default = "custom")]
+    kind: String,
+    #[serde(default = "default_queue_key")]
+    queue_key: String,
+    #[serde(default)]
+    metadata: serde_json::Value,
+}
+
+fn custom() -> String {
+    "custom".to_owned()
+}
+
+fn default_queue_key() -> String {
+    "_default".to_owned()
+}
+
+async fn register_stack(
+    AxState(shared): AxState<Arc<Shared>>,
+    Json(body): Json<RegisterStack>,
+) -> Response {
+    if body.key.is_empty() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "key is required");
+    }
+    let stack = shared.lock().register_stack(
+        &body.key,
+        &body.kind,
+        &body.queue_key,
+        body.metadata,
+        Utc::now(),
+    );
+    Json(stack_json(&stack)).into_response()
+}
+
+async fn deregister_stack(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(key): Path<String>,
+) -> Response {
+    let result = shared.lock().deregister_stack(&key);
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+#[derive(Deserialize)]
+struct ScheduledQuery {
+    queue_key: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn scheduled_jobs(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(key): Path<String>,
+    Query(q): Query<ScheduledQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_JOBS_PAGE);
+    let page = shared.lock().scheduled_jobs(
+        &key,
+        q.queue_key.as_deref(),
+        limit,
+        q.after.as_deref().filter(|a| !a.is_empty()),
+        Instant::now(),
+    );
+    match page {
+        Ok(page) => {
+            let jobs: Vec<_> = page
+                .jobs
+                .iter()
+                .map(|j| {
+                    json!({
+                        "id": j.id,
+                        "priority": 0,
+                        "agent_query_rules": j.agent_query_rules,
+                        "scheduled_at": j.scheduled_at,
+                        "pipeline": { "slug": "app", "uuid": "pipeline-1" },
+                        "build": { "uuid": "build-1", "number": 1, "branch": "main" },
+                        "step": { "key": "build" },
+                    })
+                })
+                .collect();
+            Json(json!({
+                "jobs": jobs,
+                "cluster_queue": { "id": key, "paused": false },
+                "page_info": {
+                    "has_next_page": page.has_next_page,
+                    "end_cursor": page.end_cursor,
+                },
+            }))
+            .into_response()
+        }
+        Err(r) => refusal(r),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReserveBody {
+    job_uuids: Vec<String>,
+    #[serde(default)]
+    reservation_expiry_seconds: Option<u64>,
+}
+
+async fn batch_reserve(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(key): Path<String>,
+    Json(body): Json<ReserveBody>,
+) -> Response {
+    let secs = body
+        .reservation_expiry_seconds
+        .unwrap_or(DEFAULT_RESERVATION_SECS);
+    if secs == 0 || secs > MAX_RESERVATION_SECS {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reservation_expiry_seconds must be between 1 and 3600",
+        );
+    }
+    let result = shared.lock().batch_reserve(
+        &key,
+        &body.job_uuids,
+        Duration::from_secs(secs),
+        Instant::now(),
+    );
+    match result {
+        Ok((reserved, not_reserved)) => {
+            Json(json!({ "reserved": reserved, "not_reserved": not_reserved })).into_response()
+        }
+        Err(r) => refusal(r),
+    }
+}
+
+async fn acquire_job(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(token) = access_token(&headers) else {
+        return bad_access_token();
+    };
+    let result = shared.lock().acquire(&token, &id, Instant::now());
+    match result {
+        Ok(job) => Json(job).into_response(),
+        Err(Refusal::Unknown) => error(StatusCode::NOT_FOUND, "No job found"),
+        Err(r) => refusal(r),
+    }
 }

@@ -28,6 +28,42 @@ struct Job {
     exit_status: i32,
     /// Id of the agent it is assigned to.
     agent_id: Option<String>,
+    /// Stacks API reservation: the stack and when it expires.
+    reservation: Option<(String, Instant)>,
+}
+
+impl Job {
+    /// Scheduled and not held by an unexpired reservation.
+    fn free(&self, instant: Instant) -> bool {
+        self.snap.status == JobStatus::Scheduled
+            && self
+                .reservation
+                .as_ref()
+                .is_none_or(|(_, until)| *until <= instant)
+    }
+}
+
+/// A stack registered through the Stacks API.
+#[derive(Clone, Debug)]
+pub(crate) struct Stack {
+    pub(crate) id: String,
+    pub(crate) key: String,
+    pub(crate) kind: String,
+    pub(crate) queue_key: String,
+    pub(crate) metadata: serde_json::Value,
+    pub(crate) registered_at: DateTime<Utc>,
+}
+
+/// One page of a stack's scheduled jobs.
+pub(crate) struct ScheduledPage {
+    pub(crate) jobs: Vec<JobSnapshot>,
+    pub(crate) has_next_page: bool,
+    pub(crate) end_cursor: Option<String>,
+}
+
+/// The queue a Stacks API queue key names (`_default` is the default queue).
+fn queue_of_key(key: &str) -> &str {
+    if key == "_default" { "default" } else { key }
 }
 
 pub(crate) struct Agent {
@@ -102,6 +138,7 @@ pub(crate) struct State {
     agent_index: HashMap<String, usize>,
     by_token: HashMap<String, usize>,
     violations: Vec<Violation>,
+    stacks: BTreeMap<String, Stack>,
     peak_running: u32,
     pub(crate) rng: StdRng,
     pub(crate) requests: BTreeMap<String, u64>,
@@ -153,6 +190,7 @@ impl State {
             agent_index: HashMap::new(),
             by_token: HashMap::new(),
             violations: Vec::new(),
+            stacks: BTreeMap::new(),
             peak_running: 0,
             rng: StdRng::seed_from_u64(config.seed),
             requests: BTreeMap::new(),
@@ -260,10 +298,13 @@ impl State {
                     scheduled_at: now,
                     started_at: None,
                     finished_at: None,
+                    reserved_by: None,
+                    reservations: 0,
                 },
                 duration: spec.duration,
                 exit_status: spec.exit_status,
                 agent_id: None,
+                reservation: None,
             });
             events.push(self.job_event("job.scheduled", self.jobs.len() - 1));
             ids.push(id);
@@ -362,9 +403,11 @@ impl State {
             return Ok((answer("disconnect", None), events));
         }
         let tags = self.agents[i].snap.meta_data.clone();
-        let Some(j) = self.jobs.iter().position(|j| {
-            j.snap.status == JobStatus::Scheduled && matches(&j.snap.agent_query_rules, &tags)
-        }) else {
+        let Some(j) = self
+            .jobs
+            .iter()
+            .position(|j| j.free(instant) && matches(&j.snap.agent_query_rules, &tags))
+        else {
             return Ok((answer("idle", None), Vec::new()));
         };
         let agent_id = self.agents[i].snap.id.clone();
@@ -513,6 +556,130 @@ impl State {
             events.push(self.agent_event("agent.stopping", i));
         }
         Ok(events)
+    }
+
+    /// `POST /stacks/register`: registers (or re-registers) a stack.
+    pub(crate) fn register_stack(
+        &mut self,
+        key: &str,
+        kind: &str,
+        queue_key: &str,
+        metadata: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Stack {
+        let id = match self.stacks.get(key) {
+            Some(s) => s.id.clone(),
+            None => self.uuid(),
+        };
+        let stack = Stack {
+            id,
+            key: key.to_owned(),
+            kind: kind.to_owned(),
+            queue_key: queue_key.to_owned(),
+            metadata,
+            registered_at: now,
+        };
+        self.stacks.insert(key.to_owned(), stack.clone());
+        stack
+    }
+
+    /// `POST /stacks/{key}/deregister`.
+    pub(crate) fn deregister_stack(&mut self, key: &str) -> Result<(), Refusal> {
+        self.stacks.remove(key).map(|_| ()).ok_or(Refusal::Unknown)
+    }
+
+    /// `GET /stacks/{key}/scheduled-jobs`: free scheduled jobs of the queue, oldest first,
+    /// after the job `after`.
+    pub(crate) fn scheduled_jobs(
+        &self,
+        key: &str,
+        queue_key: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+        instant: Instant,
+    ) -> Result<ScheduledPage, Refusal> {
+        let stack = self.stacks.get(key).ok_or(Refusal::Unknown)?;
+        let queue = queue_of_key(queue_key.unwrap_or(&stack.queue_key));
+        let start = match after {
+            Some(id) => self.job_index.get(id).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        let mut free = self.jobs[start.min(self.jobs.len())..]
+            .iter()
+            .filter(|j| j.snap.queue == queue && j.free(instant));
+        let jobs: Vec<JobSnapshot> = free.by_ref().take(limit).map(|j| j.snap.clone()).collect();
+        let has_next_page = free.next().is_some();
+        Ok(ScheduledPage {
+            end_cursor: jobs.last().map(|j| j.id.clone()),
+            jobs,
+            has_next_page,
+        })
+    }
+
+    /// `PUT /stacks/{key}/scheduled-jobs/batch-reserve`: reserves each free job (or one this
+    /// stack already holds) until `expiry`; returns (reserved, not reserved).
+    pub(crate) fn batch_reserve(
+        &mut self,
+        key: &str,
+        ids: &[String],
+        expiry: Duration,
+        instant: Instant,
+    ) -> Result<(Vec<String>, Vec<String>), Refusal> {
+        if !self.stacks.contains_key(key) {
+            return Err(Refusal::Unknown);
+        }
+        let (mut reserved, mut not_reserved) = (Vec::new(), Vec::new());
+        for id in ids {
+            let job = self.job_index.get(id).map(|&i| &mut self.jobs[i]);
+            let ok = job.is_some_and(|j| {
+                let mine = j.snap.status == JobStatus::Scheduled
+                    && j.reservation.as_ref().is_some_and(|(k, _)| k == key);
+                if !(j.free(instant) || mine) {
+                    return false;
+                }
+                j.reservation = Some((key.to_owned(), instant + expiry));
+                j.snap.reserved_by = Some(key.to_owned());
+                j.snap.reservations += 1;
+                true
+            });
+            if ok {
+                reserved.push(id.clone());
+            } else {
+                not_reserved.push(id.clone());
+            }
+        }
+        Ok((reserved, not_reserved))
+    }
+
+    /// An agent started with `--acquire-job` takes that job, reserved or not, if it is still
+    /// scheduled.
+    pub(crate) fn acquire(
+        &mut self,
+        token: &str,
+        job_id: &str,
+        instant: Instant,
+    ) -> Result<AssignedJob, Refusal> {
+        let i = self.agent_by_token(token, instant)?;
+        let j = *self.job_index.get(job_id).ok_or(Refusal::Unknown)?;
+        if self.agents[i].snap.job.is_some() {
+            return Err(Refusal::Conflict("agent already has a job"));
+        }
+        if self.jobs[j].snap.status != JobStatus::Scheduled {
+            return Err(Refusal::Conflict("job is not scheduled"));
+        }
+        let agent_id = self.agents[i].snap.id.clone();
+        let job = &mut self.jobs[j];
+        job.snap.status = JobStatus::Assigned;
+        job.snap.agent = Some(self.agents[i].snap.name.clone());
+        job.agent_id = Some(agent_id);
+        job.reservation = None;
+        let assigned = AssignedJob {
+            id: job.snap.id.clone(),
+            duration_ms: job.duration.as_millis() as u64,
+            exit_status: job.exit_status,
+        };
+        self.agents[i].snap.job = Some(assigned.id.clone());
+        Ok(assigned)
     }
 
     /// Agents silent for `agent_lost_after` are lost, with any job they held.
