@@ -262,6 +262,16 @@ async fn the_poll_duration_and_throttling_keep_the_last_view() {
     assert_eq!(v.demand.waiting.len(), 2, "metrics not read again yet");
     assert!(!v.stale);
     assert_eq!(s.emu.snapshot().requests["GET /v3/metrics"], 1);
+    // A job.scheduled webhook shows the read is out of date: the woken pass reads again.
+    let body =
+        br#"{"event":"job.scheduled","job":{"id":"j9","agent_query_rules":["queue=linux"]}}"#;
+    let hook = WebhookRequest {
+        headers: vec![("x-buildkite-token".to_owned(), "hook-token".to_owned())],
+        body: body.to_vec(),
+    };
+    assert_eq!(p.webhook(&hook).expect("webhook"), vec![linux()]);
+    assert_eq!(view(&p, &linux()).await.demand.waiting.len(), 3);
+    assert_eq!(s.emu.snapshot().requests["GET /v3/metrics"], 2);
 
     // Throttled on the first read: an error, as there is no last view.
     let s = Setup::new().await;

@@ -8,7 +8,8 @@
 //! - **Demand**: `GET <agent_endpoint>/metrics` with the agent token: the queue's `scheduled`
 //!   jobs wait, its `running` jobs run (`waiting` jobs, blocked on dependencies, are not
 //!   counted). One read serves every pool, and the next read waits for the
-//!   `Buildkite-Agent-Metrics-Poll-Duration` Buildkite sends. A 429 (or `Retry-After`) keeps
+//!   `Buildkite-Agent-Metrics-Poll-Duration` Buildkite sends, unless a webhook woke a pool
+//!   (the event shows the last read is out of date). A 429 (or `Retry-After`) keeps
 //!   the last good read, and the view is marked stale (the policy then launches but removes
 //!   nothing) until the pause is over.
 //! - **Runners**: `GET /v2/organizations/{org}/agents` (connected agents only, `Link`

@@ -452,12 +452,18 @@ impl Provider for BuildkiteProvider {
         if !lock(&self.recent).first_time(&keys, Instant::now()) {
             return Ok(Vec::new());
         }
-        Ok(self
+        let woken: Vec<PoolId> = self
             .pools
             .iter()
             .filter(|p| webhook::rules_match(rules, &p.tags))
             .map(|p| p.id.clone())
-            .collect())
+            .collect();
+        if !woken.is_empty() {
+            // The cached metrics predate this event: the woken pass reads them again
+            // (throttling still applies).
+            lock(&self.metrics).next_poll = None;
+        }
+        Ok(woken)
     }
 
     async fn probe(&self) -> Result<String> {
