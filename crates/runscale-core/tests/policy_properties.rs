@@ -194,6 +194,15 @@ fn runners_by_name(obs: &Observation) -> HashMap<&str, &Runner> {
     obs.runners.iter().map(|r| (r.name.as_str(), r)).collect()
 }
 
+/// A slot whose runner registered and left: departed, and not listed, or listed offline (and
+/// not draining).
+fn left(obs: &Observation, by_name: &HashMap<&str, &Runner>, name: &str) -> bool {
+    obs.departed.iter().any(|d| d == name)
+        && by_name
+            .get(name)
+            .is_none_or(|r| r.state == RunnerState::Offline && !r.draining)
+}
+
 fn terminated(p: &Plan) -> HashSet<&InstanceId> {
     p.actions
         .iter()
@@ -280,9 +289,7 @@ proptest! {
             if elapsed(i.launched_at) < spec.boot_timeout {
                 let online = regs.iter().filter(|r| r.state != RunnerState::Offline || r.draining).count() as u32;
                 // A slot whose runner registered and left is not coming up.
-                let left = i.runner_names.iter()
-                    .filter(|n| obs.departed.contains(n) && !by_name.contains_key(n.as_str()))
-                    .count() as u32;
+                let left = i.runner_names.iter().filter(|n| left(&obs, &by_name, n)).count() as u32;
                 free += (k - online).saturating_sub(left);
             }
         }
@@ -330,9 +337,10 @@ proptest! {
         }
     }
 
-    /// 7. An instance whose every runner registered and left (an ephemeral runner after its
-    /// job) is retired in the same pass, whatever its age; a departed name that is listed
-    /// again (the listing is the truth) protects its instance as any listed runner does.
+    /// 7. An instance whose every runner registered and left (gone from the listing, or
+    /// listed offline after it was online) is retired in the same pass, whatever its age; a
+    /// departed name listed online again (the listing is the truth) protects its instance as
+    /// any listed runner does.
     #[test]
     fn p7_instances_whose_runners_all_left_are_retired((spec, mut obs) in observation_strategy()) {
         obs.stale = false;
@@ -340,7 +348,7 @@ proptest! {
         let by_name = runners_by_name(&obs);
         let gone = terminated(&p);
         for i in obs.instances.iter().filter(|i| i.state != InstanceState::Stopping) {
-            let all_left = i.runner_names.iter().all(|n| obs.departed.contains(n) && !by_name.contains_key(n.as_str()));
+            let all_left = i.runner_names.iter().all(|n| left(&obs, &by_name, n));
             if all_left {
                 prop_assert!(gone.contains(&i.id), "{} kept after its runners left", i.id);
             }

@@ -11,8 +11,9 @@
 //!
 //! The rules, in the order they are applied:
 //! 1. Instances with no registered runner after `boot_timeout` are terminated, and so are
-//!    younger ones whose every runner registered and has since left (`departed`: an
-//!    ephemeral runner after its job). A departed slot never counts as booting.
+//!    younger ones whose every runner registered and has since left (`departed`: gone from the
+//!    listing, or listed offline after it was online — an ephemeral runner after its job, a
+//!    runner that exited after its last job). A departed slot never counts as booting.
 //! 2. Instances from an old template, or older than `max_lifetime`, are terminated when none of
 //!    their runners is busy; otherwise their runners are drained so they take no new job.
 //! 3. Instances whose runners are all offline after `boot_timeout`, or all draining, with none
@@ -88,12 +89,20 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
             launched_in_window += 1;
         }
         let past_boot = elapsed(inst.launched_at, now) >= spec.boot_timeout;
-        // Slots whose runner registered and left: they will not come up again.
+        // Slots whose runner registered and left (gone from the listing, or listed offline
+        // after it was online): they will not come up again. The listing has the last word: a
+        // departed name listed online again is not left.
         let left = inst
             .runner_names
             .iter()
-            .filter(|n| departed.contains(n.as_str()) && !by_name.contains_key(n.as_str()))
+            .filter(|n| {
+                departed.contains(n.as_str())
+                    && by_name.get(n.as_str()).is_none_or(|&i| {
+                        obs.runners[i].state == RunnerState::Offline && !obs.runners[i].draining
+                    })
+            })
             .count() as u32;
+        let all_left = left > 0 && left as usize == inst.runner_names.len();
         let any_busy = regs.iter().any(|r| r.state == RunnerState::Busy);
 
         // Rule 2 (first, so it also covers instances still booting): old template or too old.
@@ -133,7 +142,7 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         if regs.is_empty() {
             if past_boot {
                 actions.push(terminate(inst, &regs, Reason::BootTimeout));
-            } else if left > 0 && left as usize == inst.runner_names.len() {
+            } else if all_left {
                 actions.push(terminate(inst, &regs, Reason::RunnerLeft));
             } else {
                 active += 1;
@@ -155,6 +164,10 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
             }
             if past_boot {
                 actions.push(terminate(inst, &regs, Reason::RunnerOffline));
+                continue;
+            }
+            if all_left {
+                actions.push(terminate(inst, &regs, Reason::RunnerLeft));
                 continue;
             }
         }

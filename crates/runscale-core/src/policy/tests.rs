@@ -285,6 +285,31 @@ fn instance_whose_runner_left_is_retired_before_boot_timeout_and_not_counted() {
 }
 
 #[test]
+fn runners_listed_offline_after_they_left_retire_their_instance() {
+    let spec = PoolSpec::test("p")
+        .slots(2)
+        .boot_timeout(Duration::from_secs(600));
+    let mut two = inst("a", 30);
+    two.runner_names = vec!["a-0".into(), "a-1".into()];
+    let mut back = inst("b", 30);
+    back.runner_names = vec!["b-0".into(), "b-1".into()];
+    let obs = Observation {
+        runners: vec![
+            runner("a-0", RunnerState::Offline),
+            runner("a-1", RunnerState::Offline),
+            runner("b-0", RunnerState::Offline),
+            runner("b-1", RunnerState::Idle),
+        ],
+        instances: vec![two, back],
+        departed: vec!["a-0".into(), "a-1".into(), "b-0".into(), "b-1".into()],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    // b-1 is online again: the listing wins, and b stays.
+    assert_eq!(terminated(&p), vec![("i-a".into(), Reason::RunnerLeft)]);
+}
+
+#[test]
 fn departed_slot_of_a_shared_instance_is_not_booting_capacity() {
     let spec = PoolSpec::test("p")
         .slots(2)

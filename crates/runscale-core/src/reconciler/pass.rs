@@ -44,13 +44,23 @@ pub(crate) struct Memory {
     launches: VecDeque<Timestamp>,
     /// Jobs waiting at the last observation, for the wait-time histogram.
     waiting: HashMap<String, Timestamp>,
-    /// Runner names of the pool's instances seen listed by the CI system, with how many fresh
-    /// observations in a row have not listed them since (0 while listed).
-    registered: HashMap<String, u32>,
+    /// Runner names of the pool's instances seen listed by the CI system.
+    registered: HashMap<String, Presence>,
 }
 
-/// Fresh observations in a row without a runner that was listed before it counts as departed
-/// (one missing listing may be a paging race, not a departure).
+/// What the reconciler remembers of one runner of the pool's instances.
+#[derive(Clone, Copy, Debug, Default)]
+struct Presence {
+    /// It was seen online (idle or busy) once.
+    seen_online: bool,
+    /// Fresh observations in a row that did not list it, or listed it offline after it had
+    /// been online (0 while it is there).
+    absent: u32,
+}
+
+/// Fresh observations in a row without a runner that was listed before (or with it offline
+/// after it was online) before it counts as departed: one missing listing may be a paging
+/// race, not a departure.
 const DEPARTED_AFTER: u32 = 2;
 
 /// Everything the reconciler holds for one pool.
@@ -201,7 +211,7 @@ impl PoolRuntime {
             if let Some(t) = memory.last_busy.get(&r.name) {
                 r.last_busy = r.last_busy.max(Some(*t));
             }
-            seen.insert(r.name.clone(), ());
+            seen.insert(r.name.clone(), r.state);
         }
         memory.last_busy.retain(|name, _| seen.contains_key(name));
         let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale);
@@ -470,12 +480,14 @@ fn record(at: Timestamp, p: &Planned, outcome: &'static str) -> ActionRecord {
 }
 
 /// Updates which runners of the pool's instances were seen listed and for how many fresh
-/// observations they have been missing since, and returns those missing for
-/// [`DEPARTED_AFTER`] observations or more. A stale view (an old copy) changes nothing. Only
-/// names of current instances are kept, so the memory stays as small as the fleet.
+/// observations they have been gone since — missing from the listing, or listed offline after
+/// they had been online (a runner that exited and whose record lingers) — and returns those
+/// gone for [`DEPARTED_AFTER`] observations or more. A stale view (an old copy) changes
+/// nothing. Only names of current instances are kept, so the memory stays as small as the
+/// fleet.
 fn track_departures(
-    registered: &mut HashMap<String, u32>,
-    listed: &HashMap<String, ()>,
+    registered: &mut HashMap<String, Presence>,
+    listed: &HashMap<String, RunnerState>,
     instances: &[Instance],
     stale: bool,
 ) -> Vec<String> {
@@ -485,24 +497,84 @@ fn track_departures(
         .collect();
     registered.retain(|name, _| hosted.contains(name.as_str()));
     if !stale {
-        for (name, missing) in registered.iter_mut() {
-            if listed.contains_key(name) {
-                *missing = 0;
-            } else {
-                *missing = missing.saturating_add(1);
+        for (name, state) in listed {
+            if hosted.contains(name.as_str()) {
+                registered.entry(name.clone()).or_default();
+            }
+            if let Some(p) = registered.get_mut(name) {
+                if *state == RunnerState::Offline {
+                    if p.seen_online {
+                        p.absent = p.absent.saturating_add(1);
+                    }
+                } else {
+                    p.seen_online = true;
+                    p.absent = 0;
+                }
             }
         }
-        for name in listed.keys() {
-            if hosted.contains(name.as_str()) {
-                registered.entry(name.clone()).or_insert(0);
+        for (name, p) in registered.iter_mut() {
+            if !listed.contains_key(name) {
+                p.absent = p.absent.saturating_add(1);
             }
         }
     }
     let mut departed: Vec<String> = registered
         .iter()
-        .filter(|(_, missing)| **missing >= DEPARTED_AFTER)
+        .filter(|(_, p)| p.absent >= DEPARTED_AFTER)
         .map(|(name, _)| name.clone())
         .collect();
     departed.sort();
     departed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(names: &[&str]) -> Instance {
+        Instance {
+            id: crate::model::InstanceId::new("i-1"),
+            state: InstanceState::Running,
+            launched_at: Timestamp::default(),
+            template_hash: String::new(),
+            runner_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        }
+    }
+
+    fn listing(runners: &[(&str, RunnerState)]) -> HashMap<String, RunnerState> {
+        runners.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect()
+    }
+
+    #[test]
+    fn runners_depart_when_missing_or_offline_after_online_on_two_fresh_observations() {
+        use RunnerState::{Busy, Idle, Offline};
+        let instances = [instance(&["jit", "slot", "late"])];
+        let mut memory = HashMap::new();
+        let mut step = |runners: &[(&str, RunnerState)], stale: bool| {
+            track_departures(&mut memory, &listing(runners), &instances, stale)
+        };
+        // Registered (a JIT runner is listed offline before it connects), then online.
+        assert!(step(&[("jit", Offline), ("slot", Offline)], false).is_empty());
+        assert!(
+            step(&[("jit", Offline), ("slot", Offline)], false).is_empty(),
+            "never online"
+        );
+        assert!(step(&[("jit", Busy), ("slot", Idle)], false).is_empty());
+        // jit finished and was deleted; slot exited and lingers offline.
+        assert!(
+            step(&[("slot", Offline)], false).is_empty(),
+            "one observation is not enough"
+        );
+        assert!(
+            step(&[("slot", Offline)], true).is_empty(),
+            "a stale view changes nothing"
+        );
+        assert_eq!(step(&[("slot", Offline)], false), ["jit", "slot"]);
+        // Back online: no longer departed. A never-listed name never departs.
+        assert_eq!(step(&[("slot", Idle)], false), ["jit"]);
+        // Names of instances that are gone are forgotten.
+        let mut memory2 = memory.clone();
+        assert!(track_departures(&mut memory2, &HashMap::new(), &[], false).is_empty());
+        assert!(memory2.is_empty());
+    }
 }
