@@ -40,6 +40,7 @@ struct Harness {
 #[derive(Clone, Copy)]
 struct Run {
     runner_per: RunnerPer,
+    max_use_count: Option<u32>,
     template_hash: &'static str,
     stale_runner_timeout: Duration,
 }
@@ -48,6 +49,7 @@ impl Run {
     fn new(runner_per: RunnerPer) -> Self {
         Run {
             runner_per,
+            max_use_count: None,
             template_hash: "t1",
             stale_runner_timeout: Duration::from_secs(60),
         }
@@ -124,6 +126,7 @@ impl Harness {
                     group_id: None,
                     project_id: None,
                     runner_per: run.runner_per,
+                    max_use_count: run.max_use_count,
                 },
             )],
         )
@@ -411,6 +414,45 @@ async fn a_restart_with_a_new_template_retires_old_instances_only_when_idle() {
         "gitlab restart: 4 running jobs kept through a restart with a new template, 2 more \
          on new instances, {} runners left, zero after {:.1}s",
         s.runners.len(),
+        started.elapsed().as_secs_f64()
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_use_count_each_slot_takes_that_many_jobs_and_leaves() {
+    let run = Run {
+        max_use_count: Some(1),
+        ..Run::new(RunnerPer::Pool)
+    };
+    let h = Harness::start_with(emulator_config(), run).await;
+    h.emu.submit(vec![
+        JobSpec::new(
+            100,
+            &["linux"],
+            Duration::from_millis(600)
+        );
+        12
+    ]);
+    let started = Instant::now();
+    let peak = h.wait_done(12, started, Duration::from_secs(60)).await;
+    let s = h.wait_zero(started, Duration::from_secs(90)).await;
+    check(&s, 12);
+    assert!(peak <= MAX as usize, "max {MAX} instances, saw {peak}");
+    // One job per slot: every job ran on a manager of its own (12 jobs, at most 6 slots at
+    // once: without the limit, slots would take several).
+    let mut per_slot: HashMap<String, usize> = HashMap::new();
+    for j in &s.jobs {
+        let (_, system_id) = j.runner.clone().expect("job ran on a runner");
+        *per_slot.entry(system_id).or_default() += 1;
+    }
+    assert!(
+        per_slot.values().all(|n| *n == 1),
+        "a slot took more than max_use_count jobs: {per_slot:?}"
+    );
+    println!(
+        "gitlab max_use_count 1: 12 jobs on {} slots, zero after {:.1}s, peak {peak} instances",
+        per_slot.len(),
         started.elapsed().as_secs_f64()
     );
     h.stop().await;

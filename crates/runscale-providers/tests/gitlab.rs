@@ -34,6 +34,7 @@ fn selector(tags: &[&str], run_untagged: bool, per: RunnerPer) -> PoolSelector {
         group_id: None,
         project_id: None,
         runner_per: per,
+        max_use_count: None,
     }
 }
 

@@ -23,7 +23,7 @@
 //!
 //! A GitLab runner instead, when `CI_SERVER_TOKEN` is set or the credentials file holds it:
 //! one worker (runner manager) per runner entry, with `CI_SERVER_URL`, `RUNNER_NAME`,
-//! `RUNNER_SYSTEM_ID` and `RUNNER_MAX_JOBS`; see `runscale_emulator::gitlab::AgentConfig`.
+//! `RUNNER_SYSTEM_ID` and `RUNNER_MAX_BUILDS`; see `runscale_emulator::gitlab::AgentConfig`.
 //!
 //! Exit codes: 0 done (job finished, shutdown, or runner removed), 1 runtime failure,
 //! 2 bad arguments or credentials. SIGTERM/SIGINT: idle agents disconnect and exit at once;

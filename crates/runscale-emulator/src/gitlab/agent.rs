@@ -8,7 +8,7 @@
 //!
 //! Configured with the variables runscale's GitLab provider hands over: `CI_SERVER_URL`,
 //! `CI_SERVER_TOKEN` (secret), `RUNNER_NAME`, `RUNNER_SYSTEM_ID` (default: the name), and
-//! optionally `RUNNER_MAX_JOBS` (exit after that many jobs) — from the environment or from
+//! optionally `RUNNER_MAX_BUILDS` (exit after that many jobs) — from the environment or from
 //! each entry of runscale's credentials file (`RUNSCALE_CREDENTIALS_FILE`), so an instance
 //! with N slots runs N jobs at once.
 
@@ -31,7 +31,7 @@ pub const NAME_VAR: &str = "RUNNER_NAME";
 /// The manager's `system_id`.
 pub const SYSTEM_ID_VAR: &str = "RUNNER_SYSTEM_ID";
 /// Optional: jobs before the worker exits.
-pub const MAX_JOBS_VAR: &str = "RUNNER_MAX_JOBS";
+pub const MAX_BUILDS_VAR: &str = "RUNNER_MAX_BUILDS";
 
 /// One worker's settings.
 #[derive(Clone, Debug)]
@@ -97,11 +97,11 @@ impl AgentConfig {
             get(URL_VAR).ok_or_else(|| AgentError::Config(format!("{URL_VAR} is not set")))?;
         let name =
             get(NAME_VAR).ok_or_else(|| AgentError::Config(format!("{NAME_VAR} is not set")))?;
-        let max_jobs = get(MAX_JOBS_VAR)
+        let max_jobs = get(MAX_BUILDS_VAR)
             .map(|v| {
                 v.trim()
                     .parse::<u32>()
-                    .map_err(|e| AgentError::Config(format!("{MAX_JOBS_VAR}: {e}")))
+                    .map_err(|e| AgentError::Config(format!("{MAX_BUILDS_VAR}: {e}")))
             })
             .transpose()?;
         Ok(Some(AgentConfig {

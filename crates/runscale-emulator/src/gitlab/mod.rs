@@ -41,7 +41,7 @@ mod state;
 mod webhook;
 
 pub use agent::{
-    AgentConfig, AgentError, AgentExit, AgentReport, MAX_JOBS_VAR, NAME_VAR, SYSTEM_ID_VAR,
+    AgentConfig, AgentError, AgentExit, AgentReport, MAX_BUILDS_VAR, NAME_VAR, SYSTEM_ID_VAR,
     TOKEN_VAR, URL_VAR, configs_from_credentials_file, run_agent,
 };
 pub use config::{EmulatorConfig, Faults, GroupConfig, ProjectConfig, WebhookConfig};

@@ -95,6 +95,12 @@ pub struct PoolSelector {
     /// draining stops new jobs on the instance.
     #[serde(default)]
     pub runner_per: RunnerPer,
+    /// Jobs a runner slot takes before it leaves (taskscaler's `max_use_count`): each slot is
+    /// started with `RUNNER_MAX_BUILDS` (`gitlab-runner run-single --max-builds`), exits after
+    /// that many jobs, and an instance whose slots have all left is retired at once (with one
+    /// slot per instance, this is jobs per instance). Default: no limit.
+    #[serde(default)]
+    pub max_use_count: Option<u32>,
 }
 
 /// The scope of the runners runscale creates.
@@ -222,6 +228,13 @@ impl PoolSelector {
     /// Checks the selector without reading secrets. Errors name the field.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        if self.max_use_count == Some(0) {
+            push(
+                &mut errors,
+                "max_use_count",
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
         if self.tags.is_empty() && !self.run_untagged {
             push(
                 &mut errors,

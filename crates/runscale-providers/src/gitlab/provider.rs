@@ -26,6 +26,8 @@ const URL_VAR: &str = "CI_SERVER_URL";
 const TOKEN_VAR: &str = "CI_SERVER_TOKEN";
 const NAME_VAR: &str = "RUNNER_NAME";
 const SYSTEM_ID_VAR: &str = "RUNNER_SYSTEM_ID";
+/// Jobs before the slot's runner exits (`max_use_count`; `gitlab-runner run-single --max-builds`).
+const MAX_BUILDS_VAR: &str = "RUNNER_MAX_BUILDS";
 
 /// One pool as the provider keeps it.
 struct Pool {
@@ -36,6 +38,7 @@ struct Pool {
     group_id: Option<u64>,
     project_id: Option<u64>,
     per: RunnerPer,
+    max_use_count: Option<u32>,
 }
 
 impl Pool {
@@ -188,6 +191,7 @@ impl GitlabProvider {
                 group_id: sel.group_id,
                 project_id: sel.project_id,
                 per: sel.runner_per,
+                max_use_count: sel.max_use_count,
             });
         }
         let token = config
@@ -714,6 +718,11 @@ impl Provider for GitlabProvider {
         credentials
             .vars
             .insert(SYSTEM_ID_VAR.into(), runner_name.to_owned());
+        if let Some(n) = pool.max_use_count {
+            credentials
+                .vars
+                .insert(MAX_BUILDS_VAR.into(), n.to_string());
+        }
         credentials.secrets.insert(TOKEN_VAR.into(), token);
         Ok(Registration {
             runner_name: runner_name.to_owned(),
