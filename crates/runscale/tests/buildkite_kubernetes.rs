@@ -16,47 +16,19 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use runscale_emulator::buildkite::{Emulator, EmulatorConfig, JobSpec, JobStatus};
-use runscale_emulator::kube::{ImageConfig, KubeConfig, KubeEmulator, KubeHandle};
+use runscale_emulator::kube::{ImageConfig, KubeConfig, KubeEmulator};
 
-const BIN: &str = env!("CARGO_BIN_EXE_runscale");
+mod support;
+
+use support::{BIN, fake_runner_script, kube_api as api, kube_fixture};
+
 const AGENT_TOKEN: &str = "bk-agent-token-3c9d";
 const API_TOKEN: &str = "bk-api-token-58e2";
 const JOBS: usize = 16;
-const SEED_JOB: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../runscale-backends/tests/fixtures/kube/buildscaler-job.yaml"
-);
-
-/// The bearer token of a kubeconfig written by the fake API server.
-fn bearer(kube: &KubeHandle) -> String {
-    kube.kubeconfig()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token:"))
-        .map(|t| t.trim().trim_matches('"').to_owned())
-        .expect("token in kubeconfig")
-}
-
-/// `method path` with a JSON body against the fake API server; the status must be a success.
-async fn api(kube: &KubeHandle, method: reqwest::Method, path: &str, body: serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .request(method.clone(), format!("{}{path}", kube.url()))
-        .bearer_auth(bearer(kube))
-        .json(&body)
-        .send()
-        .await
-        .expect("API request");
-    let status = resp.status();
-    assert!(
-        status.is_success(),
-        "{method} {path}: {status} {:?}",
-        resp.text().await
-    );
-}
 
 /// The seed Job, with its `BASH_JOB` variable set to `value`.
 fn seed_job(value: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(SEED_JOB).expect("seed Job");
-    let mut job: serde_json::Value = serde_saphyr::from_str(&text).expect("seed Job YAML");
+    let mut job = kube_fixture("buildscaler-job.yaml");
     job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = value.into();
     job
 }
@@ -115,10 +87,7 @@ pools:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildscaler_job_pods_run_every_job_once_and_a_template_change_drains_only_idle_pods() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = dir.path().join("buildkite-agent");
-    std::fs::write(&agent, format!("#!/bin/sh\nexec '{BIN}' fake-runner\n")).expect("script");
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let agent = fake_runner_script(dir.path(), "buildkite-agent");
     let kube = KubeEmulator::start(
         KubeConfig {
             namespaces: vec!["default".to_owned()],

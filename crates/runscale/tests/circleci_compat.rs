@@ -22,35 +22,26 @@
     feature = "backend-kubernetes"
 ))]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use runscale_emulator::aws::{MotoClient, MotoServer, moto_server_from_env};
+use runscale_emulator::aws::{MotoClient, MotoServer};
 use runscale_emulator::circleci::{
     self, AgentConfig, Emulator, EmulatorConfig, EmulatorHandle, TaskSpec, TaskStatus,
 };
-use runscale_emulator::kube::{ImageConfig, KubeConfig, KubeEmulator};
+use runscale_emulator::kube::{ImageConfig, KubeConfig, KubeEmulator, KubeHandle};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runscale");
+mod support;
+
+use support::{BIN, fake_runner_script, kube_api, kube_fixture, moto};
+
 const REGION: &str = "us-east-1";
 const API_TOKEN: &str = "circle-api-token-7d1e";
 const RC_TOKEN: &str = "rc-token-0b9a";
-
-async fn moto() -> Option<MotoServer> {
-    let Some(bin) = moto_server_from_env() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
-        );
-        eprintln!("note: RUNSCALE_MOTO_SERVER not set; skipping (run scripts/test.sh)");
-        return None;
-    };
-    Some(MotoServer::start(&bin).await.expect("moto_server"))
-}
 
 async fn create_secret(moto: &MotoServer, name: &str, value: &str) {
     let config = aws_sdk_secretsmanager::Config::builder()
@@ -264,24 +255,7 @@ async fn autoscaler_mode_discovers_pools_from_group_tags_and_cron_job_labels() {
         .expect("tag");
     aws.create_group("asg-untagged", 3).await.expect("group");
 
-    let kube = KubeEmulator::start(
-        KubeConfig {
-            namespaces: vec!["default".to_owned(), "circleci-runners".to_owned()],
-            ..KubeConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await
-    .expect("fake kube-apiserver");
-    let kubeconfig = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    // The seed README's CronJob, unchanged.
-    let seed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../runscale-backends/tests/fixtures/kube/circleci-cronjob.yaml"
-    ))
-    .expect("seed CronJob");
-    create_cron_job(&kube.url(), &kube.kubeconfig(), &seed).await;
+    let (kube, kubeconfig) = seed_cluster(dir.path(), KubeConfig::default()).await;
 
     let emu = Emulator::start(EmulatorConfig::new(
         API_TOKEN,
@@ -326,80 +300,30 @@ async fn autoscaler_mode_discovers_pools_from_group_tags_and_cron_job_labels() {
     kube.shutdown().await;
 }
 
-/// Creates the CronJob in `yaml` through the API server's REST API, authenticating with the
-/// bearer token of `kubeconfig`.
-async fn create_cron_job(server: &str, kubeconfig: &str, yaml: &str) {
-    let token = bearer(kubeconfig);
-    let object: serde_json::Value = serde_saphyr::from_str(yaml).expect("CronJob YAML");
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{server}/apis/batch/v1/namespaces/circleci-runners/cronjobs"
-        ))
-        .bearer_auth(token)
-        .json(&object)
-        .send()
-        .await
-        .expect("create CronJob");
-    assert!(resp.status().is_success(), "{:?}", resp.text().await);
-}
-
-/// Creates a Secret holding `key: value` in `namespace` through the REST API.
-async fn create_secret_object(server: &str, kubeconfig: &str, name: &str, key: &str, value: &str) {
-    let object = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": "circleci-runners"},
-        "stringData": {key: value},
-    });
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{server}/api/v1/namespaces/circleci-runners/secrets"
-        ))
-        .bearer_auth(bearer(kubeconfig))
-        .json(&object)
-        .send()
-        .await
-        .expect("create Secret");
-    assert!(resp.status().is_success(), "{:?}", resp.text().await);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoscaler_mode_runs_every_task_in_pods_from_the_seed_cron_job() {
     let Some(moto) = moto().await else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     // The seed image's entrypoint, played by runscale's fake machine runner.
-    let start = dir.path().join("start.sh");
-    std::fs::write(&start, format!("#!/bin/sh\nexec '{BIN}' fake-runner\n")).expect("script");
-    std::fs::set_permissions(&start, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let kube = KubeEmulator::start(
-        KubeConfig {
-            namespaces: vec!["default".to_owned(), "circleci-runners".to_owned()],
-            ..KubeConfig::default()
-        }
-        .image(
+    let start = fake_runner_script(dir.path(), "start.sh");
+    let (kube, kubeconfig) = seed_cluster(
+        dir.path(),
+        KubeConfig::default().image(
             "circleci-image:latest",
             ImageConfig::host().with_program("/opt/circleci/start.sh", &start),
         ),
-        "127.0.0.1:0".parse().expect("addr"),
     )
-    .await
-    .expect("fake kube-apiserver");
-    let kubeconfig = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let seed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../runscale-backends/tests/fixtures/kube/circleci-cronjob.yaml"
-    ))
-    .expect("seed CronJob");
-    create_cron_job(&kube.url(), &kube.kubeconfig(), &seed).await;
+    .await;
     // The runner token, where the seed's CronJob reads it from.
-    create_secret_object(
-        &kube.url(),
-        &kube.kubeconfig(),
-        "api-token",
-        "LAUNCH_AGENT_API_AUTH_TOKEN",
-        RC_TOKEN,
+    kube_api(
+        &kube,
+        reqwest::Method::POST,
+        "/api/v1/namespaces/circleci-runners/secrets",
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "api-token"},
+            "stringData": {"LAUNCH_AGENT_API_AUTH_TOKEN": RC_TOKEN},
+        }),
     )
     .await;
 
@@ -485,11 +409,26 @@ async fn autoscaler_mode_runs_every_task_in_pods_from_the_seed_cron_job() {
     kube.shutdown().await;
 }
 
-/// The bearer token of a kubeconfig written by the fake API server.
-fn bearer(kubeconfig: &str) -> String {
-    kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token:"))
-        .map(|t| t.trim().trim_matches('"').to_owned())
-        .expect("token in kubeconfig")
+/// The fake API server (`config` with the namespaces `default` and `circleci-runners`) holding
+/// the circleci-runner-autoscaler README's CronJob, unchanged, and its kubeconfig in `dir`.
+async fn seed_cluster(dir: &Path, config: KubeConfig) -> (KubeHandle, PathBuf) {
+    let kube = KubeEmulator::start(
+        KubeConfig {
+            namespaces: vec!["default".to_owned(), "circleci-runners".to_owned()],
+            ..config
+        },
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("fake kube-apiserver");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    kube_api(
+        &kube,
+        reqwest::Method::POST,
+        "/apis/batch/v1/namespaces/circleci-runners/cronjobs",
+        kube_fixture("circleci-cronjob.yaml"),
+    )
+    .await;
+    (kube, kubeconfig)
 }

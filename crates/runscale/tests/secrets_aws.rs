@@ -21,29 +21,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use runscale_emulator::aws::{MotoServer, moto_server_from_env};
+use runscale_emulator::aws::MotoServer;
 use runscale_emulator::github::{Emulator, EmulatorHandle, EmulatorOptions};
 use secrecy::SecretString;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runscale");
+mod support;
+
+use support::{BIN, moto};
 
 /// The token the GitHub emulator accepts.
 const TOKEN: &str = "ghp-from-secrets-manager-5f3a";
-
-/// A moto_server of its own for one test (the emulator's harness: a free loopback port,
-/// killed by its PID when dropped); `None` after a note when `RUNSCALE_MOTO_SERVER` is not set
-/// (a failure when `CI` is set).
-async fn moto() -> Option<MotoServer> {
-    let Some(bin) = moto_server_from_env() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
-        );
-        eprintln!("note: RUNSCALE_MOTO_SERVER not set; skipping (run scripts/test.sh)");
-        return None;
-    };
-    Some(MotoServer::start(&bin).await.expect("moto_server"))
-}
 
 /// Creates the secret `name` holding `value` in moto.
 async fn create_secret(moto: &MotoServer, name: &str, value: &str) {
