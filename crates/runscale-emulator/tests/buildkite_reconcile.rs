@@ -1,8 +1,9 @@
 //! End to end: runscale's reconciler with the Buildkite provider and the local-process
 //! backend running `runscale-fake-runner` processes as Buildkite agents (agent token and
-//! settings in their environment) against the emulator, on two queues: `linux` agents run one
+//! settings in their environment) against the emulator, on three queues: `linux` agents run one
 //! job and disconnect (`disconnect_after_job`), `arm` agents stay until runscale stops them
-//! (graceful stop, then the process is terminated). Every job runs exactly once, capacity
+//! (graceful stop, then the process is terminated), and `k8s` agents each get one job
+//! reserved through the Stacks API and acquire it. Every job runs exactly once, capacity
 //! returns to zero, and the emulator records no violation (no job started twice, no agent
 //! stopped, killed or disconnected while running a job).
 
@@ -25,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
 const LINUX_MAX: u32 = 3;
 const ARM_MAX: u32 = 2;
+const K8S_MAX: u32 = 2;
 
 async fn live(backend: &LocalProcess) -> usize {
-    let pools = [PoolId::new("linux"), PoolId::new("arm")];
+    let pools = [PoolId::new("linux"), PoolId::new("arm"), PoolId::new("k8s")];
     backend
         .instances(&pools)
         .await
@@ -38,7 +40,7 @@ async fn live(backend: &LocalProcess) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
+async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
     let mut emu_config = EmulatorConfig::new("acme", "agent-token", "api-token");
     emu_config.rest_requests_per_minute = 600;
     let emu = Emulator::start(emu_config).await.expect("emulator");
@@ -51,6 +53,7 @@ async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
         tags: BTreeMap::from([("os".to_owned(), "linux".to_owned())]),
         disconnect_after_job: after_job,
         disconnect_after_idle_timeout: Some(Duration::from_secs(60)),
+        reserve_jobs: false,
     };
     let provider = Arc::new(
         BuildkiteProvider::new(
@@ -63,12 +66,21 @@ async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
                 webhook_token: None,
                 rest_requests_per_minute: 600,
                 stop_wait: Duration::from_secs(2),
+                stack_key: "runscale".to_owned(),
+                reservation_expiry: Duration::from_secs(2),
                 request_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
             },
             vec![
                 (PoolId::new("linux"), selector("linux", true)),
                 (PoolId::new("arm"), selector("arm", false)),
+                (
+                    PoolId::new("k8s"),
+                    PoolSelector {
+                        reserve_jobs: true,
+                        ..selector("k8s", false)
+                    },
+                ),
             ],
         )
         .expect("provider"),
@@ -86,7 +98,8 @@ async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
             config,
             HashMap::from([
                 (PoolId::new("linux"), template.clone()),
-                (PoolId::new("arm"), template),
+                (PoolId::new("arm"), template.clone()),
+                (PoolId::new("k8s"), template),
             ]),
         )
         .expect("backend"),
@@ -111,6 +124,7 @@ async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
         vec![
             binding(spec("linux", LINUX_MAX, true)),
             binding(spec("arm", ARM_MAX, false)),
+            binding(spec("k8s", K8S_MAX, true)),
         ],
         Arc::new(SystemClock),
         Arc::new(Metrics::register(&mut Registry::default())),
@@ -128,8 +142,10 @@ async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
         |queue: &str, n| vec![JobSpec::new(queue, Duration::from_millis(600)).rule("os=linux"); n];
     let mut first = jobs("linux", 5);
     first.extend(jobs("arm", 3));
+    first.extend(jobs("k8s", 2));
     let mut second = jobs("linux", 3);
     second.extend(jobs("arm", 3));
+    second.extend(jobs("k8s", 2));
     let total = first.len() + second.len();
     emu.play(Workload {
         arrivals: vec![(Duration::ZERO, first), (Duration::from_secs(3), second)],
@@ -173,9 +189,9 @@ async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
     assert!(s.jobs.iter().all(|j| j.starts == 1), "no job started twice");
     assert!(s.violations.is_empty(), "violations: {:?}", s.violations);
     assert!(
-        peak <= (LINUX_MAX + ARM_MAX) as usize,
+        peak <= (LINUX_MAX + ARM_MAX + K8S_MAX) as usize,
         "at most {} processes, saw {peak}",
-        LINUX_MAX + ARM_MAX
+        LINUX_MAX + ARM_MAX + K8S_MAX
     );
     let by_queue = |pool: &'static str| {
         s.agents
@@ -188,6 +204,14 @@ async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
     );
     let arm_jobs: u32 = by_queue("arm").map(|a| a.jobs_finished).sum();
     assert_eq!(arm_jobs, 6);
+    let k8s: Vec<_> = s.jobs.iter().filter(|j| j.queue == "k8s").collect();
+    assert!(
+        k8s.iter().all(|j| j.reservations == 1
+            && j.reserved_by.as_deref() == Some("runscale-k8s")
+            && j.agent.as_deref().is_some_and(|a| a.starts_with("rs-k8s-"))),
+        "each k8s job reserved once and run by a k8s agent: {k8s:?}"
+    );
+    assert!(by_queue("k8s").all(|a| a.jobs_finished == 1));
     let stops = s
         .requests
         .get("PUT /v2/organizations/{org}/agents/{id}/stop")
@@ -199,11 +223,12 @@ async fn jobs_on_two_queues_all_run_once_and_the_fleet_returns_to_zero() {
     );
     println!(
         "{total} jobs done in {:.1}s, fleet at zero after {:.1}s, peak {peak} processes, \
-         {} linux and {} arm agents, {} REST agent listings",
+         {} linux, {} arm and {} k8s agents, {} REST agent listings",
         done.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         by_queue("linux").count(),
         by_queue("arm").count(),
+        by_queue("k8s").count(),
         s.requests
             .get("GET /v2/organizations/{org}/agents")
             .copied()

@@ -67,6 +67,8 @@ impl Setup {
             webhook_token: Some(secret("hook")),
             rest_requests_per_minute: 200,
             stop_wait: Duration::from_secs(3),
+            stack_key: "runscale".to_owned(),
+            reservation_expiry: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
         }
@@ -78,6 +80,7 @@ impl Setup {
             tags: BTreeMap::from([("os".to_owned(), "linux".to_owned())]),
             disconnect_after_job: false,
             disconnect_after_idle_timeout: None,
+            reserve_jobs: false,
         };
         BuildkiteProvider::new(config, vec![(linux(), sel("linux")), (arm(), sel("arm"))])
             .expect("provider")
@@ -534,8 +537,74 @@ async fn registration_credentials_and_the_provider_contract() {
         tags: BTreeMap::new(),
         disconnect_after_job: false,
         disconnect_after_idle_timeout: None,
+        reserve_jobs: false,
     };
     let e =
         BuildkiteProvider::new(s.config(), vec![(linux(), dup.clone()), (arm(), dup)]).unwrap_err();
     assert!(e.to_string().contains("queue"), "{e}");
+}
+
+#[tokio::test]
+async fn one_agent_per_job_reserves_its_job_through_the_stacks_api() {
+    let s = Setup::new().await;
+    let sel = PoolSelector {
+        queue: "linux".into(),
+        tags: BTreeMap::from([("os".to_owned(), "linux".to_owned())]),
+        disconnect_after_job: false,
+        disconnect_after_idle_timeout: None,
+        reserve_jobs: true,
+    };
+    let p = BuildkiteProvider::new(s.config(), vec![(linux(), sel)]).expect("provider");
+    let job = s
+        .emu
+        .submit(vec![
+            JobSpec::new("linux", Duration::from_millis(300)).rule("os=linux"),
+        ])
+        .remove(0);
+    s.emu.submit(vec![
+        JobSpec::new("linux", Duration::from_millis(300)).rule("gpu=true"),
+    ]);
+    let v = view(&p, &linux()).await;
+    let waiting: Vec<_> = v.demand.waiting.iter().map(|w| w.id.clone()).collect();
+    assert_eq!(
+        waiting,
+        std::slice::from_ref(&job),
+        "only the job the pool's tags can run"
+    );
+
+    let (name, agent) = s.start_agent(&p, &linux()).await;
+    assert!(
+        view(&p, &linux()).await.demand.waiting.is_empty(),
+        "reserved"
+    );
+    let e = p.register(&linux(), "rs-linux-second").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InsufficientCapacity);
+    let report = tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .expect("agent exits in time")
+        .expect("agent");
+    assert_eq!((report.exit, report.jobs_finished), (AgentExit::JobDone, 1));
+    let snap = s.emu.snapshot();
+    let j = snap.jobs.iter().find(|j| j.id == job).expect("job");
+    assert_eq!(j.status, JobStatus::Passed);
+    assert_eq!(j.agent.as_deref(), Some(name.as_str()));
+    assert_eq!(j.reserved_by.as_deref(), Some("runscale-linux"));
+    assert_eq!(j.reservations, 1);
+    assert!(snap.violations.is_empty());
+
+    // Concurrent registrations never hand out the same job.
+    s.emu.submit(vec![
+        JobSpec::new("linux", Duration::from_millis(300))
+            .rule("os=linux");
+        2
+    ]);
+    let pool = linux();
+    let (a, b) = tokio::join!(
+        p.register(&pool, "rs-linux-a"),
+        p.register(&pool, "rs-linux-b")
+    );
+    let job_of =
+        |r: runscale_core::Registration| r.credentials.vars["BUILDKITE_AGENT_ACQUIRE_JOB"].clone();
+    let (a, b) = (job_of(a.expect("a")), job_of(b.expect("b")));
+    assert_ne!(a, b);
 }

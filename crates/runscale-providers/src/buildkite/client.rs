@@ -79,6 +79,38 @@ impl ApiAgent {
     }
 }
 
+/// A scheduled job of the Stacks API.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct StackJob {
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) agent_query_rules: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PageInfo {
+    #[serde(default)]
+    has_next_page: bool,
+    #[serde(default)]
+    end_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ScheduledJobs {
+    jobs: Vec<StackJob>,
+    page_info: Option<PageInfo>,
+}
+
+#[derive(Deserialize)]
+struct Reserved {
+    #[serde(default)]
+    reserved: Vec<String>,
+}
+
+/// Page size of the scheduled jobs (the Stacks API's maximum) and most pages read.
+const JOBS_PAGE: u32 = 1000;
+const JOBS_PAGES: u32 = 2;
+
 /// What the REST budget knows.
 #[derive(Debug, Default)]
 struct Budget {
@@ -379,6 +411,111 @@ impl Client {
             poll_duration: header_secs(&a.headers, "buildkite-agent-metrics-poll-duration")
                 .map(Duration::from_secs),
         })
+    }
+
+    /// A call to the agent API with the agent (cluster) token.
+    async fn agent_api<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        what: &str,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.agent_endpoint))
+            .header(
+                "authorization",
+                format!("Token {}", self.agent_token.expose_secret()),
+            );
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let a = self.send(op, what, req).await?;
+        Self::parse(op, what, &a)
+    }
+
+    /// `POST /stacks/register` (idempotent).
+    pub(crate) async fn register_stack(
+        &self,
+        op: &'static str,
+        key: &str,
+        queue: &str,
+    ) -> Result<()> {
+        let body = serde_json::json!({
+            "key": key,
+            "type": "custom",
+            "queue_key": queue,
+            "metadata": { "registered_by": "runscale" },
+        });
+        self.agent_api::<serde_json::Value>(
+            op,
+            &format!("register stack {key}"),
+            Method::POST,
+            "/stacks/register",
+            Some(body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The stack's scheduled, unreserved jobs of `queue` (at most two pages).
+    pub(crate) async fn scheduled_jobs(
+        &self,
+        op: &'static str,
+        key: &str,
+        queue: &str,
+    ) -> Result<Vec<StackJob>> {
+        let what = format!("scheduled jobs of stack {key}");
+        let mut out = Vec::new();
+        let mut after = String::new();
+        for _ in 0..JOBS_PAGES {
+            let mut url = reqwest::Url::parse("http://x/")
+                .map_err(|e| Error::new(op, ErrorKind::Protocol, e.to_string()))?;
+            url.query_pairs_mut()
+                .append_pair("queue_key", queue)
+                .append_pair("limit", &JOBS_PAGE.to_string())
+                .append_pair("after", &after);
+            let path = format!(
+                "/stacks/{key}/scheduled-jobs?{}",
+                url.query().unwrap_or_default()
+            );
+            let page: ScheduledJobs = self.agent_api(op, &what, Method::GET, &path, None).await?;
+            out.extend(page.jobs);
+            match page.page_info {
+                Some(PageInfo {
+                    has_next_page: true,
+                    end_cursor: Some(c),
+                }) => after = c,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `PUT /stacks/{key}/scheduled-jobs/batch-reserve`: the ids reserved.
+    pub(crate) async fn reserve(
+        &self,
+        op: &'static str,
+        key: &str,
+        ids: &[String],
+        expiry: Duration,
+    ) -> Result<Vec<String>> {
+        let body = serde_json::json!({
+            "job_uuids": ids,
+            "reservation_expiry_seconds": expiry.as_secs().clamp(1, 3600),
+        });
+        let r: Reserved = self
+            .agent_api(
+                op,
+                &format!("reserve jobs for stack {key}"),
+                Method::PUT,
+                &format!("/stacks/{key}/scheduled-jobs/batch-reserve"),
+                Some(body),
+            )
+            .await?;
+        Ok(r.reserved)
     }
 
     fn agents_url(&self, org: &str) -> String {

@@ -44,6 +44,16 @@ pub struct Config {
     #[serde(default = "default_stop_wait", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub stop_wait: Duration,
+    /// Prefix of the stacks runscale registers with the Stacks API for pools with
+    /// `reserve_jobs` (one stack per queue: `<stack_key>-<queue>`). Two runscale
+    /// installations serving one queue need different keys.
+    #[serde(default = "default_stack_key")]
+    pub stack_key: String,
+    /// How long a job reserved for a new agent stays reserved (1s to 1h): if the agent has
+    /// not acquired it by then, the job is scheduled again.
+    #[serde(default = "default_reservation_expiry", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reservation_expiry: Duration,
     /// Timeout of one API request, including reading the response.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -75,6 +85,13 @@ pub struct PoolSelector {
     #[serde(default, with = "humantime_serde::option")]
     #[schemars(with = "Option<String>")]
     pub disconnect_after_idle_timeout: Option<Duration>,
+    /// One agent per job through the Stacks API (needs a cluster agent token): demand is the
+    /// queue's scheduled, unreserved jobs whose agent query rules these tags satisfy, and each
+    /// new agent gets one of them reserved (`batch-reserve`) and handed over as
+    /// `BUILDKITE_AGENT_ACQUIRE_JOB`, so two controllers never start the same job. The agent
+    /// runs it and leaves.
+    #[serde(default)]
+    pub reserve_jobs: bool,
 }
 
 fn default_api_url() -> String {
@@ -91,6 +108,14 @@ fn default_rest_per_minute() -> u32 {
 
 fn default_stop_wait() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_stack_key() -> String {
+    "runscale".to_owned()
+}
+
+fn default_reservation_expiry() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_request_timeout() -> Duration {
@@ -138,6 +163,18 @@ impl Config {
             errors.push((
                 "rest_requests_per_minute".to_owned(),
                 "must be at least 1".to_owned(),
+            ));
+        }
+        if !valid_tag_part(&self.stack_key) || self.stack_key.contains('/') {
+            errors.push((
+                "stack_key".to_owned(),
+                format!("{:?} is not a usable stack key", self.stack_key),
+            ));
+        }
+        if !(1..=3600).contains(&self.reservation_expiry.as_secs()) {
+            errors.push((
+                "reservation_expiry".to_owned(),
+                "must be between 1s and 1h".to_owned(),
             ));
         }
         if self.request_timeout.is_zero() {
@@ -208,6 +245,7 @@ mod tests {
             tags: BTreeMap::from([("os".into(), "linux".into())]),
             disconnect_after_job: false,
             disconnect_after_idle_timeout: None,
+            reserve_jobs: false,
         }
     }
 

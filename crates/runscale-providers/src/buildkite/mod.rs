@@ -21,6 +21,13 @@
 //!   `BUILDKITE_AGENT_TAGS` (`queue=<queue>,k=v`), `BUILDKITE_AGENT_ENDPOINT`, and
 //!   `BUILDKITE_AGENT_DISCONNECT_AFTER_JOB=true` / `BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT`
 //!   (whole seconds) when the pool sets them.
+//! - **One agent per job** (`reserve_jobs`, Stacks API, cluster agent token): the pool's
+//!   demand is its queue's scheduled, unreserved jobs (`GET /stacks/<stack_key>-<queue>/
+//!   scheduled-jobs`, the stack registered on first use) whose `agent_query_rules` the pool's
+//!   tags satisfy; registering an agent reserves one of them (`batch-reserve`, for
+//!   `reservation_expiry`) and hands it over as `BUILDKITE_AGENT_ACQUIRE_JOB`, so two
+//!   controllers never start the same job; if none is left, registration fails as
+//!   insufficient capacity and nothing is launched.
 //! - **Drain**: `PUT .../agents/{id}/stop {"force": false}`: the agent takes no new job,
 //!   finishes the one it runs, then disconnects.
 //! - **Remove**: `Ok` only once Buildkite no longer lists the agent as connected. A busy
@@ -41,8 +48,10 @@
 //!   is not sent and fails as rate limited. `RateLimit-Remaining` is reported as the
 //!   provider's budget left.
 //!
-//! Not here: the Stacks API (per-job reservations for one-pod-per-job pools), Buildscaler's
-//! Job-template discovery (a backend concern), clusters with several agent tokens.
+//! Not here: releasing a reservation at once when an instance dies before its agent starts
+//! (the job comes back when the reservation expires), the rest of the Stacks API (job
+//! states, finish, notifications), Buildscaler's Job-template discovery (a backend concern),
+//! clusters with several agent tokens.
 
 mod client;
 mod config;

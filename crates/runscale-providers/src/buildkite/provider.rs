@@ -14,7 +14,7 @@ use runscale_core::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use super::client::{ApiAgent, Client, Metrics};
+use super::client::{ApiAgent, Client, Metrics, StackJob};
 use super::config::{Config, PoolSelector};
 use super::webhook::{self, Proof, Recent};
 
@@ -25,6 +25,9 @@ const TAGS_VAR: &str = "BUILDKITE_AGENT_TAGS";
 const ENDPOINT_VAR: &str = "BUILDKITE_AGENT_ENDPOINT";
 const AFTER_JOB_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB";
 const AFTER_IDLE_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT";
+const ACQUIRE_JOB_VAR: &str = "BUILDKITE_AGENT_ACQUIRE_JOB";
+/// Jobs tried, one by one, when reserving a job for a new agent.
+const RESERVE_TRIES: usize = 5;
 
 /// Poll interval assumed after a 429 without `Retry-After`.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
@@ -38,6 +41,8 @@ struct Pool {
     tags: Vec<String>,
     disconnect_after_job: bool,
     idle_timeout: Option<Duration>,
+    /// With `reserve_jobs`: the stack key of this pool.
+    stack: Option<String>,
 }
 
 /// The last metrics read, and when the next read is allowed.
@@ -65,6 +70,12 @@ pub struct BuildkiteProvider {
     pools: Vec<Pool>,
     webhook_token: Option<SecretString>,
     stop_wait: Duration,
+    reservation_expiry: Duration,
+    /// Stacks registered by this process.
+    stacks: Mutex<HashSet<String>>,
+    /// Jobs this process reserved for an agent, until their reservation expires: never
+    /// handed to a second agent (a stack may re-reserve a job it holds).
+    handed: Mutex<HashMap<String, Instant>>,
     recent: Mutex<Recent>,
     metrics: Mutex<MetricsCache>,
     last_good: Mutex<HashMap<PoolId, ProviderView>>,
@@ -127,6 +138,9 @@ impl BuildkiteProvider {
                 )));
             }
             built.push(Pool {
+                stack: sel
+                    .reserve_jobs
+                    .then(|| format!("{}-{}", config.stack_key, sel.queue)),
                 id,
                 tags: sel.agent_tags(),
                 queue: sel.queue,
@@ -162,6 +176,9 @@ impl BuildkiteProvider {
             pools: built,
             webhook_token,
             stop_wait: config.stop_wait,
+            reservation_expiry: config.reservation_expiry,
+            stacks: Mutex::new(HashSet::new()),
+            handed: Mutex::new(HashMap::new()),
             recent: Mutex::new(Recent::default()),
             metrics: Mutex::new(MetricsCache::default()),
             last_good: Mutex::new(HashMap::new()),
@@ -224,6 +241,91 @@ impl BuildkiteProvider {
                 }
             }
         }
+    }
+
+    /// The pool's scheduled, unreserved jobs its tags can run (registering its stack on
+    /// first use).
+    async fn stack_jobs(
+        &self,
+        op: &'static str,
+        pool: &Pool,
+        stack: &str,
+    ) -> Result<Vec<StackJob>> {
+        if !lock(&self.stacks).contains(stack) {
+            self.client.register_stack(op, stack, &pool.queue).await?;
+            lock(&self.stacks).insert(stack.to_owned());
+        }
+        let jobs = self.client.scheduled_jobs(op, stack, &pool.queue).await?;
+        Ok(jobs
+            .into_iter()
+            .filter(|j| webhook::rules_match(&j.agent_query_rules, &pool.tags))
+            .collect())
+    }
+
+    /// Scheduled jobs per pool with `reserve_jobs` (others are absent).
+    async fn all_stack_jobs(
+        &self,
+        op: &'static str,
+        pools: &[PoolId],
+    ) -> HashMap<PoolId, Result<Vec<StackJob>>> {
+        let fetches = self
+            .pools
+            .iter()
+            .filter(|p| pools.contains(&p.id))
+            .filter_map(|p| p.stack.as_deref().map(|s| (p, s)))
+            .map(|(p, s)| async move { (p.id.clone(), self.stack_jobs(op, p, s).await) });
+        futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Reserves one of the pool's scheduled jobs for a new agent.
+    async fn reserve_one(&self, op: &'static str, pool: &Pool, stack: &str) -> Result<String> {
+        let jobs = self.stack_jobs(op, pool, stack).await?;
+        let mut tried = 0;
+        for job in &jobs {
+            if tried == RESERVE_TRIES {
+                break;
+            }
+            // Claimed before the request, so a concurrent registration skips it.
+            if !self.claim(&job.id) {
+                continue;
+            }
+            tried += 1;
+            let ids = [job.id.clone()];
+            match self
+                .client
+                .reserve(op, stack, &ids, self.reservation_expiry)
+                .await
+            {
+                Ok(reserved) if reserved.contains(&job.id) => return Ok(job.id.clone()),
+                Ok(_) => {
+                    lock(&self.handed).remove(&job.id);
+                }
+                Err(e) => {
+                    lock(&self.handed).remove(&job.id);
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::new(
+            op,
+            ErrorKind::InsufficientCapacity,
+            format!("no scheduled job of queue {} left to reserve", pool.queue),
+        ))
+    }
+
+    /// Marks a job as handed to an agent by this process; false if it already is.
+    fn claim(&self, job: &str) -> bool {
+        let now = Instant::now();
+        let mut handed = lock(&self.handed);
+        handed.retain(|_, until| *until > now);
+        if handed.contains_key(job) {
+            return false;
+        }
+        handed.insert(job.to_owned(), now + self.reservation_expiry);
+        true
     }
 
     fn runner(&self, a: &ApiAgent) -> Runner {
@@ -310,8 +412,11 @@ impl Provider for BuildkiteProvider {
 
     async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
         let op = "buildkite.observe";
-        let (metrics, agents) =
-            tokio::join!(self.current_metrics(op), self.client.agents(op, &self.org));
+        let (metrics, agents, mut jobs) = tokio::join!(
+            self.current_metrics(op),
+            self.client.agents(op, &self.org),
+            self.all_stack_jobs(op, pools),
+        );
         let mut out = HashMap::with_capacity(pools.len());
         for id in pools {
             let result = self.pool(op, id).and_then(|pool| {
@@ -341,6 +446,22 @@ impl Provider for BuildkiteProvider {
                     Err(e) => Err(e.clone()),
                 }
             });
+            // One agent per job: the jobs themselves are the demand.
+            let result = match (result, jobs.remove(id)) {
+                (Ok(mut view), Some(Ok(listed))) => {
+                    let now = Utc::now();
+                    view.demand.waiting = listed
+                        .into_iter()
+                        .map(|j| WaitingJob {
+                            id: j.id,
+                            queued_at: now,
+                        })
+                        .collect();
+                    Ok(view)
+                }
+                (Ok(_), Some(Err(e))) => Err(e),
+                (result, _) => result,
+            };
             out.insert(id.clone(), result);
         }
         out
@@ -358,6 +479,10 @@ impl Provider for BuildkiteProvider {
         }
         if let Some(d) = pool.idle_timeout {
             vars.insert(AFTER_IDLE_VAR.into(), d.as_secs().to_string());
+        }
+        if let Some(stack) = &pool.stack {
+            let job = self.reserve_one("buildkite.register", pool, stack).await?;
+            credentials.vars.insert(ACQUIRE_JOB_VAR.into(), job);
         }
         credentials
             .secrets
