@@ -410,18 +410,25 @@ impl State {
         else {
             return Ok((answer("idle", None), Vec::new()));
         };
+        let assigned = self.assign(i, j);
+        Ok((answer("run", Some(assigned)), Vec::new()))
+    }
+
+    /// Hands job `j` to agent `i` (ending any reservation).
+    fn assign(&mut self, i: usize, j: usize) -> AssignedJob {
         let agent_id = self.agents[i].snap.id.clone();
         let job = &mut self.jobs[j];
         job.snap.status = JobStatus::Assigned;
         job.snap.agent = Some(self.agents[i].snap.name.clone());
         job.agent_id = Some(agent_id);
+        job.reservation = None;
         let assigned = AssignedJob {
             id: job.snap.id.clone(),
             duration_ms: job.duration.as_millis() as u64,
             exit_status: job.exit_status,
         };
         self.agents[i].snap.job = Some(assigned.id.clone());
-        Ok((answer("run", Some(assigned)), Vec::new()))
+        assigned
     }
 
     /// The agent starts its assigned job. Starting a job that was started before is refused
@@ -667,19 +674,7 @@ impl State {
         if self.jobs[j].snap.status != JobStatus::Scheduled {
             return Err(Refusal::Conflict("job is not scheduled"));
         }
-        let agent_id = self.agents[i].snap.id.clone();
-        let job = &mut self.jobs[j];
-        job.snap.status = JobStatus::Assigned;
-        job.snap.agent = Some(self.agents[i].snap.name.clone());
-        job.agent_id = Some(agent_id);
-        job.reservation = None;
-        let assigned = AssignedJob {
-            id: job.snap.id.clone(),
-            duration_ms: job.duration.as_millis() as u64,
-            exit_status: job.exit_status,
-        };
-        self.agents[i].snap.job = Some(assigned.id.clone());
-        Ok(assigned)
+        Ok(self.assign(i, j))
     }
 
     /// Agents silent for `agent_lost_after` are lost, with any job they held.
