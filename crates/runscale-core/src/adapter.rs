@@ -123,6 +123,16 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The instance launched for `runner_name` is gone and its runner never registered (the
+    /// machine or pod died before the runner started, or was terminated at `boot_timeout`):
+    /// give back whatever the registration holds in the CI system, e.g. a job reserved for this
+    /// runner, so it is not stuck until a reservation expires. Best effort and idempotent; in
+    /// dry-run it is not called. Providers that hold nothing per registration keep the
+    /// default, which does nothing.
+    async fn release(&self, _pool: &PoolId, _runner_name: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Verifies and parses a webhook delivery, returning the pools to wake. `Ok(vec![])` for a
     /// valid delivery that concerns no pool. Providers without webhooks keep the default,
     /// which wakes nothing.

@@ -134,6 +134,18 @@ impl Provider for InstrumentedProvider {
         .await
     }
 
+    async fn release(&self, pool: &PoolId, runner_name: &str) -> Result<()> {
+        let out = timed(
+            &self.metrics,
+            &self.account,
+            "release",
+            self.inner.release(pool, runner_name),
+        )
+        .await;
+        self.update_budget();
+        out
+    }
+
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
         let start = Instant::now();
         let out = self.inner.webhook(request);

@@ -503,3 +503,59 @@ async fn instances_whose_ephemeral_runner_left_are_retired_before_boot_timeout()
     assert_eq!(s.instances, 0, "{s:?}");
     assert!(s.violations.is_empty(), "{:?}", s.violations);
 }
+
+/// Runners listed only once connected (CircleCI, Buildkite): when instances die before their
+/// runners start, the provider is told to release those registrations (a reserved job comes
+/// back at once), never for runners that did register, and the jobs still all run.
+#[tokio::test(start_paused = true)]
+async fn registrations_of_instances_that_died_before_their_runner_started_are_released() {
+    let clock = clock();
+    let world = World::new(
+        clock.clone(),
+        WorldConfig {
+            registrations_listed: false,
+            ..WorldConfig::default()
+        },
+    );
+    let spec = PoolSpec::test("linux")
+        .max(5)
+        .boot_timeout(Duration::from_secs(60));
+    let r = Reconciler::new(
+        vec![binding(&world, spec, "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    world.crash_next_boots(2);
+    world.enqueue("linux", 3, Duration::from_secs(20));
+    run_for(r, Duration::from_secs(240)).await;
+    let s = world.snapshot();
+    assert_eq!(s.completed.len(), 3, "{s:?}");
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    let registered: Vec<&str> = s
+        .calls
+        .iter()
+        .filter_map(|c| c.strip_prefix("register linux "))
+        .collect();
+    let released: Vec<&str> = s
+        .calls
+        .iter()
+        .filter_map(|c| c.strip_prefix("release linux "))
+        .collect();
+    assert_eq!(
+        released.len(),
+        2,
+        "one release per crashed instance: {:?}",
+        s.calls
+    );
+    assert_eq!(
+        registered.len(),
+        5,
+        "3 that ran + 2 that crashed: {:?}",
+        s.calls
+    );
+    let mut unique = released.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 2, "each released once: {released:?}");
+}

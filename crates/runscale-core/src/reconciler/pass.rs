@@ -46,6 +46,9 @@ pub(crate) struct Memory {
     waiting: HashMap<String, Timestamp>,
     /// Runner names of the pool's instances seen listed by the CI system.
     registered: HashMap<String, Presence>,
+    /// Runner names of the pool's instances at the last fresh observation, and of those
+    /// launched since.
+    hosted: HashSet<String>,
 }
 
 /// What the reconciler remembers of one runner of the pool's instances.
@@ -143,7 +146,10 @@ impl PoolRuntime {
         let (view, instances) = tokio::join!(self.observe.get(pool), self.instances.get(pool));
         let (view, instances) = (view?, instances?);
         let now = ctx.clock.now();
-        let obs = self.observation(view, instances, now);
+        let (obs, never_registered) = self.observation(view, instances, now);
+        if !ctx.dry_run {
+            self.release(&never_registered).await;
+        }
         self.record_observation(ctx.metrics, &obs, now);
         if !ctx.dry_run && !obs.stale {
             self.mark_busy(&obs).await;
@@ -194,13 +200,28 @@ impl PoolRuntime {
         }
     }
 
-    /// Builds the observation, filling what the provider could not tell from memory.
+    /// Tells the provider about runners whose instance is gone before they ever registered, so
+    /// it can give back what their registration holds. Failures are logged; nothing retries.
+    async fn release(&self, names: &[String]) {
+        for name in names {
+            match self.provider.release(&self.spec.name, name).await {
+                Ok(()) => debug!(pool = %self.spec.name, runner = %name, "registration released"),
+                Err(e) => {
+                    warn!(pool = %self.spec.name, runner = %name, error = %e, "cannot release a registration whose instance is gone");
+                }
+            }
+        }
+    }
+
+    /// Builds the observation, filling what the provider could not tell from memory; also
+    /// returns the runner names whose instance has gone since the last fresh observation
+    /// without the runner ever being listed.
     fn observation(
         &self,
         view: ProviderView,
         instances: Vec<Instance>,
         now: Timestamp,
-    ) -> Observation {
+    ) -> (Observation, Vec<String>) {
         let mut memory = lock(&self.memory);
         let mut runners = view.runners;
         let mut seen = HashMap::with_capacity(runners.len());
@@ -214,19 +235,40 @@ impl PoolRuntime {
             seen.insert(r.name.clone(), r.state);
         }
         memory.last_busy.retain(|name, _| seen.contains_key(name));
+        let never_registered = if view.stale {
+            // An old copy of the CI side cannot tell whether a runner registered meanwhile.
+            Vec::new()
+        } else {
+            let hosted: HashSet<String> = instances
+                .iter()
+                .flat_map(|i| i.runner_names.iter().cloned())
+                .collect();
+            let previous = std::mem::replace(&mut memory.hosted, hosted);
+            let mut gone: Vec<String> = previous
+                .into_iter()
+                .filter(|n| {
+                    !memory.hosted.contains(n)
+                        && !memory.registered.contains_key(n)
+                        && !seen.contains_key(n)
+                })
+                .collect();
+            gone.sort();
+            gone
+        };
         let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale);
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
         while memory.launches.front().is_some_and(|t| *t + window <= now) {
             memory.launches.pop_front();
         }
-        Observation {
+        let obs = Observation {
             demand: view.demand,
             runners,
             instances,
             recent_launches: memory.launches.iter().copied().collect(),
             stale: view.stale,
             departed,
-        }
+        };
+        (obs, never_registered)
     }
 
     fn record_observation(&self, metrics: &Metrics, obs: &Observation, now: Timestamp) {
@@ -434,6 +476,8 @@ impl PoolRuntime {
             Ok(instance) => {
                 let mut memory = lock(&self.memory);
                 memory.launches.push_back(ctx.clock.now());
+                // Hosted from now on, even if the instance dies before an observation lists it.
+                memory.hosted.extend(names.iter().cloned());
                 info!(pool = %pool, instance = %instance.id, runners = ?names, "launched");
                 Ok(())
             }

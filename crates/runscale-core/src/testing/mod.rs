@@ -143,6 +143,9 @@ pub struct WorldConfig {
     /// Registered runners connect `boot_delay` after registration even if no instance of this
     /// world hosts them: for pairing [`MemoryProvider`] with a real backend.
     pub auto_connect: bool,
+    /// Registered runners are listed (offline) before they connect, as GitHub lists a JIT
+    /// runner; `false`: listed only once connected, as CircleCI and Buildkite do.
+    pub registrations_listed: bool,
 }
 
 impl Default for WorldConfig {
@@ -153,6 +156,7 @@ impl Default for WorldConfig {
             instances_exit_when_runners_leave: true,
             capacity: None,
             auto_connect: false,
+            registrations_listed: true,
         }
     }
 }
@@ -172,6 +176,8 @@ struct State {
     launches: u64,
     terminations: u64,
     caps: HashMap<PoolId, u32>,
+    /// Instances that vanish when they would finish booting, runners never started.
+    crash_boots: usize,
 }
 
 /// The in-memory CI system and cloud.
@@ -246,6 +252,12 @@ impl World {
         for _ in 0..n {
             q.push_back(kind);
         }
+    }
+
+    /// The next `n` instances to finish booting vanish instead (the machine or pod died before
+    /// its runners started); their registrations stay unconnected.
+    pub fn crash_next_boots(&self, n: usize) {
+        self.lock().crash_boots = n;
     }
 
     /// Makes a registered runner busy right now with a long job, as if the CI system assigned
@@ -346,6 +358,16 @@ impl State {
         // Boot.
         let boot = to_chrono(self.config.boot_delay);
         let mut connect = Vec::new();
+        let mut crash_boots = self.crash_boots;
+        self.instances.retain(|_, inst| {
+            let booted = inst.state == InstanceState::Booting && inst.launched_at + boot <= now;
+            if booted && crash_boots > 0 {
+                crash_boots -= 1;
+                return false;
+            }
+            true
+        });
+        self.crash_boots = crash_boots;
         for inst in self.instances.values_mut() {
             if inst.state == InstanceState::Booting && inst.launched_at + boot <= now {
                 inst.state = InstanceState::Running;
@@ -459,9 +481,11 @@ impl Provider for MemoryProvider {
                 v.demand.running += 1;
             }
         }
+        let listed = s.config.registrations_listed;
         for (name, r) in &s.runners {
             if let Some(v) = out.get_mut(&r.pool)
                 && naming::owned_by(r.pool.as_str(), name)
+                && (listed || r.conn != Connection::Registered)
             {
                 v.runners.push(Runner {
                     id: r.id.clone(),
@@ -511,6 +535,19 @@ impl Provider for MemoryProvider {
             runner_id: Some(id),
             credentials,
         })
+    }
+
+    async fn release(&self, pool: &PoolId, runner_name: &str) -> Result<()> {
+        let mut s = self.0.advanced();
+        s.calls.push(format!("release {pool} {runner_name}"));
+        // The registration of a runner that never connected is given back.
+        if s.runners
+            .get(runner_name)
+            .is_some_and(|r| r.conn == Connection::Registered)
+        {
+            s.runners.remove(runner_name);
+        }
+        Ok(())
     }
 
     async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
