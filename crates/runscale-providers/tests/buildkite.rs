@@ -608,3 +608,54 @@ async fn one_agent_per_job_reserves_its_job_through_the_stacks_api() {
     let (a, b) = (job_of(a.expect("a")), job_of(b.expect("b")));
     assert_ne!(a, b);
 }
+
+#[tokio::test]
+async fn the_job_of_an_agent_that_never_started_is_released_at_once() {
+    let s = Setup::new().await;
+    let sel = PoolSelector {
+        queue: "linux".into(),
+        tags: BTreeMap::new(),
+        disconnect_after_job: true,
+        disconnect_after_idle_timeout: None,
+        reserve_jobs: true,
+    };
+    // Reservations would otherwise hold the job for the default 5 minutes.
+    let p = BuildkiteProvider::new(s.config(), vec![(linux(), sel)]).expect("provider");
+    let job = s
+        .emu
+        .submit(vec![JobSpec::new("linux", Duration::from_millis(300))])
+        .remove(0);
+    assert_eq!(view(&p, &linux()).await.demand.waiting.len(), 1);
+    let first = p
+        .register(&linux(), "rs-linux-died")
+        .await
+        .expect("register");
+    assert_eq!(first.credentials.vars["BUILDKITE_AGENT_ACQUIRE_JOB"], job);
+    let e = p.register(&linux(), "rs-linux-next").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InsufficientCapacity, "the job is held");
+    // The pod died before its agent started: runscale releases its registration.
+    let released = Instant::now();
+    p.release(&linux(), "rs-linux-died").await.expect("release");
+    p.release(&linux(), "rs-linux-died")
+        .await
+        .expect("idempotent");
+    p.release(&linux(), "rs-linux-unknown")
+        .await
+        .expect("nothing held");
+    let next = loop {
+        match p.register(&linux(), "rs-linux-next").await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::InsufficientCapacity, "{e}");
+                assert!(
+                    released.elapsed() < Duration::from_secs(10),
+                    "still held: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(next.credentials.vars["BUILDKITE_AGENT_ACQUIRE_JOB"], job);
+    eprintln!("released job reserved again after {:?}", released.elapsed());
+    assert!(s.emu.snapshot().violations.is_empty());
+}

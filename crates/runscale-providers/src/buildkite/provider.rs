@@ -26,6 +26,8 @@ const ENDPOINT_VAR: &str = "BUILDKITE_AGENT_ENDPOINT";
 const AFTER_JOB_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB";
 const AFTER_IDLE_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT";
 const ACQUIRE_JOB_VAR: &str = "BUILDKITE_AGENT_ACQUIRE_JOB";
+/// How long a released job stays reserved: the shortest reservation the Stacks API allows.
+const RELEASE_EXPIRY: Duration = Duration::from_secs(1);
 /// Jobs tried, one by one, when reserving a job for a new agent.
 const RESERVE_TRIES: usize = 5;
 
@@ -76,6 +78,9 @@ pub struct BuildkiteProvider {
     /// Jobs this process reserved for an agent, until their reservation expires: never
     /// handed to a second agent (a stack may re-reserve a job it holds).
     handed: Mutex<HashMap<String, Instant>>,
+    /// Runner name → (stack, job) reserved for it, until the runner is released or the
+    /// reservation expires.
+    reserved_for: Mutex<HashMap<String, (String, String, Instant)>>,
     recent: Mutex<Recent>,
     metrics: Mutex<MetricsCache>,
     last_good: Mutex<HashMap<PoolId, ProviderView>>,
@@ -179,6 +184,7 @@ impl BuildkiteProvider {
             reservation_expiry: config.reservation_expiry,
             stacks: Mutex::new(HashSet::new()),
             handed: Mutex::new(HashMap::new()),
+            reserved_for: Mutex::new(HashMap::new()),
             recent: Mutex::new(Recent::default()),
             metrics: Mutex::new(MetricsCache::default()),
             last_good: Mutex::new(HashMap::new()),
@@ -482,6 +488,11 @@ impl Provider for BuildkiteProvider {
         }
         if let Some(stack) = &pool.stack {
             let job = self.reserve_one("buildkite.register", pool, stack).await?;
+            let until = Instant::now() + self.reservation_expiry;
+            let mut held = lock(&self.reserved_for);
+            held.retain(|_, (_, _, t)| *t > Instant::now());
+            held.insert(runner_name.to_owned(), (stack.clone(), job.clone(), until));
+            drop(held);
             credentials.vars.insert(ACQUIRE_JOB_VAR.into(), job);
         }
         credentials
@@ -492,6 +503,26 @@ impl Provider for BuildkiteProvider {
             runner_id: None,
             credentials,
         })
+    }
+
+    /// The agent's pod or machine died before the agent started: its reserved job is given
+    /// back at once. The Stacks API has no call to drop a reservation, so the job is reserved
+    /// again for the shortest time Buildkite allows (1 s), after which any controller (this
+    /// one included) may reserve it for a new agent.
+    async fn release(&self, _pool: &PoolId, runner_name: &str) -> Result<()> {
+        let Some((stack, job, _)) = lock(&self.reserved_for).remove(runner_name) else {
+            return Ok(());
+        };
+        self.client
+            .reserve(
+                "buildkite.release",
+                &stack,
+                std::slice::from_ref(&job),
+                RELEASE_EXPIRY,
+            )
+            .await?;
+        lock(&self.handed).remove(&job);
+        Ok(())
     }
 
     async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
