@@ -26,3 +26,4 @@ pub mod circleci;
 pub mod github;
 pub mod gitlab;
 pub mod kube;
+mod serve;

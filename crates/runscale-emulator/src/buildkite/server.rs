@@ -2,28 +2,25 @@
 //! emulator's own agent protocol the fake agent speaks, fault injection and the REST rate
 //! limit, the sweeper that marks silent agents lost, and webhook delivery.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Path, Query, Request, State as AxState};
+use axum::extract::{Path, Query, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::Utc;
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::config::{EmulatorConfig, Faults};
 use super::model::{JobSpec, Snapshot, Workload};
 use super::state::{Agent, Event, QueueCounts, Refusal, Stack, State};
 use super::webhook;
+use crate::serve::{self, error};
 
 /// How often the sweeper looks for lost agents.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -36,73 +33,42 @@ const MAX_RESERVATION_SECS: u64 = 3600;
 /// Reservation when none is asked for, in seconds.
 const DEFAULT_RESERVATION_SECS: u64 = 300;
 
-pub(crate) struct Shared {
-    pub(crate) state: Mutex<State>,
-    events: mpsc::UnboundedSender<Event>,
-}
+pub(crate) type Shared = serve::Hub<State, Event>;
 
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn emit(&self, events: Vec<Event>) {
-        for e in events {
-            // The receiver lives as long as the server; after shutdown events are dropped.
-            let _ = self.events.send(e);
-        }
-    }
-}
+serve::sweep_and_count!(Shared);
 
 /// The Buildkite emulator.
 pub struct Emulator;
 
 /// A running emulator. Dropping it stops the server.
 pub struct EmulatorHandle {
-    addr: SocketAddr,
+    server: serve::Server,
     shared: Arc<Shared>,
-    cancel: CancellationToken,
 }
 
 impl Emulator {
     /// Binds `127.0.0.1:0` and serves until the handle is dropped.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(&config)),
-            events: tx,
-        });
-        let cancel = CancellationToken::new();
-        let app = router(shared.clone());
-        {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(cancel.cancelled_owned())
-                    .await;
-            });
-        }
-        tokio::spawn(sweeper(shared.clone(), cancel.clone()));
+        let (server, listener) = serve::Server::bind(serve::loopback()).await?;
+        let (shared, rx) = Shared::new(State::new(&config));
+        let shared = Arc::new(shared);
+        server.serve(listener, router(shared.clone()));
+        let cancel = server.cancel().clone();
+        serve::spawn_sweeper(cancel.clone(), SWEEP_EVERY, shared.clone());
         tokio::spawn(webhook::delivery_loop(
             rx,
             shared.clone(),
             config.webhooks.clone(),
-            cancel.clone(),
-        ));
-        Ok(EmulatorHandle {
-            addr,
-            shared,
             cancel,
-        })
+        ));
+        Ok(EmulatorHandle { server, shared })
     }
 }
 
 impl EmulatorHandle {
     /// `http://127.0.0.1:PORT`: the base of both the agent API (`/v3`) and REST (`/v2`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// The agent endpoint agents are configured with: `<url>/v3`.
@@ -120,18 +86,14 @@ impl EmulatorHandle {
     /// Plays a workload in the background: each entry is scheduled at its offset.
     pub fn play(&self, workload: Workload) {
         let shared = self.shared.clone();
-        let cancel = self.cancel.clone();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            for (at, jobs) in workload.arrivals {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(start + at) => {}
-                }
+        serve::spawn_arrivals(
+            self.server.cancel().clone(),
+            workload.arrivals,
+            move |jobs| {
                 let (_, events) = shared.lock().submit(jobs, Utc::now());
                 shared.emit(events);
-            }
-        });
+            },
+        );
     }
 
     /// The current state.
@@ -151,25 +113,7 @@ impl EmulatorHandle {
 
     /// Stops the server.
     pub fn shutdown(&self) {
-        self.cancel.cancel();
-    }
-}
-
-impl Drop for EmulatorHandle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn sweeper(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let events = shared.lock().sweep(Utc::now(), Instant::now());
-        shared.emit(events);
+        self.server.shutdown();
     }
 }
 
@@ -213,12 +157,11 @@ fn router(shared: Arc<Shared>) -> Router {
     metrics
         .merge(rest)
         .merge(agent)
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), count))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            serve::count::<Shared>,
+        ))
         .with_state(shared)
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "message": message }))).into_response()
 }
 
 fn refusal(r: Refusal) -> Response {
@@ -226,17 +169,6 @@ fn refusal(r: Refusal) -> Response {
         Refusal::Unknown => error(StatusCode::NOT_FOUND, "Not Found"),
         Refusal::Conflict(m) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
     }
-}
-
-/// Counts every answered request by route.
-async fn count(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| format!("{} {}", req.method(), p.as_str()))
-        .unwrap_or_else(|| format!("{} (unmatched)", req.method()));
-    *shared.lock().requests.entry(route).or_default() += 1;
-    next.run(req).await
 }
 
 /// Latency, failures and throttling, before anything else happens.
@@ -247,49 +179,15 @@ async fn faults(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next)
     }
     let (latency, outcome) = {
         let mut s = shared.lock();
-        let latency = s.faults.latency;
-        let outcome = if s.faults.fail_next > 0 {
-            s.faults.fail_next -= 1;
-            Some(StatusCode::SERVICE_UNAVAILABLE)
-        } else if s.faults.throttle_next > 0 {
-            s.faults.throttle_next -= 1;
-            Some(StatusCode::TOO_MANY_REQUESTS)
-        } else if s.faults.error_rate_5xx > 0.0 {
-            let rate = s.faults.error_rate_5xx.clamp(0.0, 1.0);
-            s.rng.random_bool(rate).then(|| {
-                if s.rng.random_bool(0.5) {
-                    StatusCode::BAD_GATEWAY
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-            })
-        } else {
-            None
-        };
-        (latency, outcome)
+        let outcome = serve::injected_fault!(s, serve::bad_gateway_or_unavailable);
+        (s.faults.latency, outcome)
     };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    serve::delay(latency).await;
     match outcome {
-        Some(StatusCode::TOO_MANY_REQUESTS) => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            r
-        }
+        Some(StatusCode::TOO_MANY_REQUESTS) => serve::throttled("Too Many Requests", 1),
         Some(status) => error(status, "Service Unavailable"),
         None => next.run(req).await,
     }
-}
-
-fn auth_value<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
-    headers
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix(scheme)
-        .map(str::trim)
 }
 
 async fn agent_token_auth(
@@ -297,7 +195,8 @@ async fn agent_token_auth(
     req: Request,
     next: Next,
 ) -> Response {
-    let ok = auth_value(req.headers(), "Token ").is_some_and(|t| shared.lock().agent_token_ok(t));
+    let ok = serve::authorization(req.headers(), "Token ")
+        .is_some_and(|t| shared.lock().agent_token_ok(t));
     if !ok {
         return error(StatusCode::UNAUTHORIZED, "Invalid agent token");
     }
@@ -305,7 +204,8 @@ async fn agent_token_auth(
 }
 
 async fn api_auth(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let ok = auth_value(req.headers(), "Bearer ").is_some_and(|t| shared.lock().api_token_ok(t));
+    let ok = serve::authorization(req.headers(), "Bearer ")
+        .is_some_and(|t| shared.lock().api_token_ok(t));
     if !ok {
         return error(StatusCode::UNAUTHORIZED, "Authentication required");
     }
@@ -321,10 +221,7 @@ async fn rate_limit(AxState(shared): AxState<Arc<Shared>>, req: Request, next: N
     let (mut resp, remaining, reset) = match taken {
         Ok(remaining) => (next.run(req).await, remaining, 60),
         Err(wait) => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
-            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-                r.headers_mut().insert("retry-after", v);
-            }
+            let r = serve::throttled("Too Many Requests", wait);
             (r, 0, wait)
         }
     };
@@ -558,7 +455,8 @@ async fn register(
     headers: HeaderMap,
     Json(body): Json<RegisterBody>,
 ) -> Response {
-    let ok = auth_value(&headers, "Token ").is_some_and(|t| shared.lock().agent_token_ok(t));
+    let ok =
+        serve::authorization(&headers, "Token ").is_some_and(|t| shared.lock().agent_token_ok(t));
     if !ok {
         return error(StatusCode::UNAUTHORIZED, "Invalid agent registration token");
     }
@@ -579,7 +477,7 @@ async fn register(
 }
 
 fn access_token(headers: &HeaderMap) -> Option<String> {
-    auth_value(headers, "Token ").map(str::to_owned)
+    serve::authorization(headers, "Token ").map(str::to_owned)
 }
 
 fn bad_access_token() -> Response {

@@ -200,15 +200,7 @@ impl State {
 
     pub(crate) fn uuid(&mut self) -> String {
         let b: [u8; 16] = self.rng.random();
-        let h: String = b.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        crate::serve::uuid_shape(&crate::serve::hex(&b))
     }
 
     pub(crate) fn agent_token_ok(&self, token: &str) -> bool {

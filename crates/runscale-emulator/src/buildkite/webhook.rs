@@ -2,13 +2,10 @@
 //! authenticated with `X-Buildkite-Token` or `X-Buildkite-Signature`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
-use hmac::{Hmac, KeyInit, Mac};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -16,27 +13,15 @@ use super::config::{WebhookAuth, WebhookConfig};
 use super::model::{AgentSnapshot, JobSnapshot};
 use super::server::Shared;
 use super::state::Event;
-
-/// How long a receiver has to answer.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::serve;
 
 /// The `X-Buildkite-Signature` value of `body` sent at `timestamp` (Unix seconds):
 /// `timestamp=<t>,signature=<hex HMAC-SHA256(token, "<t>.<body>")>`.
 pub fn signature(token: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(token) else {
-        // HMAC takes keys of any length.
-        return String::new();
-    };
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("timestamp={timestamp},signature={hex}")
+    let t = timestamp.to_string();
+    serve::hmac_sha256_hex(token, &[t.as_bytes(), b".", body]).map_or_else(String::new, |hex| {
+        format!("timestamp={timestamp},signature={hex}")
+    })
 }
 
 /// A job as webhooks and the REST API show it.
@@ -86,15 +71,10 @@ pub(crate) async fn delivery_loop(
     hooks: Vec<WebhookConfig>,
     cancel: CancellationToken,
 ) {
-    let Ok(client) = reqwest::Client::builder().timeout(DELIVERY_TIMEOUT).build() else {
-        tracing::error!("cannot build the webhook client");
+    let Some(client) = serve::webhook_client() else {
         return;
     };
-    loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => return,
-            e = rx.recv() => match e { Some(e) => e, None => return },
-        };
+    while let Some(event) = serve::next_event(&mut rx, &cancel).await {
         let org = shared.lock().org.clone();
         let Ok(bytes) = serde_json::to_vec(&body(&event, &org)) else {
             continue;
@@ -102,9 +82,7 @@ pub(crate) async fn delivery_loop(
         for hook in &hooks {
             let copies = {
                 let mut s = shared.lock();
-                let copies = if s.faults.duplicate_webhooks { 2 } else { 1 };
-                s.webhooks_sent += copies;
-                copies
+                serve::webhook_copies(s.faults.duplicate_webhooks, &mut s.webhooks_sent)
             };
             let token = hook.token.expose_secret();
             let auth = match hook.auth {
@@ -114,18 +92,16 @@ pub(crate) async fn delivery_loop(
                     signature(token.as_bytes(), Utc::now().timestamp(), &bytes),
                 ),
             };
-            for _ in 0..copies {
-                let req = client
+            serve::deliver(copies, || {
+                client
                     .post(&hook.url)
                     .header("content-type", "application/json")
                     .header("user-agent", "Buildkite-Request")
                     .header("x-buildkite-event", event.name)
                     .header(auth.0, &auth.1)
-                    .body(bytes.clone());
-                if let Err(e) = req.send().await {
-                    tracing::debug!(error = %e, "webhook delivery failed");
-                }
-            }
+                    .body(bytes.clone())
+            })
+            .await;
         }
     }
 }

@@ -3,10 +3,10 @@
 //! gives up on silent runners, and webhook delivery.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Path, Query, Request, State as AxState};
+use axum::extract::{Path, Query, Request, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,53 +14,36 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use chrono::Utc;
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::config::{EmulatorConfig, Faults};
 use super::model::{Snapshot, TaskSpec, Workload};
 use super::state::{Event, State, TaskRefusal};
 use super::webhook;
+use crate::serve::{self, error};
 
 /// How often the sweeper looks for lost tasks and expired runners.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-pub(crate) struct Shared {
-    pub(crate) state: Mutex<State>,
-    events: mpsc::UnboundedSender<Event>,
-}
+pub(crate) type Shared = serve::Hub<State, Event>;
 
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn emit(&self, events: Vec<Event>) {
-        for e in events {
-            // The receiver lives as long as the server; after shutdown events are dropped.
-            let _ = self.events.send(e);
-        }
-    }
-}
+serve::sweep_and_count!(Shared);
 
 /// The CircleCI emulator.
 pub struct Emulator;
 
 /// A running emulator. Dropping it stops the server.
 pub struct EmulatorHandle {
-    addr: SocketAddr,
+    server: serve::Server,
     shared: Arc<Shared>,
-    cancel: CancellationToken,
 }
 
 impl Emulator {
     /// Binds `127.0.0.1:0` and serves until the handle is dropped.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
-        Self::start_on(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::start_on(config, serve::loopback()).await
     }
 
     /// Binds `addr` and serves until the handle is dropped.
@@ -68,42 +51,26 @@ impl Emulator {
         config: EmulatorConfig,
         addr: SocketAddr,
     ) -> std::io::Result<EmulatorHandle> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(&config)),
-            events: tx,
-        });
-        let cancel = CancellationToken::new();
-        let app = router(shared.clone());
-        {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(cancel.cancelled_owned())
-                    .await;
-            });
-        }
-        tokio::spawn(sweeper(shared.clone(), cancel.clone()));
+        let (server, listener) = serve::Server::bind(addr).await?;
+        let (shared, rx) = Shared::new(State::new(&config));
+        let shared = Arc::new(shared);
+        server.serve(listener, router(shared.clone()));
+        let cancel = server.cancel().clone();
+        serve::spawn_sweeper(cancel.clone(), SWEEP_EVERY, shared.clone());
         tokio::spawn(webhook::delivery_loop(
             rx,
             shared.clone(),
             config.webhooks.clone(),
-            cancel.clone(),
-        ));
-        Ok(EmulatorHandle {
-            addr,
-            shared,
             cancel,
-        })
+        ));
+        Ok(EmulatorHandle { server, shared })
     }
 }
 
 impl EmulatorHandle {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// The runner API base runscale is configured with: `<url>/api/v3`.
@@ -113,7 +80,7 @@ impl EmulatorHandle {
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Queues the tasks of one workflow; returns their ids.
@@ -124,17 +91,13 @@ impl EmulatorHandle {
     /// Plays a workload in the background: each workflow is queued at its offset.
     pub fn play(&self, workload: Workload) {
         let shared = self.shared.clone();
-        let cancel = self.cancel.clone();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            for (at, tasks) in workload.arrivals {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(start + at) => {}
-                }
+        serve::spawn_arrivals(
+            self.server.cancel().clone(),
+            workload.arrivals,
+            move |tasks| {
                 shared.lock().submit(tasks, Utc::now());
-            }
-        });
+            },
+        );
     }
 
     /// The current state.
@@ -154,25 +117,7 @@ impl EmulatorHandle {
 
     /// Stops the server.
     pub fn shutdown(&self) {
-        self.cancel.cancel();
-    }
-}
-
-impl Drop for EmulatorHandle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn sweeper(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let events = shared.lock().sweep(Utc::now(), Instant::now());
-        shared.emit(events);
+        self.server.shutdown();
     }
 }
 
@@ -196,60 +141,23 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v3/runner/tasks/{id}/heartbeat", post(heartbeat))
         .route("/api/v3/runner/tasks/{id}/complete", post(complete));
     api.merge(agent)
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), count))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            serve::count::<Shared>,
+        ))
         .with_state(shared)
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "message": message }))).into_response()
-}
-
-/// Counts every answered request by route.
-async fn count(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| format!("{} {}", req.method(), p.as_str()))
-        .unwrap_or_else(|| format!("{} (unmatched)", req.method()));
-    *shared.lock().requests.entry(route).or_default() += 1;
-    next.run(req).await
 }
 
 /// Latency, failures and throttling, before anything else happens.
 async fn faults(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
     let (latency, outcome) = {
         let mut s = shared.lock();
-        let latency = s.faults.latency;
-        let outcome = if s.faults.fail_next > 0 {
-            s.faults.fail_next -= 1;
-            Some(StatusCode::SERVICE_UNAVAILABLE)
-        } else if s.faults.throttle_next > 0 {
-            s.faults.throttle_next -= 1;
-            Some(StatusCode::TOO_MANY_REQUESTS)
-        } else if s.faults.error_rate_5xx > 0.0 {
-            let rate = s.faults.error_rate_5xx;
-            s.rng.random_bool(rate.clamp(0.0, 1.0)).then(|| {
-                if s.rng.random_bool(0.5) {
-                    StatusCode::BAD_GATEWAY
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-            })
-        } else {
-            None
-        };
-        (latency, outcome)
+        let outcome = serve::injected_fault!(s, serve::bad_gateway_or_unavailable);
+        (s.faults.latency, outcome)
     };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    serve::delay(latency).await;
     match outcome {
-        Some(StatusCode::TOO_MANY_REQUESTS) => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded");
-            r.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            r
-        }
+        Some(StatusCode::TOO_MANY_REQUESTS) => serve::throttled("Rate limit exceeded", 1),
         Some(status) => error(status, "Service unavailable"),
         None => next.run(req).await,
     }
@@ -281,12 +189,7 @@ async fn api_auth(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Nex
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    serve::authorization(headers, "Bearer ")
 }
 
 #[derive(Deserialize)]

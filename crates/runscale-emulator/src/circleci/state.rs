@@ -144,15 +144,7 @@ impl State {
     /// A random id shaped like a UUID.
     pub(crate) fn uuid(&mut self) -> String {
         let b: [u8; 16] = self.rng.random();
-        let h: String = b.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        crate::serve::uuid_shape(&crate::serve::hex(&b))
     }
 
     /// Queues the tasks of one workflow; returns their ids.

@@ -2,37 +2,21 @@
 //! `circleci-signature: v1=<hex HMAC-SHA256(secret, body)>`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
-use hmac::{Hmac, KeyInit, Mac};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::WebhookConfig;
 use super::server::Shared;
 use super::state::Event;
-
-/// How long a receiver has to answer.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::serve;
 
 /// The `circleci-signature` value of `body` under `secret`: `v1=<64 hex digits>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        // HMAC takes keys of any length.
-        return String::new();
-    };
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("v1={hex}")
+    serve::hmac_sha256_hex(secret, &[body]).map_or_else(String::new, |hex| format!("v1={hex}"))
 }
 
 fn body(event: &Event, id: &str, hook_index: usize) -> serde_json::Value {
@@ -70,45 +54,39 @@ pub(crate) async fn delivery_loop(
     hooks: Vec<WebhookConfig>,
     cancel: CancellationToken,
 ) {
-    let Ok(client) = reqwest::Client::builder().timeout(DELIVERY_TIMEOUT).build() else {
-        tracing::error!("cannot build the webhook client");
+    let Some(client) = serve::webhook_client() else {
         return;
     };
-    loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => return,
-            e = rx.recv() => match e { Some(e) => e, None => return },
-        };
+    while let Some(event) = serve::next_event(&mut rx, &cancel).await {
         for (i, hook) in hooks.iter().enumerate() {
             if hook.project.as_ref().is_some_and(|p| *p != event.project) {
                 continue;
             }
             let (id, copies) = {
                 let mut s = shared.lock();
-                let copies = if s.faults.duplicate_webhooks { 2 } else { 1 };
-                s.webhooks_sent += copies;
+                let copies =
+                    serve::webhook_copies(s.faults.duplicate_webhooks, &mut s.webhooks_sent);
                 (s.uuid(), copies)
             };
             let Ok(bytes) = serde_json::to_vec(&body(&event, &id, i)) else {
                 continue;
             };
-            for _ in 0..copies {
-                let mut req = client
+            serve::deliver(copies, || {
+                let req = client
                     .post(&hook.url)
                     .header("content-type", "application/json")
                     .header("user-agent", "CircleCI-Webhook/1.0")
                     .header("circleci-event-type", event.kind)
                     .body(bytes.clone());
-                if let Some(secret) = &hook.secret {
-                    req = req.header(
+                match &hook.secret {
+                    Some(secret) => req.header(
                         "circleci-signature",
                         signature(secret.expose_secret().as_bytes(), &bytes),
-                    );
+                    ),
+                    None => req,
                 }
-                if let Err(e) = req.send().await {
-                    tracing::debug!(error = %e, "webhook delivery failed");
-                }
-            }
+            })
+            .await;
         }
     }
 }

@@ -3,8 +3,7 @@
 //! never faulted), the long poll of `POST /jobs/request`, the lease sweeper and webhook
 //! delivery.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Path, Request, State as AxState};
@@ -17,14 +16,14 @@ use chrono::Utc;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::config::{EmulatorConfig, Faults};
 use super::model::{JobSpec, Snapshot, Workload};
 use super::state::{Event, NewRunner, Refusal, State};
 use super::webhook;
+use crate::serve::{self, error};
 
 /// How often the sweeper looks for lost jobs.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -32,8 +31,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 const PER_PAGE_MAX: usize = 100;
 
 pub(crate) struct Shared {
-    state: Mutex<State>,
-    events: mpsc::UnboundedSender<Event>,
+    hub: serve::Hub<State, Event>,
     /// Woken when a job is queued or a runner unpaused (ends long polls early).
     work: Notify,
     long_poll: Duration,
@@ -41,69 +39,53 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.hub.lock()
     }
 
     fn emit(&self, events: impl IntoIterator<Item = Event>) {
-        for e in events {
-            // The receiver lives as long as the server; after shutdown events are dropped.
-            let _ = self.events.send(e);
-        }
+        self.hub.emit(events);
     }
 }
+
+serve::sweep_and_count!(Shared);
 
 /// The GitLab emulator.
 pub struct Emulator;
 
 /// A running emulator. Dropping it stops the server.
 pub struct EmulatorHandle {
-    addr: SocketAddr,
+    server: serve::Server,
     shared: Arc<Shared>,
-    cancel: CancellationToken,
 }
 
 impl Emulator {
     /// Binds `127.0.0.1:0` and serves until the handle is dropped.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (server, listener) = serve::Server::bind(serve::loopback()).await?;
+        let (hub, rx) = serve::Hub::new(State::new(&config));
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(&config)),
-            events: tx,
+            hub,
             work: Notify::new(),
             long_poll: config.long_poll,
         });
-        let cancel = CancellationToken::new();
-        let app = router(shared.clone());
-        {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(cancel.cancelled_owned())
-                    .await;
-            });
-        }
-        tokio::spawn(sweeper(shared.clone(), cancel.clone()));
+        server.serve(listener, router(shared.clone()));
+        let cancel = server.cancel().clone();
+        serve::spawn_sweeper(cancel.clone(), SWEEP_EVERY, shared.clone());
         tokio::spawn(webhook::delivery_loop(
             rx,
             shared.clone(),
             config.webhooks.clone(),
-            format!("http://{addr}"),
-            cancel.clone(),
-        ));
-        Ok(EmulatorHandle {
-            addr,
-            shared,
+            server.url(),
             cancel,
-        })
+        ));
+        Ok(EmulatorHandle { server, shared })
     }
 }
 
 impl EmulatorHandle {
     /// `http://127.0.0.1:PORT` (what runscale and runners are configured with).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Queues jobs as pending; returns their ids.
@@ -117,19 +99,15 @@ impl EmulatorHandle {
     /// Plays a workload in the background: each batch is queued at its offset.
     pub fn play(&self, workload: Workload) {
         let shared = self.shared.clone();
-        let cancel = self.cancel.clone();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            for (at, jobs) in workload.arrivals {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(start + at) => {}
-                }
+        serve::spawn_arrivals(
+            self.server.cancel().clone(),
+            workload.arrivals,
+            move |jobs| {
                 let (_, events) = shared.lock().submit(jobs, Utc::now());
                 shared.emit(events);
                 shared.work.notify_waiters();
-            }
-        });
+            },
+        );
     }
 
     /// The current state.
@@ -156,25 +134,7 @@ impl EmulatorHandle {
 
     /// Stops the server.
     pub fn shutdown(&self) {
-        self.cancel.cancel();
-    }
-}
-
-impl Drop for EmulatorHandle {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn sweeper(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let events = shared.lock().sweep(Utc::now(), Instant::now());
-        shared.emit(events);
+        self.server.shutdown();
     }
 }
 
@@ -205,25 +165,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/jobs/request", post(request_job))
         .route("/api/v4/jobs/{id}", put(update_job))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), gate))
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), count))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            serve::count::<Shared>,
+        ))
         .with_state(shared)
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "message": message }))).into_response()
-}
-
-fn route_of(req: &Request) -> String {
-    req.extensions()
-        .get::<MatchedPath>()
-        .map(|p| format!("{} {}", req.method(), p.as_str()))
-        .unwrap_or_else(|| format!("{} (unmatched)", req.method()))
-}
-
-/// Counts every answered request by route.
-async fn count(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
-    *shared.lock().requests.entry(route_of(&req)).or_default() += 1;
-    next.run(req).await
 }
 
 /// Calls runners make with their own tokens: never faulted, no admin token.
@@ -243,12 +189,7 @@ fn admin_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(t) = headers.get("private-token").and_then(|v| v.to_str().ok()) {
         return Some(t.trim());
     }
-    headers
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    serve::authorization(headers, "Bearer ")
 }
 
 /// Outage, faults and admin authentication for admin calls.
@@ -271,40 +212,25 @@ async fn gate(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -
             || s.faults.failing_routes.contains(&route)
         {
             Some(StatusCode::SERVICE_UNAVAILABLE)
-        } else if s.faults.fail_next > 0 {
-            s.faults.fail_next -= 1;
-            Some(StatusCode::SERVICE_UNAVAILABLE)
-        } else if s.faults.throttle_next > 0 {
-            s.faults.throttle_next -= 1;
-            Some(StatusCode::TOO_MANY_REQUESTS)
-        } else if s.faults.error_rate_5xx > 0.0 {
-            let rate = s.faults.error_rate_5xx.clamp(0.0, 1.0);
-            s.rng.random_bool(rate).then(|| {
+        } else {
+            serve::injected_fault!(s, |rng| {
                 [
                     StatusCode::INTERNAL_SERVER_ERROR,
                     StatusCode::BAD_GATEWAY,
                     StatusCode::SERVICE_UNAVAILABLE,
-                ][s.rng.random_range(0..3)]
+                ][rng.random_range(0..3)]
             })
-        } else {
-            None
         };
         if outcome.is_some() {
             s.faulted += 1;
         }
         (latency, outcome, budget)
     };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    serve::delay(latency).await;
     let mut response = match outcome {
         Some(StatusCode::TOO_MANY_REQUESTS) => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests");
             let wait = budget.map_or(1, |b| b.reset_in.as_secs().max(1));
-            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-                r.headers_mut().insert("retry-after", v);
-            }
-            r
+            serve::throttled("429 Too Many Requests", wait)
         }
         Some(status) => error(status, "502 GitLab is not responding"),
         None => {

@@ -214,14 +214,7 @@ impl State {
     /// A random UUID-shaped string.
     pub(crate) fn uuid(&mut self) -> String {
         let h = self.hex(16);
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        crate::serve::uuid_shape(&h)
     }
 
     /// A project by numeric id or `path_with_namespace`.

@@ -3,7 +3,6 @@
 //! on a retry) and `X-Gitlab-Event-UUID`. Like GitLab's, the body has no job tags.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -13,9 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::WebhookConfig;
 use super::server::Shared;
 use super::state::Event;
-
-/// How long a receiver has to answer.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::serve;
 
 fn body(e: &Event) -> Value {
     let j = &e.job;
@@ -70,31 +67,26 @@ pub(crate) async fn delivery_loop(
     instance: String,
     cancel: CancellationToken,
 ) {
-    let Ok(client) = reqwest::Client::builder().timeout(DELIVERY_TIMEOUT).build() else {
-        tracing::error!("cannot build the webhook client");
+    let Some(client) = serve::webhook_client() else {
         return;
     };
     let hook_ids: Vec<String> = {
         let mut s = shared.lock();
         hooks.iter().map(|_| s.uuid()).collect()
     };
-    loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => return,
-            e = rx.recv() => match e { Some(e) => e, None => return },
-        };
+    while let Some(event) = serve::next_event(&mut rx, &cancel).await {
         let Ok(bytes) = serde_json::to_vec(&body(&event)) else {
             continue;
         };
         for (hook, hook_id) in hooks.iter().zip(&hook_ids) {
             let (key, event_uuid, copies) = {
                 let mut s = shared.lock();
-                let copies = if s.faults.duplicate_webhooks { 2 } else { 1 };
-                s.webhooks_sent += copies;
+                let copies =
+                    serve::webhook_copies(s.faults.duplicate_webhooks, &mut s.webhooks_sent);
                 (s.uuid(), s.uuid(), copies)
             };
-            for _ in 0..copies {
-                let mut req = client
+            serve::deliver(copies, || {
+                let req = client
                     .post(&hook.url)
                     .header("content-type", "application/json")
                     .header("user-agent", "GitLab/17.5.0-emulated")
@@ -104,13 +96,12 @@ pub(crate) async fn delivery_loop(
                     .header("x-gitlab-event-uuid", &event_uuid)
                     .header("idempotency-key", &key)
                     .body(bytes.clone());
-                if let Some(token) = &hook.token {
-                    req = req.header("x-gitlab-token", token.expose_secret());
+                match &hook.token {
+                    Some(token) => req.header("x-gitlab-token", token.expose_secret()),
+                    None => req,
                 }
-                if let Err(e) = req.send().await {
-                    tracing::debug!(error = %e, "webhook delivery failed");
-                }
-            }
+            })
+            .await;
         }
     }
 }
