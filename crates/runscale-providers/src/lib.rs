@@ -9,3 +9,9 @@ pub mod exec;
 pub mod github;
 #[cfg(feature = "gitlab")]
 pub mod gitlab;
+#[cfg(any(feature = "circleci", feature = "gitlab", feature = "buildkite"))]
+#[cfg_attr(
+    not(all(feature = "circleci", feature = "gitlab", feature = "buildkite")),
+    allow(dead_code)
+)]
+mod http;

@@ -15,8 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-/// Longest error message kept from a response body.
-const MESSAGE_MAX: usize = 200;
+use crate::http::{self, Answer};
+
 /// The window of the REST budget.
 const WINDOW: Duration = Duration::from_secs(60);
 /// Page size of the agents listing (Buildkite's maximum).
@@ -141,28 +141,11 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Buildkite's `message` from an error body, on one short printable line.
-fn message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Body {
-        message: Option<String>,
-    }
-    serde_json::from_slice::<Body>(body)
-        .ok()
-        .and_then(|b| b.message)
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MESSAGE_MAX)
-        .collect()
-}
-
-fn header_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-}
+/// How Buildkite's non-success answers map to error kinds.
+const STATUS_MAP: http::StatusMap = http::StatusMap {
+    auth_hint: "check the token and its scopes",
+    unprocessable_is_misconfigured: false,
+};
 
 /// Maps a non-success answer to an error kind.
 pub(crate) fn status_error(
@@ -172,27 +155,7 @@ pub(crate) fn status_error(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Error {
-    let msg = message(body);
-    let detail = if msg.is_empty() {
-        format!("{what}: HTTP {status}")
-    } else {
-        format!("{what}: HTTP {status}: {msg}")
-    };
-    let kind = match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            return Error::new(
-                op,
-                ErrorKind::Misconfigured,
-                format!("{detail} (check the token and its scopes)"),
-            );
-        }
-        StatusCode::NOT_FOUND => ErrorKind::NotFound,
-        StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited { retry_after },
-        StatusCode::BAD_REQUEST => ErrorKind::Misconfigured,
-        s if s.is_server_error() => ErrorKind::Transient,
-        _ => ErrorKind::Protocol,
-    };
-    Error::new(op, kind, detail)
+    STATUS_MAP.error(op, what, status, retry_after, &http::json_message(body))
 }
 
 /// The `rel="next"` URL of a `Link` header.
@@ -212,13 +175,6 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// An answer: status, headers and body.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
 impl Client {
     pub(crate) fn new(
         rest_base: &str,
@@ -229,19 +185,7 @@ impl Client {
         request_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(connect_timeout)
-            .user_agent(concat!("runscale/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    "buildkite.client",
-                    ErrorKind::Misconfigured,
-                    "cannot build the HTTP client",
-                )
-                .with_source(e)
-            })?;
+        let http = http::client("buildkite.client", request_timeout, connect_timeout)?;
         Ok(Client {
             http,
             rest_base: rest_base.trim_end_matches('/').to_owned(),
@@ -294,9 +238,9 @@ impl Client {
 
     /// Records what the answer says about the budget.
     fn note_limits(&self, headers: &HeaderMap, status: StatusCode) {
-        let remaining = header_secs(headers, "ratelimit-remaining");
-        let reset = header_secs(headers, "ratelimit-reset");
-        let retry = header_secs(headers, "retry-after");
+        let remaining = http::header_u64(headers, "ratelimit-remaining");
+        let reset = http::header_u64(headers, "ratelimit-reset");
+        let retry = http::header_u64(headers, "retry-after");
         let mut b = self.budget();
         if remaining.is_some() {
             b.remaining = remaining;
@@ -319,39 +263,12 @@ impl Client {
         what: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<Answer> {
-        let resp = req
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                let kind = if e.is_builder() {
-                    ErrorKind::Misconfigured
-                } else {
-                    ErrorKind::Transient
-                };
-                Error::new(op, kind, format!("{what}: request failed")).with_source(e)
-            })?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| {
-            Error::new(
-                op,
-                ErrorKind::Transient,
-                format!("{what}: reading the answer failed"),
-            )
-            .with_source(e)
-        })?;
-        Ok(Answer {
-            status,
-            headers,
-            body: body.to_vec(),
-        })
+        http::exchange(op, what, req, http::SourceUrl::Keep).await
     }
 
     fn parse<T: DeserializeOwned>(op: &'static str, what: &str, a: &Answer) -> Result<T> {
         if !a.status.is_success() {
-            let retry = header_secs(&a.headers, "retry-after").map(Duration::from_secs);
-            return Err(status_error(op, what, a.status, retry, &a.body));
+            return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
         }
         serde_json::from_slice(&a.body).map_err(|e| {
             Error::new(
@@ -408,7 +325,7 @@ impl Client {
         }
         Ok(Metrics {
             queues: body.jobs.queues,
-            poll_duration: header_secs(&a.headers, "buildkite-agent-metrics-poll-duration")
+            poll_duration: http::header_u64(&a.headers, "buildkite-agent-metrics-poll-duration")
                 .map(Duration::from_secs),
         })
     }
@@ -576,7 +493,7 @@ impl Client {
                 op,
                 &what,
                 s,
-                header_secs(&a.headers, "retry-after").map(Duration::from_secs),
+                http::header_u64(&a.headers, "retry-after").map(Duration::from_secs),
                 &a.body,
             )),
         }

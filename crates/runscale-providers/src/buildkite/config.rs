@@ -9,6 +9,8 @@ use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::http;
+
 /// One Buildkite organisation (or one cluster of it) whose agents runscale scales.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -180,11 +182,7 @@ impl Config {
         if self.request_timeout.is_zero() {
             errors.push(("request_timeout".to_owned(), "must not be zero".to_owned()));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        http::result(errors)
     }
 }
 
@@ -219,11 +217,7 @@ impl PoolSelector {
                 "must be at least 1s (the agent counts whole seconds)".to_owned(),
             ));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        http::result(errors)
     }
 
     /// The agent's tags: `queue=<queue>`, then the others in key order.

@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::client::{ApiAgent, Client, Metrics, StackJob};
 use super::config::{Config, PoolSelector};
 use super::webhook::{self, Proof, Recent};
+use crate::http;
 
 /// Agent variables runscale hands every agent (`buildkite-agent start` reads them).
 pub(crate) const TOKEN_VAR: &str = "BUILDKITE_AGENT_TOKEN";
@@ -103,15 +104,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn misconfigured(message: String) -> Error {
-    Error::new("buildkite.config", ErrorKind::Misconfigured, message)
-}
+/// Construction errors: `Misconfigured` under `buildkite.config`.
+const SETUP: http::Setup = http::Setup {
+    op: "buildkite.config",
+};
 
-fn joined(prefix: &str, errs: &[(String, String)]) -> String {
-    errs.iter()
-        .map(|(f, m)| format!("{prefix}{f}: {m}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+fn misconfigured(message: String) -> Error {
+    SETUP.misconfigured(message)
 }
 
 fn is_rate_limited(e: &Error) -> bool {
@@ -123,18 +122,9 @@ impl BuildkiteProvider {
     /// the secrets (API token, agent token, webhook token) and builds the HTTP client. Makes
     /// no request. Errors are [`ErrorKind::Misconfigured`] and name the field.
     pub fn new(config: Config, pools: Vec<(PoolId, PoolSelector)>) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|e| misconfigured(joined("", &e)))?;
-        let mut ids = HashSet::new();
+        SETUP.checked("", config.validate())?;
         let mut queues = HashMap::new();
-        let mut built = Vec::with_capacity(pools.len());
-        for (id, sel) in pools {
-            if !ids.insert(id.clone()) {
-                return Err(misconfigured(format!("pool {id} is listed twice")));
-            }
-            sel.validate()
-                .map_err(|e| misconfigured(joined(&format!("pool {id}: "), &e)))?;
+        let built = SETUP.pools(pools, PoolSelector::validate, |id, sel| {
             if let Some(other) = queues.insert(sel.queue.clone(), id.clone()) {
                 return Err(misconfigured(format!(
                     "pool {id}: queue: {} is already the queue of pool {other} (the metrics API \
@@ -142,7 +132,7 @@ impl BuildkiteProvider {
                     sel.queue
                 )));
             }
-            built.push(Pool {
+            Ok(Pool {
                 stack: sel
                     .reserve_jobs
                     .then(|| format!("{}-{}", config.stack_key, sel.queue)),
@@ -151,19 +141,12 @@ impl BuildkiteProvider {
                 queue: sel.queue,
                 disconnect_after_job: sel.disconnect_after_job,
                 idle_timeout: sel.disconnect_after_idle_timeout,
-            });
-        }
-        let secret = |field: &str, r: &runscale_core::secret::SecretRef| {
-            r.resolve()
-                .map_err(|e| misconfigured(format!("{field}: {e}")))
-        };
-        let api_token = secret("api_token", &config.api_token)?;
-        let agent_token = secret("agent_token", &config.agent_token)?;
-        let webhook_token = config
-            .webhook_token
-            .as_ref()
-            .map(|r| secret("webhook_token", r))
-            .transpose()?;
+            })
+        })?;
+        let api_token = SETUP.secret("api_token", &config.api_token)?;
+        let agent_token = SETUP.secret("agent_token", &config.agent_token)?;
+        let webhook_token =
+            SETUP.optional_secret("webhook_token", config.webhook_token.as_ref())?;
         let client = Client::new(
             &config.api_url,
             &config.agent_endpoint,

@@ -12,9 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::config::ApiVersion;
-
-/// Longest error message kept from a response body.
-const MESSAGE_MAX: usize = 200;
+use crate::http;
 
 /// One runner of the listing.
 #[derive(Clone, Debug, Deserialize)]
@@ -57,21 +55,11 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// CircleCI's `message` from an error body, on one short printable line.
-fn message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Body {
-        message: Option<String>,
-    }
-    let text = serde_json::from_slice::<Body>(body)
-        .ok()
-        .and_then(|b| b.message)
-        .unwrap_or_default();
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(MESSAGE_MAX)
-        .collect()
-}
+/// How the runner API's non-success answers map to error kinds.
+const STATUS_MAP: http::StatusMap = http::StatusMap {
+    auth_hint: "is the Circle-Token a valid personal or project API token?",
+    unprocessable_is_misconfigured: true,
+};
 
 /// Maps a non-success answer to an error kind.
 pub(crate) fn status_error(
@@ -81,27 +69,7 @@ pub(crate) fn status_error(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Error {
-    let msg = message(body);
-    let detail = if msg.is_empty() {
-        format!("{what}: HTTP {status}")
-    } else {
-        format!("{what}: HTTP {status}: {msg}")
-    };
-    let kind = match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            return Error::new(
-                op,
-                ErrorKind::Misconfigured,
-                format!("{detail} (is the Circle-Token a valid personal or project API token?)"),
-            );
-        }
-        StatusCode::NOT_FOUND => ErrorKind::NotFound,
-        StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited { retry_after },
-        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => ErrorKind::Misconfigured,
-        s if s.is_server_error() => ErrorKind::Transient,
-        _ => ErrorKind::Protocol,
-    };
-    Error::new(op, kind, detail)
+    STATUS_MAP.error(op, what, status, retry_after, &http::json_message(body))
 }
 
 impl Client {
@@ -112,19 +80,7 @@ impl Client {
         request_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(connect_timeout)
-            .user_agent(concat!("runscale/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    "circleci.client",
-                    ErrorKind::Misconfigured,
-                    "cannot build the HTTP client",
-                )
-                .with_source(e)
-            })?;
+        let http = http::client("circleci.client", request_timeout, connect_timeout)?;
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -155,50 +111,15 @@ impl Client {
                     format!("{what}: bad URL: {e}"),
                 )
             })?;
-        let resp = self
+        let req = self
             .http
             .get(url)
-            .header("Circle-Token", self.token.expose_secret())
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                let kind = if e.is_builder() {
-                    ErrorKind::Misconfigured
-                } else {
-                    ErrorKind::Transient
-                };
-                Error::new(op, kind, format!("{what}: request failed")).with_source(e)
-            })?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = resp.bytes().await.map_err(|e| {
-            Error::new(
-                op,
-                ErrorKind::Transient,
-                format!("{what}: reading the answer failed"),
-            )
-            .with_source(e)
-        })?;
-        if !status.is_success() {
-            return Err(status_error(op, what, status, retry_after, &body));
+            .header("Circle-Token", self.token.expose_secret());
+        let a = http::exchange(op, what, req, http::SourceUrl::Keep).await?;
+        if !a.status.is_success() {
+            return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
         }
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::new(
-                op,
-                ErrorKind::Protocol,
-                format!(
-                    "{what}: unexpected answer ({:?} error at column {})",
-                    e.classify(),
-                    e.column()
-                ),
-            )
-        })
+        http::decode(op, what, &a.body)
     }
 
     /// `unclaimed_task_count` of a resource class.

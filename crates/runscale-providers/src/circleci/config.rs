@@ -8,6 +8,8 @@ use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::http;
+
 /// One CircleCI organisation whose self-hosted runners runscale scales.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -228,11 +230,7 @@ impl Config {
         if self.request_timeout.is_zero() {
             errors.push(("request_timeout".to_owned(), "must not be zero".to_owned()));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        http::result(errors)
     }
 }
 
@@ -271,10 +269,6 @@ impl PoolSelector {
                 ));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        http::result(errors)
     }
 }

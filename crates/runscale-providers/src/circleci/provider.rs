@@ -2,7 +2,7 @@
 //! class, registration with the pool's resource-class token, removal that never claims a
 //! connected runner is gone, the plan's concurrency, and webhooks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use super::client::{ApiRunner, Client};
 use super::config::{AgentEnv, Config, PoolSelector, RunnerMode, RunnerNames};
 use super::webhook::{self, Seen};
+use crate::http;
 
 /// One pool as the provider keeps it.
 struct Pool {
@@ -78,15 +79,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn misconfigured(message: String) -> Error {
-    Error::new("circleci.config", ErrorKind::Misconfigured, message)
-}
+/// Construction errors: `Misconfigured` under `circleci.config`.
+const SETUP: http::Setup = http::Setup {
+    op: "circleci.config",
+};
 
-fn joined(prefix: &str, errs: &[(String, String)]) -> String {
-    errs.iter()
-        .map(|(f, m)| format!("{prefix}{f}: {m}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+fn misconfigured(message: String) -> Error {
+    SETUP.misconfigured(message)
 }
 
 /// `5m`-style text of a duration, as the runner's configuration takes it.
@@ -109,18 +108,9 @@ impl CircleciProvider {
     /// the HTTP client. Makes no request. Errors are [`ErrorKind::Misconfigured`] and name the
     /// field.
     pub fn new(config: Config, pools: Vec<(PoolId, PoolSelector)>) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|e| misconfigured(joined("", &e)))?;
-        let mut ids = HashSet::new();
+        SETUP.checked("", config.validate())?;
         let mut classes = HashMap::new();
-        let mut built = Vec::with_capacity(pools.len());
-        for (id, sel) in pools {
-            if !ids.insert(id.clone()) {
-                return Err(misconfigured(format!("pool {id} is listed twice")));
-            }
-            sel.validate()
-                .map_err(|e| misconfigured(joined(&format!("pool {id}: "), &e)))?;
+        let built = SETUP.pools(pools, PoolSelector::validate, |id, sel| {
             if let Some(other) = classes.insert(sel.resource_class.clone(), id.clone()) {
                 return Err(misconfigured(format!(
                     "pool {id}: resource_class: {} is already the class of pool {other} (CircleCI \
@@ -128,12 +118,8 @@ impl CircleciProvider {
                     sel.resource_class
                 )));
             }
-            let token = sel
-                .token
-                .map(|t| t.resolve())
-                .transpose()
-                .map_err(|e| misconfigured(format!("pool {id}: token: {e}")))?;
-            built.push(Pool {
+            let token = SETUP.optional_secret(&format!("pool {id}: token"), sel.token.as_ref())?;
+            Ok(Pool {
                 id,
                 resource_class: sel.resource_class,
                 token,
@@ -142,20 +128,11 @@ impl CircleciProvider {
                 idle_timeout: sel.runner_idle_timeout,
                 projects: sel.projects,
                 env: sel.agent_env,
-            });
-        }
-        let token = config
-            .token
-            .resolve()
-            .map_err(|e| misconfigured(format!("token: {e}")))?;
-        let webhook_secret = config
-            .webhook_secret
-            .as_ref()
-            .map(|r| {
-                r.resolve()
-                    .map_err(|e| misconfigured(format!("webhook_secret: {e}")))
             })
-            .transpose()?;
+        })?;
+        let token = SETUP.secret("token", &config.token)?;
+        let webhook_secret =
+            SETUP.optional_secret("webhook_secret", config.webhook_secret.as_ref())?;
         let client = Client::new(
             &config.api_url,
             config.api_version,

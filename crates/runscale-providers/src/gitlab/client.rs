@@ -13,9 +13,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::config::AuthHeader;
+use crate::http;
 
-/// Longest error message kept from a response body.
-const MESSAGE_MAX: usize = 200;
 /// Page size of listings.
 const PER_PAGE: u32 = 100;
 
@@ -46,11 +45,14 @@ fn message(body: &[u8]) -> String {
         (m, _) if !m.is_null() => m.to_string(),
         _ => String::new(),
     };
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(MESSAGE_MAX)
-        .collect()
+    http::one_line(&text)
 }
+
+/// How GitLab's non-success answers map to error kinds.
+const STATUS_MAP: http::StatusMap = http::StatusMap {
+    auth_hint: "does the token have the api scope, and create_runner to create runners?",
+    unprocessable_is_misconfigured: true,
+};
 
 /// Maps a non-success answer to an error kind.
 pub(crate) fn status_error(
@@ -60,29 +62,7 @@ pub(crate) fn status_error(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Error {
-    let msg = message(body);
-    let detail = if msg.is_empty() {
-        format!("{what}: HTTP {status}")
-    } else {
-        format!("{what}: HTTP {status}: {msg}")
-    };
-    let kind = match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            return Error::new(
-                op,
-                ErrorKind::Misconfigured,
-                format!(
-                    "{detail} (does the token have the api scope, and create_runner to create runners?)"
-                ),
-            );
-        }
-        StatusCode::NOT_FOUND => ErrorKind::NotFound,
-        StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited { retry_after },
-        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => ErrorKind::Misconfigured,
-        s if s.is_server_error() => ErrorKind::Transient,
-        _ => ErrorKind::Protocol,
-    };
-    Error::new(op, kind, detail)
+    STATUS_MAP.error(op, what, status, retry_after, &message(body))
 }
 
 /// A path segment: ids as they are, full paths URL-encoded (`acme%2Fapp`).
@@ -112,19 +92,7 @@ impl Client {
         request_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(connect_timeout)
-            .user_agent(concat!("runscale/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    "gitlab.client",
-                    ErrorKind::Misconfigured,
-                    "cannot build the HTTP client",
-                )
-                .with_source(e)
-            })?;
+        let http = http::client("gitlab.client", request_timeout, connect_timeout)?;
         Ok(Client {
             http,
             api: format!("{}/api/v4", base.trim_end_matches('/')),
@@ -144,10 +112,7 @@ impl Client {
         what: &str,
         admin: bool,
     ) -> Result<Answer> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .header("accept", "application/json");
+        let mut req = self.http.request(method, format!("{}{path}", self.api));
         if admin {
             req = match self.auth {
                 AuthHeader::PrivateToken => req.header("PRIVATE-TOKEN", self.token.expose_secret()),
@@ -157,57 +122,18 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| {
-            let kind = if e.is_builder() {
-                ErrorKind::Misconfigured
-            } else {
-                ErrorKind::Transient
-            };
-            Error::new(op, kind, format!("{what}: request failed")).with_source(e.without_url())
-        })?;
-        let status = resp.status();
-        let header = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .map(str::to_owned)
-        };
-        let retry_after = header("retry-after")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let next_page = header("x-next-page").and_then(|v| v.parse::<u32>().ok());
-        if let Some(left) = header("ratelimit-remaining").and_then(|v| v.parse::<u64>().ok()) {
+        let a = http::exchange(op, what, req, http::SourceUrl::Strip).await?;
+        if let Some(left) = http::header_u64(&a.headers, "ratelimit-remaining") {
             self.remaining.store(left, Ordering::Relaxed);
         }
-        let body = resp.bytes().await.map_err(|e| {
-            Error::new(
-                op,
-                ErrorKind::Transient,
-                format!("{what}: reading the answer failed"),
-            )
-            .with_source(e.without_url())
-        })?;
-        if !status.is_success() {
-            return Err(status_error(op, what, status, retry_after, &body));
+        if !a.status.is_success() {
+            return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
         }
+        let next_page =
+            http::header_u64(&a.headers, "x-next-page").and_then(|v| u32::try_from(v).ok());
         Ok(Answer {
             next_page,
-            body: body.to_vec(),
-        })
-    }
-
-    fn parse<T: DeserializeOwned>(op: &'static str, what: &str, body: &[u8]) -> Result<T> {
-        serde_json::from_slice(body).map_err(|e| {
-            Error::new(
-                op,
-                ErrorKind::Protocol,
-                format!(
-                    "{what}: unexpected answer ({:?} error at column {})",
-                    e.classify(),
-                    e.column()
-                ),
-            )
+            body: a.body,
         })
     }
 
@@ -224,7 +150,7 @@ impl Client {
         what: &str,
     ) -> Result<T> {
         let a = self.call(op, Method::GET, path, None, what, true).await?;
-        Self::parse(op, what, &a.body)
+        http::decode(op, what, &a.body)
     }
 
     /// `GET` every page of a listing (`path` may carry a query). More than `max_pages` pages
@@ -241,7 +167,7 @@ impl Client {
         loop {
             let url = format!("{path}{sep}per_page={PER_PAGE}&page={page}");
             let a = self.call(op, Method::GET, &url, None, what, true).await?;
-            out.extend(Self::parse::<Vec<T>>(op, what, &a.body)?);
+            out.extend(http::decode::<Vec<T>>(op, what, &a.body)?);
             match a.next_page {
                 Some(next) if next > page => {
                     if next > self.max_pages {
@@ -271,7 +197,7 @@ impl Client {
         if a.body.is_empty() {
             return Ok(Value::Null);
         }
-        Self::parse(op, what, &a.body)
+        http::decode(op, what, &a.body)
     }
 
     /// `DELETE` with the admin token.

@@ -9,6 +9,8 @@ use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::http::{push, result};
+
 /// One GitLab instance (gitlab.com or self-managed) whose CI jobs runscale serves.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -160,18 +162,6 @@ fn default_request_timeout() -> Duration {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
-}
-
-fn push(errors: &mut Vec<(String, String)>, field: &str, message: impl Into<String>) {
-    errors.push((field.to_owned(), message.into()));
-}
-
-fn result(errors: Vec<(String, String)>) -> Result<(), Vec<(String, String)>> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
 }
 
 impl Config {

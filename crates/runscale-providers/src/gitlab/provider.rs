@@ -3,7 +3,7 @@
 //! per-instance) runner token, removal only of idle managers, pausing, clean-up of runners
 //! that never came up, and webhooks.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use serde_json::json;
 use super::client::{ApiJob, ApiManager, ApiProject, ApiRunner, Client, segment};
 use super::config::{Config, PoolSelector, RunnerPer, RunnerType};
 use super::webhook::{self, Seen};
+use crate::http;
 
 /// Variables handed to each runner slot.
 const URL_VAR: &str = "CI_SERVER_URL";
@@ -139,15 +140,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn misconfigured(message: String) -> Error {
-    Error::new("gitlab.config", ErrorKind::Misconfigured, message)
-}
+/// Construction errors: `Misconfigured` under `gitlab.config`.
+const SETUP: http::Setup = http::Setup {
+    op: "gitlab.config",
+};
 
-fn joined(prefix: &str, errs: &[(String, String)]) -> String {
-    errs.iter()
-        .map(|(f, m)| format!("{prefix}{f}: {m}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+fn misconfigured(message: String) -> Error {
+    SETUP.misconfigured(message)
 }
 
 fn slot_id(runner: u64, system_id: &str) -> RunnerId {
@@ -172,18 +171,9 @@ impl GitlabProvider {
     /// token, webhook token) and builds the HTTP client. Makes no request. Errors are
     /// [`ErrorKind::Misconfigured`] and name the field.
     pub fn new(config: Config, pools: Vec<(PoolId, PoolSelector)>) -> Result<Self> {
-        config
-            .validate()
-            .map_err(|e| misconfigured(joined("", &e)))?;
-        let mut ids = HashSet::new();
-        let mut built = Vec::with_capacity(pools.len());
-        for (id, sel) in pools {
-            if !ids.insert(id.clone()) {
-                return Err(misconfigured(format!("pool {id} is listed twice")));
-            }
-            sel.validate()
-                .map_err(|e| misconfigured(joined(&format!("pool {id}: "), &e)))?;
-            built.push(Pool {
+        SETUP.checked("", config.validate())?;
+        let built = SETUP.pools(pools, PoolSelector::validate, |id, sel| {
+            Ok(Pool {
                 id,
                 tags: sel.tags.into_iter().collect(),
                 run_untagged: sel.run_untagged,
@@ -192,20 +182,11 @@ impl GitlabProvider {
                 project_id: sel.project_id,
                 per: sel.runner_per,
                 max_use_count: sel.max_use_count,
-            });
-        }
-        let token = config
-            .token
-            .resolve()
-            .map_err(|e| misconfigured(format!("token: {e}")))?;
-        let webhook_token = config
-            .webhook_token
-            .as_ref()
-            .map(|r| {
-                r.resolve()
-                    .map_err(|e| misconfigured(format!("webhook_token: {e}")))
             })
-            .transpose()?;
+        })?;
+        let token = SETUP.secret("token", &config.token)?;
+        let webhook_token =
+            SETUP.optional_secret("webhook_token", config.webhook_token.as_ref())?;
         let client = Client::new(
             &config.url,
             config.auth,

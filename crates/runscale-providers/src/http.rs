@@ -1,0 +1,274 @@
+//! HTTP plumbing the CircleCI, GitLab and Buildkite providers share: the client with its
+//! timeouts, one exchange with transport failures mapped to core [`ErrorKind`]s, answers'
+//! numeric headers, the status-to-kind mapping (429 with `Retry-After` included), JSON
+//! decoding whose errors say where the answer went wrong, and the small helpers of config
+//! validation and provider construction.
+//!
+//! What differs per API (auth headers, paging, budgets, error bodies, hints) stays in the
+//! providers. Errors never carry a token.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use runscale_core::secret::SecretRef;
+use runscale_core::{Error, ErrorKind, PoolId, Result};
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+
+/// Longest error message kept from a response body.
+pub(crate) const MESSAGE_MAX: usize = 200;
+
+/// The HTTP client of a provider; `op` names it in the error when it cannot be built.
+pub(crate) fn client(
+    op: &'static str,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("runscale/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            Error::new(op, ErrorKind::Misconfigured, "cannot build the HTTP client").with_source(e)
+        })
+}
+
+/// An answer: status, headers and body.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Answer {
+    /// `Retry-After` in whole seconds.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        header_u64(&self.headers, "retry-after").map(Duration::from_secs)
+    }
+}
+
+/// Whether transport errors keep the request URL in their source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SourceUrl {
+    /// As reqwest reports it.
+    Keep,
+    /// Stripped from the source error.
+    Strip,
+}
+
+/// Sends `req` (asking for JSON) and reads the whole answer, whatever its status. A request
+/// that cannot be built is `Misconfigured`; one that fails in transit, or whose answer cannot
+/// be read, is `Transient`.
+pub(crate) async fn exchange(
+    op: &'static str,
+    what: &str,
+    req: reqwest::RequestBuilder,
+    url: SourceUrl,
+) -> Result<Answer> {
+    let strip = |e: reqwest::Error| match url {
+        SourceUrl::Keep => e,
+        SourceUrl::Strip => e.without_url(),
+    };
+    let resp = req
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| {
+            let kind = if e.is_builder() {
+                ErrorKind::Misconfigured
+            } else {
+                ErrorKind::Transient
+            };
+            Error::new(op, kind, format!("{what}: request failed")).with_source(strip(e))
+        })?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.map_err(|e| {
+        Error::new(
+            op,
+            ErrorKind::Transient,
+            format!("{what}: reading the answer failed"),
+        )
+        .with_source(strip(e))
+    })?;
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+/// A header holding a whole number.
+pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// `text` on one short printable line.
+pub(crate) fn one_line(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MESSAGE_MAX)
+        .collect()
+}
+
+/// The `message` string of a JSON error body, on one short printable line (empty without).
+pub(crate) fn json_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        message: Option<String>,
+    }
+    let text = serde_json::from_slice::<Body>(body)
+        .ok()
+        .and_then(|b| b.message)
+        .unwrap_or_default();
+    one_line(&text)
+}
+
+/// How one API's non-success answers map to error kinds.
+pub(crate) struct StatusMap {
+    /// Appended to 401/403 errors: what to check about the credentials.
+    pub(crate) auth_hint: &'static str,
+    /// Whether 422 means a bad request (`Misconfigured`) rather than a `Protocol` surprise.
+    pub(crate) unprocessable_is_misconfigured: bool,
+}
+
+impl StatusMap {
+    /// The error of a non-success answer: 401/403 `Misconfigured` (with the hint), 404
+    /// `NotFound`, 429 `RateLimited` (with `retry_after`), 400 (and 422 where so mapped)
+    /// `Misconfigured`, 5xx `Transient`, anything else `Protocol`. `message` is the body's.
+    pub(crate) fn error(
+        &self,
+        op: &'static str,
+        what: &str,
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        message: &str,
+    ) -> Error {
+        let detail = if message.is_empty() {
+            format!("{what}: HTTP {status}")
+        } else {
+            format!("{what}: HTTP {status}: {message}")
+        };
+        let kind = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Error::new(
+                    op,
+                    ErrorKind::Misconfigured,
+                    format!("{detail} ({})", self.auth_hint),
+                );
+            }
+            StatusCode::NOT_FOUND => ErrorKind::NotFound,
+            StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited { retry_after },
+            StatusCode::BAD_REQUEST => ErrorKind::Misconfigured,
+            StatusCode::UNPROCESSABLE_ENTITY if self.unprocessable_is_misconfigured => {
+                ErrorKind::Misconfigured
+            }
+            s if s.is_server_error() => ErrorKind::Transient,
+            _ => ErrorKind::Protocol,
+        };
+        Error::new(op, kind, detail)
+    }
+}
+
+/// Decodes a JSON answer; a surprise is `Protocol`, saying what kind of error and where.
+pub(crate) fn decode<T: DeserializeOwned>(op: &'static str, what: &str, body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        Error::new(
+            op,
+            ErrorKind::Protocol,
+            format!(
+                "{what}: unexpected answer ({:?} error at column {})",
+                e.classify(),
+                e.column()
+            ),
+        )
+    })
+}
+
+/// A validation error list: `(field, message)`.
+pub(crate) type FieldErrors = Vec<(String, String)>;
+
+/// Adds `message` about `field`.
+pub(crate) fn push(errors: &mut FieldErrors, field: &str, message: impl Into<String>) {
+    errors.push((field.to_owned(), message.into()));
+}
+
+/// `Ok` without errors.
+pub(crate) fn result(errors: FieldErrors) -> std::result::Result<(), FieldErrors> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// A provider's construction: validation and secret errors are `Misconfigured` under `op`
+/// and name the field.
+pub(crate) struct Setup {
+    /// The operation errors name (`circleci.config`, ...).
+    pub(crate) op: &'static str,
+}
+
+impl Setup {
+    /// A `Misconfigured` error saying `message`.
+    pub(crate) fn misconfigured(&self, message: String) -> Error {
+        Error::new(self.op, ErrorKind::Misconfigured, message)
+    }
+
+    /// A validation result as one error: `<prefix><field>: <message>`, joined by `; `.
+    pub(crate) fn checked(
+        &self,
+        prefix: &str,
+        r: std::result::Result<(), FieldErrors>,
+    ) -> Result<()> {
+        r.map_err(|errs| {
+            self.misconfigured(
+                errs.iter()
+                    .map(|(f, m)| format!("{prefix}{f}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+    }
+
+    /// The secret `r` refers to; `field` names it in the error.
+    pub(crate) fn secret(&self, field: &str, r: &SecretRef) -> Result<SecretString> {
+        r.resolve()
+            .map_err(|e| self.misconfigured(format!("{field}: {e}")))
+    }
+
+    /// The secret `r` refers to, if set.
+    pub(crate) fn optional_secret(
+        &self,
+        field: &str,
+        r: Option<&SecretRef>,
+    ) -> Result<Option<SecretString>> {
+        r.map(|r| self.secret(field, r)).transpose()
+    }
+
+    /// Builds each pool in order: its id must be new and its selector valid (errors prefixed
+    /// `pool <id>: `), then `build` makes it.
+    pub(crate) fn pools<S, P>(
+        &self,
+        pools: Vec<(PoolId, S)>,
+        validate: impl Fn(&S) -> std::result::Result<(), FieldErrors>,
+        mut build: impl FnMut(PoolId, S) -> Result<P>,
+    ) -> Result<Vec<P>> {
+        let mut ids = HashSet::new();
+        let mut built = Vec::with_capacity(pools.len());
+        for (id, sel) in pools {
+            if !ids.insert(id.clone()) {
+                return Err(self.misconfigured(format!("pool {id} is listed twice")));
+            }
+            self.checked(&format!("pool {id}: "), validate(&sel))?;
+            built.push(build(id, sel)?);
+        }
+        Ok(built)
+    }
+}
