@@ -581,3 +581,111 @@ async fn throttling_backs_off_and_errors_name_the_permission_or_template() {
         .expect_err("probe of an unknown template");
     assert!(e.to_string().contains("no-such-template"), "{e}");
 }
+
+/// The reconciler drives the aws-ec2 backend through a proxy that answers the first spot
+/// launches with AWS's capacity error: 8 ephemeral jobs run on instances launched spot first
+/// and on demand when spot had no capacity (visible in the backend events metric), and the
+/// fleet returns to zero with no credentials parameter left and no job lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_launches_spot_then_on_demand_and_returns_to_zero() {
+    use runscale_core::SystemClock;
+    use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+    use runscale_core::testing::{World, WorldConfig};
+    use std::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    let Some(moto) = moto().await else { return };
+    const POOL: &str = "fleet";
+    const OWNER: &str = "e2e-fleet";
+    let aws = Ec2Inspect::new(moto.url()).await;
+    aws.create_template("e2e-lt").await;
+    let proxy = FaultProxy::start(moto.url()).await;
+    // The first three spot attempts find no capacity.
+    proxy.fail(
+        "CreateFleet",
+        Fault::Capacity("InsufficientInstanceCapacity"),
+        3,
+    );
+    let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+    let be = backend(
+        &proxy.url,
+        config(OWNER),
+        &[(
+            POOL,
+            template("e2e-lt", &["t3.micro", "t3.small"], Market::SpotFirst),
+        )],
+    )
+    .await;
+    let world = World::new(
+        Arc::new(SystemClock),
+        WorldConfig {
+            boot_delay: Duration::from_millis(500),
+            auto_connect: true,
+            ..WorldConfig::default()
+        },
+    );
+    world.set_cap(POOL, 4);
+    let r = Reconciler::new(
+        vec![PoolBinding {
+            spec: PoolSpec::test(POOL)
+                .max(4)
+                .boot_timeout(Duration::from_secs(20))
+                .idle_timeout(Duration::from_secs(2)),
+            provider_name: "memory".into(),
+            provider: world.provider(),
+            backend_name: "ec2".into(),
+            backend: Arc::new(be),
+        }],
+        Arc::new(SystemClock),
+        metrics.clone(),
+        Options {
+            interval: Duration::from_millis(300),
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(2),
+            ..Options::default()
+        },
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    // Jobs outlast a few passes, as real ones do, so runners are seen before they leave.
+    world.enqueue(POOL, 8, Duration::from_secs(2));
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        let live = aws.live(OWNER).await;
+        peak = peak.max(live.len());
+        let s = world.snapshot();
+        if s.completed.len() == 8 && live.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not done: {s:?}, {} live",
+            live.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    task.await.expect("reconciler");
+    let s = world.snapshot();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert!((1..=4).contains(&peak), "peak {peak} within max 4");
+    let fallbacks = events(&metrics, POOL, "spot_fallback_on_demand");
+    let on_demand = events(&metrics, POOL, "launched_on_demand");
+    let spot = events(&metrics, POOL, "launched_spot");
+    assert!(
+        fallbacks >= 1 && on_demand >= 1,
+        "fallback counted: {fallbacks}/{on_demand}"
+    );
+    assert!(spot >= 1, "spot again once capacity returned");
+    assert!(
+        parameters(&aws.ssm, "/runscale").await.is_empty(),
+        "no credentials parameter left"
+    );
+    eprintln!(
+        "aws-ec2 e2e: 8 jobs, {} launches ({spot} spot, {on_demand} on demand after {fallbacks} \
+         fallbacks), peak {peak} instances, zero after {:?}",
+        spot + on_demand,
+        started.elapsed()
+    );
+}

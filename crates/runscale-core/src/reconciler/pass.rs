@@ -256,6 +256,7 @@ impl PoolRuntime {
             gone
         };
         let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale);
+        tracing::trace!(pool = %self.spec.name, ?departed, listed = seen.len(), instances = instances.len(), tracked = memory.registered.len(), "departures");
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
         while memory.launches.front().is_some_and(|t| *t + window <= now) {
             memory.launches.pop_front();
