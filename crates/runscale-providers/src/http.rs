@@ -8,6 +8,7 @@
 //! providers. Errors never carry a token.
 
 use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -191,6 +192,16 @@ pub(crate) fn decode<T: DeserializeOwned>(op: &'static str, what: &str, body: &[
     })
 }
 
+/// Default timeout of one API request, including reading the answer.
+pub(crate) fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Default timeout for opening a connection.
+pub(crate) fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 /// A validation error list: `(field, message)`.
 pub(crate) type FieldErrors = Vec<(String, String)>;
 
@@ -206,6 +217,11 @@ pub(crate) fn result(errors: FieldErrors) -> std::result::Result<(), FieldErrors
     } else {
         Err(errors)
     }
+}
+
+/// The value behind `m`, even if a holder panicked (every update leaves it consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A provider's construction: validation and secret errors are `Misconfigured` under `op`

@@ -9,7 +9,7 @@ use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::http;
+use crate::http::{self, push};
 
 /// One Buildkite organisation (or one cluster of it) whose agents runscale scales.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -57,11 +57,11 @@ pub struct Config {
     #[schemars(with = "String")]
     pub reservation_expiry: Duration,
     /// Timeout of one API request, including reading the response.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "http::default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Timeout for opening a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "http::default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
 }
@@ -120,14 +120,6 @@ fn default_reservation_expiry() -> Duration {
     Duration::from_secs(300)
 }
 
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
 fn check_url(field: &str, value: &str, errors: &mut Vec<(String, String)>) {
     match reqwest::Url::parse(value) {
         Err(e) => errors.push((field.to_owned(), format!("not a URL: {e}"))),
@@ -154,33 +146,37 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
         if !valid_tag_part(&self.org) || self.org.contains('/') {
-            errors.push((
-                "org".to_owned(),
+            push(
+                &mut errors,
+                "org",
                 format!("{:?} is not an organisation slug", self.org),
-            ));
+            );
         }
         check_url("api_url", &self.api_url, &mut errors);
         check_url("agent_endpoint", &self.agent_endpoint, &mut errors);
         if self.rest_requests_per_minute == 0 {
-            errors.push((
-                "rest_requests_per_minute".to_owned(),
-                "must be at least 1".to_owned(),
-            ));
+            push(
+                &mut errors,
+                "rest_requests_per_minute",
+                "must be at least 1",
+            );
         }
         if !valid_tag_part(&self.stack_key) || self.stack_key.contains('/') {
-            errors.push((
-                "stack_key".to_owned(),
+            push(
+                &mut errors,
+                "stack_key",
                 format!("{:?} is not a usable stack key", self.stack_key),
-            ));
+            );
         }
         if !(1..=3600).contains(&self.reservation_expiry.as_secs()) {
-            errors.push((
-                "reservation_expiry".to_owned(),
-                "must be between 1s and 1h".to_owned(),
-            ));
+            push(
+                &mut errors,
+                "reservation_expiry",
+                "must be between 1s and 1h",
+            );
         }
         if self.request_timeout.is_zero() {
-            errors.push(("request_timeout".to_owned(), "must not be zero".to_owned()));
+            push(&mut errors, "request_timeout", "must not be zero");
         }
         http::result(errors)
     }
@@ -191,10 +187,11 @@ impl PoolSelector {
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
         if !valid_tag_part(&self.queue) {
-            errors.push((
-                "queue".to_owned(),
+            push(
+                &mut errors,
+                "queue",
                 format!("{:?} is not a queue name", self.queue),
-            ));
+            );
         }
         for (k, v) in &self.tags {
             if k == "queue" {
@@ -212,10 +209,11 @@ impl PoolSelector {
         if let Some(d) = self.disconnect_after_idle_timeout
             && d.as_secs() == 0
         {
-            errors.push((
-                "disconnect_after_idle_timeout".to_owned(),
-                "must be at least 1s (the agent counts whole seconds)".to_owned(),
-            ));
+            push(
+                &mut errors,
+                "disconnect_after_idle_timeout",
+                "must be at least 1s (the agent counts whole seconds)",
+            );
         }
         http::result(errors)
     }

@@ -3,7 +3,7 @@
 //! drain and removal by graceful stop, and webhooks.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::client::{ApiAgent, Client, Metrics, StackJob};
 use super::config::{Config, PoolSelector};
 use super::webhook::{self, Proof, Recent};
-use crate::http;
+use crate::http::{self, lock};
 
 /// Agent variables runscale hands every agent (`buildkite-agent start` reads them).
 pub(crate) const TOKEN_VAR: &str = "BUILDKITE_AGENT_TOKEN";
@@ -100,18 +100,10 @@ impl std::fmt::Debug for BuildkiteProvider {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Construction errors: `Misconfigured` under `buildkite.config`.
 const SETUP: http::Setup = http::Setup {
     op: "buildkite.config",
 };
-
-fn misconfigured(message: String) -> Error {
-    SETUP.misconfigured(message)
-}
 
 fn is_rate_limited(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::RateLimited { .. })
@@ -126,7 +118,7 @@ impl BuildkiteProvider {
         let mut queues = HashMap::new();
         let built = SETUP.pools(pools, PoolSelector::validate, |id, sel| {
             if let Some(other) = queues.insert(sel.queue.clone(), id.clone()) {
-                return Err(misconfigured(format!(
+                return Err(SETUP.misconfigured(format!(
                     "pool {id}: queue: {} is already the queue of pool {other} (the metrics API \
                      counts jobs per queue, so both pools would launch for the same job)",
                     sel.queue
@@ -551,9 +543,8 @@ impl Provider for BuildkiteProvider {
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
         let op = "buildkite.webhook";
         let Some(token) = &self.webhook_token else {
-            return Err(misconfigured(
-                "webhook_token is not set: webhooks are not accepted".to_owned(),
-            ));
+            return Err(SETUP
+                .misconfigured("webhook_token is not set: webhooks are not accepted".to_owned()));
         };
         if request.body.len() > webhook::MAX_BODY {
             return Err(Error::new(

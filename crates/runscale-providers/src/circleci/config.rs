@@ -8,7 +8,7 @@ use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::http;
+use crate::http::{self, push};
 
 /// One CircleCI organisation whose self-hosted runners runscale scales.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -41,11 +41,11 @@ pub struct Config {
     #[schemars(with = "String")]
     pub disconnect_grace: Duration,
     /// Timeout of one API request, including reading the response.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "http::default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Timeout for opening a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "http::default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
 }
@@ -177,14 +177,6 @@ fn default_disconnect_grace() -> Duration {
     Duration::from_secs(10 * 60)
 }
 
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
 fn default_runner_idle_timeout() -> Option<Duration> {
     Some(Duration::from_secs(5 * 60))
 }
@@ -205,30 +197,31 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
         match reqwest::Url::parse(&self.api_url) {
-            Err(e) => errors.push(("api_url".to_owned(), format!("not a URL: {e}"))),
+            Err(e) => push(&mut errors, "api_url", format!("not a URL: {e}")),
             Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-                errors.push(("api_url".to_owned(), "must be http or https".to_owned()));
+                push(&mut errors, "api_url", "must be http or https");
             }
             Ok(u) if u.query().is_some() => {
-                errors.push(("api_url".to_owned(), "must not have a query".to_owned()));
+                push(&mut errors, "api_url", "must not have a query");
             }
             Ok(_) => {}
         }
         if self.max_concurrency == Some(0) {
-            errors.push((
-                "max_concurrency".to_owned(),
-                "must be at least 1 (leave it out for no limit)".to_owned(),
-            ));
+            push(
+                &mut errors,
+                "max_concurrency",
+                "must be at least 1 (leave it out for no limit)",
+            );
         }
         if self.disconnect_grace < Duration::from_secs(1) {
-            errors.push((
-                "disconnect_grace".to_owned(),
-                "must be at least 1s (keep it well above the time a runner can go without contact)"
-                    .to_owned(),
-            ));
+            push(
+                &mut errors,
+                "disconnect_grace",
+                "must be at least 1s (keep it well above the time a runner can go without contact)",
+            );
         }
         if self.request_timeout.is_zero() {
-            errors.push(("request_timeout".to_owned(), "must not be zero".to_owned()));
+            push(&mut errors, "request_timeout", "must not be zero");
         }
         http::result(errors)
     }
@@ -239,27 +232,25 @@ impl PoolSelector {
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
         if !valid_resource_class(&self.resource_class) {
-            errors.push((
-                "resource_class".to_owned(),
+            push(
+                &mut errors,
+                "resource_class",
                 format!(
                     "{:?} is not of the form namespace/name",
                     self.resource_class
                 ),
-            ));
+            );
         }
         if self.runner_mode == RunnerMode::Continuous && self.runner_idle_timeout.is_none() {
-            errors.push((
-                "runner_idle_timeout".to_owned(),
+            push(
+                &mut errors,
+                "runner_idle_timeout",
                 "required with runner_mode continuous: runscale never stops a connected \
-                 runner, so a runner without an idle timeout would never leave"
-                    .to_owned(),
-            ));
+                 runner, so a runner without an idle timeout would never leave",
+            );
         }
         if self.runner_idle_timeout.is_some_and(|d| d.is_zero()) {
-            errors.push((
-                "runner_idle_timeout".to_owned(),
-                "must not be zero".to_owned(),
-            ));
+            push(&mut errors, "runner_idle_timeout", "must not be zero");
         }
         for (i, p) in self.projects.iter().enumerate() {
             if p.split('/').count() != 3 || p.split('/').any(str::is_empty) {

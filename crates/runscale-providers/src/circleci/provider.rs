@@ -3,7 +3,7 @@
 //! connected runner is gone, the plan's concurrency, and webhooks.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +17,7 @@ use secrecy::SecretString;
 use super::client::{ApiRunner, Client};
 use super::config::{AgentEnv, Config, PoolSelector, RunnerMode, RunnerNames};
 use super::webhook::{self, Seen};
-use crate::http;
+use crate::http::{self, lock};
 
 /// One pool as the provider keeps it.
 struct Pool {
@@ -75,18 +75,10 @@ impl std::fmt::Debug for CircleciProvider {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Construction errors: `Misconfigured` under `circleci.config`.
 const SETUP: http::Setup = http::Setup {
     op: "circleci.config",
 };
-
-fn misconfigured(message: String) -> Error {
-    SETUP.misconfigured(message)
-}
 
 /// `5m`-style text of a duration, as the runner's configuration takes it.
 fn duration_text(d: Duration) -> String {
@@ -112,7 +104,7 @@ impl CircleciProvider {
         let mut classes = HashMap::new();
         let built = SETUP.pools(pools, PoolSelector::validate, |id, sel| {
             if let Some(other) = classes.insert(sel.resource_class.clone(), id.clone()) {
-                return Err(misconfigured(format!(
+                return Err(SETUP.misconfigured(format!(
                     "pool {id}: resource_class: {} is already the class of pool {other} (CircleCI \
                      counts tasks per class, so two pools would both launch for the same task)",
                     sel.resource_class
@@ -386,9 +378,8 @@ impl Provider for CircleciProvider {
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
         let op = "circleci.webhook";
         let Some(secret) = &self.webhook_secret else {
-            return Err(misconfigured(
-                "webhook_secret is not set: webhooks are not accepted".to_owned(),
-            ));
+            return Err(SETUP
+                .misconfigured("webhook_secret is not set: webhooks are not accepted".to_owned()));
         };
         if request.body.len() > webhook::MAX_BODY {
             return Err(Error::new(

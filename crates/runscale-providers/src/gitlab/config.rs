@@ -9,7 +9,7 @@ use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::http::{push, result};
+use crate::http::{self, push, result};
 
 /// One GitLab instance (gitlab.com or self-managed) whose CI jobs runscale serves.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -51,11 +51,11 @@ pub struct Config {
     #[serde(default = "default_max_pages")]
     pub max_pages: u32,
     /// Timeout of one API request, including reading the response.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "http::default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Timeout for opening a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "http::default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
 }
@@ -154,14 +154,6 @@ fn default_stale_runner_timeout() -> Duration {
 
 fn default_max_pages() -> u32 {
     50
-}
-
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 impl Config {

@@ -4,7 +4,7 @@
 //! that never came up, and webhooks.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ use serde_json::json;
 use super::client::{ApiJob, ApiManager, ApiProject, ApiRunner, Client, segment};
 use super::config::{Config, PoolSelector, RunnerPer, RunnerType};
 use super::webhook::{self, Seen};
-use crate::http;
+use crate::http::{self, lock};
 
 /// Variables handed to each runner slot.
 const URL_VAR: &str = "CI_SERVER_URL";
@@ -136,18 +136,10 @@ impl std::fmt::Debug for GitlabProvider {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Construction errors: `Misconfigured` under `gitlab.config`.
 const SETUP: http::Setup = http::Setup {
     op: "gitlab.config",
 };
-
-fn misconfigured(message: String) -> Error {
-    SETUP.misconfigured(message)
-}
 
 fn slot_id(runner: u64, system_id: &str) -> RunnerId {
     RunnerId::new(format!("{runner}/{system_id}"))
@@ -802,9 +794,8 @@ impl Provider for GitlabProvider {
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
         let op = "gitlab.webhook";
         let Some(expected) = &self.webhook_token else {
-            return Err(misconfigured(
-                "webhook_token is not set: webhooks are not accepted".to_owned(),
-            ));
+            return Err(SETUP
+                .misconfigured("webhook_token is not set: webhooks are not accepted".to_owned()));
         };
         if !webhook::token_matches(
             expected.expose_secret().as_bytes(),
