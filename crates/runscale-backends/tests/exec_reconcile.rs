@@ -22,11 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use prometheus_client::registry::Registry;
 use runscale_backends::exec::{ExecBackend, PoolTemplate};
-use runscale_core::metrics::Metrics;
-use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
-use runscale_core::testing::{MemoryProvider, World, WorldConfig};
+use runscale_core::reconciler::PoolBinding;
+use runscale_core::testing::{self, MemoryProvider, World, WorldConfig};
 use runscale_core::{
     Backend, Instance, InstanceId, LaunchRequest, PoolId, PoolSpec, Provider, Result, RunnerState,
     SystemClock,
@@ -123,7 +121,7 @@ fn start(
     provider: Arc<dyn Provider>,
     backend: Arc<dyn Backend>,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let reconciler = Reconciler::new(
+    testing::spawn_reconciler(
         vec![PoolBinding {
             spec,
             provider_name: provider_name.into(),
@@ -131,26 +129,16 @@ fn start(
             backend_name: "exec".into(),
             backend,
         }],
-        Arc::new(SystemClock),
-        Arc::new(Metrics::register(&mut Registry::default())),
-        Options {
-            interval: Duration::from_millis(300),
-            backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(2),
-            ..Options::default()
-        },
-    );
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(reconciler.run(stop.clone()));
-    (stop, task)
+        Duration::from_millis(300),
+        Duration::from_secs(2),
+    )
 }
 
 /// Whether the backend lists no machine in the pool.
 async fn no_machines(backend: &dyn Backend) -> bool {
-    backend
-        .instances(&[PoolId::new(POOL)])
+    testing::live_instances(backend, &[PoolId::new(POOL)])
         .await
-        .is_ok_and(|m| m.values().all(Vec::is_empty))
+        .is_ok_and(|n| n == 0)
 }
 
 /// No machine is recorded by the example any more, and no runner process it ever recorded

@@ -13,15 +13,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::registry::Registry;
 use runscale_backends::local_process::{Config as LocalConfig, LocalProcess, PoolTemplate};
-use runscale_core::metrics::Metrics;
-use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+use runscale_core::reconciler::PoolBinding;
 use runscale_core::secret::SecretRef;
-use runscale_core::{Backend, PoolId, PoolSpec, SystemClock};
+use runscale_core::testing;
+use runscale_core::{PoolId, PoolSpec};
 use runscale_emulator::buildkite::{Emulator, EmulatorConfig, JobSpec, JobStatus, Workload};
 use runscale_providers::buildkite::{BuildkiteProvider, Config, PoolSelector};
-use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
 const LINUX_MAX: u32 = 3;
@@ -30,13 +28,9 @@ const K8S_MAX: u32 = 2;
 
 async fn live(backend: &LocalProcess) -> usize {
     let pools = [PoolId::new("linux"), PoolId::new("arm"), PoolId::new("k8s")];
-    backend
-        .instances(&pools)
+    testing::live_instances(backend, &pools)
         .await
         .expect("instances")
-        .values()
-        .map(Vec::len)
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,23 +114,15 @@ async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
         backend_name: "local".into(),
         backend: backend.clone(),
     };
-    let reconciler = Reconciler::new(
+    let (stop, task) = testing::spawn_reconciler(
         vec![
             binding(spec("linux", LINUX_MAX, true)),
             binding(spec("arm", ARM_MAX, false)),
             binding(spec("k8s", K8S_MAX, true)),
         ],
-        Arc::new(SystemClock),
-        Arc::new(Metrics::register(&mut Registry::default())),
-        Options {
-            interval: Duration::from_millis(400),
-            backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(2),
-            ..Options::default()
-        },
+        Duration::from_millis(400),
+        Duration::from_secs(2),
     );
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(reconciler.run(stop.clone()));
 
     let jobs =
         |queue: &str, n| vec![JobSpec::new(queue, Duration::from_millis(600)).rule("os=linux"); n];

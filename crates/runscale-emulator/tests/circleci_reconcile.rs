@@ -7,29 +7,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::registry::Registry;
 use runscale_backends::local_process::{Config as LocalConfig, LocalProcess, PoolTemplate};
-use runscale_core::metrics::Metrics;
-use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+use runscale_core::reconciler::PoolBinding;
 use runscale_core::secret::SecretRef;
-use runscale_core::{Backend, PoolId, PoolSpec, SystemClock};
+use runscale_core::testing;
+use runscale_core::{PoolId, PoolSpec};
 use runscale_emulator::circleci::{Emulator, EmulatorConfig, TaskSpec, TaskStatus, Workload};
 use runscale_providers::circleci::{
     AgentEnv, ApiVersion, CircleciProvider, Config, PoolSelector, RunnerMode, RunnerNames,
 };
-use tokio_util::sync::CancellationToken;
 
 const POOL: &str = "linux";
 const RC: &str = "acme/linux";
 const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
 
 async fn live(backend: &LocalProcess) -> usize {
-    backend
-        .instances(&[PoolId::new(POOL)])
+    testing::live_instances(backend, &[PoolId::new(POOL)])
         .await
         .expect("instances")
-        .get(&PoolId::new(POOL))
-        .map_or(0, Vec::len)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +91,7 @@ async fn run(mode: RunnerMode, runner_idle_timeout: Duration) -> usize {
         .idle_timeout(Duration::from_secs(3))
         .boot_timeout(Duration::from_secs(10));
     spec.template_hash = "t1".into();
-    let reconciler = Reconciler::new(
+    let (stop, task) = testing::spawn_reconciler(
         vec![PoolBinding {
             spec,
             provider_name: "circleci".into(),
@@ -104,17 +99,9 @@ async fn run(mode: RunnerMode, runner_idle_timeout: Duration) -> usize {
             backend_name: "local".into(),
             backend: backend.clone(),
         }],
-        Arc::new(SystemClock),
-        Arc::new(Metrics::register(&mut Registry::default())),
-        Options {
-            interval: Duration::from_millis(300),
-            backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(2),
-            ..Options::default()
-        },
+        Duration::from_millis(300),
+        Duration::from_secs(2),
     );
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(reconciler.run(stop.clone()));
 
     let tasks = |n| vec![TaskSpec::new(RC, Duration::from_millis(700)); n];
     emu.play(Workload {

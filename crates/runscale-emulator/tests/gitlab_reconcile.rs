@@ -9,12 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::registry::Registry;
 use runscale_backends::local_process::{Config as LocalConfig, LocalProcess, PoolTemplate};
-use runscale_core::metrics::Metrics;
-use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+use runscale_core::reconciler::PoolBinding;
 use runscale_core::secret::SecretRef;
-use runscale_core::{Backend, PoolId, PoolSpec, SystemClock};
+use runscale_core::testing;
+use runscale_core::{PoolId, PoolSpec};
 use runscale_emulator::gitlab::{
     Emulator, EmulatorConfig, EmulatorHandle, JobSpec, JobStatus, Snapshot, Workload,
 };
@@ -148,7 +147,7 @@ impl Harness {
             .idle_timeout(Duration::from_secs(2))
             .boot_timeout(Duration::from_secs(10));
         spec.template_hash = run.template_hash.into();
-        let reconciler = Reconciler::new(
+        let (stop, task) = testing::spawn_reconciler(
             vec![PoolBinding {
                 spec,
                 provider_name: "gitlab".into(),
@@ -156,27 +155,16 @@ impl Harness {
                 backend_name: "local".into(),
                 backend: backend.clone(),
             }],
-            Arc::new(SystemClock),
-            Arc::new(Metrics::register(&mut Registry::default())),
-            Options {
-                interval: Duration::from_millis(300),
-                backoff_base: Duration::from_millis(200),
-                backoff_max: Duration::from_secs(1),
-                ..Options::default()
-            },
+            Duration::from_millis(300),
+            Duration::from_secs(1),
         );
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(reconciler.run(stop.clone()));
         (backend, stop, task)
     }
 
     async fn live(&self) -> usize {
-        self.backend
-            .instances(&[PoolId::new(POOL)])
+        testing::live_instances(self.backend.as_ref(), &[PoolId::new(POOL)])
             .await
             .expect("instances")
-            .get(&PoolId::new(POOL))
-            .map_or(0, Vec::len)
     }
 
     /// Waits until every one of `n` jobs finished; returns the peak instance count seen.

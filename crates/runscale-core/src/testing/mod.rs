@@ -9,6 +9,9 @@
 //! a pool's cap).
 
 pub mod conformance;
+mod reconcile;
+
+pub use reconcile::{live_instances, spawn_reconciler};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
