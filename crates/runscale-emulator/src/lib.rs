@@ -23,6 +23,7 @@
 pub mod aws;
 pub mod buildkite;
 pub mod circleci;
+mod credentials;
 pub mod github;
 pub mod gitlab;
 pub mod kube;

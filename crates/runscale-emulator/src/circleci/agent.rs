@@ -8,12 +8,10 @@
 //! variables, or the older launch-agent's `LAUNCH_AGENT_*` ones (see [`AgentConfig::from_vars`]),
 //! also when they come in runscale's credentials file (`RUNSCALE_CREDENTIALS_FILE`).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -165,47 +163,11 @@ impl AgentConfig {
     }
 }
 
-#[derive(Deserialize)]
-struct CredentialsFile {
-    runners: Vec<CredentialsEntry>,
-}
-
-#[derive(Deserialize)]
-struct CredentialsEntry {
-    #[serde(default)]
-    vars: BTreeMap<String, String>,
-    #[serde(default)]
-    secrets: BTreeMap<String, SecretString>,
-}
-
 /// The CircleCI runners of runscale's credentials file (`{"runners":[{"name","vars",
 /// "secrets"}]}`): entries without a resource-class token are skipped. Settings missing from
 /// an entry are taken from the environment.
 pub fn configs_from_credentials_file(path: &Path) -> Result<Vec<AgentConfig>, AgentError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?;
-    let file: CredentialsFile = serde_json::from_slice(&bytes).map_err(|e| {
-        AgentError::Config(format!(
-            "{}: not the expected JSON (line {})",
-            path.display(),
-            e.line()
-        ))
-    })?;
-    let mut out = Vec::new();
-    for entry in file.runners {
-        let lookup = |n: &str| {
-            entry
-                .secrets
-                .get(n)
-                .map(|s| s.expose_secret().to_owned())
-                .or_else(|| entry.vars.get(n).cloned())
-                .or_else(|| std::env::var(n).ok())
-        };
-        if let Some(c) = AgentConfig::from_vars(&lookup)? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+    crate::credentials::configs(path, AgentConfig::from_vars, AgentError::Config)
 }
 
 /// Runs one fake runner until it exits by itself or `shutdown` is cancelled (a task in hand

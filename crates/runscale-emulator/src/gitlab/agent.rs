@@ -12,7 +12,6 @@
 //! each entry of runscale's credentials file (`RUNSCALE_CREDENTIALS_FILE`), so an instance
 //! with N slots runs N jobs at once.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -116,47 +115,11 @@ impl AgentConfig {
     }
 }
 
-#[derive(Deserialize)]
-struct CredentialsFile {
-    runners: Vec<CredentialsEntry>,
-}
-
-#[derive(Deserialize)]
-struct CredentialsEntry {
-    #[serde(default)]
-    vars: BTreeMap<String, String>,
-    #[serde(default)]
-    secrets: BTreeMap<String, SecretString>,
-}
-
 /// The GitLab runners of runscale's credentials file (`{"runners":[{"name","vars",
 /// "secrets"}]}`): entries without [`TOKEN_VAR`] are skipped; settings missing from an entry
 /// come from the environment.
 pub fn configs_from_credentials_file(path: &Path) -> Result<Vec<AgentConfig>, AgentError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?;
-    let file: CredentialsFile = serde_json::from_slice(&bytes).map_err(|e| {
-        AgentError::Config(format!(
-            "{}: not the expected JSON (line {})",
-            path.display(),
-            e.line()
-        ))
-    })?;
-    let mut out = Vec::new();
-    for entry in file.runners {
-        let lookup = |n: &str| {
-            entry
-                .secrets
-                .get(n)
-                .map(|s| s.expose_secret().to_owned())
-                .or_else(|| entry.vars.get(n).cloned())
-                .or_else(|| std::env::var(n).ok())
-        };
-        if let Some(c) = AgentConfig::from_vars(&lookup)? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+    crate::credentials::configs(path, AgentConfig::from_vars, AgentError::Config)
 }
 
 /// A job as `POST /jobs/request` hands it over (the parts the fake runner reads).
