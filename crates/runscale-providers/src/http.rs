@@ -1,8 +1,8 @@
 //! HTTP plumbing the CircleCI, GitLab and Buildkite providers share: the client with its
 //! timeouts, one exchange with transport failures mapped to core [`ErrorKind`]s, answers'
 //! numeric headers, the status-to-kind mapping (429 with `Retry-After` included), JSON
-//! decoding whose errors say where the answer went wrong, and the small helpers of config
-//! validation and provider construction.
+//! decoding whose errors say where the answer went wrong, the small helpers of config
+//! validation and provider construction, and the hex of webhook signatures.
 //!
 //! What differs per API (auth headers, paging, budgets, error bodies, hints) stays in the
 //! providers. Errors never carry a token.
@@ -287,4 +287,14 @@ impl Setup {
         }
         Ok(built)
     }
+}
+
+/// The 32 bytes of a SHA-256 MAC written as 64 hex digits (webhook signatures).
+pub(crate) fn decode_sha256_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }

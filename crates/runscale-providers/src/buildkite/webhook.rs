@@ -11,6 +11,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
+use crate::http;
+
 /// Largest body accepted: 1 MiB.
 pub(crate) const MAX_BODY: usize = 1 << 20;
 /// How far a signature's timestamp may be from now.
@@ -23,15 +25,6 @@ const REMEMBER_MAX: usize = 10_000;
 /// Constant-time equality of two byte strings (the length is not secret).
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    (0..32)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
 }
 
 /// How a delivery proved itself; the signature doubles as a replay key.
@@ -67,7 +60,8 @@ pub(crate) fn verify(
             .and_then(|t| t.parse().ok())
             .ok_or("X-Buildkite-Signature has no timestamp=<unix seconds>")?;
         let hex = hex.ok_or("X-Buildkite-Signature has no signature=<hex>")?;
-        let tag = decode_hex(hex).ok_or("X-Buildkite-Signature signature is not 64 hex digits")?;
+        let tag = http::decode_sha256_hex(hex)
+            .ok_or("X-Buildkite-Signature signature is not 64 hex digits")?;
         if (now - ts).abs() > MAX_SKEW_SECS {
             return Err("X-Buildkite-Signature timestamp is more than 5 minutes away");
         }

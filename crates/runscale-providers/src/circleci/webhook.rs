@@ -8,6 +8,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
+use crate::http;
+
 /// Largest body accepted: 1 MiB.
 pub(crate) const MAX_BODY: usize = 1 << 20;
 /// Delivery ids remembered.
@@ -22,20 +24,12 @@ pub(crate) fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> Result
         .split(',')
         .find_map(|p| p.trim().strip_prefix("v1="))
         .ok_or("circleci-signature has no v1=<hex> value")?;
-    let tag = decode_hex(hex.trim()).ok_or("circleci-signature v1 is not 64 hex digits")?;
+    let tag =
+        http::decode_sha256_hex(hex.trim()).ok_or("circleci-signature v1 is not 64 hex digits")?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "unusable webhook secret")?;
     mac.update(body);
     mac.verify_slice(&tag)
         .map_err(|_| "circleci-signature does not match the body and the webhook secret")
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    (0..32)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
 }
 
 /// Delivery ids seen recently; the oldest is forgotten first.
