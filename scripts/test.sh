@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 # Build cache outside the checkout, so repeated runs on one machine are incremental.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/runscale/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# No incremental compilation state: a test run rebuilds whole crates anyway, and the state costs
+# gigabytes of disk per run (dependencies stay cached either way).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Property tests: at least 1,000 cases each (the suite defaults to 2,000).
 export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
 mkdir -p "$CARGO_TARGET_DIR"
