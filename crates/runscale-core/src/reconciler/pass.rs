@@ -59,7 +59,16 @@ struct Presence {
     /// Fresh observations in a row that did not list it, or listed it offline after it had
     /// been online (0 while it is there).
     absent: u32,
+    /// Since when it has been listed offline after it was online (a lingering record of a
+    /// runner that exited, or a connection hiccup: only the first counts as departed, so the
+    /// offline spell must last [`OFFLINE_DEPARTED_AFTER`]).
+    offline_since: Option<Timestamp>,
 }
+
+/// How long a runner that was online must stay listed offline before it counts as departed: a
+/// runner whose connection hiccups (CI systems mark a runner offline after a few missed polls)
+/// is not one that exited.
+const OFFLINE_DEPARTED_AFTER: Duration = Duration::from_secs(60);
 
 /// Fresh observations in a row without a runner that was listed before (or with it offline
 /// after it was online) before it counts as departed: one missing listing may be a paging
@@ -255,7 +264,7 @@ impl PoolRuntime {
             gone.sort();
             gone
         };
-        let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale);
+        let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale, now);
         tracing::trace!(pool = %self.spec.name, ?departed, listed = seen.len(), instances = instances.len(), tracked = memory.registered.len(), "departures");
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
         while memory.launches.front().is_some_and(|t| *t + window <= now) {
@@ -535,6 +544,7 @@ fn track_departures(
     listed: &HashMap<String, RunnerState>,
     instances: &[Instance],
     stale: bool,
+    now: Timestamp,
 ) -> Vec<String> {
     let hosted: HashSet<&str> = instances
         .iter()
@@ -550,10 +560,12 @@ fn track_departures(
                 if *state == RunnerState::Offline {
                     if p.seen_online {
                         p.absent = p.absent.saturating_add(1);
+                        p.offline_since.get_or_insert(now);
                     }
                 } else {
                     p.seen_online = true;
                     p.absent = 0;
+                    p.offline_since = None;
                 }
             }
         }
@@ -563,9 +575,15 @@ fn track_departures(
             }
         }
     }
+    let offline_for =
+        chrono::Duration::from_std(OFFLINE_DEPARTED_AFTER).unwrap_or(chrono::Duration::MAX);
     let mut departed: Vec<String> = registered
         .iter()
-        .filter(|(_, p)| p.absent >= DEPARTED_AFTER)
+        .filter(|(name, p)| {
+            p.absent >= DEPARTED_AFTER
+                && (!listed.contains_key(*name)
+                    || p.offline_since.is_some_and(|t| now - t >= offline_for))
+        })
         .map(|(name, _)| name.clone())
         .collect();
     departed.sort();
@@ -591,35 +609,42 @@ mod tests {
     }
 
     #[test]
-    fn runners_depart_when_missing_or_offline_after_online_on_two_fresh_observations() {
+    fn runners_depart_when_missing_or_long_offline_after_online_on_two_fresh_observations() {
         use RunnerState::{Busy, Idle, Offline};
+        let t0 = Timestamp::default();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
         let instances = [instance(&["jit", "slot", "late"])];
         let mut memory = HashMap::new();
-        let mut step = |runners: &[(&str, RunnerState)], stale: bool| {
-            track_departures(&mut memory, &listing(runners), &instances, stale)
+        let mut step = |runners: &[(&str, RunnerState)], stale: bool, now: Timestamp| {
+            track_departures(&mut memory, &listing(runners), &instances, stale, now)
         };
         // Registered (a JIT runner is listed offline before it connects), then online.
-        assert!(step(&[("jit", Offline), ("slot", Offline)], false).is_empty());
+        assert!(step(&[("jit", Offline), ("slot", Offline)], false, at(0)).is_empty());
         assert!(
-            step(&[("jit", Offline), ("slot", Offline)], false).is_empty(),
+            step(&[("jit", Offline), ("slot", Offline)], false, at(1)).is_empty(),
             "never online"
         );
-        assert!(step(&[("jit", Busy), ("slot", Idle)], false).is_empty());
+        assert!(step(&[("jit", Busy), ("slot", Idle)], false, at(2)).is_empty());
         // jit finished and was deleted; slot exited and lingers offline.
         assert!(
-            step(&[("slot", Offline)], false).is_empty(),
+            step(&[("slot", Offline)], false, at(3)).is_empty(),
             "one observation is not enough"
         );
         assert!(
-            step(&[("slot", Offline)], true).is_empty(),
+            step(&[("slot", Offline)], true, at(4)).is_empty(),
             "a stale view changes nothing"
         );
-        assert_eq!(step(&[("slot", Offline)], false), ["jit", "slot"]);
+        assert_eq!(
+            step(&[("slot", Offline)], false, at(5)),
+            ["jit"],
+            "gone from the listing: departed; offline for 2 s: a hiccup so far"
+        );
+        assert_eq!(step(&[("slot", Offline)], false, at(64)), ["jit", "slot"]);
         // Back online: no longer departed. A never-listed name never departs.
-        assert_eq!(step(&[("slot", Idle)], false), ["jit"]);
+        assert_eq!(step(&[("slot", Idle)], false, at(65)), ["jit"]);
         // Names of instances that are gone are forgotten.
         let mut memory2 = memory.clone();
-        assert!(track_departures(&mut memory2, &HashMap::new(), &[], false).is_empty());
+        assert!(track_departures(&mut memory2, &HashMap::new(), &[], false, at(66)).is_empty());
         assert!(memory2.is_empty());
     }
 }

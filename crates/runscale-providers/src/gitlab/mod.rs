@@ -53,9 +53,9 @@
 //!   wakes every pool that may run jobs of its project, whose next observation reads the tags.
 //!
 //! - **Uses per slot**: with `max_use_count`, each slot gets `RUNNER_MAX_BUILDS` and its runner
-//!   exits after that many jobs (`gitlab-runner run-single --max-builds`); its manager then goes
-//!   offline, the reconciler counts the slot as departed, and an instance whose slots all left
-//!   is retired at once. With one slot per instance that is taskscaler's jobs per instance; with
+//!   exits after that many jobs (`gitlab-runner run-single --max-builds`); once its manager is
+//!   gone (or offline for a minute) the reconciler counts the slot as departed, and an instance
+//!   whose slots all left is retired. With one slot per instance that is taskscaler's jobs per instance; with
 //!   several, each slot counts its own jobs.
 //!
 //! Not done: protected-branch runners (`access_level`), token expiry and rotation.
