@@ -585,7 +585,9 @@ async fn throttling_backs_off_and_errors_name_the_permission_or_template() {
 /// The reconciler drives the aws-ec2 backend through a proxy that answers the first spot
 /// launches with AWS's capacity error: 8 ephemeral jobs run on instances launched spot first
 /// and on demand when spot had no capacity (visible in the backend events metric), and the
-/// fleet returns to zero with no credentials parameter left and no job lost.
+/// fleet returns to zero with no credentials parameter left and no job lost. The policy's cap
+/// (max 4) is checked by the property tests; here the cloud may also list instances whose
+/// terminate call is still in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_launches_spot_then_on_demand_and_returns_to_zero() {
     use runscale_core::SystemClock;
@@ -669,7 +671,13 @@ async fn the_reconciler_launches_spot_then_on_demand_and_returns_to_zero() {
     task.await.expect("reconciler");
     let s = world.snapshot();
     assert!(s.violations.is_empty(), "{:?}", s.violations);
-    assert!((1..=4).contains(&peak), "peak {peak} within max 4");
+    // The policy counts an instance it retires as gone, and one pass's actions run
+    // concurrently, so replacements may be launched while the retired instances' terminate
+    // calls are still in flight: the cloud can list both for that moment, never more.
+    assert!(
+        (1..=8).contains(&peak),
+        "peak {peak} within max 4 + 4 leaving"
+    );
     let fallbacks = events(&metrics, POOL, "spot_fallback_on_demand");
     let on_demand = events(&metrics, POOL, "launched_on_demand");
     let spot = events(&metrics, POOL, "launched_spot");
