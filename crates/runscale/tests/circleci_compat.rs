@@ -23,7 +23,7 @@
 ))]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 
-use support::{BIN, fake_runner_script, kube_api, kube_fixture, moto};
+use support::{BIN, aws_env, fake_runner_script, kube_api, kube_fixture, moto, run_with_aws};
 
 const REGION: &str = "us-east-1";
 const API_TOKEN: &str = "circle-api-token-7d1e";
@@ -67,41 +67,15 @@ async fn runscale(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (i32, String, String) {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env_remove("RUNSCALE_CONFIG")
-        .env_remove("RUNSCALE_LOG_FORMAT")
-        .env_remove("RUNSCALE_LOG_LEVEL")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("KUBECONFIG")
-        .env_remove("SECRET_NAME")
-        .env_remove("APP_CIRCLE_TOKEN")
-        .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", REGION)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            dir.join("no-aws-credentials"),
-        )
-        .envs(env.iter().copied())
-        .stdin(Stdio::null());
-    let out = tokio::time::timeout(
+    run_with_aws(
+        moto,
+        dir,
+        ("testing", "testing"),
+        args,
+        env,
         Duration::from_secs(180),
-        tokio::task::spawn_blocking(move || c.output()),
     )
     .await
-    .expect("runscale finished within 180 s")
-    .expect("join")
-    .expect("run runscale");
-    (
-        out.status.code().expect("exited normally"),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Starts a fake machine runner named `name` that takes one task of `class`.
@@ -350,16 +324,7 @@ async fn autoscaler_mode_runs_every_task_in_pods_from_the_seed_cron_job() {
         .env("RUNSCALE_INTERVAL", "1s")
         .env("RUNSCALE_POOL_MAX", "4")
         .env("KUBECONFIG", &kubeconfig)
-        .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", REGION)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", dir.path().join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            dir.path().join("no-aws-credentials"),
-        )
+        .envs(aws_env(&moto, dir.path(), ("testing", "testing")))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("runscale.log")).expect("log"))

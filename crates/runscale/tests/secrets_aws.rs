@@ -17,7 +17,7 @@
 ))]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
@@ -27,7 +27,7 @@ use secrecy::SecretString;
 
 mod support;
 
-use support::{BIN, moto};
+use support::{moto, run_with_aws};
 
 /// The token the GitHub emulator accepts.
 const TOKEN: &str = "ghp-from-secrets-manager-5f3a";
@@ -107,39 +107,11 @@ async fn runscale_as(
     config: &Path,
     key: (&str, &str),
 ) -> (i32, String, String) {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .arg("-c")
-        .arg(config)
-        .env_remove("RUNSCALE_CONFIG")
-        .env_remove("RUNSCALE_LOG_FORMAT")
-        .env_remove("RUNSCALE_LOG_LEVEL")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", key.0)
-        .env("AWS_SECRET_ACCESS_KEY", key.1)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", config.with_file_name("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            config.with_file_name("no-aws-credentials"),
-        )
-        .stdin(Stdio::null());
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || c.output()),
-    )
-    .await
-    .expect("runscale finished within 120 s")
-    .expect("join")
-    .expect("run runscale");
-    (
-        out.status.code().expect("exited normally"),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut args = args.to_vec();
+    let config_text = config.display().to_string();
+    args.extend(["-c", config_text.as_str()]);
+    let dir = config.parent().expect("config in a directory");
+    run_with_aws(moto, dir, key, &args, &[], Duration::from_secs(120)).await
 }
 
 /// Asserts that `text` contains every one of `needles`.

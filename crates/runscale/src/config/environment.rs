@@ -449,11 +449,8 @@ async fn lambda_secret_text(_: &impl Fn(&str) -> Option<String>) -> anyhow::Resu
 #[cfg(feature = "backend-aws-asg")]
 async fn discover_groups(namespace: &str) -> anyhow::Result<Vec<(String, String)>> {
     use runscale_backends::aws_asg::{AwsAsg, Config};
-    let config = Config {
-        region: std::env::var("AWS_REGION").ok(),
-        ..Config::default()
-    };
-    AwsAsg::discover_resource_classes(&config, namespace)
+    // The SDK's own chain gives the region (AWS_REGION, a profile, instance metadata).
+    AwsAsg::discover_resource_classes(&Config::default(), namespace)
         .await
         .map_err(|e| anyhow::anyhow!("discovering Auto Scaling groups: {e}"))
 }

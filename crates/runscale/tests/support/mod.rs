@@ -77,3 +77,66 @@ pub fn fake_runner_script(dir: &Path, name: &str) -> PathBuf {
         .expect("chmod");
     path
 }
+
+/// The environment of a runscale process talking to `moto` as access key `(id, secret)` in
+/// us-east-1, with no profile, instance metadata or shared config files (in `dir`, absent) to
+/// fall back on.
+pub fn aws_env(moto: &MotoServer, dir: &Path, key: (&str, &str)) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", moto.url().to_owned()),
+        ("AWS_ACCESS_KEY_ID", key.0.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", key.1.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        (
+            "AWS_CONFIG_FILE",
+            dir.join("no-aws-config").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials").display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Runs `runscale <args>` with the AWS environment of [`aws_env`], none of runscale's own
+/// variables, and `env` on top; waits at most `limit`. Exit code, stdout, stderr.
+pub async fn run_with_aws(
+    moto: &MotoServer,
+    dir: &Path,
+    key: (&str, &str),
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: std::time::Duration,
+) -> (i32, String, String) {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args);
+    for name in [
+        "RUNSCALE_CONFIG",
+        "RUNSCALE_LOG_FORMAT",
+        "RUNSCALE_LOG_LEVEL",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "KUBECONFIG",
+        "SECRET_NAME",
+        "APP_CIRCLE_TOKEN",
+    ] {
+        c.env_remove(name);
+    }
+    c.envs(aws_env(moto, dir, key))
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(limit, tokio::task::spawn_blocking(move || c.output()))
+        .await
+        .unwrap_or_else(|_| panic!("runscale finished within {limit:?}"))
+        .expect("join")
+        .expect("run runscale");
+    (
+        out.status.code().expect("exited normally"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
