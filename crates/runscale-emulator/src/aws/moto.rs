@@ -268,6 +268,33 @@ impl MotoClient {
         Ok(())
     }
 
+    /// Turns on the group's `NewInstancesProtectedFromScaleIn` ("Enable scale-in protection"
+    /// in the console, as CircleCI's simple-Lambda example creates its group).
+    pub async fn protect_new_instances(&self, name: &str) -> Result<(), AwsError> {
+        self.asg
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .new_instances_protected_from_scale_in(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("UpdateAutoScalingGroup", e))?;
+        Ok(())
+    }
+
+    /// What AWS does to a member whose machine powered itself off (`shutdown -h` after its
+    /// runner exits): the group terminates it without lowering its desired capacity, so a
+    /// replacement is launched if the desired capacity is still above the group's size.
+    pub async fn shut_down(&self, instance_id: &str) -> Result<(), AwsError> {
+        self.asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance_id)
+            .should_decrement_desired_capacity(false)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("TerminateInstanceInAutoScalingGroup", e))?;
+        Ok(())
+    }
+
     /// Sets the group's desired capacity, as another tool (or an operator) would.
     pub async fn set_desired(&self, name: &str, desired: i32) -> Result<(), AwsError> {
         self.asg

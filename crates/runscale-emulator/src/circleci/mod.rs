@@ -7,7 +7,9 @@
 //! - `GET /api/v3/runner?resource-class=ns/rc` (or `?namespace=ns`): the runners connected
 //!   now — name, hostname, first/last connected, last used. A runner appears with its first
 //!   poll, stays while it polls or sends heartbeats, and leaves when it exits (or, if killed,
-//!   after [`EmulatorConfig::runner_expiry`]; CircleCI: 12 h).
+//!   after [`EmulatorConfig::runner_expiry`]; CircleCI: 12 h). Runners sharing a name (every
+//!   instance of CircleCI's simple-Lambda example may use one fixed name) are told apart by
+//!   the hostname they report and listed once each: CircleCI does not document this case.
 //! - `GET /api/v3/runner/tasks?resource-class=` → `unclaimed_task_count`;
 //!   `GET /api/v3/runner/tasks/running?resource-class=` → `running_runner_tasks`;
 //!   `GET /api/v3/runner/resource?namespace=` → the resource classes.
@@ -18,7 +20,7 @@
 //! real claim protocol is undocumented, so this one is the emulator's own:
 //! `POST /api/v3/runner/claim {name, hostname}` (200 with a task and its task-scoped token, or
 //! 204), `POST /api/v3/runner/tasks/{id}/heartbeat` and `.../complete {success}` with the task
-//! token, `POST /api/v3/runner/disconnect {name}`.
+//! token, `POST /api/v3/runner/disconnect {name, hostname}`.
 //!
 //! Rules: tasks are claimed oldest first by runners of their resource class; the plan's
 //! concurrency caps running tasks over all classes; tasks of a class without runners stay

@@ -323,7 +323,9 @@ async fn disconnect(
         Ok(c) => c,
         Err((status, message)) => return error(status, message),
     };
-    let events = shared.lock().disconnect(&class, &hello.name, Utc::now());
+    let events = shared
+        .lock()
+        .disconnect(&class, &hello.name, &hello.hostname, Utc::now());
     shared.emit(events);
     StatusCode::NO_CONTENT.into_response()
 }

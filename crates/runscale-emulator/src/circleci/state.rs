@@ -21,6 +21,18 @@ struct Task {
     spec: TaskSpec,
     token: String,
     lease_until: Option<Instant>,
+    /// The host of the runner that claimed it (runners are told apart by name and host).
+    host: Option<String>,
+}
+
+/// A runner in the listing: resource class, name, host. CircleCI's handling of two machines
+/// with one runner name (CircleCI's simple-Lambda example can give every instance the same
+/// name) is undocumented; the emulator keeps them apart by the hostname they report, so
+/// neither takes the other's task or leaves with it.
+type RunnerKey = (String, String, String);
+
+fn key(class: &str, name: &str, host: &str) -> RunnerKey {
+    (class.to_owned(), name.to_owned(), host.to_owned())
 }
 
 struct RunnerRec {
@@ -81,7 +93,7 @@ pub(crate) struct State {
     runner_expiry: Duration,
     tasks: Vec<Task>,
     by_id: HashMap<String, usize>,
-    runners: BTreeMap<(String, String), RunnerRec>,
+    runners: BTreeMap<RunnerKey, RunnerRec>,
     seen: BTreeSet<String>,
     workflows: HashMap<String, Workflow>,
     violations: Vec<Violation>,
@@ -181,6 +193,7 @@ impl State {
                 spec,
                 token,
                 lease_until: None,
+                host: None,
             });
             ids.push(id);
         }
@@ -223,7 +236,7 @@ impl State {
         self.seen.insert(format!("{class}\u{0}{name}"));
         let r = self
             .runners
-            .entry((class.to_owned(), name.to_owned()))
+            .entry(key(class, name, hostname))
             .or_insert_with(|| RunnerRec {
                 hostname: hostname.to_owned(),
                 first_connected: now,
@@ -247,7 +260,7 @@ impl State {
         at: Instant,
     ) -> Option<ClaimedTask> {
         self.contact(class, name, hostname, now, at);
-        let key = (class.to_owned(), name.to_owned());
+        let key = key(class, name, hostname);
         if self.runners.get(&key).is_some_and(|r| r.task.is_some()) {
             return None;
         }
@@ -266,6 +279,7 @@ impl State {
         task.snap.runner = Some(name.to_owned());
         task.snap.claimed_at = Some(now);
         task.lease_until = Some(at + lease);
+        task.host = Some(hostname.to_owned());
         let claimed = ClaimedTask {
             id: task.snap.id.clone(),
             token: task.token.clone(),
@@ -302,9 +316,8 @@ impl State {
     ) -> Result<(), TaskRefusal> {
         let i = self.task_for(id, token)?;
         self.tasks[i].lease_until = Some(at + self.task_lease);
-        let class = self.tasks[i].snap.resource_class.clone();
-        if let Some(name) = self.tasks[i].snap.runner.clone()
-            && let Some(r) = self.runners.get_mut(&(class, name))
+        if let Some(k) = self.runner_of(i)
+            && let Some(r) = self.runners.get_mut(&k)
         {
             r.last_connected = now;
             r.last_contact = at;
@@ -327,9 +340,8 @@ impl State {
         } else {
             TaskStatus::Failed
         };
-        let class = self.tasks[i].snap.resource_class.clone();
-        if let Some(name) = self.tasks[i].snap.runner.clone()
-            && let Some(r) = self.runners.get_mut(&(class, name))
+        if let Some(k) = self.runner_of(i)
+            && let Some(r) = self.runners.get_mut(&k)
         {
             r.task = None;
             r.last_used = Some(now);
@@ -337,6 +349,16 @@ impl State {
             r.last_contact = at;
         }
         Ok(self.finish(i, status, now))
+    }
+
+    /// The listing key of the runner holding task `i`.
+    fn runner_of(&self, i: usize) -> Option<RunnerKey> {
+        let t = &self.tasks[i];
+        Some(key(
+            &t.snap.resource_class,
+            t.snap.runner.as_deref()?,
+            t.host.as_deref()?,
+        ))
     }
 
     fn finish(&mut self, i: usize, status: TaskStatus, now: DateTime<Utc>) -> Vec<Event> {
@@ -382,8 +404,14 @@ impl State {
     }
 
     /// A runner exits cleanly: it leaves the listing. Leaving with a task loses it.
-    pub(crate) fn disconnect(&mut self, class: &str, name: &str, now: DateTime<Utc>) -> Vec<Event> {
-        let Some(r) = self.runners.remove(&(class.to_owned(), name.to_owned())) else {
+    pub(crate) fn disconnect(
+        &mut self,
+        class: &str,
+        name: &str,
+        hostname: &str,
+        now: DateTime<Utc>,
+    ) -> Vec<Event> {
+        let Some(r) = self.runners.remove(&key(class, name, hostname)) else {
             return Vec::new();
         };
         match r.task.and_then(|t| self.by_id.get(&t).copied()) {
@@ -408,14 +436,15 @@ impl State {
             let t = &self.tasks[i];
             if t.snap.status == TaskStatus::Running && t.lease_until.is_some_and(|l| l <= at) {
                 let runner = t.snap.runner.clone().unwrap_or_default();
-                let class = t.snap.resource_class.clone();
                 self.violations.push(Violation {
                     kind: ViolationKind::TaskLost,
-                    runner: runner.clone(),
+                    runner,
                     task: t.snap.id.clone(),
                     at: now,
                 });
-                if let Some(r) = self.runners.get_mut(&(class, runner)) {
+                if let Some(k) = self.runner_of(i)
+                    && let Some(r) = self.runners.get_mut(&k)
+                {
                     r.task = None;
                 }
                 events.extend(self.finish(i, TaskStatus::Lost, now));
@@ -435,12 +464,12 @@ impl State {
     ) -> Vec<RunnerSnapshot> {
         self.runners
             .iter()
-            .filter(|((c, _), _)| match (class, namespace) {
+            .filter(|((c, _, _), _)| match (class, namespace) {
                 (Some(want), _) => c == want,
                 (None, Some(ns)) => c.split_once('/').is_some_and(|(n, _)| n == ns),
                 (None, None) => true,
             })
-            .map(|((c, n), r)| RunnerSnapshot {
+            .map(|((c, n, _), r)| RunnerSnapshot {
                 resource_class: c.clone(),
                 name: n.clone(),
                 hostname: r.hostname.clone(),
