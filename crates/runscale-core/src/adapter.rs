@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Demand, Instance, InstanceId, PoolId, Runner, RunnerId};
 
 /// What a provider sees of one pool: its demand and its runners.
@@ -144,6 +144,47 @@ pub trait Provider: Send + Sync + 'static {
     /// one-line description of what was checked.
     async fn probe(&self) -> Result<String>;
 
+    /// For a pool whose runners cannot be attributed to instances
+    /// ([`PoolSpec::runners_unattributed`](crate::PoolSpec::runners_unattributed)): confirms
+    /// with a fresh read, right before one of its instances is terminated, that no job of the
+    /// pool waits or runs. `Ok` only on that proof; [`ErrorKind::Busy`](crate::ErrorKind::Busy)
+    /// when a job waits or runs; any other error when the read failed (the instance stays).
+    /// The default observes the pool once and requires a fresh view with no waiting and no
+    /// running job; a provider whose reads can be ordered more tightly overrides it.
+    async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
+        const OP: &str = "provider.confirm_quiet";
+        let view = self
+            .observe(std::slice::from_ref(pool))
+            .await
+            .remove(pool)
+            .unwrap_or_else(|| {
+                Err(Error::new(
+                    OP,
+                    ErrorKind::Transient,
+                    format!("pool {pool} was not observed"),
+                ))
+            })?;
+        if view.stale {
+            return Err(Error::new(
+                OP,
+                ErrorKind::Transient,
+                format!("pool {pool}: the CI system could not be read afresh"),
+            ));
+        }
+        if !view.demand.waiting.is_empty() || view.demand.running > 0 {
+            return Err(Error::new(
+                OP,
+                ErrorKind::Busy,
+                format!(
+                    "pool {pool}: {} jobs wait and {} run; any instance may be taking one",
+                    view.demand.waiting.len(),
+                    view.demand.running
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The API budget left, as last reported by the CI system (e.g. GitHub's
     /// `x-ratelimit-remaining`). Providers without a budget keep the default, `None`.
     fn rate_limit_remaining(&self) -> Option<u64> {
@@ -205,6 +246,17 @@ pub trait Backend: Send + Sync + 'static {
     /// should be lifted). Not called in dry-run or on a stale observation. An error is logged
     /// and the pass goes on; the next pass calls again. Default: nothing.
     async fn mark_busy(&self, _pool: &PoolId, _busy: &[InstanceId]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Tells the backend how many instances `pool` wants now (the plan's `desired_instances`),
+    /// after every pass that acted on a fresh observation (not in dry-run). A backend whose
+    /// cloud keeps a target size of its own and replaces instances that end (an Auto Scaling
+    /// group's desired capacity) may lower that target to `wanted`, so that instances that
+    /// end by themselves are not replaced; it must never stop an instance by doing so, and
+    /// never raise the target (launches do). An error is logged and the pass goes on.
+    /// Default: nothing.
+    async fn lower_target(&self, _pool: &PoolId, _wanted: u32) -> Result<()> {
         Ok(())
     }
 

@@ -161,6 +161,18 @@ impl Provider for InstrumentedProvider {
         timed(&self.metrics, &self.account, "probe", self.inner.probe()).await
     }
 
+    async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
+        let out = timed(
+            &self.metrics,
+            &self.account,
+            "confirm_quiet",
+            self.inner.confirm_quiet(pool),
+        )
+        .await;
+        self.update_budget();
+        out
+    }
+
     fn rate_limit_remaining(&self) -> Option<u64> {
         self.inner.rate_limit_remaining()
     }
@@ -231,6 +243,11 @@ impl Backend for InstrumentedBackend {
 
     async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
         self.counted("mark_busy", self.inner.mark_busy(pool, busy))
+            .await
+    }
+
+    async fn lower_target(&self, pool: &PoolId, wanted: u32) -> Result<()> {
+        self.counted("lower_target", self.inner.lower_target(pool, wanted))
             .await
     }
 

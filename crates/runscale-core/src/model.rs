@@ -99,6 +99,12 @@ pub struct PoolSpec {
     pub ephemeral: bool,
     /// Hash of the current launch template; instances with another hash are replaced.
     pub template_hash: String,
+    /// The pool's runners are named by the instances themselves (a launch template's own
+    /// start-up script, as CircleCI's simple-Lambda example names them `$RUNNER_NAME-<time>`),
+    /// so which runner runs on which instance cannot be known. The policy then plans from
+    /// counts alone and retires an instance only when no job of the pool waits or runs (see
+    /// the policy's module docs).
+    pub runners_unattributed: bool,
 }
 
 impl PoolSpec {

@@ -217,6 +217,25 @@ fn elapsed(t: Timestamp) -> Duration {
     (now() - t).to_std().unwrap_or_default()
 }
 
+/// Instances that are up and stay after the plan.
+fn live_after<'a>(obs: &'a Observation, p: &Plan) -> Vec<&'a Instance> {
+    let gone = terminated(p);
+    obs.instances
+        .iter()
+        .filter(|i| i.state != InstanceState::Stopping && !gone.contains(&i.id))
+        .collect()
+}
+
+/// `launches` keep within `launches_per_minute`, counting the launches remembered.
+fn within_launch_rate(spec: &PoolSpec, obs: &Observation, launches: u32) -> bool {
+    let recent = obs
+        .recent_launches
+        .iter()
+        .filter(|t| elapsed(**t) < Duration::from_secs(60))
+        .count() as u32;
+    spec.launches_per_minute == 0 || recent + launches <= spec.launches_per_minute
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -259,18 +278,12 @@ proptest! {
         if launches == 0 {
             return Ok(());
         }
-        let gone = terminated(&p);
-        let live: Vec<&Instance> = obs.instances.iter()
-            .filter(|i| i.state != InstanceState::Stopping && !gone.contains(&i.id))
-            .collect();
+        let live = live_after(&obs, &p);
         prop_assert!(live.len() as u32 + launches <= p.limits.max,
             "{} live + {} launches > max {}", live.len(), launches, p.limits.max);
         let booting = live.iter().filter(|i| i.state == InstanceState::Booting).count() as u32;
         prop_assert!(booting + launches <= spec.max_booting);
-        if spec.launches_per_minute > 0 {
-            let recent = obs.recent_launches.iter().filter(|t| elapsed(**t) < Duration::from_secs(60)).count() as u32;
-            prop_assert!(recent + launches <= spec.launches_per_minute);
-        }
+        prop_assert!(within_launch_rate(&spec, &obs, launches));
     }
 
     /// 4. Unmet demand is launched in the same pass, unless a cap binds.
@@ -401,6 +414,31 @@ fn apply(obs: &mut Observation, p: &Plan) {
     }
 }
 
+/// Plans and applies a pass every `pass_secs` from now until `bound` plus one pass has gone
+/// by, with no demand: nothing is launched, and no instance is left at the end.
+fn drain_passes(
+    spec: &PoolSpec,
+    obs: &mut Observation,
+    bound: Duration,
+    pass_secs: u64,
+) -> Result<(), TestCaseError> {
+    let mut t = now();
+    let end =
+        now() + chrono::Duration::from_std(bound + Duration::from_secs(pass_secs)).expect("small");
+    while t <= end {
+        let p = plan(spec, obs, t);
+        prop_assert_eq!(p.launches(), 0);
+        apply(obs, &p);
+        t += chrono::Duration::seconds(pass_secs as i64);
+    }
+    prop_assert!(
+        obs.instances.is_empty(),
+        "left: {:?}",
+        obs.instances.iter().map(|i| &i.id).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -426,15 +464,153 @@ proptest! {
         }).collect();
         let mut obs = build(&spec, seeds, vec![], 0, vec![]);
         let bound = spec.idle_timeout.max(spec.scale_down_delay).max(spec.boot_timeout);
-        let mut t = now();
-        let end = now() + chrono::Duration::from_std(bound + Duration::from_secs(pass_secs)).expect("small");
-        while t <= end {
-            let p = plan(&spec, &obs, t);
-            prop_assert_eq!(p.launches(), 0);
-            apply(&mut obs, &p);
-            t += chrono::Duration::seconds(pass_secs as i64);
-        }
-        prop_assert!(obs.instances.is_empty(), "left: {:?}", obs.instances.iter().map(|i| &i.id).collect::<Vec<_>>());
+        drain_passes(&spec, &mut obs, bound, pass_secs)?;
         prop_assert!(obs.runners.is_empty());
+    }
+}
+
+/// A pool whose runners cannot be attributed to instances: instances name no runner; the
+/// listing holds runners under names of their own (busy, idle or offline, with or without a
+/// last job); jobs wait and run by count only.
+fn unattributed_strategy() -> impl Strategy<Value = (PoolSpec, Observation)> {
+    (
+        spec_strategy(),
+        proptest::collection::vec((0u8..3, 0u64..2000, proptest::bool::weighted(0.15)), 0..16),
+        proptest::collection::vec(
+            (
+                prop_oneof![
+                    Just(RunnerState::Idle),
+                    Just(RunnerState::Busy),
+                    Just(RunnerState::Offline)
+                ],
+                proptest::option::of(0u64..2000),
+            ),
+            0..6,
+        ),
+        (0usize..12, prop_oneof![Just(0u32), 0u32..12]),
+        proptest::collection::vec(0u64..120, 0..8),
+        proptest::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(spec, instances, runners, (waiting, running), recent, stale)| {
+                let mut spec = spec;
+                spec.runners_unattributed = true;
+                let seeds = instances
+                    .into_iter()
+                    .map(|(state, age, old)| (state, age, old, Vec::new()))
+                    .collect();
+                let mut obs = build(&spec, seeds, vec![], waiting, recent);
+                obs.demand.running = running;
+                obs.stale = stale;
+                for i in &mut obs.instances {
+                    i.runner_names.clear();
+                }
+                for (j, (state, last)) in runners.into_iter().enumerate() {
+                    obs.runners.push(Runner {
+                        id: RunnerId::new(format!("seed-{j}")),
+                        name: format!("lambda-{j}"),
+                        state,
+                        draining: false,
+                        last_busy: last.map(ago),
+                    });
+                }
+                (spec, obs)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// U1. With runners that cannot be attributed, nothing is terminated while a job runs or
+    /// waits (any instance may hold it, or be about to take it) or on a stale view; no runner
+    /// is ever deregistered or drained; a termination names no runner to remove.
+    #[test]
+    fn u1_unattributed_pools_retire_nothing_unless_quiet((spec, obs) in unattributed_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let quiet = !obs.stale && obs.demand.running == 0 && obs.demand.waiting.is_empty();
+        for a in &p.actions {
+            match &a.action {
+                Action::Terminate { instance, runners } => {
+                    prop_assert!(quiet, "terminating {} with {} running, {} waiting, stale {}",
+                        instance, obs.demand.running, obs.demand.waiting.len(), obs.stale);
+                    prop_assert!(runners.is_empty());
+                    let i = obs.instances.iter().find(|i| i.id == *instance).expect("observed");
+                    prop_assert_ne!(i.state, InstanceState::Stopping);
+                }
+                Action::Deregister { .. } | Action::Drain { .. } => {
+                    prop_assert!(false, "{:?}", a);
+                }
+                Action::Launch { .. } => {}
+            }
+        }
+        let n = p.actions.iter().filter(|a| matches!(a.action, Action::Terminate { .. })).count();
+        prop_assert_eq!(n, terminated(&p).len());
+    }
+
+    /// U2. Launches respect `max`, `max_booting` (an instance younger than `boot_timeout`
+    /// counts as booting) and the launch rate, and never go beyond the seed's desired count
+    /// `min(ceil((running + waiting + min_idle) / slots), max)`, which is the plan's
+    /// `desired_instances`.
+    #[test]
+    fn u2_unattributed_launches_respect_caps_and_the_seed_formula((spec, obs) in unattributed_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let k = spec.runners_per_instance.max(1);
+        let wanted = obs.demand.running + obs.demand.waiting.len() as u32 + p.limits.min_idle;
+        prop_assert_eq!(p.desired_instances, wanted.div_ceil(k).min(p.limits.max));
+        let launches = p.launches();
+        if launches == 0 {
+            return Ok(());
+        }
+        let live = live_after(&obs, &p);
+        prop_assert!(live.len() as u32 + launches <= p.desired_instances,
+            "{} live + {} launches above the seed's {}", live.len(), launches, p.desired_instances);
+        let booting = live.iter()
+            .filter(|i| i.state == InstanceState::Booting || elapsed(i.launched_at) < spec.boot_timeout)
+            .count() as u32;
+        prop_assert!(booting + launches <= spec.max_booting);
+        prop_assert!(within_launch_rate(&spec, &obs, launches));
+    }
+
+    /// U3. Unmet demand is launched unless a cap binds: after the plan, the free slots cover
+    /// waiting + `min_idle` (running jobs take slots of the instances kept; more running jobs
+    /// than those slots run elsewhere and take none of the new ones).
+    #[test]
+    fn u3_unattributed_unmet_demand_is_launched_up_to_the_caps((spec, obs) in unattributed_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let k = spec.runners_per_instance.max(1);
+        let gone = terminated(&p);
+        let kept = obs.instances.iter()
+            .filter(|i| i.state != InstanceState::Stopping && !gone.contains(&i.id))
+            .count() as u32;
+        let slots = kept * k;
+        let free = slots - obs.demand.running.min(slots) + p.launches() * k;
+        let wanted = obs.demand.waiting.len() as u32 + p.limits.min_idle;
+        if free < wanted {
+            prop_assert!(p.held_back.is_some(), "{} free < {} wanted, nothing held back: {:?}", free, wanted, p);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// U4. With no job waiting or running and `min_idle = 0`, an unattributed fleet reaches
+    /// zero within max(`idle_timeout`, `scale_down_delay`) plus one pass (idleness counts from
+    /// each instance's launch and from the last job any runner was seen with).
+    #[test]
+    fn u4_unattributed_no_demand_scales_to_zero(
+        (spec, obs) in unattributed_strategy(),
+        pass_secs in 1u64..60,
+    ) {
+        let mut spec = spec;
+        spec.min_idle = 0;
+        spec.schedules.clear();
+        let mut obs = obs;
+        obs.demand.waiting.clear();
+        obs.demand.running = 0;
+        obs.stale = false;
+        obs.instances.retain(|i| i.state != InstanceState::Stopping);
+        drain_passes(&spec, &mut obs, spec.idle_timeout.max(spec.scale_down_delay), pass_secs)?;
     }
 }

@@ -364,6 +364,8 @@ async fn shutdown_finishes_in_flight_passes_and_launches_nothing_new() {
 struct BusyRecorder {
     inner: Arc<dyn runscale_core::Backend>,
     calls: std::sync::Mutex<Vec<(PoolId, Vec<runscale_core::InstanceId>)>>,
+    /// `lower_target` calls: the instances wanted.
+    targets: std::sync::Mutex<Vec<u32>>,
 }
 
 #[async_trait::async_trait]
@@ -405,6 +407,139 @@ impl runscale_core::Backend for BusyRecorder {
             .push((pool.clone(), busy.to_vec()));
         Ok(())
     }
+    async fn lower_target(&self, _pool: &PoolId, wanted: u32) -> runscale_core::Result<()> {
+        self.targets.lock().expect("lock").push(wanted);
+        Ok(())
+    }
+}
+
+/// A provider whose `confirm_quiet` answers busy the next `refuse` times, then asks the
+/// world; every call is counted.
+struct QuietGate {
+    inner: Arc<dyn runscale_core::Provider>,
+    refuse: std::sync::atomic::AtomicU32,
+    asked: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl runscale_core::Provider for QuietGate {
+    fn kind(&self) -> &'static str {
+        "quiet-gate"
+    }
+    async fn observe(
+        &self,
+        pools: &[PoolId],
+    ) -> std::collections::HashMap<PoolId, runscale_core::Result<runscale_core::ProviderView>> {
+        self.inner.observe(pools).await
+    }
+    async fn register(
+        &self,
+        pool: &PoolId,
+        runner_name: &str,
+    ) -> runscale_core::Result<runscale_core::Registration> {
+        self.inner.register(pool, runner_name).await
+    }
+    async fn remove(
+        &self,
+        pool: &PoolId,
+        runner: &runscale_core::RunnerId,
+    ) -> runscale_core::Result<()> {
+        self.inner.remove(pool, runner).await
+    }
+    async fn probe(&self) -> runscale_core::Result<String> {
+        self.inner.probe().await
+    }
+    async fn confirm_quiet(&self, pool: &PoolId) -> runscale_core::Result<()> {
+        use std::sync::atomic::Ordering;
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(runscale_core::Error::new(
+                "test.confirm_quiet",
+                ErrorKind::Busy,
+                "a task was just queued",
+            ));
+        }
+        self.inner.confirm_quiet(pool).await
+    }
+}
+
+/// Runners the instances name themselves: while a job runs every instance is reported busy;
+/// the backend is told the seed's desired count after each pass; an idle instance goes only
+/// after the provider confirms, afresh, that nothing waits or runs.
+#[tokio::test(start_paused = true)]
+async fn unattributed_pools_protect_every_instance_while_a_job_runs_and_retire_on_a_fresh_quiet_read()
+ {
+    use runscale_core::Backend as _;
+    use std::sync::atomic::Ordering;
+    let clock = clock();
+    let mut cfg = WorldConfig::default();
+    cfg.ephemeral.insert(PoolId::new("p"), false);
+    let world = World::new(clock.clone(), cfg);
+    let recorder = Arc::new(BusyRecorder {
+        inner: world.backend(),
+        calls: Default::default(),
+        targets: Default::default(),
+    });
+    let gate = Arc::new(QuietGate {
+        inner: world.provider(),
+        refuse: 1.into(),
+        asked: 0.into(),
+    });
+    let mut b = binding(
+        &world,
+        PoolSpec::test("p")
+            .ephemeral(false)
+            .unattributed(true)
+            .idle_timeout(Duration::from_secs(30)),
+        "ci",
+    );
+    b.backend = recorder.clone();
+    b.provider = gate.clone();
+    let r = Reconciler::new(vec![b], clock, metrics(), options());
+    let list = async || {
+        world
+            .backend()
+            .instances(&[PoolId::new("p")])
+            .await
+            .expect("list")
+            .get(&PoolId::new("p"))
+            .map_or(0, Vec::len)
+    };
+    world.enqueue("p", 1, Duration::from_secs(20));
+    r.once().await; // launches
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    world.step(); // booted; the job starts
+    r.once().await;
+    assert_eq!(list().await, 1);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    world.step(); // the job is done
+    r.once().await;
+    {
+        let calls = recorder.calls.lock().expect("lock");
+        assert_eq!(
+            calls[1].1.len(),
+            1,
+            "every instance may hold the running job"
+        );
+        assert!(calls[2].1.is_empty(), "nothing runs");
+        assert_eq!(*recorder.targets.lock().expect("lock"), [1, 1, 0]);
+    }
+    // Idle for idle_timeout: the plan retires it, but the fresh read says a task came.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    r.once().await;
+    assert_eq!(gate.asked.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        list().await,
+        1,
+        "kept: the pool was not quiet when read again"
+    );
+    r.once().await;
+    assert_eq!(gate.asked.load(Ordering::SeqCst), 2);
+    assert_eq!(list().await, 0, "retired once quiet was confirmed");
 }
 
 #[tokio::test(start_paused = true)]
@@ -417,6 +552,7 @@ async fn the_backend_is_told_which_instances_are_busy_and_when_they_are_idle_aga
     let recorder = Arc::new(BusyRecorder {
         inner: world.backend(),
         calls: Default::default(),
+        targets: Default::default(),
     });
     let mut b = binding(
         &world,

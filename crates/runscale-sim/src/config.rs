@@ -43,6 +43,7 @@ impl SimPool {
                 runners_per_instance: 1,
                 ephemeral: true,
                 template_hash: "sim".to_owned(),
+                runners_unattributed: false,
             },
             labels: Vec::new(),
         }

@@ -32,23 +32,31 @@
 //!
 //! Every termination removes the instance's runners from the CI system first; the reconciler
 //! terminates only after the CI system confirmed every removal.
+//!
+//! A pool whose runners cannot be attributed to instances ([`PoolSpec::runners_unattributed`]:
+//! the instances name their runners themselves) has rules of its own, from counts alone and
+//! retiring instances only when no job waits or runs: see `policy/unattributed.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::model::{
-    Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState, Timestamp,
+    EffectiveLimits, Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState, Timestamp,
 };
 use crate::plan::{Action, Limit, Plan, Planned, Reason};
 
 #[cfg(test)]
 mod tests;
+mod unattributed;
 
 /// The rate-limit window for `launches_per_minute`.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Computes what to do for one pool. See the module docs for the rules.
 pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
+    if spec.runners_unattributed {
+        return unattributed::plan(spec, obs, now);
+    }
     let limits = spec.limits_at(now);
     let slots_per_instance = spec.runners_per_instance.max(1);
     let mut due = Due::new(now);
@@ -106,19 +114,7 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         let any_busy = regs.iter().any(|r| r.state == RunnerState::Busy);
 
         // Rule 2 (first, so it also covers instances still booting): old template or too old.
-        let stale = if inst.template_hash != spec.template_hash {
-            Some(Reason::TemplateChanged)
-        } else {
-            match spec.max_lifetime {
-                Some(life) if elapsed(inst.launched_at, now) >= life => Some(Reason::MaxLifetime),
-                Some(life) => {
-                    due.at(inst.launched_at, life);
-                    None
-                }
-                None => None,
-            }
-        };
-        if let Some(reason) = stale {
+        if let Some(reason) = outdated(spec, inst, now, &mut due) {
             if any_busy {
                 active += 1;
                 booting += u32::from(inst.state == InstanceState::Booting);
@@ -279,47 +275,12 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         } else {
             Reason::MinIdle
         };
-        let recent = obs
-            .recent_launches
-            .iter()
-            .filter(|t| elapsed(**t, now) < RATE_WINDOW)
-            .count() as u32;
-        let recent = recent.max(launched_in_window);
-        let mut caps = vec![
-            (limits.max.saturating_sub(active), Limit::Max),
-            (spec.max_booting.saturating_sub(booting), Limit::MaxBooting),
-        ];
-        if spec.launches_per_minute > 0 {
-            caps.push((
-                spec.launches_per_minute.saturating_sub(recent),
-                Limit::LaunchRate,
-            ));
-        }
-        launch = need;
-        for (room, limit) in caps {
-            if room < launch {
-                launch = room;
-                held_back = Some((need - room, limit));
-            }
-        }
-        if let Some((_, limit)) = held_back {
-            match limit {
-                Limit::LaunchRate => {
-                    // Come back when the oldest launch in the window leaves it.
-                    let oldest = obs
-                        .recent_launches
-                        .iter()
-                        .copied()
-                        .chain(obs.instances.iter().map(|i| i.launched_at))
-                        .filter(|t| elapsed(*t, now) < RATE_WINDOW)
-                        .min();
-                    if let Some(t) = oldest {
-                        due.at(t, RATE_WINDOW);
-                    }
-                }
-                Limit::Max | Limit::MaxBooting => {}
-            }
-        }
+        let up = Fleet {
+            active,
+            booting,
+            launched_in_window,
+        };
+        (launch, held_back) = capped(spec, &limits, obs, now, need, up, &mut due);
         if launch > 0 {
             actions.push(Planned {
                 action: Action::Launch { count: launch },
@@ -357,6 +318,86 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         held_back,
         requeue_after: due.next,
     }
+}
+
+/// Rule 2's test: why an instance is to be retired for its template or its age, if it is (and
+/// when its lifetime runs out, if that is to come).
+fn outdated(spec: &PoolSpec, inst: &Instance, now: Timestamp, due: &mut Due) -> Option<Reason> {
+    if inst.template_hash != spec.template_hash {
+        return Some(Reason::TemplateChanged);
+    }
+    match spec.max_lifetime {
+        Some(life) if elapsed(inst.launched_at, now) >= life => Some(Reason::MaxLifetime),
+        Some(life) => {
+            due.at(inst.launched_at, life);
+            None
+        }
+        None => None,
+    }
+}
+
+/// The instances that count against rule 5's caps.
+#[derive(Clone, Copy)]
+struct Fleet {
+    /// Booting and running instances that stay.
+    active: u32,
+    /// Of which booting.
+    booting: u32,
+    /// Launched within the rate window.
+    launched_in_window: u32,
+}
+
+/// Rule 5's caps: how many of `need` instances may launch (`max`, `max_booting`, the launch
+/// rate), and how many were held back by which cap; when the rate holds launches back, the
+/// pass comes back as the oldest launch in the window leaves it.
+fn capped(
+    spec: &PoolSpec,
+    limits: &EffectiveLimits,
+    obs: &Observation,
+    now: Timestamp,
+    need: u32,
+    up: Fleet,
+    due: &mut Due,
+) -> (u32, Option<(u32, Limit)>) {
+    let recent = (obs
+        .recent_launches
+        .iter()
+        .filter(|t| elapsed(**t, now) < RATE_WINDOW)
+        .count() as u32)
+        .max(up.launched_in_window);
+    let mut caps = vec![
+        (limits.max.saturating_sub(up.active), Limit::Max),
+        (
+            spec.max_booting.saturating_sub(up.booting),
+            Limit::MaxBooting,
+        ),
+    ];
+    if spec.launches_per_minute > 0 {
+        caps.push((
+            spec.launches_per_minute.saturating_sub(recent),
+            Limit::LaunchRate,
+        ));
+    }
+    let mut launch = need;
+    let mut held_back = None;
+    for (room, limit) in caps {
+        if room < launch {
+            launch = room;
+            held_back = Some((need - room, limit));
+        }
+    }
+    if let Some((_, Limit::LaunchRate)) = held_back
+        && let Some(t) = obs
+            .recent_launches
+            .iter()
+            .copied()
+            .chain(obs.instances.iter().map(|i| i.launched_at))
+            .filter(|t| elapsed(*t, now) < RATE_WINDOW)
+            .min()
+    {
+        due.at(t, RATE_WINDOW);
+    }
+    (launch, held_back)
 }
 
 struct IdleInstance<'a> {

@@ -520,3 +520,164 @@ fn registered_but_not_yet_connected_runners_count_as_booting() {
     };
     assert_eq!(launches(&plan(&spec, &obs, t0())), 1);
 }
+
+// Pools whose runners cannot be attributed to instances (`runners_unattributed`).
+
+/// An instance of an unattributed pool: it names its runner itself, so it lists none.
+fn anonymous(id: &str, age: i64) -> Instance {
+    Instance {
+        id: InstanceId::new(id),
+        state: InstanceState::Running,
+        launched_at: t0() - secs(age),
+        template_hash: "t1".into(),
+        runner_names: Vec::new(),
+    }
+}
+
+fn working(waiting: usize, running: u32) -> Demand {
+    Demand {
+        running,
+        ..jobs(waiting)
+    }
+}
+
+#[test]
+fn seed_named_runner_never_seen_under_an_expected_name_keeps_its_busy_instance() {
+    // Regression: CircleCI's simple-Lambda example names its runner `$RUNNER_NAME-<time>`;
+    // its instance, long past boot_timeout, runs the pool's one task.
+    let spec = PoolSpec::test("p").unattributed(true);
+    let obs = Observation {
+        demand: working(0, 1),
+        runners: vec![runner("lambda-241207-120301-123", RunnerState::Busy)],
+        instances: vec![anonymous("i-busy", 600)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert!(p.is_empty(), "{p:?}");
+    assert_eq!(p.desired_instances, 1);
+    // A fixed name shared by every instance, listed idle: still nothing goes while a job runs.
+    let obs = Observation {
+        demand: working(0, 1),
+        runners: vec![runner("lambda", RunnerState::Idle)],
+        instances: vec![anonymous("i-a", 600), anonymous("i-b", 900)],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0() + secs(3600));
+    assert!(p.is_empty(), "{p:?}");
+}
+
+#[test]
+fn unattributed_pools_launch_to_the_seed_formula() {
+    // The Lambda: desired = min(unclaimed + running, max), running tasks on the group.
+    let two_busy = Observation {
+        demand: working(3, 2),
+        instances: vec![anonymous("i-a", 600), anonymous("i-b", 600)],
+        ..Default::default()
+    };
+    let p = plan(
+        &PoolSpec::test("p").unattributed(true).max(4),
+        &two_busy,
+        t0(),
+    );
+    assert_eq!((launches(&p), p.desired_instances), (2, 4));
+    assert_eq!(p.held_back, Some((1, Limit::Max)));
+    let p = plan(
+        &PoolSpec::test("p").unattributed(true).max(10),
+        &two_busy,
+        t0(),
+    );
+    assert_eq!((launches(&p), p.desired_instances), (3, 5));
+    // Idle instances waiting to end by themselves are capacity; the target is below them.
+    let idle = Observation {
+        demand: working(1, 0),
+        instances: vec![anonymous("i-a", 600), anonymous("i-b", 600)],
+        ..Default::default()
+    };
+    let p = plan(&PoolSpec::test("p").unattributed(true), &idle, t0());
+    assert!(p.is_empty(), "{p:?}");
+    assert_eq!(p.desired_instances, 1);
+}
+
+#[test]
+fn unattributed_pools_retire_only_when_quiet_and_idle_long_enough() {
+    let spec = PoolSpec::test("p")
+        .unattributed(true)
+        .min_idle(1)
+        .idle_timeout(Duration::from_secs(60));
+    let mut last = runner("lambda", RunnerState::Idle);
+    last.last_busy = Some(t0() - secs(30));
+    let fleet = vec![
+        anonymous("i-new", 100),
+        anonymous("i-old", 300),
+        anonymous("i-mid", 200),
+    ];
+    // A waiting job: an idle runner may be about to take it, so nothing goes.
+    let busy = Observation {
+        demand: working(1, 0),
+        runners: vec![last.clone()],
+        instances: fleet.clone(),
+        ..Default::default()
+    };
+    assert!(plan(&spec, &busy, t0() + secs(3600)).is_empty());
+    // Quiet, but a job ended 30 s ago on some instance: come back when it is 60 s.
+    let quiet = Observation {
+        runners: vec![last],
+        instances: fleet,
+        ..Default::default()
+    };
+    let p = plan(&spec, &quiet, t0());
+    assert!(p.is_empty(), "{p:?}");
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(30)));
+    // Then the surplus above min_idle goes, oldest first.
+    let p = plan(&spec, &quiet, t0() + secs(30));
+    assert_eq!(
+        terminated(&p),
+        [
+            ("i-old".to_owned(), Reason::IdleTimeout),
+            ("i-mid".to_owned(), Reason::IdleTimeout)
+        ]
+    );
+    assert!(p.actions.iter().all(|a| match &a.action {
+        Action::Terminate { runners, .. } => runners.is_empty(),
+        _ => false,
+    }));
+    // A stale view never retires anything.
+    let stale = Observation {
+        stale: true,
+        ..quiet
+    };
+    assert!(plan(&spec, &stale, t0() + secs(3600)).is_empty());
+}
+
+#[test]
+fn unattributed_old_templates_wait_for_quiet_and_runners_are_never_deregistered() {
+    let spec = PoolSpec::test("p").unattributed(true);
+    let mut old = anonymous("i-old", 10);
+    old.template_hash = "t0".into();
+    let running = Observation {
+        demand: working(0, 1),
+        runners: vec![
+            runner("lambda-1", RunnerState::Busy),
+            runner("lambda-2", RunnerState::Idle),
+        ],
+        instances: vec![old.clone()],
+        ..Default::default()
+    };
+    assert!(plan(&spec, &running, t0()).is_empty());
+    let quiet = Observation {
+        runners: vec![runner("lambda-2", RunnerState::Idle)],
+        instances: vec![old],
+        ..Default::default()
+    };
+    let p = plan(&spec, &quiet, t0());
+    assert_eq!(
+        terminated(&p),
+        [("i-old".to_owned(), Reason::TemplateChanged)]
+    );
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a.action, Action::Deregister { .. })),
+        "{p:?}"
+    );
+}

@@ -176,16 +176,30 @@ impl PoolRuntime {
             status.last_observation = Some(ObservationSummary::of(&obs, now));
             status.last_plan = Some(plan.clone());
         }
-        if plan.is_empty() {
+        let result = if plan.is_empty() {
             debug!(pool = %pool, "nothing to do");
-            return Ok(plan);
+            Ok(())
+        } else {
+            self.act(ctx, &plan).await
+        };
+        if !ctx.dry_run && !obs.stale {
+            self.lower_target(plan.desired_instances).await;
         }
-        let result = self.act(ctx, &plan).await;
         result.map(|()| plan)
     }
 
+    /// Tells the backend how many instances the pool wants, so a cloud that replaces instances
+    /// that end may stop doing so. A failure is logged, never fails the pass.
+    async fn lower_target(&self, wanted: u32) {
+        if let Err(e) = self.backend.lower_target(&self.spec.name, wanted).await {
+            warn!(pool = %self.spec.name, wanted, error = %e, "cannot lower the backend's target size");
+        }
+    }
+
     /// Tells the backend which instances host a busy runner (it may shield them from
-    /// disruption). A failure is logged, never fails the pass: the next pass tries again.
+    /// disruption). A failure is logged, never fails the pass: the next pass tries again. When
+    /// runners cannot be attributed to instances, every instance may host a running job while
+    /// one runs: all are named.
     async fn mark_busy(&self, obs: &Observation) {
         let busy_names: HashSet<&str> = obs
             .runners
@@ -193,14 +207,16 @@ impl PoolRuntime {
             .filter(|r| r.state == RunnerState::Busy)
             .map(|r| r.name.as_str())
             .collect();
+        let any_may_be_busy = self.spec.runners_unattributed && obs.demand.running > 0;
         let busy: Vec<InstanceId> = obs
             .instances
             .iter()
             .filter(|i| i.state != InstanceState::Stopping)
             .filter(|i| {
-                i.runner_names
-                    .iter()
-                    .any(|n| busy_names.contains(n.as_str()))
+                any_may_be_busy
+                    || i.runner_names
+                        .iter()
+                        .any(|n| busy_names.contains(n.as_str()))
             })
             .map(|i| i.id.clone())
             .collect();
@@ -439,6 +455,17 @@ impl PoolRuntime {
                 Err(e) => Err(e),
             },
             Action::Terminate { instance, runners } => {
+                // Runners that cannot be attributed: no job may wait or run, read afresh.
+                if self.spec.runners_unattributed {
+                    match self.provider.confirm_quiet(pool).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::Busy => {
+                            info!(pool = %pool, instance = %instance, error = %e, "the pool is not quiet; instance kept");
+                            return Ok(Outcome::KeptBusy);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 // The CI system must confirm every runner gone before the instance goes.
                 for runner in runners {
                     match self.provider.remove(pool, runner).await {

@@ -48,6 +48,7 @@ impl PoolSpec {
             runners_per_instance: 1,
             ephemeral: true,
             template_hash: "t1".to_owned(),
+            runners_unattributed: false,
         }
     }
     /// Sets `max` (and `max_booting` if it was larger).
@@ -89,6 +90,11 @@ impl PoolSpec {
     /// Sets `runners_per_instance`.
     pub fn slots(mut self, n: u32) -> Self {
         self.runners_per_instance = n;
+        self
+    }
+    /// Sets `runners_unattributed`.
+    pub fn unattributed(mut self, u: bool) -> Self {
+        self.runners_unattributed = u;
         self
     }
 }

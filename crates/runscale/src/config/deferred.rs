@@ -83,6 +83,10 @@ impl Backend for Deferred {
         self.get().await?.mark_busy(pool, busy).await
     }
 
+    async fn lower_target(&self, pool: &PoolId, wanted: u32) -> Result<()> {
+        self.get().await?.lower_target(pool, wanted).await
+    }
+
     fn take_events(&self) -> Vec<BackendEvent> {
         self.built
             .get()

@@ -438,6 +438,8 @@ fn check_pool(
         runners_per_instance: pool.runners_per_instance,
         ephemeral: pool.ephemeral,
         template_hash: combined_template_hash(&template.backend_hash(), pool.runners_per_instance),
+        // No backend names runners it cannot attribute yet.
+        runners_unattributed: false,
     };
     Some(ValidPool {
         spec,
