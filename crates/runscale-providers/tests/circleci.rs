@@ -352,6 +352,41 @@ async fn a_silent_runner_is_kept_while_more_tasks_run_than_runners_are_connected
     assert_eq!(e.kind(), ErrorKind::Busy);
 }
 
+/// For runners the instances name themselves: quiet only with no unclaimed and no running
+/// task of the class (another class's tasks do not count); a failed read is no proof.
+#[tokio::test]
+async fn quiet_is_confirmed_only_with_nothing_unclaimed_or_running_in_the_class() {
+    let s = Setup::new(None).await;
+    let p = s.provider();
+    p.confirm_quiet(&linux()).await.expect("nothing at all");
+    s.emu
+        .submit(vec![TaskSpec::new(ARM, Duration::from_secs(60))]);
+    p.confirm_quiet(&linux())
+        .await
+        .expect("another class's task");
+    s.emu
+        .submit(vec![TaskSpec::new(LINUX, Duration::from_millis(300))]);
+    let e = p.confirm_quiet(&linux()).await.expect_err("unclaimed");
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    assert!(e.to_string().contains("1 unclaimed and 0 running"), "{e}");
+    let stop = CancellationToken::new();
+    let a = start_registered(&p, &linux(), "lambda-1", AgentMode::SingleTask, &stop).await;
+    wait_for("a claim", || {
+        s.emu.snapshot().count(TaskStatus::Running) == 1
+    })
+    .await;
+    let e = p.confirm_quiet(&linux()).await.expect_err("running");
+    assert!(e.to_string().contains("0 unclaimed and 1 running"), "{e}");
+    a.await.expect("join").expect("runner");
+    p.confirm_quiet(&linux()).await.expect("done");
+    s.emu.set_faults(Faults {
+        fail_next: 1,
+        ..Faults::default()
+    });
+    let e = p.confirm_quiet(&linux()).await.expect_err("a failed read");
+    assert_ne!(e.kind(), ErrorKind::Busy);
+}
+
 type Views = std::collections::HashMap<PoolId, runscale_core::Result<ProviderView>>;
 
 fn waiting(views: &Views, pool: &PoolId) -> usize {

@@ -30,6 +30,12 @@
 //!   instance (no runner past `boot_timeout`, or runner offline). The cost: an idle runner
 //!   lives until its own idle timeout, and a crashed runner's instance until
 //!   `disconnect_grace` has passed.
+//! - **Runners the instances name themselves** (CircleCI's simple-Lambda example:
+//!   `$RUNNER_NAME-<time>` or one fixed name; a pool whose backend cannot attribute runners,
+//!   such as aws-asg's `runner_name: unknown`): no runner can be tied to an instance, so
+//!   runscale retires an instance only when the class has no unclaimed and no running task.
+//!   `confirm_quiet` checks that right before each termination with two reads in order,
+//!   unclaimed then running, so a task claimed between them shows as running.
 //! - **Webhooks**: `job-completed` and `workflow-completed` with `circleci-signature:
 //!   v1=<hex HMAC-SHA256>` verified in constant time before parsing, bodies over 1 MiB
 //!   refused, duplicates (by event id) ignored; they wake the pools of the event's project

@@ -375,6 +375,27 @@ impl Provider for CircleciProvider {
         Ok(())
     }
 
+    /// Unclaimed tasks first, then running ones, one after the other: a task claimed between
+    /// the two reads shows as running in the second, so no claim slips through.
+    async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
+        let op = "circleci.confirm_quiet";
+        let pool = self.pool(op, pool)?;
+        let class = pool.resource_class.as_str();
+        let unclaimed = self.client.unclaimed(op, class).await?;
+        let running = self.client.running(op, class).await?;
+        if unclaimed > 0 || running > 0 {
+            return Err(Error::new(
+                op,
+                ErrorKind::Busy,
+                format!(
+                    "{class} has {unclaimed} unclaimed and {running} running tasks; any of its \
+                     runners may hold or take one"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
         let op = "circleci.webhook";
         let Some(secret) = &self.webhook_secret else {
