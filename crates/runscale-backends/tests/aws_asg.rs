@@ -192,6 +192,7 @@ async fn groups_are_found_by_tag_across_pages() {
                     resource_class: Some("acme/large".to_owned()),
                     pool_tag: false,
                     runner_name: RunnerName::Runscale,
+                    max_size: None,
                 },
             ),
             (
@@ -201,6 +202,7 @@ async fn groups_are_found_by_tag_across_pages() {
                     resource_class: None,
                     pool_tag: true,
                     runner_name: RunnerName::Runscale,
+                    max_size: None,
                 },
             ),
         ],
@@ -240,6 +242,7 @@ async fn groups_are_found_by_tag_across_pages() {
             resource_class: None,
             pool_tag: true,
             runner_name: RunnerName::Runscale,
+            max_size: None,
         };
         let be = backend(moto.url(), config(), &[(pool, tagged)]).await;
         let e = be
@@ -303,6 +306,111 @@ async fn max_size_caps_launches() {
         aws.check_group("cap-group").await;
     }
     assert!(aws.parameters("/runscale/cap").await.is_empty());
+}
+
+/// `runner_name: unknown` with `max_size`, on the group CircleCI's simple-Lambda README creates
+/// (0/0/0): limits set before the first launch, members protected and handed nothing, the
+/// desired capacity lowered below the members (never removing one) and launches counted from
+/// the members, terminations that never push the desired capacity below the members' need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_named_by_the_instances_keep_the_seed_group_sized_and_protected() {
+    let Some(moto) = moto().await else { return };
+    const GROUP: &str = "seed-group";
+    let aws = Inspect::new(moto.url()).await;
+    aws.create_group(GROUP, 0, &[]).await;
+    let template = PoolTemplate {
+        runner_name: RunnerName::Unknown,
+        max_size: Some(3),
+        ..PoolTemplate::group(GROUP)
+    };
+    let be = backend(moto.url(), config(), &[("seed", template)]).await;
+    let pool = PoolId::new("seed");
+    let report = be.probe().await.expect("probe");
+    for wanted in [
+        "MaxSize 0 -> 3",
+        "needs autoscaling:UpdateAutoScalingGroup",
+        "runners named by the instances",
+    ] {
+        assert!(report.contains(wanted), "{wanted:?} missing: {report}");
+    }
+    let sizes = |g: &aws_sdk_autoscaling::types::AutoScalingGroup| {
+        (
+            g.min_size().unwrap_or(-1),
+            g.desired_capacity().unwrap_or(-1),
+            g.max_size().unwrap_or(-1),
+        )
+    };
+
+    let a = be
+        .launch(request("seed", "rs-seed-aaaaaaaaaa"))
+        .await
+        .expect("launch");
+    let b = be
+        .launch(request("seed", "rs-seed-bbbbbbbbbb"))
+        .await
+        .expect("launch");
+    assert_eq!(sizes(&aws.group(GROUP).await), (0, 2, 3));
+    assert!(a.runner_names.is_empty() && b.runner_names.is_empty());
+    let live = aws.live(GROUP).await;
+    assert_eq!(live.len(), 2);
+    assert!(live.values().all(|p| *p), "{live:?}");
+    let params = aws.parameters("/runscale/seed").await;
+    assert_eq!(params.len(), 2, "{params:?}");
+    assert!(params.iter().all(|p| p.contains("/binding/")), "{params:?}");
+    let listed = be
+        .instances(std::slice::from_ref(&pool))
+        .await
+        .expect("list");
+    assert_eq!(listed[&pool].len(), 2);
+    assert!(listed[&pool].iter().all(|i| i.runner_names.is_empty()));
+
+    // Someone lifts a member's protection: it is protected again before the desired capacity
+    // goes below the members, so AWS removes neither.
+    aws.asg
+        .set_instance_protection()
+        .auto_scaling_group_name(GROUP)
+        .instance_ids(a.id.as_str())
+        .protected_from_scale_in(false)
+        .send()
+        .await
+        .expect("unprotect");
+    be.lower_target(&pool, 0).await.expect("lower");
+    assert_eq!(sizes(&aws.group(GROUP).await), (0, 0, 3));
+    let live = aws.live(GROUP).await;
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(live.values().all(|p| *p), "{live:?}");
+    // Never raised by lowering.
+    be.lower_target(&pool, 2).await.expect("lower");
+    assert_eq!(sizes(&aws.group(GROUP).await), (0, 0, 3));
+
+    // A launch counts from the members, not from the lowered desired capacity.
+    let c = be
+        .launch(request("seed", "rs-seed-cccccccccc"))
+        .await
+        .expect("launch");
+    assert_eq!(sizes(&aws.group(GROUP).await), (0, 3, 3));
+    assert_eq!(aws.live(GROUP).await.len(), 3);
+    let e = be
+        .launch(request("seed", "rs-seed-dddddddddd"))
+        .await
+        .expect_err("at MaxSize");
+    assert_eq!(e.kind(), ErrorKind::InsufficientCapacity);
+
+    // With the desired capacity below the members, a termination does not decrement it.
+    be.lower_target(&pool, 1).await.expect("lower");
+    be.terminate(&pool, &a.id).await.expect("terminate");
+    assert_eq!(sizes(&aws.group(GROUP).await), (0, 1, 3));
+    be.terminate(&pool, &b.id).await.expect("terminate");
+    assert_eq!(sizes(&aws.group(GROUP).await), (0, 1, 3));
+    assert_eq!(aws.live(GROUP).await.len(), 1, "not replaced");
+    // At the members' count it does (else AWS would replace it).
+    be.terminate(&pool, &c.id).await.expect("terminate");
+    assert_eq!(sizes(&aws.group(GROUP).await), (0, 0, 3));
+    assert!(aws.live(GROUP).await.is_empty());
+    be.instances(std::slice::from_ref(&pool))
+        .await
+        .expect("list");
+    assert!(aws.parameters("/runscale/seed").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

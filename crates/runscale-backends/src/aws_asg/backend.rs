@@ -50,6 +50,8 @@ struct Known {
 struct PoolState {
     selector: GroupSelector,
     runner_name: RunnerName,
+    /// The group's `MaxSize` to keep (with `MinSize` 0), if the template asks for it.
+    max_size: Option<i32>,
     /// The template's hash, given to members adopted in `instance-id` mode.
     template_hash: String,
     /// The resolved group name.
@@ -93,6 +95,19 @@ fn is_leaving(i: &GroupInstance) -> bool {
     state_of(&i.lifecycle).is_none_or(|s| s == InstanceState::Stopping)
 }
 
+/// Members that are not leaving.
+fn live_members(group: &Group) -> i32 {
+    let live = group.instances.iter().filter(|i| !is_leaving(i)).count();
+    i32::try_from(live).unwrap_or(i32::MAX)
+}
+
+/// The `(MinSize, MaxSize)` the template's `max_size` asks of `group`, if they differ from its
+/// own: MinSize 0, and MaxSize never below the desired capacity (AWS would lower that too).
+fn wanted_limits(max_size: Option<i32>, group: &Group) -> Option<(i32, i32)> {
+    let max = max_size?.max(group.desired);
+    (group.min != 0 || group.max != max).then_some((0, max))
+}
+
 impl AwsAsg {
     /// Builds the backend from an SDK configuration (region, credentials, endpoint already
     /// set); no AWS call is made. The settings and templates are validated first.
@@ -110,6 +125,9 @@ impl AwsAsg {
                 Ok(PoolState {
                     selector: template.selector(pool.as_str())?,
                     runner_name: template.runner_name,
+                    max_size: template
+                        .max_size
+                        .map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
                     // One runner per instance (checked by the binary's configuration).
                     template_hash: runscale_core::template_hash(&template.hash(), 1),
                     group: Mutex::new(None),
@@ -324,6 +342,25 @@ impl AwsAsg {
         Ok(())
     }
 
+    /// With the template's `max_size`: sets the group's `MinSize` to 0 and `MaxSize` to it if
+    /// they differ (as CircleCI's simple-Lambda example does on every run); `group` follows.
+    async fn keep_limits(
+        &self,
+        op: &'static str,
+        pool: &PoolId,
+        state: &PoolState,
+        group: &mut Group,
+    ) -> Result<()> {
+        let Some((min, max)) = wanted_limits(state.max_size, group) else {
+            return Ok(());
+        };
+        self.aws.update_limits(op, &group.name, min, max).await?;
+        info!(pool = %pool, group = %group.name, min_size = min, max_size = max, was_min_size = group.min, was_max_size = group.max, "group size limits set");
+        group.min = min;
+        group.max = max;
+        Ok(())
+    }
+
     async fn delete_parameters(&self, op: &'static str, pool: &PoolId, id: &str) -> Result<()> {
         self.aws
             .ssm
@@ -400,15 +437,22 @@ impl AwsAsg {
                     state: st,
                     launched_at: b.launched_at,
                     template_hash: b.template_hash.clone(),
-                    runner_names: b.runner_names.clone(),
+                    // Runners the instances name themselves are nobody's to claim.
+                    runner_names: if state.runner_name == RunnerName::Unknown {
+                        Vec::new()
+                    } else {
+                        b.runner_names.clone()
+                    },
                 },
                 None => {
                     let seen = *k.first_seen.entry(i.id.clone()).or_insert(now);
                     // With runners named by instance id, a member without a binding (there
-                    // before runscale) hosts the runner named by its id; otherwise it is
-                    // nobody's (a replacement the group launched by itself).
+                    // before runscale) hosts the runner named by its id; with runners the
+                    // instances name themselves, it hosts one runscale cannot name; otherwise
+                    // it is nobody's (a replacement the group launched by itself).
                     let (template_hash, runner_names) = match state.runner_name {
                         RunnerName::InstanceId => (state.template_hash.clone(), vec![i.id.clone()]),
+                        RunnerName::Unknown => (state.template_hash.clone(), Vec::new()),
                         RunnerName::Runscale => (String::new(), Vec::new()),
                     };
                     Instance {
@@ -515,8 +559,11 @@ impl Backend for AwsAsg {
             ));
         };
         let _guard = state.act.lock().await;
-        let group = self.describe(OP, pool, state).await?;
-        if group.desired >= group.max {
+        let mut group = self.describe(OP, pool, state).await?;
+        self.keep_limits(OP, pool, state, &mut group).await?;
+        // A desired capacity lowered below the members (`lower_target`) would launch nothing.
+        let base = group.desired.max(live_members(&group));
+        if base >= group.max {
             warn!(pool = %pool, group = %group.name, desired = group.desired, max_size = group.max, "the group is at its MaxSize; not launching");
             return Err(Error::new(
                 OP,
@@ -528,7 +575,7 @@ impl Backend for AwsAsg {
             ));
         }
         let before: HashSet<String> = group.instances.iter().map(|i| i.id.clone()).collect();
-        let desired = group.desired + 1;
+        let desired = base + 1;
         self.aws.set_desired(OP, &group.name, desired).await?;
         let (group_name, id) = self.wait_for_new(pool, state, &before, desired).await?;
         let now = chrono::Utc::now();
@@ -537,11 +584,12 @@ impl Backend for AwsAsg {
             .set_protection(OP, &group_name, std::slice::from_ref(&id), true)
             .await?;
         let runner_name = match state.runner_name {
-            RunnerName::Runscale => registration.runner_name.clone(),
-            RunnerName::InstanceId => id.clone(),
+            RunnerName::Runscale => Some(registration.runner_name.clone()),
+            RunnerName::InstanceId => Some(id.clone()),
+            RunnerName::Unknown => None,
         };
         let binding = Binding {
-            runner_names: vec![runner_name.clone()],
+            runner_names: runner_name.iter().cloned().collect(),
             template_hash: request.template_hash.clone(),
             launched_at: now,
         };
@@ -555,6 +603,18 @@ impl Backend for AwsAsg {
         lock(&state.known)
             .bindings
             .insert(id.clone(), binding.clone());
+        let Some(runner_name) = runner_name else {
+            // The launch template starts and names the runner: no credentials to hand over.
+            lock(&state.known).credentials_gone.insert(id.clone());
+            info!(pool = %pool, group = %group_name, instance = %id, desired, "instance claimed (its runner is named by the instance)");
+            return Ok(Instance {
+                id: InstanceId::new(id),
+                state: InstanceState::Booting,
+                launched_at: now,
+                template_hash: binding.template_hash,
+                runner_names: Vec::new(),
+            });
+        };
         let renamed;
         let registration = if runner_name == registration.runner_name {
             registration
@@ -589,11 +649,20 @@ impl Backend for AwsAsg {
                 if g == group
                     && state_of(&lifecycle).is_some_and(|s| s != InstanceState::Stopping) =>
             {
+                // The desired capacity is decremented so AWS does not replace the instance,
+                // unless `lower_target` already put it below the members (and so it would not).
+                let decrement = match state.runner_name {
+                    RunnerName::Unknown => {
+                        let g = self.describe(OP, pool, state).await?;
+                        g.desired > g.min && g.desired >= live_members(&g)
+                    }
+                    RunnerName::Runscale | RunnerName::InstanceId => true,
+                };
                 self.aws
                     .set_protection(OP, &group, &[id.to_owned()], false)
                     .await?;
-                self.aws.terminate(OP, &group, id).await?;
-                info!(pool = %pool, group = %group, instance = %id, "instance terminated (desired capacity decremented)");
+                self.aws.terminate(OP, &group, id, decrement).await?;
+                info!(pool = %pool, group = %group, instance = %id, decrement, "instance terminated");
             }
             Some((g, _)) if g != group => {
                 warn!(pool = %pool, instance = %id, group = %g, "instance belongs to another group; left alone");
@@ -618,9 +687,13 @@ impl Backend for AwsAsg {
                 .filter(|i| k.protected.get(i.as_str()) == Some(&false))
                 .map(|i| i.to_string())
                 .collect();
+            // Runners the instances name themselves had no credentials parameter.
             let creds = busy
                 .iter()
-                .filter(|i| !k.credentials_gone.contains(i.as_str()))
+                .filter(|i| {
+                    state.runner_name != RunnerName::Unknown
+                        && !k.credentials_gone.contains(i.as_str())
+                })
                 .map(|i| i.to_string())
                 .collect();
             (unprotected, creds)
@@ -647,19 +720,76 @@ impl Backend for AwsAsg {
         Ok(())
     }
 
+    async fn lower_target(&self, pool: &PoolId, wanted: u32) -> Result<()> {
+        const OP: &str = "aws_asg.lower_target";
+        let Some(state) = self.pools.get(pool) else {
+            return Ok(());
+        };
+        let unknown = state.runner_name == RunnerName::Unknown;
+        if !unknown && state.max_size.is_none() {
+            return Ok(());
+        }
+        let _guard = state.act.lock().await;
+        let mut group = self.describe(OP, pool, state).await?;
+        self.keep_limits(OP, pool, state, &mut group).await?;
+        // Only where runners name themselves do instances end by themselves: elsewhere
+        // runscale terminates them with the desired capacity decremented.
+        if !unknown {
+            return Ok(());
+        }
+        let wanted = i32::try_from(wanted).unwrap_or(i32::MAX).max(group.min);
+        if group.desired <= wanted {
+            return Ok(());
+        }
+        // AWS removes unprotected members above the desired capacity: none may be.
+        let unprotected: Vec<String> = group
+            .instances
+            .iter()
+            .filter(|i| !is_leaving(i) && !i.protected)
+            .map(|i| i.id.clone())
+            .collect();
+        if !unprotected.is_empty() {
+            info!(pool = %pool, group = %group.name, instances = ?unprotected, "protecting members from scale-in before lowering the desired capacity");
+            self.aws
+                .set_protection(OP, &group.name, &unprotected, true)
+                .await?;
+            let mut k = lock(&state.known);
+            for id in &unprotected {
+                k.protected.insert(id.clone(), true);
+            }
+        }
+        self.aws.set_desired(OP, &group.name, wanted).await?;
+        info!(pool = %pool, group = %group.name, from = group.desired, to = wanted, members = live_members(&group), "desired capacity lowered: members that end by themselves are not replaced");
+        Ok(())
+    }
+
     async fn probe(&self) -> Result<String> {
         const OP: &str = "aws_asg.probe";
         let mut report = ProbeReport::default();
         let mut seen = Vec::new();
+        let mut changes = Vec::new();
         let mut pools: Vec<(&PoolId, &PoolState)> = self.pools.iter().collect();
         pools.sort_by(|a, b| a.0.cmp(b.0));
         for (pool, state) in pools {
             match self.describe(OP, pool, state).await {
                 Ok(g) => {
-                    if g.min != 0 {
+                    if let Some((min, max)) = wanted_limits(state.max_size, &g) {
+                        changes.push(format!(
+                            "group {} MinSize {} -> {min} and MaxSize {} -> {max} (needs {})",
+                            g.name,
+                            g.min,
+                            g.max,
+                            action::UPDATE_GROUP
+                        ));
+                    } else if g.min != 0 {
                         report.problem(format!(
                             "pool {pool}: group {} has MinSize {}; runscale needs MinSize 0 to scale in",
                             g.name, g.min
+                        ));
+                    } else if g.max == 0 {
+                        report.problem(format!(
+                            "pool {pool}: group {} has MaxSize 0; runscale cannot launch (raise MaxSize, or set the template's max_size)",
+                            g.name
                         ));
                     }
                     // Harmless permission checks: the instance id never exists.
@@ -672,9 +802,17 @@ impl Backend for AwsAsg {
                     {
                         report.denied(action::SET_PROTECTION);
                     }
+                    let naming = if state.runner_name == RunnerName::Unknown {
+                        "; runners named by the instances: an instance is retired only while no \
+                         job waits or runs, and the desired capacity is lowered so members that \
+                         end by themselves are not replaced"
+                    } else {
+                        ""
+                    };
                     seen.push(format!(
-                        "{pool} -> {} (desired {}, max {}, {} instances)",
+                        "{pool} -> {} (min {}, desired {}, max {}, {} instances{naming})",
                         g.name,
+                        g.min,
                         g.desired,
                         g.max,
                         g.instances.len()
@@ -694,8 +832,21 @@ impl Backend for AwsAsg {
             self.aws.instance_group(OP, PROBE_INSTANCE).await,
         );
         report.finish(OP)?;
+        let updates = if changes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; size limits changed at the first pass: {}",
+                changes.join(", ")
+            )
+        };
+        let update_action = if self.pools.values().any(|p| p.max_size.is_some()) {
+            format!(", {}", action::UPDATE_GROUP)
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "aws-asg: {}; IAM checked: {}, {}, {}, {}, {}, {}; not checkable without side effects: {}, {}, {}, {}",
+            "aws-asg: {}{updates}; IAM checked: {}, {}, {}, {}, {}, {}; not checkable without side effects: {}, {}, {}, {}{update_action}",
             seen.join(", "),
             action::DESCRIBE_GROUPS,
             action::DESCRIBE_INSTANCES,

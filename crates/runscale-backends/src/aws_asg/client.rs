@@ -20,6 +20,7 @@ pub(crate) mod action {
     pub(crate) const SET_DESIRED: &str = "autoscaling:SetDesiredCapacity";
     pub(crate) const SET_PROTECTION: &str = "autoscaling:SetInstanceProtection";
     pub(crate) const TERMINATE: &str = "autoscaling:TerminateInstanceInAutoScalingGroup";
+    pub(crate) const UPDATE_GROUP: &str = "autoscaling:UpdateAutoScalingGroup";
     pub(crate) use crate::aws_common::ssm::action::{
         DELETE_PARAMETER, GET_PARAMETER, KMS_ENCRYPT, PARAMETERS_BY_PATH, PUT_PARAMETER,
     };
@@ -32,6 +33,7 @@ pub(crate) mod action {
         SET_DESIRED,
         SET_PROTECTION,
         TERMINATE,
+        UPDATE_GROUP,
     ];
 }
 
@@ -238,6 +240,33 @@ impl Aws {
         Ok(())
     }
 
+    /// Sets a group's `MinSize` and `MaxSize` (its desired capacity is not passed, so AWS
+    /// changes it only if it falls outside the new limits: callers keep `max` at or above it).
+    pub(crate) async fn update_limits(
+        &self,
+        op: &'static str,
+        group: &str,
+        min: i32,
+        max: i32,
+    ) -> Result<()> {
+        self.asg
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(group)
+            .min_size(min)
+            .max_size(max)
+            .send()
+            .await
+            .map_err(|e| {
+                aws_error(
+                    op,
+                    action::UPDATE_GROUP,
+                    format!("setting MinSize {min} and MaxSize {max} on group {group}"),
+                    &Failure::of(&e),
+                )
+            })?;
+        Ok(())
+    }
+
     /// Sets or clears scale-in protection of instances of a group.
     pub(crate) async fn set_protection(
         &self,
@@ -270,12 +299,19 @@ impl Aws {
         Ok(())
     }
 
-    /// Terminates an instance of a group, decrementing its desired capacity.
-    pub(crate) async fn terminate(&self, op: &'static str, group: &str, id: &str) -> Result<()> {
+    /// Terminates an instance of a group, decrementing its desired capacity (or not, when
+    /// the desired capacity is already below the group's size and AWS would not replace it).
+    pub(crate) async fn terminate(
+        &self,
+        op: &'static str,
+        group: &str,
+        id: &str,
+        decrement: bool,
+    ) -> Result<()> {
         self.asg
             .terminate_instance_in_auto_scaling_group()
             .instance_id(id)
-            .should_decrement_desired_capacity(true)
+            .should_decrement_desired_capacity(decrement)
             .send()
             .await
             .map_err(|e| {

@@ -126,6 +126,16 @@ pub struct PoolTemplate {
     /// sealed inside.
     #[serde(default, skip_serializing_if = "RunnerName::is_runscale")]
     pub runner_name: RunnerName,
+    /// Keep the group's `MinSize` at 0 and its `MaxSize` at this value, as CircleCI's
+    /// simple-Lambda example does on every run (`UpdateAutoScalingGroup`, only when they
+    /// differ: before a launch and after every pass; needs
+    /// `autoscaling:UpdateAutoScalingGroup`). `MaxSize` is never set below the group's desired
+    /// capacity, as AWS would then lower the desired capacity too and remove unprotected
+    /// instances. Default: the group's limits are left alone (its `MinSize` must be 0, and
+    /// nothing is launched beyond its `MaxSize`). Not part of the template hash: changing it
+    /// replaces no instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u32>,
 }
 
 /// How the runner on an Auto Scaling instance is named.
@@ -137,6 +147,15 @@ pub enum RunnerName {
     Runscale,
     /// The instance id.
     InstanceId,
+    /// Whatever the launch template's own start-up script names it (CircleCI's simple-Lambda
+    /// example: `$RUNNER_NAME-<time>`, or one fixed name): which runner runs on which
+    /// instance cannot be known. runscale writes no credentials parameter (the launch
+    /// template carries what its runner needs), lists every member with no runner, keeps them
+    /// protected from scale-in, and plans the pool from counts alone: an instance is
+    /// terminated only when no job of the pool waits or runs, and the group's desired
+    /// capacity is lowered to what the pool wants, so instances that end by themselves (a
+    /// single-task runner that shuts its machine down) are not replaced.
+    Unknown,
 }
 
 impl RunnerName {
@@ -144,6 +163,9 @@ impl RunnerName {
         *self == RunnerName::Runscale
     }
 }
+
+/// The most `max_size` can be (AWS's sizes are 32-bit signed).
+const MAX_SIZE_LIMIT: u32 = i32::MAX as u32;
 
 /// How a pool's group is found, after validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,7 +198,14 @@ impl PoolTemplate {
             resource_class: None,
             pool_tag: false,
             runner_name: RunnerName::Runscale,
+            max_size: None,
         }
+    }
+
+    /// Whether runners cannot be attributed to instances (`runner_name: unknown`): the pool
+    /// is then planned from counts alone.
+    pub fn runners_unattributed(&self) -> bool {
+        self.runner_name == RunnerName::Unknown
     }
 
     /// Checks the template of `pool` without touching the network. Errors name the field
@@ -209,6 +238,12 @@ impl PoolTemplate {
                 "must be 1 to 256 characters".to_owned(),
             ));
         }
+        if self.max_size.is_some_and(|m| m > MAX_SIZE_LIMIT) {
+            errors.push((
+                "max_size".to_owned(),
+                format!("must be at most {MAX_SIZE_LIMIT}"),
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -229,7 +264,12 @@ impl PoolTemplate {
     /// itself lives in AWS: a new launch template version is rolled out by the group's own
     /// instance refresh, not by runscale.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
+        // The group's size limits decide nothing about how an instance is started.
+        let started = PoolTemplate {
+            max_size: None,
+            ..self.clone()
+        };
+        let json = serde_json::to_vec(&started).unwrap_or_default();
         let digest = Sha256::digest(&json);
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
@@ -287,6 +327,23 @@ mod tests {
             ..PoolTemplate::group("g")
         };
         assert_ne!(by_id.hash(), before, "a new naming replaces instances");
+        let unknown = PoolTemplate {
+            runner_name: RunnerName::Unknown,
+            ..PoolTemplate::group("g")
+        };
+        assert!(unknown.runners_unattributed() && !by_id.runners_unattributed());
+        assert_ne!(unknown.hash(), by_id.hash());
+        let capped = PoolTemplate {
+            max_size: Some(4),
+            ..unknown.clone()
+        };
+        assert_eq!(capped.hash(), unknown.hash(), "size limits replace nothing");
+        assert_eq!(capped.validate("p"), Ok(()));
+        let huge = PoolTemplate {
+            max_size: Some(u32::MAX),
+            ..unknown
+        };
+        assert_eq!(huge.validate("p").expect_err("too big")[0].0, "max_size");
     }
 
     #[test]
@@ -298,6 +355,7 @@ mod tests {
             resource_class: Some("acme/large".to_owned()),
             pool_tag: false,
             runner_name: RunnerName::Runscale,
+            max_size: None,
         };
         assert_eq!(
             rc.selector("p"),
@@ -311,6 +369,7 @@ mod tests {
             resource_class: None,
             pool_tag: true,
             runner_name: RunnerName::Runscale,
+            max_size: None,
         };
         assert_eq!(
             tag.selector("linux"),
@@ -330,6 +389,7 @@ mod tests {
             resource_class: None,
             pool_tag: false,
             runner_name: RunnerName::Runscale,
+            max_size: None,
         };
         assert!(none.validate("p").is_err());
         assert!(t.validate("bad/pool").is_err());

@@ -6,8 +6,12 @@
 //! A pool's group is named in its [`PoolTemplate`], or found by tag: `resource-class` with a
 //! CircleCI resource class (circleci-runner-autoscaler's convention, but the group's name need
 //! not equal the class), or `runscale/pool` with the pool's name. Exactly one group must carry
-//! the tag (all pages of DescribeAutoScalingGroups are read). The group must have `MinSize` 0;
-//! its launch template's user data starts the runner (`deploy/aws/runner-user-data.sh`).
+//! the tag (all pages of DescribeAutoScalingGroups are read). The group must have `MinSize` 0,
+//! unless the template's `max_size` asks runscale to keep `MinSize` 0 and `MaxSize` at that
+//! value (UpdateAutoScalingGroup whenever they differ, before a launch and after every pass;
+//! `MaxSize` never below the desired capacity), as CircleCI's simple-Lambda example does on
+//! every run. Its launch template's user data starts the runner
+//! (`deploy/aws/runner-user-data.sh`).
 //!
 //! # Identity
 //!
@@ -30,11 +34,17 @@
 //!    holding the runner name, the template hash and the launch time (what the other backends
 //!    keep in tags or labels; Auto Scaling has no per-instance tags and EC2's API is not used
 //!    here) — then the **credentials** parameter.
+//!    With `runner_name: unknown` the launch template's own script starts and names the runner
+//!    (CircleCI's simple-Lambda example: `$RUNNER_NAME-<time>`, or one fixed name): the binding
+//!    names no runner and no credentials parameter is written.
 //! 3. `instances` lists the group's members with their bindings (loaded from SSM once, then
 //!    kept in memory; a member without a known binding is looked up once per listing, so an
 //!    instance claimed by another runscale is found). A member without a binding — a
 //!    replacement the group launched by itself, or a claim that failed half-way — is listed
-//!    with no runner, so the policy terminates it after `boot_timeout`. A restarted runscale
+//!    with no runner, so the policy terminates it after `boot_timeout`. With `runner_name:
+//!    unknown` every member is listed with no runner and the pool is planned from counts
+//!    alone ([`PoolTemplate::runners_unattributed`]): no instance is taken for abandoned, and
+//!    one is terminated only while no job of the pool waits or runs. A restarted runscale
 //!    rebuilds everything from the group and the bindings.
 //!
 //! # Credentials
@@ -59,6 +69,15 @@
 //! instance whose protection someone removed. The group's own scale-in (a lower desired
 //! capacity set by someone else) skips protected instances.
 //!
+//! With `runner_name: unknown` the instances also end by themselves (a single-task runner
+//! that powers its machine off; AWS then terminates the member and replaces it if the desired
+//! capacity is still above the group's size). So after every pass `lower_target` lowers the
+//! desired capacity to what the pool wants (`min(unclaimed + running, max)`, the seed's
+//! formula), after protecting every member that is not: AWS cannot remove a protected member,
+//! and the ones that end are not replaced. A launch then raises the desired capacity from the
+//! number of members, not from the lowered value; a termination decrements it only if it is
+//! not already below the members.
+//!
 //! # Errors
 //!
 //! Every call names its IAM action: an `AccessDenied` says which permission the policy lacks
@@ -67,8 +86,11 @@
 //! reported as [`RateLimited`](runscale_core::ErrorKind::RateLimited), so the pool backs off.
 //! An unknown group, a tag matching no or several groups, a `MinSize` above 0 and invalid
 //! settings are [`Misconfigured`](runscale_core::ErrorKind::Misconfigured) errors naming the
-//! group or field. `probe` (for `runscale check`) reads every pool's group and checks the
-//! permissions it can check without side effects, listing every missing one.
+//! group or field. `probe` (for `runscale check`) reads every pool's group, reports a `MinSize`
+//! above 0 or a `MaxSize` of 0 (nothing could be launched) when `max_size` does not set them,
+//! says which limits the first pass will change and that this needs
+//! `autoscaling:UpdateAutoScalingGroup`, and checks the permissions it can check without side
+//! effects, listing every missing one.
 //!
 //! Not done here: several runners per instance, warm pools, lifecycle hooks, instance
 //! refresh on a new launch template version (the group's own instance refresh does that).

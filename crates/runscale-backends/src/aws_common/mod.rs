@@ -215,17 +215,12 @@ pub(crate) fn no_region(op: &'static str) -> Error {
 
 #[cfg(test)]
 mod tests {
-    /// The IAM policy the deployment ships (`deploy/aws/iam-policy.json`) allows exactly the
-    /// actions the compiled-in backends need, and the binary's reads of configuration secrets
-    /// (checked by the binary's own test).
     /// Actions of the binary's `{aws_secrets_manager: ...}` secrets, not of a backend.
     const SECRETS: &[&str] = &["secretsmanager:GetSecretValue", "kms:Decrypt"];
 
-    #[test]
-    fn iam_policy_lists_exactly_the_calls_made() {
-        let policy: serde_json::Value =
-            serde_json::from_str(include_str!("../../../../deploy/aws/iam-policy.json"))
-                .expect("policy is JSON");
+    /// The actions a policy document allows, sorted, without the configuration secrets' ones.
+    fn allowed(text: &str) -> Vec<String> {
+        let policy: serde_json::Value = serde_json::from_str(text).expect("policy is JSON");
         let mut allowed: Vec<String> = policy["Statement"]
             .as_array()
             .expect("statements")
@@ -236,6 +231,36 @@ mod tests {
             .collect();
         allowed.sort_unstable();
         allowed.dedup();
+        allowed
+    }
+
+    /// The simple-Lambda mode's own policy (`deploy/aws/iam-policy-simple-lambda.json`):
+    /// every Auto Scaling call of the aws-asg backend and its String binding parameters (no
+    /// SecureString: the launch template starts the runner, so no kms:Encrypt), plus reading
+    /// the mode's secret.
+    #[cfg(feature = "aws-asg")]
+    #[test]
+    fn simple_lambda_policy_lists_exactly_the_calls_that_mode_makes() {
+        let text = include_str!("../../../../deploy/aws/iam-policy-simple-lambda.json");
+        let mut used: Vec<String> = super::ssm::action::ALL
+            .iter()
+            .chain(crate::aws_asg::IAM_ACTIONS)
+            .filter(|a| **a != super::ssm::action::KMS_ENCRYPT)
+            .map(|a| (*a).to_owned())
+            .collect();
+        used.sort_unstable();
+        assert_eq!(allowed(text), used);
+        for secret in SECRETS {
+            assert!(text.contains(secret), "{secret} missing");
+        }
+    }
+
+    /// The IAM policy the deployment ships (`deploy/aws/iam-policy.json`) allows exactly the
+    /// actions the compiled-in backends need, and the binary's reads of configuration secrets
+    /// (checked by the binary's own test).
+    #[test]
+    fn iam_policy_lists_exactly_the_calls_made() {
+        let allowed = allowed(include_str!("../../../../deploy/aws/iam-policy.json"));
         let mut used: Vec<String> = super::ssm::action::ALL
             .iter()
             .map(|a| (*a).to_owned())
