@@ -507,6 +507,36 @@ fn aws_asg_pools_name_their_group_and_host_one_runner_per_instance() {
 }
 
 #[test]
+fn runners_named_by_the_instances_need_circleci_and_plan_from_counts() {
+    let asg = |provider: &str| {
+        yaml("")
+            .replace(
+                "    type: github\n    org: acme\n    repositories: [app]\n    auth: {token: {env: RUNSCALE_TEST_TOKEN}}\n",
+                provider,
+            )
+            .replace(
+                "    type: local-process\n    state_dir: /tmp/runscale-config-test\n",
+                "    type: aws-asg\n    region: eu-west-1\n",
+            )
+            .replace(
+                r#"template: {command: ["/bin/true"]}"#,
+                "template: {group: ci-linux, runner_name: unknown, max_size: 4}",
+            )
+    };
+    let circle = asg("    type: circleci\n    token: {env: RUNSCALE_TEST_TOKEN}\n").replace(
+        "selector: {labels: [linux]}",
+        "selector: {resource_class: acme/linux}",
+    );
+    let v = load(&circle).expect("valid");
+    assert!(v.pools[0].spec.runners_unattributed);
+    let errors = errors_of(&asg(
+        "    type: github\n    org: acme\n    repositories: [app]\n    auth: {token: {env: RUNSCALE_TEST_TOKEN}}\n",
+    ));
+    let e = error_at(&errors, "pools[0].template.runner_name");
+    assert!(e.message.contains("needs a circleci provider"), "{e}");
+}
+
+#[test]
 fn aws_ec2_pools_name_a_launch_template_and_host_one_runner_per_instance() {
     check_one_runner_backend(
         "    type: aws-ec2\n    owner: ci-prod\n    region: eu-west-1\n",

@@ -4,12 +4,24 @@
 //! - **Simple-Lambda** (CircleCI's "Simple Runner AutoScaling in AWS" Lambda), when
 //!   `SECRET_NAME` is set: `SECRET_NAME` and `SECRET_REGION` name a Secrets Manager secret
 //!   holding a JSON object with `resource_class` and `circle_token` (or the variant's
-//!   `resource_class_` and `circle_token_`); `AUTO_SCALING_GROUP_NAME`,
-//!   `AUTO_SCALING_GROUP_REGION` and `AUTO_SCALING_MAX` name the group and the cap. One pool:
-//!   the resource class on that group. The Lambda set `desired = min(unclaimed + running,
-//!   max)`; runscale launches for unclaimed tasks beyond the capacity already there, up to the
-//!   same cap, which comes to the same desired capacity while the running tasks run on the
-//!   group — and it scales in without ever stopping a connected runner.
+//!   `resource_class_` and `circle_token_`), as `SecretString` or as base64 `SecretBinary`;
+//!   `AUTO_SCALING_GROUP_NAME`, `AUTO_SCALING_GROUP_REGION` and `AUTO_SCALING_MAX` name the
+//!   group and the cap. One pool: the resource class on that group, set up as the seed's
+//!   README sets it up (a group created at 0/0/0 with scale-in protection, a launch template
+//!   whose user data installs and starts a single-task runner named `$RUNNER_NAME-<time>` or a
+//!   fixed name, which shuts its machine down when it exits):
+//!   - like the Lambda, runscale keeps the group's `MinSize` at 0 and `MaxSize` at
+//!     `AUTO_SCALING_MAX` (aws-asg's `max_size`; `autoscaling:UpdateAutoScalingGroup`, see
+//!     `deploy/aws/iam-policy-simple-lambda.json`), and `check` says when it will change them;
+//!   - the runners are named by the instances, so runscale cannot tell which runner runs on
+//!     which instance (aws-asg's `runner_name: unknown`). It plans from the counts, as the
+//!     Lambda did: the group's desired capacity goes to `min(unclaimed + running, max)` —
+//!     raised by launching (each new instance protected from scale-in), lowered so that
+//!     instances whose runner has finished and shut them down are not replaced, never below
+//!     the members by removing one;
+//!   - it terminates an instance only when the resource class has no unclaimed and no running
+//!     task (read again right before), since any instance may hold the running one: a busy
+//!     instance is never terminated or unprotected, whatever its age.
 //! - **circleci-runner-autoscaler**, when `APP_CIRCLE_TOKEN` is set:
 //!   `APP_CIRCLE_RESOURCE_NAMESPACE` (required) filters resource classes; pools are discovered
 //!   at start-up from Auto Scaling groups tagged `resource-class: <namespace>/<name>` (every
@@ -19,10 +31,10 @@
 //!   runscale scales in, caps Kubernetes pools (`RUNSCALE_POOL_MAX`, default 20), counts pods
 //!   that are still starting, and does not need the group to be named like the class.
 //!
-//! Both: runners on Auto Scaling instances are named by their instance id (the seeds'
-//! convention), so every runner of the class is the pool's; pods are named by runscale
-//! (pod name = runner name). The runner token stays where the seed kept it (the launch
-//! template's user data, the CronJob's pod template). CircleCI is reached at
+//! In the autoscaler mode, runners on Auto Scaling instances are named by their instance id
+//! (that seed's convention) and pods by runscale (pod name = runner name); in both modes every
+//! runner of the class is the pool's. The runner token stays where the seed kept it (the
+//! launch template's user data, the CronJob's pod template). CircleCI is reached at
 //! `RUNSCALE_CIRCLECI_URL` (default `https://runner.circleci.com`, for CircleCI server or a
 //! proxy) with the v2 runner paths the seeds call; `RUNSCALE_LISTEN` sets the HTTP address.
 //!
@@ -241,7 +253,7 @@ pub fn simple_lambda(
             "backend": "asg",
             "max": max,
             "selector": {"resource_class": class, "runner_names": "any"},
-            "template": {"group": v[0], "runner_name": "instance-id"},
+            "template": {"group": v[0], "runner_name": "unknown", "max_size": max},
         }]),
     );
     super::load_value(Value::Object(top), mode.origin())
@@ -571,6 +583,41 @@ mod tests {
             e.contains("AUTO_SCALING_MAX") && e.contains("\"ten\""),
             "{e}"
         );
+    }
+
+    #[cfg(all(
+        feature = "secrets-aws",
+        feature = "provider-circleci",
+        feature = "backend-aws-asg"
+    ))]
+    #[test]
+    fn the_lambda_pool_sizes_the_group_and_plans_from_counts() {
+        use super::super::registry::TemplateSettings;
+        let config = simple_lambda(
+            &env(&[
+                ("SECRET_NAME", "s"),
+                ("SECRET_REGION", "eu-west-1"),
+                ("AUTO_SCALING_GROUP_NAME", "cci-runner-auto-scaling-group"),
+                ("AUTO_SCALING_GROUP_REGION", "eu-west-1"),
+                ("AUTO_SCALING_MAX", "7"),
+            ]),
+            "acme/lambda",
+            "circle_token",
+        )
+        .expect("valid");
+        let [pool] = config.pools.as_slice() else {
+            panic!("one pool: {:?}", config.pools);
+        };
+        assert_eq!(pool.spec.max, 7);
+        assert!(
+            pool.spec.runners_unattributed,
+            "runners are named by the instances"
+        );
+        let TemplateSettings::AwsAsg(t) = &pool.template else {
+            panic!("an aws-asg template: {:?}", pool.template);
+        };
+        assert_eq!(t.group.as_deref(), Some("cci-runner-auto-scaling-group"));
+        assert_eq!(t.max_size, Some(7), "MaxSize follows AUTO_SCALING_MAX");
     }
 
     #[test]

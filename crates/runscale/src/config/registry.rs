@@ -551,6 +551,17 @@ fn one_runner_per_instance(
 }
 
 impl TemplateSettings {
+    /// Whether the instances name their runners themselves, so runners cannot be attributed
+    /// to instances (aws-asg's `runner_name: unknown`).
+    pub fn runners_unattributed(&self) -> bool {
+        match *self {
+            #[cfg(feature = "backend-aws-asg")]
+            TemplateSettings::AwsAsg(ref t) => t.runners_unattributed(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
     /// The backend's hash of the template (what decides how an instance is started).
     pub fn backend_hash(&self) -> String {
         match *self {

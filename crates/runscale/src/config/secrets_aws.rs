@@ -13,7 +13,9 @@
 //!    [`fetch_secrets`](super::fetch_secrets)) reads each secret once with `GetSecretValue`,
 //!    through the standard AWS credential chain and region (`AWS_REGION`, profiles, instance
 //!    roles; `AWS_ENDPOINT_URL` is honoured), picks the JSON key when one is given, and records
-//!    the value or why it could not be had with [`runscale_core::secret::preload`].
+//!    the value or why it could not be had with [`runscale_core::secret::preload`]. A secret
+//!    stored as `SecretBinary` is read as text: base64-decoded when it is base64 (as CircleCI's
+//!    simple-Lambda example reads it), else its own UTF-8 bytes.
 //! 3. The adapters' `resolve()` while building reads the recorded outcome: a missing secret, a
 //!    denied access or a missing key fails the adapter that uses it, with its field path and
 //!    the secret's name (never its value), like an unset `{env: NAME}`.
@@ -239,9 +241,28 @@ mod fetching {
             Ok(Err(e)) => return Err(explain(e)),
             Ok(Ok(out)) => out,
         };
-        match out.secret_string() {
+        match (out.secret_string(), out.secret_binary()) {
+            (Some(text), _) => Ok(SecretString::from(text)),
+            (None, Some(blob)) => binary_text(blob.as_ref()),
+            (None, None) => Err("has neither a SecretString nor a SecretBinary".to_owned()),
+        }
+    }
+
+    /// The text of a `SecretBinary`: base64-decoded when it is base64 text (as CircleCI's
+    /// simple-Lambda example decodes it, following AWS's sample code), else its own bytes; it
+    /// must be UTF-8. Messages never quote it.
+    pub(super) fn binary_text(bytes: &[u8]) -> Fetched {
+        use base64::Engine as _;
+        let trimmed = bytes.trim_ascii();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(trimmed)
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok());
+        match decoded {
             Some(text) => Ok(SecretString::from(text)),
-            None => Err("has no SecretString (binary secrets are not supported)".to_owned()),
+            None => String::from_utf8(bytes.to_vec())
+                .map(SecretString::from)
+                .map_err(|_| "has a SecretBinary that is neither base64 nor UTF-8 text".to_owned()),
         }
     }
 
@@ -317,6 +338,23 @@ mod fetching {
 
         fn pick_str(text: &str, key: Option<&str>) -> Result<String, String> {
             pick(&SecretString::from(text), key).map(|v| v.expose_secret().to_owned())
+        }
+
+        #[test]
+        fn binary_secrets_are_read_as_base64_text_or_as_their_own_text() {
+            let text = |b: &[u8]| binary_text(b).map(|v| v.expose_secret().to_owned());
+            // base64 of {"resource_class": "acme/l", "circle_token": "x"}, as the Lambda reads it.
+            let encoded = b"eyJyZXNvdXJjZV9jbGFzcyI6ICJhY21lL2wiLCAiY2lyY2xlX3Rva2VuIjogIngifQ==\n";
+            assert_eq!(
+                text(encoded).as_deref(),
+                Ok(r#"{"resource_class": "acme/l", "circle_token": "x"}"#)
+            );
+            assert_eq!(text(JSON.as_bytes()).as_deref(), Ok(JSON));
+            let e = text(&[0xff, 0xfe, b's', b'e', b'k']).expect_err("not text");
+            assert!(
+                e.contains("neither base64 nor UTF-8") && !e.contains("sek"),
+                "{e}"
+            );
         }
 
         #[test]

@@ -418,6 +418,22 @@ fn check_pool(
         .ok()
     });
 
+    // Runners named by the instances themselves are never registered or removed one by one:
+    // only a provider whose registration creates nothing in the CI system can serve them.
+    if let (Some(t), Some((_, p))) = (&template, provider)
+        && t.runners_unattributed()
+        && p.settings.kind() != "circleci"
+    {
+        errors.push(FieldError::new(
+            join_key(&field("template"), "runner_name"),
+            format!(
+                "\"unknown\" (runners named by the instances) needs a circleci provider, whose \
+                 registration creates nothing in the CI system; provider {} is {}",
+                pool.provider,
+                p.settings.kind()
+            ),
+        ));
+    }
     if errors.len() != before {
         return None;
     }
@@ -438,8 +454,7 @@ fn check_pool(
         runners_per_instance: pool.runners_per_instance,
         ephemeral: pool.ephemeral,
         template_hash: combined_template_hash(&template.backend_hash(), pool.runners_per_instance),
-        // No backend names runners it cannot attribute yet.
-        runners_unattributed: false,
+        runners_unattributed: template.runners_unattributed(),
     };
     Some(ValidPool {
         spec,
