@@ -37,6 +37,7 @@ async fn live(backend: &LocalProcess) -> usize {
 async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
     let mut emu_config = EmulatorConfig::new("acme", "agent-token", "api-token");
     emu_config.rest_requests_per_minute = 600;
+    emu_config.rest_requests_per_minute_per_user = 600;
     let emu = Emulator::start(emu_config).await.expect("emulator");
     let dir = tempfile::tempdir().expect("tempdir");
     for (f, v) in [("api", "api-token"), ("agent", "agent-token")] {

@@ -109,7 +109,7 @@ impl Setup {
         let mut cfg = AgentConfig::from_vars(&lookup)
             .expect("agent config")
             .expect("a buildkite agent");
-        cfg.ping_interval = Duration::from_millis(50);
+        cfg.ping_interval = Some(Duration::from_millis(50));
         let handle = tokio::spawn(async move {
             run_agent(cfg, CancellationToken::new())
                 .await
