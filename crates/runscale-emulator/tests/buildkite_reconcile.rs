@@ -49,6 +49,7 @@ async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
         disconnect_after_job: after_job,
         disconnect_after_idle_timeout: Some(Duration::from_secs(60)),
         reserve_jobs: false,
+        cluster_queue_id: None,
     };
     let provider = Arc::new(
         BuildkiteProvider::new(
@@ -60,6 +61,7 @@ async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
                 agent_token: SecretRef::File(dir.path().join("agent")),
                 webhook_token: None,
                 rest_requests_per_minute: 600,
+                rest_requests_per_minute_per_user: 600,
                 stop_wait: Duration::from_secs(2),
                 stack_key: "runscale".to_owned(),
                 reservation_expiry: Duration::from_secs(2),
@@ -73,6 +75,7 @@ async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
                     PoolId::new("k8s"),
                     PoolSelector {
                         reserve_jobs: true,
+                        cluster_queue_id: None,
                         ..selector("k8s", false)
                     },
                 ),
