@@ -68,6 +68,23 @@ if [ ! -f "$stamp" ]; then
 fi
 echo "npm packages: $NPM_PACKAGES (in $RUNSCALE_NPM_DIR)"
 
+# buildkite-agent: the Buildkite end-to-end test runs the real agent, found through
+# RUNSCALE_BUILDKITE_AGENT (it fails without it). Built once with `go install` into a cache
+# outside the checkout; v3.84.0 is the version the test was run with (newer ones need a module
+# host that is not always reachable). An agent given in RUNSCALE_BUILDKITE_AGENT is used as is.
+BUILDKITE_AGENT_VERSION="v3.84.0"
+if [ ! -x "${RUNSCALE_BUILDKITE_AGENT:-}" ]; then
+  BUILDKITE_AGENT_DIR="$HOME/.cache/runscale/buildkite-agent-$BUILDKITE_AGENT_VERSION"
+  if [ ! -x "$BUILDKITE_AGENT_DIR/buildkite-agent" ]; then
+    command -v go >/dev/null || { echo "go is required to build buildkite-agent (or set RUNSCALE_BUILDKITE_AGENT)"; exit 1; }
+    GOBIN="$BUILDKITE_AGENT_DIR" go install "github.com/buildkite/agent/v3@$BUILDKITE_AGENT_VERSION" \
+      && mv "$BUILDKITE_AGENT_DIR/agent" "$BUILDKITE_AGENT_DIR/buildkite-agent" \
+      || { echo "cannot build buildkite-agent $BUILDKITE_AGENT_VERSION"; exit 1; }
+  fi
+  export RUNSCALE_BUILDKITE_AGENT="$BUILDKITE_AGENT_DIR/buildkite-agent"
+fi
+echo "buildkite-agent: $("$RUNSCALE_BUILDKITE_AGENT" --version)"
+
 step "debian packages"
 # Debian's Chromium: the status page test loads the page in it (headless) and finds it through
 # RUNSCALE_CHROMIUM. jq: the exec backend's example scripts (deploy/exec/) parse their JSON
