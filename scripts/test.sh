@@ -85,7 +85,10 @@ skip_tests=()
 if command -v go >/dev/null 2>&1; then
   echo "$(go version)"
   bk_dir="$AGENTS_DIR/buildkite-agent-$BUILDKITE_AGENT_VERSION"
-  if [ ! -x "$bk_dir/buildkite-agent" ]; then
+  # An agent given in RUNSCALE_BUILDKITE_AGENT is used as it is.
+  if [ -x "${RUNSCALE_BUILDKITE_AGENT:-}" ]; then
+    bk_dir="$(dirname "$RUNSCALE_BUILDKITE_AGENT")"
+  elif [ ! -x "$bk_dir/buildkite-agent" ]; then
     rm -rf "$bk_dir" && mkdir -p "$bk_dir/build"
     # The module's main package is named agent: rename the binary after the install.
     if GOBIN="$bk_dir/build" GOFLAGS="-mod=mod -buildvcs=false" \
@@ -93,7 +96,10 @@ if command -v go >/dev/null 2>&1; then
       mv "$bk_dir/build/agent" "$bk_dir/buildkite-agent"
     fi
   fi
-  if [ -x "$bk_dir/buildkite-agent" ]; then
+  if [ -x "${RUNSCALE_BUILDKITE_AGENT:-}" ]; then
+    export RUNSCALE_BUILDKITE_AGENT
+    echo "buildkite-agent: $("$RUNSCALE_BUILDKITE_AGENT" --version) ($RUNSCALE_BUILDKITE_AGENT, given)"
+  elif [ -x "$bk_dir/buildkite-agent" ]; then
     export RUNSCALE_BUILDKITE_AGENT="$bk_dir/buildkite-agent"
     echo "buildkite-agent: $("$RUNSCALE_BUILDKITE_AGENT" --version) ($RUNSCALE_BUILDKITE_AGENT)"
   else

@@ -16,17 +16,21 @@
 //! (`single-task` | `continuous`) and `CIRCLECI_RUNNER_IDLE_TIMEOUT` (or their `LAUNCH_AGENT_*`
 //! names); see `runscale_emulator::circleci::AgentConfig`.
 //!
-//! A Buildkite agent instead, when `BUILDKITE_AGENT_TOKEN` is set: with
+//! A Buildkite agent instead, when `BUILDKITE_AGENT_TOKEN` is set (or the `token` of the
+//! configuration file `BUILDKITE_AGENT_CONFIG` names): with
 //! `BUILDKITE_AGENT_NAME`, `BUILDKITE_AGENT_TAGS`, `BUILDKITE_AGENT_ENDPOINT`,
-//! `BUILDKITE_AGENT_DISCONNECT_AFTER_JOB` and `BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT`;
-//! see `runscale_emulator::buildkite::AgentConfig`.
+//! `BUILDKITE_AGENT_DISCONNECT_AFTER_JOB`, `BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT`,
+//! `BUILDKITE_AGENT_ACQUIRE_JOB` and `BUILDKITE_BUILD_PATH`; it makes the calls
+//! `buildkite-agent start` makes and runs each job's command in a shell; see
+//! `runscale_emulator::buildkite::AgentConfig`.
 //!
 //! A GitLab runner instead, when `CI_SERVER_TOKEN` is set or the credentials file holds it:
 //! one worker (runner manager) per runner entry, with `CI_SERVER_URL`, `RUNNER_NAME`,
 //! `RUNNER_SYSTEM_ID` and `RUNNER_MAX_BUILDS`; see `runscale_emulator::gitlab::AgentConfig`.
 //!
 //! Exit codes: 0 done (job finished, shutdown, or runner removed), 1 runtime failure,
-//! 2 bad arguments or credentials. SIGTERM/SIGINT: idle agents disconnect and exit at once;
+//! 2 bad arguments or credentials, 27 a Buildkite job that could not be acquired (as
+//! `buildkite-agent start --acquire-job`). SIGTERM/SIGINT: idle agents disconnect and exit at once;
 //! busy ones finish their job first.
 
 use std::path::PathBuf;
@@ -108,7 +112,9 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    if std::env::var_os(runscale_emulator::buildkite::TOKEN_VAR).is_some() {
+    if std::env::var_os(runscale_emulator::buildkite::TOKEN_VAR).is_some()
+        || std::env::var_os(runscale_emulator::buildkite::CONFIG_VAR).is_some()
+    {
         return run_buildkite(shutdown_on_signal()).await;
     }
     if let Some(code) = gitlab_main().await {
@@ -255,6 +261,11 @@ async fn run_buildkite(shutdown: CancellationToken) -> ExitCode {
                 "buildkite agent exited"
             );
             ExitCode::SUCCESS
+        }
+        // As `buildkite-agent start --acquire-job` does when Buildkite refuses the job.
+        Err(error @ buildkite::AgentError::AcquireRejected(_)) => {
+            tracing::error!(%error, "buildkite agent failed");
+            ExitCode::from(27)
         }
         Err(error) => {
             tracing::error!(%error, "buildkite agent failed");
