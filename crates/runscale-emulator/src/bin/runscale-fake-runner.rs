@@ -25,8 +25,13 @@
 //! `runscale_emulator::buildkite::AgentConfig`.
 //!
 //! A GitLab runner instead, when `CI_SERVER_TOKEN` is set or the credentials file holds it:
-//! one worker (runner manager) per runner entry, with `CI_SERVER_URL`, `RUNNER_NAME`,
-//! `RUNNER_SYSTEM_ID` and `RUNNER_MAX_BUILDS`; see `runscale_emulator::gitlab::AgentConfig`.
+//! one worker (runner manager) per runner entry, each like `gitlab-runner run-single
+//! --max-builds`, with `CI_SERVER_URL`, `RUNNER_NAME`, `RUNSCALE_GITLAB_SYSTEM_ID` (written into
+//! the slot's `.runner_system_id` under `GITLAB_RUNNER_SLOTS_DIR`, then read back with
+//! gitlab-runner's check) and `RUNSCALE_GITLAB_MAX_BUILDS`; see
+//! `runscale_emulator::gitlab::AgentConfig`. As `runscale-fake-runner run-single -c
+//! <dir>/config.toml -r <name> [--max-builds <n>]` it stands in for gitlab-runner under
+//! runscale's start-up script (`deploy/exec/gitlab-runner-slots.sh`).
 //!
 //! Exit codes: 0 done (job finished, shutdown, or runner removed), 1 runtime failure,
 //! 2 bad arguments or credentials, 27 a Buildkite job that could not be acquired (as
@@ -112,6 +117,12 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "run-single")
+    {
+        return gitlab_run_single().await;
+    }
     if std::env::var_os(runscale_emulator::buildkite::TOKEN_VAR).is_some()
         || std::env::var_os(runscale_emulator::buildkite::CONFIG_VAR).is_some()
     {
@@ -274,6 +285,45 @@ async fn run_buildkite(shutdown: CancellationToken) -> ExitCode {
     }
 }
 
+/// `run-single`, as runscale's GitLab start-up script starts gitlab-runner.
+#[derive(Parser)]
+#[command(name = "runscale-fake-runner run-single")]
+struct RunSingle {
+    /// The config file (its directory holds `.runner_system_id`).
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// The `[[runners]]` entry to run, by name.
+    #[arg(short = 'r', long = "runner")]
+    runner: String,
+    /// Jobs before exiting; 0: no limit.
+    #[arg(long = "max-builds", default_value_t = 0)]
+    max_builds: u32,
+}
+
+/// One GitLab runner manager like `gitlab-runner run-single -c FILE -r NAME --max-builds N`.
+async fn gitlab_run_single() -> ExitCode {
+    use runscale_emulator::gitlab;
+    let args = RunSingle::parse_from(std::env::args_os().skip(1));
+    let config =
+        match gitlab::AgentConfig::from_run_single(&args.config, &args.runner, args.max_builds) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("runscale-fake-runner: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    match gitlab::run_agent(config, shutdown_on_signal()).await {
+        Ok(r) => {
+            tracing::info!(runner = %r.runner_name, system_id = %r.system_id, jobs = r.jobs_completed, exit = ?r.exit, "gitlab runner exited");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "gitlab runner failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// GitLab runner managers from `CI_SERVER_*` / `RUNNER_*` variables or runscale's
 /// credentials file (one per slot, run side by side); `None` when this is not a GitLab runner.
 async fn gitlab_main() -> Option<ExitCode> {
@@ -303,7 +353,7 @@ async fn gitlab_main() -> Option<ExitCode> {
     for worker in workers {
         match worker.await {
             Ok(Ok(r)) => {
-                tracing::info!(runner = %r.runner_name, jobs = r.jobs_completed, exit = ?r.exit, "gitlab runner exited")
+                tracing::info!(runner = %r.runner_name, system_id = %r.system_id, jobs = r.jobs_completed, exit = ?r.exit, "gitlab runner exited")
             }
             Ok(Err(error)) => {
                 tracing::error!(%error, "gitlab runner failed");
