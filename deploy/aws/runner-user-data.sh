@@ -24,7 +24,9 @@ RUNSCALE_EXIT_GRACE="${RUNSCALE_EXIT_GRACE:-300}"
 RUNNER_USER="${RUNNER_USER:-runner}"
 RUNNER_DIR="${RUNNER_DIR:-/opt/actions-runner}"
 # The runner in single-job mode. GitHub: the JIT config is one-job by construction.
-# Buildkite: buildkite-agent start --disconnect-after-job; GitLab: gitlab-runner run-single;
+# Buildkite: deploy/buildkite/buildkite-agent-start.sh (buildkite-agent start from the variables
+# the provider hands over); GitLab: deploy/exec/gitlab-runner-slots.sh (writes the slot's config
+# directory and system id, then runs gitlab-runner run-single);
 # CircleCI: circleci-runner machine --once (settings differ; see the provider's variables).
 runner_command() {
   exec sudo --preserve-env=GITHUB_JIT_CONFIG -u "$RUNNER_USER" \

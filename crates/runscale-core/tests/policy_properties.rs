@@ -1,4 +1,4 @@
-//! The six safety properties of ARCHITECTURE.md, checked on random observations (proptest,
+//! The safety properties of `docs/architecture.md`, checked on random observations (proptest,
 //! 2,000 cases each unless `PROPTEST_CASES` says otherwise).
 //!
 //! The checks recompute what they need from the observation independently of the policy's

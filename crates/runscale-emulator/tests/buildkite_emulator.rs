@@ -1,7 +1,9 @@
-//! The Buildkite emulator over loopback HTTP: metrics per queue with the poll-duration
-//! header, the REST agents listing, graceful and forced stops (the latter a violation),
-//! authentication, the REST rate limit, fault injection, webhooks in both authentication
-//! styles, and the Stacks API's scheduled jobs and reservations.
+//! The Buildkite emulator over loopback HTTP, with its fake agent: metrics per queue with the
+//! poll-duration header, the REST agents listing and its filters, graceful and forced stops
+//! (the latter a violation; stopping a gone agent is a 400), pausing agents and queues, job
+//! commands whose output reaches the job log, authentication, the organisation's and the
+//! user's REST rate limits, fault injection, webhooks in both authentication styles, and the
+//! Stacks API's scheduled jobs and reservations.
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap.
 
@@ -30,7 +32,8 @@ fn agent(emu: &EmulatorHandle, name: &str, queue: &str, after_job: bool) -> Agen
         disconnect_after_job: after_job,
         disconnect_after_idle_timeout: None,
         acquire_job: None,
-        ping_interval: Duration::from_millis(50),
+        ping_interval: Some(Duration::from_millis(50)),
+        build_path: None,
     }
 }
 
@@ -167,7 +170,7 @@ async fn a_graceful_stop_lets_the_job_finish_and_a_forced_stop_is_a_violation() 
     assert_eq!(s.count(JobStatus::Passed), 1);
     assert_eq!(s.agents[0].connection_state, ConnectionState::Disconnected);
     assert!(s.violations.is_empty());
-    assert_eq!(stop(&emu, &id, false).await, 422, "not connected any more");
+    assert_eq!(stop(&emu, &id, false).await, 400, "not connected any more");
     assert_eq!(stop(&emu, "nope", false).await, 404);
 
     emu.submit(vec![JobSpec::new("linux", Duration::from_secs(5))]);
@@ -191,9 +194,11 @@ async fn a_graceful_stop_lets_the_job_finish_and_a_forced_stop_is_a_violation() 
 }
 
 #[tokio::test]
-async fn auth_rate_limit_and_faults() {
+async fn auth_rate_limits_and_faults() {
     let mut cfg = EmulatorConfig::new(ORG, "agent-token", "api-token");
-    cfg.rest_requests_per_minute = 3;
+    cfg.api_tokens.push(SecretString::from("other-user"));
+    cfg.rest_requests_per_minute = 5;
+    cfg.rest_requests_per_minute_per_user = 3;
     let emu = Emulator::start(cfg).await.unwrap();
     let r = http()
         .get(format!("{}/metrics", emu.agent_endpoint()))
@@ -211,18 +216,60 @@ async fn auth_rate_limit_and_faults() {
     assert_eq!(r.status(), 401);
     assert_eq!(rest(&emu, "/agents/none").await.status(), 404);
     let r = rest(&emu, "/agents").await;
-    assert_eq!(r.headers()["ratelimit-limit"], "3");
-    assert_eq!(r.headers()["ratelimit-remaining"], "1");
+    let h = r.headers();
+    assert_eq!(
+        (
+            &h["ratelimit-scope"],
+            &h["ratelimit-limit"],
+            &h["ratelimit-remaining"]
+        ),
+        (
+            &"rest".parse().unwrap(),
+            &"5".parse().unwrap(),
+            &"3".parse().unwrap()
+        )
+    );
+    assert_eq!(
+        (
+            &h["ratelimit-user-scope"],
+            &h["ratelimit-user-limit"],
+            &h["ratelimit-user-remaining"]
+        ),
+        (
+            &"rest_user".parse().unwrap(),
+            &"3".parse().unwrap(),
+            &"1".parse().unwrap()
+        )
+    );
     assert_eq!(rest(&emu, "/agents").await.status(), 200);
     let r = rest(&emu, "/agents").await;
-    assert_eq!(r.status(), 429);
-    assert_eq!(r.headers()["ratelimit-remaining"], "0");
-    let wait: u64 = r.headers()["retry-after"]
+    assert_eq!(r.status(), 429, "the user's 3 are used");
+    assert!(r.headers().get("retry-after").is_none());
+    assert_eq!(r.headers()["ratelimit-user-remaining"], "0");
+    let reset: u64 = r.headers()["ratelimit-user-reset"]
         .to_str()
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=60).contains(&wait), "retry-after {wait}");
+    assert!((1..=60).contains(&reset), "reset {reset}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["scope"].as_str(), body["limit"].as_u64()),
+        (Some("rest_user"), Some(3))
+    );
+    let other = || {
+        http()
+            .get(format!("{}/v2/organizations/{ORG}/agents", emu.url()))
+            .bearer_auth("other-user")
+            .send()
+    };
+    let r = other().await.unwrap();
+    assert_eq!(r.status(), 200, "another user has its own budget");
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    let r = other().await.unwrap();
+    assert_eq!(r.status(), 429, "the organisation's 5 are used");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["scope"], "rest");
 
     emu.set_faults(Faults {
         throttle_next: 1,
@@ -240,6 +287,163 @@ async fn auth_rate_limit_and_faults() {
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(get().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_jobs_command_runs_with_its_environment_and_its_output_reaches_the_log() {
+    let emu = Emulator::start(EmulatorConfig::new(ORG, "agent-token", "api-token"))
+        .await
+        .unwrap();
+    let id = emu
+        .submit(vec![JobSpec::command(
+            "linux",
+            "echo '~~~ Running'; echo \"hello $BUILDKITE_JOB_ID on $BUILDKITE_AGENT_META_DATA_OS\"; \
+             echo \"$GREETING\" >&2; exit 3",
+        )
+        .env("GREETING", "to stderr")])
+        .remove(0);
+    let report = joined(tokio::spawn(run_agent(
+        agent(&emu, "a1", "linux", true),
+        CancellationToken::new(),
+    )))
+    .await;
+    assert_eq!((report.exit, report.jobs_finished), (AgentExit::JobDone, 1));
+    let s = emu.snapshot();
+    assert_eq!(s.jobs[0].status, JobStatus::Failed);
+    assert_eq!(s.jobs[0].exit_status, Some(3));
+    let (log, headers) = emu.job_log(&id).unwrap();
+    assert!(log.contains(&format!("hello {id} on linux")), "{log:?}");
+    assert!(log.contains("to stderr"), "{log:?}");
+    assert_eq!(headers, 1, "one header line");
+    assert_eq!(s.jobs[0].log_bytes, log.len() as u64);
+    assert_eq!(s.agents[0].connection_state, ConnectionState::Disconnected);
+    assert!(s.agents[0].ignore_in_dispatches, "done after one job");
+}
+
+#[tokio::test]
+async fn paused_agents_and_paused_queues_get_no_job() {
+    let emu = Emulator::start(EmulatorConfig::new(ORG, "agent-token", "api-token"))
+        .await
+        .unwrap();
+    let put = |path: String| {
+        http()
+            .put(format!(
+                "{}/v2/organizations/{ORG}/agents/{path}",
+                emu.url()
+            ))
+            .bearer_auth("api-token")
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let handle = tokio::spawn(run_agent(
+        agent(&emu, "a1", "linux", true),
+        CancellationToken::new(),
+    ));
+    wait_for("agent connected", || emu.snapshot().connected() == 1).await;
+    let id = emu.snapshot().agents[0].id.clone();
+    assert_eq!(put(format!("{id}/pause")).await.unwrap().status(), 204);
+    assert_eq!(put(format!("{id}/pause")).await.unwrap().status(), 422);
+    assert_eq!(put("nope/pause".to_owned()).await.unwrap().status(), 404);
+    emu.submit(vec![JobSpec::new("linux", Duration::from_millis(100))]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        emu.snapshot().count(JobStatus::Scheduled),
+        1,
+        "paused agent"
+    );
+    emu.set_dispatch_paused("linux", true);
+    assert_eq!(put(format!("{id}/resume")).await.unwrap().status(), 204);
+    assert_eq!(put(format!("{id}/resume")).await.unwrap().status(), 422);
+    let (status, _) = stacks(
+        &emu,
+        reqwest::Method::POST,
+        "/register",
+        Some(serde_json::json!({
+            "key": "s", "type": "custom", "queue_key": "linux", "metadata": {},
+        })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let page = scheduled(&emu, "s", "").await;
+    assert_eq!(page["cluster_queue"]["dispatch_paused"], true);
+    assert_eq!(
+        ids(&page["jobs"]).len(),
+        1,
+        "a paused queue still lists its jobs"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        emu.snapshot().count(JobStatus::Scheduled),
+        1,
+        "paused queue"
+    );
+    emu.set_dispatch_paused("linux", false);
+    assert_eq!(
+        scheduled(&emu, "s", "").await["cluster_queue"]["dispatch_paused"],
+        false
+    );
+    let report = joined(handle).await;
+    assert_eq!((report.exit, report.jobs_finished), (AgentExit::JobDone, 1));
+    assert_eq!(emu.snapshot().count(JobStatus::Passed), 1);
+}
+
+#[tokio::test]
+async fn the_agents_listing_filters_by_cluster_queue_and_pages_keep_the_filter() {
+    let emu = Emulator::start(EmulatorConfig::new(ORG, "agent-token", "api-token"))
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let mut handles = Vec::new();
+    for (name, queue) in [
+        ("l1", "linux"),
+        ("l2", "linux"),
+        ("l3", "linux"),
+        ("m1", "mac"),
+    ] {
+        handles.push(tokio::spawn(run_agent(
+            agent(&emu, name, queue, false),
+            shutdown.clone(),
+        )));
+    }
+    wait_for("four agents", || emu.snapshot().connected() == 4).await;
+    let linux = runscale_emulator::buildkite::cluster_queue_id("linux");
+    let r = rest(
+        &emu,
+        &format!("/agents?cluster_queue_id={linux}&per_page=2"),
+    )
+    .await;
+    let link = r.headers()["link"].to_str().unwrap().to_owned();
+    let first: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(
+        link.contains(&format!("cluster_queue_id={linux}")),
+        "{link}"
+    );
+    let next = link
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_matches(|c| c == '<' || c == '>');
+    let second: Vec<Value> = http()
+        .get(next)
+        .bearer_auth("api-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["l1", "l2", "l3"]);
+    shutdown.cancel();
+    for h in handles {
+        joined(h).await;
+    }
 }
 
 type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
@@ -358,10 +562,12 @@ async fn stacks_list_scheduled_jobs_and_reservations_keep_two_controllers_apart(
             &emu,
             reqwest::Method::POST,
             "/register",
-            Some(serde_json::json!({ "key": key, "type": "custom", "queue_key": "linux" })),
+            Some(serde_json::json!({
+                "key": key, "type": "custom", "queue_key": "linux", "metadata": {},
+            })),
         )
         .await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 201);
         assert_eq!(
             (v["key"].as_str(), v["state"].as_str()),
             (Some(key), Some("connected"))
@@ -428,8 +634,26 @@ async fn stacks_list_scheduled_jobs_and_reservations_keep_two_controllers_apart(
     assert_eq!(s.jobs[0].status, JobStatus::Passed);
     assert_eq!(s.jobs[0].reserved_by.as_deref(), Some("k8s-a"));
     assert!(s.violations.is_empty());
-    let (status, _) = stacks(&emu, reqwest::Method::GET, "/nope/scheduled-jobs", None).await;
+    let (status, _) = stacks(
+        &emu,
+        reqwest::Method::GET,
+        "/nope/scheduled-jobs?queue_key=linux",
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
+    let (status, _) = stacks(&emu, reqwest::Method::GET, "/k8s-b/scheduled-jobs", None).await;
+    assert_eq!(status, 422, "queue_key is required");
+    let (status, _) = stacks(
+        &emu,
+        reqwest::Method::POST,
+        "/register",
+        Some(serde_json::json!({
+            "key": "linux.large", "type": "custom", "queue_key": "linux", "metadata": {},
+        })),
+    )
+    .await;
+    assert_eq!(status, 422, "a stack key is alphanumerics, _ and -");
     let (status, _) = stacks(&emu, reqwest::Method::POST, "/k8s-b/deregister", None).await;
     assert_eq!(status, 204);
 }

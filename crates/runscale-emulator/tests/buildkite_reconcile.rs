@@ -9,119 +9,54 @@
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap.
 
-use std::collections::{BTreeMap, HashMap};
+mod buildkite_support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runscale_backends::local_process::{Config as LocalConfig, LocalProcess, PoolTemplate};
-use runscale_core::reconciler::PoolBinding;
-use runscale_core::secret::SecretRef;
-use runscale_core::testing;
-use runscale_core::{PoolId, PoolSpec};
-use runscale_emulator::buildkite::{Emulator, EmulatorConfig, JobSpec, JobStatus, Workload};
-use runscale_providers::buildkite::{BuildkiteProvider, Config, PoolSelector};
+use buildkite_support as support;
+use runscale_core::PoolId;
+use runscale_emulator::buildkite::{JobSpec, JobStatus, Workload};
+use runscale_providers::buildkite::BuildkiteProvider;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
+const POOLS: [&str; 3] = ["linux", "arm", "k8s"];
 const LINUX_MAX: u32 = 3;
 const ARM_MAX: u32 = 2;
 const K8S_MAX: u32 = 2;
 
-async fn live(backend: &LocalProcess) -> usize {
-    let pools = [PoolId::new("linux"), PoolId::new("arm"), PoolId::new("k8s")];
-    testing::live_instances(backend, &pools)
-        .await
-        .expect("instances")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
-    let mut emu_config = EmulatorConfig::new("acme", "agent-token", "api-token");
-    emu_config.rest_requests_per_minute = 600;
-    let emu = Emulator::start(emu_config).await.expect("emulator");
+    let emu = support::emulator(Duration::from_secs(10)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    for (f, v) in [("api", "api-token"), ("agent", "agent-token")] {
-        std::fs::write(dir.path().join(f), v).expect("secret");
-    }
-    let selector = |queue: &str, after_job: bool| PoolSelector {
-        queue: queue.to_owned(),
-        tags: BTreeMap::from([("os".to_owned(), "linux".to_owned())]),
-        disconnect_after_job: after_job,
-        disconnect_after_idle_timeout: Some(Duration::from_secs(60)),
-        reserve_jobs: false,
-    };
     let provider = Arc::new(
         BuildkiteProvider::new(
-            Config {
-                org: "acme".to_owned(),
-                api_url: emu.url(),
-                agent_endpoint: emu.agent_endpoint(),
-                api_token: SecretRef::File(dir.path().join("api")),
-                agent_token: SecretRef::File(dir.path().join("agent")),
-                webhook_token: None,
-                rest_requests_per_minute: 600,
-                stop_wait: Duration::from_secs(2),
-                stack_key: "runscale".to_owned(),
-                reservation_expiry: Duration::from_secs(2),
-                request_timeout: Duration::from_secs(5),
-                connect_timeout: Duration::from_secs(2),
-            },
+            support::provider_config(&emu, dir.path(), Duration::from_secs(2)),
             vec![
-                (PoolId::new("linux"), selector("linux", true)),
-                (PoolId::new("arm"), selector("arm", false)),
                 (
-                    PoolId::new("k8s"),
-                    PoolSelector {
-                        reserve_jobs: true,
-                        ..selector("k8s", false)
-                    },
+                    PoolId::new("linux"),
+                    support::selector("linux", true, false),
                 ),
+                (PoolId::new("arm"), support::selector("arm", false, false)),
+                (PoolId::new("k8s"), support::selector("k8s", false, true)),
             ],
         )
         .expect("provider"),
     );
-    let config: LocalConfig = serde_json::from_value(serde_json::json!({
-        "state_dir": dir.path().join("state"),
-        "stop_grace": "2s",
-    }))
-    .expect("config");
-    let template: PoolTemplate =
-        serde_json::from_value(serde_json::json!({ "command": [BIN], "credentials": "env" }))
-            .expect("template");
-    let backend = Arc::new(
-        LocalProcess::new(
-            config,
-            HashMap::from([
-                (PoolId::new("linux"), template.clone()),
-                (PoolId::new("arm"), template.clone()),
-                (PoolId::new("k8s"), template),
-            ]),
-        )
-        .expect("backend"),
+    let backend = support::backend(
+        dir.path(),
+        &serde_json::json!({ "command": [BIN], "credentials": "env" }),
+        &POOLS,
     );
-    let spec = |name: &str, max: u32, ephemeral: bool| {
-        let mut s = PoolSpec::test(name)
-            .max(max)
-            .ephemeral(ephemeral)
-            .idle_timeout(Duration::from_secs(1))
-            .boot_timeout(Duration::from_secs(10));
-        s.template_hash = "t1".into();
-        s
-    };
-    let binding = |spec: PoolSpec| PoolBinding {
-        spec,
-        provider_name: "buildkite".into(),
-        provider: provider.clone(),
-        backend_name: "local".into(),
-        backend: backend.clone(),
-    };
-    let (stop, task) = testing::spawn_reconciler(
+    let (idle, boot) = (Duration::from_secs(1), Duration::from_secs(10));
+    let (stop, task) = support::reconcile(
+        provider,
+        backend.clone(),
         vec![
-            binding(spec("linux", LINUX_MAX, true)),
-            binding(spec("arm", ARM_MAX, false)),
-            binding(spec("k8s", K8S_MAX, true)),
+            support::spec("linux", LINUX_MAX, true, idle, boot),
+            support::spec("arm", ARM_MAX, false, idle, boot),
+            support::spec("k8s", K8S_MAX, true, idle, boot),
         ],
-        Duration::from_millis(400),
-        Duration::from_secs(2),
     );
 
     let jobs =
@@ -139,7 +74,7 @@ async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
     let started = Instant::now();
     let mut peak = 0;
     loop {
-        peak = peak.max(live(&backend).await);
+        peak = peak.max(support::live(&backend, &POOLS).await);
         let s = emu.snapshot();
         if s.jobs.len() == total && s.all_finished() {
             break;
@@ -153,14 +88,14 @@ async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
     }
     let done = started.elapsed();
     loop {
-        peak = peak.max(live(&backend).await);
-        if live(&backend).await == 0 && emu.snapshot().connected() == 0 {
+        peak = peak.max(support::live(&backend, &POOLS).await);
+        if support::live(&backend, &POOLS).await == 0 && emu.snapshot().connected() == 0 {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
             "fleet not back to zero: {} processes, {:?}",
-            live(&backend).await,
+            support::live(&backend, &POOLS).await,
             emu.snapshot().agents
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

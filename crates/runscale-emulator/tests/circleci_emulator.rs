@@ -332,7 +332,7 @@ async fn job_and_workflow_completed_webhooks_are_signed_v1() {
             headers["circleci-event-type"].to_str().expect("ok"),
             v["type"]
         );
-        assert_eq!(v["project"]["slug"], "gh/org/app");
+        assert_eq!(v["project"]["slug"], "github/org/app");
         kinds.push((
             v["type"].as_str().expect("ok").to_owned(),
             v["id"].as_str().expect("ok").to_owned(),

@@ -1,5 +1,7 @@
-//! The GitLab emulator over loopback HTTP: job picking by tags / run_untagged / paused, the
-//! long poll, job updates, managers and their job_execution_status, deletions that lose a
+//! The GitLab emulator over loopback HTTP: job picking by tags / run_untagged / paused,
+//! Workhorse long polling, the runner API in gitlab-runner's formats (verify, job payload, job
+//! updates, trace patches, manager unregistration), managers and their contact and
+//! job_execution_status, GitLab's online window and runner entity, deletions that lose a
 //! running job (violations), pagination headers, auth, faults and Job Hook delivery.
 
 use std::sync::{Arc, Mutex};
@@ -68,20 +70,54 @@ impl Api {
 
     /// `POST /jobs/request` as manager `system_id`: (status, job).
     async fn request(&self, token: &str, system_id: &str) -> (u16, Option<Value>) {
+        let (status, job, _) = self.poll(token, system_id, None).await;
+        (status, job)
+    }
+
+    /// `POST /jobs/request` with `last_update`: (status, job, `X-GitLab-Last-Update`).
+    async fn poll(
+        &self,
+        token: &str,
+        system_id: &str,
+        last_update: Option<&str>,
+    ) -> (u16, Option<Value>, Option<String>) {
+        let mut body = json!({ "token": token, "system_id": system_id, "info": {} });
+        if let Some(lu) = last_update {
+            body["last_update"] = json!(lu);
+        }
         let r = self
             .http
             .post(format!("{}/jobs/request", self.base))
-            .json(&json!({ "token": token, "system_id": system_id, "info": {} }))
+            .header("RUNNER-TOKEN", token)
+            .json(&body)
             .send()
             .await
             .expect("request");
         let status = r.status().as_u16();
+        let last = r
+            .headers()
+            .get("x-gitlab-last-update")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = if status == 201 {
             Some(r.json().await.expect("job"))
         } else {
             None
         };
-        (status, body)
+        (status, body, last)
+    }
+
+    /// A manager of runner `id` by `system_id`, as `GET /runners/:id/managers` lists it.
+    async fn manager(&self, id: u64, system_id: &str) -> Option<Value> {
+        let all = self
+            .json(
+                reqwest::Method::GET,
+                &format!("/runners/{id}/managers"),
+                None,
+            )
+            .await;
+        all.as_array()
+            .and_then(|a| a.iter().find(|m| m["system_id"] == system_id).cloned())
     }
 
     async fn update(&self, job: &Value, state: &str) -> u16 {
@@ -101,9 +137,7 @@ async fn start(config: EmulatorConfig) -> EmulatorHandle {
 }
 
 fn config() -> EmulatorConfig {
-    let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
-    c.long_poll = Duration::from_millis(200);
-    c
+    EmulatorConfig::new(ADMIN, &["app", "lib"])
 }
 
 #[tokio::test]
@@ -122,12 +156,7 @@ async fn jobs_go_to_runners_by_tags_untagged_and_paused() {
     let (s, job) = api.request(&linux, "m1").await;
     assert_eq!(s, 201);
     assert_eq!(job.as_ref().expect("job")["id"], ids[0]);
-    let started = std::time::Instant::now();
     assert_eq!(api.request(&linux, "m1").await.0, 204);
-    assert!(
-        started.elapsed() >= Duration::from_millis(150),
-        "long poll held the request"
-    );
 
     // A paused runner gets nothing; unpaused it takes the untagged job (run_untagged).
     api.json(
@@ -468,4 +497,263 @@ async fn job_hooks_carry_the_token_and_an_idempotency_key_but_no_tags() {
         "no job tags in the payload"
     );
     server.abort();
+}
+
+#[tokio::test]
+async fn workhorse_long_polling_holds_unchanged_queues_without_contacting_gitlab() {
+    let mut c = config();
+    c.long_poll = Duration::from_millis(400);
+    let emu = start(c).await;
+    let api = Api::new(&emu);
+    let (id, token) = api.create_runner(&["linux"], false).await;
+    // First request: no last_update, answered by GitLab with the queue value.
+    let (s, _, last) = api.poll(&token, "s_abcdefghij01", None).await;
+    assert_eq!(s, 204);
+    let last = last.expect("X-GitLab-Last-Update");
+    let contacted =
+        api.manager(id, "s_abcdefghij01").await.expect("manager")["contacted_at"].clone();
+    // Same value: Workhorse holds it for the whole poll and answers 204 itself, without a
+    // header, and the manager's contact does not move.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let (s, _, header) = api.poll(&token, "s_abcdefghij01", Some(&last)).await;
+    assert_eq!((s, header), (204, None));
+    assert!(started.elapsed() >= Duration::from_millis(350), "held");
+    assert_eq!(
+        api.manager(id, "s_abcdefghij01").await.expect("manager")["contacted_at"],
+        contacted,
+        "Workhorse answered: GitLab saw no contact"
+    );
+    // A job queued for the runner ends the poll early (204, ask again); the next request
+    // reaches GitLab and gets the job.
+    let emu2 = &emu;
+    let (held, _) = tokio::join!(
+        async {
+            let started = std::time::Instant::now();
+            let r = api.poll(&token, "s_abcdefghij01", Some(&last)).await;
+            (r.0, started.elapsed())
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            emu2.submit(vec![JobSpec::new(100, &["linux"], Duration::ZERO)]);
+        }
+    );
+    assert_eq!(held.0, 204);
+    assert!(
+        held.1 < Duration::from_millis(350),
+        "woken by the queue change"
+    );
+    let (s, job, _) = api.poll(&token, "s_abcdefghij01", Some(&last)).await;
+    assert_eq!(s, 201);
+    assert!(job.is_some());
+    assert_ne!(
+        api.manager(id, "s_abcdefghij01").await.expect("manager")["contacted_at"],
+        contacted
+    );
+}
+
+#[tokio::test]
+async fn without_long_polling_gitlab_answers_at_once_and_records_the_contact() {
+    let emu = start(config()).await;
+    let api = Api::new(&emu);
+    let (id, token) = api.create_runner(&[], true).await;
+    let (_, _, last) = api.poll(&token, "s_abcdefghij00", None).await;
+    let first = api.manager(id, "s_abcdefghij00").await.expect("manager")["contacted_at"].clone();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    let (s, _, again) = api.poll(&token, "s_abcdefghij00", last.as_deref()).await;
+    assert_eq!(s, 204);
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert_eq!(again, last, "an unchanged queue echoes last_update");
+    assert_ne!(
+        api.manager(id, "s_abcdefghij00").await.expect("manager")["contacted_at"],
+        first,
+        "every request that reaches GitLab is a contact"
+    );
+}
+
+#[tokio::test]
+async fn the_runner_api_speaks_gitlab_runners_formats() {
+    let emu = start(config()).await;
+    let api = Api::new(&emu);
+    let (id, token) = api.create_runner(&["linux"], false).await;
+    // verify: JSON with the runner's id; makes the manager.
+    let r = api
+        .http
+        .post(format!("{}/runners/verify", api.base))
+        .json(&json!({ "token": token, "system_id": "s_abcdefghij01", "info": {} }))
+        .send()
+        .await
+        .expect("verify");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.expect("json")["id"], id);
+    assert!(api.manager(id, "s_abcdefghij01").await.is_some());
+    let bad = api
+        .http
+        .post(format!("{}/runners/verify", api.base))
+        .json(&json!({ "token": "glrt-nope", "system_id": "s_abcdefghij01" }))
+        .send()
+        .await
+        .expect("verify");
+    assert_eq!(bad.status(), 403);
+
+    // The job payload has what gitlab-runner's shell executor needs.
+    emu.submit(vec![
+        JobSpec::new(100, &["linux"], Duration::ZERO).with_script(&["echo hello $CI_JOB_ID"]),
+    ]);
+    let (s, job) = api.request(&token, "s_abcdefghij01").await;
+    assert_eq!(s, 201);
+    let job = job.expect("job");
+    for field in [
+        "id",
+        "token",
+        "allow_git_fetch",
+        "job_info",
+        "git_info",
+        "runner_info",
+        "variables",
+        "steps",
+        "image",
+        "services",
+        "artifacts",
+        "cache",
+        "credentials",
+        "dependencies",
+        "features",
+    ] {
+        assert!(job.get(field).is_some(), "payload has {field}: {job}");
+    }
+    assert_eq!(job["steps"][0]["name"], "script");
+    assert_eq!(job["steps"][0]["script"], json!(["echo hello $CI_JOB_ID"]));
+    assert_eq!(job["job_info"]["project_id"], 100);
+    assert!(
+        job["git_info"]["repo_url"].as_str().is_some_and(|u| u
+            .starts_with("http://gitlab-ci-token:")
+            && u.ends_with("/acme/app.git"))
+    );
+    let var = |k: &str| {
+        job["variables"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["key"] == k))
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(var("GIT_STRATEGY"), Some(json!("none")));
+    assert_eq!(var("CI_JOB_ID"), Some(json!(job["id"].to_string())));
+    let jid = job["id"].as_u64().expect("id");
+    let jtoken = job["token"].as_str().expect("token").to_owned();
+
+    // Trace patches: Content-Range from the current end, JOB-TOKEN.
+    let patch = |range: Option<&str>, body: &'static str, token: &str| {
+        let mut req = api
+            .http
+            .patch(format!("{}/jobs/{jid}/trace?debug_trace=false", api.base))
+            .header("JOB-TOKEN", token)
+            .body(body);
+        if let Some(r) = range {
+            req = req.header("Content-Range", r);
+        }
+        req.send()
+    };
+    let r = patch(Some("0-5"), "hello\n", &jtoken).await.expect("patch");
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-6");
+    assert_eq!(r.headers()["job-status"], "running");
+    assert_eq!(r.headers()["x-gitlab-trace-update-interval"], "60");
+    let r = patch(Some("0-5"), "again\n", &jtoken).await.expect("patch");
+    assert_eq!(r.status(), 416, "not from the trace's end");
+    assert_eq!(r.headers()["range"], "0-6");
+    assert_eq!(
+        patch(None, "x", &jtoken).await.expect("patch").status(),
+        400
+    );
+    assert_eq!(
+        patch(Some("6-7"), "x\n", "glcbt-wrong")
+            .await
+            .expect("patch")
+            .status(),
+        403
+    );
+    assert_eq!(
+        patch(Some("6-8"), "end\n", &jtoken)
+            .await
+            .expect("patch")
+            .status(),
+        202
+    );
+
+    // Job updates with JOB-TOKEN: running, then an unknown state, then success.
+    let put = |state: &'static str| {
+        api.http
+            .put(format!("{}/jobs/{jid}", api.base))
+            .header("JOB-TOKEN", &jtoken)
+            .json(&json!({ "token": jtoken, "state": state, "output": {"bytesize": 10} }))
+            .send()
+    };
+    assert_eq!(put("running").await.expect("put").status(), 200);
+    assert_eq!(put("bogus").await.expect("put").status(), 400);
+    assert_eq!(put("success").await.expect("put").status(), 200);
+    let r = put("running").await.expect("put");
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["job-status"], "success");
+    let s = emu.snapshot();
+    assert_eq!(s.jobs[0].status, JobStatus::Success);
+    assert_eq!(s.jobs[0].trace, "hello\nend\n");
+
+    // Unregistering a manager: 204, then 404.
+    let del = || {
+        api.http
+            .delete(format!("{}/runners/managers", api.base))
+            .json(&json!({ "token": token, "system_id": "s_abcdefghij01" }))
+            .send()
+    };
+    assert_eq!(del().await.expect("delete").status(), 204);
+    assert_eq!(del().await.expect("delete").status(), 404);
+}
+
+#[tokio::test]
+async fn runners_are_online_for_two_hours_listed_without_created_at_and_paused_as_gitlab_does() {
+    let emu = start(config()).await;
+    let api = Api::new(&emu);
+    let (id, token) = api.create_runner(&["linux"], false).await;
+    assert_eq!(api.request(&token, "s_abcdefghij01").await.0, 204);
+    let listed = api.json(reqwest::Method::GET, "/runners/all", None).await;
+    let item = &listed[0];
+    assert_eq!(item["id"], id);
+    assert!(
+        item.get("created_at").is_none(),
+        "the list entity has no created_at"
+    );
+    assert_eq!(
+        (item["status"].as_str(), item["online"].as_bool()),
+        (Some("online"), Some(true))
+    );
+    // The default online window is GitLab's 2 hours.
+    assert_eq!(
+        EmulatorConfig::new(ADMIN, &[]).online_window,
+        Duration::from_secs(7200)
+    );
+    api.json(
+        reqwest::Method::PUT,
+        &format!("/runners/{id}"),
+        Some(json!({"paused": true})),
+    )
+    .await;
+    let listed = api
+        .json(reqwest::Method::GET, "/runners/all?status=paused", None)
+        .await;
+    assert_eq!(listed[0]["status"], "paused");
+    assert_eq!(listed[0]["paused"], true);
+    let m = api.manager(id, "s_abcdefghij01").await.expect("manager");
+    assert_eq!(m["status"], "online", "managers have no paused status");
+
+    let mut c = config();
+    c.runner_created_at = true;
+    let newer = start(c).await;
+    let api = Api::new(&newer);
+    api.create_runner(&[], true).await;
+    let listed = api.json(reqwest::Method::GET, "/runners/all", None).await;
+    assert!(
+        listed[0]["created_at"].is_string(),
+        "newer GitLab lists created_at"
+    );
 }

@@ -1,207 +1,65 @@
 //! End to end: runscale's reconciler with the GitLab provider and the local-process backend
 //! running `runscale-fake-runner` processes as GitLab runners (two slots per instance, each a
-//! runner manager of the pool's shared runner, token through the 0600 credentials file)
-//! against the GitLab emulator. Tagged and untagged jobs all succeed, no running job is lost
-//! (the emulator records a job lost to a deleted runner/manager or a killed process as a
-//! violation), capacity returns to zero; and an outage of the GitLab API terminates nothing.
+//! runner manager of the pool's shared runner with its own `.runner_system_id`, token through
+//! the 0600 credentials file) against the GitLab emulator with GitLab's 2-hour online window.
+//! Tagged and untagged jobs all succeed, no running job is lost (the emulator records a job
+//! lost to a deleted runner/manager or a killed process as a violation), capacity returns to
+//! zero; and an outage of the GitLab API terminates nothing. The same with the real
+//! gitlab-runner is `gitlab_real_runner.rs`.
+
+mod gitlab_support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use runscale_backends::local_process::{Config as LocalConfig, LocalProcess, PoolTemplate};
-use runscale_core::reconciler::PoolBinding;
-use runscale_core::secret::SecretRef;
-use runscale_core::testing;
-use runscale_core::{PoolId, PoolSpec};
-use runscale_emulator::gitlab::{
-    Emulator, EmulatorConfig, EmulatorHandle, JobSpec, JobStatus, Snapshot, Workload,
-};
-use runscale_providers::gitlab::{
-    AuthHeader, Config, GitlabProvider, PoolSelector, RunnerPer, RunnerType,
-};
-use tokio_util::sync::CancellationToken;
+use gitlab_support::{ADMIN, Harness, Run};
+use runscale_emulator::gitlab::{EmulatorConfig, JobSpec, JobStatus, Snapshot, Workload};
+use runscale_providers::gitlab::RunnerPer;
 
-const POOL: &str = "linux";
-const ADMIN: &str = "glpat-admin";
 const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
 const MAX: u32 = 3;
 
-struct Harness {
-    emu: EmulatorHandle,
-    backend: Arc<LocalProcess>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    dir: tempfile::TempDir,
-}
+/// How long an idle slot may be out of contact: the fake runners poll every 200 ms.
+const CONTACT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How one runscale process is set up.
-#[derive(Clone, Copy)]
-struct Run {
-    runner_per: RunnerPer,
-    max_use_count: Option<u32>,
-    template_hash: &'static str,
-    stale_runner_timeout: Duration,
-}
-
-impl Run {
-    fn new(runner_per: RunnerPer) -> Self {
-        Run {
-            runner_per,
-            max_use_count: None,
-            template_hash: "t1",
-            stale_runner_timeout: Duration::from_secs(60),
-        }
+/// The fake runner as instance command (slot directories under `dir`), 2 slots per instance.
+fn run(dir: &Path, runner_per: RunnerPer) -> Run {
+    Run {
+        command: vec![BIN.to_owned()],
+        env: serde_json::json!({
+            "GITLAB_RUNNER_SLOTS_DIR": dir.join("slots"),
+            "FAKE_RUNNER_CHECK_INTERVAL_MS": "200",
+        }),
+        runner_per,
+        max_use_count: None,
+        template_hash: "t1",
+        max: MAX,
+        min_idle: 0,
+        idle_timeout: Duration::from_secs(2),
+        boot_timeout: Duration::from_secs(10),
+        contact_timeout: CONTACT_TIMEOUT,
+        stale_runner_timeout: Duration::from_secs(2),
+        interval: Duration::from_millis(300),
     }
 }
 
 fn emulator_config() -> EmulatorConfig {
     let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
-    c.long_poll = Duration::from_millis(300);
     c.job_lease = Duration::from_secs(5);
     c
 }
 
-impl Harness {
-    async fn start(runner_per: RunnerPer) -> Self {
-        Self::start_with(emulator_config(), Run::new(runner_per)).await
-    }
+async fn start(runner_per: RunnerPer) -> Harness {
+    Harness::start(emulator_config(), |dir| run(dir, runner_per)).await
+}
 
-    async fn start_with(c: EmulatorConfig, run: Run) -> Self {
-        let emu = Emulator::start(c).await.expect("emulator");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("token"), ADMIN).expect("secret");
-        let (backend, stop, task) = Self::runscale(&emu, &dir, run);
-        Harness {
-            emu,
-            backend,
-            stop,
-            task,
-            dir,
-        }
-    }
+fn jobs(s: &Snapshot) -> String {
+    format!("{:?}", s.jobs)
+}
 
-    /// Stops this runscale and starts a new one (new provider, new backend object on the same
-    /// state directory), as after a restart.
-    async fn restart(&mut self, run: Run) {
-        self.stop.cancel();
-        (&mut self.task).await.expect("reconciler");
-        let (backend, stop, task) = Self::runscale(&self.emu, &self.dir, run);
-        self.backend = backend;
-        self.stop = stop;
-        self.task = task;
-    }
-
-    /// One runscale process: provider, backend and reconciler.
-    fn runscale(
-        emu: &EmulatorHandle,
-        dir: &tempfile::TempDir,
-        run: Run,
-    ) -> (
-        Arc<LocalProcess>,
-        CancellationToken,
-        tokio::task::JoinHandle<()>,
-    ) {
-        let provider = GitlabProvider::new(
-            Config {
-                url: emu.url(),
-                token: SecretRef::File(dir.path().join("token")),
-                auth: AuthHeader::PrivateToken,
-                projects: vec!["acme/app".into()],
-                groups: vec!["acme".into()],
-                group_refresh: Duration::from_secs(60),
-                webhook_token: None,
-                stale_runner_timeout: run.stale_runner_timeout,
-                max_pages: 10,
-                request_timeout: Duration::from_secs(5),
-                connect_timeout: Duration::from_secs(2),
-            },
-            vec![(
-                PoolId::new(POOL),
-                PoolSelector {
-                    tags: vec!["linux".into(), "docker".into()],
-                    run_untagged: true,
-                    runner_type: RunnerType::InstanceType,
-                    group_id: None,
-                    project_id: None,
-                    runner_per: run.runner_per,
-                    max_use_count: run.max_use_count,
-                },
-            )],
-        )
-        .expect("provider");
-        let config: LocalConfig = serde_json::from_value(serde_json::json!({
-            "state_dir": dir.path().join("state"),
-            "stop_grace": "10s",
-        }))
-        .expect("config");
-        let template: PoolTemplate =
-            serde_json::from_value(serde_json::json!({ "command": [BIN] })).expect("template");
-        let backend = Arc::new(
-            LocalProcess::new(config, HashMap::from([(PoolId::new(POOL), template)]))
-                .expect("backend"),
-        );
-        let mut spec = PoolSpec::test(POOL)
-            .max(MAX)
-            .slots(2)
-            .idle_timeout(Duration::from_secs(2))
-            .boot_timeout(Duration::from_secs(10));
-        spec.template_hash = run.template_hash.into();
-        let (stop, task) = testing::spawn_reconciler(
-            vec![PoolBinding {
-                spec,
-                provider_name: "gitlab".into(),
-                provider: Arc::new(provider),
-                backend_name: "local".into(),
-                backend: backend.clone(),
-            }],
-            Duration::from_millis(300),
-            Duration::from_secs(1),
-        );
-        (backend, stop, task)
-    }
-
-    async fn live(&self) -> usize {
-        testing::live_instances(self.backend.as_ref(), &[PoolId::new(POOL)])
-            .await
-            .expect("instances")
-    }
-
-    /// Waits until every one of `n` jobs finished; returns the peak instance count seen.
-    async fn wait_done(&self, n: usize, started: Instant, limit: Duration) -> usize {
-        let mut peak = 0;
-        loop {
-            peak = peak.max(self.live().await);
-            let s = self.emu.snapshot();
-            if s.jobs.len() == n && s.all_finished() {
-                return peak;
-            }
-            assert!(started.elapsed() < limit, "jobs not done: {:?}", s.jobs);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until no instance and no runner manager is left.
-    async fn wait_zero(&self, started: Instant, limit: Duration) -> Snapshot {
-        loop {
-            let s = self.emu.snapshot();
-            if self.live().await == 0 && s.managers() == 0 {
-                return s;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "fleet not back to zero: {} instances, runners {:?}",
-                self.live().await,
-                s.runners
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.expect("reconciler");
-    }
+fn runners(s: &Snapshot) -> String {
+    format!("{:?}", s.runners)
 }
 
 fn check(s: &Snapshot, n: usize) {
@@ -230,7 +88,7 @@ async fn per_instance_runners_are_paused_and_deleted_and_every_job_completes() {
 /// ran, none was lost, at most `MAX` instances, then instances, managers and runners back
 /// to zero (the pool's shared runner stays). Returns how many runners were created.
 async fn tagged_and_untagged(runner_per: RunnerPer) -> u32 {
-    let h = Harness::start(runner_per).await;
+    let h = start(runner_per).await;
     let job = |tags: &[&str]| JobSpec::new(100, tags, Duration::from_millis(800));
     let lib = |tags: &[&str]| JobSpec::new(101, tags, Duration::from_millis(800));
     h.emu.play(Workload {
@@ -258,9 +116,11 @@ async fn tagged_and_untagged(runner_per: RunnerPer) -> u32 {
         ],
     });
     let started = Instant::now();
-    let peak = h.wait_done(10, started, Duration::from_secs(60)).await;
+    let peak = h
+        .wait_done(10, started, Duration::from_secs(60), jobs)
+        .await;
     let done = started.elapsed();
-    let s = h.wait_zero(started, Duration::from_secs(90)).await;
+    let s = h.wait_zero(started, Duration::from_secs(90), runners).await;
     check(&s, 10);
     assert!(peak <= MAX as usize, "max {MAX} instances, saw {peak}");
     assert!(
@@ -297,7 +157,7 @@ async fn an_api_outage_terminates_nothing() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let outage = Duration::from_secs(secs);
-    let h = Harness::start(RunnerPer::Pool).await;
+    let h = start(RunnerPer::Pool).await;
     h.emu.submit(vec![
         JobSpec::new(100, &["linux"], Duration::from_secs(4));
         4
@@ -338,7 +198,7 @@ async fn an_api_outage_terminates_nothing() {
     let faulted = s.faulted;
     // After the outage the idle fleet is scaled in as usual.
     let s = h
-        .wait_zero(outage_started, outage + Duration::from_secs(60))
+        .wait_zero(outage_started, outage + Duration::from_secs(60), runners)
         .await;
     check(&s, 4);
     println!(
@@ -355,18 +215,11 @@ async fn an_api_outage_terminates_nothing() {
 
 /// runscale restarts with a new template while jobs run: the new process has lost the old
 /// runner's token, creates a new runner, waits for the old instances' jobs to finish before
-/// retiring them, and deletes the old runner once its managers are gone.
+/// retiring them, and deletes the old runner once its managers are quiet — with GitLab's
+/// 2-hour online window, in which they still look online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_new_template_retires_old_instances_only_when_idle() {
-    let mut c = emulator_config();
-    // Managers of killed processes go offline after 3 s (GitLab: 2 hours) so the old runner
-    // is seen unused within the test.
-    c.online_window = Duration::from_secs(3);
-    let run = Run {
-        stale_runner_timeout: Duration::from_secs(2),
-        ..Run::new(RunnerPer::Pool)
-    };
-    let mut h = Harness::start_with(c, run).await;
+    let mut h = start(RunnerPer::Pool).await;
     h.emu.submit(vec![
         JobSpec::new(100, &["linux"], Duration::from_secs(4));
         4
@@ -379,15 +232,15 @@ async fn a_restart_with_a_new_template_retires_old_instances_only_when_idle() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    h.restart(Run {
+    h.restart(&Run {
         template_hash: "t2",
-        ..run
+        ..run(h.dir.path(), RunnerPer::Pool)
     })
     .await;
     h.emu
         .submit(vec![JobSpec::new(100, &[], Duration::from_millis(500)); 2]);
-    h.wait_done(6, started, Duration::from_secs(60)).await;
-    let s = h.wait_zero(started, Duration::from_secs(90)).await;
+    h.wait_done(6, started, Duration::from_secs(60), jobs).await;
+    let s = h.wait_zero(started, Duration::from_secs(90), runners).await;
     check(&s, 6);
     assert_eq!(
         s.runners_created, 2,
@@ -409,11 +262,11 @@ async fn a_restart_with_a_new_template_retires_old_instances_only_when_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_max_use_count_each_slot_takes_that_many_jobs_and_leaves() {
-    let run = Run {
+    let h = Harness::start(emulator_config(), |dir| Run {
         max_use_count: Some(1),
-        ..Run::new(RunnerPer::Pool)
-    };
-    let h = Harness::start_with(emulator_config(), run).await;
+        ..run(dir, RunnerPer::Pool)
+    })
+    .await;
     h.emu.submit(vec![
         JobSpec::new(
             100,
@@ -423,8 +276,10 @@ async fn with_max_use_count_each_slot_takes_that_many_jobs_and_leaves() {
         12
     ]);
     let started = Instant::now();
-    let peak = h.wait_done(12, started, Duration::from_secs(60)).await;
-    let s = h.wait_zero(started, Duration::from_secs(90)).await;
+    let peak = h
+        .wait_done(12, started, Duration::from_secs(60), jobs)
+        .await;
+    let s = h.wait_zero(started, Duration::from_secs(90), runners).await;
     check(&s, 12);
     assert!(peak <= MAX as usize, "max {MAX} instances, saw {peak}");
     // One job per slot: every job ran on a manager of its own (12 jobs, at most 6 slots at

@@ -1,8 +1,10 @@
 //! The Buildkite provider against the Buildkite emulator over loopback HTTP: demand per queue
-//! and the poll duration, runners from the agents listing, registration whose credentials
-//! start a real (fake) agent, a graceful stop that lets a busy agent finish its job before
-//! removal succeeds, throttling and the REST budget, webhooks in both authentication
-//! styles; and core's provider conformance suite.
+//! and the poll duration, runners from the agents listing (every page, or one cluster
+//! queue's), registration whose credentials start a (fake) agent, a graceful stop that lets a
+//! busy agent finish its job before removal succeeds, a refused stop (400) that never reads as
+//! a misconfiguration, throttling and both REST budgets, webhooks in both authentication
+//! styles, the Stacks API's reservations (paused queues, stack keys from any queue name, jobs
+//! given back by dead instances); and core's provider conformance suite.
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap.
 
@@ -15,7 +17,7 @@ use runscale_core::testing::conformance;
 use runscale_core::{ErrorKind, PoolId, Provider, ProviderView, RunnerState, WebhookRequest};
 use runscale_emulator::buildkite::{
     AgentConfig, AgentExit, AgentReport, Emulator, EmulatorConfig, EmulatorHandle, Faults, JobSpec,
-    JobStatus, WebhookAuth, WebhookConfig, run_agent, signature,
+    JobStatus, WebhookAuth, WebhookConfig, cluster_queue_id, run_agent, signature,
 };
 use runscale_providers::buildkite::{BuildkiteProvider, Config, PoolSelector};
 use secrecy::ExposeSecret;
@@ -66,6 +68,7 @@ impl Setup {
             agent_token: secret("agent"),
             webhook_token: Some(secret("hook")),
             rest_requests_per_minute: 200,
+            rest_requests_per_minute_per_user: 50,
             stop_wait: Duration::from_secs(3),
             stack_key: "runscale".to_owned(),
             reservation_expiry: Duration::from_secs(2),
@@ -81,6 +84,7 @@ impl Setup {
             disconnect_after_job: false,
             disconnect_after_idle_timeout: None,
             reserve_jobs: false,
+            cluster_queue_id: None,
         };
         BuildkiteProvider::new(config, vec![(linux(), sel("linux")), (arm(), sel("arm"))])
             .expect("provider")
@@ -109,7 +113,7 @@ impl Setup {
         let mut cfg = AgentConfig::from_vars(&lookup)
             .expect("agent config")
             .expect("a buildkite agent");
-        cfg.ping_interval = Duration::from_millis(50);
+        cfg.ping_interval = Some(Duration::from_millis(50));
         let handle = tokio::spawn(async move {
             run_agent(cfg, CancellationToken::new())
                 .await
@@ -125,6 +129,15 @@ async fn view(p: &BuildkiteProvider, pool: &PoolId) -> ProviderView {
         .remove(pool)
         .expect("asked pool")
         .expect("view")
+}
+
+/// The error an observation of `pool` fails with.
+async fn observe_error(p: &BuildkiteProvider, pool: &PoolId) -> runscale_core::Error {
+    p.observe(std::slice::from_ref(pool))
+        .await
+        .remove(pool)
+        .expect("asked pool")
+        .expect_err("the observation fails")
 }
 
 async fn wait_view(
@@ -284,12 +297,7 @@ async fn the_poll_duration_and_throttling_keep_the_last_view() {
         metrics_only: true,
         ..Faults::default()
     });
-    let e = p
-        .observe(&[linux()])
-        .await
-        .remove(&linux())
-        .unwrap()
-        .unwrap_err();
+    let e = observe_error(&p, &linux()).await;
     assert!(matches!(e.kind(), ErrorKind::RateLimited { .. }), "{e}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     s.emu
@@ -538,6 +546,7 @@ async fn registration_credentials_and_the_provider_contract() {
         disconnect_after_job: false,
         disconnect_after_idle_timeout: None,
         reserve_jobs: false,
+        cluster_queue_id: None,
     };
     let e =
         BuildkiteProvider::new(s.config(), vec![(linux(), dup.clone()), (arm(), dup)]).unwrap_err();
@@ -553,6 +562,7 @@ async fn one_agent_per_job_reserves_its_job_through_the_stacks_api() {
         disconnect_after_job: false,
         disconnect_after_idle_timeout: None,
         reserve_jobs: true,
+        cluster_queue_id: None,
     };
     let p = BuildkiteProvider::new(s.config(), vec![(linux(), sel)]).expect("provider");
     let job = s
@@ -609,18 +619,26 @@ async fn one_agent_per_job_reserves_its_job_through_the_stacks_api() {
     assert_ne!(a, b);
 }
 
-#[tokio::test]
-async fn the_job_of_an_agent_that_never_started_is_released_at_once() {
-    let s = Setup::new().await;
-    let sel = PoolSelector {
-        queue: "linux".into(),
+fn reserving(queue: &str) -> PoolSelector {
+    PoolSelector {
+        queue: queue.into(),
         tags: BTreeMap::new(),
         disconnect_after_job: true,
         disconnect_after_idle_timeout: None,
         reserve_jobs: true,
-    };
-    // Reservations would otherwise hold the job for the default 5 minutes.
-    let p = BuildkiteProvider::new(s.config(), vec![(linux(), sel)]).expect("provider");
+        cluster_queue_id: None,
+    }
+}
+
+/// An instance that died before its agent started gives its job back: the job stays reserved
+/// by the pool's stack (Buildkite documents no way to drop or shorten a reservation), counts
+/// as waiting, and the next agent gets it at once, its reservation extended.
+#[tokio::test]
+async fn the_job_of_an_agent_that_never_started_goes_to_the_next_agent() {
+    let s = Setup::new().await;
+    let mut config = s.config();
+    config.reservation_expiry = Duration::from_secs(30);
+    let p = BuildkiteProvider::new(config, vec![(linux(), reserving("linux"))]).expect("provider");
     let job = s
         .emu
         .submit(vec![JobSpec::new("linux", Duration::from_millis(300))])
@@ -631,10 +649,10 @@ async fn the_job_of_an_agent_that_never_started_is_released_at_once() {
         .await
         .expect("register");
     assert_eq!(first.credentials.vars["BUILDKITE_AGENT_ACQUIRE_JOB"], job);
+    assert!(view(&p, &linux()).await.demand.waiting.is_empty(), "held");
     let e = p.register(&linux(), "rs-linux-next").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InsufficientCapacity, "the job is held");
     // The pod died before its agent started: runscale releases its registration.
-    let released = Instant::now();
     p.release(&linux(), "rs-linux-died").await.expect("release");
     p.release(&linux(), "rs-linux-died")
         .await
@@ -642,20 +660,228 @@ async fn the_job_of_an_agent_that_never_started_is_released_at_once() {
     p.release(&linux(), "rs-linux-unknown")
         .await
         .expect("nothing held");
-    let next = loop {
-        match p.register(&linux(), "rs-linux-next").await {
-            Ok(r) => break r,
-            Err(e) => {
-                assert_eq!(e.kind(), ErrorKind::InsufficientCapacity, "{e}");
-                assert!(
-                    released.elapsed() < Duration::from_secs(10),
-                    "still held: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let waiting = view(&p, &linux()).await.demand.waiting;
+    assert_eq!(waiting.len(), 1, "given back: waiting again");
+    assert_eq!(waiting[0].id, job);
+    let next = p
+        .register(&linux(), "rs-linux-next")
+        .await
+        .expect("the next agent gets it at once");
     assert_eq!(next.credentials.vars["BUILDKITE_AGENT_ACQUIRE_JOB"], job);
-    eprintln!("released job reserved again after {:?}", released.elapsed());
-    assert!(s.emu.snapshot().violations.is_empty());
+    assert!(view(&p, &linux()).await.demand.waiting.is_empty());
+    let snap = s.emu.snapshot();
+    assert_eq!(snap.jobs[0].reservations, 2, "reserved again: extended");
+    assert_eq!(
+        snap.requests["PUT /v3/stacks/{key}/scheduled-jobs/batch-reserve"], 2,
+        "release itself sends nothing"
+    );
+    assert!(snap.violations.is_empty());
+}
+
+/// The queue's `dispatch_paused` (the Stacks API's field): no demand, no reservation.
+#[tokio::test]
+async fn a_paused_queue_gets_no_reservation_and_no_launch() {
+    let s = Setup::new().await;
+    let p =
+        BuildkiteProvider::new(s.config(), vec![(linux(), reserving("linux"))]).expect("provider");
+    s.emu
+        .submit(vec![JobSpec::new("linux", Duration::from_millis(300))]);
+    s.emu.set_dispatch_paused("linux", true);
+    let v = view(&p, &linux()).await;
+    assert!(v.demand.waiting.is_empty(), "nothing to launch for");
+    let e = p.register(&linux(), "rs-linux-a").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InsufficientCapacity, "{e}");
+    assert_eq!(s.emu.snapshot().jobs[0].reservations, 0);
+    s.emu.set_dispatch_paused("linux", false);
+    assert_eq!(view(&p, &linux()).await.demand.waiting.len(), 1);
+    p.register(&linux(), "rs-linux-a").await.expect("resumed");
+    assert_eq!(s.emu.snapshot().jobs[0].reservations, 1);
+}
+
+/// A queue name a stack key cannot hold still gets a stack, with a key Buildkite accepts.
+#[tokio::test]
+async fn queues_with_any_name_get_a_valid_stack_key() {
+    let s = Setup::new().await;
+    let p = BuildkiteProvider::new(
+        s.config(),
+        vec![
+            (linux(), reserving("linux.large")),
+            (arm(), reserving("linux:large")),
+        ],
+    )
+    .expect("provider");
+    s.emu.submit(vec![JobSpec::new(
+        "linux.large",
+        Duration::from_millis(100),
+    )]);
+    assert_eq!(view(&p, &linux()).await.demand.waiting.len(), 1);
+    assert!(view(&p, &arm()).await.demand.waiting.is_empty());
+    p.register(&linux(), "rs-linux-a").await.expect("register");
+    let key = s.emu.snapshot().jobs[0]
+        .reserved_by
+        .clone()
+        .expect("reserved");
+    assert!(key.starts_with("runscale-linux_large-"), "{key}");
+    assert!(key.len() <= 80);
+}
+
+/// 400 `Can only stop connected agents` means the agent is not connected: a drain has
+/// nothing to do and a removal is done; never a misconfiguration (maximum backoff).
+#[tokio::test]
+async fn stopping_an_agent_that_is_no_longer_connected_is_not_an_error() {
+    let s = Setup::new().await;
+    let p = s.provider();
+    let (_, agent) = s.start_agent(&p, &linux()).await;
+    let v = wait_view(&p, &linux(), "agent listed", |v| v.runners.len() == 1).await;
+    let id = v.runners[0].id.clone();
+    p.drain(&linux(), &id).await.expect("drain");
+    let report = tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .expect("agent exits in time")
+        .expect("agent");
+    assert_eq!(report.exit, AgentExit::Stopped);
+    p.drain(&linux(), &id)
+        .await
+        .expect("a drained agent that left needs nothing more");
+    p.remove(&linux(), &id).await.expect("gone");
+    let stops = s.emu.snapshot().requests["PUT /v2/organizations/{org}/agents/{id}/stop"];
+    assert_eq!(stops, 2, "the second stop was refused with 400");
+}
+
+/// Buildkite's per-user budget (`RateLimit-User-*`) is respected as well as the
+/// organisation's: once either says nothing is left, no call is sent until its reset.
+#[tokio::test]
+async fn both_rest_budgets_are_respected() {
+    let mut cfg = EmulatorConfig::new(ORG, "agent-token", "api-token");
+    cfg.rest_requests_per_minute_per_user = 3;
+    let s = Setup::with(cfg).await;
+    let p = s.provider();
+    for _ in 0..3 {
+        assert!(!view(&p, &linux()).await.stale);
+    }
+    assert_eq!(
+        p.rate_limit_remaining(),
+        Some(0),
+        "the user's budget is used"
+    );
+    let v = view(&p, &linux()).await;
+    assert!(v.stale, "throttled: the last view, stale");
+    let e = p
+        .remove(&linux(), &runscale_core::RunnerId::new("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::RateLimited { retry_after: Some(d) } if d > Duration::from_secs(30)),
+        "{e}"
+    );
+    assert_eq!(
+        s.emu.snapshot().requests["GET /v2/organizations/{org}/agents"],
+        3,
+        "no request after the user's budget said 0, so never a 429"
+    );
+
+    // runscale's own per-user budget.
+    let s = Setup::new().await;
+    let mut config = s.config();
+    config.rest_requests_per_minute_per_user = 2;
+    let p = s.provider_with(config);
+    view(&p, &linux()).await;
+    view(&p, &linux()).await;
+    assert!(view(&p, &linux()).await.stale);
+    assert_eq!(
+        s.emu.snapshot().requests["GET /v2/organizations/{org}/agents"],
+        2
+    );
+}
+
+/// Registers `n` agents named for `pool` straight through the agent API (no agent process).
+async fn connect_agents(s: &Setup, pool: &PoolId, queue: &str, n: usize) {
+    let http = reqwest::Client::new();
+    for _ in 0..n {
+        let name = runscale_core::naming::generate(pool.as_str(), 1, &mut rand::rng()).1[0].clone();
+        let r: serde_json::Value = http
+            .post(format!("{}/register", s.emu.agent_endpoint()))
+            .header("authorization", "Token agent-token")
+            .json(&serde_json::json!({ "name": name, "meta_data": [format!("queue={queue}")] }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = r["access_token"].as_str().unwrap();
+        let c = http
+            .post(format!("{}/connect", s.emu.agent_endpoint()))
+            .header("authorization", format!("Token {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(c.status().is_success());
+    }
+}
+
+/// The agents listing is read to its last page, or the observation fails: never a partial
+/// list in which the agents of unread pages look gone.
+#[tokio::test]
+async fn the_agents_listing_is_read_to_its_last_page_or_not_at_all() {
+    let s = Setup::new().await;
+    connect_agents(&s, &linux(), "linux", 150).await;
+    connect_agents(&s, &arm(), "arm", 5).await;
+    let p = s.provider();
+    let v = view(&p, &linux()).await;
+    assert_eq!(v.runners.len(), 150, "both pages");
+    assert_eq!(
+        s.emu.snapshot().requests["GET /v2/organizations/{org}/agents"],
+        2
+    );
+
+    // The second page cannot be read: an error, not the first page alone.
+    let mut config = s.config();
+    config.rest_requests_per_minute = 1;
+    let p = s.provider_with(config);
+    let e = observe_error(&p, &linux()).await;
+    assert!(matches!(e.kind(), ErrorKind::RateLimited { .. }), "{e}");
+
+    // With the cluster queues named, each pool reads its own queue's agents only.
+    let sel = |queue: &str| PoolSelector {
+        queue: queue.into(),
+        tags: BTreeMap::new(),
+        disconnect_after_job: false,
+        disconnect_after_idle_timeout: None,
+        reserve_jobs: false,
+        cluster_queue_id: Some(cluster_queue_id(queue)),
+    };
+    let p = BuildkiteProvider::new(
+        s.config(),
+        vec![(linux(), sel("linux")), (arm(), sel("arm"))],
+    )
+    .expect("provider");
+    let before = s.emu.snapshot().requests["GET /v2/organizations/{org}/agents"];
+    let seen = p.observe(&[linux(), arm()]).await;
+    assert_eq!(seen[&linux()].as_ref().expect("linux").runners.len(), 150);
+    assert_eq!(seen[&arm()].as_ref().expect("arm").runners.len(), 5);
+    assert_eq!(
+        s.emu.snapshot().requests["GET /v2/organizations/{org}/agents"] - before,
+        3,
+        "two pages of linux, one of arm"
+    );
+    assert!(
+        p.probe()
+            .await
+            .expect("probe")
+            .contains("155 connected agents")
+    );
+    let wrong = BuildkiteProvider::new(
+        s.config(),
+        vec![(
+            linux(),
+            PoolSelector {
+                cluster_queue_id: Some(cluster_queue_id("arm")),
+                ..sel("linux")
+            },
+        )],
+    )
+    .expect("provider");
+    let e = wrong.probe().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Misconfigured, "{e}");
 }

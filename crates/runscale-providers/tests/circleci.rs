@@ -507,6 +507,13 @@ async fn configuration_errors_name_the_field() {
     assert!(e.contains("already the class of pool linux"), "{e}");
     let e = bad(s.selector(LINUX, "missing"), None);
     assert!(e.contains("token"), "{e}");
+    let mut sel = s.selector(LINUX, "linux");
+    sel.projects = vec!["github/org/app".into(), "gitlab/org/app".into()];
+    let e = bad(sel, None);
+    assert!(
+        e.contains("projects[1]") && e.contains("gitlab/org/app"),
+        "{e}"
+    );
     let mut cfg = s.config();
     cfg.max_concurrency = Some(0);
     cfg.api_url = "ftp://x".into();
@@ -519,6 +526,10 @@ async fn configuration_errors_name_the_field() {
         "unknown fields are refused"
     );
 }
+
+/// A GitHub App organisation's project, as `circleci/<org-id>/<project-id>`.
+const ORG_ID: &str = "6f4e9b1c-2a3d-4e5f-8a9b-0c1d2e3f4a5b";
+const PROJECT_ID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 
 fn delivery(body: &[u8], sig: Option<String>) -> WebhookRequest {
     let mut headers = vec![("circleci-event-type".to_owned(), "job-completed".to_owned())];
@@ -535,14 +546,19 @@ fn delivery(body: &[u8], sig: Option<String>) -> WebhookRequest {
 async fn webhooks_are_verified_deduplicated_and_wake_the_projects_pools() {
     let s = Setup::new(None).await;
     let mut only_app = s.selector(LINUX, "linux");
+    // The short form in the configuration, the long one in webhooks (as CircleCI sends it).
     only_app.projects = vec!["gh/org/app".into()];
     let mut only_other = s.selector(ARM, "arm");
-    only_other.projects = vec!["gh/org/other".into()];
+    only_other.projects = vec![
+        "bb/org/other".into(),
+        format!("circleci/{ORG_ID}/{PROJECT_ID}"),
+    ];
     let p = CircleciProvider::new(s.config(), vec![(linux(), only_app), (arm(), only_other)])
         .expect("provider");
-    let body = |id: &str, kind: &str| {
-        format!(r#"{{"id":"{id}","type":"{kind}","happened_at":"2026-11-30T00:00:00Z","project":{{"id":"p","name":"app","slug":"gh/org/app"}}}}"#).into_bytes()
+    let body_of = |id: &str, kind: &str, slug: &str| {
+        format!(r#"{{"id":"{id}","type":"{kind}","happened_at":"2026-11-30T00:00:00Z","project":{{"id":"p","name":"app","slug":"{slug}"}}}}"#).into_bytes()
     };
+    let body = |id: &str, kind: &str| body_of(id, kind, "github/org/app");
     let sign = |b: &[u8]| Some(signature(b"hook-secret", b));
     let b1 = body("e1", "job-completed");
     assert_eq!(
@@ -588,6 +604,27 @@ async fn webhooks_are_verified_deduplicated_and_wake_the_projects_pools() {
             .kind(),
         ErrorKind::Protocol
     );
+
+    // Every documented slug form reaches its pool; another project wakes nobody.
+    for (id, slug, woken) in [
+        ("s1", "gh/org/app", vec![linux()]),
+        ("s2", "GitHub/Org/App", vec![linux()]),
+        ("s3", "bitbucket/org/other", vec![arm()]),
+        (
+            "s4",
+            &format!("circleci/{ORG_ID}/{PROJECT_ID}"),
+            vec![arm()],
+        ),
+        ("s5", "github/org/other", vec![]),
+        ("s6", "circleci/not-a-uuid/x", vec![]),
+    ] {
+        let b = body_of(id, "job-completed", slug);
+        assert_eq!(
+            p.webhook(&delivery(&b, sign(&b))).expect(slug),
+            woken,
+            "{slug}"
+        );
+    }
 
     // Pools without projects wake on every project's events; no secret, no webhooks.
     let b5 = body("e5", "job-completed");

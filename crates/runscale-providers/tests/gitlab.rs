@@ -1,7 +1,9 @@
 //! The GitLab provider against the GitLab emulator over loopback HTTP: demand by tags
 //! (untagged included) across projects and paginated group listings, runner slots from
-//! managers, removal only when idle, per-instance runners that are paused and deleted,
-//! clean-up of runners that never came up, failures that never look like an empty fleet,
+//! managers with valid system ids that map back to their names (after a restart too), exited
+//! slots gone after `contact_timeout` though GitLab still says online, removal only when idle,
+//! per-instance runners that are paused and deleted, clean-up of runners nobody uses (a
+//! missing `created_at` never reads as old), failures that never look like an empty fleet,
 //! and webhooks.
 
 use std::collections::HashMap;
@@ -22,8 +24,17 @@ const HOOK: &str = "hook-secret";
 
 struct Setup {
     emu: EmulatorHandle,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     provider: GitlabProvider,
+    config: Config,
+    pools: Vec<(PoolId, PoolSelector)>,
+}
+
+impl Setup {
+    /// Another provider on the same GitLab and configuration: runscale after a restart.
+    fn restarted(&self) -> GitlabProvider {
+        GitlabProvider::new(self.config.clone(), self.pools.clone()).expect("provider")
+    }
 }
 
 fn selector(tags: &[&str], run_untagged: bool, per: RunnerPer) -> PoolSelector {
@@ -49,7 +60,6 @@ async fn setup_with(
     tweak: impl FnOnce(&mut Config),
 ) -> Setup {
     let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
-    c.long_poll = Duration::from_millis(100);
     // Every delivery is retried once (same Idempotency-Key).
     c.faults.duplicate_webhooks = !hooks.is_empty();
     c.webhooks = hooks;
@@ -65,36 +75,59 @@ async fn setup_with(
         groups: vec!["acme".into()],
         group_refresh: Duration::from_secs(60),
         webhook_token: Some(SecretRef::File(dir.path().join("hook"))),
+        contact_timeout: Duration::from_secs(20),
         stale_runner_timeout: Duration::from_secs(600),
         max_pages: 50,
         request_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(2),
     };
     tweak(&mut config);
-    let provider = GitlabProvider::new(
-        config,
-        pools
-            .into_iter()
-            .map(|(p, s)| (PoolId::new(p), s))
-            .collect(),
-    )
-    .expect("provider");
+    let pools: Vec<(PoolId, PoolSelector)> = pools
+        .into_iter()
+        .map(|(p, s)| (PoolId::new(p), s))
+        .collect();
+    let provider = GitlabProvider::new(config.clone(), pools.clone()).expect("provider");
     Setup {
         emu,
-        _dir: dir,
+        dir,
         provider,
+        config,
+        pools,
     }
 }
 
-/// A fake runner worker (one slot) with a registration's credentials, as the instance gets them.
+/// One pool `linux` (tag `linux`) with `per`.
+async fn linux(per: RunnerPer, tweak: impl FnOnce(&mut Config)) -> Setup {
+    setup(vec![("linux", selector(&["linux"], false, per))], tweak).await
+}
+
+/// A fake runner worker (one slot) with a registration's credentials, as the instance gets them
+/// (its slot directory under `slots`); it asks for a job every 100 ms.
 fn start_worker(
     reg: &Registration,
+    slots: &std::path::Path,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<Result<emu::AgentReport, emu::AgentError>> {
-    let vars: HashMap<String, String> = reg.credentials.expose_all().into_iter().collect();
-    let config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
+    start_worker_with(reg, slots, stop, |_| {})
+}
+
+fn start_worker_with(
+    reg: &Registration,
+    slots: &std::path::Path,
+    stop: &CancellationToken,
+    tweak: impl FnOnce(&mut emu::AgentConfig),
+) -> tokio::task::JoinHandle<Result<emu::AgentReport, emu::AgentError>> {
+    let mut vars: HashMap<String, String> = reg.credentials.expose_all().into_iter().collect();
+    vars.insert(
+        emu::SLOTS_DIR_VAR.to_owned(),
+        slots.to_string_lossy().into_owned(),
+    );
+    let mut config = emu::AgentConfig::from_vars(&|n| vars.get(n).cloned())
         .expect("vars")
         .expect("gitlab");
+    config.check_interval = Duration::from_millis(100);
+    config.unhealthy_interval = Duration::from_millis(500);
+    tweak(&mut config);
     tokio::spawn(emu::run_agent(config, stop.clone()))
 }
 
@@ -168,11 +201,7 @@ async fn pending_jobs_go_to_the_first_pool_whose_tags_match_across_paginated_lis
 
 #[tokio::test]
 async fn slots_are_managers_busy_ones_are_never_removed() {
-    let s = setup(
-        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
-        |_| {},
-    )
-    .await;
+    let s = linux(RunnerPer::Pool, |_| {}).await;
     let pool = PoolId::new("linux");
     let a = s
         .provider
@@ -197,16 +226,26 @@ async fn slots_are_managers_busy_ones_are_never_removed() {
         !format!("{a:?}").contains("glrt-"),
         "the token is not in Debug output"
     );
+    // A system id gitlab-runner accepts in `.runner_system_id`, and the slot's name.
     assert_eq!(
-        a.credentials.vars["RUNNER_SYSTEM_ID"],
-        "rs-linux-aaaaaaaaaa-1"
+        a.credentials.vars["RUNSCALE_GITLAB_SYSTEM_ID"],
+        "s_aaaaaaaaaa01"
+    );
+    assert_eq!(a.credentials.vars["RUNNER_NAME"], "rs-linux-aaaaaaaaaa-1");
+    assert!(emu::valid_system_id(
+        &b.credentials.vars["RUNSCALE_GITLAB_SYSTEM_ID"]
+    ));
+    assert!(
+        !a.credentials
+            .vars
+            .contains_key("RUNSCALE_GITLAB_MAX_BUILDS")
     );
 
     // Two workers (slots) of one instance; a 1.5 s job arrives.
     let stop = CancellationToken::new();
     let mut workers = Vec::new();
     for reg in [&a, &b] {
-        workers.push(start_worker(reg, &stop));
+        workers.push(start_worker(reg, s.dir.path(), &stop));
     }
     s.emu.submit(vec![JobSpec::new(
         100,
@@ -224,6 +263,13 @@ async fn slots_are_managers_busy_ones_are_never_removed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let runners = busy.expect("one slot busy");
+    let mut names: Vec<&str> = runners.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["rs-linux-aaaaaaaaaa-1", "rs-linux-aaaaaaaaaa-2"],
+        "managers map back to the slots' names"
+    );
     let busy_one = runners
         .iter()
         .find(|r| r.state == RunnerState::Busy)
@@ -263,11 +309,7 @@ async fn slots_are_managers_busy_ones_are_never_removed() {
 
 #[tokio::test]
 async fn per_instance_runners_are_paused_by_drain_and_deleted_by_remove() {
-    let s = setup(
-        vec![("linux", selector(&["linux"], false, RunnerPer::Instance))],
-        |_| {},
-    )
-    .await;
+    let s = linux(RunnerPer::Instance, |_| {}).await;
     let pool = PoolId::new("linux");
     let a = s
         .provider
@@ -284,7 +326,7 @@ async fn per_instance_runners_are_paused_by_drain_and_deleted_by_remove() {
         "one runner per instance"
     );
     let stop = CancellationToken::new();
-    let worker = start_worker(&a, &stop);
+    let worker = start_worker(&a, s.dir.path(), &stop);
     let mut slot = None;
     for _ in 0..50 {
         let v = views(&s.provider, &["linux"]).await;
@@ -310,24 +352,25 @@ async fn per_instance_runners_are_paused_by_drain_and_deleted_by_remove() {
         "a paused runner takes nothing"
     );
     s.provider.remove(&pool, &slot.id).await.expect("remove");
-    let report = worker.await.expect("join").expect("worker");
-    assert_eq!(report.exit, emu::AgentExit::RunnerRemoved);
     assert_eq!(
         s.emu.snapshot().runners.len(),
         1,
         "only the other instance's runner is left"
     );
+    // Like gitlab-runner, the process keeps running (its requests are refused) until its
+    // instance is stopped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!worker.is_finished());
     stop.cancel();
+    let report = worker.await.expect("join").expect("worker");
+    assert_eq!(report.exit, emu::AgentExit::Shutdown);
 }
 
 #[tokio::test]
 async fn runners_that_never_came_up_are_reported_offline_and_removed_after_the_timeout() {
-    let s = setup(
-        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
-        |c| {
-            c.stale_runner_timeout = Duration::from_secs(1);
-        },
-    )
+    let s = linux(RunnerPer::Pool, |c| {
+        c.stale_runner_timeout = Duration::from_secs(1);
+    })
     .await;
     let pool = PoolId::new("linux");
     s.provider
@@ -363,11 +406,7 @@ async fn runners_that_never_came_up_are_reported_offline_and_removed_after_the_t
 
 #[tokio::test]
 async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
-    let s = setup(
-        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
-        |_| {},
-    )
-    .await;
+    let s = linux(RunnerPer::Pool, |_| {}).await;
     let pool = PoolId::new("linux");
     let reg = s
         .provider
@@ -375,7 +414,7 @@ async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
         .await
         .expect("register");
     let stop = CancellationToken::new();
-    let worker = start_worker(&reg, &stop);
+    let worker = start_worker(&reg, s.dir.path(), &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(views(&s.provider, &["linux"]).await[&pool].runners.len(), 1);
 
@@ -411,11 +450,7 @@ async fn a_failed_call_is_an_error_never_an_empty_fleet_and_429_is_stale() {
 /// the pool's observation: no view without that runner's slots.
 #[tokio::test]
 async fn regression_one_failed_managers_call_is_not_a_fleet_without_runners() {
-    let s = setup(
-        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
-        |_| {},
-    )
-    .await;
+    let s = linux(RunnerPer::Pool, |_| {}).await;
     let pool = PoolId::new("linux");
     let reg = s
         .provider
@@ -423,7 +458,7 @@ async fn regression_one_failed_managers_call_is_not_a_fleet_without_runners() {
         .await
         .expect("register");
     let stop = CancellationToken::new();
-    let worker = start_worker(&reg, &stop);
+    let worker = start_worker(&reg, s.dir.path(), &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(views(&s.provider, &["linux"]).await[&pool].runners.len(), 1);
     s.emu.set_faults(Faults {
@@ -454,11 +489,7 @@ async fn regression_one_failed_managers_call_is_not_a_fleet_without_runners() {
 
 #[tokio::test]
 async fn the_rate_budget_is_reported_and_running_out_of_it_is_a_stale_view() {
-    let s = setup(
-        vec![("linux", selector(&["linux"], false, RunnerPer::Pool))],
-        |_| {},
-    )
-    .await;
+    let s = linux(RunnerPer::Pool, |_| {}).await;
     let pool = PoolId::new("linux");
     assert_eq!(
         s.provider.rate_limit_remaining(),
@@ -635,4 +666,257 @@ async fn webhooks_need_the_token_are_deduplicated_and_wake_the_right_pools() {
         ids(&["linux"]),
         "the first matching pool in configuration order"
     );
+}
+
+/// Issue 14: gitlab-runner exits after `--max-builds` jobs without unregistering, and GitLab
+/// keeps calling its manager `online` for 2 hours. The provider stops listing it once its
+/// contact is older than `contact_timeout`, so the reconciler counts it departed; much later it
+/// is listed offline, so it is unregistered.
+#[tokio::test]
+async fn an_exited_slot_is_gone_after_contact_timeout_though_gitlab_says_online() {
+    let s = linux(RunnerPer::Pool, |c| {
+        c.contact_timeout = Duration::from_secs(5);
+        c.stale_runner_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let pool = PoolId::new("linux");
+    let stop = CancellationToken::new();
+    let mut regs = Vec::new();
+    for name in ["rs-linux-bbbbbbbbbb-1", "rs-linux-bbbbbbbbbb-2"] {
+        regs.push(s.provider.register(&pool, name).await.expect("register"));
+    }
+    let one_job = start_worker_with(&regs[0], s.dir.path(), &stop, |c| c.max_builds = 1);
+    let stays = start_worker(&regs[1], s.dir.path(), &stop);
+    s.emu.submit(vec![JobSpec::new(
+        100,
+        &["linux"],
+        Duration::from_millis(200),
+    )]);
+    let report = tokio::time::timeout(Duration::from_secs(10), one_job)
+        .await
+        .expect("the slot exits after its job")
+        .expect("join")
+        .expect("worker");
+    let exited = std::time::Instant::now();
+    assert_eq!(report.exit, emu::AgentExit::MaxBuilds);
+    assert_eq!(report.system_id, "s_bbbbbbbbbb01");
+    let listed = |v: &HashMap<PoolId, runscale_core::ProviderView>, name: &str| {
+        v[&pool]
+            .runners
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.state)
+    };
+    // Listed idle at first, then gone: departed.
+    let mut gone_after = None;
+    while exited.elapsed() < Duration::from_secs(15) {
+        let v = views(&s.provider, &["linux"]).await;
+        assert_eq!(
+            listed(&v, "rs-linux-bbbbbbbbbb-2"),
+            Some(RunnerState::Idle),
+            "the slot that polls stays idle"
+        );
+        match listed(&v, "rs-linux-bbbbbbbbbb-1") {
+            Some(RunnerState::Idle) => {}
+            None => {
+                gone_after = Some(exited.elapsed());
+                break;
+            }
+            other => panic!("exited slot listed as {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_after = gone_after.expect("the exited slot is no longer listed");
+    assert!(
+        gone_after >= Duration::from_secs(4) && gone_after < Duration::from_secs(7),
+        "gone about contact_timeout (5 s) after its last contact: {gone_after:?}"
+    );
+    let managers = s.emu.snapshot();
+    assert_eq!(managers.managers(), 2, "GitLab still has both managers");
+    // GitLab's own view: still online (2 h window).
+    let runner_id = managers.runners[0].id;
+    let http = reqwest::Client::new();
+    let listed_by_gitlab: serde_json::Value = http
+        .get(format!(
+            "{}/api/v4/runners/{runner_id}/managers",
+            s.emu.url()
+        ))
+        .header("PRIVATE-TOKEN", ADMIN)
+        .send()
+        .await
+        .expect("managers")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        listed_by_gitlab
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|m| m["status"] == "online"),
+        "{listed_by_gitlab}"
+    );
+    // contact_timeout + stale_runner_timeout later: offline, and removing it unregisters it.
+    let mut offline = None;
+    while exited.elapsed() < Duration::from_secs(20) {
+        let v = views(&s.provider, &["linux"]).await;
+        if let Some(r) = v[&pool]
+            .runners
+            .iter()
+            .find(|r| r.name == "rs-linux-bbbbbbbbbb-1")
+        {
+            assert_eq!(r.state, RunnerState::Offline);
+            offline = Some(r.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let offline = offline.expect("listed offline for deregistration");
+    assert!(exited.elapsed() >= Duration::from_secs(6));
+    s.provider
+        .remove(&pool, &offline.id)
+        .await
+        .expect("unregistered");
+    assert_eq!(s.emu.snapshot().managers(), 1);
+    stop.cancel();
+    stays.await.expect("join").expect("worker");
+    println!(
+        "gitlab exited slot: not listed {:.1}s after it exited (contact_timeout 5s), \
+         unregistered after {:.1}s",
+        gone_after.as_secs_f64(),
+        exited.elapsed().as_secs_f64()
+    );
+}
+
+/// A manager whose system_id is not one of ours (a runner that made up its own id) is no slot:
+/// never listed, so never a reason to act on anything; a restarted provider maps our managers
+/// back to their slot names with no memory.
+#[tokio::test]
+async fn foreign_system_ids_are_ignored_and_slots_are_found_again_after_a_restart() {
+    let s = linux(RunnerPer::Pool, |_| {}).await;
+    let pool = PoolId::new("linux");
+    let ours = s
+        .provider
+        .register(&pool, "rs-linux-cccccccccc")
+        .await
+        .expect("register");
+    assert_eq!(
+        ours.credentials.vars["RUNSCALE_GITLAB_SYSTEM_ID"],
+        "s_cccccccccc00"
+    );
+    let mut theirs = s
+        .provider
+        .register(&pool, "rs-linux-dddddddddd")
+        .await
+        .expect("register");
+    // The old scheme: the runner name as system id, which gitlab-runner rejects.
+    theirs.credentials.vars.insert(
+        "RUNSCALE_GITLAB_SYSTEM_ID".to_owned(),
+        "rs-linux-dddddddddd".to_owned(),
+    );
+    let stop = CancellationToken::new();
+    let a = start_worker(&ours, s.dir.path(), &stop);
+    let b = start_worker(&theirs, s.dir.path(), &stop);
+    let mut managers = 0;
+    for _ in 0..50 {
+        managers = s.emu.snapshot().managers();
+        if managers == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(managers, 2);
+    let restarted = s.restarted();
+    stop.cancel();
+    a.await.expect("join").expect("worker");
+    let made_up = b.await.expect("join").expect("worker").system_id;
+    assert_ne!(made_up, "rs-linux-dddddddddd");
+    assert!(emu::valid_system_id(&made_up));
+    for p in [&s.provider, &restarted] {
+        let v = views(p, &["linux"]).await;
+        let names: Vec<&str> = v[&pool].runners.iter().map(|r| r.name.as_str()).collect();
+        assert!(names.contains(&"rs-linux-cccccccccc"), "{names:?}");
+        assert!(
+            !names.contains(&"rs-linux-dddddddddd"),
+            "the runner that made up its id is not the slot it was meant to be: {names:?}"
+        );
+        // gitlab-runner's machine-derived id (`s_` + 12 hex) may decode to a name; no instance
+        // hosts it, so at most its idle manager is unregistered. Anything else is no slot.
+        let foreign: Vec<&&str> = names
+            .iter()
+            .filter(|n| **n != "rs-linux-cccccccccc")
+            .collect();
+        assert!(
+            foreign.is_empty() || (made_up.starts_with("s_") && foreign.len() == 1),
+            "{names:?} ({made_up})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slot_number_above_99_is_refused() {
+    let s = linux(RunnerPer::Pool, |_| {}).await;
+    let err = s
+        .provider
+        .register(&PoolId::new("linux"), "rs-linux-aaaaaaaaaa-100")
+        .await
+        .expect_err("slot 100");
+    assert_eq!(err.kind(), ErrorKind::Misconfigured);
+    assert!(err.to_string().contains("99"), "{err}");
+    assert!(runscale_providers::gitlab::validate_pool(99).is_ok());
+    assert!(runscale_providers::gitlab::validate_pool(100).is_err());
+}
+
+/// GitLab's runner list entity has no `created_at` (older versions): a runner a previous
+/// runscale created is kept until this process has known it for `stale_runner_timeout`; a
+/// paused runner nobody uses is cleaned up like an offline one.
+#[tokio::test]
+async fn a_missing_created_at_is_not_old_and_unused_paused_runners_are_cleaned_up() {
+    let s = linux(RunnerPer::Instance, |c| {
+        c.stale_runner_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let pool = PoolId::new("linux");
+    let reg = s
+        .provider
+        .register(&pool, "rs-linux-eeeeeeeeee")
+        .await
+        .expect("register");
+    // The instance's slot comes up once, then its process goes; the runner gets paused.
+    let stop = CancellationToken::new();
+    let w = start_worker(&reg, s.dir.path(), &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    w.await.expect("join").expect("worker");
+    let slot = views(&s.provider, &["linux"]).await[&pool].runners[0].clone();
+    s.provider.drain(&pool, &slot.id).await.expect("pause");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A new process (restart) has never seen this runner: its age is unknown, so it is kept.
+    let restarted = s.restarted();
+    let v = views(&restarted, &["linux"]).await;
+    assert!(
+        v[&pool]
+            .runners
+            .iter()
+            .all(|r| r.state != RunnerState::Offline),
+        "not reported while its age is unknown: {:?}",
+        v[&pool].runners
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let v = views(&restarted, &["linux"]).await;
+    let unused: Vec<_> = v[&pool]
+        .runners
+        .iter()
+        .filter(|r| r.name == "rs-linux-eeeeeeeeee" && r.state == RunnerState::Offline)
+        .cloned()
+        .collect();
+    let [unused] = unused.as_slice() else {
+        panic!(
+            "the paused, unused runner is reported: {:?}",
+            v[&pool].runners
+        );
+    };
+    assert!(unused.draining, "paused");
+    restarted.remove(&pool, &unused.id).await.expect("deleted");
+    assert!(s.emu.snapshot().runners.is_empty());
 }

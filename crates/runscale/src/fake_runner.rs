@@ -12,9 +12,10 @@
 //! (with `*_RUNNER_NAME`, `*_API_URL`, `*_MODE`, `*_IDLE_TIMEOUT`; e.g. circleci-runner-
 //! autoscaler's CronJob pods), or the credentials file holds such runners.
 //!
-//! A Buildkite agent (the Buildkite emulator's fake) when `BUILDKITE_AGENT_TOKEN` is set (with
-//! `BUILDKITE_AGENT_NAME`, `_TAGS`, `_ENDPOINT`, `_DISCONNECT_AFTER_JOB`,
-//! `_DISCONNECT_AFTER_IDLE_TIMEOUT`; e.g. a Buildscaler Job's pod).
+//! A Buildkite agent (the Buildkite emulator's fake, making the real agent's calls) when
+//! `BUILDKITE_AGENT_TOKEN` is set (with `BUILDKITE_AGENT_NAME`, `_TAGS`, `_ENDPOINT`,
+//! `_DISCONNECT_AFTER_JOB`, `_DISCONNECT_AFTER_IDLE_TIMEOUT`, `_ACQUIRE_JOB` and
+//! `BUILDKITE_BUILD_PATH`, as `buildkite-agent start` reads them; e.g. a Buildscaler Job's pod).
 //!
 //! What does not live here: the agent protocol itself (in `runscale-emulator`), and the other
 //! ways the standalone `runscale-fake-runner` binary accepts a runner (`--jitconfig`, `--url`).

@@ -612,6 +612,24 @@ pools:
             .any(|e| e.path.starts_with("backends[0].command")),
         "{errors:#?}"
     );
+    // A slot's GitLab system_id numbers it on two digits.
+    let errors = errors_of(&text.replace("runners_per_instance: 2", "runners_per_instance: 100"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "pools[0].runners_per_instance" && e.message.contains("99")),
+        "{errors:#?}"
+    );
+    let errors = errors_of(&text.replace(
+        "projects: [acme/app]",
+        "projects: [acme/app]\n    contact_timeout: 1s",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "providers[0].contact_timeout"),
+        "{errors:#?}"
+    );
     let schema = config::schema().to_string();
     assert!(schema.contains("\"gitlab\"") && schema.contains("\"exec\""));
 }

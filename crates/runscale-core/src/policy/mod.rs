@@ -1,7 +1,7 @@
 //! The scaling policy: `plan(spec, observation, now) -> Plan`.
 //!
 //! Pure: no I/O, no clock, no randomness. The daemon, `once`, the simulator, benchmarks and
-//! tests all call this one function. Its safety properties (ARCHITECTURE.md) are checked by
+//! tests all call this one function. Its safety properties (`docs/architecture.md`) are checked by
 //! property tests in `tests/policy_properties.rs`; each rule has a unit test in `tests.rs`.
 //!
 //! Capacity is counted in *slots* (runners): an instance hosts `runners_per_instance` of them.

@@ -21,7 +21,7 @@
 //!
 //! What does not live here: runscale itself (the tests start the daemon), EC2 (moto's ASG
 //! members are EC2 instances, but nothing here needs the heavy EC2 SDK), and anything moto
-//! does not model (lifecycle hooks, boot time; see `reference/test-infrastructure.md`).
+//! does not model (lifecycle hooks, boot time; see `docs/fidelity.md`).
 
 mod instance;
 mod moto;

@@ -16,17 +16,26 @@
 //! (`single-task` | `continuous`) and `CIRCLECI_RUNNER_IDLE_TIMEOUT` (or their `LAUNCH_AGENT_*`
 //! names); see `runscale_emulator::circleci::AgentConfig`.
 //!
-//! A Buildkite agent instead, when `BUILDKITE_AGENT_TOKEN` is set: with
+//! A Buildkite agent instead, when `BUILDKITE_AGENT_TOKEN` is set (or the `token` of the
+//! configuration file `BUILDKITE_AGENT_CONFIG` names): with
 //! `BUILDKITE_AGENT_NAME`, `BUILDKITE_AGENT_TAGS`, `BUILDKITE_AGENT_ENDPOINT`,
-//! `BUILDKITE_AGENT_DISCONNECT_AFTER_JOB` and `BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT`;
-//! see `runscale_emulator::buildkite::AgentConfig`.
+//! `BUILDKITE_AGENT_DISCONNECT_AFTER_JOB`, `BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT`,
+//! `BUILDKITE_AGENT_ACQUIRE_JOB` and `BUILDKITE_BUILD_PATH`; it makes the calls
+//! `buildkite-agent start` makes and runs each job's command in a shell; see
+//! `runscale_emulator::buildkite::AgentConfig`.
 //!
 //! A GitLab runner instead, when `CI_SERVER_TOKEN` is set or the credentials file holds it:
-//! one worker (runner manager) per runner entry, with `CI_SERVER_URL`, `RUNNER_NAME`,
-//! `RUNNER_SYSTEM_ID` and `RUNNER_MAX_BUILDS`; see `runscale_emulator::gitlab::AgentConfig`.
+//! one worker (runner manager) per runner entry, each like `gitlab-runner run-single
+//! --max-builds`, with `CI_SERVER_URL`, `RUNNER_NAME`, `RUNSCALE_GITLAB_SYSTEM_ID` (written into
+//! the slot's `.runner_system_id` under `GITLAB_RUNNER_SLOTS_DIR`, then read back with
+//! gitlab-runner's check) and `RUNSCALE_GITLAB_MAX_BUILDS`; see
+//! `runscale_emulator::gitlab::AgentConfig`. As `runscale-fake-runner run-single -c
+//! <dir>/config.toml -r <name> [--max-builds <n>]` it stands in for gitlab-runner under
+//! runscale's start-up script (`deploy/exec/gitlab-runner-slots.sh`).
 //!
 //! Exit codes: 0 done (job finished, shutdown, or runner removed), 1 runtime failure,
-//! 2 bad arguments or credentials. SIGTERM/SIGINT: idle agents disconnect and exit at once;
+//! 2 bad arguments or credentials, 27 a Buildkite job that could not be acquired (as
+//! `buildkite-agent start --acquire-job`). SIGTERM/SIGINT: idle agents disconnect and exit at once;
 //! busy ones finish their job first.
 
 use std::path::PathBuf;
@@ -108,7 +117,15 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    if std::env::var_os(runscale_emulator::buildkite::TOKEN_VAR).is_some() {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "run-single")
+    {
+        return gitlab_run_single().await;
+    }
+    if std::env::var_os(runscale_emulator::buildkite::TOKEN_VAR).is_some()
+        || std::env::var_os(runscale_emulator::buildkite::CONFIG_VAR).is_some()
+    {
         return run_buildkite(shutdown_on_signal()).await;
     }
     if let Some(code) = gitlab_main().await {
@@ -256,8 +273,52 @@ async fn run_buildkite(shutdown: CancellationToken) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        // As `buildkite-agent start --acquire-job` does when Buildkite refuses the job.
+        Err(error @ buildkite::AgentError::AcquireRejected(_)) => {
+            tracing::error!(%error, "buildkite agent failed");
+            ExitCode::from(27)
+        }
         Err(error) => {
             tracing::error!(%error, "buildkite agent failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `run-single`, as runscale's GitLab start-up script starts gitlab-runner.
+#[derive(Parser)]
+#[command(name = "runscale-fake-runner run-single")]
+struct RunSingle {
+    /// The config file (its directory holds `.runner_system_id`).
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// The `[[runners]]` entry to run, by name.
+    #[arg(short = 'r', long = "runner")]
+    runner: String,
+    /// Jobs before exiting; 0: no limit.
+    #[arg(long = "max-builds", default_value_t = 0)]
+    max_builds: u32,
+}
+
+/// One GitLab runner manager like `gitlab-runner run-single -c FILE -r NAME --max-builds N`.
+async fn gitlab_run_single() -> ExitCode {
+    use runscale_emulator::gitlab;
+    let args = RunSingle::parse_from(std::env::args_os().skip(1));
+    let config =
+        match gitlab::AgentConfig::from_run_single(&args.config, &args.runner, args.max_builds) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("runscale-fake-runner: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    match gitlab::run_agent(config, shutdown_on_signal()).await {
+        Ok(r) => {
+            tracing::info!(runner = %r.runner_name, system_id = %r.system_id, jobs = r.jobs_completed, exit = ?r.exit, "gitlab runner exited");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "gitlab runner failed");
             ExitCode::from(1)
         }
     }
@@ -292,7 +353,7 @@ async fn gitlab_main() -> Option<ExitCode> {
     for worker in workers {
         match worker.await {
             Ok(Ok(r)) => {
-                tracing::info!(runner = %r.runner_name, jobs = r.jobs_completed, exit = ?r.exit, "gitlab runner exited")
+                tracing::info!(runner = %r.runner_name, system_id = %r.system_id, jobs = r.jobs_completed, exit = ?r.exit, "gitlab runner exited")
             }
             Ok(Err(error)) => {
                 tracing::error!(%error, "gitlab runner failed");

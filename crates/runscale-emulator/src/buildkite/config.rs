@@ -1,6 +1,7 @@
 //! Configuration of the Buildkite emulator: the organisation, the agent registration tokens,
-//! the REST API tokens and their rate limit, the metrics poll duration, webhooks, fault knobs
-//! and the silence after which a connected agent is lost.
+//! the REST API tokens and their rate limits, the metrics poll duration, the intervals agents
+//! are told to keep, webhooks, fault knobs and the silence after which a connected agent is
+//! lost.
 //!
 //! Secrets are [`SecretString`]s: `Debug` output is redacted.
 
@@ -19,13 +20,19 @@ pub struct EmulatorConfig {
     /// registration.
     #[serde(default)]
     pub agent_tokens: Vec<SecretString>,
-    /// REST API access tokens: `Authorization: Bearer <token>` on `/v2/...`.
+    /// REST API access tokens: `Authorization: Bearer <token>` on `/v2/...`. Each token
+    /// belongs to its own user (for the per-user rate limit).
     #[serde(default)]
     pub api_tokens: Vec<SecretString>,
     /// REST requests allowed per minute over the organisation (Buildkite: 200); further ones
-    /// answer 429 with `Retry-After` and `RateLimit-*` headers.
+    /// answer 429. Every answer carries `RateLimit-Scope/Limit/Remaining/Reset`.
     #[serde(default = "default_rest_per_minute")]
     pub rest_requests_per_minute: u32,
+    /// REST requests allowed per minute to one user, i.e. one API token (Buildkite: 50);
+    /// further ones answer 429. Every answer carries `RateLimit-User-Scope/Limit/Remaining/
+    /// Reset`.
+    #[serde(default = "default_rest_per_minute_per_user")]
+    pub rest_requests_per_minute_per_user: u32,
     /// `Buildkite-Agent-Metrics-Poll-Duration` sent with metrics, in whole seconds; `None`:
     /// not sent.
     #[serde(default, with = "humantime_serde::option")]
@@ -34,6 +41,22 @@ pub struct EmulatorConfig {
     /// is lost too and recorded as a violation.
     #[serde(default = "default_agent_lost_after", with = "humantime_serde")]
     pub agent_lost_after: Duration,
+    /// `ping_interval` told to registering agents (whole seconds, at least 1): how often an
+    /// idle agent asks for work.
+    #[serde(default = "default_ping_interval", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// `heartbeat_interval` told to registering agents (whole seconds, at least 1).
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// `job_status_interval` told to registering agents (whole seconds, at least 1): how often
+    /// a busy agent reads its job's state (to notice a cancellation).
+    #[serde(default = "default_job_status_interval", with = "humantime_serde")]
+    pub job_status_interval: Duration,
+    /// `BUILDKITE_REPO` of every job. The default names a host under `.invalid`, which never
+    /// resolves: an agent that does check out (no checkout hook, no `--skip-checkout`) fails
+    /// at once instead of reaching the network.
+    #[serde(default = "default_repository")]
+    pub repository: String,
     /// Webhooks receiving `job.*` and `agent.*` events.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
@@ -54,8 +77,13 @@ impl EmulatorConfig {
             agent_tokens: vec![SecretString::from(agent_token.to_owned())],
             api_tokens: vec![SecretString::from(api_token.to_owned())],
             rest_requests_per_minute: default_rest_per_minute(),
+            rest_requests_per_minute_per_user: default_rest_per_minute_per_user(),
             metrics_poll_duration: None,
             agent_lost_after: default_agent_lost_after(),
+            ping_interval: default_ping_interval(),
+            heartbeat_interval: default_heartbeat_interval(),
+            job_status_interval: default_job_status_interval(),
+            repository: default_repository(),
             webhooks: Vec::new(),
             faults: Faults::default(),
             seed: 0,
@@ -117,6 +145,26 @@ fn default_rest_per_minute() -> u32 {
     200
 }
 
+fn default_rest_per_minute_per_user() -> u32 {
+    50
+}
+
 fn default_agent_lost_after() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_job_status_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_repository() -> String {
+    "https://git.example.invalid/acme/app.git".to_owned()
 }

@@ -13,25 +13,37 @@ pub struct JobSpec {
     /// Agent query rules (`queue=linux`, `os=linux`); without a `queue=` rule the job goes to
     /// the `default` queue.
     pub agent_query_rules: Vec<String>,
-    /// How long the agent takes to run it.
-    pub duration: Duration,
-    /// The exit status the agent reports (0 = passed).
-    pub exit_status: i32,
+    /// The step's command: the agent's job runner runs it in a shell (`BUILDKITE_COMMAND`),
+    /// and the job passes when it exits 0.
+    pub command: String,
+    /// Further variables of the job's environment (the step's `env`).
+    pub env: BTreeMap<String, String>,
 }
 
 impl JobSpec {
-    /// A job for `queue` running for `duration` and passing.
+    /// A job for `queue` that sleeps for `duration` (`sleep <seconds>`) and passes.
     pub fn new(queue: &str, duration: Duration) -> Self {
+        Self::command(queue, &format!("sleep {}", duration.as_secs_f64()))
+    }
+
+    /// A job for `queue` running `command`.
+    pub fn command(queue: &str, command: &str) -> Self {
         JobSpec {
             agent_query_rules: vec![format!("queue={queue}")],
-            duration,
-            exit_status: 0,
+            command: command.to_owned(),
+            env: BTreeMap::new(),
         }
     }
 
     /// Adds an agent query rule (`key=value`).
     pub fn rule(mut self, rule: &str) -> Self {
         self.agent_query_rules.push(rule.to_owned());
+        self
+    }
+
+    /// Adds a variable to the job's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_owned(), value.to_owned());
         self
     }
 }
@@ -57,8 +69,10 @@ pub struct Workload {
 pub enum JobStatus {
     /// Runnable, waiting for an agent.
     Scheduled,
-    /// Handed to an agent that has not started it yet.
+    /// Handed to an agent by a ping; the agent has not accepted it yet.
     Assigned,
+    /// Accepted (or acquired) by its agent, not started yet.
+    Accepted,
     /// Running on its agent.
     Running,
     /// Finished with exit status 0.
@@ -80,11 +94,20 @@ impl JobStatus {
         )
     }
 
-    /// Buildkite's name of the state.
+    /// Whether an agent holds the job (assigned, accepted or running).
+    pub fn is_held(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Assigned | JobStatus::Accepted | JobStatus::Running
+        )
+    }
+
+    /// Buildkite's name of the state (the agent API's `GET /jobs/{id}` and the Stacks API).
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Scheduled => "scheduled",
             JobStatus::Assigned => "assigned",
+            JobStatus::Accepted => "accepted",
             JobStatus::Running => "running",
             JobStatus::Passed | JobStatus::Failed => "finished",
             JobStatus::Canceled => "canceled",
@@ -102,6 +125,8 @@ pub struct JobSnapshot {
     pub queue: String,
     /// Its agent query rules.
     pub agent_query_rules: Vec<String>,
+    /// Its command.
+    pub command: String,
     /// Its status.
     pub status: JobStatus,
     /// The name of the agent it was assigned to.
@@ -114,6 +139,10 @@ pub struct JobSnapshot {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The exit status its agent reported.
+    pub exit_status: Option<i32>,
+    /// Log bytes its agent uploaded (see [`EmulatorHandle::job_log`](super::EmulatorHandle::job_log)).
+    pub log_bytes: u64,
     /// The stack that last reserved it through the Stacks API (the reservation may have
     /// expired).
     pub reserved_by: Option<String>,
@@ -170,6 +199,11 @@ pub struct AgentSnapshot {
     pub job: Option<String>,
     /// Jobs it finished.
     pub jobs_finished: u32,
+    /// Paused through the REST API: no job is dispatched to it, and its pings answer `pause`.
+    pub paused: bool,
+    /// Registered with `ignore_in_dispatches` (`--acquire-job`), or finished a job with
+    /// `ignore_agent_in_dispatches` (`--disconnect-after-job`): no ping hands it a job.
+    pub ignore_in_dispatches: bool,
 }
 
 /// Something that must never happen in a correct autoscaling run.

@@ -1,6 +1,6 @@
-//! The HTTP server: the agent metrics API and the REST v2 agents calls runscale makes, the
-//! emulator's own agent protocol the fake agent speaks, fault injection and the REST rate
-//! limit, the sweeper that marks silent agents lost, and webhook delivery.
+//! The HTTP server: the agent metrics API, the Stacks API and the REST v2 agents calls
+//! runscale makes, fault injection and the REST rate limits, the sweeper that marks silent
+//! agents lost, and webhook delivery. The routes agents call are in [`super::agent_api`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,21 +17,27 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::config::{EmulatorConfig, Faults};
-use super::model::{JobSpec, Snapshot, Workload};
-use super::state::{Agent, Event, QueueCounts, Refusal, Stack, State};
-use super::webhook;
+use super::limits::Quota;
+use super::model::{JobSpec, Snapshot, Workload, queue_of};
+use super::stacks::Stack;
+use super::state::{Agent, Event, QueueCounts, Refusal, State, cluster_queue_id};
+use super::{agent_api, webhook};
 use crate::serve::{self, error};
 
 /// How often the sweeper looks for lost agents.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
-/// Largest `per_page` of the agents listing.
+/// Default and largest `per_page` of the agents listing.
+const DEFAULT_PER_PAGE: usize = 30;
 const MAX_PER_PAGE: usize = 100;
-/// Largest page of scheduled jobs (Stacks API).
+/// Default and largest page of scheduled jobs (Stacks API).
+const DEFAULT_JOBS_PAGE: usize = 100;
 const MAX_JOBS_PAGE: usize = 1000;
+/// Most job ids per reservation request.
+const MAX_RESERVE_IDS: usize = 1000;
 /// Longest reservation (Stacks API), in seconds.
 const MAX_RESERVATION_SECS: u64 = 3600;
-/// Reservation when none is asked for, in seconds.
-const DEFAULT_RESERVATION_SECS: u64 = 300;
+/// Reservation when none is asked for, in seconds (`agent_api/stacks.md`: 15 minutes).
+const DEFAULT_RESERVATION_SECS: u64 = 900;
 
 pub(crate) type Shared = serve::Hub<State, Event>;
 
@@ -101,6 +107,24 @@ impl EmulatorHandle {
         self.shared.lock().snapshot()
     }
 
+    /// A job's log as its agent uploaded it (chunks in offset order, invalid UTF-8 replaced),
+    /// and how many header times the agent reported; `None` for an unknown job.
+    pub fn job_log(&self, id: &str) -> Option<(String, usize)> {
+        let (bytes, headers) = self.shared.lock().job_log(id)?;
+        Some((String::from_utf8_lossy(&bytes).into_owned(), headers))
+    }
+
+    /// Pauses or resumes the dispatch of a queue's jobs (the cluster queue's
+    /// `dispatch_paused`): its jobs stay scheduled and listed, no agent gets one.
+    pub fn set_dispatch_paused(&self, queue: &str, paused: bool) {
+        let mut s = self.shared.lock();
+        if paused {
+            s.dispatch_paused.insert(queue.to_owned());
+        } else {
+            s.dispatch_paused.remove(queue);
+        }
+    }
+
     /// Replaces the fault knobs.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.lock().faults = faults;
@@ -117,8 +141,8 @@ impl EmulatorHandle {
     }
 }
 
-fn router(shared: Arc<Shared>) -> Router {
-    let metrics = Router::new()
+fn router(shared: Arc<Shared>) -> Router<()> {
+    let agent_token = Router::new()
         .route("/v3/metrics", get(metrics))
         .route("/v3/metrics/queue", get(queue_metrics))
         .route("/v3/stacks/register", post(register_stack))
@@ -137,26 +161,22 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v2/organizations/{org}/agents", get(list_agents))
         .route("/v2/organizations/{org}/agents/{id}", get(get_agent))
         .route("/v2/organizations/{org}/agents/{id}/stop", put(stop_agent))
+        .route(
+            "/v2/organizations/{org}/agents/{id}/pause",
+            put(pause_agent),
+        )
+        .route(
+            "/v2/organizations/{org}/agents/{id}/resume",
+            put(resume_agent),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
-            rate_limit,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            api_auth,
+            rest_gate,
         ))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), faults));
-    let agent = Router::new()
-        .route("/v3/register", post(register))
-        .route("/v3/connect", post(connect))
-        .route("/v3/ping", post(ping))
-        .route("/v3/disconnect", post(disconnect))
-        .route("/v3/jobs/{id}/acquire", post(acquire_job))
-        .route("/v3/jobs/{id}/start", put(start_job))
-        .route("/v3/jobs/{id}/finish", put(finish_job));
-    metrics
+    agent_token
         .merge(rest)
-        .merge(agent)
+        .merge(agent_api::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             serve::count::<Shared>,
@@ -164,9 +184,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-fn refusal(r: Refusal) -> Response {
+/// The answer to a refused call.
+pub(crate) fn refusal(r: Refusal) -> Response {
     match r {
         Refusal::Unknown => error(StatusCode::NOT_FOUND, "Not Found"),
+        Refusal::Unauthorized => error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+        Refusal::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
         Refusal::Conflict(m) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
     }
 }
@@ -203,37 +226,54 @@ async fn agent_token_auth(
     next.run(req).await
 }
 
-async fn api_auth(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let ok = serve::authorization(req.headers(), "Bearer ")
-        .is_some_and(|t| shared.lock().api_token_ok(t));
-    if !ok {
-        return error(StatusCode::UNAUTHORIZED, "Authentication required");
+fn set_header(resp: &mut Response, name: &'static str, value: impl ToString) {
+    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+        resp.headers_mut().insert(name, v);
     }
-    next.run(req).await
 }
 
-/// The organisation's REST budget, with `RateLimit-*` headers on every answer.
-async fn rate_limit(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let (taken, limit) = {
+fn set_quota_headers(resp: &mut Response, org: &Quota, user: &Quota) {
+    set_header(resp, "ratelimit-scope", org.scope);
+    set_header(resp, "ratelimit-limit", org.limit);
+    set_header(resp, "ratelimit-remaining", org.remaining);
+    set_header(resp, "ratelimit-reset", org.reset);
+    set_header(resp, "ratelimit-user-scope", user.scope);
+    set_header(resp, "ratelimit-user-limit", user.limit);
+    set_header(resp, "ratelimit-user-remaining", user.remaining);
+    set_header(resp, "ratelimit-user-reset", user.reset);
+}
+
+/// The API token (its user), then the organisation's and the user's budgets
+/// (`rest_api/rate_limits.md`): both header sets on every answer, 429 when either is over.
+async fn rest_gate(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let quotas = {
         let mut s = shared.lock();
-        (s.take_rest(Instant::now()), s.rest_limit())
+        let user = serve::authorization(req.headers(), "Bearer ").and_then(|t| s.api_user(t));
+        user.map(|user| s.limits.take(user, Instant::now()))
     };
-    let (mut resp, remaining, reset) = match taken {
-        Ok(remaining) => (next.run(req).await, remaining, 60),
-        Err(wait) => {
-            let r = serve::throttled("Too Many Requests", wait);
-            (r, 0, wait)
-        }
+    let Some((org, user)) = quotas else {
+        return error(StatusCode::UNAUTHORIZED, "Authentication required");
     };
-    for (name, value) in [
-        ("ratelimit-limit", u64::from(limit)),
-        ("ratelimit-remaining", u64::from(remaining)),
-        ("ratelimit-reset", reset),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-            resp.headers_mut().insert(name, v);
-        }
-    }
+    let over = [&user, &org].into_iter().find(|q| q.exceeded()).copied();
+    let mut resp = match over {
+        Some(q) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({
+                "message": format!(
+                    "You have exceeded your API rate limit. Please wait {} seconds before \
+                     making more requests.",
+                    q.reset
+                ),
+                "scope": q.scope,
+                "limit": q.limit,
+                "current": q.current,
+                "reset": q.reset,
+            })),
+        )
+            .into_response(),
+        None => next.run(req).await,
+    };
+    set_quota_headers(&mut resp, &org, &user);
     resp
 }
 
@@ -252,11 +292,12 @@ fn counts_json(c: &QueueCounts) -> (serde_json::Value, serde_json::Value) {
 fn with_poll_duration(shared: &Shared, body: serde_json::Value) -> Response {
     let poll = shared.lock().metrics_poll_duration;
     let mut resp = Json(body).into_response();
-    if let Some(d) = poll
-        && let Ok(v) = HeaderValue::from_str(&d.as_secs().to_string())
-    {
-        resp.headers_mut()
-            .insert("buildkite-agent-metrics-poll-duration", v);
+    if let Some(d) = poll {
+        set_header(
+            &mut resp,
+            "buildkite-agent-metrics-poll-duration",
+            d.as_secs(),
+        );
     }
     resp
 }
@@ -326,16 +367,16 @@ fn agent_json(base: &str, org: &str, a: &Agent, s: &State) -> serde_json::Value 
         "connection_state": a.snap.connection_state.as_str(),
         "hostname": a.hostname,
         "ip_address": "127.0.0.1",
-        "user_agent": "buildkite-agent/3.0.0-emulated",
-        "version": "3.0.0-emulated",
+        "user_agent": format!("buildkite-agent/{}", a.version),
+        "version": a.version,
         "creator": null,
         "created_at": a.created_at,
         "connected_at": a.connected_at,
         "job": job,
         "last_job_finished_at": a.last_job_finished_at,
-        "priority": 0,
+        "priority": null,
         "meta_data": a.snap.meta_data,
-        "paused": false,
+        "paused": a.snap.paused,
     })
 }
 
@@ -354,10 +395,50 @@ fn org_ok(shared: &Shared, org: &str) -> bool {
 #[derive(Deserialize)]
 struct ListQuery {
     name: Option<String>,
+    hostname: Option<String>,
+    version: Option<String>,
+    cluster_queue_id: Option<String>,
     per_page: Option<usize>,
     page: Option<usize>,
 }
 
+impl ListQuery {
+    fn keeps(&self, a: &Agent) -> bool {
+        self.name.as_ref().is_none_or(|n| a.snap.name == *n)
+            && self.hostname.as_ref().is_none_or(|h| a.hostname == *h)
+            && self.version.as_ref().is_none_or(|v| a.version == *v)
+            && self
+                .cluster_queue_id
+                .as_ref()
+                .is_none_or(|q| cluster_queue_id(queue_of(&a.snap.meta_data)) == *q)
+    }
+
+    /// The query of another page, filters kept.
+    fn page_query(&self, page: usize, per_page: usize) -> String {
+        let mut url = match reqwest::Url::parse("http://x/") {
+            Ok(u) => u,
+            Err(_) => return String::new(),
+        };
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in [
+                ("name", &self.name),
+                ("hostname", &self.hostname),
+                ("version", &self.version),
+                ("cluster_queue_id", &self.cluster_queue_id),
+            ] {
+                if let Some(v) = v {
+                    q.append_pair(k, v);
+                }
+            }
+            q.append_pair("page", &page.to_string());
+            q.append_pair("per_page", &per_page.to_string());
+        }
+        url.query().unwrap_or_default().to_owned()
+    }
+}
+
+/// Connected (and stopping) agents only, filtered, `Link` pagination.
 async fn list_agents(
     AxState(shared): AxState<Arc<Shared>>,
     Path(org): Path<String>,
@@ -368,32 +449,29 @@ async fn list_agents(
         return error(StatusCode::NOT_FOUND, "No organization found");
     }
     let base = base_url(&headers);
-    let per_page = q.per_page.unwrap_or(30).clamp(1, MAX_PER_PAGE);
+    let per_page = q
+        .per_page
+        .unwrap_or(DEFAULT_PER_PAGE)
+        .clamp(1, MAX_PER_PAGE);
     let page = q.page.unwrap_or(1).max(1);
     let (items, more) = {
         let s = shared.lock();
-        let all: Vec<_> = s
-            .connected()
-            .into_iter()
-            .filter(|a| q.name.as_ref().is_none_or(|n| a.snap.name == *n))
-            .collect();
+        let all: Vec<_> = s.connected().into_iter().filter(|a| q.keeps(a)).collect();
         let items: Vec<_> = all
             .iter()
-            .skip((page - 1) * per_page)
+            .skip((page - 1).saturating_mul(per_page))
             .take(per_page)
             .map(|a| agent_json(&base, &org, a, &s))
             .collect();
-        (items, all.len() > page * per_page)
+        (items, all.len() > page.saturating_mul(per_page))
     };
     let mut resp = Json(items).into_response();
     if more {
         let link = format!(
-            "<{base}/v2/organizations/{org}/agents?page={}&per_page={per_page}>; rel=\"next\"",
-            page + 1
+            "<{base}/v2/organizations/{org}/agents?{}>; rel=\"next\"",
+            q.page_query(page + 1, per_page)
         );
-        if let Ok(v) = HeaderValue::from_str(&link) {
-            resp.headers_mut().insert("link", v);
-        }
+        set_header(&mut resp, "link", link);
     }
     resp
 }
@@ -416,8 +494,13 @@ async fn get_agent(
 
 #[derive(Deserialize)]
 struct StopBody {
-    #[serde(default)]
+    /// `rest_api/agents.md`: defaults to true.
+    #[serde(default = "default_force")]
     force: bool,
+}
+
+fn default_force() -> bool {
+    true
 }
 
 async fn stop_agent(
@@ -428,133 +511,42 @@ async fn stop_agent(
     if !org_ok(&shared, &org) {
         return error(StatusCode::NOT_FOUND, "No organization found");
     }
-    let force = body.is_some_and(|b| b.force);
+    let force = body.is_none_or(|b| b.force);
     let result = shared.lock().stop(&id, force, Utc::now());
     match result {
         Ok(events) => {
             shared.emit(events);
             StatusCode::NO_CONTENT.into_response()
         }
+        Err(Refusal::Unknown) => error(StatusCode::NOT_FOUND, "No agent found"),
         Err(r) => refusal(r),
     }
 }
 
-/// What an agent sends to register.
-#[derive(Deserialize)]
-struct RegisterBody {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    hostname: String,
-    #[serde(default)]
-    meta_data: Vec<String>,
-}
-
-async fn register(
+async fn pause_agent(
     AxState(shared): AxState<Arc<Shared>>,
-    headers: HeaderMap,
-    Json(body): Json<RegisterBody>,
+    Path((org, id)): Path<(String, String)>,
 ) -> Response {
-    let ok =
-        serve::authorization(&headers, "Token ").is_some_and(|t| shared.lock().agent_token_ok(t));
-    if !ok {
-        return error(StatusCode::UNAUTHORIZED, "Invalid agent registration token");
+    set_paused(&shared, &org, &id, true)
+}
+
+async fn resume_agent(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path((org, id)): Path<(String, String)>,
+) -> Response {
+    set_paused(&shared, &org, &id, false)
+}
+
+fn set_paused(shared: &Shared, org: &str, id: &str, paused: bool) -> Response {
+    if !org_ok(shared, org) {
+        return error(StatusCode::NOT_FOUND, "No organization found");
     }
-    let (id, access_token) = shared.lock().register(
-        &body.name,
-        &body.hostname,
-        body.meta_data.clone(),
-        Utc::now(),
-        Instant::now(),
-    );
-    Json(json!({
-        "id": id,
-        "name": body.name,
-        "access_token": access_token,
-        "meta_data": body.meta_data,
-    }))
-    .into_response()
-}
-
-fn access_token(headers: &HeaderMap) -> Option<String> {
-    serve::authorization(headers, "Token ").map(str::to_owned)
-}
-
-fn bad_access_token() -> Response {
-    error(StatusCode::UNAUTHORIZED, "Invalid access token")
-}
-
-/// Runs an agent call with its access token, emitting the events it produced.
-fn agent_call(
-    shared: &Shared,
-    headers: &HeaderMap,
-    call: impl FnOnce(&mut State, &str) -> Result<Vec<Event>, Refusal>,
-) -> Response {
-    let Some(token) = access_token(headers) else {
-        return bad_access_token();
-    };
-    let result = call(&mut shared.lock(), &token);
+    let result = shared.lock().set_paused(id, paused);
     match result {
-        Ok(events) => {
-            shared.emit(events);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(Refusal::Unknown) => bad_access_token(),
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(Refusal::Unknown) => error(StatusCode::NOT_FOUND, "No agent found"),
         Err(r) => refusal(r),
     }
-}
-
-async fn connect(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -> Response {
-    agent_call(&shared, &headers, |s, t| {
-        s.connect(t, Utc::now(), Instant::now())
-    })
-}
-
-async fn disconnect(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -> Response {
-    agent_call(&shared, &headers, |s, t| {
-        s.disconnect(t, Utc::now(), Instant::now())
-    })
-}
-
-async fn ping(AxState(shared): AxState<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let Some(token) = access_token(&headers) else {
-        return bad_access_token();
-    };
-    let result = shared.lock().ping(&token, Utc::now(), Instant::now());
-    match result {
-        Ok((answer, events)) => {
-            shared.emit(events);
-            Json(answer).into_response()
-        }
-        Err(Refusal::Unknown) => bad_access_token(),
-        Err(r) => refusal(r),
-    }
-}
-
-async fn start_job(
-    AxState(shared): AxState<Arc<Shared>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    agent_call(&shared, &headers, |s, t| {
-        s.start(t, &id, Utc::now(), Instant::now())
-    })
-}
-
-#[derive(Deserialize)]
-struct FinishBody {
-    exit_status: i32,
-}
-
-async fn finish_job(
-    AxState(shared): AxState<Arc<Shared>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<FinishBody>,
-) -> Response {
-    agent_call(&shared, &headers, |s, t| {
-        s.finish(t, &id, body.exit_status, Utc::now(), Instant::now())
-    })
 }
 
 fn stack_json(stack: &Stack) -> serde_json::Value {
@@ -570,40 +562,32 @@ fn stack_json(stack: &Stack) -> serde_json::Value {
     })
 }
 
+/// Every field is required (`agent_api/stacks.md`); a missing one is a 422.
 #[derive(Deserialize)]
 struct RegisterStack {
     key: String,
-    #[serde(rename = "type", default = "custom")]
+    #[serde(rename = "type")]
     kind: String,
-    #[serde(default = "default_queue_key")]
     queue_key: String,
-    #[serde(default)]
-    metadata: serde_json::Value,
-}
-
-fn custom() -> String {
-    "custom".to_owned()
-}
-
-fn default_queue_key() -> String {
-    "_default".to_owned()
+    metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 async fn register_stack(
     AxState(shared): AxState<Arc<Shared>>,
     Json(body): Json<RegisterStack>,
 ) -> Response {
-    if body.key.is_empty() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "key is required");
-    }
-    let stack = shared.lock().register_stack(
+    let result = shared.lock().register_stack(
         &body.key,
         &body.kind,
         &body.queue_key,
         body.metadata,
         Utc::now(),
     );
-    Json(stack_json(&stack)).into_response()
+    match result {
+        Ok((stack, true)) => (StatusCode::CREATED, Json(stack_json(&stack))).into_response(),
+        Ok((stack, false)) => Json(stack_json(&stack)).into_response(),
+        Err(r) => refusal(r),
+    }
 }
 
 async fn deregister_stack(
@@ -629,10 +613,13 @@ async fn scheduled_jobs(
     Path(key): Path<String>,
     Query(q): Query<ScheduledQuery>,
 ) -> Response {
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_JOBS_PAGE);
+    let Some(queue_key) = q.queue_key.filter(|k| !k.is_empty()) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "queue_key is required");
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_JOBS_PAGE).clamp(1, MAX_JOBS_PAGE);
     let page = shared.lock().scheduled_jobs(
         &key,
-        q.queue_key.as_deref(),
+        &queue_key,
         limit,
         q.after.as_deref().filter(|a| !a.is_empty()),
         Instant::now(),
@@ -656,7 +643,7 @@ async fn scheduled_jobs(
                 .collect();
             Json(json!({
                 "jobs": jobs,
-                "cluster_queue": { "id": key, "paused": false },
+                "cluster_queue": { "id": page.queue_id, "dispatch_paused": page.dispatch_paused },
                 "page_info": {
                     "has_next_page": page.has_next_page,
                     "end_cursor": page.end_cursor,
@@ -689,6 +676,12 @@ async fn batch_reserve(
             "reservation_expiry_seconds must be between 1 and 3600",
         );
     }
+    if body.job_uuids.len() > MAX_RESERVE_IDS {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "at most 1000 job_uuids per request",
+        );
+    }
     let result = shared.lock().batch_reserve(
         &key,
         &body.job_uuids,
@@ -699,22 +692,6 @@ async fn batch_reserve(
         Ok((reserved, not_reserved)) => {
             Json(json!({ "reserved": reserved, "not_reserved": not_reserved })).into_response()
         }
-        Err(r) => refusal(r),
-    }
-}
-
-async fn acquire_job(
-    AxState(shared): AxState<Arc<Shared>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(token) = access_token(&headers) else {
-        return bad_access_token();
-    };
-    let result = shared.lock().acquire(&token, &id, Instant::now());
-    match result {
-        Ok(job) => Json(job).into_response(),
-        Err(Refusal::Unknown) => error(StatusCode::NOT_FOUND, "No job found"),
         Err(r) => refusal(r),
     }
 }

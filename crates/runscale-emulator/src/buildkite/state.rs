@@ -1,40 +1,52 @@
-//! The emulator's state and every rule it enforces: agent registration and connection,
-//! job assignment by queue and tags, starts and finishes, stop requests (graceful or
-//! forced), lost agents, the REST rate limit, metrics, and the webhook events all this
-//! produces. Pure bookkeeping: no I/O, the time is passed in.
+//! The emulator's state and the rules of agents and jobs: registration and connection, job
+//! dispatch by queue and tags, accept, acquire, start, log chunks and finish, stop and pause
+//! requests, lost agents, metrics, and the webhook events all this produces. The Stacks API's
+//! bookkeeping is in [`super::stacks`], the REST rate limits in [`super::limits`]. Pure
+//! bookkeeping: no I/O, the time is passed in.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::config::{EmulatorConfig, Faults};
+use super::limits::RestLimits;
 use super::model::{
     AgentSnapshot, ConnectionState, JobSnapshot, JobSpec, JobStatus, Snapshot, Violation,
     ViolationKind, queue_of,
 };
+use super::stacks::Stack;
 
-/// The window of the REST rate limit.
-const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Most log bytes kept per job (`log_max_size_bytes` told to agents); later chunks are
+/// refused.
+pub(crate) const LOG_MAX_BYTES: u64 = 4 << 20;
 
-struct Job {
-    snap: JobSnapshot,
-    duration: Duration,
-    exit_status: i32,
+pub(crate) struct Job {
+    pub(crate) snap: JobSnapshot,
+    /// The step's own environment.
+    env: BTreeMap<String, String>,
+    /// Its build's number (one build per job).
+    build_number: u64,
     /// Id of the agent it is assigned to.
     agent_id: Option<String>,
     /// Stacks API reservation: the stack and when it expires.
-    reservation: Option<(String, Instant)>,
+    pub(crate) reservation: Option<(String, Instant)>,
+    /// Log chunks by offset.
+    log: BTreeMap<u64, Vec<u8>>,
+    /// Header times the agent reported.
+    header_times: usize,
+    /// Its build's meta-data (one build per job).
+    meta_data: BTreeMap<String, String>,
 }
 
 impl Job {
     /// Scheduled and not held by an unexpired reservation.
-    fn free(&self, instant: Instant) -> bool {
+    pub(crate) fn free(&self, instant: Instant) -> bool {
         self.snap.status == JobStatus::Scheduled
             && self
                 .reservation
@@ -43,58 +55,64 @@ impl Job {
     }
 }
 
-/// A stack registered through the Stacks API.
-#[derive(Clone, Debug)]
-pub(crate) struct Stack {
-    pub(crate) id: String,
-    pub(crate) key: String,
-    pub(crate) kind: String,
-    pub(crate) queue_key: String,
-    pub(crate) metadata: serde_json::Value,
-    pub(crate) registered_at: DateTime<Utc>,
-}
-
-/// One page of a stack's scheduled jobs.
-pub(crate) struct ScheduledPage {
-    pub(crate) jobs: Vec<JobSnapshot>,
-    pub(crate) has_next_page: bool,
-    pub(crate) end_cursor: Option<String>,
-}
-
-/// The queue a Stacks API queue key names (`_default` is the default queue).
-fn queue_of_key(key: &str) -> &str {
-    if key == "_default" { "default" } else { key }
-}
-
 pub(crate) struct Agent {
     pub(crate) snap: AgentSnapshot,
     pub(crate) hostname: String,
+    pub(crate) version: String,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) connected_at: Option<DateTime<Utc>>,
     pub(crate) last_job_finished_at: Option<DateTime<Utc>>,
     last_contact: Instant,
 }
 
-/// A job handed to an agent by a ping.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AssignedJob {
-    /// Job UUID.
-    pub id: String,
-    /// How long the job runs, in milliseconds.
-    pub duration_ms: u64,
-    /// The exit status to report.
-    pub exit_status: i32,
+/// What an agent sends to register (the fields the emulator uses).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Registration {
+    pub(crate) name: String,
+    pub(crate) hostname: String,
+    pub(crate) version: String,
+    pub(crate) meta_data: Vec<String>,
+    pub(crate) ignore_in_dispatches: bool,
+}
+
+/// What a registered agent is told.
+#[derive(Clone, Debug)]
+pub(crate) struct Registered {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) access_token: String,
+    pub(crate) meta_data: Vec<String>,
 }
 
 /// What a ping tells the agent.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PingAnswer {
-    /// `idle` (nothing to do), `busy` (keep running your job), `run` (start `job`) or
-    /// `disconnect` (leave now).
-    pub action: String,
-    /// The job to run, with `run`.
-    #[serde(default)]
-    pub job: Option<AssignedJob>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PingAnswer {
+    /// Nothing to do.
+    Idle,
+    /// Take this job (accept it first).
+    Job(String),
+    /// Paused: no job, keep pinging.
+    Pause,
+    /// Leave now.
+    Disconnect,
+}
+
+/// A job as the agent receives it from accept or acquire.
+#[derive(Clone, Debug)]
+pub(crate) struct JobPayload {
+    pub(crate) id: String,
+    pub(crate) state: &'static str,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) runnable_at: DateTime<Utc>,
+}
+
+/// A meta-data answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MetaData {
+    /// A key's value (`None`: not set).
+    Value(Option<String>),
+    /// Every key.
+    Keys(Vec<String>),
 }
 
 /// A webhook event to deliver.
@@ -105,12 +123,16 @@ pub(crate) struct Event {
     pub(crate) agent: Option<AgentSnapshot>,
 }
 
-/// Why an agent or REST call was refused.
+/// Why a call was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// Unknown token, agent or job.
+    /// Unknown agent, job or stack (404).
     Unknown,
-    /// The call does not fit the current state (agent not connected, job not the caller's).
+    /// Unknown access token (401).
+    Unauthorized,
+    /// A malformed request, or one Buildkite answers 400 (`Can only stop connected agents`).
+    BadRequest(&'static str),
+    /// The call does not fit the current state (422).
     Conflict(&'static str),
 }
 
@@ -123,31 +145,42 @@ pub(crate) struct QueueCounts {
     pub(crate) running: u32,
 }
 
+/// The intervals registering agents are told (whole seconds, at least 1).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Intervals {
+    pub(crate) ping: u64,
+    pub(crate) heartbeat: u64,
+    pub(crate) job_status: u64,
+}
+
 pub(crate) struct State {
     pub(crate) org: String,
     agent_tokens: Vec<SecretString>,
     api_tokens: Vec<SecretString>,
     pub(crate) faults: Faults,
     pub(crate) metrics_poll_duration: Option<Duration>,
-    rest_per_minute: u32,
-    rest_window: VecDeque<Instant>,
+    pub(crate) limits: RestLimits,
+    pub(crate) intervals: Intervals,
+    repository: String,
     agent_lost_after: Duration,
-    jobs: Vec<Job>,
-    job_index: HashMap<String, usize>,
+    pub(crate) jobs: Vec<Job>,
+    pub(crate) job_index: HashMap<String, usize>,
     agents: Vec<Agent>,
     agent_index: HashMap<String, usize>,
     by_token: HashMap<String, usize>,
     violations: Vec<Violation>,
-    stacks: BTreeMap<String, Stack>,
+    pub(crate) stacks: BTreeMap<String, Stack>,
+    /// Queues whose dispatch is paused.
+    pub(crate) dispatch_paused: BTreeSet<String>,
     peak_running: u32,
     pub(crate) rng: StdRng,
     pub(crate) requests: BTreeMap<String, u64>,
     pub(crate) webhooks_sent: u64,
 }
 
-/// Whether `token` is one of `tokens` (compared over the whole length).
-fn token_in(tokens: &[SecretString], token: &str) -> bool {
-    tokens.iter().any(|t| {
+/// Whether `token` is one of `tokens` (compared over the whole length): its index.
+fn token_index(tokens: &[SecretString], token: &str) -> Option<usize> {
+    tokens.iter().position(|t| {
         let t = t.expose_secret().as_bytes();
         t.len() == token.len()
             && t.iter()
@@ -173,6 +206,17 @@ pub(crate) fn matches(rules: &[String], tags: &[String]) -> bool {
     })
 }
 
+/// The id of the cluster queue with key `queue` (stable: derived from the key).
+pub fn cluster_queue_id(queue: &str) -> String {
+    let digest = Sha256::digest(format!("cluster-queue:{queue}").as_bytes());
+    crate::serve::uuid_shape(&crate::serve::hex(&digest[..16]))
+}
+
+/// Whole seconds, at least 1.
+fn whole_secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
 impl State {
     pub(crate) fn new(config: &EmulatorConfig) -> Self {
         State {
@@ -181,8 +225,16 @@ impl State {
             api_tokens: config.api_tokens.clone(),
             faults: config.faults.clone(),
             metrics_poll_duration: config.metrics_poll_duration,
-            rest_per_minute: config.rest_requests_per_minute,
-            rest_window: VecDeque::new(),
+            limits: RestLimits::new(
+                config.rest_requests_per_minute,
+                config.rest_requests_per_minute_per_user,
+            ),
+            intervals: Intervals {
+                ping: whole_secs(config.ping_interval),
+                heartbeat: whole_secs(config.heartbeat_interval),
+                job_status: whole_secs(config.job_status_interval),
+            },
+            repository: config.repository.clone(),
             agent_lost_after: config.agent_lost_after,
             jobs: Vec::new(),
             job_index: HashMap::new(),
@@ -191,6 +243,7 @@ impl State {
             by_token: HashMap::new(),
             violations: Vec::new(),
             stacks: BTreeMap::new(),
+            dispatch_paused: BTreeSet::new(),
             peak_running: 0,
             rng: StdRng::seed_from_u64(config.seed),
             requests: BTreeMap::new(),
@@ -204,35 +257,12 @@ impl State {
     }
 
     pub(crate) fn agent_token_ok(&self, token: &str) -> bool {
-        token_in(&self.agent_tokens, token)
+        token_index(&self.agent_tokens, token).is_some()
     }
 
-    pub(crate) fn api_token_ok(&self, token: &str) -> bool {
-        token_in(&self.api_tokens, token)
-    }
-
-    /// Takes one REST request from the budget: `Ok(remaining)`, or `Err(seconds until a
-    /// request is allowed)`.
-    pub(crate) fn take_rest(&mut self, now: Instant) -> Result<u32, u64> {
-        while self
-            .rest_window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
-        {
-            self.rest_window.pop_front();
-        }
-        if self.rest_window.len() as u64 >= u64::from(self.rest_per_minute) {
-            let wait = self.rest_window.front().map_or(RATE_WINDOW, |t| {
-                RATE_WINDOW.saturating_sub(now.duration_since(*t))
-            });
-            return Err(wait.as_secs().max(1));
-        }
-        self.rest_window.push_back(now);
-        Ok(self.rest_per_minute - self.rest_window.len() as u32)
-    }
-
-    pub(crate) fn rest_limit(&self) -> u32 {
-        self.rest_per_minute
+    /// The user (index of the API token) a REST token belongs to.
+    pub(crate) fn api_user(&self, token: &str) -> Option<usize> {
+        token_index(&self.api_tokens, token)
     }
 
     fn violation(&mut self, kind: ViolationKind, agent: &str, job: &str, now: DateTime<Utc>) {
@@ -284,19 +314,25 @@ impl State {
                     id: id.clone(),
                     queue: queue_of(&spec.agent_query_rules).to_owned(),
                     agent_query_rules: spec.agent_query_rules,
+                    command: spec.command,
                     status: JobStatus::Scheduled,
                     agent: None,
                     starts: 0,
                     scheduled_at: now,
                     started_at: None,
                     finished_at: None,
+                    exit_status: None,
+                    log_bytes: 0,
                     reserved_by: None,
                     reservations: 0,
                 },
-                duration: spec.duration,
-                exit_status: spec.exit_status,
+                env: spec.env,
+                build_number: self.jobs.len() as u64 + 1,
                 agent_id: None,
                 reservation: None,
+                log: BTreeMap::new(),
+                header_times: 0,
+                meta_data: BTreeMap::new(),
             });
             events.push(self.job_event("job.scheduled", self.jobs.len() - 1));
             ids.push(id);
@@ -304,33 +340,34 @@ impl State {
         (ids, events)
     }
 
-    /// Registers an agent; returns its id and access token.
+    /// `POST /register` with an agent token: a new agent, never connected yet.
     pub(crate) fn register(
         &mut self,
-        name: &str,
-        hostname: &str,
-        meta_data: Vec<String>,
+        r: Registration,
         now: DateTime<Utc>,
         instant: Instant,
-    ) -> (String, String) {
+    ) -> Registered {
         let id = self.uuid();
         let access_token = self.uuid();
-        let name = if name.is_empty() {
-            format!("{hostname}-{}", self.agents.len() + 1)
+        let name = if r.name.is_empty() {
+            format!("{}-{}", r.hostname, self.agents.len() + 1)
         } else {
-            name.to_owned()
+            r.name
         };
         let i = self.agents.len();
         self.agents.push(Agent {
             snap: AgentSnapshot {
                 id: id.clone(),
-                name,
-                meta_data,
+                name: name.clone(),
+                meta_data: r.meta_data.clone(),
                 connection_state: ConnectionState::NeverConnected,
                 job: None,
                 jobs_finished: 0,
+                paused: false,
+                ignore_in_dispatches: r.ignore_in_dispatches,
             },
-            hostname: hostname.to_owned(),
+            hostname: r.hostname,
+            version: r.version,
             created_at: now,
             connected_at: None,
             last_job_finished_at: None,
@@ -338,11 +375,18 @@ impl State {
         });
         self.agent_index.insert(id.clone(), i);
         self.by_token.insert(access_token.clone(), i);
-        (id, access_token)
+        Registered {
+            id,
+            name,
+            access_token,
+            meta_data: r.meta_data,
+        }
     }
 
+    /// The agent an access token belongs to, as long as it is not gone (disconnected or
+    /// lost); its contact is refreshed.
     fn agent_by_token(&mut self, token: &str, instant: Instant) -> Result<usize, Refusal> {
-        let i = *self.by_token.get(token).ok_or(Refusal::Unknown)?;
+        let i = *self.by_token.get(token).ok_or(Refusal::Unauthorized)?;
         let a = &mut self.agents[i];
         if matches!(
             a.snap.connection_state,
@@ -370,61 +414,172 @@ impl State {
         Ok(vec![self.agent_event("agent.connected", i)])
     }
 
-    /// A ping: the agent's contact, and what it should do next. An idle agent that is not
-    /// stopping is assigned the oldest scheduled job its tags match.
-    pub(crate) fn ping(
-        &mut self,
-        token: &str,
-        now: DateTime<Utc>,
-        instant: Instant,
-    ) -> Result<(PingAnswer, Vec<Event>), Refusal> {
-        let i = self.agent_by_token(token, instant)?;
-        let state = self.agents[i].snap.connection_state;
-        if state == ConnectionState::NeverConnected {
-            return Err(Refusal::Conflict("agent has not connected"));
-        }
-        let answer = |action: &str, job| PingAnswer {
-            action: action.to_owned(),
-            job,
-        };
-        if self.agents[i].snap.job.is_some() {
-            return Ok((answer("busy", None), Vec::new()));
-        }
-        if state == ConnectionState::Stopping {
-            let events = self.disconnect_at(i, now);
-            return Ok((answer("disconnect", None), events));
-        }
-        let tags = self.agents[i].snap.meta_data.clone();
-        let Some(j) = self
-            .jobs
-            .iter()
-            .position(|j| j.free(instant) && matches(&j.snap.agent_query_rules, &tags))
-        else {
-            return Ok((answer("idle", None), Vec::new()));
-        };
-        let assigned = self.assign(i, j);
-        Ok((answer("run", Some(assigned)), Vec::new()))
+    /// `POST /heartbeat`: only the contact.
+    pub(crate) fn heartbeat(&mut self, token: &str, instant: Instant) -> Result<(), Refusal> {
+        self.agent_by_token(token, instant).map(|_| ())
     }
 
-    /// Hands job `j` to agent `i` (ending any reservation).
-    fn assign(&mut self, i: usize, j: usize) -> AssignedJob {
+    /// A ping: the agent's contact, and what it should do next. A stopping agent without a
+    /// job is told to disconnect, a paused one to pause; otherwise an agent without a job
+    /// that takes dispatches is assigned the oldest free job its tags match whose queue's
+    /// dispatch is not paused.
+    pub(crate) fn ping(&mut self, token: &str, instant: Instant) -> Result<PingAnswer, Refusal> {
+        let i = self.agent_by_token(token, instant)?;
+        let a = &self.agents[i].snap;
+        match a.connection_state {
+            ConnectionState::NeverConnected => {
+                return Err(Refusal::Conflict("agent has not connected"));
+            }
+            ConnectionState::Stopping if a.job.is_none() => return Ok(PingAnswer::Disconnect),
+            _ => {}
+        }
+        if a.paused {
+            return Ok(PingAnswer::Pause);
+        }
+        if a.job.is_some()
+            || a.ignore_in_dispatches
+            || a.connection_state != ConnectionState::Connected
+        {
+            return Ok(PingAnswer::Idle);
+        }
+        let tags = a.meta_data.clone();
+        let Some(j) = self.jobs.iter().position(|j| {
+            j.free(instant)
+                && !self.dispatch_paused.contains(&j.snap.queue)
+                && matches(&j.snap.agent_query_rules, &tags)
+        }) else {
+            return Ok(PingAnswer::Idle);
+        };
+        self.hold(i, j, JobStatus::Assigned);
+        Ok(PingAnswer::Job(self.jobs[j].snap.id.clone()))
+    }
+
+    /// Gives job `j` to agent `i` in `status` (ending any reservation).
+    fn hold(&mut self, i: usize, j: usize, status: JobStatus) {
         let agent_id = self.agents[i].snap.id.clone();
         let job = &mut self.jobs[j];
-        job.snap.status = JobStatus::Assigned;
+        job.snap.status = status;
         job.snap.agent = Some(self.agents[i].snap.name.clone());
         job.agent_id = Some(agent_id);
         job.reservation = None;
-        let assigned = AssignedJob {
-            id: job.snap.id.clone(),
-            duration_ms: job.duration.as_millis() as u64,
-            exit_status: job.exit_status,
-        };
-        self.agents[i].snap.job = Some(assigned.id.clone());
-        assigned
+        self.agents[i].snap.job = Some(job.snap.id.clone());
     }
 
-    /// The agent starts its assigned job. Starting a job that was started before is refused
-    /// and recorded as a violation.
+    /// The job `job_id` if agent `i` holds it.
+    fn held_job(&self, i: usize, job_id: &str) -> Result<usize, Refusal> {
+        let j = *self.job_index.get(job_id).ok_or(Refusal::Unknown)?;
+        if self.jobs[j].agent_id.as_deref() != Some(self.agents[i].snap.id.as_str()) {
+            return Err(Refusal::Conflict("job is not assigned to this agent"));
+        }
+        Ok(j)
+    }
+
+    /// The job's environment as its agent receives it: what Buildkite sets for every job,
+    /// the agent's tags as `BUILDKITE_AGENT_META_DATA_*`, then the step's own variables.
+    fn job_env(&self, i: usize, j: usize) -> BTreeMap<String, String> {
+        let (agent, job) = (&self.agents[i], &self.jobs[j]);
+        let build_id = crate::serve::uuid_shape(&crate::serve::hex(
+            &Sha256::digest(format!("build:{}", job.snap.id).as_bytes())[..16],
+        ));
+        let mut env: BTreeMap<String, String> = [
+            ("BUILDKITE", "true".to_owned()),
+            ("CI", "true".to_owned()),
+            ("BUILDKITE_JOB_ID", job.snap.id.clone()),
+            ("BUILDKITE_BUILD_ID", build_id),
+            ("BUILDKITE_BUILD_NUMBER", job.build_number.to_string()),
+            (
+                "BUILDKITE_BUILD_URL",
+                format!(
+                    "https://buildkite.com/{}/app/builds/{}",
+                    self.org, job.build_number
+                ),
+            ),
+            ("BUILDKITE_COMMAND", job.snap.command.clone()),
+            ("BUILDKITE_LABEL", "build".to_owned()),
+            ("BUILDKITE_STEP_KEY", "build".to_owned()),
+            ("BUILDKITE_REPO", self.repository.clone()),
+            ("BUILDKITE_COMMIT", "HEAD".to_owned()),
+            ("BUILDKITE_BRANCH", "main".to_owned()),
+            ("BUILDKITE_ORGANIZATION_SLUG", self.org.clone()),
+            ("BUILDKITE_PIPELINE_SLUG", "app".to_owned()),
+            ("BUILDKITE_PIPELINE_PROVIDER", "git".to_owned()),
+            ("BUILDKITE_AGENT_ID", agent.snap.id.clone()),
+            ("BUILDKITE_AGENT_NAME", agent.snap.name.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for tag in &agent.snap.meta_data {
+            if let Some((k, v)) = tag.split_once('=') {
+                let key = k
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_uppercase()
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect::<String>();
+                env.insert(format!("BUILDKITE_AGENT_META_DATA_{key}"), v.to_owned());
+            }
+        }
+        env.extend(job.env.clone());
+        env
+    }
+
+    fn payload(&self, i: usize, j: usize) -> JobPayload {
+        let job = &self.jobs[j];
+        JobPayload {
+            id: job.snap.id.clone(),
+            state: job.snap.status.as_str(),
+            env: self.job_env(i, j),
+            runnable_at: job.snap.scheduled_at,
+        }
+    }
+
+    /// `PUT /jobs/{id}/accept`: the agent takes the job a ping assigned it.
+    pub(crate) fn accept(
+        &mut self,
+        token: &str,
+        job_id: &str,
+        instant: Instant,
+    ) -> Result<JobPayload, Refusal> {
+        let i = self.agent_by_token(token, instant)?;
+        let j = self.held_job(i, job_id)?;
+        if !matches!(
+            self.jobs[j].snap.status,
+            JobStatus::Assigned | JobStatus::Accepted
+        ) {
+            return Err(Refusal::Conflict("job is not assigned"));
+        }
+        self.jobs[j].snap.status = JobStatus::Accepted;
+        Ok(self.payload(i, j))
+    }
+
+    /// `PUT /jobs/{id}/acquire` (`--acquire-job`): the agent takes that job, reserved or not,
+    /// if it is still scheduled and the agent has none; otherwise 422 (the agent then exits,
+    /// see `core/client.go`).
+    pub(crate) fn acquire(
+        &mut self,
+        token: &str,
+        job_id: &str,
+        instant: Instant,
+    ) -> Result<JobPayload, Refusal> {
+        let i = self.agent_by_token(token, instant)?;
+        let j = *self.job_index.get(job_id).ok_or(Refusal::Unknown)?;
+        if self.agents[i].snap.job.is_some() {
+            return Err(Refusal::Conflict("agent already has a job"));
+        }
+        if self.jobs[j].snap.status != JobStatus::Scheduled {
+            return Err(Refusal::Conflict("job can no longer be acquired"));
+        }
+        self.hold(i, j, JobStatus::Accepted);
+        Ok(self.payload(i, j))
+    }
+
+    /// `PUT /jobs/{id}/start`. Starting a job that was started before is refused and
+    /// recorded as a violation.
     pub(crate) fn start(
         &mut self,
         token: &str,
@@ -440,10 +595,9 @@ impl State {
             self.violation(ViolationKind::JobStartedTwice, &agent_name, job_id, now);
             return Err(Refusal::Conflict("job was already started"));
         }
-        if self.agents[i].snap.job.as_deref() != Some(job_id)
-            || self.jobs[j].snap.status != JobStatus::Assigned
-        {
-            return Err(Refusal::Conflict("job is not assigned to this agent"));
+        let j = self.held_job(i, job_id)?;
+        if self.jobs[j].snap.status != JobStatus::Accepted {
+            return Err(Refusal::Conflict("job is not accepted"));
         }
         let job = &mut self.jobs[j];
         job.snap.status = JobStatus::Running;
@@ -453,28 +607,110 @@ impl State {
         Ok(vec![self.job_event("job.started", j)])
     }
 
-    /// The agent finishes its job.
+    /// `POST /jobs/{id}/chunks`: one piece of the job's log at `offset`, from the agent that
+    /// holds (or held) the job. The log is capped at [`LOG_MAX_BYTES`].
+    pub(crate) fn chunk(
+        &mut self,
+        token: &str,
+        job_id: &str,
+        offset: u64,
+        data: Vec<u8>,
+        instant: Instant,
+    ) -> Result<(), Refusal> {
+        let i = self.agent_by_token(token, instant)?;
+        let j = self.held_job(i, job_id)?;
+        let job = &mut self.jobs[j];
+        let size = data.len() as u64;
+        if job.snap.log_bytes.saturating_add(size) > LOG_MAX_BYTES {
+            return Err(Refusal::Conflict("log is larger than log_max_size_bytes"));
+        }
+        if let Some(old) = job.log.insert(offset, data) {
+            job.snap.log_bytes -= old.len() as u64;
+        }
+        job.snap.log_bytes += size;
+        Ok(())
+    }
+
+    /// `POST /jobs/{id}/header_times`: counted only.
+    pub(crate) fn header_times(
+        &mut self,
+        token: &str,
+        job_id: &str,
+        count: usize,
+        instant: Instant,
+    ) -> Result<(), Refusal> {
+        let i = self.agent_by_token(token, instant)?;
+        let j = self.held_job(i, job_id)?;
+        self.jobs[j].header_times += count;
+        Ok(())
+    }
+
+    /// `GET /jobs/{id}`: the job's state (`canceled` tells a running agent to stop it).
+    pub(crate) fn job_state(
+        &mut self,
+        token: &str,
+        job_id: &str,
+        instant: Instant,
+    ) -> Result<&'static str, Refusal> {
+        self.agent_by_token(token, instant)?;
+        let j = *self.job_index.get(job_id).ok_or(Refusal::Unknown)?;
+        Ok(self.jobs[j].snap.status.as_str())
+    }
+
+    /// `POST /jobs/{id}/data/{set,get,exists,keys}` (the job's build's meta-data, which the
+    /// job runner reads and writes with `buildkite-agent meta-data`): `set` with a value,
+    /// otherwise the value of `key` (`None` if unset), or with no key the keys.
+    pub(crate) fn meta_data(
+        &mut self,
+        token: &str,
+        job_id: &str,
+        key: Option<&str>,
+        set: Option<String>,
+        instant: Instant,
+    ) -> Result<MetaData, Refusal> {
+        self.agent_by_token(token, instant)?;
+        let j = *self.job_index.get(job_id).ok_or(Refusal::Unknown)?;
+        let data = &mut self.jobs[j].meta_data;
+        Ok(match (key, set) {
+            (Some(k), Some(v)) => {
+                data.insert(k.to_owned(), v);
+                MetaData::Value(None)
+            }
+            (Some(k), None) => MetaData::Value(data.get(k).cloned()),
+            (None, _) => MetaData::Keys(data.keys().cloned().collect()),
+        })
+    }
+
+    /// `PUT /jobs/{id}/finish`: the job ends with the agent's exit status (a missing or
+    /// non-numeric one fails it). With `ignore_in_dispatches` the agent gets no further job
+    /// from pings. Finishing a job that was cancelled meanwhile is accepted and changes
+    /// nothing.
     pub(crate) fn finish(
         &mut self,
         token: &str,
         job_id: &str,
-        exit_status: i32,
+        exit_status: Option<i32>,
+        ignore_in_dispatches: bool,
         now: DateTime<Utc>,
         instant: Instant,
     ) -> Result<Vec<Event>, Refusal> {
         let i = self.agent_by_token(token, instant)?;
-        let j = *self.job_index.get(job_id).ok_or(Refusal::Unknown)?;
-        if self.agents[i].snap.job.as_deref() != Some(job_id)
-            || self.jobs[j].snap.status != JobStatus::Running
-        {
-            return Err(Refusal::Conflict("job is not running on this agent"));
+        let j = self.held_job(i, job_id)?;
+        if ignore_in_dispatches {
+            self.agents[i].snap.ignore_in_dispatches = true;
+        }
+        match self.jobs[j].snap.status {
+            JobStatus::Canceled => return Ok(Vec::new()),
+            JobStatus::Running => {}
+            _ => return Err(Refusal::Conflict("job is not running")),
         }
         let job = &mut self.jobs[j];
-        job.snap.status = if exit_status == 0 {
+        job.snap.status = if exit_status == Some(0) {
             JobStatus::Passed
         } else {
             JobStatus::Failed
         };
+        job.snap.exit_status = exit_status;
         job.snap.finished_at = Some(now);
         let a = &mut self.agents[i];
         a.snap.job = None;
@@ -483,19 +719,22 @@ impl State {
         Ok(vec![self.job_event("job.finished", j)])
     }
 
-    /// The agent disconnects by itself.
+    /// `POST /disconnect`: the agent leaves. Idempotent: an agent already gone is fine.
     pub(crate) fn disconnect(
         &mut self,
         token: &str,
         now: DateTime<Utc>,
         instant: Instant,
     ) -> Result<Vec<Event>, Refusal> {
-        let i = self.agent_by_token(token, instant)?;
-        Ok(self.disconnect_at(i, now))
+        match self.agent_by_token(token, instant) {
+            Ok(i) => Ok(self.disconnect_at(i, now)),
+            Err(Refusal::Conflict(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Ends the job an agent holds when it leaves: an assigned job goes back to the queue, a
-    /// running one is lost (a violation of `kind`).
+    /// Ends the job an agent holds when it leaves: a job not started yet goes back to the
+    /// queue, a running one is lost (a violation of `kind`).
     fn drop_job(&mut self, i: usize, kind: ViolationKind, now: DateTime<Utc>) -> Vec<Event> {
         let Some(job_id) = self.agents[i].snap.job.take() else {
             return Vec::new();
@@ -504,7 +743,7 @@ impl State {
             return Vec::new();
         };
         match self.jobs[j].snap.status {
-            JobStatus::Assigned => {
+            JobStatus::Assigned | JobStatus::Accepted => {
                 let job = &mut self.jobs[j];
                 job.snap.status = JobStatus::Scheduled;
                 job.snap.agent = None;
@@ -534,8 +773,9 @@ impl State {
         events
     }
 
-    /// `PUT .../agents/{id}/stop`: a connected agent becomes `stopping`; with `force` a job it
-    /// runs is cancelled (a violation), without it the job finishes first.
+    /// `PUT .../agents/{id}/stop`: a connected agent becomes `stopping` (a stopping one stays
+    /// so); with `force` a job it runs is cancelled (a violation), without it the job finishes
+    /// first. Any other agent: 400 `Can only stop connected agents` (`rest_api/agents.md`).
     pub(crate) fn stop(
         &mut self,
         id: &str,
@@ -544,7 +784,7 @@ impl State {
     ) -> Result<Vec<Event>, Refusal> {
         let i = *self.agent_index.get(id).ok_or(Refusal::Unknown)?;
         if !self.agents[i].snap.connection_state.is_connected() {
-            return Err(Refusal::Conflict("Only connected agents can be stopped"));
+            return Err(Refusal::BadRequest("Can only stop connected agents"));
         }
         let mut events = Vec::new();
         if force {
@@ -557,116 +797,22 @@ impl State {
         Ok(events)
     }
 
-    /// `POST /stacks/register`: registers (or re-registers) a stack.
-    pub(crate) fn register_stack(
-        &mut self,
-        key: &str,
-        kind: &str,
-        queue_key: &str,
-        metadata: serde_json::Value,
-        now: DateTime<Utc>,
-    ) -> Stack {
-        let id = match self.stacks.get(key) {
-            Some(s) => s.id.clone(),
-            None => self.uuid(),
-        };
-        let stack = Stack {
-            id,
-            key: key.to_owned(),
-            kind: kind.to_owned(),
-            queue_key: queue_key.to_owned(),
-            metadata,
-            registered_at: now,
-        };
-        self.stacks.insert(key.to_owned(), stack.clone());
-        stack
-    }
-
-    /// `POST /stacks/{key}/deregister`.
-    pub(crate) fn deregister_stack(&mut self, key: &str) -> Result<(), Refusal> {
-        self.stacks.remove(key).map(|_| ()).ok_or(Refusal::Unknown)
-    }
-
-    /// `GET /stacks/{key}/scheduled-jobs`: free scheduled jobs of the queue, oldest first,
-    /// after the job `after`.
-    pub(crate) fn scheduled_jobs(
-        &self,
-        key: &str,
-        queue_key: Option<&str>,
-        limit: usize,
-        after: Option<&str>,
-        instant: Instant,
-    ) -> Result<ScheduledPage, Refusal> {
-        let stack = self.stacks.get(key).ok_or(Refusal::Unknown)?;
-        let queue = queue_of_key(queue_key.unwrap_or(&stack.queue_key));
-        let start = match after {
-            Some(id) => self.job_index.get(id).map_or(0, |i| i + 1),
-            None => 0,
-        };
-        let mut free = self.jobs[start.min(self.jobs.len())..]
-            .iter()
-            .filter(|j| j.snap.queue == queue && j.free(instant));
-        let jobs: Vec<JobSnapshot> = free.by_ref().take(limit).map(|j| j.snap.clone()).collect();
-        let has_next_page = free.next().is_some();
-        Ok(ScheduledPage {
-            end_cursor: jobs.last().map(|j| j.id.clone()),
-            jobs,
-            has_next_page,
-        })
-    }
-
-    /// `PUT /stacks/{key}/scheduled-jobs/batch-reserve`: reserves each free job (or one this
-    /// stack already holds) until `expiry`; returns (reserved, not reserved).
-    pub(crate) fn batch_reserve(
-        &mut self,
-        key: &str,
-        ids: &[String],
-        expiry: Duration,
-        instant: Instant,
-    ) -> Result<(Vec<String>, Vec<String>), Refusal> {
-        if !self.stacks.contains_key(key) {
-            return Err(Refusal::Unknown);
-        }
-        let (mut reserved, mut not_reserved) = (Vec::new(), Vec::new());
-        for id in ids {
-            let job = self.job_index.get(id).map(|&i| &mut self.jobs[i]);
-            let ok = job.is_some_and(|j| {
-                let mine = j.snap.status == JobStatus::Scheduled
-                    && j.reservation.as_ref().is_some_and(|(k, _)| k == key);
-                if !(j.free(instant) || mine) {
-                    return false;
-                }
-                j.reservation = Some((key.to_owned(), instant + expiry));
-                j.snap.reserved_by = Some(key.to_owned());
-                j.snap.reservations += 1;
-                true
-            });
-            if ok {
-                reserved.push(id.clone());
-            } else {
-                not_reserved.push(id.clone());
+    /// `PUT .../agents/{id}/pause` and `/resume` (`rest_api/agents.md`): a paused agent gets
+    /// no job and its pings answer `pause`.
+    pub(crate) fn set_paused(&mut self, id: &str, paused: bool) -> Result<(), Refusal> {
+        let i = *self.agent_index.get(id).ok_or(Refusal::Unknown)?;
+        let a = &mut self.agents[i].snap;
+        match (paused, a.paused) {
+            (true, _) if !a.connection_state.is_connected() => {
+                Err(Refusal::Conflict("Only connected agents may be paused"))
+            }
+            (true, true) => Err(Refusal::Conflict("Agent is already paused")),
+            (false, false) => Err(Refusal::Conflict("Agent is not paused")),
+            _ => {
+                a.paused = paused;
+                Ok(())
             }
         }
-        Ok((reserved, not_reserved))
-    }
-
-    /// An agent started with `--acquire-job` takes that job, reserved or not, if it is still
-    /// scheduled.
-    pub(crate) fn acquire(
-        &mut self,
-        token: &str,
-        job_id: &str,
-        instant: Instant,
-    ) -> Result<AssignedJob, Refusal> {
-        let i = self.agent_by_token(token, instant)?;
-        let j = *self.job_index.get(job_id).ok_or(Refusal::Unknown)?;
-        if self.agents[i].snap.job.is_some() {
-            return Err(Refusal::Conflict("agent already has a job"));
-        }
-        if self.jobs[j].snap.status != JobStatus::Scheduled {
-            return Err(Refusal::Conflict("job is not scheduled"));
-        }
-        Ok(self.assign(i, j))
     }
 
     /// Agents silent for `agent_lost_after` are lost, with any job they held.
@@ -702,8 +848,18 @@ impl State {
         self.job_index.get(id).map(|&i| &self.jobs[i].snap)
     }
 
-    /// Per-queue counts: agents by their `queue=` tag, jobs by their rules. Assigned jobs
-    /// count as running.
+    /// A job's log as uploaded so far (chunks in offset order), and how many header times
+    /// its agent reported.
+    pub(crate) fn job_log(&self, id: &str) -> Option<(Vec<u8>, usize)> {
+        let job = &self.jobs[*self.job_index.get(id)?];
+        Some((
+            job.log.values().flatten().copied().collect(),
+            job.header_times,
+        ))
+    }
+
+    /// Per-queue counts: agents by their `queue=` tag, jobs by their rules. Jobs held by an
+    /// agent count as running.
     pub(crate) fn metrics(&self) -> BTreeMap<String, QueueCounts> {
         let mut out: BTreeMap<String, QueueCounts> = BTreeMap::new();
         for a in self.connected() {
@@ -720,7 +876,7 @@ impl State {
             let c = out.entry(j.snap.queue.clone()).or_default();
             match j.snap.status {
                 JobStatus::Scheduled => c.scheduled += 1,
-                JobStatus::Assigned | JobStatus::Running => c.running += 1,
+                s if s.is_held() => c.running += 1,
                 _ => {}
             }
         }
@@ -771,33 +927,64 @@ mod tests {
         State::new(&EmulatorConfig::new("acme", "agent", "api"))
     }
 
+    /// Registers and connects an agent of queue `a`: (id, access token).
+    fn agent(s: &mut State, name: &str, acquire: bool) -> (String, String) {
+        let (now, t) = (Utc::now(), Instant::now());
+        let r = s.register(
+            Registration {
+                name: name.to_owned(),
+                meta_data: tags(&["queue=a"]),
+                ignore_in_dispatches: acquire,
+                ..Registration::default()
+            },
+            now,
+            t,
+        );
+        s.connect(&r.access_token, now, t).unwrap();
+        (r.id, r.access_token)
+    }
+
+    /// Pings for a job, accepts and starts it.
+    fn run(s: &mut State, tok: &str) -> String {
+        let (now, t) = (Utc::now(), Instant::now());
+        let PingAnswer::Job(job) = s.ping(tok, t).unwrap() else {
+            panic!("no job")
+        };
+        let payload = s.accept(tok, &job, t).unwrap();
+        assert_eq!(payload.env["BUILDKITE_COMMAND"], "sleep 1");
+        assert_eq!(payload.env["BUILDKITE_AGENT_META_DATA_QUEUE"], "a");
+        s.start(tok, &job, now, t).unwrap();
+        job
+    }
+
     #[test]
     fn a_graceful_stop_lets_the_job_finish_and_a_forced_one_is_a_violation() {
         let mut s = state();
         let (now, t) = (Utc::now(), Instant::now());
         s.submit(vec![JobSpec::new("a", Duration::from_secs(1)); 2], now);
-        let run = |s: &mut State, name: &str| {
-            let (id, tok) = s.register(name, "h", tags(&["queue=a"]), now, t);
-            s.connect(&tok, now, t).unwrap();
-            let (ans, _) = s.ping(&tok, now, t).unwrap();
-            let job = ans.job.unwrap().id;
-            s.start(&tok, &job, now, t).unwrap();
-            (id, tok, job)
-        };
-        let (id, tok, job) = run(&mut s, "gentle");
+        let (id, tok) = agent(&mut s, "gentle", false);
+        let job = run(&mut s, &tok);
         s.stop(&id, false, now).unwrap();
-        assert_eq!(s.ping(&tok, now, t).unwrap().0.action, "busy");
-        s.finish(&tok, &job, 0, now, t).unwrap();
-        assert_eq!(s.ping(&tok, now, t).unwrap().0.action, "disconnect");
+        assert_eq!(s.ping(&tok, t).unwrap(), PingAnswer::Idle, "busy");
+        s.chunk(&tok, &job, 0, b"hello\n".to_vec(), t).unwrap();
+        s.finish(&tok, &job, Some(0), false, now, t).unwrap();
+        assert_eq!(s.ping(&tok, t).unwrap(), PingAnswer::Disconnect);
+        s.disconnect(&tok, now, t).unwrap();
+        s.disconnect(&tok, now, t).expect("idempotent");
         assert!(s.violations.is_empty());
-        assert!(
-            s.stop(&id, false, now).is_err(),
-            "gone agents cannot be stopped"
+        assert_eq!(s.job_log(&job).unwrap().0, b"hello\n");
+        assert_eq!(
+            s.stop(&id, false, now).unwrap_err(),
+            Refusal::BadRequest("Can only stop connected agents")
         );
 
-        let (id, tok, job) = run(&mut s, "forced");
+        let (id, tok) = agent(&mut s, "forced", false);
+        let job = run(&mut s, &tok);
         assert!(s.start(&tok, &job, now, t).is_err());
         s.stop(&id, true, now).unwrap();
+        assert_eq!(s.job_state(&tok, &job, t).unwrap(), "canceled");
+        s.finish(&tok, &job, Some(143), false, now, t)
+            .expect("a cancelled job's finish is accepted");
         let kinds: Vec<_> = s.violations.iter().map(|v| v.kind).collect();
         assert_eq!(
             kinds,
@@ -810,14 +997,34 @@ mod tests {
     }
 
     #[test]
-    fn the_rest_budget_refills_after_a_minute() {
-        let mut config = EmulatorConfig::new("acme", "agent", "api");
-        config.rest_requests_per_minute = 2;
-        let mut s = State::new(&config);
-        let t = Instant::now();
-        assert_eq!(s.take_rest(t), Ok(1));
-        assert_eq!(s.take_rest(t), Ok(0));
-        assert!(s.take_rest(t + Duration::from_secs(30)).is_err());
-        assert_eq!(s.take_rest(t + Duration::from_secs(61)), Ok(1));
+    fn acquiring_agents_and_agents_done_after_a_job_get_nothing_from_pings() {
+        let mut s = state();
+        let (now, t) = (Utc::now(), Instant::now());
+        let (ids, _) = s.submit(vec![JobSpec::new("a", Duration::from_secs(1)); 3], now);
+        let (_, acq) = agent(&mut s, "acquirer", true);
+        assert_eq!(s.ping(&acq, t).unwrap(), PingAnswer::Idle);
+        s.acquire(&acq, &ids[2], t).unwrap();
+        s.start(&acq, &ids[2], now, t).unwrap();
+        let (_, once) = agent(&mut s, "once", false);
+        let job = run(&mut s, &once);
+        assert_eq!(job, ids[0], "oldest first");
+        s.finish(&once, &job, Some(1), true, now, t).unwrap();
+        assert_eq!(s.job(&job).unwrap().status, JobStatus::Failed);
+        assert_eq!(s.ping(&once, t).unwrap(), PingAnswer::Idle);
+        let (_, other) = agent(&mut s, "other", false);
+        assert_eq!(
+            s.acquire(&other, &ids[2], t).unwrap_err(),
+            Refusal::Conflict("job can no longer be acquired")
+        );
+        s.dispatch_paused.insert("a".to_owned());
+        assert_eq!(s.ping(&other, t).unwrap(), PingAnswer::Idle, "paused queue");
+        s.dispatch_paused.clear();
+        let id = s.connected()[2].snap.id.clone();
+        s.set_paused(&id, true).unwrap();
+        assert_eq!(s.ping(&other, t).unwrap(), PingAnswer::Pause);
+        assert!(s.set_paused(&id, true).is_err());
+        s.set_paused(&id, false).unwrap();
+        assert_eq!(s.ping(&other, t).unwrap(), PingAnswer::Job(ids[1].clone()));
+        assert_eq!(s.ping("nope", t).unwrap_err(), Refusal::Unauthorized);
     }
 }

@@ -85,7 +85,7 @@ pub struct WebhookConfig {
     /// The secret signing `circleci-signature`; without it no signature is sent.
     #[serde(default)]
     pub secret: Option<SecretString>,
-    /// Only events of this project (its slug, e.g. `gh/org/repo`); `None`: every project.
+    /// Only events of this project (its slug, e.g. `github/org/repo`); `None`: every project.
     #[serde(default)]
     pub project: Option<String>,
 }

@@ -12,7 +12,8 @@ use serde::Serialize;
 pub struct TaskSpec {
     /// `namespace/name` of the resource class it runs on.
     pub resource_class: String,
-    /// The project slug (`gh/org/repo`), reported in webhooks.
+    /// The project slug as CircleCI's webhooks write it: `github/org/repo`,
+    /// `bitbucket/org/repo` or `circleci/<org-id>/<project-id>`.
     pub project: String,
     /// The job's name.
     pub job_name: String,
@@ -23,11 +24,11 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
-    /// A task of `resource_class` in project `gh/org/app` running for `duration`.
+    /// A task of `resource_class` in project `github/org/app` running for `duration`.
     pub fn new(resource_class: &str, duration: Duration) -> Self {
         TaskSpec {
             resource_class: resource_class.to_owned(),
-            project: "gh/org/app".to_owned(),
+            project: "github/org/app".to_owned(),
             job_name: "build".to_owned(),
             duration,
             fail: false,

@@ -1,5 +1,6 @@
 //! Configuration of the GitLab emulator: admin tokens, projects and groups, webhooks, fault
-//! knobs, the runner-side long poll and the job lease.
+//! knobs, Workhorse long polling, the job lease, GitLab's online window and trace interval,
+//! and which runner fields the API lists.
 //!
 //! Secrets are [`SecretString`]s: `Debug` output is redacted.
 
@@ -28,17 +29,38 @@ pub struct EmulatorConfig {
     /// Faults injected into the admin API from the start (changeable while running).
     #[serde(default)]
     pub faults: Faults,
-    /// How long `POST /jobs/request` holds a request while no job is there (Workhorse long
-    /// polling; GitLab: up to 50 s).
-    #[serde(default = "default_long_poll", with = "humantime_serde")]
+    /// GitLab Workhorse long polling (`apiCiLongPollingDuration`): a `POST /jobs/request`
+    /// whose `last_update` is the runner's current queue value is held until the queue changes
+    /// or this passes, then answered 204 by "Workhorse" without reaching GitLab — so the
+    /// manager's `contacted_at` does not move. Zero (default, as on self-managed GitLab, where
+    /// it is effectively off): every request reaches GitLab and is answered at once. gitlab.com
+    /// uses 50 s.
+    #[serde(default, with = "humantime_serde")]
     pub long_poll: Duration,
-    /// A running job whose runner sent no update for this long is lost (failed with
-    /// `runner_system_failure`, recorded as a violation: its runner was killed mid-job).
+    /// How long a runner's queue value lives (GitLab's `RUNNER_QUEUE_EXPIRY_TIME`, 1 hour):
+    /// past it, a long-polled request reaches GitLab again.
+    #[serde(default = "default_queue_expiry", with = "humantime_serde")]
+    pub queue_expiry: Duration,
+    /// A running job whose runner sent no update (job update or trace patch) for this long is
+    /// lost (failed with `runner_system_failure`, recorded as a violation: its runner was
+    /// killed mid-job). A test knob: GitLab drops such jobs only after an hour. It must exceed
+    /// the runner's silences: gitlab-runner patches the trace every trace update interval when
+    /// there is output, and otherwise touches the job every 30 s.
     #[serde(default = "default_job_lease", with = "humantime_serde")]
     pub job_lease: Duration,
-    /// A runner or manager contacted within this long is `online` (GitLab: 2 hours).
+    /// A runner or manager contacted within this long is `online` (GitLab's
+    /// `ONLINE_CONTACT_TIMEOUT`, 2 hours; the default). Tests may shorten it only to test that
+    /// path.
     #[serde(default = "default_online_window", with = "humantime_serde")]
     pub online_window: Duration,
+    /// `X-GitLab-Trace-Update-Interval` answered to trace patches: how often the runner sends
+    /// its job log (GitLab: 60 s, 3 s while somebody watches the log).
+    #[serde(default = "default_trace_update_interval", with = "humantime_serde")]
+    pub trace_update_interval: Duration,
+    /// Whether runner listings carry `created_at` (newer GitLab versions do, older ones not).
+    /// Default: not, so that clients cope without it.
+    #[serde(default)]
+    pub runner_created_at: bool,
     /// Admin requests allowed per minute (gitlab.com: 2,000 per user); beyond it, 429 with
     /// `Retry-After`. Every admin answer then carries `RateLimit-Limit`,
     /// `RateLimit-Remaining` and `RateLimit-Reset`. `None` (default): unlimited.
@@ -70,9 +92,12 @@ impl EmulatorConfig {
                 .collect(),
             webhooks: Vec::new(),
             faults: Faults::default(),
-            long_poll: default_long_poll(),
+            long_poll: Duration::ZERO,
+            queue_expiry: default_queue_expiry(),
             job_lease: default_job_lease(),
             online_window: default_online_window(),
+            trace_update_interval: default_trace_update_interval(),
+            runner_created_at: false,
             rate_limit: None,
             seed: 0,
         }
@@ -139,8 +164,12 @@ pub struct Faults {
     pub failing_routes: Vec<String>,
 }
 
-fn default_long_poll() -> Duration {
-    Duration::from_millis(500)
+fn default_queue_expiry() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_trace_update_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_job_lease() -> Duration {

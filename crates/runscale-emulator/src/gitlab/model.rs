@@ -17,10 +17,13 @@ pub struct JobSpec {
     /// Its `tags:`; a runner takes it only if it has all of them (or, for an untagged job,
     /// if it runs untagged jobs).
     pub tags: Vec<String>,
-    /// How long the runner takes to run it.
+    /// How long its default script runs (`sleep`).
     pub duration: Duration,
-    /// Whether the job's script fails.
+    /// Whether its default script fails (`exit 1` after the sleep).
     pub fail: bool,
+    /// The job's `script:` lines, run by the runner's shell (bash) with the job's variables in
+    /// its environment. Empty: `sleep <duration>`, then `exit 1` if `fail`.
+    pub script: Vec<String>,
 }
 
 impl JobSpec {
@@ -32,7 +35,26 @@ impl JobSpec {
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             duration,
             fail: false,
+            script: Vec::new(),
         }
+    }
+
+    /// The same job with these `script:` lines instead of the default `sleep`.
+    pub fn with_script(mut self, lines: &[&str]) -> Self {
+        self.script = lines.iter().map(|l| (*l).to_owned()).collect();
+        self
+    }
+
+    /// The lines the runner runs.
+    pub fn script_lines(&self) -> Vec<String> {
+        if !self.script.is_empty() {
+            return self.script.clone();
+        }
+        let mut lines = vec![format!("sleep {:.3}", self.duration.as_secs_f64())];
+        if self.fail {
+            lines.push("exit 1".to_owned());
+        }
+        lines
     }
 }
 
@@ -95,6 +117,9 @@ pub struct JobSnapshot {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Its log as the runner sent it (`PATCH /jobs/:id/trace`), lossily decoded; the emulator
+    /// keeps at most 1 MiB per job.
+    pub trace: String,
 }
 
 /// One runner manager (one runner process, by `system_id`).

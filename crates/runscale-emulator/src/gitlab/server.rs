@@ -1,7 +1,7 @@
 //! The HTTP server: the admin API runscale calls (`PRIVATE-TOKEN` or Bearer; faults and
-//! outages apply), the runner API the fake runner calls (runner and job tokens in the body;
-//! never faulted), the long poll of `POST /jobs/request`, the lease sweeper and webhook
-//! delivery.
+//! outages apply), the runner API gitlab-runner calls (runner token in the body, job token in
+//! the body or `JOB-TOKEN`; never faulted), Workhorse's long poll in front of
+//! `POST /jobs/request`, the lease sweeper and webhook delivery.
 
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use axum::extract::{MatchedPath, Path, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use chrono::Utc;
 use rand::Rng;
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::config::{EmulatorConfig, Faults};
 use super::model::{JobSpec, Snapshot, Workload};
-use super::state::{Event, NewRunner, Refusal, State};
+use super::state::{Assigned, Event, NewRunner, Queue, Refusal, State, TraceRefusal};
 use super::webhook;
 use crate::serve::{self, error};
 
@@ -32,9 +32,11 @@ const PER_PAGE_MAX: usize = 100;
 
 pub(crate) struct Shared {
     hub: serve::Hub<State, Event>,
-    /// Woken when a job is queued or a runner unpaused (ends long polls early).
+    /// Woken when a runner's queue value changes (a job queued, a runner updated): ends long
+    /// polls early.
     work: Notify,
     long_poll: Duration,
+    trace_update_interval: Duration,
 }
 
 impl Shared {
@@ -62,11 +64,12 @@ impl Emulator {
     /// Binds `127.0.0.1:0` and serves until the handle is dropped.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
         let (server, listener) = serve::Server::bind(serve::loopback()).await?;
-        let (hub, rx) = serve::Hub::new(State::new(&config));
+        let (hub, rx) = serve::Hub::new(State::new(&config, server.url()));
         let shared = Arc::new(Shared {
             hub,
             work: Notify::new(),
             long_poll: config.long_poll,
+            trace_update_interval: config.trace_update_interval,
         });
         server.serve(listener, router(shared.clone()));
         let cancel = server.cancel().clone();
@@ -90,7 +93,7 @@ impl EmulatorHandle {
 
     /// Queues jobs as pending; returns their ids.
     pub fn submit(&self, jobs: Vec<JobSpec>) -> Vec<u64> {
-        let (ids, events) = self.shared.lock().submit(jobs, Utc::now());
+        let (ids, events) = self.shared.lock().submit(jobs, Utc::now(), Instant::now());
         self.shared.emit(events);
         self.shared.work.notify_waiters();
         ids
@@ -103,7 +106,7 @@ impl EmulatorHandle {
             self.server.cancel().clone(),
             workload.arrivals,
             move |jobs| {
-                let (_, events) = shared.lock().submit(jobs, Utc::now());
+                let (_, events) = shared.lock().submit(jobs, Utc::now(), Instant::now());
                 shared.emit(events);
                 shared.work.notify_waiters();
             },
@@ -164,6 +167,7 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v4/jobs/request", post(request_job))
         .route("/api/v4/jobs/{id}", put(update_job))
+        .route("/api/v4/jobs/{id}/trace", patch(patch_trace))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), gate))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -179,6 +183,7 @@ fn runner_call(method: &Method, route: &str) -> bool {
         ("POST", "/api/v4/jobs/request")
             | ("POST", "/api/v4/runners/verify")
             | ("PUT", "/api/v4/jobs/{id}")
+            | ("PATCH", "/api/v4/jobs/{id}/trace")
             | ("DELETE", "/api/v4/runners/managers")
             | ("DELETE", "/api/v4/runners")
     )
@@ -557,6 +562,7 @@ async fn update_runner(
             r.run_untagged = x;
         }
         let rid = r.id;
+        s.tick(rid, Instant::now());
         s.runner_json(rid, true, now)
     };
     shared.work.notify_waiters();
@@ -662,12 +668,15 @@ struct RunnerHello {
     system_id: Option<String>,
 }
 
+/// `POST /runners/verify {token, system_id, info}`: 200 with the runner's id (the runner also
+/// takes the legacy plain-text answer), 403 for an unknown token. Makes the manager's record.
 async fn verify(AxState(shared): AxState<Arc<Shared>>, Json(h): Json<RunnerHello>) -> Response {
     let sid = h.system_id.unwrap_or_default();
-    if shared.lock().verify(&h.token, &sid, Utc::now()) {
-        StatusCode::OK.into_response()
-    } else {
-        error(StatusCode::FORBIDDEN, "403 Forbidden")
+    match shared.lock().verify(&h.token, &sid, Utc::now()) {
+        Some(id) => {
+            Json(json!({ "id": id, "token": h.token, "token_expires_at": null })).into_response()
+        }
+        None => error(StatusCode::FORBIDDEN, "403 Forbidden"),
     }
 }
 
@@ -682,8 +691,8 @@ async fn delete_manager(
             shared.emit(events);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(Refusal::Forbidden) => error(StatusCode::FORBIDDEN, "403 Forbidden"),
         Err(Refusal::Gone) => error(StatusCode::NOT_FOUND, "404 Runner Manager Not Found"),
+        Err(_) => error(StatusCode::FORBIDDEN, "403 Forbidden"),
     }
 }
 
@@ -701,10 +710,31 @@ async fn delete_by_token(
     }
 }
 
-async fn request_job(
-    AxState(shared): AxState<Arc<Shared>>,
-    Json(h): Json<RunnerHello>,
-) -> Response {
+/// `POST /jobs/request {token, system_id, last_update, info}`.
+#[derive(Deserialize)]
+struct JobRequest {
+    token: String,
+    #[serde(default)]
+    system_id: Option<String>,
+    #[serde(default)]
+    last_update: Option<String>,
+}
+
+/// A 204, with `X-GitLab-Last-Update` when GitLab (not Workhorse) answered.
+fn no_job(last_update: Option<&str>) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Some(v) = last_update.and_then(|v| HeaderValue::from_str(v).ok()) {
+        r.headers_mut().insert("x-gitlab-last-update", v);
+    }
+    r
+}
+
+/// `POST /jobs/request`. With long polling on, Workhorse first: a request whose
+/// `last_update` is the runner's current queue value is held until the value changes (then
+/// 204: the runner asks again) or `long_poll` passes (204), without reaching GitLab — so the
+/// manager's `contacted_at` stays where it was. Otherwise GitLab answers at once: 201 with a
+/// job, or 204 with `X-GitLab-Last-Update`; 403 for an unknown token.
+async fn request_job(AxState(shared): AxState<Arc<Shared>>, Json(h): Json<JobRequest>) -> Response {
     let sid = h.system_id.unwrap_or_default();
     if sid.is_empty() {
         return error(
@@ -712,63 +742,174 @@ async fn request_job(
             "400 Bad request - system_id is missing",
         );
     }
-    let deadline = Instant::now() + shared.long_poll;
-    loop {
-        let notified = shared.work.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let result = shared
-            .lock()
-            .request_job(&h.token, &sid, Utc::now(), Instant::now());
-        match result {
-            Err(_) => return error(StatusCode::FORBIDDEN, "403 Forbidden"),
-            Ok(Some((payload, event))) => {
-                shared.emit([event]);
-                return (StatusCode::CREATED, Json(payload)).into_response();
-            }
-            Ok(None) if Instant::now() >= deadline => {
-                let mut r = StatusCode::NO_CONTENT.into_response();
-                r.headers_mut()
-                    .insert("x-gitlab-last-update", HeaderValue::from_static("emulated"));
-                return r;
-            }
-            Ok(None) => {
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
+    let last = h.last_update.filter(|l| !l.is_empty());
+    if let Some(last) = last.as_deref().filter(|_| !shared.long_poll.is_zero()) {
+        let deadline = Instant::now() + shared.long_poll;
+        let mut waited = false;
+        loop {
+            let notified = shared.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let queue = shared.lock().watch(&h.token, last, Instant::now());
+            match queue {
+                // Changed before watching: on to GitLab.
+                Queue::Changed if !waited => break,
+                // Changed while watching, or the poll is over: Workhorse answers.
+                Queue::Changed => return no_job(None),
+                Queue::Unchanged if Instant::now() >= deadline => return no_job(None),
+                Queue::Unchanged => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                    waited = true;
                 }
             }
         }
     }
+    let result =
+        shared
+            .lock()
+            .request_job(&h.token, &sid, last.as_deref(), Utc::now(), Instant::now());
+    match result {
+        Err(_) => error(StatusCode::FORBIDDEN, "403 Forbidden"),
+        Ok(Assigned::Job(payload, event)) => {
+            shared.emit([*event]);
+            (StatusCode::CREATED, Json(*payload)).into_response()
+        }
+        Ok(Assigned::Nothing(value)) => no_job(Some(&value)),
+    }
+}
+
+/// The job token: the `JOB-TOKEN` header, else `token` from the body or query.
+fn job_token(headers: &HeaderMap, fallback: Option<String>) -> String {
+    headers
+        .get("job-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(fallback)
+        .unwrap_or_default()
+}
+
+/// A 403 for a job that is not running, with its `Job-Status` (the runner then stops it).
+fn not_running(status: Option<&'static str>) -> Response {
+    let mut r = error(StatusCode::FORBIDDEN, "403 Forbidden - Job is not running");
+    if let Some(s) = status {
+        r.headers_mut()
+            .insert("job-status", HeaderValue::from_static(s));
+    }
+    r
 }
 
 #[derive(Deserialize)]
 struct JobUpdate {
-    token: String,
+    #[serde(default)]
+    token: Option<String>,
     #[serde(default)]
     state: Option<String>,
+    #[serde(default)]
+    failure_reason: Option<String>,
 }
 
+/// `PUT /jobs/:id {token, state, failure_reason, exit_code, output}`: 200; 403 for a wrong
+/// token or a job that is not running (with `Job-Status`); 400 for an unknown state.
 async fn update_job(
     AxState(shared): AxState<Arc<Shared>>,
     Path(id): Path<u64>,
+    headers: HeaderMap,
     Json(u): Json<JobUpdate>,
 ) -> Response {
-    let state = u.state.unwrap_or_else(|| "running".to_owned());
-    let result = shared
-        .lock()
-        .update_job(id, &u.token, &state, Utc::now(), Instant::now());
+    let token = job_token(&headers, u.token);
+    let state = u.state.unwrap_or_default();
+    let mut s = shared.lock();
+    let result = s.update_job(
+        id,
+        &token,
+        &state,
+        u.failure_reason.as_deref(),
+        Utc::now(),
+        Instant::now(),
+    );
+    let status = s.job_status(id);
+    drop(s);
     match result {
         Ok(event) => {
             shared.emit(event);
-            StatusCode::OK.into_response()
+            (StatusCode::OK, "200").into_response()
         }
         Err(Refusal::Forbidden) => error(StatusCode::FORBIDDEN, "403 Forbidden"),
-        Err(Refusal::Gone) => {
-            let mut r = error(StatusCode::FORBIDDEN, "403 Forbidden - Job is not running");
-            r.headers_mut()
-                .insert("job-status", HeaderValue::from_static("failed"));
+        Err(Refusal::Gone) => not_running(status),
+        Err(Refusal::Invalid) => error(StatusCode::BAD_REQUEST, "400 Bad request - state"),
+    }
+}
+
+/// `start-end` of a `Content-Range` header.
+fn content_range(headers: &HeaderMap) -> Option<Result<usize, ()>> {
+    let v = headers.get("content-range")?;
+    let parsed = v
+        .to_str()
+        .ok()
+        .and_then(|t| t.trim().split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .filter(|(a, b)| a <= b)
+        .map(|(a, _)| a);
+    Some(parsed.ok_or(()))
+}
+
+/// `PATCH /jobs/:id/trace` (`JOB-TOKEN`, `Content-Range: start-end`, the bytes): 202 with
+/// `Job-Status`, `Range: 0-<size>` and `X-GitLab-Trace-Update-Interval`; 416 (with `Range`)
+/// when `start` is not the trace's size; 400 without `Content-Range`; 403 for a wrong token or
+/// a job that is not running.
+async fn patch_trace(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<u64>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let query_token = params(&uri)
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v);
+    let token = job_token(&headers, query_token);
+    let start = match content_range(&headers) {
+        None => return error(StatusCode::BAD_REQUEST, "400 Missing header Content-Range"),
+        Some(Err(())) => usize::MAX,
+        Some(Ok(start)) => start,
+    };
+    let result = shared
+        .lock()
+        .append_trace(id, &token, start, &body, Utc::now(), Instant::now());
+    let range = |size: usize| HeaderValue::from_str(&format!("0-{size}")).ok();
+    match result {
+        Ok(size) => {
+            let mut r = StatusCode::ACCEPTED.into_response();
+            let h = r.headers_mut();
+            h.insert("job-status", HeaderValue::from_static("running"));
+            if let Some(v) = range(size) {
+                h.insert("range", v);
+            }
+            h.insert(
+                "x-gitlab-trace-update-interval",
+                HeaderValue::from(shared.trace_update_interval.as_secs()),
+            );
             r
         }
+        Err(TraceRefusal::Range(size)) => {
+            let mut r = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "416 Range Not Satisfiable",
+            );
+            if let Some(v) = range(size) {
+                r.headers_mut().insert("range", v);
+            }
+            r
+        }
+        Err(TraceRefusal::Forbidden(None)) => error(StatusCode::FORBIDDEN, "403 Forbidden"),
+        Err(TraceRefusal::Forbidden(status)) => not_running(status),
+        Err(TraceRefusal::TooLarge) => error(
+            StatusCode::FORBIDDEN,
+            "403 Forbidden - trace larger than the emulator keeps",
+        ),
     }
 }

@@ -1,7 +1,8 @@
 //! The emulator's state and every rule it enforces: runners and their managers, job picking
-//! by tags / `run_untagged` / paused / runner scope, job updates and leases, deletions that
-//! lose running jobs, and the Job Hook events all of this produces. Pure bookkeeping: no I/O,
-//! the time is passed in.
+//! by tags / `run_untagged` / paused / runner scope, each runner's queue value (what Workhorse
+//! long polling watches), job updates, traces and leases, deletions that lose running jobs,
+//! and the Job Hook events all of this produces. Pure bookkeeping: no I/O, the time is passed
+//! in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -41,6 +42,9 @@ pub(crate) struct Runner {
     created_at: DateTime<Utc>,
     contacted_at: Option<DateTime<Utc>>,
     managers: BTreeMap<String, Manager>,
+    /// The runner's queue value (`X-GitLab-Last-Update`) and until when it lives; a new
+    /// value is set whenever a job it may take is queued or the runner changes.
+    queue: Option<(String, Instant)>,
 }
 
 struct Job {
@@ -48,6 +52,39 @@ struct Job {
     spec: JobSpec,
     token: String,
     lease_until: Option<Instant>,
+    trace: Vec<u8>,
+}
+
+/// Most trace bytes kept per job.
+pub(crate) const MAX_TRACE: usize = 1 << 20;
+
+/// What `POST /jobs/request` answers once it reaches "GitLab".
+#[derive(Debug)]
+pub(crate) enum Assigned {
+    /// 201: this job payload.
+    Job(Box<Value>, Box<Event>),
+    /// 204 with this `X-GitLab-Last-Update`.
+    Nothing(String),
+}
+
+/// What Workhorse sees when it watches a runner's queue value against `last_update`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Queue {
+    /// The value is `last_update`: hold the request.
+    Unchanged,
+    /// Another value, none, or an unknown token: pass the request on to GitLab.
+    Changed,
+}
+
+/// Why a trace patch was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TraceRefusal {
+    /// Unknown job or token, or the job is not running (with its status).
+    Forbidden(Option<&'static str>),
+    /// The range does not start at the trace's end (with the trace's size).
+    Range(usize),
+    /// The trace would exceed [`MAX_TRACE`].
+    TooLarge,
 }
 
 /// A project: id, path, group.
@@ -74,6 +111,8 @@ pub(crate) enum Refusal {
     Forbidden,
     /// The job is not running (finished, lost).
     Gone,
+    /// A job update with a state GitLab does not take.
+    Invalid,
 }
 
 /// What `POST /user/runners` may set.
@@ -99,6 +138,10 @@ pub(crate) struct State {
     window: (Instant, u32),
     job_lease: Duration,
     online_window: Duration,
+    queue_expiry: Duration,
+    runner_created_at: bool,
+    /// `http://127.0.0.1:PORT`, for the repository URL of job payloads.
+    base_url: String,
     runners: BTreeMap<u64, Runner>,
     jobs: Vec<Job>,
     by_id: HashMap<u64, usize>,
@@ -134,7 +177,7 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
 }
 
 impl State {
-    pub(crate) fn new(config: &EmulatorConfig) -> Self {
+    pub(crate) fn new(config: &EmulatorConfig, base_url: String) -> Self {
         State {
             admin_tokens: config.admin_tokens.clone(),
             projects: config
@@ -157,6 +200,9 @@ impl State {
             window: (Instant::now(), 0),
             job_lease: config.job_lease,
             online_window: config.online_window,
+            queue_expiry: config.queue_expiry,
+            runner_created_at: config.runner_created_at,
+            base_url,
             runners: BTreeMap::new(),
             jobs: Vec::new(),
             by_id: HashMap::new(),
@@ -257,13 +303,73 @@ impl State {
             .collect()
     }
 
-    fn status_of(&self, contacted: Option<DateTime<Utc>>, now: DateTime<Utc>) -> &'static str {
+    /// Whether something contacted at `contacted` is online at `now`.
+    fn online(&self, contacted: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
         let window =
             chrono::Duration::from_std(self.online_window).unwrap_or(chrono::Duration::MAX);
+        contacted.is_some_and(|t| t + window > now)
+    }
+
+    /// A manager's `status`.
+    fn status_of(&self, contacted: Option<DateTime<Utc>>, now: DateTime<Utc>) -> &'static str {
         match contacted {
             None => "never_contacted",
-            Some(t) if t + window > now => "online",
+            Some(_) if self.online(contacted, now) => "online",
             Some(_) => "offline",
+        }
+    }
+
+    /// A runner's (deprecated REST) `status`: `paused` for a paused runner that has been in
+    /// contact. (`stale`, after 7 days, is not modelled.)
+    fn runner_status(&self, r: &Runner, now: DateTime<Utc>) -> &'static str {
+        match r.contacted_at {
+            None => "never_contacted",
+            Some(_) if r.paused => "paused",
+            c => self.status_of(c, now),
+        }
+    }
+
+    /// A new queue value for runner `id` (a job it may take was queued, or it changed).
+    pub(crate) fn tick(&mut self, id: u64, at: Instant) {
+        let value = self.hex(8);
+        let expiry = self.queue_expiry;
+        if let Some(r) = self.runners.get_mut(&id) {
+            r.queue = Some((value, at + expiry));
+        }
+    }
+
+    /// The queue value of runner `id`, made if it has none or it expired.
+    fn ensure_queue_value(&mut self, id: u64, at: Instant) -> String {
+        let current = self
+            .runners
+            .get(&id)
+            .and_then(|r| r.queue.as_ref())
+            .filter(|(_, until)| *until > at)
+            .map(|(v, _)| v.clone());
+        match current {
+            Some(v) => v,
+            None => {
+                self.tick(id, at);
+                self.runners
+                    .get(&id)
+                    .and_then(|r| r.queue.as_ref())
+                    .map(|(v, _)| v.clone())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Workhorse's check: whether the queue value of the runner with `token` is still
+    /// `last_update`.
+    pub(crate) fn watch(&self, token: &str, last_update: &str, at: Instant) -> Queue {
+        let current = self
+            .runner_by_token(token)
+            .and_then(|id| self.runners.get(&id))
+            .and_then(|r| r.queue.as_ref())
+            .filter(|(_, until)| *until > at);
+        match current {
+            Some((v, _)) if same(v, last_update) => Queue::Unchanged,
+            _ => Queue::Changed,
         }
     }
 
@@ -288,6 +394,7 @@ impl State {
                 created_at: now,
                 contacted_at: None,
                 managers: BTreeMap::new(),
+                queue: None,
             },
         );
         self.runners_created += 1;
@@ -306,7 +413,6 @@ impl State {
     /// (`GET /runners/:id`).
     pub(crate) fn runner_json(&self, id: u64, detail: bool, now: DateTime<Utc>) -> Option<Value> {
         let r = self.runners.get(&id)?;
-        let status = self.status_of(r.contacted_at, now);
         let mut v = json!({
             "id": r.id,
             "description": r.description,
@@ -315,12 +421,14 @@ impl State {
             "is_shared": r.runner_type == "instance_type",
             "runner_type": r.runner_type,
             "name": "gitlab-runner",
-            "online": status == "online",
-            "status": status,
+            "online": self.online(r.contacted_at, now),
+            "status": self.runner_status(r, now),
             "job_execution_status": if Self::active(r) { "active" } else { "idle" },
-            "ip_address": "",
-            "created_at": r.created_at,
+            "ip_address": Value::Null,
         });
+        if self.runner_created_at {
+            v["created_at"] = json!(r.created_at);
+        }
         if detail {
             let scope = match (r.runner_type.as_str(), r.scope) {
                 ("group_type", Some(g)) => json!({ "groups": [{ "id": g }] }),
@@ -446,11 +554,16 @@ impl State {
             .collect())
     }
 
-    /// Records contact by manager `system_id` of the runner with `token`.
+    /// Records contact by manager `system_id` of the runner with `token` (GitLab's heartbeat);
+    /// the manager's record is made on its first contact. Without a `system_id` only the runner
+    /// is in contact.
     fn contact(&mut self, token: &str, system_id: &str, now: DateTime<Utc>) -> Option<u64> {
         let id = self.runner_by_token(token)?;
         let r = self.runners.get_mut(&id)?;
         r.contacted_at = Some(now);
+        if system_id.is_empty() {
+            return Some(id);
+        }
         let m = r
             .managers
             .entry(system_id.to_owned())
@@ -465,9 +578,14 @@ impl State {
         Some(id)
     }
 
-    /// `POST /runners/verify`.
-    pub(crate) fn verify(&mut self, token: &str, system_id: &str, now: DateTime<Utc>) -> bool {
-        self.contact(token, system_id, now).is_some()
+    /// `POST /runners/verify`: the runner's id, if the token is known.
+    pub(crate) fn verify(
+        &mut self,
+        token: &str,
+        system_id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<u64> {
+        self.contact(token, system_id, now)
     }
 
     fn project_of(&self, id: u64) -> Option<&Project> {
@@ -492,30 +610,38 @@ impl State {
         tags_ok && scope_ok
     }
 
-    /// `POST /jobs/request`: the oldest pending job this runner may run, flipped to running.
-    /// `Err` for an unknown token; `Ok(None)` when there is nothing (or the runner is paused).
+    /// `POST /jobs/request` once it reaches GitLab: the manager's contact is recorded (its
+    /// record made on first contact); a paused runner, or a `last_update` that is still the
+    /// runner's queue value, gets nothing; otherwise the oldest pending job this runner may run,
+    /// flipped to running. `Err` for an unknown token.
     pub(crate) fn request_job(
         &mut self,
         token: &str,
         system_id: &str,
+        last_update: Option<&str>,
         now: DateTime<Utc>,
         at: Instant,
-    ) -> Result<Option<(Value, Event)>, Refusal> {
+    ) -> Result<Assigned, Refusal> {
         let id = self
             .contact(token, system_id, now)
             .ok_or(Refusal::Forbidden)?;
+        let paused = self.runners.get(&id).is_none_or(|r| r.paused);
+        let value = self.ensure_queue_value(id, at);
+        if paused {
+            return Ok(Assigned::Nothing(value));
+        }
+        if let Some(last) = last_update.filter(|l| same(l, &value)) {
+            return Ok(Assigned::Nothing(last.to_owned()));
+        }
         let Some(r) = self.runners.get(&id) else {
             return Err(Refusal::Forbidden);
         };
-        if r.paused {
-            return Ok(None);
-        }
         let Some(i) = self
             .jobs
             .iter()
             .position(|j| j.snap.status == JobStatus::Pending && self.matches(r, &j.spec))
         else {
-            return Ok(None);
+            return Ok(Assigned::Nothing(value));
         };
         let (desc, rtype, rtags) = (r.description.clone(), r.runner_type.clone(), r.tags.clone());
         let lease = self.job_lease;
@@ -525,36 +651,8 @@ impl State {
         job.snap.started_at = Some(now);
         job.lease_until = Some(at + lease);
         let job_id = job.snap.id;
-        let payload = json!({
-            "id": job_id,
-            "token": job.token,
-            "allow_git_fetch": true,
-            "job_info": {
-                "id": job_id,
-                "name": job.spec.name,
-                "stage": "test",
-                "project_id": job.spec.project_id,
-                "project_name": "",
-            },
-            "git_info": { "repo_url": "", "ref": "main", "sha": "0000000", "ref_type": "branch" },
-            "runner_info": { "timeout": 3600, "runner_session_url": null },
-            "variables": [
-                { "key": "CI_JOB_ID", "value": job_id.to_string(), "public": true, "masked": false },
-                { "key": "FAKE_JOB_DURATION_MS",
-                  "value": u64::try_from(job.spec.duration.as_millis()).unwrap_or(u64::MAX).to_string(),
-                  "public": true, "masked": false },
-                { "key": "FAKE_JOB_FAIL", "value": job.spec.fail.to_string(), "public": true, "masked": false },
-            ],
-            "steps": [{ "name": "script", "script": ["true"], "timeout": 3600,
-                        "when": "on_success", "allow_failure": false }],
-            "image": null,
-            "services": [],
-            "artifacts": [],
-            "cache": [],
-            "credentials": [],
-            "dependencies": [],
-            "features": { "trace_sections": true },
-        });
+        let payload = self.payload(i);
+        let job = &self.jobs[i];
         let snap = job.snap.clone();
         let name = job.spec.name.clone();
         if let Some(m) = self
@@ -571,7 +669,78 @@ impl State {
             .count() as u32;
         self.peak_running = self.peak_running.max(running);
         let event = self.event(snap, name, Some((id, desc, rtype, rtags)));
-        Ok(Some((payload, event)))
+        Ok(Assigned::Job(Box::new(payload), Box::new(event)))
+    }
+
+    /// The job payload of job `i` (GitLab's `JobRequest::Response` entity): what
+    /// gitlab-runner needs to run it with the shell executor. `GIT_STRATEGY=none`: no
+    /// repository is fetched.
+    fn payload(&self, i: usize) -> Value {
+        let job = &self.jobs[i];
+        let id = job.snap.id;
+        let project = job.spec.project_id;
+        let path = self
+            .project_of(project)
+            .map_or_else(|| format!("project-{project}"), |p| p.path.clone());
+        let sha = "0".repeat(40);
+        let host = self
+            .base_url
+            .strip_prefix("http://")
+            .unwrap_or(&self.base_url);
+        let var = |key: &str, value: String, public: bool, masked: bool| {
+            json!({ "key": key, "value": value, "public": public, "masked": masked,
+                    "file": false, "raw": false })
+        };
+        json!({
+            "id": id,
+            "token": job.token,
+            "allow_git_fetch": true,
+            "job_info": {
+                "id": id,
+                "name": job.spec.name,
+                "stage": "test",
+                "project_id": project,
+                "project_name": path.rsplit('/').next().unwrap_or_default(),
+                "project_full_path": path,
+                "pipeline_id": id / 10,
+                "time_in_queue_seconds": 0.0,
+            },
+            "git_info": {
+                "repo_url": format!("http://gitlab-ci-token:{}@{host}/{path}.git", job.token),
+                "repo_object_format": "sha1",
+                "ref": "main",
+                "sha": sha,
+                "before_sha": sha,
+                "ref_type": "branch",
+                "refspecs": ["+refs/heads/main:refs/remotes/origin/main"],
+                "depth": 20,
+            },
+            "runner_info": { "timeout": 3600, "runner_session_url": Value::Null },
+            "variables": [
+                var("CI_JOB_ID", id.to_string(), true, false),
+                var("CI_JOB_NAME", job.spec.name.clone(), true, false),
+                var("CI_JOB_STAGE", "test".to_owned(), true, false),
+                var("CI_JOB_TOKEN", job.token.clone(), false, true),
+                var("CI_PROJECT_ID", project.to_string(), true, false),
+                var("CI_PROJECT_PATH", path.clone(), true, false),
+                var("CI_PIPELINE_ID", (id / 10).to_string(), true, false),
+                var("CI_SERVER_URL", self.base_url.clone(), true, false),
+                var("GIT_STRATEGY", "none".to_owned(), true, false),
+            ],
+            "steps": [{ "name": "script", "script": job.spec.script_lines(), "timeout": 3600,
+                        "when": "on_success", "allow_failure": false }],
+            "image": Value::Null,
+            "services": [],
+            "artifacts": [],
+            "cache": [],
+            "credentials": [],
+            "dependencies": [],
+            "features": {
+                "trace_sections": true,
+                "failure_reasons": ["unknown_failure", "script_failure", "runner_system_failure",
+                                    "job_execution_timeout", "runner_unsupported"],
+            },
+        })
     }
 
     fn event(
@@ -592,16 +761,16 @@ impl State {
         }
     }
 
-    /// `PUT /jobs/:id {token, state}`: `running` renews the lease, `success` / `failed`
-    /// finish the job.
-    pub(crate) fn update_job(
+    /// The running job `id` if `token` is its job token: `Err(Forbidden)` for an unknown job
+    /// or token, `Err(Gone)` when it is not running. A known job renews its lease and its
+    /// manager's contact (GitLab's heartbeat on job calls).
+    fn running_job(
         &mut self,
         id: u64,
         token: &str,
-        state: &str,
         now: DateTime<Utc>,
         at: Instant,
-    ) -> Result<Option<Event>, Refusal> {
+    ) -> Result<usize, Refusal> {
         let i = *self.by_id.get(&id).ok_or(Refusal::Forbidden)?;
         if !same(token, &self.jobs[i].token) {
             return Err(Refusal::Forbidden);
@@ -619,11 +788,71 @@ impl State {
                 m.contacted_at = now;
             }
         }
+        Ok(i)
+    }
+
+    /// A job's status, as GitLab spells it (the `Job-Status` header of a refusal).
+    pub(crate) fn job_status(&self, id: u64) -> Option<&'static str> {
+        self.by_id
+            .get(&id)
+            .map(|&i| self.jobs[i].snap.status.as_str())
+    }
+
+    /// `PUT /jobs/:id {token, state, exit_code, failure_reason}`: `running` renews the lease,
+    /// `success` / `failed` finish the job; any other state is `Err(Invalid)`.
+    pub(crate) fn update_job(
+        &mut self,
+        id: u64,
+        token: &str,
+        state: &str,
+        failure_reason: Option<&str>,
+        now: DateTime<Utc>,
+        at: Instant,
+    ) -> Result<Option<Event>, Refusal> {
+        let i = self.running_job(id, token, now, at)?;
         Ok(match state {
+            "running" => None,
             "success" => Some(self.finish(i, JobStatus::Success, None, now)),
-            "failed" => Some(self.finish(i, JobStatus::Failed, Some("script_failure"), now)),
-            _ => None,
+            "failed" => {
+                let reason = failure_reason.filter(|r| {
+                    !r.is_empty() && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                });
+                Some(self.finish(
+                    i,
+                    JobStatus::Failed,
+                    Some(reason.unwrap_or("script_failure")),
+                    now,
+                ))
+            }
+            _ => return Err(Refusal::Invalid),
         })
+    }
+
+    /// `PATCH /jobs/:id/trace` with `Content-Range: start-end`: appends `body` if `start` is
+    /// the trace's current size; returns the new size.
+    pub(crate) fn append_trace(
+        &mut self,
+        id: u64,
+        token: &str,
+        start: usize,
+        body: &[u8],
+        now: DateTime<Utc>,
+        at: Instant,
+    ) -> Result<usize, TraceRefusal> {
+        let i = match self.running_job(id, token, now, at) {
+            Ok(i) => i,
+            Err(Refusal::Gone) => return Err(TraceRefusal::Forbidden(self.job_status(id))),
+            Err(_) => return Err(TraceRefusal::Forbidden(None)),
+        };
+        let trace = &mut self.jobs[i].trace;
+        if start != trace.len() {
+            return Err(TraceRefusal::Range(trace.len()));
+        }
+        if trace.len() + body.len() > MAX_TRACE {
+            return Err(TraceRefusal::TooLarge);
+        }
+        trace.extend_from_slice(body);
+        Ok(trace.len())
     }
 
     fn finish(
@@ -663,6 +892,7 @@ impl State {
         &mut self,
         specs: Vec<JobSpec>,
         now: DateTime<Utc>,
+        at: Instant,
     ) -> (Vec<u64>, Vec<Event>) {
         let mut ids = Vec::with_capacity(specs.len());
         let mut events = Vec::with_capacity(specs.len());
@@ -680,14 +910,26 @@ impl State {
                 created_at: now,
                 started_at: None,
                 finished_at: None,
+                trace: String::new(),
             };
             events.push(self.event(snap.clone(), spec.name.clone(), None));
+            // The queue value of every runner that may take it changes (what ends long polls).
+            let takers: Vec<u64> = self
+                .runners
+                .values()
+                .filter(|r| self.matches(r, &spec))
+                .map(|r| r.id)
+                .collect();
+            for r in takers {
+                self.tick(r, at);
+            }
             self.by_id.insert(id, self.jobs.len());
             self.jobs.push(Job {
                 snap,
                 spec,
                 token,
                 lease_until: None,
+                trace: Vec::new(),
             });
             ids.push(id);
         }
@@ -774,7 +1016,14 @@ impl State {
 
     pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
-            jobs: self.jobs.iter().map(|j| j.snap.clone()).collect(),
+            jobs: self
+                .jobs
+                .iter()
+                .map(|j| JobSnapshot {
+                    trace: String::from_utf8_lossy(&j.trace).into_owned(),
+                    ..j.snap.clone()
+                })
+                .collect(),
             runners: self
                 .runners
                 .values()

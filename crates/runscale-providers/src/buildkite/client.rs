@@ -1,6 +1,7 @@
-//! The HTTP client: the agent metrics API (`Authorization: Token`) and the REST v2 agents
-//! calls (`Authorization: Bearer`), the organisation's REST budget (a sliding minute, plus
-//! what `RateLimit-*` headers say), and every failure mapped to a core [`ErrorKind`] in
+//! The HTTP client: the agent metrics API and the Stacks API (`Authorization: Token`) and the
+//! REST v2 agents calls (`Authorization: Bearer`), the REST budgets (the organisation's and the
+//! token owner's, each a sliding minute here, plus what the `RateLimit-*` and
+//! `RateLimit-User-*` headers say), and every failure mapped to a core [`ErrorKind`] in
 //! [`status_error`]. Errors never carry a token.
 
 use std::collections::{HashMap, VecDeque};
@@ -21,8 +22,9 @@ use crate::http::{self, Answer};
 const WINDOW: Duration = Duration::from_secs(60);
 /// Page size of the agents listing (Buildkite's maximum).
 const PER_PAGE: u32 = 100;
-/// Most pages read of one listing.
-const MAX_PAGES: u32 = 50;
+/// Most pages of one agents listing (100,000 agents). A listing with more fails: it is never
+/// cut short, since an agent on an unread page would look gone.
+const MAX_PAGES: u32 = 1000;
 
 /// Counts of one queue in the metrics API.
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
@@ -70,6 +72,9 @@ pub(crate) struct ApiAgent {
     pub(crate) job: Option<serde_json::Value>,
     #[serde(default)]
     pub(crate) last_job_finished_at: Option<DateTime<Utc>>,
+    /// Its tags (`queue=linux`, ...).
+    #[serde(default)]
+    pub(crate) meta_data: Vec<String>,
 }
 
 impl ApiAgent {
@@ -95,10 +100,39 @@ struct PageInfo {
     end_cursor: Option<String>,
 }
 
+/// The cluster queue of a scheduled-jobs page.
+#[derive(Deserialize)]
+struct ClusterQueue {
+    #[serde(default)]
+    dispatch_paused: bool,
+}
+
 #[derive(Deserialize)]
 struct ScheduledJobs {
     jobs: Vec<StackJob>,
     page_info: Option<PageInfo>,
+    #[serde(default)]
+    cluster_queue: Option<ClusterQueue>,
+}
+
+/// A queue's scheduled, unreserved jobs, as a stack sees them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scheduled {
+    pub(crate) jobs: Vec<StackJob>,
+    /// The cluster queue's `dispatch_paused`: no job may be started.
+    pub(crate) dispatch_paused: bool,
+}
+
+/// What a stop request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Accepted: the agent finishes its job, then disconnects.
+    Accepted,
+    /// Buildkite does not know the agent (404).
+    Unknown,
+    /// Refused with 400 (`Can only stop connected agents`) or 422: the agent's state decides
+    /// what it means.
+    Refused(StatusCode),
 }
 
 #[derive(Deserialize)]
@@ -111,7 +145,9 @@ struct Reserved {
 const JOBS_PAGE: u32 = 1000;
 const JOBS_PAGES: u32 = 2;
 
-/// What the REST budget knows.
+/// What the REST budgets know. Every request counts against both the organisation's and the
+/// user's budget (`rest_api/rate_limits.md`); runscale's own requests are all the same user's,
+/// so one record of sending times serves both limits.
 #[derive(Debug, Default)]
 struct Budget {
     sent: VecDeque<Instant>,
@@ -119,6 +155,15 @@ struct Budget {
     blocked_until: Option<Instant>,
     /// `RateLimit-Remaining` of the last answer.
     remaining: Option<u64>,
+    /// `RateLimit-User-Remaining` of the last answer.
+    user_remaining: Option<u64>,
+}
+
+/// REST requests allowed per minute: the organisation's budget and the user's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RestBudgets {
+    pub(crate) org: u32,
+    pub(crate) user: u32,
 }
 
 pub(crate) struct Client {
@@ -127,7 +172,7 @@ pub(crate) struct Client {
     agent_endpoint: String,
     api_token: SecretString,
     agent_token: SecretString,
-    per_minute: u32,
+    budgets: RestBudgets,
     budget: Mutex<Budget>,
 }
 
@@ -136,7 +181,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("rest_base", &self.rest_base)
             .field("agent_endpoint", &self.agent_endpoint)
-            .field("per_minute", &self.per_minute)
+            .field("budgets", &self.budgets)
             .finish_non_exhaustive()
     }
 }
@@ -181,7 +226,7 @@ impl Client {
         agent_endpoint: &str,
         api_token: SecretString,
         agent_token: SecretString,
-        per_minute: u32,
+        budgets: RestBudgets,
         request_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self> {
@@ -192,7 +237,7 @@ impl Client {
             agent_endpoint: agent_endpoint.trim_end_matches('/').to_owned(),
             api_token,
             agent_token,
-            per_minute,
+            budgets,
             budget: Mutex::new(Budget::default()),
         })
     }
@@ -203,12 +248,17 @@ impl Client {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `RateLimit-Remaining` of the last REST answer.
+    /// The smaller of `RateLimit-Remaining` and `RateLimit-User-Remaining` of the last REST
+    /// answer.
     pub(crate) fn remaining(&self) -> Option<u64> {
-        self.budget().remaining
+        let b = self.budget();
+        match (b.remaining, b.user_remaining) {
+            (Some(o), Some(u)) => Some(o.min(u)),
+            (o, u) => o.or(u),
+        }
     }
 
-    /// Takes one REST request from the budget, or says how long to wait.
+    /// Takes one REST request from both budgets, or says how long to wait.
     fn take(&self, op: &'static str) -> Result<()> {
         let now = Instant::now();
         let mut b = self.budget();
@@ -225,7 +275,8 @@ impl Client {
         {
             b.sent.pop_front();
         }
-        if b.sent.len() as u64 >= u64::from(self.per_minute) {
+        let per_minute = self.budgets.org.min(self.budgets.user);
+        if b.sent.len() as u64 >= u64::from(per_minute) {
             let wait = b
                 .sent
                 .front()
@@ -236,21 +287,31 @@ impl Client {
         Ok(())
     }
 
-    /// Records what the answer says about the budget.
+    /// Records what the answer says about both budgets: no request until the reset of a
+    /// budget that has none left; after a 429, until `Retry-After`, else the reset of the
+    /// exhausted budget(s), else the later reset.
     fn note_limits(&self, headers: &HeaderMap, status: StatusCode) {
         let remaining = http::header_u64(headers, "ratelimit-remaining");
         let reset = http::header_u64(headers, "ratelimit-reset");
+        let user_remaining = http::header_u64(headers, "ratelimit-user-remaining");
+        let user_reset = http::header_u64(headers, "ratelimit-user-reset");
         let retry = http::header_u64(headers, "retry-after");
         let mut b = self.budget();
         if remaining.is_some() {
             b.remaining = remaining;
         }
+        if user_remaining.is_some() {
+            b.user_remaining = user_remaining;
+        }
+        let exhausted = [(remaining, reset), (user_remaining, user_reset)]
+            .into_iter()
+            .filter(|(left, _)| *left == Some(0))
+            .filter_map(|(_, reset)| reset)
+            .max();
         let pause = if status == StatusCode::TOO_MANY_REQUESTS {
-            retry.or(reset).or(Some(1))
-        } else if remaining == Some(0) {
-            reset
+            retry.or(exhausted).or(reset.max(user_reset)).or(Some(1))
         } else {
-            None
+            exhausted
         };
         if let Some(s) = pause {
             b.blocked_until = Some(Instant::now() + Duration::from_secs(s));
@@ -377,15 +438,16 @@ impl Client {
         .map(|_| ())
     }
 
-    /// The stack's scheduled, unreserved jobs of `queue` (at most two pages).
+    /// The stack's scheduled, unreserved jobs of `queue` (the first two pages, as Buildkite
+    /// recommends), and whether the queue's dispatch is paused.
     pub(crate) async fn scheduled_jobs(
         &self,
         op: &'static str,
         key: &str,
         queue: &str,
-    ) -> Result<Vec<StackJob>> {
+    ) -> Result<Scheduled> {
         let what = format!("scheduled jobs of stack {key}");
-        let mut out = Vec::new();
+        let mut out = Scheduled::default();
         let mut after = String::new();
         for _ in 0..JOBS_PAGES {
             let mut url = reqwest::Url::parse("http://x/")
@@ -399,7 +461,8 @@ impl Client {
                 url.query().unwrap_or_default()
             );
             let page: ScheduledJobs = self.agent_api(op, &what, Method::GET, &path, None).await?;
-            out.extend(page.jobs);
+            out.jobs.extend(page.jobs);
+            out.dispatch_paused |= page.cluster_queue.is_some_and(|q| q.dispatch_paused);
             match page.page_info {
                 Some(PageInfo {
                     has_next_page: true,
@@ -439,21 +502,49 @@ impl Client {
         format!("{}/v2/organizations/{org}/agents", self.rest_base)
     }
 
-    /// Every connected agent of the organisation (`Link` pagination).
-    pub(crate) async fn agents(&self, op: &'static str, org: &str) -> Result<Vec<ApiAgent>> {
+    /// Every connected agent of the organisation, or of one cluster queue: every page
+    /// (`Link` pagination), or an error. Never a partial list.
+    pub(crate) async fn agents(
+        &self,
+        op: &'static str,
+        org: &str,
+        cluster_queue: Option<&str>,
+    ) -> Result<Vec<ApiAgent>> {
         let what = "agents";
-        let mut url = format!("{}?per_page={PER_PAGE}", self.agents_url(org));
+        let mut url = reqwest::Url::parse(&self.agents_url(org))
+            .map_err(|e| Error::new(op, ErrorKind::Misconfigured, format!("api_url: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("per_page", &PER_PAGE.to_string());
+        if let Some(q) = cluster_queue {
+            url.query_pairs_mut().append_pair("cluster_queue_id", q);
+        }
+        let mut url = url.to_string();
         let mut out = Vec::new();
         for _ in 0..MAX_PAGES {
             let a = self.rest(op, what, Method::GET, &url, None).await?;
             let page: Vec<ApiAgent> = Self::parse(op, what, &a)?;
             out.extend(page);
             match next_link(&a.headers) {
+                Some(next) if next == url => {
+                    return Err(Error::new(
+                        op,
+                        ErrorKind::Protocol,
+                        "the agents listing links a page to itself",
+                    ));
+                }
                 Some(next) => url = next,
                 None => return Ok(out),
             }
         }
-        Ok(out)
+        Err(Error::new(
+            op,
+            ErrorKind::Misconfigured,
+            format!(
+                "more than {} agents listed: set the pools' cluster_queue_id so each reads its \
+                 queue's agents only",
+                MAX_PAGES * PER_PAGE
+            ),
+        ))
     }
 
     /// One agent, in any connection state; `None` when Buildkite does not know it.
@@ -472,9 +563,9 @@ impl Client {
         Self::parse(op, &what, &a).map(Some)
     }
 
-    /// `PUT .../agents/{id}/stop {"force": false}`: `Ok(true)` if accepted, `Ok(false)` if
-    /// the agent is gone or not connected (404, 422).
-    pub(crate) async fn stop(&self, op: &'static str, org: &str, id: &str) -> Result<bool> {
+    /// `PUT .../agents/{id}/stop {"force": false}`: accepted, unknown (404), or refused (400
+    /// `Can only stop connected agents`, 422). Other failures are errors.
+    pub(crate) async fn stop(&self, op: &'static str, org: &str, id: &str) -> Result<Stop> {
         let what = format!("stop agent {id}");
         let url = format!("{}/{id}/stop", self.agents_url(org));
         let a = self
@@ -487,8 +578,11 @@ impl Client {
             )
             .await?;
         match a.status {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
+            s if s.is_success() => Ok(Stop::Accepted),
+            StatusCode::NOT_FOUND => Ok(Stop::Unknown),
+            s @ (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => {
+                Ok(Stop::Refused(s))
+            }
             s => Err(status_error(
                 op,
                 &what,
@@ -506,7 +600,7 @@ fn throttled(op: &'static str, wait: Duration) -> Error {
         ErrorKind::RateLimited {
             retry_after: Some(wait.max(Duration::from_secs(1))),
         },
-        "REST budget of the organisation used up",
+        "REST budget used up (the organisation's or the user's)",
     )
 }
 
@@ -536,7 +630,7 @@ mod tests {
             "http://127.0.0.1:1/v3",
             SecretString::from("a"),
             SecretString::from("b"),
-            2,
+            RestBudgets { org: 5, user: 2 },
             Duration::from_secs(1),
             Duration::from_secs(1),
         )
@@ -552,5 +646,38 @@ mod tests {
             c.take("t").unwrap_err().kind(),
             ErrorKind::RateLimited { .. }
         ));
+    }
+
+    #[test]
+    fn an_exhausted_user_budget_pauses_until_its_reset() {
+        let c = Client::new(
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:1/v3",
+            SecretString::from("a"),
+            SecretString::from("b"),
+            RestBudgets { org: 200, user: 50 },
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("ratelimit-remaining", "120"),
+            ("ratelimit-reset", "3"),
+            ("ratelimit-user-remaining", "7"),
+            ("ratelimit-user-reset", "30"),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        c.note_limits(&h, StatusCode::OK);
+        assert_eq!(c.remaining(), Some(7), "the smaller budget");
+        assert!(c.take("t").is_ok());
+        h.insert("ratelimit-user-remaining", "0".parse().unwrap());
+        c.note_limits(&h, StatusCode::OK);
+        let e = c.take("t").unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::RateLimited { retry_after: Some(d) } if d > Duration::from_secs(20)),
+            "paused until the user's reset: {e}"
+        );
     }
 }

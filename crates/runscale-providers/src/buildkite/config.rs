@@ -8,6 +8,7 @@ use std::time::Duration;
 use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::http::{self, push};
 
@@ -36,18 +37,26 @@ pub struct Config {
     /// webhooks are rejected.
     #[serde(default)]
     pub webhook_token: Option<SecretRef>,
-    /// REST requests runscale allows itself per minute (Buildkite: 200 per organisation,
-    /// shared with every other client of the organisation: leave room for them). Calls
-    /// beyond the budget are not sent; they fail as rate limited.
+    /// REST requests runscale allows itself per minute against the organisation's budget
+    /// (Buildkite: 200 per organisation, shared with every other client of the organisation:
+    /// leave room for them). Calls beyond it are not sent; they fail as rate limited.
     #[serde(default = "default_rest_per_minute")]
     pub rest_requests_per_minute: u32,
+    /// REST requests runscale allows itself per minute against the budget of the user who
+    /// owns `api_token` (Buildkite: 50 per user, shared with that user's other clients).
+    /// Calls beyond it are not sent; they fail as rate limited.
+    #[serde(default = "default_rest_per_minute_per_user")]
+    pub rest_requests_per_minute_per_user: u32,
     /// After a stop request to an idle agent, `remove` waits up to this long for the agent
     /// to disconnect before answering busy (the next pass asks again). `0s`: do not wait.
     #[serde(default = "default_stop_wait", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub stop_wait: Duration,
     /// Prefix of the stacks runscale registers with the Stacks API for pools with
-    /// `reserve_jobs` (one stack per queue: `<stack_key>-<queue>`). Two runscale
+    /// `reserve_jobs`: one stack per queue, `<stack_key>-<queue>`, or, when the queue name has
+    /// characters a stack key cannot have (Buildkite allows alphanumerics, `_` and `-`, at most
+    /// 80 bytes) or is too long, `<stack_key>-<queue with _ for those, shortened>-<12 hex
+    /// digits of its SHA-256>`. Alphanumerics, `_` and `-`, at most 40 bytes. Two runscale
     /// installations serving one queue need different keys.
     #[serde(default = "default_stack_key")]
     pub stack_key: String,
@@ -91,9 +100,16 @@ pub struct PoolSelector {
     /// queue's scheduled, unreserved jobs whose agent query rules these tags satisfy, and each
     /// new agent gets one of them reserved (`batch-reserve`) and handed over as
     /// `BUILDKITE_AGENT_ACQUIRE_JOB`, so two controllers never start the same job. The agent
-    /// runs it and leaves.
+    /// runs it and leaves. While the cluster queue's dispatch is paused (`dispatch_paused`),
+    /// nothing is reserved or launched.
     #[serde(default)]
     pub reserve_jobs: bool,
+    /// The id (UUID) of the queue's cluster queue. With it, the pool's agents are read from
+    /// the agents listing filtered by this cluster queue (`?cluster_queue_id=`), so a large
+    /// organisation's other agents are never paged through. Without it, every page of the
+    /// organisation's listing is read (an observation fails rather than miss a page).
+    #[serde(default)]
+    pub cluster_queue_id: Option<String>,
 }
 
 fn default_api_url() -> String {
@@ -106,6 +122,10 @@ fn default_agent_endpoint() -> String {
 
 fn default_rest_per_minute() -> u32 {
     200
+}
+
+fn default_rest_per_minute_per_user() -> u32 {
+    50
 }
 
 fn default_stop_wait() -> Duration {
@@ -131,6 +151,55 @@ fn check_url(field: &str, value: &str, errors: &mut Vec<(String, String)>) {
         }
         Ok(_) => {}
     }
+}
+
+/// Longest stack key (Buildkite's limit, in bytes).
+const MAX_STACK_KEY: usize = 80;
+/// Longest [`Config::stack_key`], so a queue part and a hash always fit after it.
+const MAX_STACK_KEY_PREFIX: usize = 40;
+/// Hex digits of the queue name's SHA-256 in a derived stack key.
+const STACK_HASH_HEX: usize = 12;
+
+/// A usable stack key: 1 to 80 bytes of alphanumerics, `_` and `-`.
+pub(crate) fn valid_stack_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_STACK_KEY
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The stack key of `queue`'s pool: `<prefix>-<queue>` when that is a usable key; otherwise
+/// the queue with `_` for every character a key cannot have, shortened to fit, and 12 hex
+/// digits of the queue name's SHA-256, so queues that look alike once cleaned
+/// (`linux.large`, `linux:large`) get different keys. `prefix` must be a valid key of at most
+/// 40 bytes.
+pub(crate) fn stack_key(prefix: &str, queue: &str) -> String {
+    let plain = format!("{prefix}-{queue}");
+    if valid_stack_key(&plain) {
+        return plain;
+    }
+    let room = MAX_STACK_KEY.saturating_sub(prefix.len() + 2 + STACK_HASH_HEX);
+    let cleaned: String = queue
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(room)
+        .collect();
+    let digest = Sha256::digest(queue.as_bytes());
+    let hash: String = digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .chars()
+        .take(STACK_HASH_HEX)
+        .collect();
+    format!("{prefix}-{cleaned}-{hash}")
 }
 
 /// A tag key or value: printable, no `,` or `=` (they separate tags) and no spaces.
@@ -161,11 +230,22 @@ impl Config {
                 "must be at least 1",
             );
         }
-        if !valid_tag_part(&self.stack_key) || self.stack_key.contains('/') {
+        if self.rest_requests_per_minute_per_user == 0 {
+            push(
+                &mut errors,
+                "rest_requests_per_minute_per_user",
+                "must be at least 1",
+            );
+        }
+        if !valid_stack_key(&self.stack_key) || self.stack_key.len() > MAX_STACK_KEY_PREFIX {
             push(
                 &mut errors,
                 "stack_key",
-                format!("{:?} is not a usable stack key", self.stack_key),
+                format!(
+                    "{:?} is not a usable stack key prefix (1 to 40 bytes of alphanumerics, `_` \
+                     and `-`)",
+                    self.stack_key
+                ),
             );
         }
         if !(1..=3600).contains(&self.reservation_expiry.as_secs()) {
@@ -206,6 +286,15 @@ impl PoolSelector {
                 ));
             }
         }
+        if let Some(id) = &self.cluster_queue_id
+            && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            push(
+                &mut errors,
+                "cluster_queue_id",
+                format!("{id:?} is not a cluster queue id (a UUID)"),
+            );
+        }
         if let Some(d) = self.disconnect_after_idle_timeout
             && d.as_secs() == 0
         {
@@ -238,6 +327,7 @@ mod tests {
             disconnect_after_job: false,
             disconnect_after_idle_timeout: None,
             reserve_jobs: false,
+            cluster_queue_id: None,
         }
     }
 
@@ -270,5 +360,37 @@ mod tests {
         c.org = "a/b".into();
         let fields: Vec<_> = c.validate().unwrap_err().into_iter().map(|e| e.0).collect();
         assert_eq!(fields, ["org", "agent_endpoint"]);
+        c.org = "acme".into();
+        c.agent_endpoint = "https://agent.buildkite.com/v3".into();
+        for bad in ["", "a.b", "a/b", &"k".repeat(41)] {
+            c.stack_key = bad.to_owned();
+            let fields: Vec<_> = c.validate().unwrap_err().into_iter().map(|e| e.0).collect();
+            assert_eq!(fields, ["stack_key"], "{bad:?}");
+        }
+        assert_eq!(c.rest_requests_per_minute_per_user, 50);
+    }
+
+    #[test]
+    fn stack_keys_are_valid_for_any_queue_and_never_collide() {
+        assert_eq!(stack_key("runscale", "linux"), "runscale-linux");
+        let dotted = stack_key("runscale", "linux.large");
+        assert!(dotted.starts_with("runscale-linux_large-"), "{dotted}");
+        let queues = [
+            "linux.large",
+            "linux:large",
+            "linux_large",
+            "linux large",
+            "ünïcode",
+            &"q".repeat(200),
+            &format!("{}x", "q".repeat(199)),
+        ];
+        let prefix = "p".repeat(40);
+        let mut keys: Vec<String> = queues.iter().map(|q| stack_key(&prefix, q)).collect();
+        for k in &keys {
+            assert!(valid_stack_key(k), "{k}");
+        }
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), queues.len(), "all distinct");
     }
 }

@@ -1,8 +1,9 @@
 //! [`BuildkiteProvider`]: the [`Provider`] implementation. Demand per queue from the agent
-//! metrics API, runners from the REST agents listing, registration with the agent token,
-//! drain and removal by graceful stop, and webhooks.
+//! metrics API (or a queue's scheduled jobs from the Stacks API), runners from the REST agents
+//! listing, registration with the agent token (and a reserved job), drain and removal by
+//! graceful stop, and webhooks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,9 @@ use runscale_core::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use super::client::{ApiAgent, Client, Metrics, StackJob};
-use super::config::{Config, PoolSelector};
+use super::client::{ApiAgent, Client, Metrics, RestBudgets, Scheduled, Stop};
+use super::config::{Config, PoolSelector, stack_key};
+use super::reservations::{Held, Reservations};
 use super::webhook::{self, Proof, Recent};
 use crate::http::{self, lock};
 
@@ -27,8 +29,6 @@ const ENDPOINT_VAR: &str = "BUILDKITE_AGENT_ENDPOINT";
 const AFTER_JOB_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB";
 const AFTER_IDLE_VAR: &str = "BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT";
 const ACQUIRE_JOB_VAR: &str = "BUILDKITE_AGENT_ACQUIRE_JOB";
-/// How long a released job stays reserved: the shortest reservation the Stacks API allows.
-const RELEASE_EXPIRY: Duration = Duration::from_secs(1);
 /// Jobs tried, one by one, when reserving a job for a new agent.
 const RESERVE_TRIES: usize = 5;
 
@@ -46,6 +46,8 @@ struct Pool {
     idle_timeout: Option<Duration>,
     /// With `reserve_jobs`: the stack key of this pool.
     stack: Option<String>,
+    /// The id of the queue's cluster queue: the agents listing is filtered by it.
+    cluster_queue: Option<String>,
 }
 
 /// The last metrics read, and when the next read is allowed.
@@ -76,12 +78,8 @@ pub struct BuildkiteProvider {
     reservation_expiry: Duration,
     /// Stacks registered by this process.
     stacks: Mutex<HashSet<String>>,
-    /// Jobs this process reserved for an agent, until their reservation expires: never
-    /// handed to a second agent (a stack may re-reserve a job it holds).
-    handed: Mutex<HashMap<String, Instant>>,
-    /// Runner name → (stack, job) reserved for it, until the runner is released or the
-    /// reservation expires.
-    reserved_for: Mutex<HashMap<String, (String, String, Instant)>>,
+    /// Jobs this process reserved for its agents, and those given back.
+    reservations: Mutex<Reservations>,
     recent: Mutex<Recent>,
     metrics: Mutex<MetricsCache>,
     last_good: Mutex<HashMap<PoolId, ProviderView>>,
@@ -116,6 +114,7 @@ impl BuildkiteProvider {
     pub fn new(config: Config, pools: Vec<(PoolId, PoolSelector)>) -> Result<Self> {
         SETUP.checked("", config.validate())?;
         let mut queues = HashMap::new();
+        let mut stacks: HashMap<String, String> = HashMap::new();
         let built = SETUP.pools(pools, PoolSelector::validate, |id, sel| {
             if let Some(other) = queues.insert(sel.queue.clone(), id.clone()) {
                 return Err(SETUP.misconfigured(format!(
@@ -124,12 +123,23 @@ impl BuildkiteProvider {
                     sel.queue
                 )));
             }
+            let stack = sel
+                .reserve_jobs
+                .then(|| stack_key(&config.stack_key, &sel.queue));
+            if let Some(key) = &stack
+                && let Some(other) = stacks.insert(key.clone(), sel.queue.clone())
+            {
+                return Err(SETUP.misconfigured(format!(
+                    "pool {id}: queues {other:?} and {:?} would share the stack key {key}: \
+                     rename one",
+                    sel.queue
+                )));
+            }
             Ok(Pool {
-                stack: sel
-                    .reserve_jobs
-                    .then(|| format!("{}-{}", config.stack_key, sel.queue)),
-                id,
+                stack,
                 tags: sel.agent_tags(),
+                cluster_queue: sel.cluster_queue_id,
+                id,
                 queue: sel.queue,
                 disconnect_after_job: sel.disconnect_after_job,
                 idle_timeout: sel.disconnect_after_idle_timeout,
@@ -144,7 +154,10 @@ impl BuildkiteProvider {
             &config.agent_endpoint,
             api_token,
             agent_token.clone(),
-            config.rest_requests_per_minute,
+            RestBudgets {
+                org: config.rest_requests_per_minute,
+                user: config.rest_requests_per_minute_per_user,
+            },
             config.request_timeout,
             config.connect_timeout,
         )?;
@@ -158,8 +171,7 @@ impl BuildkiteProvider {
             stop_wait: config.stop_wait,
             reservation_expiry: config.reservation_expiry,
             stacks: Mutex::new(HashSet::new()),
-            handed: Mutex::new(HashMap::new()),
-            reserved_for: Mutex::new(HashMap::new()),
+            reservations: Mutex::new(Reservations::default()),
             recent: Mutex::new(Recent::default()),
             metrics: Mutex::new(MetricsCache::default()),
             last_good: Mutex::new(HashMap::new()),
@@ -224,23 +236,18 @@ impl BuildkiteProvider {
         }
     }
 
-    /// The pool's scheduled, unreserved jobs its tags can run (registering its stack on
-    /// first use).
-    async fn stack_jobs(
-        &self,
-        op: &'static str,
-        pool: &Pool,
-        stack: &str,
-    ) -> Result<Vec<StackJob>> {
+    /// The pool's scheduled, unreserved jobs its tags can run, and whether its queue's
+    /// dispatch is paused (registering its stack on first use).
+    async fn stack_jobs(&self, op: &'static str, pool: &Pool, stack: &str) -> Result<Scheduled> {
         if !lock(&self.stacks).contains(stack) {
             self.client.register_stack(op, stack, &pool.queue).await?;
             lock(&self.stacks).insert(stack.to_owned());
         }
-        let jobs = self.client.scheduled_jobs(op, stack, &pool.queue).await?;
-        Ok(jobs
-            .into_iter()
-            .filter(|j| webhook::rules_match(&j.agent_query_rules, &pool.tags))
-            .collect())
+        let mut scheduled = self.client.scheduled_jobs(op, stack, &pool.queue).await?;
+        scheduled
+            .jobs
+            .retain(|j| webhook::rules_match(&j.agent_query_rules, &pool.tags));
+        Ok(scheduled)
     }
 
     /// Scheduled jobs per pool with `reserve_jobs` (others are absent).
@@ -248,7 +255,7 @@ impl BuildkiteProvider {
         &self,
         op: &'static str,
         pools: &[PoolId],
-    ) -> HashMap<PoolId, Result<Vec<StackJob>>> {
+    ) -> HashMap<PoolId, Result<Scheduled>> {
         let fetches = self
             .pools
             .iter()
@@ -261,31 +268,83 @@ impl BuildkiteProvider {
             .collect()
     }
 
-    /// Reserves one of the pool's scheduled jobs for a new agent.
-    async fn reserve_one(&self, op: &'static str, pool: &Pool, stack: &str) -> Result<String> {
-        let jobs = self.stack_jobs(op, pool, stack).await?;
+    /// The agents listings the asked pools need, by cluster queue: one per cluster queue when
+    /// every pool names its own, else the whole organisation's (key `None`), which serves all.
+    async fn listings(
+        &self,
+        op: &'static str,
+        pools: &[PoolId],
+    ) -> HashMap<Option<String>, Result<Vec<ApiAgent>>> {
+        let asked: Vec<&Pool> = self
+            .pools
+            .iter()
+            .filter(|p| pools.contains(&p.id))
+            .collect();
+        let keys: BTreeSet<Option<String>> = if asked.iter().any(|p| p.cluster_queue.is_none()) {
+            BTreeSet::from([None])
+        } else {
+            asked.iter().map(|p| p.cluster_queue.clone()).collect()
+        };
+        let fetches = keys.into_iter().map(|k| async move {
+            let listed = self.client.agents(op, &self.org, k.as_deref()).await;
+            (k, listed)
+        });
+        futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Reserves a job for a new agent of the pool: none while the queue's dispatch is paused;
+    /// a job given back by a dead instance's registration first (still reserved by the
+    /// stack: reserving it again extends the reservation), then the queue's scheduled jobs.
+    async fn reserve_one(&self, op: &'static str, pool: &Pool, stack: &str) -> Result<Held> {
+        let scheduled = self.stack_jobs(op, pool, stack).await?;
+        if scheduled.dispatch_paused {
+            return Err(Error::new(
+                op,
+                ErrorKind::InsufficientCapacity,
+                format!("the dispatch of queue {} is paused", pool.queue),
+            ));
+        }
+        let returned = lock(&self.reservations).returned(stack, Instant::now());
+        let candidates = returned
+            .iter()
+            .map(|j| (j.as_str(), true))
+            .chain(scheduled.jobs.iter().map(|j| (j.id.as_str(), false)));
         let mut tried = 0;
-        for job in &jobs {
+        for (job, was_returned) in candidates {
             if tried == RESERVE_TRIES {
                 break;
             }
+            let until = Instant::now() + self.reservation_expiry;
             // Claimed before the request, so a concurrent registration skips it.
-            if !self.claim(&job.id) {
+            if !lock(&self.reservations).claim(job, until, Instant::now()) {
                 continue;
             }
             tried += 1;
-            let ids = [job.id.clone()];
+            let ids = [job.to_owned()];
             match self
                 .client
                 .reserve(op, stack, &ids, self.reservation_expiry)
                 .await
             {
-                Ok(reserved) if reserved.contains(&job.id) => return Ok(job.id.clone()),
+                Ok(reserved) if reserved.iter().any(|r| r == job) => {
+                    return Ok(Held {
+                        stack: stack.to_owned(),
+                        job: job.to_owned(),
+                        until,
+                    });
+                }
                 Ok(_) => {
-                    lock(&self.handed).remove(&job.id);
+                    let mut r = lock(&self.reservations);
+                    r.unclaim(job);
+                    if was_returned {
+                        r.forget_returned(stack, job);
+                    }
                 }
                 Err(e) => {
-                    lock(&self.handed).remove(&job.id);
+                    lock(&self.reservations).unclaim(job);
                     return Err(e);
                 }
             }
@@ -295,18 +354,6 @@ impl BuildkiteProvider {
             ErrorKind::InsufficientCapacity,
             format!("no scheduled job of queue {} left to reserve", pool.queue),
         ))
-    }
-
-    /// Marks a job as handed to an agent by this process; false if it already is.
-    fn claim(&self, job: &str) -> bool {
-        let now = Instant::now();
-        let mut handed = lock(&self.handed);
-        handed.retain(|_, until| *until > now);
-        if handed.contains_key(job) {
-            return false;
-        }
-        handed.insert(job.to_owned(), now + self.reservation_expiry);
-        true
     }
 
     fn runner(&self, a: &ApiAgent) -> Runner {
@@ -375,6 +422,32 @@ impl BuildkiteProvider {
             }
         }
     }
+
+    /// A stop request was refused (Buildkite answers 400 `Can only stop connected agents`):
+    /// what the agent's state says now decides. Gone or not connected: removed. Running a job
+    /// or still connected: busy, so the instance stays and the next pass asks again; never an
+    /// error that backs the pool off.
+    async fn after_refused_stop(
+        &self,
+        op: &'static str,
+        runner: &RunnerId,
+        status: reqwest::StatusCode,
+    ) -> Result<()> {
+        match self.client.agent(op, &self.org, runner.as_str()).await? {
+            None => Ok(()),
+            Some(a) if !a.is_connected() => Ok(()),
+            Some(a) if a.job.as_ref().is_some_and(|j| !j.is_null()) => Err(busy(op, runner)),
+            Some(a) if a.connection_state == "stopping" => self.wait_disconnected(op, runner).await,
+            Some(_) => Err(Error::new(
+                op,
+                ErrorKind::Busy,
+                format!(
+                    "Buildkite refused to stop agent {runner} (HTTP {status}) yet lists it \
+                     connected; it stays until the next pass"
+                ),
+            )),
+        }
+    }
 }
 
 fn busy(op: &'static str, id: &RunnerId) -> Error {
@@ -393,16 +466,20 @@ impl Provider for BuildkiteProvider {
 
     async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
         let op = "buildkite.observe";
-        let (metrics, agents, mut jobs) = tokio::join!(
+        let (metrics, listings, mut jobs) = tokio::join!(
             self.current_metrics(op),
-            self.client.agents(op, &self.org),
+            self.listings(op, pools),
             self.all_stack_jobs(op, pools),
         );
         let mut out = HashMap::with_capacity(pools.len());
         for id in pools {
             let result = self.pool(op, id).and_then(|pool| {
                 let (m, metrics_stale) = metrics.as_ref().map_err(Clone::clone)?;
-                match &agents {
+                let listed = listings
+                    .get(&pool.cluster_queue)
+                    .or_else(|| listings.get(&None))
+                    .ok_or_else(|| Error::new(op, ErrorKind::Protocol, "no agents listing"))?;
+                match listed {
                     Ok(agents) => {
                         let mut view = self.view(pool, m, agents);
                         if *metrics_stale {
@@ -424,20 +501,38 @@ impl Provider for BuildkiteProvider {
                         }
                         None => Err(e.clone()),
                     },
+                    // Anything else fails the observation: an unread agent must not look gone.
                     Err(e) => Err(e.clone()),
                 }
             });
-            // One agent per job: the jobs themselves are the demand.
+            // One agent per job: the jobs themselves are the demand (none while the queue's
+            // dispatch is paused), with the jobs given back by dead instances, still ours.
             let result = match (result, jobs.remove(id)) {
-                (Ok(mut view), Some(Ok(listed))) => {
+                (Ok(mut view), Some(Ok(scheduled))) => {
                     let now = Utc::now();
-                    view.demand.waiting = listed
-                        .into_iter()
-                        .map(|j| WaitingJob {
-                            id: j.id,
-                            queued_at: now,
-                        })
-                        .collect();
+                    view.demand.waiting = if scheduled.dispatch_paused {
+                        Vec::new()
+                    } else {
+                        let returned = self
+                            .pool(op, id)
+                            .ok()
+                            .and_then(|p| p.stack.as_deref())
+                            .map(|stack| lock(&self.reservations).returned(stack, Instant::now()))
+                            .unwrap_or_default();
+                        let listed: HashSet<&str> =
+                            scheduled.jobs.iter().map(|j| j.id.as_str()).collect();
+                        let extra: Vec<String> = returned
+                            .into_iter()
+                            .filter(|j| !listed.contains(j.as_str()))
+                            .collect();
+                        scheduled
+                            .jobs
+                            .into_iter()
+                            .map(|j| j.id)
+                            .chain(extra)
+                            .map(|id| WaitingJob { id, queued_at: now })
+                            .collect()
+                    };
                     Ok(view)
                 }
                 (Ok(_), Some(Err(e))) => Err(e),
@@ -462,12 +557,9 @@ impl Provider for BuildkiteProvider {
             vars.insert(AFTER_IDLE_VAR.into(), d.as_secs().to_string());
         }
         if let Some(stack) = &pool.stack {
-            let job = self.reserve_one("buildkite.register", pool, stack).await?;
-            let until = Instant::now() + self.reservation_expiry;
-            let mut held = lock(&self.reserved_for);
-            held.retain(|_, (_, _, t)| *t > Instant::now());
-            held.insert(runner_name.to_owned(), (stack.clone(), job.clone(), until));
-            drop(held);
+            let held = self.reserve_one("buildkite.register", pool, stack).await?;
+            let job = held.job.clone();
+            lock(&self.reservations).hold(runner_name, held, Instant::now());
             credentials.vars.insert(ACQUIRE_JOB_VAR.into(), job);
         }
         credentials
@@ -480,23 +572,13 @@ impl Provider for BuildkiteProvider {
         })
     }
 
-    /// The agent's pod or machine died before the agent started: its reserved job is given
-    /// back at once. The Stacks API has no call to drop a reservation, so the job is reserved
-    /// again for the shortest time Buildkite allows (1 s), after which any controller (this
-    /// one included) may reserve it for a new agent.
+    /// The agent's machine or pod died before the agent started: its reserved job is given
+    /// back to the pool. Buildkite has no call to drop a reservation (and shortening one is
+    /// not documented), so the job stays reserved by the pool's stack until it expires;
+    /// meanwhile it counts as waiting and the pool's next agent gets it, its reservation
+    /// extended. Makes no request.
     async fn release(&self, _pool: &PoolId, runner_name: &str) -> Result<()> {
-        let Some((stack, job, _)) = lock(&self.reserved_for).remove(runner_name) else {
-            return Ok(());
-        };
-        self.client
-            .reserve(
-                "buildkite.release",
-                &stack,
-                std::slice::from_ref(&job),
-                RELEASE_EXPIRY,
-            )
-            .await?;
-        lock(&self.handed).remove(&job);
+        lock(&self.reservations).release(runner_name, Instant::now());
         Ok(())
     }
 
@@ -522,11 +604,12 @@ impl Provider for BuildkiteProvider {
         if agent.job.as_ref().is_some_and(|j| !j.is_null()) {
             return Err(busy(op, runner));
         }
-        if agent.connection_state != "stopping"
-            && !self.client.stop(op, &self.org, runner.as_str()).await?
-        {
-            // Not connected any more (or unknown) by the time the stop arrived.
-            return Ok(());
+        if agent.connection_state != "stopping" {
+            match self.client.stop(op, &self.org, runner.as_str()).await? {
+                Stop::Accepted => {}
+                Stop::Unknown => return Ok(()),
+                Stop::Refused(status) => return self.after_refused_stop(op, runner, status).await,
+            }
         }
         self.wait_disconnected(op, runner).await
     }
@@ -534,10 +617,21 @@ impl Provider for BuildkiteProvider {
     async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
         let op = "buildkite.drain";
         self.pool(op, pool)?;
-        self.client
-            .stop(op, &self.org, runner.as_str())
-            .await
-            .map(|_| ())
+        match self.client.stop(op, &self.org, runner.as_str()).await? {
+            Stop::Accepted | Stop::Unknown => Ok(()),
+            // Not connected: it takes no job, there is nothing to drain.
+            Stop::Refused(status) => match self.client.agent(op, &self.org, runner.as_str()).await?
+            {
+                Some(a) if a.is_connected() => Err(Error::new(
+                    op,
+                    ErrorKind::Transient,
+                    format!(
+                        "Buildkite refused to stop the connected agent {runner} (HTTP {status})"
+                    ),
+                )),
+                _ => Ok(()),
+            },
+        }
     }
 
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
@@ -599,11 +693,36 @@ impl Provider for BuildkiteProvider {
     async fn probe(&self) -> Result<String> {
         let op = "buildkite.probe";
         let metrics = self.client.metrics(op, &self.org).await?;
-        let agents = self.client.agents(op, &self.org).await?;
+        let all: Vec<PoolId> = self.pools.iter().map(|p| p.id.clone()).collect();
+        let mut listed = 0;
+        for (queue_id, agents) in self.listings(op, &all).await {
+            let agents = agents?;
+            listed += agents.len();
+            // A pool's cluster_queue_id must be its queue's: one listing another queue's
+            // agents would hide the pool's own (they would look gone).
+            if let Some(id) = &queue_id
+                && let Some(pool) = self
+                    .pools
+                    .iter()
+                    .find(|p| p.cluster_queue.as_ref() == Some(id))
+                && let Some(stray) = agents
+                    .iter()
+                    .find(|a| !a.meta_data.contains(&format!("queue={}", pool.queue)))
+            {
+                return Err(Error::new(
+                    op,
+                    ErrorKind::Misconfigured,
+                    format!(
+                        "pool {}: cluster_queue_id {id} lists agent {} of another queue: it is \
+                         not the cluster queue of {}",
+                        pool.id, stray.name, pool.queue
+                    ),
+                ));
+            }
+        }
         Ok(format!(
-            "read agent metrics ({} queues) and {} connected agents of {}",
+            "read agent metrics ({} queues) and {listed} connected agents of {}",
             metrics.queues.len(),
-            agents.len(),
             self.org
         ))
     }

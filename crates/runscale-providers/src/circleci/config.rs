@@ -8,6 +8,7 @@ use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::webhook;
 use crate::http::{self, push};
 
 /// One CircleCI organisation whose self-hosted runners runscale scales.
@@ -94,8 +95,10 @@ pub struct PoolSelector {
     )]
     #[schemars(with = "Option<String>")]
     pub runner_idle_timeout: Option<Duration>,
-    /// Project slugs (`gh/org/repo`) whose webhooks wake this pool. Empty (default): every
-    /// project's.
+    /// Project slugs whose webhooks wake this pool: `github/org/repo` (or `gh/org/repo`),
+    /// `bitbucket/org/repo` (or `bb/org/repo`), or `circleci/<org-id>/<project-id>` for
+    /// GitHub App and GitLab organisations; compared without regard to case or the short
+    /// forms. Empty (default): every project's.
     #[serde(default)]
     pub projects: Vec<String>,
     /// Variable names the runner is configured with: `circleci-runner` (machine runner 3,
@@ -253,11 +256,8 @@ impl PoolSelector {
             push(&mut errors, "runner_idle_timeout", "must not be zero");
         }
         for (i, p) in self.projects.iter().enumerate() {
-            if p.split('/').count() != 3 || p.split('/').any(str::is_empty) {
-                errors.push((
-                    format!("projects[{i}]"),
-                    format!("{p:?} is not a project slug like gh/org/repo"),
-                ));
+            if let Err(why) = webhook::canonical_slug(p) {
+                errors.push((format!("projects[{i}]"), format!("{p:?} {why}")));
             }
         }
         http::result(errors)

@@ -118,7 +118,11 @@ impl CircleciProvider {
                 names: sel.runner_names,
                 mode: sel.runner_mode,
                 idle_timeout: sel.runner_idle_timeout,
-                projects: sel.projects,
+                projects: sel
+                    .projects
+                    .iter()
+                    .map(|p| webhook::canonical_slug(p).unwrap_or_else(|_| p.to_ascii_lowercase()))
+                    .collect(),
                 env: sel.agent_env,
             })
         })?;
@@ -428,7 +432,11 @@ impl Provider for CircleciProvider {
         if event.kind != "job-completed" && event.kind != "workflow-completed" {
             return Ok(Vec::new());
         }
-        let slug = event.project.and_then(|p| p.slug);
+        // Compared in one spelling: the webhook's `github/…` matches a configured `gh/…`.
+        let slug = event
+            .project
+            .and_then(|p| p.slug)
+            .map(|s| webhook::canonical_slug(&s).unwrap_or_else(|_| s.to_ascii_lowercase()));
         Ok(self
             .pools
             .iter()
@@ -436,7 +444,7 @@ impl Provider for CircleciProvider {
                 p.projects.is_empty()
                     || slug
                         .as_deref()
-                        .is_some_and(|s| p.projects.iter().any(|q| q.eq_ignore_ascii_case(s)))
+                        .is_some_and(|s| p.projects.iter().any(|q| q == s))
             })
             .map(|p| p.id.clone())
             .collect())

@@ -72,9 +72,74 @@ pub(crate) struct Project {
     pub(crate) slug: Option<String>,
 }
 
+/// A project slug in one spelling: CircleCI writes `github/org/repo` and `bitbucket/org/repo`
+/// in webhooks (`gh/` and `bb/` in its API and URLs), and `circleci/<org-id>/<project-id>`
+/// for projects of GitHub App and GitLab organisations (webhooks reference, samples).
+/// Returns the slug with its first segment spelled out (`gh` → `github`, `bb` → `bitbucket`)
+/// and lower-cased, or why it is not a project slug.
+pub(crate) fn canonical_slug(slug: &str) -> Result<String, &'static str> {
+    let parts: Vec<&str> = slug.split('/').collect();
+    let [vcs, org, project] = parts.as_slice() else {
+        return Err("is not a project slug like github/org/repo (three parts)");
+    };
+    if org.is_empty() || project.is_empty() {
+        return Err("has an empty organisation or project");
+    }
+    let vcs = match vcs.to_ascii_lowercase().as_str() {
+        "gh" | "github" => "github",
+        "bb" | "bitbucket" => "bitbucket",
+        "circleci" => {
+            if !is_uuid(org) || !is_uuid(project) {
+                return Err(
+                    "is a circleci/ slug without two UUIDs (circleci/<org-id>/<project-id>)",
+                );
+            }
+            "circleci"
+        }
+        _ => return Err("starts with neither github, gh, bitbucket, bb nor circleci"),
+    };
+    Ok(format!("{vcs}/{org}/{project}").to_ascii_lowercase())
+}
+
+/// `8-4-4-4-12` hexadecimal digits.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slugs_of_every_documented_form_have_one_spelling() {
+        for (a, b) in [
+            ("gh/Org/Repo", "github/org/repo"),
+            ("github/org/repo", "github/org/repo"),
+            ("bb/org/repo", "bitbucket/org/repo"),
+            ("Bitbucket/org/repo", "bitbucket/org/repo"),
+            (
+                "circleci/0D4C6AE4-1F0B-4F8A-9A8A-3B1C2D3E4F50/9e8d7c6b-5a49-4382-a1b0-c9d8e7f6a5b4",
+                "circleci/0d4c6ae4-1f0b-4f8a-9a8a-3b1c2d3e4f50/9e8d7c6b-5a49-4382-a1b0-c9d8e7f6a5b4",
+            ),
+        ] {
+            assert_eq!(canonical_slug(a).as_deref(), Ok(b), "{a}");
+        }
+        for bad in [
+            "org/repo",
+            "gh/org/repo/extra",
+            "gh//repo",
+            "gitlab/org/repo",
+            "circleci/org/repo",
+            "",
+        ] {
+            assert!(canonical_slug(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
 
     use runscale_emulator::circleci::signature as sign;
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use runscale_core::{Error, ErrorKind, Result};
+use runscale_core::{Error, ErrorKind, Result, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -77,10 +77,19 @@ pub(crate) fn segment(key: &str) -> String {
         .collect()
 }
 
-/// One successful answer: `x-next-page` and the body.
+/// One successful answer: `x-next-page`, GitLab's clock (`Date`) and the body.
 struct Answer {
     next_page: Option<u32>,
+    date: Option<Timestamp>,
     body: Vec<u8>,
+}
+
+/// The `Date` header (`Tue, 15 Nov 1994 08:12:31 GMT`): GitLab's clock when it answered.
+fn date(headers: &reqwest::header::HeaderMap) -> Option<Timestamp> {
+    let text = headers.get("date")?.to_str().ok()?;
+    chrono::DateTime::parse_from_rfc2822(text.trim())
+        .ok()
+        .map(|d| d.with_timezone(&chrono::Utc))
 }
 
 impl Client {
@@ -133,6 +142,7 @@ impl Client {
             http::header_u64(&a.headers, "x-next-page").and_then(|v| u32::try_from(v).ok());
         Ok(Answer {
             next_page,
+            date: date(&a.headers),
             body: a.body,
         })
     }
@@ -151,6 +161,18 @@ impl Client {
     ) -> Result<T> {
         let a = self.call(op, Method::GET, path, None, what, true).await?;
         http::decode(op, what, &a.body)
+    }
+
+    /// `GET` one object, with GitLab's clock at the answer (its `Date` header), so that ages
+    /// of GitLab's timestamps do not depend on this host's clock.
+    pub(crate) async fn get_dated<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        path: &str,
+        what: &str,
+    ) -> Result<(T, Option<Timestamp>)> {
+        let a = self.call(op, Method::GET, path, None, what, true).await?;
+        Ok((http::decode(op, what, &a.body)?, a.date))
     }
 
     /// `GET` every page of a listing (`path` may carry a query). More than `max_pages` pages
@@ -257,13 +279,17 @@ pub(crate) struct ApiRunner {
     pub(crate) paused: Option<bool>,
     #[serde(default)]
     pub(crate) active: Option<bool>,
+    /// Newer GitLab versions list it; older ones do not (then it is unknown, never "old").
     #[serde(default)]
-    pub(crate) created_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) created_at: Option<Timestamp>,
 }
 
 impl ApiRunner {
+    /// Paused (`paused`, else the deprecated `active: false` or `status: paused`).
     pub(crate) fn is_paused(&self) -> bool {
-        self.paused.unwrap_or(self.active.is_some_and(|a| !a))
+        self.paused.unwrap_or_else(|| {
+            self.active.is_some_and(|a| !a) || self.status.as_deref() == Some("paused")
+        })
     }
 }
 
@@ -275,6 +301,9 @@ pub(crate) struct ApiManager {
     pub(crate) status: Option<String>,
     #[serde(default)]
     pub(crate) job_execution_status: Option<String>,
+    /// When its runner process last reached GitLab's API.
+    #[serde(default)]
+    pub(crate) contacted_at: Option<Timestamp>,
 }
 
 impl ApiManager {
@@ -282,7 +311,15 @@ impl ApiManager {
         self.job_execution_status.as_deref() == Some("active")
     }
 
+    /// GitLab's `online`: contacted within its online window (2 hours).
     pub(crate) fn online(&self) -> bool {
         self.status.as_deref() == Some("online")
+    }
+
+    /// How long ago it last contacted GitLab, by GitLab's clock `now` (zero if `now` is
+    /// earlier); `None` when the listing has no `contacted_at`.
+    pub(crate) fn contact_age(&self, now: Timestamp) -> Option<Duration> {
+        self.contacted_at
+            .map(|c| (now - c).to_std().unwrap_or(Duration::ZERO))
     }
 }

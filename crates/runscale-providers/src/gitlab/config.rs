@@ -41,8 +41,22 @@ pub struct Config {
     /// `/webhooks/gitlab` are checked against it. Without it, webhooks are rejected.
     #[serde(default)]
     pub webhook_token: Option<SecretRef>,
-    /// A runner runscale created that is still `never_contacted` or `offline` this long after
-    /// runscale last handed out its token, with no manager online, is deleted.
+    /// A runner slot (runner manager) that runs no job and has not contacted GitLab for this
+    /// long has left: its gitlab-runner exited (after `max_use_count` jobs, or it crashed), and
+    /// GitLab itself keeps calling it `online` for 2 hours. gitlab-runner asks for a job every
+    /// 3 s (`check_interval`), so the default 20 s covers several missed polls. With GitLab
+    /// Workhorse long polling (`apiCiLongPollingDuration`, used by gitlab.com; off by default
+    /// on self-managed GitLab), an idle runner's requests are answered by Workhorse and reach
+    /// GitLab — and move `contacted_at` — only when its job queue changes, or at least once an
+    /// hour: there, set this above 1 hour (say `65m`), or idle slots are taken for gone. Between
+    /// 5 s and 2 h.
+    #[serde(default = "default_contact_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub contact_timeout: Duration,
+    /// A runner runscale created is deleted when none of its managers runs a job or contacted
+    /// GitLab within this long, and runscale has not created it, handed out its token or first
+    /// seen it within this long either. A slot that left is unregistered once its contact is
+    /// older than `contact_timeout` plus this.
     #[serde(default = "default_stale_runner_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub stale_runner_timeout: Duration,
@@ -98,9 +112,11 @@ pub struct PoolSelector {
     #[serde(default)]
     pub runner_per: RunnerPer,
     /// Jobs a runner slot takes before it leaves (taskscaler's `max_use_count`): each slot is
-    /// started with `RUNNER_MAX_BUILDS` (`gitlab-runner run-single --max-builds`), exits after
-    /// that many jobs, and an instance whose slots have all left is retired at once (with one
-    /// slot per instance, this is jobs per instance). Default: no limit.
+    /// handed `RUNSCALE_GITLAB_MAX_BUILDS`, which the start-up script passes to
+    /// `gitlab-runner run-single --max-builds`; the slot exits after that many jobs, counts as
+    /// gone once its contact is older than `contact_timeout`, and an instance whose slots have
+    /// all left is retired (with one slot per instance, this is jobs per instance). Default: no
+    /// limit.
     #[serde(default)]
     pub max_use_count: Option<u32>,
 }
@@ -147,6 +163,16 @@ fn default_url() -> String {
 fn default_group_refresh() -> Duration {
     Duration::from_secs(5 * 60)
 }
+
+/// The default `contact_timeout`.
+pub(crate) fn default_contact_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// Bounds of `contact_timeout`: above gitlab-runner's 3 s `check_interval`, at most GitLab's
+/// 2-hour online window.
+const CONTACT_TIMEOUT_MIN: Duration = Duration::from_secs(5);
+const CONTACT_TIMEOUT_MAX: Duration = Duration::from_secs(2 * 3600);
 
 fn default_stale_runner_timeout() -> Duration {
     Duration::from_secs(15 * 60)
@@ -202,8 +228,33 @@ impl Config {
         if self.stale_runner_timeout < Duration::from_secs(1) {
             push(&mut errors, "stale_runner_timeout", "must be at least 1s");
         }
+        if !(CONTACT_TIMEOUT_MIN..=CONTACT_TIMEOUT_MAX).contains(&self.contact_timeout) {
+            push(
+                &mut errors,
+                "contact_timeout",
+                "must be between 5s (gitlab-runner polls every 3s) and 2h (GitLab's online window)",
+            );
+        }
         result(errors)
     }
+}
+
+/// Checks a GitLab pool's own settings: each runner slot's `system_id` holds its slot number on
+/// two digits, so an instance has at most 99 slots. Errors name the field of the pool.
+pub fn validate_pool(runners_per_instance: u32) -> Result<(), Vec<(String, String)>> {
+    let mut errors = Vec::new();
+    if runners_per_instance > super::identity::MAX_SLOTS {
+        push(
+            &mut errors,
+            "runners_per_instance",
+            format!(
+                "GitLab runner slots are numbered in their system_id on two digits: at most {}, \
+                 not {runners_per_instance}",
+                super::identity::MAX_SLOTS
+            ),
+        );
+    }
+    result(errors)
 }
 
 impl PoolSelector {
@@ -279,7 +330,29 @@ mod tests {
         assert_eq!(c.url, "https://gitlab.com");
         assert_eq!(c.auth, AuthHeader::PrivateToken);
         assert_eq!(c.group_refresh, Duration::from_secs(300));
+        assert_eq!(c.contact_timeout, Duration::from_secs(20));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn contact_timeout_is_bounded_by_the_poll_and_the_online_window() {
+        let with = |t: &str| {
+            config(serde_json::json!({
+                "token": { "env": "T" }, "projects": ["a/b"], "contact_timeout": t,
+            }))
+            .expect("parses")
+            .validate()
+            .map_err(|e| e.into_iter().map(|e| e.0).collect::<Vec<_>>())
+        };
+        assert_eq!(with("4s"), Err(vec!["contact_timeout".to_owned()]));
+        assert_eq!(with("3h"), Err(vec!["contact_timeout".to_owned()]));
+        assert_eq!(with("5s"), Ok(()));
+        assert_eq!(with("65m"), Ok(()));
+        assert!(validate_pool(99).is_ok());
+        assert_eq!(
+            validate_pool(100).expect_err("too many")[0].0,
+            "runners_per_instance"
+        );
     }
 
     #[test]

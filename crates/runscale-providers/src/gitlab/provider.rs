@@ -19,16 +19,19 @@ use serde_json::json;
 
 use super::client::{ApiJob, ApiManager, ApiProject, ApiRunner, Client, segment};
 use super::config::{Config, PoolSelector, RunnerPer, RunnerType};
+use super::identity;
 use super::webhook::{self, Seen};
 use crate::http::{self, lock};
 
-/// Variables handed to each runner slot.
+/// Variables handed to each runner slot. The start-up script (`deploy/exec/gitlab-runner-slots.sh`)
+/// turns them into the slot's config directory and `gitlab-runner run-single` command line.
 const URL_VAR: &str = "CI_SERVER_URL";
 const TOKEN_VAR: &str = "CI_SERVER_TOKEN";
 const NAME_VAR: &str = "RUNNER_NAME";
-const SYSTEM_ID_VAR: &str = "RUNNER_SYSTEM_ID";
-/// Jobs before the slot's runner exits (`max_use_count`; `gitlab-runner run-single --max-builds`).
-const MAX_BUILDS_VAR: &str = "RUNNER_MAX_BUILDS";
+/// The slot's `system_id`, for its `.runner_system_id` file.
+const SYSTEM_ID_VAR: &str = "RUNSCALE_GITLAB_SYSTEM_ID";
+/// Jobs before the slot's runner exits (`max_use_count`; `run-single --max-builds`).
+const MAX_BUILDS_VAR: &str = "RUNSCALE_GITLAB_MAX_BUILDS";
 
 /// One pool as the provider keeps it.
 struct Pool {
@@ -86,6 +89,13 @@ fn instance_base<'a>(pool: &str, name: &'a str) -> &'a str {
     }
 }
 
+/// The managers of one runner, and GitLab's clock when it listed them (its `Date` header; this
+/// host's clock if absent).
+struct Managers {
+    list: Vec<ApiManager>,
+    now: Timestamp,
+}
+
 /// A runner token runscale holds.
 struct Held {
     runner_id: u64,
@@ -99,10 +109,11 @@ struct DemandView {
 
 /// The GitLab provider of one GitLab instance.
 ///
-/// Each runner slot runscale launches is a runner manager, identified by `system_id` = the
-/// slot's runner name; its `job_execution_status` says busy or idle. Runner tokens are shown
-/// once, so the provider keeps them in memory; after a restart it creates a new runner for
-/// the pool and deletes the old one once none of its managers is online.
+/// Each runner slot runscale launches is a runner manager whose `system_id` encodes the slot's
+/// runner name ([`identity`]); its `job_execution_status` says busy, its `contacted_at` whether
+/// it is still there. Runner tokens are shown once, so the provider keeps them in memory; after
+/// a restart it creates a new runner for the pool and deletes the old one once its managers
+/// are quiet.
 pub struct GitlabProvider {
     client: Client,
     url: String,
@@ -110,10 +121,15 @@ pub struct GitlabProvider {
     projects: Vec<String>,
     groups: Vec<String>,
     group_refresh: Duration,
+    contact_timeout: Duration,
     stale_runner_timeout: Duration,
     webhook_token: Option<SecretString>,
     registry: tokio::sync::Mutex<HashMap<String, Held>>,
+    /// When this process last created a runner or handed out its token, by runner id.
     issued: Mutex<HashMap<u64, Instant>>,
+    /// When this process first listed a runner, by runner id (its age when GitLab does not
+    /// say when it was created).
+    first_seen: Mutex<HashMap<u64, Instant>>,
     group_cache: Mutex<HashMap<String, (Instant, Vec<u64>)>>,
     job_pools: Mutex<HashMap<u64, PoolId>>,
     runner_pools: Mutex<HashMap<u64, PoolId>>,
@@ -194,10 +210,12 @@ impl GitlabProvider {
             projects: config.projects,
             groups: config.groups,
             group_refresh: config.group_refresh,
+            contact_timeout: config.contact_timeout,
             stale_runner_timeout: config.stale_runner_timeout,
             webhook_token,
             registry: tokio::sync::Mutex::new(HashMap::new()),
             issued: Mutex::new(HashMap::new()),
+            first_seen: Mutex::new(HashMap::new()),
             group_cache: Mutex::new(HashMap::new()),
             job_pools: Mutex::new(HashMap::new()),
             runner_pools: Mutex::new(HashMap::new()),
@@ -338,23 +356,20 @@ impl GitlabProvider {
         Ok(DemandView { waiting })
     }
 
-    /// The runners runscale made for `pool` and their managers.
+    /// The runners runscale made for `pool`, their managers, and GitLab's clock when it
+    /// listed them.
     async fn owned_runners(
         &self,
         op: &'static str,
         pool: &Pool,
         listing: &[ApiRunner],
-    ) -> Result<Vec<(ApiRunner, Vec<ApiManager>)>> {
+    ) -> Result<Vec<(ApiRunner, Managers)>> {
         let owned: Vec<&ApiRunner> = listing
             .iter()
             .filter(|r| r.description.as_deref().is_some_and(|d| pool.owns(d)))
             .collect();
-        let results = futures::future::join_all(owned.iter().map(|r| {
-            let path = format!("/runners/{}/managers", r.id);
-            let what = format!("managers of runner {}", r.id);
-            async move { self.client.get::<Vec<ApiManager>>(op, &path, &what).await }
-        }))
-        .await;
+        let results =
+            futures::future::join_all(owned.iter().map(|r| self.fetch_managers(op, r.id))).await;
         let mut out = Vec::with_capacity(owned.len());
         for (r, managers) in owned.into_iter().zip(results) {
             match managers {
@@ -367,48 +382,47 @@ impl GitlabProvider {
         Ok(out)
     }
 
-    /// Runner slots of `pool`; deletes runscale's runners that never came up (best effort).
+    /// Runner slots of `pool`, and runscale's runners nobody uses (reported offline, without a
+    /// manager, so the policy deregisters them; nothing is deleted while observing).
     async fn slots(
         &self,
         op: &'static str,
         pool: &Pool,
         listing: &[ApiRunner],
     ) -> Result<Vec<Runner>> {
-        let now = Utc::now();
         let owned = self.owned_runners(op, pool, listing).await?;
         let mut slots = Vec::new();
         for (r, managers) in &owned {
             lock(&self.runner_pools).insert(r.id, pool.id.clone());
+            lock(&self.first_seen)
+                .entry(r.id)
+                .or_insert_with(Instant::now);
             let paused = r.is_paused();
-            for m in managers
-                .iter()
-                .filter(|m| naming::owned_by(pool.id.as_str(), &m.system_id))
-            {
-                let state = if m.active() {
-                    RunnerState::Busy
-                } else if m.online() {
-                    RunnerState::Idle
-                } else {
-                    RunnerState::Offline
+            for m in &managers.list {
+                // Not a slot of ours (a made-up system_id): never a reason to act.
+                let Some(name) = identity::runner_name(pool.id.as_str(), &m.system_id) else {
+                    continue;
+                };
+                let Some(state) = self.slot_state(m, managers.now) else {
+                    // Gone: its runner exited. Not listed, so the reconciler counts it departed.
+                    continue;
                 };
                 let last_busy = {
                     let mut memory = lock(&self.last_busy);
                     if state == RunnerState::Busy {
-                        memory.insert(m.system_id.clone(), now);
+                        memory.insert(m.system_id.clone(), managers.now);
                     }
                     memory.get(&m.system_id).copied()
                 };
                 slots.push(Runner {
                     id: slot_id(r.id, &m.system_id),
-                    name: m.system_id.clone(),
+                    name,
                     state,
                     draining: paused,
                     last_busy,
                 });
             }
-            // Reported as an offline runner with no manager, so the policy deregisters it
-            // through `remove` (and nothing is deleted while observing, e.g. in dry-run).
-            if self.never_came_up(r, managers, now) {
+            if self.unused(r, managers) {
                 slots.push(Runner {
                     id: slot_id(r.id, ""),
                     name: r.description.clone().unwrap_or_default(),
@@ -421,22 +435,55 @@ impl GitlabProvider {
         Ok(slots)
     }
 
-    /// A runner runscale made that nobody uses: no manager online or busy, `never_contacted`
-    /// or `offline`, and neither created nor handed out within `stale_runner_timeout`.
-    fn never_came_up(&self, r: &ApiRunner, managers: &[ApiManager], now: Timestamp) -> bool {
+    /// What a manager of ours is, at GitLab's time `now`: busy while it runs a job, whatever its
+    /// contact age; idle while it contacted GitLab within `contact_timeout`; then gone (`None`:
+    /// not listed — GitLab still calls it `online` for 2 hours); offline once its contact is
+    /// older than `contact_timeout` + `stale_runner_timeout` (its instance retired long ago), so
+    /// it is unregistered. Without `contacted_at`, GitLab's `status` decides.
+    fn slot_state(&self, m: &ApiManager, now: Timestamp) -> Option<RunnerState> {
+        if m.active() {
+            return Some(RunnerState::Busy);
+        }
+        match m.contact_age(now) {
+            None if m.online() => Some(RunnerState::Idle),
+            None => Some(RunnerState::Offline),
+            Some(age) if age <= self.contact_timeout => Some(RunnerState::Idle),
+            Some(age) if age > self.contact_timeout + self.stale_runner_timeout => {
+                Some(RunnerState::Offline)
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// A manager that runs nothing and has not contacted GitLab within `stale_runner_timeout`.
+    fn quiet(&self, m: &ApiManager, now: Timestamp) -> bool {
+        !m.active()
+            && m.contact_age(now)
+                .map_or(!m.online(), |age| age >= self.stale_runner_timeout)
+    }
+
+    /// A runner runscale made that nobody uses: every manager quiet, and not created, handed
+    /// out or first seen by this process within `stale_runner_timeout`. Its age is what runscale
+    /// knows: GitLab's `created_at` when listed (newer versions), else this process's own
+    /// memory — an unknown age never reads as old.
+    fn unused(&self, r: &ApiRunner, managers: &Managers) -> bool {
         let timeout = self.stale_runner_timeout;
-        let quiet = managers.iter().all(|m| !m.active() && !m.online());
-        let status_ok = matches!(
-            r.status.as_deref(),
-            Some("never_contacted" | "offline" | "stale")
-        );
-        let old = r
-            .created_at
-            .is_none_or(|c| (now - c).to_std().is_ok_and(|age| age >= timeout));
+        let quiet = managers.list.iter().all(|m| self.quiet(m, managers.now));
+        // Created in the future (clocks) counts as recent.
+        let created_recently = r.created_at.is_some_and(|c| {
+            (managers.now - c)
+                .to_std()
+                .ok()
+                .is_none_or(|age| age < timeout)
+        });
         let handed_out = lock(&self.issued)
             .get(&r.id)
             .is_some_and(|at| at.elapsed() < timeout);
-        quiet && status_ok && old && !handed_out
+        // Never seen by this process: unknown age, kept.
+        let seen_recently = lock(&self.first_seen)
+            .get(&r.id)
+            .is_none_or(|at| at.elapsed() < timeout);
+        quiet && !created_recently && !handed_out && !seen_recently
     }
 
     /// The runner (id, token) a new slot of `pool` uses, created when needed.
@@ -498,16 +545,25 @@ impl GitlabProvider {
         Ok((id, token))
     }
 
-    async fn managers(&self, op: &'static str, runner: u64) -> Result<Option<Vec<ApiManager>>> {
-        match self
+    /// `GET /runners/:id/managers` (not paginated), with GitLab's clock.
+    async fn fetch_managers(&self, op: &'static str, runner: u64) -> Result<Managers> {
+        let (list, date) = self
             .client
-            .get::<Vec<ApiManager>>(
+            .get_dated::<Vec<ApiManager>>(
                 op,
                 &format!("/runners/{runner}/managers"),
                 &format!("managers of runner {runner}"),
             )
-            .await
-        {
+            .await?;
+        Ok(Managers {
+            list,
+            now: date.unwrap_or_else(Utc::now),
+        })
+    }
+
+    /// The managers of a runner, `None` once the runner is gone.
+    async fn managers(&self, op: &'static str, runner: u64) -> Result<Option<Managers>> {
+        match self.fetch_managers(op, runner).await {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -527,19 +583,19 @@ impl GitlabProvider {
             .map(|_| ())
     }
 
-    /// Deletes a runner reported as never having come up, unless one of its managers came
-    /// online since.
+    /// Deletes a runner reported as unused, unless one of its managers ran a job or contacted
+    /// GitLab since.
     async fn delete_unused(
         &self,
         op: &'static str,
         runner_id: u64,
-        managers: &[ApiManager],
+        managers: &Managers,
     ) -> Result<()> {
-        if managers.iter().any(|m| m.active() || m.online()) {
+        if !managers.list.iter().all(|m| self.quiet(m, managers.now)) {
             return Err(Error::new(
                 op,
                 ErrorKind::Busy,
-                format!("runner {runner_id} has a manager online now"),
+                format!("runner {runner_id} has a manager in contact now"),
             ));
         }
         self.delete_runner(op, runner_id).await
@@ -681,6 +737,8 @@ impl Provider for GitlabProvider {
     async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
         let op = "gitlab.register";
         let pool = self.pool(op, pool)?;
+        let system_id = identity::system_id(pool.id.as_str(), runner_name)
+            .map_err(|e| Error::new(op, ErrorKind::Misconfigured, e))?;
         let (runner_id, token) = self.runner_for(op, pool, runner_name).await?;
         lock(&self.issued).insert(runner_id, Instant::now());
         let mut credentials = Credentials::default();
@@ -690,7 +748,7 @@ impl Provider for GitlabProvider {
             .insert(NAME_VAR.into(), runner_name.to_owned());
         credentials
             .vars
-            .insert(SYSTEM_ID_VAR.into(), runner_name.to_owned());
+            .insert(SYSTEM_ID_VAR.into(), system_id.clone());
         if let Some(n) = pool.max_use_count {
             credentials
                 .vars
@@ -699,7 +757,7 @@ impl Provider for GitlabProvider {
         credentials.secrets.insert(TOKEN_VAR.into(), token);
         Ok(Registration {
             runner_name: runner_name.to_owned(),
-            runner_id: Some(slot_id(runner_id, runner_name)),
+            runner_id: Some(slot_id(runner_id, &system_id)),
             credentials,
         })
     }
@@ -733,6 +791,7 @@ impl Provider for GitlabProvider {
             return Ok(());
         };
         if managers
+            .list
             .iter()
             .any(|m| m.system_id == system_id && m.active())
         {
@@ -752,6 +811,7 @@ impl Provider for GitlabProvider {
                 return Ok(());
             };
             if managers
+                .list
                 .iter()
                 .any(|m| m.system_id == system_id && m.active())
             {
@@ -760,12 +820,12 @@ impl Provider for GitlabProvider {
             // The runner serves this instance only, is paused, and this slot is idle: when no
             // other slot runs a job either, the runner goes (its processes then stop asking
             // for jobs); otherwise it stays, paused, for the busy slot.
-            if managers.iter().any(ApiManager::active) {
+            if managers.list.iter().any(ApiManager::active) {
                 return Ok(());
             }
             return self.delete_runner(op, runner_id).await;
         }
-        if !managers.iter().any(|m| m.system_id == system_id) {
+        if !managers.list.iter().any(|m| m.system_id == system_id) {
             return Ok(());
         }
         match token {
@@ -898,12 +958,78 @@ mod tests {
         );
     }
 
+    fn provider(dir: &tempfile::TempDir) -> GitlabProvider {
+        std::fs::write(dir.path().join("t"), "glpat-x").expect("token");
+        let config: Config = serde_json::from_value(serde_json::json!({
+            "url": "http://127.0.0.1:9",
+            "token": { "file": dir.path().join("t") },
+            "projects": ["a/b"],
+            "contact_timeout": "20s",
+            "stale_runner_timeout": "60s",
+        }))
+        .expect("config");
+        let selector: PoolSelector =
+            serde_json::from_value(serde_json::json!({ "tags": ["linux"] })).expect("selector");
+        GitlabProvider::new(config, vec![(PoolId::new("linux"), selector)]).expect("provider")
+    }
+
+    fn manager(status: &str, job: &str, contacted_secs_ago: Option<i64>) -> ApiManager {
+        let now = Utc::now();
+        serde_json::from_value(serde_json::json!({
+            "system_id": "s_abcdefghij01",
+            "status": status,
+            "job_execution_status": job,
+            "contacted_at": contacted_secs_ago.map(|s| now - chrono::Duration::seconds(s)),
+        }))
+        .expect("manager")
+    }
+
+    #[test]
+    fn a_slot_is_busy_while_active_then_idle_gone_and_offline_by_its_contact_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = provider(&dir);
+        let now = Utc::now();
+        let state = |m: ApiManager| p.slot_state(&m, now);
+        // Busy whatever its contact age (a long job with Workhorse answering its polls).
+        assert_eq!(
+            state(manager("online", "active", Some(5000))),
+            Some(RunnerState::Busy)
+        );
+        assert_eq!(
+            state(manager("online", "idle", Some(3))),
+            Some(RunnerState::Idle)
+        );
+        // GitLab still says online (2 h window); it has left.
+        assert_eq!(state(manager("online", "idle", Some(21))), None);
+        assert_eq!(state(manager("online", "idle", Some(79))), None);
+        // contact_timeout + stale_runner_timeout: offline, for unregistration.
+        assert_eq!(
+            state(manager("online", "idle", Some(81))),
+            Some(RunnerState::Offline)
+        );
+        // No contacted_at in the listing: GitLab's status decides.
+        assert_eq!(
+            state(manager("online", "idle", None)),
+            Some(RunnerState::Idle)
+        );
+        assert_eq!(
+            state(manager("offline", "idle", None)),
+            Some(RunnerState::Offline)
+        );
+        // A clock ahead of GitLab's does not make a fresh contact old: ages are on GitLab's
+        // clock (the answer's Date), and a contact "in the future" is age zero.
+        assert_eq!(
+            state(manager("online", "idle", Some(-30))),
+            Some(RunnerState::Idle)
+        );
+    }
+
     #[test]
     fn slot_ids_round_trip() {
-        let id = slot_id(42, "rs-p-abcdefghij-1");
+        let id = slot_id(42, "s_abcdefghij01");
         assert_eq!(
             parse_slot("t", &id).expect("parse"),
-            (42, "rs-p-abcdefghij-1".to_owned())
+            (42, "s_abcdefghij01".to_owned())
         );
         assert!(parse_slot("t", &RunnerId::new("nope")).is_err());
     }

@@ -1,5 +1,5 @@
-//! elotl buildscaler (the Buildkite Job-template controller of buildscaler-eks), from the
-//! reference notes (seed-systems.md §5b: documented behaviour only, the source is closed).
+//! elotl buildscaler (the Buildkite Job-template controller of buildscaler-eks), as its
+//! documentation describes it (its source is closed).
 //!
 //! - A sync loop every `--sync-interval` (20 s in the manifests).
 //! - Needed agents = scheduled (waiting) + running jobs; it creates bare pods for the

@@ -1,5 +1,5 @@
-//! The "Simple CircleCI Runner AutoScaling in AWS" Lambda, from the reference notes
-//! (seed-systems.md §2).
+//! The "Simple CircleCI Runner AutoScaling in AWS" Lambda, as its published source
+//! behaves.
 //!
 //! - An EventBridge schedule runs it once a minute (on the minute):
 //!   `desired = min(unclaimed + running, AUTO_SCALING_MAX)` (the pool's `max`).

@@ -1,5 +1,5 @@
-//! devjoes/github-runner-autoscaler ("github-action-autoscaler"), from the reference notes
-//! (seed-systems.md §4).
+//! devjoes/github-runner-autoscaler ("github-action-autoscaler"), as its
+//! published source behaves.
 //!
 //! - KEDA polls the metrics API every 30 s (`pollingInterval`). The API server serves the
 //!   queue from a cache refreshed after 1 minute (30 s when the last value was empty).

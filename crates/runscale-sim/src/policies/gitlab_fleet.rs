@@ -1,5 +1,5 @@
-//! sio/gitlab-runners-fleet, terraform branch (HEAD), from the reference notes
-//! (seed-systems.md §3c).
+//! sio/gitlab-runners-fleet, terraform branch (HEAD), as its published
+//! source behaves.
 //!
 //! - A loop: `scale`, `terraform apply`, sleep 1 minute (modelled as one pass a minute; the
 //!   apply time is part of the boot time).

@@ -3,8 +3,8 @@
 //! - [`runscale`](runscale): runscale's real policy, [`runscale_core::plan`], driven the way
 //!   the reconciler drives it (webhook wake-ups, requeue, actions carried out in order with the
 //!   CI system refusing to remove busy runners).
-//! - Baselines, each reimplemented from the documented behaviour in the project's reference
-//!   notes (`shared/reference/`), with its own pass interval, runner lifecycle and quirks; each
+//! - Baselines, each reimplemented from the system's published source or documentation,
+//!   with its own pass interval, runner lifecycle and quirks; each
 //!   module's docs say what is modelled and what is left out.
 //! - [`clairvoyant`](clairvoyant): a lower bound that knows every arrival in advance.
 //!

@@ -1,5 +1,5 @@
-//! vela-games/circleci-runner-autoscaler (AWS worker), from the reference notes
-//! (seed-systems.md §1).
+//! vela-games/circleci-runner-autoscaler (AWS worker), as its published source
+//! behaves.
 //!
 //! - Polls every 5 s. `U` = unclaimed tasks; if `U == 0`, or desired equals the group's
 //!   maximum, nothing happens. Otherwise `desired = min(D + U, max)`.

@@ -462,7 +462,12 @@ pub(crate) fn parse_selector(
         }
         #[cfg(feature = "provider-gitlab")]
         ProviderSettings::Gitlab(_) => {
-            typed(value, path, gitlab::PoolSelector::validate).map(SelectorSettings::Gitlab)
+            let s = typed(value, path, gitlab::PoolSelector::validate)?;
+            // Each slot's system_id numbers it on two digits: the pool's runners_per_instance.
+            let pool_path = path.strip_suffix(".selector").unwrap_or(path);
+            gitlab::validate_pool(pool.runners_per_instance)
+                .map_err(|errors| prefixed(pool_path, errors))?;
+            Ok(SelectorSettings::Gitlab(s))
         }
         #[cfg(feature = "provider-buildkite")]
         ProviderSettings::Buildkite(_) => {
