@@ -920,3 +920,22 @@ async fn a_missing_created_at_is_not_old_and_unused_paused_runners_are_cleaned_u
     restarted.remove(&pool, &unused.id).await.expect("deleted");
     assert!(s.emu.snapshot().runners.is_empty());
 }
+
+#[tokio::test]
+async fn conforms_to_the_provider_contract() {
+    let s = setup(
+        vec![
+            ("linux", selector(&["linux"], false, RunnerPer::Pool)),
+            ("any", selector(&[], true, RunnerPer::Instance)),
+        ],
+        |_| {},
+    )
+    .await;
+    runscale_core::testing::conformance::provider_contract(
+        &s.provider,
+        &PoolId::new("linux"),
+        &PoolId::new("any"),
+    )
+    .await
+    .expect("contract");
+}

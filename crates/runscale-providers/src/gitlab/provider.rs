@@ -33,6 +33,10 @@ const SYSTEM_ID_VAR: &str = "RUNSCALE_GITLAB_SYSTEM_ID";
 /// Jobs before the slot's runner exits (`max_use_count`; `run-single --max-builds`).
 const MAX_BUILDS_VAR: &str = "RUNSCALE_GITLAB_MAX_BUILDS";
 
+/// How old an idle runner's `contacted_at` can be behind GitLab Workhorse long polling: GitLab's
+/// `RUNNER_QUEUE_EXPIRY_TIME` (1 hour) plus a margin.
+const LONG_POLL_CONTACT: Duration = Duration::from_secs(65 * 60);
+
 /// One pool as the provider keeps it.
 struct Pool {
     id: PoolId,
@@ -192,6 +196,19 @@ impl GitlabProvider {
                 max_use_count: sel.max_use_count,
             })
         })?;
+        if reqwest::Url::parse(&config.url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.eq_ignore_ascii_case("gitlab.com")))
+            .unwrap_or(false)
+            && config.contact_timeout < LONG_POLL_CONTACT
+        {
+            tracing::warn!(
+                contact_timeout = ?config.contact_timeout,
+                "gitlab.com answers idle runners' job requests in Workhorse (long polling), so \
+                 their contacted_at can be up to an hour old: idle slots will be taken for gone; \
+                 set contact_timeout above 1h"
+            );
+        }
         let token = SETUP.secret("token", &config.token)?;
         let webhook_token =
             SETUP.optional_secret("webhook_token", config.webhook_token.as_ref())?;
