@@ -472,11 +472,15 @@ impl GitlabProvider {
         }
     }
 
-    /// A manager that runs nothing and has not contacted GitLab within `stale_runner_timeout`.
+    /// A manager that runs nothing and has been gone for `stale_runner_timeout`: out of contact
+    /// for `contact_timeout` + `stale_runner_timeout` (when it is also listed offline). Never
+    /// sooner than it is gone, so a `contact_timeout` raised for Workhorse long polling protects
+    /// live runners from clean-up too.
     fn quiet(&self, m: &ApiManager, now: Timestamp) -> bool {
         !m.active()
-            && m.contact_age(now)
-                .map_or(!m.online(), |age| age >= self.stale_runner_timeout)
+            && m.contact_age(now).map_or(!m.online(), |age| {
+                age > self.contact_timeout + self.stale_runner_timeout
+            })
     }
 
     /// A runner runscale made that nobody uses: every manager quiet, and not created, handed
