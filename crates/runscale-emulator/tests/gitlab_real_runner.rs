@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gitlab_support::{ADMIN, Harness, POOL, Run};
+use gitlab_support::{ADMIN, Harness, Run, slot_name};
 use runscale_emulator::gitlab::{EmulatorConfig, JobSpec, JobStatus, Snapshot, valid_system_id};
 use runscale_providers::gitlab::RunnerPer;
 
@@ -133,18 +133,6 @@ fn summary(s: &Snapshot) -> String {
     )
 }
 
-/// The runner name a system id stands for (`s_<10><2>` → `rs-linux-<10>[-<n>]`).
-fn slot_name(system_id: &str) -> Option<String> {
-    let rest = system_id.strip_prefix("s_")?;
-    let (suffix, slot) = rest.split_at_checked(10)?;
-    let slot: u32 = slot.parse().ok()?;
-    Some(if slot == 0 {
-        format!("rs-{POOL}-{suffix}")
-    } else {
-        format!("rs-{POOL}-{suffix}-{slot}")
-    })
-}
-
 fn check_jobs(h: &Harness, s: &Snapshot, ids: &[u64]) {
     assert!(s.violations.is_empty(), "no violation: {}", summary(s));
     let runs = runs(h);
@@ -162,11 +150,9 @@ fn check_jobs(h: &Harness, s: &Snapshot, ids: &[u64]) {
             j.trace
         );
         let (_, system_id) = j.runner.clone().expect("ran on a runner");
-        assert!(
-            valid_system_id(&system_id) && slot_name(&system_id).is_some(),
-            "job {id} ran on a slot runscale made: {system_id}"
-        );
+        assert!(valid_system_id(&system_id), "{system_id}");
     }
+    h.check_slots(s);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

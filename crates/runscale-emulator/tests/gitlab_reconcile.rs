@@ -62,13 +62,15 @@ fn runners(s: &Snapshot) -> String {
     format!("{:?}", s.runners)
 }
 
-fn check(s: &Snapshot, n: usize) {
+/// Every job succeeded, on a slot runscale launched, and none was lost.
+fn check(h: &Harness, s: &Snapshot, n: usize) {
     assert_eq!(
         s.count(JobStatus::Success),
         n,
         "every job ran: {:?}",
         s.jobs
     );
+    h.check_slots(s);
     assert!(s.violations.is_empty(), "no job lost: {:?}", s.violations);
 }
 
@@ -121,7 +123,7 @@ async fn tagged_and_untagged(runner_per: RunnerPer) -> u32 {
         .await;
     let done = started.elapsed();
     let s = h.wait_zero(started, Duration::from_secs(90), runners).await;
-    check(&s, 10);
+    check(&h, &s, 10);
     assert!(peak <= MAX as usize, "max {MAX} instances, saw {peak}");
     assert!(
         s.peak_running >= 3,
@@ -200,7 +202,7 @@ async fn an_api_outage_terminates_nothing() {
     let s = h
         .wait_zero(outage_started, outage + Duration::from_secs(60), runners)
         .await;
-    check(&s, 4);
+    check(&h, &s, 4);
     println!(
         "gitlab outage: {}s outage, {} admin calls refused, {} of {} instances kept throughout, \
          fleet at zero {:.1}s after the outage ended",
@@ -241,7 +243,7 @@ async fn a_restart_with_a_new_template_retires_old_instances_only_when_idle() {
         .submit(vec![JobSpec::new(100, &[], Duration::from_millis(500)); 2]);
     h.wait_done(6, started, Duration::from_secs(60), jobs).await;
     let s = h.wait_zero(started, Duration::from_secs(90), runners).await;
-    check(&s, 6);
+    check(&h, &s, 6);
     assert_eq!(
         s.runners_created, 2,
         "the restarted process made its own runner"
@@ -280,7 +282,7 @@ async fn with_max_use_count_each_slot_takes_that_many_jobs_and_leaves() {
         .wait_done(12, started, Duration::from_secs(60), jobs)
         .await;
     let s = h.wait_zero(started, Duration::from_secs(90), runners).await;
-    check(&s, 12);
+    check(&h, &s, 12);
     assert!(peak <= MAX as usize, "max {MAX} instances, saw {peak}");
     // One job per slot: every job ran on a manager of its own (12 jobs, at most 6 slots at
     // once: without the limit, slots would take several).

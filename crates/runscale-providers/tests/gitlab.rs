@@ -873,7 +873,8 @@ async fn a_slot_number_above_99_is_refused() {
 #[tokio::test]
 async fn a_missing_created_at_is_not_old_and_unused_paused_runners_are_cleaned_up() {
     let s = linux(RunnerPer::Instance, |c| {
-        c.stale_runner_timeout = Duration::from_secs(1)
+        c.contact_timeout = Duration::from_secs(5);
+        c.stale_runner_timeout = Duration::from_secs(1);
     })
     .await;
     let pool = PoolId::new("linux");
@@ -888,35 +889,64 @@ async fn a_missing_created_at_is_not_old_and_unused_paused_runners_are_cleaned_u
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     w.await.expect("join").expect("worker");
+    let left = std::time::Instant::now();
     let slot = views(&s.provider, &["linux"]).await[&pool].runners[0].clone();
     s.provider.drain(&pool, &slot.id).await.expect("pause");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The runner itself, reported for deregistration (its id names no manager).
+    let unused = |v: &HashMap<PoolId, runscale_core::ProviderView>| {
+        v[&pool]
+            .runners
+            .iter()
+            .filter(|r| r.id.as_str().ends_with('/'))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // Its manager is quiet once out of contact for contact_timeout + stale_runner_timeout
+    // (6 s; GitLab's clock has whole seconds).
+    tokio::time::sleep(Duration::from_millis(7500).saturating_sub(left.elapsed())).await;
+    assert_eq!(
+        unused(&views(&s.provider, &["linux"]).await).len(),
+        1,
+        "the process that made it reports it"
+    );
     // A new process (restart) has never seen this runner: its age is unknown, so it is kept.
     let restarted = s.restarted();
     let v = views(&restarted, &["linux"]).await;
     assert!(
-        v[&pool]
-            .runners
-            .iter()
-            .all(|r| r.state != RunnerState::Offline),
+        unused(&v).is_empty(),
         "not reported while its age is unknown: {:?}",
         v[&pool].runners
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let v = views(&restarted, &["linux"]).await;
-    let unused: Vec<_> = v[&pool]
-        .runners
-        .iter()
-        .filter(|r| r.name == "rs-linux-eeeeeeeeee" && r.state == RunnerState::Offline)
-        .cloned()
-        .collect();
-    let [unused] = unused.as_slice() else {
+    let [unused] = unused(&v).try_into().unwrap_or_else(|_| {
         panic!(
             "the paused, unused runner is reported: {:?}",
             v[&pool].runners
-        );
-    };
+        )
+    });
+    assert_eq!(unused.state, RunnerState::Offline);
+    assert_eq!(unused.name, "rs-linux-eeeeeeeeee");
     assert!(unused.draining, "paused");
     restarted.remove(&pool, &unused.id).await.expect("deleted");
     assert!(s.emu.snapshot().runners.is_empty());
+}
+
+#[tokio::test]
+async fn conforms_to_the_provider_contract() {
+    let s = setup(
+        vec![
+            ("linux", selector(&["linux"], false, RunnerPer::Pool)),
+            ("any", selector(&[], true, RunnerPer::Instance)),
+        ],
+        |_| {},
+    )
+    .await;
+    runscale_core::testing::conformance::provider_contract(
+        &s.provider,
+        &PoolId::new("linux"),
+        &PoolId::new("any"),
+    )
+    .await
+    .expect("contract");
 }

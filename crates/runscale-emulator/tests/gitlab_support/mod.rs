@@ -4,9 +4,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use runscale_backends::local_process::{Config as LocalConfig, LocalProcess, PoolTemplate};
@@ -47,6 +47,28 @@ pub struct Harness {
     pub backend: Arc<LocalProcess>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// Runner names of every instance listed so far (by a task watching the backend).
+    hosted: Arc<Mutex<HashSet<String>>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// Lists `backend`'s instances every 50 ms, adding their runner names to `hosted`.
+fn watch(
+    backend: Arc<LocalProcess>,
+    hosted: Arc<Mutex<HashSet<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(mut all) = backend.instances(&[PoolId::new(POOL)]).await {
+                let list = all.remove(&PoolId::new(POOL)).unwrap_or_default();
+                hosted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(list.into_iter().flat_map(|i| i.runner_names));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }
 
 impl Harness {
@@ -57,12 +79,16 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("token"), ADMIN).expect("secret");
         let (backend, stop, task) = runscale(&emu, dir.path(), &run(dir.path()));
+        let hosted = Arc::default();
+        let watcher = watch(backend.clone(), Arc::clone(&hosted));
         Harness {
             emu,
             dir,
             backend,
             stop,
             task,
+            hosted,
+            watcher,
         }
     }
 
@@ -72,6 +98,8 @@ impl Harness {
         self.stop.cancel();
         (&mut self.task).await.expect("reconciler");
         let (backend, stop, task) = runscale(&self.emu, self.dir.path(), run);
+        self.watcher.abort();
+        self.watcher = watch(backend.clone(), Arc::clone(&self.hosted));
         self.backend = backend;
         self.stop = stop;
         self.task = task;
@@ -96,6 +124,14 @@ impl Harness {
             .filter(|i| i.state != InstanceState::Stopping)
             .map(|i| (i.id.to_string(), i.runner_names))
             .collect()
+    }
+
+    /// Whether some instance listed so far hosted the runner `name`.
+    pub fn hosted(&self, name: &str) -> bool {
+        self.hosted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
     }
 
     /// Waits until `n` jobs exist and are finished; returns the peak of live instances.
@@ -148,8 +184,38 @@ impl Harness {
     }
 
     pub async fn stop(self) {
+        self.watcher.abort();
         self.stop.cancel();
         self.task.await.expect("reconciler");
+    }
+}
+
+/// The runner name a slot's system id stands for (`s_<10><2>` → `rs-linux-<10>[-<n>]`), as
+/// the provider decodes it.
+pub fn slot_name(system_id: &str) -> Option<String> {
+    let rest = system_id.strip_prefix("s_")?;
+    let (suffix, slot) = rest.split_at_checked(10)?;
+    let slot: u32 = slot.parse().ok()?;
+    Some(if slot == 0 {
+        format!("rs-{POOL}-{suffix}")
+    } else {
+        format!("rs-{POOL}-{suffix}-{slot}")
+    })
+}
+
+impl Harness {
+    /// Asserts that every job ran on a slot of an instance runscale launched: its manager's
+    /// system id is the one runscale handed that slot (a made-up one is not).
+    pub fn check_slots(&self, s: &Snapshot) {
+        for j in &s.jobs {
+            if let Some((_, system_id)) = &j.runner {
+                assert!(
+                    slot_name(system_id).is_some_and(|name| self.hosted(&name)),
+                    "job {} ran on {system_id}, which is no slot of an instance runscale launched",
+                    j.id
+                );
+            }
+        }
     }
 }
 

@@ -53,10 +53,10 @@ pub struct Config {
     #[serde(default = "default_contact_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub contact_timeout: Duration,
-    /// A runner runscale created is deleted when none of its managers runs a job or contacted
-    /// GitLab within this long, and runscale has not created it, handed out its token or first
-    /// seen it within this long either. A slot that left is unregistered once its contact is
-    /// older than `contact_timeout` plus this.
+    /// How long a slot that left stays registered: its manager is unregistered once its
+    /// contact is older than `contact_timeout` plus this. A runner runscale created is deleted
+    /// when all its managers are that quiet (none runs a job), and runscale has not created it,
+    /// handed out its token or first seen it within this long either.
     #[serde(default = "default_stale_runner_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub stale_runner_timeout: Duration,

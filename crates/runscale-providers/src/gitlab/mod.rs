@@ -50,7 +50,8 @@
 //!   still runs re-creates its manager at its next request, and it is unregistered again once
 //!   it has left).
 //! - **Clean-up**: a runner runscale created whose managers all run nothing and have not
-//!   contacted GitLab within `stale_runner_timeout`, and that this process has not created,
+//!   contacted GitLab within `contact_timeout` + `stale_runner_timeout` (each gone for
+//!   `stale_runner_timeout`), and that this process has not created,
 //!   handed out or first listed within `stale_runner_timeout` (GitLab's `created_at` counts when
 //!   listed; a missing one is never read as old), is reported as an offline runner without
 //!   manager (named after its description), so the policy deregisters it and `remove` deletes

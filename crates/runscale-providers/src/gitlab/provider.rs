@@ -33,6 +33,10 @@ const SYSTEM_ID_VAR: &str = "RUNSCALE_GITLAB_SYSTEM_ID";
 /// Jobs before the slot's runner exits (`max_use_count`; `run-single --max-builds`).
 const MAX_BUILDS_VAR: &str = "RUNSCALE_GITLAB_MAX_BUILDS";
 
+/// How old an idle runner's `contacted_at` can be behind GitLab Workhorse long polling: GitLab's
+/// `RUNNER_QUEUE_EXPIRY_TIME` (1 hour) plus a margin.
+const LONG_POLL_CONTACT: Duration = Duration::from_secs(65 * 60);
+
 /// One pool as the provider keeps it.
 struct Pool {
     id: PoolId,
@@ -192,6 +196,19 @@ impl GitlabProvider {
                 max_use_count: sel.max_use_count,
             })
         })?;
+        if reqwest::Url::parse(&config.url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.eq_ignore_ascii_case("gitlab.com")))
+            .unwrap_or(false)
+            && config.contact_timeout < LONG_POLL_CONTACT
+        {
+            tracing::warn!(
+                contact_timeout = ?config.contact_timeout,
+                "gitlab.com answers idle runners' job requests in Workhorse (long polling), so \
+                 their contacted_at can be up to an hour old: idle slots will be taken for gone; \
+                 set contact_timeout above 1h"
+            );
+        }
         let token = SETUP.secret("token", &config.token)?;
         let webhook_token =
             SETUP.optional_secret("webhook_token", config.webhook_token.as_ref())?;
@@ -455,11 +472,15 @@ impl GitlabProvider {
         }
     }
 
-    /// A manager that runs nothing and has not contacted GitLab within `stale_runner_timeout`.
+    /// A manager that runs nothing and has been gone for `stale_runner_timeout`: out of contact
+    /// for `contact_timeout` + `stale_runner_timeout` (when it is also listed offline). Never
+    /// sooner than it is gone, so a `contact_timeout` raised for Workhorse long polling protects
+    /// live runners from clean-up too.
     fn quiet(&self, m: &ApiManager, now: Timestamp) -> bool {
         !m.active()
-            && m.contact_age(now)
-                .map_or(!m.online(), |age| age >= self.stale_runner_timeout)
+            && m.contact_age(now).map_or(!m.online(), |age| {
+                age > self.contact_timeout + self.stale_runner_timeout
+            })
     }
 
     /// A runner runscale made that nobody uses: every manager quiet, and not created, handed
