@@ -6,8 +6,8 @@
 //! marker file, a sleep, a line in the trace).
 //!
 //! The binary comes from `RUNSCALE_GITLAB_RUNNER`; without it (or if it is not executable) the
-//! test fails, saying so. (`RUNSCALE_GITLAB_RUNNER=<target>/debug/runscale-fake-runner` runs the
-//! same test with the fake runner's `run-single` mode.)
+//! test fails, saying so. A second test runs the same scenario through the same script with the
+//! fake runner's `run-single` mode.
 //!
 //! One test, three phases, each a runscale process (a restart between them):
 //! 1. `max_use_count: 1`: 20 tagged and untagged jobs, each run exactly once (marker file,
@@ -40,9 +40,9 @@ fn runner_binary() -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let Some(path) = std::env::var_os("RUNSCALE_GITLAB_RUNNER") else {
         panic!(
-            "RUNSCALE_GITLAB_RUNNER is not set: this test runs the real gitlab-runner. Build it \
-             (go install gitlab.com/gitlab-org/gitlab-runner@<version>) and set \
-             RUNSCALE_GITLAB_RUNNER to the binary."
+            "RUNSCALE_GITLAB_RUNNER is not set: this test runs the real gitlab-runner. \
+             scripts/test.sh builds it from the Go module proxy when the proxy serves all it \
+             needs (scripts/agents/gitlab-runner) and sets RUNSCALE_GITLAB_RUNNER to the binary."
         );
     };
     let path = PathBuf::from(path);
@@ -157,7 +157,18 @@ fn check_jobs(h: &Harness, s: &Snapshot, ids: &[u64]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_gitlab_runner_slots_run_every_job_once_leave_and_are_retired() {
-    let runner = runner_binary();
+    scenario(runner_binary()).await;
+}
+
+/// The same scenario through the same start-up script with the fake runner's `run-single`
+/// mode, so the script and the scenario run in every test run, also where the real
+/// gitlab-runner cannot be built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_script_runs_the_fake_runner_the_same_way() {
+    scenario(PathBuf::from(env!("CARGO_BIN_EXE_runscale-fake-runner"))).await;
+}
+
+async fn scenario(runner: PathBuf) {
     let started = Instant::now();
     let mut c = EmulatorConfig::new(ADMIN, &["app", "lib"]);
     // GitLab's defaults otherwise: 2-hour online window, no long polling, no created_at. The
