@@ -76,6 +76,10 @@ start_slot() {
     [[ $system_id =~ ^[sr]_[0-9a-zA-Z]{12}$ ]] \
         || die 78 "slot $name: RUNSCALE_GITLAB_SYSTEM_ID '$system_id' is not a gitlab-runner system id"
     [[ $max_builds =~ ^[0-9]+$ ]] || die 78 "slot $name: RUNSCALE_GITLAB_MAX_BUILDS '$max_builds' is not a number"
+    # Written into a TOML string below: refuse what would end the string (never echo the token).
+    [[ $token =~ ^[A-Za-z0-9_.:-]+$ ]] || die 78 "slot $name: CI_SERVER_TOKEN has characters a config file cannot hold"
+    [[ $url != *'"'* && $url != *'\'* && $name != *'"'* && $name != *'\'* ]] \
+        || die 78 "slot $name: CI_SERVER_URL or RUNNER_NAME holds a quote or backslash"
     dir=$slots_dir/$name
     mkdir -p -m 0700 "$dir"
     chmod 0700 "$dir"
