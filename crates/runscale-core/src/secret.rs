@@ -23,7 +23,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 /// A reference to a secret value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+///
+/// Deserialised by hand (see the `Deserialize` impl) so that a value written where a
+/// reference belongs — `token: ghp_…` — is never quoted back in an error message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum SecretRef {
     /// Read from this environment variable.
@@ -34,6 +37,102 @@ pub enum SecretRef {
     /// every reference small).
     #[serde(rename = "aws_secrets_manager")]
     AwsSecretsManager(Box<AwsSecret>),
+}
+
+/// What a secret reference must look like, for errors that cannot quote what was written.
+const SECRET_FORMS: &str = "a secret must be a reference: `{env: NAME}`, `{file: PATH}` or \
+     `{aws_secrets_manager: {name: NAME, key: KEY, region: REGION}}`";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SecretRefVisitor)
+    }
+}
+
+/// Reads `{env: …}`, `{file: …}` or `{aws_secrets_manager: {…}}`. Anything else is refused
+/// without quoting it: it may be the secret itself, written inline by mistake.
+struct SecretRefVisitor;
+
+impl SecretRefVisitor {
+    /// The error for a value that is not a one-key mapping (a string, a number, a list…).
+    fn inline<E: serde::de::Error>(what: &str) -> E {
+        E::custom(format_args!(
+            "{SECRET_FORMS}, not {what} (secrets are never written in the configuration; the \
+             value is not shown)"
+        ))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretRefVisitor {
+    type Value = SecretRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(SECRET_FORMS)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretRef, E> {
+        Err(Self::inline("an inline string"))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretRef, E> {
+        Err(Self::inline("a boolean"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretRef, E> {
+        Err(Self::inline("a number"))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretRef, E> {
+        Err(Self::inline("a number"))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretRef, E> {
+        Err(Self::inline("a number"))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretRef, E> {
+        Err(Self::inline("inline bytes"))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<SecretRef, E> {
+        Err(Self::inline("null"))
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<SecretRef, E> {
+        Err(Self::inline("null"))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<SecretRef, A::Error> {
+        Err(Self::inline("a list"))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+        use serde::de::Error as _;
+
+        // Keys are read as owned strings and only ever named when they are one of the three
+        // sources: an unknown key is not quoted either.
+        let Some(key) = map.next_key::<String>()? else {
+            return Err(A::Error::custom(format_args!(
+                "{SECRET_FORMS}, not an empty mapping"
+            )));
+        };
+        let reference = match key.as_str() {
+            "env" => SecretRef::Env(map.next_value()?),
+            "file" => SecretRef::File(map.next_value()?),
+            "aws_secrets_manager" => SecretRef::AwsSecretsManager(map.next_value()?),
+            _ => {
+                return Err(A::Error::custom(format_args!(
+                    "{SECRET_FORMS}; this mapping has another key (not shown)"
+                )));
+            }
+        };
+        if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::custom(format_args!(
+                "{SECRET_FORMS}: exactly one of them, not several keys"
+            )));
+        }
+        Ok(reference)
+    }
 }
 
 /// A secret in AWS Secrets Manager: its whole `SecretString`, or one field of it when the
@@ -97,6 +196,23 @@ pub enum SecretError {
     /// The file is empty.
     #[error("secret file {0} is empty")]
     FileEmpty(PathBuf),
+    /// The path is not a regular file (a device, a FIFO, a directory, a socket): reading it
+    /// could block or never end.
+    #[error("secret file {path} is not a regular file but {kind}")]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The file is larger than [`MAX_SECRET_FILE`].
+    #[error("secret file {path} is larger than {limit} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A secret of a remote store that was not fetched before the configuration was built.
     #[error("{0} was not fetched at start-up")]
     NotFetched(String),
@@ -108,6 +224,77 @@ pub enum SecretError {
         /// Why, as recorded by [`preload`].
         reason: String,
     },
+}
+
+/// The largest secret file read, in bytes: a private key or a token is a few KiB; anything
+/// larger is a wrong path (`/dev/zero` once grew a process to 24 GB).
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a secret file as UTF-8: a regular file (after following symbolic links, as the
+/// Kubernetes and systemd credential mounts use) of at most [`MAX_SECRET_FILE`] bytes. The
+/// type is checked before opening, so a FIFO never blocks the read, and again on the opened
+/// file; the read itself stops one byte past the limit whatever the file claims.
+fn read_secret_file(path: &std::path::Path) -> Result<String, SecretError> {
+    use std::io::Read as _;
+
+    let io = |source| SecretError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let regular = |meta: &std::fs::Metadata| -> Result<(), SecretError> {
+        if meta.is_file() {
+            return Ok(());
+        }
+        Err(SecretError::NotRegular {
+            path: path.to_path_buf(),
+            kind: file_kind(meta),
+        })
+    };
+    regular(&std::fs::metadata(path).map_err(io)?)?;
+    let file = std::fs::File::open(path).map_err(io)?;
+    regular(&file.metadata().map_err(io)?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(SecretError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_SECRET_FILE,
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not valid UTF-8",
+        ))
+    })
+}
+
+/// What a path that is not a regular file is, for [`SecretError::NotRegular`].
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// Values of remote secrets fetched at start-up, or why each could not be fetched.
@@ -143,10 +330,7 @@ impl SecretRef {
                 Ok(SecretString::from(v))
             }
             SecretRef::File(path) => {
-                let v = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+                let v = read_secret_file(path)?;
                 let v = v.trim_end_matches(['\n', '\r']);
                 if v.is_empty() {
                     return Err(SecretError::FileEmpty(path.clone()));
@@ -237,6 +421,96 @@ mod tests {
             "AWS Secrets Manager secret \"core-test/never-fetched\" (key \"token\") was not \
              fetched at start-up"
         );
+    }
+
+    #[test]
+    fn a_secret_written_inline_is_refused_without_quoting_it() {
+        for inline in [
+            json!("ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
+            json!(4711),
+            json!(true),
+            json!(["ghp_16C7e42F292c6912E7710c838347Ae178B4a"]),
+            json!({"ghp_16C7e42F292c6912E7710c838347Ae178B4a": 1}),
+            json!({"env": "A", "ghp_16C7e42F292c6912E7710c838347Ae178B4a": 1}),
+        ] {
+            let e = serde_json::from_value::<SecretRef>(inline.clone())
+                .expect_err("an inline value is not a reference")
+                .to_string();
+            assert!(!e.contains("ghp_"), "{e}");
+            assert!(!e.contains("4711"), "{e}");
+            assert!(e.contains("{env: NAME}"), "{inline}: {e}");
+        }
+        assert_eq!(
+            serde_json::from_value::<SecretRef>(json!({"env": "GITHUB_TOKEN"})).expect("env"),
+            SecretRef::Env("GITHUB_TOKEN".into())
+        );
+        assert_eq!(
+            serde_json::from_value::<SecretRef>(json!({"file": "/run/secrets/t"})).expect("file"),
+            SecretRef::File("/run/secrets/t".into())
+        );
+    }
+
+    /// A directory of its own under the system's temporary directory, removed on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("runscale-secret-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("scratch dir");
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn secret_files_are_regular_files_of_bounded_size() {
+        let dir = Scratch::new("bounds");
+        let ok = dir.0.join("token");
+        std::fs::write(&ok, "s3cret\n").expect("write");
+        let link = dir.0.join("link");
+        std::os::unix::fs::symlink(&ok, &link).expect("symlink");
+        for path in [&ok, &link] {
+            let v = SecretRef::File(path.clone()).resolve().expect("a regular file");
+            assert_eq!(v.expose_secret(), "s3cret");
+        }
+
+        let big = dir.0.join("big");
+        std::fs::write(&big, vec![b'a'; MAX_SECRET_FILE as usize + 1]).expect("write");
+        let e = SecretRef::File(big).resolve().expect_err("too large");
+        assert!(matches!(e, SecretError::TooLarge { .. }), "{e}");
+        let at_limit = dir.0.join("at-limit");
+        std::fs::write(&at_limit, vec![b'a'; MAX_SECRET_FILE as usize]).expect("write");
+        SecretRef::File(at_limit).resolve().expect("at the limit");
+
+        // A device that never ends, a FIFO nobody writes to (opening it would block), a
+        // directory: refused before any read, naming what they are.
+        let fifo = dir.0.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+        let cases = [
+            (std::path::PathBuf::from("/dev/zero"), "a character device"),
+            (dir.0.clone(), "a directory"),
+            (fifo, "a FIFO"),
+        ];
+        for (path, kind) in cases {
+            let e = SecretRef::File(path.clone()).resolve().expect_err("not regular");
+            assert!(
+                matches!(&e, SecretError::NotRegular { kind: k, .. } if *k == kind),
+                "{}: {e}",
+                path.display()
+            );
+        }
+
+        let binary = dir.0.join("binary");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).expect("write");
+        let e = SecretRef::File(binary).resolve().expect_err("not UTF-8");
+        assert!(e.to_string().contains("not valid UTF-8"), "{e}");
     }
 
     #[test]

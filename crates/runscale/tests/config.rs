@@ -633,3 +633,53 @@ pools:
     let schema = config::schema().to_string();
     assert!(schema.contains("\"gitlab\"") && schema.contains("\"exec\""));
 }
+
+#[test]
+fn a_token_written_inline_is_refused_and_never_quoted() {
+    let token = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+    let text = yaml("").replace(
+        "auth: {token: {env: RUNSCALE_TEST_TOKEN}}",
+        &format!("auth: {{token: {token}}}"),
+    );
+    let errors = errors_of(&text);
+    let all = format!("{errors:?} {}", load(&text).expect_err("invalid"));
+    assert!(!all.contains("ghp_"), "{all}");
+    let e = error_at(&errors, "providers[0].auth");
+    assert!(e.message.contains("{env: NAME}"), "{e}");
+    assert!(e.message.contains("not shown"), "{e}");
+}
+
+#[test]
+fn durations_and_counts_have_upper_bounds() {
+    // Each would overflow a clock or a counter later (the pool task panicked after one pass,
+    // or `once` exited 101): `check` refuses them, naming the field and the limit.
+    let top = |line: &str| yaml("").replace("listen: 127.0.0.1:9191\n", &format!("{line}\n"));
+    for (text, path, limit) in [
+        (top("interval: 18446744073709551615s"), "interval", "1day"),
+        (top("shutdown_timeout: 100years"), "shutdown_timeout", "1h"),
+        (
+            top("max_concurrent_passes: 2305843009213693952"),
+            "max_concurrent_passes",
+            "1024",
+        ),
+        (yaml("    boot_timeout: 1000days\n"), "pools[0].boot_timeout", "1day"),
+        (yaml("    idle_timeout: 30days\n"), "pools[0].idle_timeout", "7days"),
+        (yaml("    max_lifetime: 1year\n"), "pools[0].max_lifetime", "30days"),
+        (
+            yaml("").replace("    max: 4\n", "    max: 4000000000\n"),
+            "pools[0].max",
+            "100000",
+        ),
+        (
+            yaml("    launches_per_minute: 4000000000\n"),
+            "pools[0].launches_per_minute",
+            "100000",
+        ),
+    ] {
+        let errors = errors_of(&text);
+        let e = error_at(&errors, path);
+        assert!(e.message.contains(limit), "{path}: {e}");
+    }
+    // The limits themselves are accepted.
+    load(&yaml("    boot_timeout: 24h\n    idle_timeout: 7days\n")).expect("at the limits");
+}

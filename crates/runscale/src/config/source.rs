@@ -99,7 +99,7 @@ pub fn parse(text: &str) -> Result<Document, SyntaxError> {
             SyntaxError {
                 line: location.map(|l| l.line()).filter(|&l| l > 0),
                 column: location.map(|l| l.column()).filter(|&c| c > 0),
-                message: strip_location(&e.to_string()),
+                message: message(&e),
             }
         })?;
     let mut lines = LineIndex::default();
@@ -108,6 +108,24 @@ pub fn parse(text: &str) -> Result<Document, SyntaxError> {
         None => Value::Object(Map::new()),
     };
     Ok(Document { value, lines })
+}
+
+/// The parser's error in runscale's words where its own would name library internals (a
+/// duplicate key suggests an option of the library; a breached budget prints a Rust value).
+fn message(e: &serde_saphyr::Error) -> String {
+    match e {
+        serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
+            format!("the key {key:?} appears twice in one mapping; keep one of them")
+        }
+        serde_saphyr::Error::DuplicateMappingKey { key: None, .. } => {
+            "a key appears twice in one mapping; keep one of them".to_owned()
+        }
+        serde_saphyr::Error::Budget { .. } => "the document is too large or too deeply nested \
+             for a configuration file (too many nodes, levels, anchors or aliases); a \
+             runscale configuration needs far less"
+            .to_owned(),
+        other => strip_location(&other.to_string()),
+    }
 }
 
 /// serde-saphyr appends " at line L, column C" to its messages; the location is reported
@@ -301,7 +319,24 @@ mod tests {
         assert!(e.line.is_some(), "{e:?}");
         let e = parse("a: 1\na: 2\n").expect_err("duplicate key");
         assert_eq!(e.line, Some(2), "{e:?}");
-        assert!(e.message.contains('a'), "{e:?}");
+        assert_eq!(
+            e.message,
+            "the key \"a\" appears twice in one mapping; keep one of them"
+        );
+    }
+
+    #[test]
+    fn a_document_beyond_the_parser_budget_is_refused_in_our_words() {
+        let text = "[".repeat(5000) + &"]".repeat(5000);
+        let e = parse(&text).expect_err("too deep");
+        assert_eq!(e.message, "recursion limit exceeded");
+        let mut many = String::new();
+        for i in 0..130_000 {
+            many.push_str(&format!("k{i}: 1\n"));
+        }
+        let e = parse(&many).expect_err("too many nodes");
+        assert!(!e.message.contains("Nodes {"), "{e:?}");
+        assert!(e.message.contains("too large"), "{e:?}");
     }
 
     #[test]

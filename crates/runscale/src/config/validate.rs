@@ -126,18 +126,26 @@ impl Config {
     pub fn validate(&self) -> Result<Validated, Vec<FieldError>> {
         let mut errors = Vec::new();
 
-        if self.interval.is_zero() {
-            errors.push(FieldError::new(
-                "interval",
-                "must be longer than 0s, e.g. \"30s\"",
-            ));
-        }
+        positive(self.interval, "interval", &mut errors);
+        at_most(self.interval, MAX_INTERVAL, "interval", &mut errors);
+        at_most(
+            self.shutdown_timeout,
+            MAX_SHUTDOWN_TIMEOUT,
+            "shutdown_timeout",
+            &mut errors,
+        );
         if self.max_concurrent_passes == 0 {
             errors.push(FieldError::new(
                 "max_concurrent_passes",
                 "must be at least 1",
             ));
         }
+        count_at_most(
+            u64::try_from(self.max_concurrent_passes).unwrap_or(u64::MAX),
+            MAX_CONCURRENT_PASSES,
+            "max_concurrent_passes",
+            &mut errors,
+        );
 
         let leader_election = check_leader_election(&self.leader_election, &mut errors);
         let remote_secrets = secrets_aws::references(self, &mut errors);
@@ -318,6 +326,19 @@ fn check_pool(
             "must be at least 1 (use a schedule with max: 0 to switch a pool off at times)",
         ));
     }
+    count_at_most(pool.max.into(), MAX_INSTANCES, &field("max"), errors);
+    count_at_most(
+        pool.launches_per_minute.into(),
+        MAX_LAUNCHES_PER_MINUTE,
+        &field("launches_per_minute"),
+        errors,
+    );
+    count_at_most(
+        pool.runners_per_instance.into(),
+        MAX_RUNNERS_PER_INSTANCE,
+        &field("runners_per_instance"),
+        errors,
+    );
     let max_booting = pool.max_booting.unwrap_or(pool.max);
     if let Some(b) = pool.max_booting
         && (b == 0 || b > pool.max)
@@ -349,6 +370,11 @@ fn check_pool(
     }
     positive(pool.boot_timeout, &field("boot_timeout"), errors);
     positive(pool.idle_timeout, &field("idle_timeout"), errors);
+    at_most(pool.boot_timeout, MAX_BOOT_TIMEOUT, &field("boot_timeout"), errors);
+    at_most(pool.idle_timeout, MAX_IDLE_TIMEOUT, &field("idle_timeout"), errors);
+    if let Some(lifetime) = pool.max_lifetime {
+        at_most(lifetime, MAX_LIFETIME, &field("max_lifetime"), errors);
+    }
     if let Some(lifetime) = pool.max_lifetime
         && lifetime <= pool.boot_timeout
     {
@@ -529,11 +555,55 @@ fn check_schedule(
     Schedule::new(&s.cron, &s.timezone, s.min_idle, s.max).ok()
 }
 
+/// The longest `interval`: a pool is reconciled at least daily.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The longest `shutdown_timeout`.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The most passes running at once.
+pub const MAX_CONCURRENT_PASSES: u64 = 1024;
+/// The largest pool `max`.
+pub const MAX_INSTANCES: u64 = 100_000;
+/// The largest `launches_per_minute`.
+pub const MAX_LAUNCHES_PER_MINUTE: u64 = 100_000;
+/// The most `runners_per_instance`.
+pub const MAX_RUNNERS_PER_INSTANCE: u64 = 1000;
+/// The longest `boot_timeout`.
+pub const MAX_BOOT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The longest `idle_timeout`.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest `max_lifetime`.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Records an error when `d` is longer than `max`. Every duration the daemon adds to a clock
+/// or multiplies is bounded this way, so no arithmetic on it can overflow.
+fn at_most(d: Duration, max: Duration, field: &str, errors: &mut Vec<FieldError>) {
+    if d > max {
+        errors.push(FieldError::new(
+            field,
+            format!(
+                "is {}; must be at most {}",
+                fmt_duration(d),
+                fmt_duration(max)
+            ),
+        ));
+    }
+}
+
+/// Records an error when the count `n` is above `max`.
+fn count_at_most(n: u64, max: u64, field: &str, errors: &mut Vec<FieldError>) {
+    if n > max {
+        errors.push(FieldError::new(
+            field,
+            format!("is {n}; must be at most {max}"),
+        ));
+    }
+}
+
 fn positive(d: Duration, field: &str, errors: &mut Vec<FieldError>) {
     if d.is_zero() {
         errors.push(FieldError::new(
             field,
-            "must be longer than 0s, e.g. \"5m\"",
+            "must be longer than 0s, e.g. \"30s\"",
         ));
     }
 }
