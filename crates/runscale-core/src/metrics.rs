@@ -47,6 +47,16 @@ pub struct FailureLabels {
     pub kind: &'static str,
 }
 
+/// Labels of webhook deliveries: the provider they were sent to and what became of them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// A configured provider's name; empty for a path naming no provider (the path is not
+    /// used as a label value: anyone can send any path).
+    pub provider: String,
+    /// `accepted`, `unknown_provider`, `unauthenticated`, `malformed` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// Labels of one adapter call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -107,6 +117,8 @@ pub struct Metrics {
     pub pass_duration: Histogram,
     /// Failed passes by pool and error kind.
     pub failures: Family<FailureLabels, Counter>,
+    /// Webhook deliveries by provider and outcome.
+    pub webhooks: Family<WebhookLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -135,6 +147,7 @@ impl Metrics {
             backend_events: Family::default(),
             pass_duration: latency_histogram(),
             failures: Family::default(),
+            webhooks: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("runscale");
         r.register(
@@ -202,6 +215,12 @@ impl Metrics {
             "pass_failures",
             "Failed passes, by pool and error kind",
             m.failures.clone(),
+        );
+        r.register(
+            "webhook_deliveries",
+            "Webhook deliveries, by provider and outcome (accepted, unknown_provider, \
+             unauthenticated, malformed, failed)",
+            m.webhooks.clone(),
         );
         m
     }

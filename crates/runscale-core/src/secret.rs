@@ -455,7 +455,8 @@ mod tests {
 
     impl Scratch {
         fn new(name: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!("runscale-secret-{name}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("runscale-secret-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("scratch dir");
             Scratch(dir)
@@ -476,7 +477,9 @@ mod tests {
         let link = dir.0.join("link");
         std::os::unix::fs::symlink(&ok, &link).expect("symlink");
         for path in [&ok, &link] {
-            let v = SecretRef::File(path.clone()).resolve().expect("a regular file");
+            let v = SecretRef::File(path.clone())
+                .resolve()
+                .expect("a regular file");
             assert_eq!(v.expose_secret(), "s3cret");
         }
 
@@ -499,7 +502,9 @@ mod tests {
             (fifo, "a FIFO"),
         ];
         for (path, kind) in cases {
-            let e = SecretRef::File(path.clone()).resolve().expect_err("not regular");
+            let e = SecretRef::File(path.clone())
+                .resolve()
+                .expect_err("not regular");
             assert!(
                 matches!(&e, SecretError::NotRegular { kind: k, .. } if *k == kind),
                 "{}: {e}",

@@ -50,6 +50,7 @@ use crate::commands;
 use crate::config::{self, Validated};
 use crate::http::{AppState, router};
 use crate::leader;
+use crate::server::{self, ServerLimits, ServerMetrics};
 
 /// How long open HTTP connections may take to finish once the reconciler has stopped.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
@@ -82,6 +83,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {}", runtime.listen))?;
     let local = listener.local_addr().unwrap_or(runtime.listen);
     let (mut registry, metrics) = commands::metrics();
+    let server_metrics = ServerMetrics::register(&mut registry);
     let leader_gauge: Gauge = Gauge::default();
     registry.sub_registry_with_prefix("runscale").register(
         "leader",
@@ -104,11 +106,13 @@ pub async fn serve(
     let mut next = Some(first);
     let app = app(current.clone(), election.view());
     let server_stop = shutdown.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(server_stop.cancelled_owned())
-            .await
-    });
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        app,
+        ServerLimits::default(),
+        server_metrics,
+        server_stop,
+    ));
     info!(
         listen = %local,
         dry_run,

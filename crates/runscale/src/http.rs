@@ -21,9 +21,14 @@
 //! provider rejects the delivery's authentication (signature or token missing or wrong, or no
 //! webhook secret configured: error kind `misconfigured`); 400 when the delivery is malformed
 //! (kind `protocol`); 500 otherwise. Error answers are fixed texts: neither the body nor the
-//! provider's message is echoed (the message is logged).
+//! provider's message is echoed (the message is logged: at WARN level for the first rejection
+//! and then at most once a minute, with the number left out, otherwise at debug level). Every
+//! delivery is counted in `runscale_webhook_deliveries{provider, outcome}`.
+//!
+//! Connection and time limits are the server's: [`crate::server`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -39,6 +44,40 @@ use tracing::{debug, warn};
 
 /// Largest webhook body accepted.
 pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
+
+/// At most one WARN line for rejected webhooks per this period.
+const REJECTION_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// When rejected webhooks were last logged at WARN level, and how many were not since.
+static REJECTIONS: Mutex<RejectionLog> = Mutex::new(RejectionLog {
+    last: None,
+    left_out: 0,
+});
+
+/// Decides which rejections are worth a WARN line: the first, then one per
+/// [`REJECTION_WARN_EVERY`].
+#[derive(Debug)]
+struct RejectionLog {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl RejectionLog {
+    /// `Some(n)` when this rejection gets a WARN line (`n` were logged at debug level since
+    /// the last one), else `None`.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < REJECTION_WARN_EVERY => {
+                self.left_out = self.left_out.saturating_add(1);
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.left_out))
+            }
+        }
+    }
+}
 
 /// The content type of `/metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -153,8 +192,48 @@ async fn webhook(
                     "delivery could not be handled",
                 ),
             };
-            warn!(provider = %provider, status = status.as_u16(), error = %e, "webhook rejected");
+            // Anyone can send requests: one WARN a minute at most (with the count left out),
+            // every delivery counted in runscale_webhook_deliveries.
+            let now = Instant::now();
+            match REJECTIONS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .admit(now)
+            {
+                Some(left_out) => warn!(
+                    provider = %provider,
+                    status = status.as_u16(),
+                    error = %e,
+                    rejections_not_logged = left_out,
+                    "webhook rejected (further rejections within a minute are logged at debug \
+                     level; all are counted in runscale_webhook_deliveries)"
+                ),
+                None => {
+                    debug!(provider = %provider, status = status.as_u16(), error = %e, "webhook rejected")
+                }
+            }
             (status, axum::Json(json!({ "error": text }))).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_get_one_warn_line_a_minute_with_the_count_left_out() {
+        let mut log = RejectionLog {
+            last: None,
+            left_out: 0,
+        };
+        let t0 = Instant::now();
+        assert_eq!(log.admit(t0), Some(0));
+        for i in 1..=5_000u64 {
+            assert_eq!(log.admit(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.admit(t0 + Duration::from_secs(59)), None);
+        assert_eq!(log.admit(t0 + REJECTION_WARN_EVERY), Some(5_001));
+        assert_eq!(log.admit(t0 + REJECTION_WARN_EVERY * 3), Some(0));
     }
 }

@@ -24,6 +24,7 @@ pub mod fake_runner;
 pub mod http;
 pub mod leader;
 pub mod logging;
+pub mod server;
 pub mod simulate;
 pub mod status_page;
 pub mod table;

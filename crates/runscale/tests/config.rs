@@ -662,9 +662,21 @@ fn durations_and_counts_have_upper_bounds() {
             "max_concurrent_passes",
             "1024",
         ),
-        (yaml("    boot_timeout: 1000days\n"), "pools[0].boot_timeout", "1day"),
-        (yaml("    idle_timeout: 30days\n"), "pools[0].idle_timeout", "7days"),
-        (yaml("    max_lifetime: 1year\n"), "pools[0].max_lifetime", "30days"),
+        (
+            yaml("    boot_timeout: 1000days\n"),
+            "pools[0].boot_timeout",
+            "1day",
+        ),
+        (
+            yaml("    idle_timeout: 30days\n"),
+            "pools[0].idle_timeout",
+            "7days",
+        ),
+        (
+            yaml("    max_lifetime: 1year\n"),
+            "pools[0].max_lifetime",
+            "30days",
+        ),
         (
             yaml("").replace("    max: 4\n", "    max: 4000000000\n"),
             "pools[0].max",

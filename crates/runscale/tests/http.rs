@@ -258,6 +258,19 @@ async fn webhooks_wake_pools_and_reject_bad_deliveries_without_echoing_them() {
         let v: Value = serde_json::from_str(&answer).expect("JSON error");
         assert!(v["error"].is_string(), "{answer}");
     }
+
+    // Every delivery is counted by outcome; a path naming no provider is not a label value.
+    let (_, _, metrics) = send(&f.app, get("/metrics")).await;
+    let metrics = String::from_utf8(metrics).expect("UTF-8");
+    for line in [
+        r#"runscale_webhook_deliveries_total{provider="ci",outcome="accepted"} 1"#,
+        r#"runscale_webhook_deliveries_total{provider="",outcome="unknown_provider"} 1"#,
+        r#"runscale_webhook_deliveries_total{provider="ci",outcome="unauthenticated"} 1"#,
+        r#"runscale_webhook_deliveries_total{provider="ci",outcome="malformed"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert!(!metrics.contains("nobody"), "{metrics}");
 }
 
 #[tokio::test]
@@ -644,4 +657,119 @@ mod openmetrics {
         }
         Ok(families)
     }
+}
+
+/// Serves the fixture's router on a loopback socket with small limits; returns its address.
+async fn serve_with(
+    limits: runscale::server::ServerLimits,
+) -> (
+    Fixture,
+    std::net::SocketAddr,
+    runscale::server::ServerMetrics,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let f = fixture();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let metrics = runscale::server::ServerMetrics::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(runscale::server::serve(
+        listener,
+        f.app.clone(),
+        limits,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    (f, addr, metrics, stop, task)
+}
+
+/// Reads until the peer closes the connection (or 10 s pass: the test then fails); returns
+/// what was read.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the server kept the connection open; read so far: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_server_closes_slow_and_idle_connections_and_caps_their_number() {
+    use tokio::io::AsyncWriteExt as _;
+    let limits = runscale::server::ServerLimits {
+        max_connections: 3,
+        header_read_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(300),
+    };
+    let (_f, addr, metrics, stop, task) = serve_with(limits).await;
+    let connect = || tokio::net::TcpStream::connect(addr);
+
+    // Slow-loris: half a request's headers, then nothing. The connection is closed.
+    let mut slow = connect().await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    read_until_closed(&mut slow).await;
+
+    // A connection that never sends anything is closed too.
+    let mut silent = connect().await.expect("connect");
+    read_until_closed(&mut silent).await;
+
+    // A body that never comes: 408 once the request's time is up.
+    let mut body = connect().await.expect("connect");
+    body.write_all(b"POST /webhooks/ci HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nlinux")
+        .await
+        .expect("write");
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut body).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(metrics.timed_out.get(), 1);
+
+    // Three connections hold every slot; a fourth is closed at once without an answer, and
+    // counted. Once the three are gone, a request is served again.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect().await.expect("connect");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        held.push(c);
+    }
+    // The server has accepted the three when it reports them open.
+    for _ in 0..100 {
+        if metrics.open.get() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metrics.open.get(), 3);
+    let mut refused = connect().await.expect("the kernel accepts the connection");
+    assert!(read_until_closed(&mut refused).await.is_empty());
+    assert_eq!(metrics.refused.get(), 1);
+    for mut c in held {
+        read_until_closed(&mut c).await;
+    }
+    let mut ok = connect().await.expect("connect");
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut ok).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the server stops")
+        .expect("task")
+        .expect("serve");
 }

@@ -4,8 +4,12 @@
 //! - Passes of one pool never overlap; pools run concurrently under a global limit.
 //! - Observations are batched per provider and per backend ([`batch`]): pools woken together
 //!   share one API call.
-//! - Errors are per pool: a failing pool backs off ([`backoff`]) and ignores wake-ups until its
-//!   backoff ends; the others keep working.
+//! - Errors are per pool: a failing pool backs off ([`backoff`]: exponential with full jitter,
+//!   seconds for transient errors) and the others keep working. The back-off delays only the
+//!   timer: a webhook or a backend event still starts a pass, except while a server asked to
+//!   wait (`Retry-After`) or the configuration is wrong.
+//! - Wake-ups within [`Options::coalesce_window`] of a pass's end are served by one pass at the
+//!   window's end; a lone wake-up after a quiet spell starts its pass at once.
 //! - Shutdown: once the token is cancelled no new pass and no new launch starts; in-flight
 //!   passes finish within `shutdown_timeout`.
 //!
@@ -36,7 +40,7 @@ use crate::adapter::{Backend, Provider, ProviderView, WebhookRequest};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::instrument::{InstrumentedBackend, InstrumentedProvider};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WebhookLabels};
 use crate::model::{Instance, PoolId, PoolSpec};
 use crate::plan::Plan;
 
@@ -69,6 +73,10 @@ pub struct Options {
     pub backoff_base: Duration,
     /// Longest backoff.
     pub backoff_max: Duration,
+    /// Wake-ups (webhooks, backend events) within this time after a pass of the pool ended
+    /// are served by one pass at its end: a burst becomes one pass per pool per window, and a
+    /// lone wake-up after a quiet spell starts its pass at once.
+    pub coalesce_window: Duration,
 }
 
 impl Default for Options {
@@ -80,6 +88,7 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(30),
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
+            coalesce_window: Duration::from_secs(1),
         }
     }
 }
@@ -103,6 +112,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
 }
 
 impl Handle {
@@ -123,17 +133,40 @@ impl Handle {
     /// Hands a webhook delivery to the provider configured as `provider_name` and wakes the
     /// pools it names. Errors: [`ErrorKind::NotFound`] for an unknown provider, else the
     /// provider's verdict (bad signature, malformed body).
+    /// Every delivery is counted in `runscale_webhook_deliveries` by outcome.
     pub fn webhook(&self, provider_name: &str, request: &WebhookRequest) -> Result<Vec<PoolId>> {
-        let provider = self.shared.providers.get(provider_name).ok_or_else(|| {
-            Error::new(
+        let count = |provider: &str, outcome: &'static str| {
+            self.metrics
+                .webhooks
+                .get_or_create(&WebhookLabels {
+                    provider: provider.to_owned(),
+                    outcome,
+                })
+                .inc();
+        };
+        let Some(provider) = self.shared.providers.get(provider_name) else {
+            count("", "unknown_provider");
+            return Err(Error::new(
                 "webhook",
                 ErrorKind::NotFound,
                 format!("no provider named {provider_name:?}"),
-            )
-        })?;
-        let pools = provider.webhook(request)?;
-        let woke: Vec<PoolId> = pools.into_iter().filter(|p| self.wake(p)).collect();
-        Ok(woke)
+            ));
+        };
+        match provider.webhook(request) {
+            Ok(pools) => {
+                count(provider_name, "accepted");
+                Ok(pools.into_iter().filter(|p| self.wake(p)).collect())
+            }
+            Err(e) => {
+                let outcome = match e.kind() {
+                    ErrorKind::Misconfigured => "unauthenticated",
+                    ErrorKind::Protocol => "malformed",
+                    _ => "failed",
+                };
+                count(provider_name, outcome);
+                Err(e)
+            }
+        }
     }
 
     /// A snapshot of every pool's status, in configuration order.
@@ -280,6 +313,7 @@ impl Reconciler {
     pub fn handle(&self) -> Handle {
         Handle {
             shared: self.shared.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -364,21 +398,30 @@ impl Reconciler {
 
     async fn pool_loop(&self, rt: Arc<PoolRuntime>, shutdown: CancellationToken) {
         let mut next = tokio::time::Instant::now();
-        let mut failing = false;
+        // When the last pass ended; the first wake-up is never held back.
+        let mut last_end: Option<tokio::time::Instant> = None;
+        // Whether a wake-up may end the wait (not while a server asked to wait, nor while the
+        // configuration is wrong: then only the timer does).
+        let mut wakeable = true;
         loop {
-            if failing {
-                // Backing off: only the timer (or shutdown) ends the wait.
+            let woken = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = rt.notify.notified(), if wakeable => true,
+                _ = tokio::time::sleep_until(next) => false,
+            };
+            if woken && !rt.dirty.load(Ordering::Acquire) {
+                // A permit left from before the last pass started (that pass served it).
+                continue;
+            }
+            if woken && let Some(end) = last_end {
+                // Coalesce: wake-ups arriving this soon after a pass share one pass at the
+                // window's end (they are absorbed by the same notify permit meanwhile).
+                let at = end + self.options.coalesce_window;
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep_until(next) => {}
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    _ = rt.notify.notified() => {}
-                    _ = tokio::time::sleep_until(next) => {}
+                    _ = tokio::time::sleep_until(at) => {}
                 }
             }
             let _permit = tokio::select! {
@@ -389,8 +432,13 @@ impl Reconciler {
             rt.dirty.store(false, Ordering::Release);
             let ctx = self.context();
             let (outcome, delay) = rt.pass(&ctx).await;
-            failing = outcome.is_err();
-            next = tokio::time::Instant::now() + delay;
+            wakeable = outcome
+                .as_ref()
+                .err()
+                .is_none_or(|e| backoff::wake_ends_backoff(e.kind()));
+            let now = tokio::time::Instant::now();
+            last_end = Some(now);
+            next = now + delay;
         }
     }
 }

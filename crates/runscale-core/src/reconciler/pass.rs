@@ -138,11 +138,12 @@ impl PoolRuntime {
                     })
                     .inc();
                 warn!(pool = %self.spec.name, error = %e, failures = status.consecutive_failures, "pass failed");
-                super::backoff::backoff(
+                super::backoff::jittered(
                     e.kind(),
                     status.consecutive_failures,
                     ctx.backoff_base,
                     ctx.backoff_max,
+                    &mut rand::rng(),
                 )
             }
         };

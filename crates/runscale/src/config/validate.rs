@@ -370,8 +370,18 @@ fn check_pool(
     }
     positive(pool.boot_timeout, &field("boot_timeout"), errors);
     positive(pool.idle_timeout, &field("idle_timeout"), errors);
-    at_most(pool.boot_timeout, MAX_BOOT_TIMEOUT, &field("boot_timeout"), errors);
-    at_most(pool.idle_timeout, MAX_IDLE_TIMEOUT, &field("idle_timeout"), errors);
+    at_most(
+        pool.boot_timeout,
+        MAX_BOOT_TIMEOUT,
+        &field("boot_timeout"),
+        errors,
+    );
+    at_most(
+        pool.idle_timeout,
+        MAX_IDLE_TIMEOUT,
+        &field("idle_timeout"),
+        errors,
+    );
     if let Some(lifetime) = pool.max_lifetime {
         at_most(lifetime, MAX_LIFETIME, &field("max_lifetime"), errors);
     }
