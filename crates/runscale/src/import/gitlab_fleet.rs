@@ -694,6 +694,18 @@ mod tests {
     }
 
     #[test]
+    fn the_output_is_a_valid_runscale_configuration_for_either_backend() {
+        let seed = r#"{"gitlab_token": "env:GITLAB_API_TOKEN", "instance_count_min": 1}"#;
+        for backend in [BackendKind::Exec, BackendKind::LocalProcess] {
+            let out = convert(seed, "fleet.json", backend, &[], &env).expect("imports");
+            let valid =
+                crate::config::load_str(&out.yaml, std::path::Path::new("runscale.yaml"), |_| None)
+                    .unwrap_or_else(|e| panic!("{backend:?}: {e}\n{}", out.yaml));
+            assert_eq!(valid.pools.len(), 1);
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let err = |json: &str| import(json).expect_err("refused").to_string();
         assert!(
