@@ -74,6 +74,10 @@ async fn setup_with(
         projects: vec!["acme/app".into()],
         groups: vec!["acme".into()],
         group_refresh: Duration::from_secs(60),
+        membership: false,
+        membership_refresh: Duration::from_secs(60),
+        min_access_level: 40,
+        max_projects: 100,
         webhook_token: Some(SecretRef::File(dir.path().join("hook"))),
         contact_timeout: Duration::from_secs(20),
         stale_runner_timeout: Duration::from_secs(600),
@@ -863,8 +867,9 @@ async fn a_slot_number_above_99_is_refused() {
         .expect_err("slot 100");
     assert_eq!(err.kind(), ErrorKind::Misconfigured);
     assert!(err.to_string().contains("99"), "{err}");
-    assert!(runscale_providers::gitlab::validate_pool(99).is_ok());
-    assert!(runscale_providers::gitlab::validate_pool(100).is_err());
+    let sel = &s.pools[0].1;
+    assert!(runscale_providers::gitlab::validate_pool(&s.config, sel, 99).is_ok());
+    assert!(runscale_providers::gitlab::validate_pool(&s.config, sel, 100).is_err());
 }
 
 /// GitLab's runner list entity has no `created_at` (older versions): a runner a previous
@@ -949,4 +954,297 @@ async fn conforms_to_the_provider_contract() {
     )
     .await
     .expect("contract");
+}
+
+const DEV: &str = "glpat-dev";
+
+/// GitLab with projects 100 (acme/app), 101 (acme/lib), 102 (acme/web) and 105 more (200…),
+/// and the user `dev`, Maintainer of 100, 102 and the 105, Developer of 101; a provider with
+/// `dev`'s token reading its member projects (listed again every 5 s), one pool whose project
+/// runner (no `project_id`) is enabled in each.
+async fn members() -> (EmulatorHandle, tempfile::TempDir, Config, GitlabProvider) {
+    let mut c = EmulatorConfig::new(ADMIN, &["app", "lib", "web"]);
+    c.projects.extend((200..305).map(|id| emu::ProjectConfig {
+        id,
+        path: format!("acme/p{id}"),
+        group: Some(10),
+    }));
+    let mut memberships: Vec<emu::MembershipConfig> = [100, 102]
+        .into_iter()
+        .chain(200..305)
+        .map(|project| emu::MembershipConfig {
+            project,
+            access_level: 40,
+        })
+        .collect();
+    memberships.push(emu::MembershipConfig {
+        project: 101,
+        access_level: 30,
+    });
+    c.users.push(emu::UserConfig {
+        username: "dev".into(),
+        token: DEV.to_owned().into(),
+        memberships,
+    });
+    let emu = Emulator::start(c).await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), DEV).expect("token");
+    let config = Config {
+        url: emu.url(),
+        token: SecretRef::File(dir.path().join("token")),
+        auth: AuthHeader::PrivateToken,
+        projects: Vec::new(),
+        groups: Vec::new(),
+        group_refresh: Duration::from_secs(60),
+        membership: true,
+        membership_refresh: Duration::from_secs(5),
+        min_access_level: 40,
+        max_projects: 200,
+        webhook_token: None,
+        contact_timeout: Duration::from_secs(20),
+        stale_runner_timeout: Duration::from_secs(600),
+        max_pages: 50,
+        request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+    };
+    let provider = GitlabProvider::new(config.clone(), fleet_pool()).expect("provider");
+    (emu, dir, config, provider)
+}
+
+fn fleet_pool() -> Vec<(PoolId, PoolSelector)> {
+    vec![(
+        PoolId::new("fleet"),
+        PoolSelector {
+            runner_type: RunnerType::ProjectType,
+            ..selector(&["fleet"], false, RunnerPer::Pool)
+        },
+    )]
+}
+
+/// The GitLab runner id of a registration (`<runner>/<system_id>`).
+fn runner_of(reg: &Registration) -> u64 {
+    reg.runner_id
+        .as_ref()
+        .and_then(|id| id.as_str().split('/').next()?.parse().ok())
+        .expect("runner id")
+}
+
+/// The projects runner `id` is enabled in, as GitLab lists them.
+async fn enabled_in(emu: &EmulatorHandle, id: u64) -> Vec<u64> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v4/runners/{id}", emu.url()))
+        .header("PRIVATE-TOKEN", ADMIN)
+        .send()
+        .await
+        .expect("runner")
+        .json()
+        .await
+        .expect("json");
+    let mut ids: Vec<u64> = v["projects"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn member_projects_are_demand_and_the_project_runner_is_enabled_in_each() {
+    let (emu, dir, config, p) = members().await;
+    emu.submit(vec![
+        JobSpec::new(100, &["fleet"], Duration::from_millis(100)),
+        JobSpec::new(101, &["fleet"], Duration::from_millis(100)),
+        JobSpec::new(102, &["fleet"], Duration::from_millis(100)),
+        JobSpec::new(250, &["other"], Duration::from_millis(100)),
+    ]);
+    let v = views(&p, &["fleet"]).await;
+    let waiting = &v[&PoolId::new("fleet")].demand.waiting;
+    assert_eq!(
+        waiting.len(),
+        2,
+        "projects 100 and 102 (Maintainer); 101 is below min_access_level: {waiting:?}"
+    );
+    let snap = emu.snapshot();
+    assert_eq!(
+        snap.requests.get("GET /api/v4/projects").copied(),
+        Some(2),
+        "107 member projects: two pages of 100"
+    );
+    assert_eq!(
+        snap.requests.get("GET /api/v4/projects/{id}/jobs").copied(),
+        Some(107),
+        "one jobs listing per member project"
+    );
+
+    // The runner is created unlocked in the lowest member project and enabled in the others,
+    // at most 20 per pass.
+    let reg = p
+        .register(&PoolId::new("fleet"), "rs-fleet-abcdefghij")
+        .await
+        .expect("register");
+    let runner = runner_of(&reg);
+    let first = enabled_in(&emu, runner).await;
+    assert_eq!(first.len(), 21, "owner + 20: {first:?}");
+    assert_eq!(&first[..3], [100, 102, 200]);
+    for pass in 0..6 {
+        let n = enabled_in(&emu, runner).await.len();
+        if n == 107 {
+            break;
+        }
+        assert!(pass < 5, "enabled in {n} of 107 after {pass} passes");
+        views(&p, &["fleet"]).await;
+    }
+    assert_eq!(enabled_in(&emu, runner).await.len(), 107);
+    let enables = emu
+        .snapshot()
+        .requests
+        .get("POST /api/v4/projects/{id}/runners")
+        .copied();
+    assert_eq!(enables, Some(106), "each project once, none twice");
+    views(&p, &["fleet"]).await;
+    assert_eq!(
+        emu.snapshot()
+            .requests
+            .get("POST /api/v4/projects/{id}/runners")
+            .copied(),
+        Some(106),
+        "nothing more to enable"
+    );
+
+    // A slot takes the jobs of 100 and 102, not 101's (not enabled there).
+    let stop = CancellationToken::new();
+    let worker = start_worker(&reg, &dir.path().join("slots"), &stop);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let done = |s: &emu::Snapshot, project: u64| {
+        s.jobs
+            .iter()
+            .any(|j| j.project_id == project && j.status.is_finished())
+    };
+    while !(done(&emu.snapshot(), 100) && done(&emu.snapshot(), 102)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs of 100 and 102 not run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !done(&emu.snapshot(), 101),
+        "101 is not a member project yet"
+    );
+
+    // The user becomes Maintainer of 101: its job counts and runs after the next listing.
+    assert!(emu.add_member("dev", 101, 40));
+    let joined = std::time::Instant::now();
+    loop {
+        let v = views(&p, &["fleet"]).await;
+        if v[&PoolId::new("fleet")].demand.waiting.len() == 1 {
+            break;
+        }
+        assert!(
+            joined.elapsed() < Duration::from_secs(8),
+            "101 not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    views(&p, &["fleet"]).await;
+    assert!(enabled_in(&emu, runner).await.contains(&101));
+    while !done(&emu.snapshot(), 101) {
+        assert!(
+            joined.elapsed() < Duration::from_secs(20),
+            "job of 101 not run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "member projects: 107 listed in 2 pages; runner enabled in 106 projects over at most {} passes \
+         (20 per pass); a project joined later ran its job {:.1}s after joining",
+        6,
+        joined.elapsed().as_secs_f64()
+    );
+
+    // A failed listing keeps the previous list; with no previous list the view is an error,
+    // never an empty one.
+    emu.set_faults(Faults {
+        failing_routes: vec!["/api/v4/projects".into()],
+        ..Faults::default()
+    });
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    emu.submit(vec![JobSpec::new(102, &["fleet"], Duration::from_secs(30))]);
+    let v = p.observe(&ids(&["fleet"])).await;
+    let view = v[&PoolId::new("fleet")]
+        .as_ref()
+        .expect("previous list in use");
+    assert!(view.demand.waiting.len() + view.demand.running as usize >= 1);
+    let fresh = GitlabProvider::new(config, fleet_pool()).expect("provider");
+    let v = fresh.observe(&ids(&["fleet"])).await;
+    assert!(v[&PoolId::new("fleet")].is_err(), "no list yet: an error");
+    stop.cancel();
+    let _ = worker.await;
+}
+
+#[tokio::test]
+async fn enabling_a_runner_follows_gitlabs_rules() {
+    let (emu, _dir, _config, p) = members().await;
+    let reg = p
+        .register(&PoolId::new("fleet"), "rs-fleet-abcdefghij")
+        .await
+        .expect("register");
+    let runner = runner_of(&reg);
+    let http = reqwest::Client::new();
+    let enable = |token: &'static str, project: u64, runner: u64| {
+        http.post(format!("{}/api/v4/projects/{project}/runners", emu.url()))
+            .header("PRIVATE-TOKEN", token)
+            .json(&serde_json::json!({ "runner_id": runner }))
+            .send()
+    };
+    // Enabled already: 400 "has already been taken".
+    let r = enable(DEV, 102, runner).await.expect("post");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("body").contains("already been taken"));
+    // Not Maintainer of 101 (Developer): 403.
+    assert_eq!(enable(DEV, 101, runner).await.expect("post").status(), 403);
+    // A locked runner cannot be enabled elsewhere by a user.
+    let locked: serde_json::Value = http
+        .post(format!("{}/api/v4/user/runners", emu.url()))
+        .header("PRIVATE-TOKEN", DEV)
+        .json(&serde_json::json!({ "runner_type": "project_type", "project_id": 100, "locked": true }))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let locked = locked["id"].as_u64().expect("id");
+    let r = enable(DEV, 102, locked).await.expect("post");
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.expect("body").contains("locked"));
+    // A user may not create an instance runner, nor list every runner.
+    let r = http
+        .post(format!("{}/api/v4/user/runners", emu.url()))
+        .header("PRIVATE-TOKEN", DEV)
+        .json(&serde_json::json!({ "runner_type": "instance_type" }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 403);
+    let r = http
+        .get(format!("{}/api/v4/runners/all", emu.url()))
+        .header("PRIVATE-TOKEN", DEV)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 403);
+    // The user's runners: the project runners of projects it maintains.
+    let v = views(&p, &["fleet"]).await;
+    assert!(v[&PoolId::new("fleet")].runners.is_empty(), "no slot yet");
+    let mine: Vec<serde_json::Value> = http
+        .get(format!("{}/api/v4/runners?type=project_type", emu.url()))
+        .header("PRIVATE-TOKEN", DEV)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(mine.len(), 2, "{mine:?}");
 }

@@ -54,6 +54,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Write a runscale configuration from the configuration of an autoscaler it replaces.
+    Import {
+        /// Which autoscaler's configuration.
+        #[command(subcommand)]
+        command: crate::import::ImportCommand,
+    },
     /// Replay a job trace (or a generated one) against runscale's policy and the policies of
     /// the autoscalers it replaces; report waits and cost per policy.
     Simulate(SimulateCli),
@@ -230,6 +236,7 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
             command: ConfigCommand::Schema,
         } => commands::schema(&mut stdout),
         Command::Version => commands::version(&mut stdout),
+        Command::Import { command } => crate::import::run(&command, &mut stdout),
         Command::Simulate(args) => crate::simulate::run(&args, &mut stdout),
         Command::Check(args) => {
             let rt = runtime()?;

@@ -17,6 +17,10 @@
 //! `_DISCONNECT_AFTER_JOB`, `_DISCONNECT_AFTER_IDLE_TIMEOUT`, `_ACQUIRE_JOB` and
 //! `BUILDKITE_BUILD_PATH`, as `buildkite-agent start` reads them; e.g. a Buildscaler Job's pod).
 //!
+//! A GitLab runner slot (the GitLab emulator's fake, one worker per slot like `gitlab-runner
+//! run-single` with the `system_id` runscale chose) when `CI_SERVER_TOKEN` is set or the
+//! credentials file holds such runners (the variables runscale's GitLab provider hands out).
+//!
 //! What does not live here: the agent protocol itself (in `runscale-emulator`), and the other
 //! ways the standalone `runscale-fake-runner` binary accepts a runner (`--jitconfig`, `--url`).
 
@@ -26,7 +30,7 @@ use anyhow::{Context as _, bail};
 use runscale_emulator::github::{
     AgentExit, JIT_CONFIG_SECRET, JitConfig, RunnerSource, read_credentials_file, run_agent,
 };
-use runscale_emulator::{buildkite, circleci};
+use runscale_emulator::{buildkite, circleci, gitlab};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -61,6 +65,10 @@ pub async fn run() -> anyhow::Result<()> {
     let circleci = circleci_runners()?;
     if !circleci.is_empty() {
         return run_circleci(circleci).await;
+    }
+    let gitlab = gitlab_runners()?;
+    if !gitlab.is_empty() {
+        return run_gitlab(gitlab).await;
     }
     let sources = sources()?;
     let shutdown = CancellationToken::new();
@@ -111,39 +119,84 @@ fn circleci_runners() -> anyhow::Result<Vec<circleci::AgentConfig>> {
     }
 }
 
-/// Runs the CircleCI runners until each has exited (after its task in single-task mode, after
-/// its idle timeout, or on SIGTERM, finishing a task in hand first).
-async fn run_circleci(configs: Vec<circleci::AgentConfig>) -> anyhow::Result<()> {
+/// Runs one agent per configuration side by side until each has exited (the first SIGTERM or
+/// SIGINT asks them all to stop); `report` logs a finished one. Fails if any failed.
+async fn run_all<C, R, E, F>(
+    kind: &'static str,
+    configs: Vec<C>,
+    run: impl Fn(C, CancellationToken) -> F,
+    report: impl Fn(R),
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<R, E>> + Send + 'static,
+    R: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
     let agents: Vec<_> = configs
         .into_iter()
-        .map(|c| tokio::spawn(circleci::run_agent(c, shutdown.clone())))
+        .map(|c| tokio::spawn(run(c, shutdown.clone())))
         .collect();
     let mut failed = 0usize;
     for agent in agents {
         match agent.await {
-            Ok(Ok(report)) => info!(
-                runner = %report.runner_name,
-                tasks = report.tasks_completed,
-                exit = ?report.exit,
-                "circleci runner exited"
-            ),
+            Ok(Ok(r)) => report(r),
             Ok(Err(e)) => {
-                error!(error = %e, "circleci runner failed");
+                error!(error = %e, kind, "runner failed");
                 failed += 1;
             }
             Err(e) => {
-                error!(error = %e, "circleci runner task failed");
+                error!(error = %e, kind, "runner task failed");
                 failed += 1;
             }
         }
     }
     signals.abort();
     if failed > 0 {
-        bail!("{failed} runner(s) failed");
+        bail!("{failed} {kind} runner(s) failed");
     }
     Ok(())
+}
+
+/// Runs the CircleCI runners until each has exited (after its task in single-task mode, after
+/// its idle timeout, or on SIGTERM, finishing a task in hand first).
+async fn run_circleci(configs: Vec<circleci::AgentConfig>) -> anyhow::Result<()> {
+    run_all("circleci", configs, circleci::run_agent, |report| {
+        info!(
+            runner = %report.runner_name,
+            tasks = report.tasks_completed,
+            exit = ?report.exit,
+            "circleci runner exited"
+        );
+    })
+    .await
+}
+
+/// GitLab runner slots from the environment, or from the credentials file when it holds any;
+/// empty when this is not a GitLab runner.
+fn gitlab_runners() -> anyhow::Result<Vec<gitlab::AgentConfig>> {
+    if let Some(c) = gitlab::AgentConfig::from_vars(&|name| std::env::var(name).ok())? {
+        return Ok(vec![c]);
+    }
+    match std::env::var_os(CREDENTIALS_FILE_VAR) {
+        Some(path) => Ok(gitlab::configs_from_credentials_file(&PathBuf::from(path))?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Runs the GitLab runner slots until each has exited (after its `max_builds` jobs, or on
+/// SIGTERM once its job is done).
+async fn run_gitlab(configs: Vec<gitlab::AgentConfig>) -> anyhow::Result<()> {
+    run_all("gitlab", configs, gitlab::run_agent, |report| {
+        info!(
+            runner = %report.runner_name,
+            jobs = report.jobs_completed,
+            exit = ?report.exit,
+            "gitlab runner slot exited"
+        );
+    })
+    .await
 }
 
 /// Runs the Buildkite agent until it leaves (after its job with disconnect-after-job, after its

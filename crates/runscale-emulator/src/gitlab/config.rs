@@ -17,6 +17,10 @@ pub struct EmulatorConfig {
     /// `Authorization: Bearer <token>` on the admin API.
     #[serde(default)]
     pub admin_tokens: Vec<SecretString>,
+    /// Users who are not administrators, with their tokens and project memberships (their
+    /// `GET /projects?membership=true`, and what they may do with project runners).
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
     /// Groups (id and full path).
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
@@ -77,6 +81,7 @@ impl EmulatorConfig {
     pub fn new(admin_token: &str, projects: &[&str]) -> Self {
         EmulatorConfig {
             admin_tokens: vec![SecretString::from(admin_token.to_owned())],
+            users: Vec::new(),
             groups: vec![GroupConfig {
                 id: 10,
                 path: "acme".to_owned(),
@@ -102,6 +107,30 @@ impl EmulatorConfig {
             seed: 0,
         }
     }
+}
+
+/// A user who is not an administrator.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The username.
+    pub username: String,
+    /// Personal access token, accepted like the admin tokens.
+    pub token: SecretString,
+    /// Project memberships.
+    #[serde(default)]
+    pub memberships: Vec<MembershipConfig>,
+}
+
+/// A user's role in a project.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// Project id.
+    pub project: u64,
+    /// GitLab's access level: 10 Guest, 15 Planner, 20 Reporter, 30 Developer, 40 Maintainer,
+    /// 50 Owner.
+    pub access_level: u32,
 }
 
 /// A group.

@@ -13,6 +13,15 @@
 //!   (filters `type`, `status`, `paused`, `tag_list`; paginated), `GET|PUT|DELETE
 //!   /api/v4/runners/:id`, `GET /api/v4/runners/:id/managers` (`system_id`, `status`,
 //!   `job_execution_status` `idle`|`active`).
+//! - Users who are not administrators ([`EmulatorConfig::users`], each with a token and
+//!   project memberships; [`EmulatorHandle::add_member`] adds one while running):
+//!   `GET /api/v4/user` says who the token belongs to, `GET /api/v4/projects?membership=true`
+//!   (`min_access_level`, `order_by=id`, `sort`, paginated) lists the caller's projects,
+//!   `POST /api/v4/projects/:id/runners {runner_id}` enables a project runner in another
+//!   project (201; 403 without Maintainer, for a locked or group runner, or one the user does
+//!   not maintain; 400 "has already been taken"), and a project runner takes jobs only of the
+//!   projects it is enabled in. A user may create project runners in projects it maintains;
+//!   instance and group runners and `/runners/all` need an administrator.
 //! - `GET /api/v4/projects/:id`, `GET /api/v4/projects/:id/jobs?scope[]=pending&scope[]=running`,
 //!   `GET /api/v4/projects/:id/jobs/:job_id`, `GET /api/v4/groups/:id/projects` (projects
 //!   and groups by numeric id or URL-encoded path). Lists are paginated with `page` /
@@ -52,7 +61,8 @@
 //! `runner_system_failure` and is recorded as a [`Violation`].
 //!
 //! Not modelled: protected refs / `access_level`, `maximum_timeout`, artifacts, caches,
-//! pipelines beyond an id, keyset pagination, token expiry and rotation, the `stale` status,
+//! pipelines beyond an id, keyset pagination, archived projects, group memberships, project
+//! visibility and permissions on the job and runner reads, token expiry and rotation, the `stale` status,
 //! two-phase job commit, trace checksums.
 
 mod agent;
@@ -67,7 +77,9 @@ pub use agent::{
     SLOTS_DIR_VAR, SYSTEM_ID_VAR, TOKEN_VAR, URL_VAR, configs_from_credentials_file, run_agent,
     valid_system_id,
 };
-pub use config::{EmulatorConfig, Faults, GroupConfig, ProjectConfig, WebhookConfig};
+pub use config::{
+    EmulatorConfig, Faults, GroupConfig, MembershipConfig, ProjectConfig, UserConfig, WebhookConfig,
+};
 pub use model::{
     JobSnapshot, JobSpec, JobStatus, ManagerSnapshot, RunnerSnapshot, Snapshot, Violation,
     ViolationKind, Workload,

@@ -6,7 +6,7 @@
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Path, Request, State as AxState};
+use axum::extract::{Extension, MatchedPath, Path, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::config::{EmulatorConfig, Faults};
 use super::model::{JobSpec, Snapshot, Workload};
-use super::state::{Assigned, Event, NewRunner, Queue, Refusal, State, TraceRefusal};
+use super::state::{Assigned, Caller, Event, NewRunner, Queue, Refusal, State, TraceRefusal};
 use super::webhook;
 use crate::serve::{self, error};
 
@@ -135,6 +135,15 @@ impl EmulatorHandle {
         self.shared.lock().outage_until = Some(Instant::now() + length);
     }
 
+    /// Makes the user `username` (of [`EmulatorConfig::users`]) a member of `project` with
+    /// `access_level` (40: Maintainer), as when somebody adds them to a project. `false` when
+    /// there is no such user.
+    pub fn add_member(&self, username: &str, project: u64, access_level: u32) -> bool {
+        self.shared
+            .lock()
+            .add_member(username, project, access_level)
+    }
+
     /// Stops the server.
     pub fn shutdown(&self) {
         self.server.shutdown();
@@ -149,7 +158,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/runners", get(list_runners).delete(delete_by_token))
         .route("/api/v4/runners/all", get(list_runners))
         .route("/api/v4/groups/{id}/runners", get(list_runners))
-        .route("/api/v4/projects/{id}/runners", get(list_runners))
+        .route(
+            "/api/v4/projects/{id}/runners",
+            get(list_runners).post(enable_runner),
+        )
+        .route("/api/v4/projects", get(list_projects))
         .route(
             "/api/v4/runners/{id}",
             get(get_runner).put(update_runner).delete(delete_runner),
@@ -239,11 +252,14 @@ async fn gate(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next) -
         }
         Some(status) => error(status, "502 GitLab is not responding"),
         None => {
-            let ok = admin_token(req.headers()).is_some_and(|t| shared.lock().admin_ok(t));
-            if ok {
-                next.run(req).await
-            } else {
-                error(StatusCode::UNAUTHORIZED, "401 Unauthorized")
+            let caller = admin_token(req.headers()).and_then(|t| shared.lock().caller(t));
+            match caller {
+                Some(caller) => {
+                    let mut req = req;
+                    req.extensions_mut().insert(caller);
+                    next.run(req).await
+                }
+                None => error(StatusCode::UNAUTHORIZED, "401 Unauthorized"),
             }
         }
     };
@@ -364,8 +380,11 @@ fn paginated(uri: &Uri, items: Vec<Value>) -> Response {
     r
 }
 
-async fn user() -> Response {
-    Json(json!({ "id": 1, "username": "root", "is_admin": true })).into_response()
+async fn user(
+    AxState(shared): AxState<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    Json(shared.lock().user_json(caller)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -410,7 +429,11 @@ impl TagList {
     }
 }
 
-async fn create_runner(AxState(shared): AxState<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn create_runner(
+    AxState(shared): AxState<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
     let Ok(c) = serde_json::from_slice::<CreateRunner>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -448,6 +471,15 @@ async fn create_runner(AxState(shared): AxState<Arc<Shared>>, body: axum::body::
             );
         }
     };
+    // Instance runners need an administrator, project runners a Maintainer of the project
+    // (group membership is not modelled: group runners need an administrator here).
+    let allowed = match (c.runner_type.as_str(), scope) {
+        ("project_type", Some(p)) => s.maintains(caller, p),
+        _ => caller == Caller::Admin,
+    };
+    if !allowed {
+        return error(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
     let tags = c.tag_list.map(TagList::into_vec).unwrap_or_default();
     let (id, token) = s.create_runner(
         NewRunner {
@@ -471,6 +503,7 @@ async fn create_runner(AxState(shared): AxState<Arc<Shared>>, body: axum::body::
 
 async fn list_runners(
     AxState(shared): AxState<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     path: Option<Path<String>>,
     uri: Uri,
 ) -> Response {
@@ -478,6 +511,12 @@ async fn list_runners(
     let now = Utc::now();
     let s = shared.lock();
     let p = uri.path();
+    if p.ends_with("/runners/all") && caller != Caller::Admin {
+        return error(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    // `GET /runners` ("owned runners"): for a user, the project runners of projects it
+    // maintains.
+    let owned_only = path.is_none() && !p.ends_with("/all") && caller != Caller::Admin;
     let scope: Option<(&str, u64)> = match &path {
         Some(Path(key)) if p.contains("/groups/") => match s.group(key) {
             Some(g) => Some(("group_type", g)),
@@ -495,7 +534,12 @@ async fn list_runners(
         .map(|t| t.split(',').map(|x| x.trim().to_owned()).collect())
         .unwrap_or_default();
     let ids = s.runner_ids(|r| {
-        scope.is_none_or(|(t, id)| r.runner_type == t && r.scope == Some(id))
+        scope.is_none_or(|(t, id)| match t {
+            "project_type" => r.runner_type == t && r.projects.contains(&id),
+            _ => r.runner_type == t && r.scope == Some(id),
+        }) && (!owned_only
+            || (r.runner_type == "project_type"
+                && r.projects.iter().any(|p| s.maintains(caller, *p))))
             && want_type.as_deref().is_none_or(|t| r.runner_type == t)
             && want_paused.is_none_or(|p| r.paused == p)
             && want_tags.iter().all(|t| r.tags.contains(t))
@@ -595,6 +639,55 @@ fn project_json(p: &super::state::Project) -> Value {
         "name": p.path.rsplit('/').next().unwrap_or_default(),
         "namespace": { "id": p.group },
     })
+}
+
+/// `POST /projects/:id/runners {runner_id}`: enables a project runner in another project.
+async fn enable_runner(
+    AxState(shared): AxState<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Enable {
+        runner_id: u64,
+    }
+    let Ok(e) = serde_json::from_slice::<Enable>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "400 Bad request - runner_id is missing",
+        );
+    };
+    let result = shared
+        .lock()
+        .enable_runner(caller, &id, e.runner_id, Utc::now());
+    match result {
+        Ok(v) => (StatusCode::CREATED, Json(v)).into_response(),
+        Err((code, body)) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Json(body),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /projects`: `membership=true` (with `min_access_level`) lists the caller's member
+/// projects; `order_by=id` with `sort=asc|desc` (default: newest first); paginated.
+async fn list_projects(
+    AxState(shared): AxState<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Response {
+    let ps = params(&uri);
+    let membership = param(&ps, "membership") == Some("true");
+    let min_level = param(&ps, "min_access_level").and_then(|v| v.parse().ok());
+    let mut list = shared
+        .lock()
+        .visible_projects(caller, membership, min_level);
+    if param(&ps, "sort") != Some("asc") {
+        list.reverse();
+    }
+    paginated(&uri, list.iter().map(project_json).collect())
 }
 
 async fn get_project(AxState(shared): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {

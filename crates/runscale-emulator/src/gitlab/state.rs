@@ -1,5 +1,6 @@
 //! The emulator's state and every rule it enforces: runners and their managers, job picking
-//! by tags / `run_untagged` / paused / runner scope, each runner's queue value (what Workhorse
+//! by tags / `run_untagged` / paused / runner scope (a project runner: the projects it is enabled
+//! in), users and their project memberships, each runner's queue value (what Workhorse
 //! long polling watches), job updates, traces and leases, deletions that lose running jobs,
 //! and the Job Hook events all of this produces. Pure bookkeeping: no I/O, the time is passed
 //! in.
@@ -36,8 +37,10 @@ pub(crate) struct Runner {
     pub(crate) paused: bool,
     pub(crate) locked: bool,
     pub(crate) runner_type: String,
-    /// Group id (group_type) or project id (project_type).
+    /// Group id (group_type) or owner project id (project_type).
     pub(crate) scope: Option<u64>,
+    /// The projects a project runner is enabled in (`runner_projects`), its owner included.
+    pub(crate) projects: BTreeSet<u64>,
     pub(crate) maintenance_note: String,
     created_at: DateTime<Utc>,
     contacted_at: Option<DateTime<Utc>>,
@@ -128,8 +131,29 @@ pub(crate) struct NewRunner {
     pub(crate) maintenance_note: String,
 }
 
+/// A user who is not an administrator.
+struct User {
+    username: String,
+    token: SecretString,
+    /// Project id → access level.
+    memberships: BTreeMap<u64, u32>,
+}
+
+/// Who made an admin-API call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// An administrator (an admin token).
+    Admin,
+    /// The user at this index.
+    User(usize),
+}
+
+/// GitLab's Maintainer access level: needed to create project runners and enable them.
+pub(crate) const MAINTAINER: u32 = 40;
+
 pub(crate) struct State {
     admin_tokens: Vec<SecretString>,
+    users: Vec<User>,
     pub(crate) projects: Vec<Project>,
     pub(crate) groups: Vec<(u64, String)>,
     pub(crate) faults: Faults,
@@ -180,6 +204,19 @@ impl State {
     pub(crate) fn new(config: &EmulatorConfig, base_url: String) -> Self {
         State {
             admin_tokens: config.admin_tokens.clone(),
+            users: config
+                .users
+                .iter()
+                .map(|u| User {
+                    username: u.username.clone(),
+                    token: u.token.clone(),
+                    memberships: u
+                        .memberships
+                        .iter()
+                        .map(|m| (m.project, m.access_level))
+                        .collect(),
+                })
+                .collect(),
             projects: config
                 .projects
                 .iter()
@@ -243,11 +280,137 @@ impl State {
         })
     }
 
-    /// Whether `token` is an admin token.
-    pub(crate) fn admin_ok(&self, token: &str) -> bool {
-        self.admin_tokens
+    /// Who `token` belongs to: an administrator or a user; `None` for an unknown token.
+    pub(crate) fn caller(&self, token: &str) -> Option<Caller> {
+        if self
+            .admin_tokens
             .iter()
             .any(|t| same(token, t.expose_secret()))
+        {
+            return Some(Caller::Admin);
+        }
+        self.users
+            .iter()
+            .position(|u| same(token, u.token.expose_secret()))
+            .map(Caller::User)
+    }
+
+    /// `GET /user`: the caller's username and whether it is an administrator.
+    pub(crate) fn user_json(&self, caller: Caller) -> Value {
+        match caller {
+            Caller::Admin => json!({ "id": 1, "username": "root", "is_admin": true }),
+            Caller::User(i) => json!({
+                "id": 2 + i,
+                "username": self.users.get(i).map(|u| u.username.as_str()),
+                "is_admin": false,
+            }),
+        }
+    }
+
+    /// The caller's access level in `project` (`None`: not a member; an administrator is
+    /// a member of nothing but may do everything).
+    fn level(&self, caller: Caller, project: u64) -> Option<u32> {
+        match caller {
+            Caller::Admin => None,
+            Caller::User(i) => self
+                .users
+                .get(i)
+                .and_then(|u| u.memberships.get(&project).copied()),
+        }
+    }
+
+    /// Whether the caller may manage `project`'s runners (Maintainer, or an administrator).
+    pub(crate) fn maintains(&self, caller: Caller, project: u64) -> bool {
+        caller == Caller::Admin || self.level(caller, project).is_some_and(|l| l >= MAINTAINER)
+    }
+
+    /// Projects the caller is a member of with at least `min_level` (`membership=true`);
+    /// without `membership`, an administrator sees every project and a user the projects it
+    /// is a member of. Ordered by id.
+    pub(crate) fn visible_projects(
+        &self,
+        caller: Caller,
+        membership: bool,
+        min_level: Option<u32>,
+    ) -> Vec<Project> {
+        self.projects
+            .iter()
+            .filter(|p| match (caller, membership) {
+                (Caller::Admin, false) => min_level.is_none(),
+                _ => self
+                    .level(caller, p.id)
+                    .is_some_and(|l| l >= min_level.unwrap_or(0)),
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Makes `username` a member of `project` with `access_level` (a user joining a project).
+    /// `false` when there is no such user.
+    pub(crate) fn add_member(&mut self, username: &str, project: u64, access_level: u32) -> bool {
+        match self.users.iter_mut().find(|u| u.username == username) {
+            Some(u) => {
+                u.memberships.insert(project, access_level);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `POST /projects/:project/runners {runner_id}` by `caller`, as GitLab decides it
+    /// (`lib/api/ci/runners.rb`, `Ci::Runners::AssignRunnerService`, `Ci::Runner#assign_to`):
+    /// the runner's entity, or the status and message of the refusal.
+    pub(crate) fn enable_runner(
+        &mut self,
+        caller: Caller,
+        project: &str,
+        runner: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Value, (u16, Value)> {
+        let refuse = |code: u16, message: &str| Err((code, json!({ "message": message })));
+        let Some(project) = self.project(project).map(|p| p.id) else {
+            return refuse(404, "404 Project Not Found");
+        };
+        if caller != Caller::Admin && self.level(caller, project).is_none() {
+            return refuse(404, "404 Project Not Found");
+        }
+        if !self.maintains(caller, project) {
+            return refuse(403, "403 Forbidden");
+        }
+        let Some(r) = self.runners.get(&runner) else {
+            return refuse(404, "404 Runner Not Found");
+        };
+        if r.runner_type == "group_type" {
+            return refuse(403, "403 Forbidden - Runner is a group runner");
+        }
+        if caller != Caller::Admin {
+            if r.locked {
+                return refuse(403, "403 Forbidden - Runner is locked");
+            }
+            if !r.projects.iter().any(|p| self.maintains(caller, *p)) {
+                return refuse(403, "403 Forbidden - No access granted");
+            }
+        }
+        if r.runner_type != "project_type" {
+            return refuse(
+                400,
+                "Transitioning an instance runner to a project runner is not supported",
+            );
+        }
+        if r.projects.contains(&project) {
+            return Err((
+                400,
+                json!({
+                    "message": ["Assign to Validation failed: Runner projects project has already been taken"],
+                    "reason": "runner_error",
+                }),
+            ));
+        }
+        if let Some(r) = self.runners.get_mut(&runner) {
+            r.projects.insert(project);
+        }
+        self.runner_json(runner, true, now)
+            .ok_or((404, json!({ "message": "404 Runner Not Found" })))
     }
 
     /// Random lower-case hex.
@@ -378,6 +541,10 @@ impl State {
         let id = self.next_runner;
         self.next_runner += 1;
         let token = format!("glrt-{}", self.hex(12));
+        let projects = match new.runner_type.as_str() {
+            "project_type" => new.scope.into_iter().collect(),
+            _ => BTreeSet::new(),
+        };
         self.runners.insert(
             id,
             Runner {
@@ -390,6 +557,7 @@ impl State {
                 locked: new.locked,
                 runner_type: new.runner_type,
                 scope: new.scope,
+                projects,
                 maintenance_note: new.maintenance_note,
                 created_at: now,
                 contacted_at: None,
@@ -432,7 +600,9 @@ impl State {
         if detail {
             let scope = match (r.runner_type.as_str(), r.scope) {
                 ("group_type", Some(g)) => json!({ "groups": [{ "id": g }] }),
-                ("project_type", Some(p)) => json!({ "projects": [{ "id": p }] }),
+                ("project_type", Some(_)) => json!({
+                    "projects": r.projects.iter().map(|p| json!({ "id": p })).collect::<Vec<_>>(),
+                }),
                 _ => json!({}),
             };
             v["contacted_at"] = json!(r.contacted_at);
@@ -600,7 +770,7 @@ impl State {
             job.tags.iter().all(|t| r.tags.contains(t))
         };
         let scope_ok = match (r.runner_type.as_str(), r.scope) {
-            ("project_type", Some(p)) => job.project_id == p,
+            ("project_type", Some(_)) => r.projects.contains(&job.project_id),
             ("group_type", Some(g)) => self
                 .group_projects(g)
                 .iter()

@@ -112,7 +112,8 @@ impl Client {
         })
     }
 
-    async fn call(
+    /// One request, answered with any status (the rate budget it reports recorded).
+    async fn exchange(
         &self,
         op: &'static str,
         method: Method,
@@ -120,7 +121,7 @@ impl Client {
         body: Option<&Value>,
         what: &str,
         admin: bool,
-    ) -> Result<Answer> {
+    ) -> Result<http::Answer> {
         let mut req = self.http.request(method, format!("{}{path}", self.api));
         if admin {
             req = match self.auth {
@@ -135,6 +136,19 @@ impl Client {
         if let Some(left) = http::header_u64(&a.headers, "ratelimit-remaining") {
             self.remaining.store(left, Ordering::Relaxed);
         }
+        Ok(a)
+    }
+
+    async fn call(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+        admin: bool,
+    ) -> Result<Answer> {
+        let a = self.exchange(op, method, path, body, what, admin).await?;
         if !a.status.is_success() {
             return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
         }
@@ -222,6 +236,33 @@ impl Client {
         http::decode(op, what, &a.body)
     }
 
+    /// `POST /projects/:project/runners {runner_id}`: enables a project runner in another
+    /// project. GitLab refuses a runner that is enabled there already (400 "has already been
+    /// taken" from current versions, 409 from old ones): that is [`Enabled::Already`].
+    pub(crate) async fn enable_runner(
+        &self,
+        op: &'static str,
+        project: u64,
+        runner: u64,
+    ) -> Result<Enabled> {
+        let what = format!("enabling runner {runner} in project {project}");
+        let body = serde_json::json!({ "runner_id": runner });
+        let path = format!("/projects/{project}/runners");
+        let a = self
+            .exchange(op, Method::POST, &path, Some(&body), &what, true)
+            .await?;
+        if a.status.is_success() {
+            return Ok(Enabled::Now);
+        }
+        if a.status == StatusCode::CONFLICT
+            || (a.status == StatusCode::BAD_REQUEST
+                && message(&a.body).contains("already been taken"))
+        {
+            return Ok(Enabled::Already);
+        }
+        Err(status_error(op, &what, a.status, a.retry_after(), &a.body))
+    }
+
     /// `DELETE` with the admin token.
     pub(crate) async fn delete(&self, op: &'static str, path: &str, what: &str) -> Result<()> {
         self.call(op, Method::DELETE, path, None, what, true)
@@ -259,6 +300,22 @@ pub(crate) struct ApiJob {
 #[derive(Clone, Debug, Deserialize)]
 pub(crate) struct ApiPipeline {
     pub(crate) project_id: Option<u64>,
+}
+
+/// What enabling a runner in a project did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Enabled {
+    /// It is enabled now.
+    Now,
+    /// It was enabled there already.
+    Already,
+}
+
+/// A runner's details (`GET /runners/:id`): the projects it is enabled in.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiRunnerDetail {
+    #[serde(default)]
+    pub(crate) projects: Vec<ApiProject>,
 }
 
 /// A project of a group listing.

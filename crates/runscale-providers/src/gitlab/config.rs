@@ -1,7 +1,7 @@
-//! Configuration of the GitLab provider: the instance-level [`Config`] (URL, token, projects
-//! and groups to read demand from, webhooks) and the per-pool [`PoolSelector`] (tags,
-//! `run_untagged`, runner scope, one runner per pool or per instance), with their pure
-//! validation. Nothing here reads a secret or opens a connection.
+//! Configuration of the GitLab provider: the instance-level [`Config`] (URL, token, projects,
+//! groups and member projects to read demand from, webhooks) and the per-pool
+//! [`PoolSelector`] (tags, `run_untagged`, runner scope, one runner per pool or per instance),
+//! with their pure validation. Nothing here reads a secret or opens a connection.
 
 use std::time::Duration;
 
@@ -37,6 +37,26 @@ pub struct Config {
     #[serde(default = "default_group_refresh", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub group_refresh: Duration,
+    /// Also every project the token's user is a member of counts as demand (gitlab-runners-
+    /// fleet's scope): listed with `GET /projects?membership=true&archived=false` and
+    /// `min_access_level`, every page, again after `membership_refresh`. A `project_type`
+    /// pool's runner is then enabled in each of these projects (`POST /projects/:id/runners`).
+    #[serde(default)]
+    pub membership: bool,
+    /// How long the member project list is used before it is listed again (5s to 1h). A failed
+    /// listing keeps the previous list.
+    #[serde(default = "default_group_refresh", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub membership_refresh: Duration,
+    /// The least role the user has in a member project for it to count: 40 (Maintainer,
+    /// default: enabling a project runner in a project needs it), 30 (Developer), 20
+    /// (Reporter), 15 (Planner), 10 (Guest) or 50 (Owner).
+    #[serde(default = "default_min_access_level")]
+    pub min_access_level: u32,
+    /// Most member projects (1 to 10000). A longer listing is an error, never a silently
+    /// truncated list: the previous list stays in use.
+    #[serde(default = "default_max_projects")]
+    pub max_projects: u32,
     /// Secret token of the project/group webhook (`X-Gitlab-Token`); deliveries to
     /// `/webhooks/gitlab` are checked against it. Without it, webhooks are rejected.
     #[serde(default)]
@@ -85,6 +105,16 @@ pub enum AuthHeader {
     Bearer,
 }
 
+/// Roles a member can have (GitLab's access levels).
+const ACCESS_LEVELS: [u32; 6] = [10, 15, 20, 30, 40, 50];
+
+/// Bounds of `membership_refresh`.
+const MEMBERSHIP_REFRESH_MIN: Duration = Duration::from_secs(5);
+const MEMBERSHIP_REFRESH_MAX: Duration = Duration::from_secs(3600);
+
+/// Most member projects `max_projects` may allow.
+const MAX_PROJECTS_LIMIT: u32 = 10_000;
+
 /// One pool: the jobs it serves (by tags) and the runner(s) its instances use.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +132,9 @@ pub struct PoolSelector {
     /// The group of a `group_type` runner.
     #[serde(default)]
     pub group_id: Option<u64>,
-    /// The project of a `project_type` runner.
+    /// The project of a `project_type` runner. With the provider's `membership`, it may be
+    /// left out: the runner is then created in the member project with the lowest id, and is
+    /// enabled in every member project either way.
     #[serde(default)]
     pub project_id: Option<u64>,
     /// `pool` (default): one runner per pool, its token shared by every instance, each
@@ -182,6 +214,14 @@ fn default_max_pages() -> u32 {
     50
 }
 
+fn default_min_access_level() -> u32 {
+    40
+}
+
+fn default_max_projects() -> u32 {
+    1000
+}
+
 impl Config {
     /// Checks the settings without reading secrets or touching the network. Errors name the
     /// field and say what is wrong.
@@ -201,11 +241,36 @@ impl Config {
             }
             Ok(_) => {}
         }
-        if self.projects.is_empty() && self.groups.is_empty() {
+        if self.projects.is_empty() && self.groups.is_empty() && !self.membership {
             push(
                 &mut errors,
                 "projects",
-                "list at least one project or group: GitLab has no instance-wide pending-jobs API",
+                "list at least one project or group, or set membership: GitLab has no \
+                 instance-wide pending-jobs API",
+            );
+        }
+        if !(MEMBERSHIP_REFRESH_MIN..=MEMBERSHIP_REFRESH_MAX).contains(&self.membership_refresh) {
+            push(
+                &mut errors,
+                "membership_refresh",
+                "must be between 5s and 1h",
+            );
+        }
+        if !ACCESS_LEVELS.contains(&self.min_access_level) {
+            push(
+                &mut errors,
+                "min_access_level",
+                format!(
+                    "{} is not a GitLab access level (10, 15, 20, 30, 40 or 50)",
+                    self.min_access_level
+                ),
+            );
+        }
+        if !(1..=MAX_PROJECTS_LIMIT).contains(&self.max_projects) {
+            push(
+                &mut errors,
+                "max_projects",
+                format!("must be between 1 and {MAX_PROJECTS_LIMIT}"),
             );
         }
         for (field, list) in [("projects", &self.projects), ("groups", &self.groups)] {
@@ -240,9 +305,25 @@ impl Config {
 }
 
 /// Checks a GitLab pool's own settings: each runner slot's `system_id` holds its slot number on
-/// two digits, so an instance has at most 99 slots. Errors name the field of the pool.
-pub fn validate_pool(runners_per_instance: u32) -> Result<(), Vec<(String, String)>> {
+/// two digits, so an instance has at most 99 slots; a `project_type` runner needs its
+/// `project_id` unless the provider reads member projects. Errors name the field of the pool
+/// (the selector's fields under `selector.`).
+pub fn validate_pool(
+    config: &Config,
+    selector: &PoolSelector,
+    runners_per_instance: u32,
+) -> Result<(), Vec<(String, String)>> {
     let mut errors = Vec::new();
+    if selector.runner_type == RunnerType::ProjectType
+        && selector.project_id.is_none()
+        && !config.membership
+    {
+        push(
+            &mut errors,
+            "selector.project_id",
+            "required with runner_type project_type (unless the provider sets membership)",
+        );
+    }
     if runners_per_instance > super::identity::MAX_SLOTS {
         push(
             &mut errors,
@@ -299,13 +380,6 @@ impl PoolSelector {
                     "required with runner_type group_type",
                 );
             }
-            RunnerType::ProjectType if self.project_id.is_none() => {
-                push(
-                    &mut errors,
-                    "project_id",
-                    "required with runner_type project_type",
-                );
-            }
             _ => {}
         }
         result(errors)
@@ -348,10 +422,42 @@ mod tests {
         assert_eq!(with("3h"), Err(vec!["contact_timeout".to_owned()]));
         assert_eq!(with("5s"), Ok(()));
         assert_eq!(with("65m"), Ok(()));
-        assert!(validate_pool(99).is_ok());
+        let c = config(serde_json::json!({ "token": { "env": "T" }, "projects": ["a/b"] }))
+            .expect("parses");
+        let sel: PoolSelector =
+            serde_json::from_value(serde_json::json!({ "tags": ["a"] })).expect("selector");
+        assert!(validate_pool(&c, &sel, 99).is_ok());
         assert_eq!(
-            validate_pool(100).expect_err("too many")[0].0,
+            validate_pool(&c, &sel, 100).expect_err("too many")[0].0,
             "runners_per_instance"
+        );
+    }
+
+    #[test]
+    fn member_projects_are_a_scope_of_their_own_with_bounded_settings() {
+        let c = config(serde_json::json!({ "token": { "env": "T" }, "membership": true }))
+            .expect("parses");
+        assert!(c.validate().is_ok());
+        assert_eq!(c.membership_refresh, Duration::from_secs(300));
+        assert_eq!(c.min_access_level, 40);
+        assert_eq!(c.max_projects, 1000);
+        let c = config(serde_json::json!({
+            "token": { "env": "T" },
+            "membership": true,
+            "membership_refresh": "2h",
+            "min_access_level": 35,
+            "max_projects": 0,
+        }))
+        .expect("parses");
+        let fields: Vec<String> = c
+            .validate()
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(
+            fields,
+            ["membership_refresh", "min_access_level", "max_projects"]
         );
     }
 
@@ -413,6 +519,18 @@ mod tests {
             fields(sel(serde_json::json!({ "tags": ["a"], "project_id": 3 }))),
             ["runner_type"]
         );
+        // A project runner needs its project, unless member projects are read.
+        let project_runner =
+            sel(serde_json::json!({ "tags": ["a"], "runner_type": "project_type" }));
+        assert!(project_runner.validate().is_ok());
+        let account = |v: serde_json::Value| config(v).expect("parses");
+        let listed = account(serde_json::json!({ "token": { "env": "T" }, "projects": ["a/b"] }));
+        assert_eq!(
+            validate_pool(&listed, &project_runner, 1).expect_err("no project")[0].0,
+            "selector.project_id"
+        );
+        let members = account(serde_json::json!({ "token": { "env": "T" }, "membership": true }));
+        assert!(validate_pool(&members, &project_runner, 1).is_ok());
         let s = sel(serde_json::json!({
             "tags": ["a"], "runner_type": "project_type", "project_id": 3, "runner_per": "instance",
         }));

@@ -7,8 +7,10 @@
 //! [`PoolSelector`]: the runner's tags, `run_untagged`, its scope and whether its runner is
 //! shared by the pool or made per instance.
 //!
-//! - **Demand**: GitLab has no instance-wide queue API, so the configured `projects` and the
-//!   projects of the configured `groups` (listed once per `group_refresh`) are read with
+//! - **Demand**: GitLab has no instance-wide queue API, so the configured `projects`, the
+//!   projects of the configured `groups` (listed once per `group_refresh`) and, with
+//!   `membership`, every project the token's user is a member of (with `min_access_level`,
+//!   listed once per `membership_refresh`; a failed listing keeps the previous list) are read with
 //!   `GET /projects/:id/jobs?scope[]=pending&scope[]=running`, every page (`x-next-page`).
 //!   Each pending job goes to the first pool, in configuration order, that would run it: all
 //!   its tags among the pool's, or no tags and `run_untagged`, and a project in the runner's
@@ -41,6 +43,11 @@
 //!   that id (plain `run-single` would make one up). A slot number above 99 is refused. Tokens
 //!   are shown once, so they live in memory; after a restart a new pool runner is created and
 //!   the old one is deleted once it is unused (below).
+//! - **Member projects' runner**: with `membership`, a `project_type` pool's runner is created
+//!   unlocked (in its `project_id`, or the lowest member project) and enabled in every member
+//!   project (`POST /projects/:id/runners`, at most 20 per pass, "already enabled" is done,
+//!   failures logged and retried next pass), then updated so GitLab hands it the jobs already
+//!   pending there. Only runners this process created (so nothing in dry-run).
 //! - **Drain and remove**: `remove` answers busy while the slot's manager is `active`. With
 //!   `runner_per: instance`, `drain` pauses the runner, and `remove` pauses it, looks again,
 //!   then deletes the runner (`DELETE /runners/:id`) once none of its slots runs a job. With a

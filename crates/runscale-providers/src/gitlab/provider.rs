@@ -3,7 +3,7 @@
 //! per-instance) runner token, removal only of idle managers, pausing, clean-up of runners
 //! that never came up, and webhooks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,10 @@ use runscale_core::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::client::{ApiJob, ApiManager, ApiProject, ApiRunner, Client, segment};
-use super::config::{Config, PoolSelector, RunnerPer, RunnerType};
+use super::client::{
+    ApiJob, ApiManager, ApiProject, ApiRunner, ApiRunnerDetail, Client, Enabled, segment,
+};
+use super::config::{Config, PoolSelector, RunnerPer, RunnerType, validate_pool};
 use super::identity;
 use super::webhook::{self, Seen};
 use crate::http::{self, lock};
@@ -37,6 +39,17 @@ const MAX_BUILDS_VAR: &str = "RUNSCALE_GITLAB_MAX_BUILDS";
 /// `RUNNER_QUEUE_EXPIRY_TIME` (1 hour) plus a margin.
 const LONG_POLL_CONTACT: Duration = Duration::from_secs(65 * 60);
 
+/// Most `POST /projects/:id/runners` calls one pass makes: a user who joins many projects at
+/// once has the runner enabled over a few passes, within the REST budget.
+const MAX_ENABLES_PER_PASS: usize = 20;
+
+/// The member projects scope (`membership`).
+struct MemberScope {
+    refresh: Duration,
+    min_access_level: u32,
+    max_projects: u32,
+}
+
 /// One pool as the provider keeps it.
 struct Pool {
     id: PoolId,
@@ -47,6 +60,8 @@ struct Pool {
     project_id: Option<u64>,
     per: RunnerPer,
     max_use_count: Option<u32>,
+    /// A project runner enabled in every member project (the provider's `membership`).
+    assigns: bool,
 }
 
 impl Pool {
@@ -67,6 +82,8 @@ impl Pool {
             (RunnerType::ProjectType, _, Some(p)) => {
                 format!("/projects/{p}/runners?type=project_type")
             }
+            // Created in a member project chosen then: the project runners the user can see.
+            (RunnerType::ProjectType, _, None) => "/runners?type=project_type".to_owned(),
             _ => "/runners/all?type=instance_type".to_owned(),
         }
     }
@@ -104,6 +121,8 @@ struct Managers {
 struct Held {
     runner_id: u64,
     token: SecretString,
+    /// Its description, as created.
+    description: String,
 }
 
 /// The waiting jobs of every pool, from one read of the account.
@@ -125,6 +144,11 @@ pub struct GitlabProvider {
     projects: Vec<String>,
     groups: Vec<String>,
     group_refresh: Duration,
+    membership: Option<MemberScope>,
+    /// The member projects and when they were listed.
+    member_cache: Mutex<Option<(Instant, Vec<u64>)>>,
+    /// Projects each runner runscale holds is known to be enabled in.
+    enabled_in: Mutex<HashMap<u64, BTreeSet<u64>>>,
     contact_timeout: Duration,
     stale_runner_timeout: Duration,
     webhook_token: Option<SecretString>,
@@ -184,8 +208,14 @@ impl GitlabProvider {
     /// [`ErrorKind::Misconfigured`] and name the field.
     pub fn new(config: Config, pools: Vec<(PoolId, PoolSelector)>) -> Result<Self> {
         SETUP.checked("", config.validate())?;
-        let built = SETUP.pools(pools, PoolSelector::validate, |id, sel| {
+        let check = |sel: &PoolSelector| {
+            let mut errors = sel.validate().err().unwrap_or_default();
+            errors.extend(validate_pool(&config, sel, 1).err().unwrap_or_default());
+            http::result(errors)
+        };
+        let built = SETUP.pools(pools, check, |id, sel| {
             Ok(Pool {
+                assigns: config.membership && sel.runner_type == RunnerType::ProjectType,
                 id,
                 tags: sel.tags.into_iter().collect(),
                 run_untagged: sel.run_untagged,
@@ -227,6 +257,13 @@ impl GitlabProvider {
             projects: config.projects,
             groups: config.groups,
             group_refresh: config.group_refresh,
+            membership: config.membership.then_some(MemberScope {
+                refresh: config.membership_refresh,
+                min_access_level: config.min_access_level,
+                max_projects: config.max_projects,
+            }),
+            member_cache: Mutex::new(None),
+            enabled_in: Mutex::new(HashMap::new()),
             contact_timeout: config.contact_timeout,
             stale_runner_timeout: config.stale_runner_timeout,
             webhook_token,
@@ -284,9 +321,70 @@ impl GitlabProvider {
         }
     }
 
-    /// Pending and running jobs of every configured project and group project, each once.
+    /// The projects the token's user is a member of (`membership`), with at least
+    /// `min_access_level`, lowest id first; listed again after `membership_refresh`. A failed
+    /// listing keeps the previous list (logged); with none yet, it is an error, never "no
+    /// projects". Empty without `membership`.
+    async fn member_projects(&self, op: &'static str) -> Result<Vec<u64>> {
+        let Some(scope) = &self.membership else {
+            return Ok(Vec::new());
+        };
+        if let Some((at, ids)) = &*lock(&self.member_cache)
+            && at.elapsed() < scope.refresh
+        {
+            return Ok(ids.clone());
+        }
+        let path = format!(
+            "/projects?membership=true&archived=false&min_access_level={}&simple=true\
+             &order_by=id&sort=asc",
+            scope.min_access_level
+        );
+        let listed = self
+            .client
+            .get_all::<ApiProject>(op, &path, "member projects")
+            .await
+            .and_then(|list| {
+                if list.len() > scope.max_projects as usize {
+                    return Err(Error::new(
+                        op,
+                        ErrorKind::Misconfigured,
+                        format!(
+                            "the user is a member of more than max_projects ({}) projects",
+                            scope.max_projects
+                        ),
+                    ));
+                }
+                let mut ids: Vec<u64> = list.into_iter().map(|p| p.id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(ids)
+            });
+        let mut cache = lock(&self.member_cache);
+        match listed {
+            Ok(ids) => {
+                *cache = Some((Instant::now(), ids.clone()));
+                Ok(ids)
+            }
+            Err(e) => match &*cache {
+                Some((_, ids)) => {
+                    tracing::warn!(error = %e, projects = ids.len(), "listing the member projects failed; using the previous list");
+                    Ok(ids.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Pending and running jobs of every configured project, group project and member
+    /// project, each once.
     async fn jobs(&self, op: &'static str) -> Result<Vec<ApiJob>> {
         let mut keys: Vec<String> = self.projects.clone();
+        keys.extend(
+            self.member_projects(op)
+                .await?
+                .into_iter()
+                .map(|id| id.to_string()),
+        );
         for g in &self.groups {
             keys.extend(
                 self.group_projects(op, g)
@@ -319,6 +417,13 @@ impl GitlabProvider {
     /// Whether `pool`'s runners may run a job of `project` (runner scope).
     async fn in_scope(&self, op: &'static str, pool: &Pool, project: Option<u64>) -> bool {
         match (pool.runner_type, project) {
+            (RunnerType::ProjectType, Some(p)) if pool.assigns => {
+                pool.project_id == Some(p)
+                    || match self.member_projects(op).await {
+                        Ok(ids) => ids.contains(&p),
+                        Err(_) => true,
+                    }
+            }
             (RunnerType::ProjectType, Some(p)) => pool.project_id == Some(p),
             (RunnerType::GroupType, Some(p)) => match pool.group_id {
                 Some(g) => match self.group_projects(op, &g.to_string()).await {
@@ -528,13 +633,32 @@ impl GitlabProvider {
             "description": description,
             "tag_list": pool.tags.iter().cloned().collect::<Vec<_>>(),
             "run_untagged": pool.run_untagged,
-            "locked": true,
+            // GitLab refuses to enable a locked runner in another project.
+            "locked": !pool.assigns,
             "maintenance_note": "created and deleted by runscale",
         });
         if let Some(g) = pool.group_id {
             body["group_id"] = json!(g);
         }
-        if let Some(p) = pool.project_id {
+        let owner = match (pool.project_id, pool.assigns) {
+            (Some(p), _) => Some(p),
+            (None, true) => Some(
+                self.member_projects(op)
+                    .await?
+                    .first()
+                    .copied()
+                    .ok_or_else(|| {
+                        Error::new(
+                            op,
+                            ErrorKind::Misconfigured,
+                            "the user is a member of no project (with min_access_level) to create \
+                         the project runner in",
+                        )
+                    })?,
+            ),
+            (None, false) => None,
+        };
+        if let Some(p) = owner {
             body["project_id"] = json!(p);
         }
         let v = self
@@ -560,10 +684,144 @@ impl GitlabProvider {
             Held {
                 runner_id: id,
                 token: token.clone(),
+                description: description.clone(),
             },
         );
         lock(&self.runner_pools).insert(id, pool.id.clone());
+        if let Some(p) = owner {
+            lock(&self.enabled_in).insert(id, BTreeSet::from([p]));
+        }
         Ok((id, token))
+    }
+
+    /// Enables the project runners runscale holds (created by this process) in every member
+    /// project they are not enabled in yet, at most [`MAX_ENABLES_PER_PASS`] calls. A runner's
+    /// projects are read once (`GET /runners/:id`) when runscale does not know them. Failures
+    /// are logged per runner and project and retried at the next pass; they never fail the
+    /// observation. Runners this process did not create (before a restart, or none in dry-run)
+    /// are left alone.
+    async fn enable_runners(&self, op: &'static str) {
+        if !self.pools.iter().any(|p| p.assigns) {
+            return;
+        }
+        let members = match self.member_projects(op).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "member projects unknown: runners not enabled in them this pass");
+                return;
+            }
+        };
+        let held: BTreeMap<u64, String> = self
+            .registry
+            .lock()
+            .await
+            .values()
+            .map(|h| (h.runner_id, h.description.clone()))
+            .collect();
+        let runners: Vec<(u64, String)> = {
+            let pools = lock(&self.runner_pools);
+            held.into_iter()
+                .filter(|(id, _)| {
+                    pools
+                        .get(id)
+                        .is_some_and(|p| self.pools.iter().any(|q| q.id == *p && q.assigns))
+                })
+                .collect()
+        };
+        let mut budget = MAX_ENABLES_PER_PASS;
+        for (runner, description) in runners {
+            let mut newly = false;
+            let known = lock(&self.enabled_in).get(&runner).cloned();
+            let known = match known {
+                Some(k) => k,
+                None => {
+                    let what = format!("runner {runner}");
+                    match self
+                        .client
+                        .get::<ApiRunnerDetail>(op, &format!("/runners/{runner}"), &what)
+                        .await
+                    {
+                        Ok(d) => {
+                            let k: BTreeSet<u64> = d.projects.into_iter().map(|p| p.id).collect();
+                            lock(&self.enabled_in).insert(runner, k.clone());
+                            k
+                        }
+                        Err(e) => {
+                            tracing::warn!(runner, error = %e, "reading the runner's projects failed; retried next pass");
+                            continue;
+                        }
+                    }
+                }
+            };
+            for project in members.iter().filter(|p| !known.contains(p)) {
+                if budget == 0 {
+                    tracing::info!("enabling runners in member projects: the rest next pass");
+                    break;
+                }
+                budget -= 1;
+                match self.client.enable_runner(op, *project, runner).await {
+                    Ok(how) => {
+                        if how == Enabled::Now {
+                            tracing::info!(runner, project, "runner enabled in member project");
+                            newly = true;
+                        }
+                        lock(&self.enabled_in)
+                            .entry(runner)
+                            .or_default()
+                            .insert(*project);
+                    }
+                    Err(e)
+                        if e.kind() == ErrorKind::NotFound
+                            && self.runner_gone(op, runner).await =>
+                    {
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(runner, project, error = %e, "enabling the runner in a member project failed; retried next pass");
+                    }
+                }
+            }
+            if newly {
+                self.kick(op, runner, &description).await;
+            }
+        }
+    }
+
+    /// Makes GitLab look for jobs for `runner` again: enabling a runner in a project does not
+    /// change its job queue value, so a runner that asked before would not be given the jobs
+    /// already pending there until that value changes (the seed's "new runners do not pick up
+    /// old pending jobs unless kicked"). Updating the runner changes it
+    /// (`Ci::Runners::UpdateRunnerService` ticks the queue); the description is set to what it
+    /// is. Best effort: a failure is logged.
+    async fn kick(&self, op: &'static str, runner: u64, description: &str) {
+        if let Err(e) = self
+            .client
+            .send(
+                op,
+                Method::PUT,
+                &format!("/runners/{runner}"),
+                &json!({ "description": description }),
+                &format!("refreshing runner {runner}'s job queue"),
+            )
+            .await
+        {
+            tracing::warn!(runner, error = %e, "refreshing the runner's job queue failed");
+        }
+    }
+
+    /// Whether `runner` no longer exists (a 404 of `POST /projects/:id/runners` may be the
+    /// project's or the runner's).
+    async fn runner_gone(&self, op: &'static str, runner: u64) -> bool {
+        let gone = matches!(
+            self.client
+                .get::<serde_json::Value>(op, &format!("/runners/{runner}"), "runner")
+                .await,
+            Err(e) if e.kind() == ErrorKind::NotFound
+        );
+        if gone {
+            lock(&self.enabled_in).remove(&runner);
+        }
+        gone
     }
 
     /// `GET /runners/:id/managers` (not paginated), with GitLab's clock.
@@ -672,7 +930,7 @@ impl GitlabProvider {
         self.pools
             .iter()
             .filter(|p| match (p.runner_type, event.project_id) {
-                (RunnerType::ProjectType, Some(id)) => p.project_id == Some(id),
+                (RunnerType::ProjectType, Some(id)) => p.assigns || p.project_id == Some(id),
                 (RunnerType::GroupType, Some(id)) => p
                     .group_id
                     .and_then(|g| groups.get(&g.to_string()))
@@ -693,6 +951,7 @@ impl Provider for GitlabProvider {
     async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
         let op = "gitlab.observe";
         let demand = self.demand(op).await;
+        self.enable_runners(op).await;
         let mut listings: HashMap<String, Result<Vec<ApiRunner>>> = HashMap::new();
         for id in pools {
             if let Ok(pool) = self.pool(op, id) {
@@ -762,6 +1021,10 @@ impl Provider for GitlabProvider {
             .map_err(|e| Error::new(op, ErrorKind::Misconfigured, e))?;
         let (runner_id, token) = self.runner_for(op, pool, runner_name).await?;
         lock(&self.issued).insert(runner_id, Instant::now());
+        if pool.assigns {
+            // A new runner takes jobs of every member project from its first request.
+            self.enable_runners(op).await;
+        }
         let mut credentials = Credentials::default();
         credentials.vars.insert(URL_VAR.into(), self.url.clone());
         credentials
@@ -946,6 +1209,7 @@ impl Provider for GitlabProvider {
         for g in &self.groups {
             n += self.group_projects(op, g).await?.len();
         }
+        n += self.member_projects(op).await?.len();
         Ok(format!(
             "read the user, {} project(s) and {} group(s) at {}",
             n,

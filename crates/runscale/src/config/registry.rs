@@ -461,11 +461,11 @@ pub(crate) fn parse_selector(
             typed(value, path, circleci::PoolSelector::validate).map(SelectorSettings::Circleci)
         }
         #[cfg(feature = "provider-gitlab")]
-        ProviderSettings::Gitlab(_) => {
+        ProviderSettings::Gitlab(ref config) => {
             let s = typed(value, path, gitlab::PoolSelector::validate)?;
             // Each slot's system_id numbers it on two digits: the pool's runners_per_instance.
             let pool_path = path.strip_suffix(".selector").unwrap_or(path);
-            gitlab::validate_pool(pool.runners_per_instance)
+            gitlab::validate_pool(config, &s, pool.runners_per_instance)
                 .map_err(|errors| prefixed(pool_path, errors))?;
             Ok(SelectorSettings::Gitlab(s))
         }
