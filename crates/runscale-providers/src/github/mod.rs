@@ -35,7 +35,8 @@ mod config;
 mod convert;
 mod errors;
 mod provider;
+mod repos;
 mod webhook;
 
-pub use config::{AppAuth, Auth, Config, PoolSelector};
+pub use config::{AppAuth, Auth, Config, InstallationKeyword, PoolSelector, Repositories};
 pub use provider::GithubProvider;
