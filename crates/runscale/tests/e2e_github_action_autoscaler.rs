@@ -299,3 +299,47 @@ async fn scaled_action_runners_import_and_run_jobs_at_their_repositories() {
     github.shutdown().await;
     kube.shutdown().await;
 }
+
+/// The command line: fields without an equivalent are warned about on stderr (and commented in
+/// the output), and invalid input fails with exit code 2 naming the resource and the field.
+#[test]
+fn the_import_command_warns_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.yaml");
+    let run = |text: &str| {
+        std::fs::write(&input, text).expect("write");
+        std::process::Command::new(BIN)
+            .args(["import", "github-action-autoscaler", "-n", "ci", "-f"])
+            .arg(&input)
+            .output()
+            .expect("runs")
+    };
+    let out = run(
+        "apiVersion: runner.devjoes.com/v1alpha1\nkind: ScaledActionRunner\n\
+                   metadata: {name: app}\nspec: {owner: acme, repo: app, maxRunners: 2, \
+                   scaleFactor: \"0.8\"}\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: ScaledActionRunner ci/app spec.scaleFactor: no equivalent"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("# spec.scaleFactor: no equivalent"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("repository: acme/app"), "{stdout}");
+
+    let out = run(
+        "apiVersion: runner.devjoes.com/v1alpha1\nkind: ScaledActionRunner\n\
+                   metadata: {name: app, namespace: team}\nspec: {owner: acme, repo: app}\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ScaledActionRunner team/app spec.maxRunners: missing"),
+        "{stderr}"
+    );
+}
