@@ -72,6 +72,7 @@ impl Secrets {
 fn selector(labels: &[&str], ephemeral: bool) -> PoolSelector {
     PoolSelector {
         labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        repository: None,
         runner_group_id: None,
         ephemeral,
     }
@@ -541,20 +542,7 @@ async fn repositories_named_by_webhooks_are_polled() {
 #[tokio::test]
 async fn github_app_authentication_finds_the_installation() {
     let (private_pem, public_pem) = rsa_key_pair();
-    let emu = emulator(|c| {
-        c.tokens.clear();
-        c.app = Some(AppConfig {
-            app_id: 42,
-            client_id: Some("Iv1.runscale".into()),
-            slug: "runscale".into(),
-            public_key_pem: public_pem.clone(),
-            installations: vec![InstallationConfig {
-                id: 7,
-                owner: "acme".into(),
-            }],
-        });
-    })
-    .await;
+    let emu = emulator(|c| app_only(c, &public_pem)).await;
     let secrets = Secrets::new();
     std::fs::write(secrets.path("app.pem"), &private_pem).expect("write");
     for issuer in [
@@ -634,6 +622,222 @@ async fn wrong_credentials_are_a_configuration_error() {
     let e = seen[&linux()].as_ref().expect_err("401");
     assert_eq!(e.kind(), ErrorKind::Misconfigured);
     assert!(!e.to_string().contains("ghp_wrong"));
+    emu.shutdown().await;
+}
+
+/// Accepts the App 42 (client id `Iv1.runscale`, installation 7 on acme) and no token.
+fn app_only(c: &mut EmulatorConfig, public_pem: &str) {
+    c.tokens.clear();
+    c.app = Some(AppConfig {
+        app_id: 42,
+        client_id: Some("Iv1.runscale".into()),
+        slug: "runscale".into(),
+        public_key_pem: public_pem.to_owned(),
+        installations: vec![InstallationConfig {
+            id: 7,
+            owner: "acme".into(),
+        }],
+    });
+}
+
+/// An emulator serving `n` repositories `acme/r0000`... (plus the usual three).
+async fn many_repos_emulator(n: usize, tweak: impl FnOnce(&mut EmulatorConfig)) -> EmulatorHandle {
+    emulator(|c| {
+        c.owners[0].repos.extend((0..n).map(|i| format!("r{i:04}")));
+        tweak(c);
+    })
+    .await
+}
+
+fn repo_pool(name: &str, repo: &str) -> (PoolId, PoolSelector) {
+    let mut sel = selector(&["linux"], true);
+    sel.repository = Some(repo.to_owned());
+    (PoolId::new(name), sel)
+}
+
+/// Delivers a signed `workflow_job` webhook for a queued job.
+fn queued_webhook(p: &GithubProvider, delivery: &str, job: u64, run: u64, repo: &str) {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "action": "queued",
+        "workflow_job": {"id": job, "run_id": run, "run_attempt": 1,
+            "status": "queued", "labels": ["linux"], "created_at": "2024-01-01T00:00:00Z"},
+        "repository": {"full_name": repo}
+    }))
+    .expect("json");
+    let sig = runscale_emulator::github::signature(HOOK_SECRET.as_bytes(), &body);
+    p.webhook(&WebhookRequest {
+        headers: vec![
+            ("x-github-event".into(), "workflow_job".into()),
+            ("x-github-delivery".into(), delivery.into()),
+            ("x-hub-signature-256".into(), sig),
+        ],
+        body,
+    })
+    .expect("verified");
+}
+
+/// 2,000 repositories with repository-level runners under one token, one pool per repository
+/// (what `runscale import github-action-autoscaler` writes for 2,000 resources): every pass
+/// stays within `max_repositories_per_pass` job polls and as many first runner listings, a
+/// webhook gets its repository polled on the next pass, a quiet repository's jobs are found by
+/// the round-robin within ceil(2000 / 50) = 40 passes, runners register at their pool's
+/// repository, and a pool whose repository's runner listing fails is stale (removes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_repositories_share_one_budget_with_bounded_passes() {
+    const REPOS: usize = 2_000;
+    const CAP: usize = 50;
+    // GitHub's primary limit is 5,000 requests an hour for a token (up to 12,500 for an App
+    // installation): the first sweep of 2,000 repositories alone costs about 6,000 here, so
+    // the emulator's bucket is raised and the use is measured instead.
+    let emu = many_repos_emulator(REPOS, |c| c.rate_limit.limit = 50_000).await;
+    let secrets = Secrets::new();
+    let mut repositories: Vec<String> = (0..REPOS).map(|i| format!("acme/r{i:04}")).collect();
+    repositories.push("acme/ghost".to_owned());
+    let pools: Vec<(PoolId, PoolSelector)> = repositories
+        .iter()
+        .map(|r| repo_pool(&r.replace("acme/", "p-"), r))
+        .collect();
+    let ids: Vec<PoolId> = pools.iter().map(|(p, _)| p.clone()).collect();
+    let pool = |r: &str| PoolId::new(format!("p-{r}"));
+    let mut cfg = config(
+        &emu,
+        &secrets,
+        serde_json::json!({"repositories": repositories, "max_repositories_per_pass": CAP}),
+    );
+    cfg.org = None;
+    let p = GithubProvider::new(cfg, pools).expect("provider");
+
+    emu.enqueue_run(jobs("acme/r0999", &["linux"], 2))
+        .expect("enqueue");
+    let hooked = emu
+        .enqueue_run(jobs("acme/r1999", &["linux"], 3))
+        .expect("enqueue");
+    emu.enqueue_run(jobs("acme/web", &["linux"], 4))
+        .expect("a repository no pool serves");
+    queued_webhook(&p, "d-1", hooked[0].job_id, hooked[0].run_id, "acme/r1999");
+
+    let mut per_pass: Vec<u64> = Vec::new();
+    let mut budget: Vec<u64> = Vec::new();
+    let mut found_quiet_at = None;
+    let start = emu.rest_requests();
+    for pass in 1..=45 {
+        let before = emu.rest_requests();
+        let remaining = p.rate_limit_remaining();
+        let mut seen = p.observe(&ids).await;
+        per_pass.push(emu.rest_requests() - before);
+        if let (Some(a), Some(b)) = (remaining, p.rate_limit_remaining()) {
+            budget.push(a - b);
+        }
+        let mut view = |r: &str| {
+            seen.remove(&pool(r))
+                .expect("answered")
+                .unwrap_or_else(|e| panic!("pass {pass}: {r}: {e}"))
+        };
+        assert_eq!(
+            view("r1999").demand.waiting.len(),
+            3,
+            "pass {pass}: the webhook's repository is polled at once"
+        );
+        assert!(
+            view("ghost").stale,
+            "a failed runner listing removes nothing"
+        );
+        if found_quiet_at.is_none() && view("r0999").demand.waiting.len() == 2 {
+            found_quiet_at = Some(pass);
+        }
+        assert!(view("r0000").demand.waiting.is_empty());
+    }
+    let max_pass = per_pass.iter().copied().max().unwrap_or_default();
+    eprintln!(
+        "{REPOS} repositories, cap {CAP}: requests per pass {per_pass:?} (max {max_pass}, \
+         total {}); budget used per pass {budget:?}; quiet repository's jobs found at pass \
+         {found_quiet_at:?}",
+        emu.rest_requests() - start
+    );
+    // Per pass: CAP repositories × 2 run listings, the jobs of their active runs (one run
+    // each in two repositories), and at most CAP first runner listings (plus acme/ghost's).
+    assert!(
+        max_pass <= (3 * CAP + 4) as u64,
+        "a pass made {max_pass} requests"
+    );
+    // Once every pool repository was listed, passes cost the polls only.
+    assert!(per_pass[44] <= (2 * CAP + 4) as u64, "{per_pass:?}");
+    let found = found_quiet_at.expect("the quiet repository's jobs are found");
+    assert!(found <= REPOS.div_ceil(CAP) + 1, "found at pass {found}");
+
+    // Runners register at their pool's repository and are listed and removed there.
+    let reg = p
+        .register(&pool("r0999"), "rs-p-r0999-aaaaaaaaaa")
+        .await
+        .expect("JIT at the repository");
+    assert_eq!(
+        reg.credentials.vars["GITHUB_URL"],
+        format!("{}/acme/r0999", emu.base_url())
+    );
+    let id = reg.runner_id.expect("id");
+    assert!(id.as_str().starts_with("acme/r0999:"), "{id:?}");
+    let snap = emu.snapshot();
+    let runner = snap
+        .runners
+        .iter()
+        .find(|r| r.name == "rs-p-r0999-aaaaaaaaaa")
+        .expect("registered");
+    assert_eq!(runner.scope, "acme/r0999");
+    let before = emu.rest_requests();
+    let mut seen = p.observe(&ids).await;
+    eprintln!(
+        "a pass with one repository holding a runner: {} requests",
+        emu.rest_requests() - before
+    );
+    let view = seen
+        .remove(&pool("r0999"))
+        .expect("answered")
+        .expect("view");
+    assert!(!view.stale);
+    assert_eq!(view.runners.len(), 1);
+    assert_eq!(view.runners[0].id, id);
+    p.remove(&pool("r0999"), &id).await.expect("removed");
+    assert!(
+        !emu.snapshot()
+            .runners
+            .iter()
+            .any(|r| r.name == "rs-p-r0999-aaaaaaaaaa")
+    );
+    emu.shutdown().await;
+}
+
+/// `repositories: installation`: the App installation's repositories (three pages of 100) are
+/// polled in turn under the organisation's one budget.
+#[tokio::test]
+async fn the_installations_repositories_are_polled_in_turn() {
+    let (private_pem, public_pem) = rsa_key_pair();
+    let emu = many_repos_emulator(297, |c| app_only(c, &public_pem)).await;
+    let secrets = Secrets::new();
+    std::fs::write(secrets.path("app.pem"), &private_pem).expect("write");
+    let p = GithubProvider::new(
+        config(
+            &emu,
+            &secrets,
+            serde_json::json!({
+                "repositories": "installation",
+                "max_repositories_per_pass": 100,
+                "auth": {"app": {"app_id": 42, "private_key": {"file": secrets.path("app.pem")}}},
+            }),
+        ),
+        pools(true),
+    )
+    .expect("provider");
+    emu.enqueue_run(jobs("acme/r0296", &["linux"], 5))
+        .expect("enqueue");
+    let mut found = None;
+    for pass in 1..=4 {
+        if view(&p, &linux()).await.demand.waiting.len() == 5 {
+            found = Some(pass);
+            break;
+        }
+    }
+    // 300 repositories at 100 per pass: the last is polled by the third pass.
+    assert!(found.is_some_and(|p| p <= 3), "found at {found:?}");
     emu.shutdown().await;
 }
 

@@ -120,6 +120,7 @@ async fn installation_tokens_are_cached_refreshed_early_and_replaced_when_reject
             PoolId::new("linux"),
             PoolSelector {
                 labels: vec!["linux".into()],
+                repository: None,
                 runner_group_id: None,
                 ephemeral: true,
             },

@@ -471,6 +471,7 @@ fn secrets() -> TempDir {
 fn selector(labels: &[&str], ephemeral: bool) -> PoolSelector {
     PoolSelector {
         labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        repository: None,
         runner_group_id: None,
         ephemeral,
     }

@@ -142,6 +142,7 @@ fn every_workflow_job_example_is_verified_parsed_and_routed() {
     assert!(matches!(config.auth, Auth::Token(SecretRef::File(_))));
     let sel = |labels: Vec<String>| PoolSelector {
         labels,
+        repository: None,
         runner_group_id: None,
         ephemeral: true,
     };

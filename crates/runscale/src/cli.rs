@@ -54,12 +54,6 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Write a runscale configuration from the configuration of an autoscaler it replaces.
-    Import {
-        /// Which autoscaler's configuration.
-        #[command(subcommand)]
-        command: crate::import::ImportCommand,
-    },
     /// Replay a job trace (or a generated one) against runscale's policy and the policies of
     /// the autoscalers it replaces; report waits and cost per policy.
     Simulate(SimulateCli),
@@ -68,6 +62,13 @@ pub enum Command {
     /// Run runscale end to end on this machine against the GitHub emulator, with runner
     /// processes and a synthetic workload; print live progress and a summary.
     Demo(crate::demo::DemoArgs),
+    /// Convert the configuration of a system runscale replaces into a runscale configuration
+    /// file (warnings on stderr for fields without an equivalent).
+    Import {
+        /// Which system.
+        #[command(subcommand)]
+        command: crate::import::ImportCommand,
+    },
     /// Run an emulator of a CI system (for trying runscale without an account).
     Emulator(crate::demo::EmulatorCli),
     /// Run the emulator's fake runner agents listed in `RUNSCALE_CREDENTIALS_FILE` (what the
@@ -236,8 +237,10 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
             command: ConfigCommand::Schema,
         } => commands::schema(&mut stdout),
         Command::Version => commands::version(&mut stdout),
-        Command::Import { command } => crate::import::run(&command, &mut stdout),
         Command::Simulate(args) => crate::simulate::run(&args, &mut stdout),
+        Command::Import { command } => {
+            crate::import::run(&command, &mut stdout, &mut std::io::stderr())
+        }
         Command::Check(args) => {
             let rt = runtime()?;
             let config = rt.block_on(load(&args, |_| {}))?;
@@ -297,7 +300,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The exit code for an error: 2 for a bad configuration, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.downcast_ref::<ConfigError>().is_some() {
+        if cause.downcast_ref::<ConfigError>().is_some()
+            || cause
+                .downcast_ref::<crate::import::github_action_autoscaler::ImportError>()
+                .is_some()
+        {
             return EXIT_INVALID_CONFIG;
         }
         if let Some(b) = cause.downcast_ref::<BuildError>()

@@ -7,7 +7,7 @@
 //! - [`commands`]: `once`, `check`, `config schema`, `version`.
 //! - [`daemon`]: `run` (HTTP server + reconciler + signals).
 //! - [`http`]: the HTTP routes, as a `Router` built without a socket.
-//! - [`import`]: `import <seed>`, a runscale configuration from a replaced autoscaler's.
+//! - [`import`]: `import <seed>`, a seed system's artefacts → a configuration file.
 //! - [`leader`]: leader election among replicas over a Kubernetes Lease (`run --leader-elect`).
 //! - [`demo`]: `demo` (runscale, the GitHub emulator, runner processes and a workload, end to
 //!   end on one machine) and `emulator github`.

@@ -404,6 +404,7 @@ fn github_provider(emu: &EmulatorHandle, secrets: &Path) -> GithubProvider {
     .expect("config");
     let selector = PoolSelector {
         labels: vec!["linux".into(), "gpu".into()],
+        repository: None,
         runner_group_id: None,
         ephemeral: true,
     };

@@ -1,8 +1,9 @@
 //! The GitHub REST endpoints the emulator serves, at repository (`/repos/{owner}/{repo}`)
 //! and organisation (`/orgs/{org}`) scope: self-hosted runners (list with `name` filter and
 //! pagination, get, delete with 422 while busy), registration and remove tokens, JIT
-//! configurations, workflow runs (with `status` filter) and their jobs, App installations
-//! and installation tokens, and `/rate_limit`. Enterprise scope is not served.
+//! configurations, workflow runs (with `status` filter) and their jobs, App installations,
+//! installation tokens and the installation's repositories (`/installation/repositories`), and
+//! `/rate_limit`. Enterprise scope is not served.
 //!
 //! Of the workflow-run list filters only `status` is implemented (others are ignored); every
 //! run has one attempt, so the jobs list's `filter=latest` and `filter=all` agree.
@@ -20,7 +21,7 @@ use axum::{Json, Router};
 use chrono::SecondsFormat;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, DOC_APPS, DOC_REST, DOC_RUNNERS, DOC_RUNS};
+use super::error::{ApiError, DOC_APPS, DOC_INSTALLATIONS, DOC_REST, DOC_RUNNERS, DOC_RUNS};
 use super::middleware::github_layer;
 use super::server::Shared;
 use super::shapes;
@@ -60,6 +61,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
             get(list_jobs),
         )
         .route("/repos/{owner}/{repo}/actions/jobs/{job_id}", get(get_job))
+        .route("/installation/repositories", get(installation_repositories))
         .route("/app/installations", get(list_installations))
         .route(
             "/app/installations/{installation_id}/access_tokens",
@@ -474,6 +476,50 @@ async fn get_job(
             .filter(|j| j.owner == scope.owner && Some(j.repo) == scope.repo)
             .ok_or_else(|| ApiError::not_found(DOC_RUNS))?;
         Ok(Json(shapes::job(s, job)).into_response())
+    })
+}
+
+/// `GET /installation/repositories`: the repositories an installation token can access
+/// (every repository of the installation's account: installations are `repository_selection:
+/// all`), paginated. Other tokens get 403.
+async fn installation_repositories(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<Params>,
+    uri: Uri,
+) -> ApiResult {
+    let page = Page::from_query(&q);
+    let Principal::Token {
+        bucket,
+        owner: Some(owner),
+    } = &who
+    else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "This endpoint needs an installation access token.",
+            DOC_INSTALLATIONS,
+        ));
+    };
+    if !bucket.starts_with("installation:") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "This endpoint needs an installation access token.",
+            DOC_INSTALLATIONS,
+        ));
+    }
+    shared.with_state(|s, _| {
+        let indices: Vec<usize> = (0..s.owners[*owner].repos.len()).collect();
+        let total = indices.len();
+        let items: Vec<Value> = page
+            .slice(indices)
+            .into_iter()
+            .map(|r| shapes::repository(s, *owner, r))
+            .collect();
+        let link = link_header(&s.base_url, &uri, total, page);
+        Ok(with_link(
+            json!({"total_count": total, "repository_selection": "all", "repositories": items}),
+            link,
+        ))
     })
 }
 

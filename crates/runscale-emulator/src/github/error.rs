@@ -46,6 +46,8 @@ pub(crate) const DOC_RATE: &str =
     "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
 /// App authentication.
 pub(crate) const DOC_APPS: &str = "https://docs.github.com/rest/apps/apps";
+/// Documentation of the App installation endpoints.
+pub(crate) const DOC_INSTALLATIONS: &str = "https://docs.github.com/rest/apps/installations";
 
 /// A REST error answered in GitHub's JSON shape.
 #[derive(Debug, Clone, PartialEq, Eq)]

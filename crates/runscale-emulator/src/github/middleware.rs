@@ -114,7 +114,10 @@ pub(crate) async fn github_layer(
     let free = path == "/rate_limit";
 
     // Faults, then the primary limit.
-    let (fault, info) = shared.with_state(|s, now| (s.draw_api_fault(), s.rate_info(&bucket, now)));
+    let (fault, info) = shared.with_state(|s, now| {
+        s.rest_requests += 1;
+        (s.draw_api_fault(), s.rate_info(&bucket, now))
+    });
     match fault {
         Some(ApiFault::SecondaryLimit(retry_after)) => {
             let mut resp = with_rate(

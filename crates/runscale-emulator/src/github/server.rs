@@ -213,6 +213,12 @@ impl EmulatorHandle {
         }))
     }
 
+    /// Authenticated REST requests received so far (304s and rate-limited answers included):
+    /// a test-side counter of API calls.
+    pub fn rest_requests(&self) -> u64 {
+        self.shared.with_state(|s, _| s.rest_requests)
+    }
+
     /// Jobs, runners, webhook counters and violations, now.
     pub fn snapshot(&self) -> Snapshot {
         self.shared.with_state(|s, now| s.snapshot(now))

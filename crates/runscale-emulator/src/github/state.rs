@@ -305,6 +305,8 @@ pub(crate) struct State {
     pub deliveries: Vec<DeliveryRecord>,
     pub webhook_stats: WebhookStats,
     pub started_wall: DateTime<Utc>,
+    /// Authenticated REST requests received (a test-side counter, not a GitHub feature).
+    pub rest_requests: u64,
 }
 
 /// The App as the state knows it.
@@ -419,6 +421,7 @@ impl State {
             deliveries: Vec::new(),
             webhook_stats: WebhookStats::default(),
             started_wall: now.wall,
+            rest_requests: 0,
         }
     }
 

@@ -385,7 +385,18 @@ impl Client {
         let op = "github.find_installation";
         let path = match &self.scope {
             Scope::Org(org) => format!("orgs/{org}/installation"),
-            Scope::Repo { owner, name } => format!("repos/{owner}/{name}/installation"),
+            Scope::Repo { owner, name }
+            | Scope::Repos {
+                lookup: Some((owner, name)),
+            } => format!("repos/{owner}/{name}/installation"),
+            Scope::Repos { lookup: None } => {
+                return Err(Error::new(
+                    op,
+                    ErrorKind::Misconfigured,
+                    "no repository to look the installation up from: set \
+                     auth.app.installation_id",
+                ));
+            }
             Scope::Enterprise(_) => {
                 return Err(Error::new(
                     op,

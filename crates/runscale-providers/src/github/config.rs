@@ -11,10 +11,13 @@ use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// One GitHub account runscale scales runners for: an organisation, a repository or an
-/// enterprise, on github.com or GitHub Enterprise Server.
+/// One GitHub account runscale scales runners for: an organisation, a repository, an
+/// enterprise, or a list of repositories each with its own repository-level runners, on
+/// github.com or GitHub Enterprise Server.
 ///
-/// Exactly one of `org`, `repo` and `enterprise` must be set.
+/// At most one of `org`, `repo` and `enterprise` may be set; without any of them,
+/// `repositories` names the repositories served (repository scope for many repositories:
+/// every pool names its `repository`, and its runners register there).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -46,10 +49,25 @@ pub struct Config {
     #[serde(default = "default_webhook_secret")]
     pub webhook_secret: Option<SecretRef>,
     /// Repositories polled for queued jobs, besides every repository a webhook named in the
-    /// last 24 hours. `name` (in the organisation) or `owner/name`. In repository scope the
-    /// repository itself is always polled; in enterprise scope use `owner/name`.
+    /// last 24 hours: a list of `name` (in the organisation) or `owner/name`, or `installation`
+    /// (organisation scope with App authentication: every repository the App installation can
+    /// access, listed with `GET /installation/repositories` every `installation_refresh`). In
+    /// repository scope the repository itself is always polled; in enterprise scope use
+    /// `owner/name`. Without `org`, `repo` and `enterprise`, the list (of `owner/name`) is the
+    /// account itself: repository-level runners in each repository.
     #[serde(default = "default_repositories")]
-    pub repositories: Vec<String>,
+    pub repositories: Repositories,
+    /// Repositories polled for jobs per pass at most, chosen by priority: those a webhook
+    /// named since their last poll, then those with queued or running jobs at their last poll,
+    /// then the least recently polled (round-robin). The jobs of the others are their last
+    /// poll's. From 1 to 1,000.
+    #[serde(default = "default_max_repositories_per_pass")]
+    pub max_repositories_per_pass: usize,
+    /// How often the installation's repositories are listed again with
+    /// `repositories: installation` (e.g. "10m"; at least 1 minute).
+    #[serde(default = "default_installation_refresh", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub installation_refresh: Duration,
     /// Runner group new runners join (GitHub's default group is 1). A pool may override it.
     #[serde(default = "default_runner_group_id")]
     pub runner_group_id: u64,
@@ -98,6 +116,46 @@ pub struct AppAuth {
     pub installation_id: Option<u64>,
 }
 
+/// The repositories a GitHub account polls (or serves, without `org`, `repo` and
+/// `enterprise`): a list, or every repository of the App installation.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Repositories {
+    /// `installation`: every repository the App installation can access.
+    Installation(InstallationKeyword),
+    /// A list of `name` or `owner/name`.
+    List(Vec<String>),
+}
+
+/// The keyword `installation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum InstallationKeyword {
+    /// Every repository of the App installation.
+    #[serde(rename = "installation")]
+    Installation,
+}
+
+impl Repositories {
+    /// The listed repositories (none for `installation`).
+    pub fn list(&self) -> &[String] {
+        match self {
+            Repositories::List(v) => v,
+            Repositories::Installation(_) => &[],
+        }
+    }
+
+    /// Whether the repositories come from the App installation.
+    pub fn is_installation(&self) -> bool {
+        matches!(self, Repositories::Installation(_))
+    }
+}
+
+impl From<Vec<String>> for Repositories {
+    fn from(v: Vec<String>) -> Self {
+        Repositories::List(v)
+    }
+}
+
 /// Which jobs and runners of the account belong to one pool.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +164,12 @@ pub struct PoolSelector {
     /// is among these (case-insensitive; `self-hosted` is implied). A job several pools could
     /// run counts for the first of them in configuration order. New runners get these labels.
     pub labels: Vec<String>,
+    /// Only jobs of this repository (`owner/name`) are for the pool. Required when the
+    /// account is a list of repositories (no `org`, `repo` or `enterprise`): the pool's
+    /// runners register at this repository, and a repository-level runner takes only its
+    /// repository's jobs. With `org`, the pool's runners are still organisation runners.
+    #[serde(default = "default_pool_repository")]
+    pub repository: Option<String>,
     /// Runner group of the pool's runners; default: the account's `runner_group_id`.
     #[serde(default = "default_pool_runner_group_id")]
     pub runner_group_id: Option<u64>,
@@ -138,8 +202,23 @@ fn default_webhook_secret() -> Option<SecretRef> {
 }
 
 /// The default [`Config::repositories`]: none besides those webhooks name.
-fn default_repositories() -> Vec<String> {
-    Vec::new()
+fn default_repositories() -> Repositories {
+    Repositories::List(Vec::new())
+}
+
+/// The default [`Config::max_repositories_per_pass`]: 50.
+fn default_max_repositories_per_pass() -> usize {
+    50
+}
+
+/// The default [`Config::installation_refresh`]: 10 minutes.
+fn default_installation_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// The default [`PoolSelector::repository`]: any repository.
+fn default_pool_repository() -> Option<String> {
+    None
 }
 
 /// The default [`Config::runner_group_id`]: GitHub's default group, 1.
@@ -201,6 +280,11 @@ pub(crate) enum Scope {
     },
     /// An enterprise (slug).
     Enterprise(String),
+    /// Many repositories, each with its own repository-level runners.
+    Repos {
+        /// The repository whose installation an App looks up (the first listed).
+        lookup: Option<(String, String)>,
+    },
 }
 
 impl Scope {
@@ -211,6 +295,7 @@ impl Scope {
             Scope::Org(org) => format!("orgs/{org}"),
             Scope::Repo { owner, name } => format!("repos/{owner}/{name}"),
             Scope::Enterprise(e) => format!("enterprises/{e}"),
+            Scope::Repos { .. } => "repos".to_owned(),
         }
     }
 
@@ -220,6 +305,7 @@ impl Scope {
             Scope::Org(org) => org.clone(),
             Scope::Repo { owner, name } => format!("{owner}/{name}"),
             Scope::Enterprise(e) => format!("enterprises/{e}"),
+            Scope::Repos { .. } => String::new(),
         }
     }
 
@@ -229,9 +315,13 @@ impl Scope {
             Scope::Org(org) => format!("org {org}"),
             Scope::Repo { owner, name } => format!("repo {owner}/{name}"),
             Scope::Enterprise(e) => format!("enterprise {e}"),
+            Scope::Repos { .. } => "repositories".to_owned(),
         }
     }
 }
+
+/// Repositories listed (or listed by an installation) at most.
+pub(crate) const MAX_REPOSITORIES: usize = 10_000;
 
 /// Whether `s` is a plausible GitHub login, repository name or enterprise slug: non-empty,
 /// ASCII letters, digits, `-`, `_` and `.` only (which also keeps it safe in a URL path).
@@ -286,13 +376,51 @@ impl Config {
         .iter()
         .filter(|b| **b)
         .count();
-        if set != 1 {
+        if set > 1 {
             err(
                 "org",
                 format!(
-                    "set exactly one of org, repo and enterprise ({set} are set): it names \
+                    "set at most one of org, repo and enterprise ({set} are set): it names \
                      the account whose runners are managed"
                 ),
+            );
+        }
+        if set == 0 && self.repositories.list().is_empty() {
+            err(
+                "org",
+                "set one of org, repo and enterprise, or list the repositories (owner/name) \
+                 whose repository-level runners are managed in repositories"
+                    .to_owned(),
+            );
+        }
+        if self.repositories.is_installation() {
+            if self.org.is_none() {
+                err(
+                    "repositories",
+                    "installation (every repository of the App installation) needs org: \
+                     list the repositories instead"
+                        .to_owned(),
+                );
+            }
+            if !matches!(self.auth, Auth::App(_)) {
+                err(
+                    "repositories",
+                    "installation lists the App installation's repositories: it needs \
+                     auth.app"
+                        .to_owned(),
+                );
+            }
+        }
+        if !(1..=1000).contains(&self.max_repositories_per_pass) {
+            err(
+                "max_repositories_per_pass",
+                "must be from 1 to 1000".to_owned(),
+            );
+        }
+        if self.installation_refresh < Duration::from_secs(60) {
+            err(
+                "installation_refresh",
+                "must be at least 1 minute".to_owned(),
             );
         }
         if let Some(org) = &self.org
@@ -324,7 +452,13 @@ impl Config {
                 );
             }
         }
-        for (i, r) in self.repositories.iter().enumerate() {
+        if self.repositories.list().len() > MAX_REPOSITORIES {
+            err(
+                "repositories",
+                format!("at most {MAX_REPOSITORIES} repositories"),
+            );
+        }
+        for (i, r) in self.repositories.list().iter().enumerate() {
             let field = format!("repositories[{i}]");
             let ok = if r.contains('/') {
                 split_repo(r).is_some()
@@ -342,7 +476,8 @@ impl Config {
         }
         if self.poll_jobs
             && self.repo.is_none()
-            && self.repositories.is_empty()
+            && self.repositories.list().is_empty()
+            && !self.repositories.is_installation()
             && self.webhook_secret.is_none()
         {
             err(
@@ -413,6 +548,14 @@ impl Config {
                 name: n.to_owned(),
             }),
             (None, None, Some(e)) if valid_name(e) => Some(Scope::Enterprise(e.clone())),
+            (None, None, None) if !self.repositories.list().is_empty() => Some(Scope::Repos {
+                lookup: self
+                    .repositories
+                    .list()
+                    .first()
+                    .and_then(|r| split_repo(r))
+                    .map(|(o, n)| (o.to_owned(), n.to_owned())),
+            }),
             _ => None,
         }
     }
@@ -453,7 +596,7 @@ impl Config {
         if let Some(Scope::Repo { owner, name }) = self.scope() {
             out.push(format!("{owner}/{name}"));
         }
-        for r in &self.repositories {
+        for r in self.repositories.list() {
             let full = match (&self.org, r.contains('/')) {
                 (_, true) => r.clone(),
                 (Some(org), false) => format!("{org}/{r}"),
@@ -504,6 +647,14 @@ impl PoolSelector {
                 ));
             }
         }
+        if let Some(r) = &self.repository
+            && split_repo(r).is_none()
+        {
+            errors.push((
+                "repository".to_owned(),
+                format!("{r:?} is not of the form owner/name"),
+            ));
+        }
         if self.runner_group_id == Some(0) {
             errors.push((
                 "runner_group_id".to_owned(),
@@ -531,7 +682,9 @@ mod tests {
             enterprise: None,
             auth: Auth::Token(SecretRef::Env("GH_TOKEN".into())),
             webhook_secret: None,
-            repositories: vec!["widgets".into(), "other/tools".into()],
+            repositories: vec!["widgets".to_owned(), "other/tools".to_owned()].into(),
+            max_repositories_per_pass: 50,
+            installation_refresh: Duration::from_secs(600),
             runner_group_id: 1,
             poll_jobs: true,
             request_timeout: Duration::from_secs(30),
@@ -586,14 +739,60 @@ mod tests {
         assert_eq!(fields(c.validate()), ["org"]);
         c.org = None;
         c.repo = None;
+        c.repositories = Vec::new().into();
         assert!(fields(c.validate()).contains(&"org".to_owned()));
+    }
+
+    #[test]
+    fn a_list_of_repositories_is_an_account_of_repository_runners() {
+        let mut c = org_config();
+        c.org = None;
+        c.repositories = vec!["acme/a".to_owned(), "other/b".to_owned()].into();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            c.scope(),
+            Some(Scope::Repos {
+                lookup: Some(("acme".into(), "a".into()))
+            })
+        );
+        assert_eq!(c.poll_repositories(), ["acme/a", "other/b"]);
+        c.repositories = vec!["bare".to_owned()].into();
+        assert_eq!(fields(c.validate()), ["repositories[0]"]);
+    }
+
+    #[test]
+    fn installation_needs_an_org_and_an_app() {
+        let c: Config = serde_json::from_value(serde_json::json!({
+            "org": "acme", "repositories": "installation",
+            "auth": {"app": {"client_id": "Iv1.abc", "private_key": {"file": "/k.pem"}}},
+        }))
+        .expect("parses");
+        assert!(c.repositories.is_installation());
+        assert_eq!(c.validate(), Ok(()));
+        let c: Config = serde_json::from_value(serde_json::json!({
+            "org": "acme", "repositories": "installation", "auth": {"token": {"env": "T"}},
+            "max_repositories_per_pass": 0, "installation_refresh": "5s",
+        }))
+        .expect("parses");
+        assert_eq!(
+            fields(c.validate()),
+            [
+                "repositories",
+                "max_repositories_per_pass",
+                "installation_refresh"
+            ]
+        );
+        let bad: Result<Config, _> = serde_json::from_value(serde_json::json!({
+            "org": "acme", "repositories": "everything", "auth": {"token": {"env": "T"}},
+        }));
+        assert!(bad.is_err(), "only the keyword installation or a list");
     }
 
     #[test]
     fn names_are_checked() {
         let mut c = org_config();
         c.org = Some("ac me".into());
-        c.repositories = vec!["ok".into(), "a/b/c".into(), "".into()];
+        c.repositories = vec!["ok".to_owned(), "a/b/c".to_owned(), String::new()].into();
         assert_eq!(
             fields(c.validate()),
             ["org", "repositories[1]", "repositories[2]"]
@@ -601,7 +800,7 @@ mod tests {
         let mut c = org_config();
         c.org = None;
         c.repo = Some("acme".into());
-        c.repositories = vec!["bare".into()];
+        c.repositories = vec!["bare".to_owned()].into();
         assert_eq!(fields(c.validate()), ["repo", "repositories[0]"]);
     }
 
@@ -626,7 +825,7 @@ mod tests {
     #[test]
     fn org_scope_needs_repositories_or_webhooks_to_see_demand() {
         let mut c = org_config();
-        c.repositories.clear();
+        c.repositories = Vec::new().into();
         assert_eq!(fields(c.validate()), ["repositories"]);
         c.webhook_secret = Some(SecretRef::Env("HOOK".into()));
         assert_eq!(c.validate(), Ok(()));
@@ -673,7 +872,7 @@ mod tests {
         let mut c = org_config();
         c.org = None;
         c.repo = Some("o/r".into());
-        c.repositories = vec!["O/R".into(), "o/s".into()];
+        c.repositories = vec!["O/R".to_owned(), "o/s".to_owned()].into();
         assert_eq!(c.poll_repositories(), ["o/r", "o/s"]);
     }
 
@@ -698,6 +897,7 @@ mod tests {
     fn selector_validation() {
         let s = PoolSelector {
             labels: vec!["linux".into(), "".into(), "a,b".into(), "LINUX".into()],
+            repository: Some("no-slash".into()),
             runner_group_id: Some(0),
             ephemeral: true,
         };
@@ -710,10 +910,17 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            ["labels[1]", "labels[2]", "labels[3]", "runner_group_id"]
+            [
+                "labels[1]",
+                "labels[2]",
+                "labels[3]",
+                "repository",
+                "runner_group_id"
+            ]
         );
         let empty = PoolSelector {
             labels: vec![],
+            repository: None,
             runner_group_id: None,
             ephemeral: true,
         };

@@ -79,6 +79,22 @@ fn first_attempt() -> u64 {
     1
 }
 
+/// A page of `GET /installation/repositories`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct InstallationRepos {
+    /// Repositories the installation can access (across pages).
+    pub total_count: u64,
+    /// This page.
+    pub repositories: Vec<GhRepo>,
+}
+
+/// A repository (only its full name).
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct GhRepo {
+    /// `owner/name`.
+    pub full_name: String,
+}
+
 /// `POST .../actions/runners/generate-jitconfig` answer.
 #[derive(Debug, Deserialize)]
 pub(crate) struct JitConfig {
@@ -181,34 +197,72 @@ impl LabelSet {
     }
 }
 
-/// The pools of an account, in configuration order, with their label sets.
+/// One pool as the matcher sees it: its labels and, optionally, its one repository.
+#[derive(Clone, Debug)]
+struct MatchedPool {
+    id: PoolId,
+    labels: LabelSet,
+    /// `owner/name`, lower case.
+    repository: Option<String>,
+}
+
+impl MatchedPool {
+    /// Whether a job of `repo` (`owner/name`; unknown: `None`) with these labels is for the
+    /// pool. A pool bound to a repository takes only that repository's jobs.
+    fn takes(&self, repo: Option<&str>, job_labels: &[String]) -> bool {
+        let repo_ok = match (&self.repository, repo) {
+            (None, _) => true,
+            (Some(mine), Some(theirs)) => mine.eq_ignore_ascii_case(theirs),
+            (Some(_), None) => false,
+        };
+        repo_ok && self.labels.matches(job_labels)
+    }
+}
+
+/// The pools of an account, in configuration order, with their label sets and repositories.
 #[derive(Clone, Debug)]
 pub(crate) struct PoolMatcher {
-    pools: Vec<(PoolId, LabelSet)>,
+    pools: Vec<MatchedPool>,
 }
 
 impl PoolMatcher {
-    /// From the pools' labels, in configuration order.
+    /// From the pools' labels, in configuration order; no pool is bound to a repository.
+    #[cfg(test)]
     pub(crate) fn new(pools: impl IntoIterator<Item = (PoolId, LabelSet)>) -> Self {
+        Self::with_repositories(pools.into_iter().map(|(p, l)| (p, l, None)))
+    }
+
+    /// From the pools' labels and repositories (`owner/name`), in configuration order.
+    pub(crate) fn with_repositories(
+        pools: impl IntoIterator<Item = (PoolId, LabelSet, Option<String>)>,
+    ) -> Self {
         Self {
-            pools: pools.into_iter().collect(),
+            pools: pools
+                .into_iter()
+                .map(|(id, labels, repository)| MatchedPool {
+                    id,
+                    labels,
+                    repository: repository.map(|r| r.to_lowercase()),
+                })
+                .collect(),
         }
     }
 
-    /// The pool a job counts for: the first pool, in configuration order, that can run it.
-    pub(crate) fn first(&self, job_labels: &[String]) -> Option<&PoolId> {
+    /// The pool a job of `repo` counts for: the first pool, in configuration order, that
+    /// can run it.
+    pub(crate) fn first(&self, repo: Option<&str>, job_labels: &[String]) -> Option<&PoolId> {
         self.pools
             .iter()
-            .find(|(_, set)| set.matches(job_labels))
-            .map(|(p, _)| p)
+            .find(|p| p.takes(repo, job_labels))
+            .map(|p| &p.id)
     }
 
-    /// Every pool that can run a job, in configuration order.
-    pub(crate) fn all(&self, job_labels: &[String]) -> Vec<PoolId> {
+    /// Every pool that can run a job of `repo`, in configuration order.
+    pub(crate) fn all(&self, repo: Option<&str>, job_labels: &[String]) -> Vec<PoolId> {
         self.pools
             .iter()
-            .filter(|(_, set)| set.matches(job_labels))
-            .map(|(p, _)| p.clone())
+            .filter(|p| p.takes(repo, job_labels))
+            .map(|p| p.id.clone())
             .collect()
     }
 
@@ -216,22 +270,30 @@ impl PoolMatcher {
     pub(crate) fn owner_of(&self, runner_name: &str) -> Option<&PoolId> {
         self.pools
             .iter()
-            .map(|(p, _)| p)
+            .map(|p| &p.id)
             .find(|p| naming::owned_by(p.as_str(), runner_name))
     }
 
-    /// The pool a job counts for: the pool owning the runner it runs on, else the first
-    /// pool whose labels match.
-    pub(crate) fn pool_of(&self, job: &GhJob) -> Option<&PoolId> {
+    /// The pool a job of `repo` counts for: the pool owning the runner it runs on, else the
+    /// first pool that can run it.
+    pub(crate) fn pool_of(&self, repo: Option<&str>, job: &GhJob) -> Option<&PoolId> {
         job.runner_name
             .as_deref()
             .and_then(|n| self.owner_of(n))
-            .or_else(|| self.first(&job.labels))
+            .or_else(|| self.first(repo, &job.labels))
+    }
+
+    /// The repository (`owner/name`, lower case) a pool is bound to.
+    pub(crate) fn repository_of(&self, pool: &PoolId) -> Option<&str> {
+        self.pools
+            .iter()
+            .find(|p| &p.id == pool)
+            .and_then(|p| p.repository.as_deref())
     }
 
     /// The pools, in configuration order.
     pub(crate) fn pools(&self) -> impl Iterator<Item = &PoolId> {
-        self.pools.iter().map(|(p, _)| p)
+        self.pools.iter().map(|p| &p.id)
     }
 }
 
@@ -265,13 +327,35 @@ mod tests {
             ),
         ]);
         let job = labels(&["self-hosted", "linux"]);
-        assert_eq!(m.first(&job), Some(&PoolId::new("small")));
-        assert_eq!(m.all(&job), [PoolId::new("small"), PoolId::new("big")]);
+        assert_eq!(m.first(None, &job), Some(&PoolId::new("small")));
         assert_eq!(
-            m.first(&labels(&["linux", "large"])),
+            m.all(None, &job),
+            [PoolId::new("small"), PoolId::new("big")]
+        );
+        assert_eq!(
+            m.first(None, &labels(&["linux", "large"])),
             Some(&PoolId::new("big"))
         );
-        assert_eq!(m.first(&labels(&["windows"])), None);
+        assert_eq!(m.first(None, &labels(&["windows"])), None);
+    }
+
+    #[test]
+    fn a_pool_bound_to_a_repository_takes_only_its_jobs() {
+        let m = PoolMatcher::with_repositories([
+            (
+                PoolId::new("a"),
+                LabelSet::new(&labels(&["linux"])),
+                Some("Acme/A".to_owned()),
+            ),
+            (PoolId::new("any"), LabelSet::new(&labels(&["linux"])), None),
+        ]);
+        let job = labels(&["linux"]);
+        assert_eq!(m.first(Some("acme/a"), &job), Some(&PoolId::new("a")));
+        assert_eq!(m.first(Some("acme/b"), &job), Some(&PoolId::new("any")));
+        assert_eq!(m.first(None, &job), Some(&PoolId::new("any")));
+        assert_eq!(m.all(Some("ACME/A"), &job).len(), 2);
+        assert_eq!(m.repository_of(&PoolId::new("a")), Some("acme/a"));
+        assert_eq!(m.repository_of(&PoolId::new("any")), None);
     }
 
     #[test]
@@ -291,9 +375,9 @@ mod tests {
             run_attempt: 1,
             runner_name: Some("rs-big-abcdefghij".into()),
         };
-        assert_eq!(m.pool_of(&job), Some(&PoolId::new("big")));
+        assert_eq!(m.pool_of(None, &job), Some(&PoolId::new("big")));
         job.runner_name = Some("someone-elses".into());
-        assert_eq!(m.pool_of(&job), Some(&PoolId::new("small")));
+        assert_eq!(m.pool_of(None, &job), Some(&PoolId::new("small")));
     }
 
     #[test]

@@ -17,11 +17,12 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::auth::{AppKey, Credential, TokenCache};
 use super::client::Client;
-use super::config::{Auth, Config, PoolSelector, Scope};
+use super::config::{Auth, Config, MAX_REPOSITORIES, PoolSelector, Scope, split_repo};
 use super::convert::{
-    ExpiringToken, GhJob, GhRun, GhRunner, JitConfig, JobList, JobPhase, LabelSet, PoolMatcher,
-    RunList, RunnerList, job_phase, to_runner,
+    ExpiringToken, GhJob, GhRun, GhRunner, InstallationRepos, JitConfig, JobList, JobPhase,
+    LabelSet, PoolMatcher, RunList, RunnerList, job_phase, to_runner,
 };
+use super::repos::{RepoBook, key};
 use super::webhook::{Handling, HookState};
 
 /// Requests in flight at once while polling runs and jobs.
@@ -37,16 +38,27 @@ const CACHE_AGE: Duration = Duration::from_secs(15 * 60);
 pub struct GithubProvider {
     client: Client,
     scope: Scope,
+    web_base: String,
     runner_url: String,
     runner_group_id: u64,
     poll_jobs: bool,
     repositories: Vec<String>,
+    from_installation: bool,
+    installation_refresh: Duration,
+    /// The installation's repositories and when they were listed.
+    installation_repos: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
+    max_per_pass: usize,
+    /// The distinct repositories pools are bound to (repository scope of many repositories).
+    pool_repos: Vec<String>,
     pools: Vec<(PoolId, PoolSelector)>,
     matcher: PoolMatcher,
     webhook_secret: Option<SecretString>,
     hooks: Mutex<HookState>,
+    book: Mutex<RepoBook>,
     last_good: Mutex<HashMap<PoolId, ProviderView>>,
     registration_token: tokio::sync::Mutex<TokenCache>,
+    /// Registration tokens per repository (repository scope of many repositories).
+    repo_tokens: tokio::sync::Mutex<HashMap<String, TokenCache>>,
 }
 
 impl std::fmt::Debug for GithubProvider {
@@ -102,6 +114,40 @@ impl GithubProvider {
         let scope = config
             .scope()
             .ok_or_else(|| misconfigured("org: no account named".to_owned()))?;
+        let listed = config.poll_repositories();
+        let mut pool_repos: Vec<String> = Vec::new();
+        for (pool, sel) in &pools {
+            match (&scope, &sel.repository) {
+                (Scope::Repos { .. }, None) => {
+                    return Err(misconfigured(format!(
+                        "pool {pool}: repository: set it: without org, repo or enterprise \
+                         runners are repository-level, and a repository-level runner takes \
+                         only its repository's jobs"
+                    )));
+                }
+                (Scope::Repos { .. }, Some(r))
+                    if !listed.iter().any(|l| l.eq_ignore_ascii_case(r)) =>
+                {
+                    return Err(misconfigured(format!(
+                        "pool {pool}: repository: {r:?} is not listed in repositories"
+                    )));
+                }
+                (Scope::Repo { owner, name }, Some(r))
+                    if !r.eq_ignore_ascii_case(&format!("{owner}/{name}")) =>
+                {
+                    return Err(misconfigured(format!(
+                        "pool {pool}: repository: {r:?} is not the account's repository \
+                         {owner}/{name}"
+                    )));
+                }
+                _ => {}
+            }
+            if let Some(r) = &sel.repository
+                && !pool_repos.iter().any(|p| p.eq_ignore_ascii_case(r))
+            {
+                pool_repos.push(key(r));
+            }
+        }
         let secret = |field: &str, r: &runscale_core::secret::SecretRef| {
             r.resolve()
                 .map_err(|e| misconfigured(format!("{field}: {e}")))
@@ -133,24 +179,32 @@ impl GithubProvider {
             config.request_timeout,
             config.connect_timeout,
         )?;
-        let matcher = PoolMatcher::new(
+        let matcher = PoolMatcher::with_repositories(
             pools
                 .iter()
-                .map(|(p, s)| (p.clone(), LabelSet::new(&s.labels))),
+                .map(|(p, s)| (p.clone(), LabelSet::new(&s.labels), s.repository.clone())),
         );
         Ok(Self {
+            web_base: config.web_base(),
             runner_url: format!("{}/{}", config.web_base(), scope.web_path()),
             client,
             scope,
             runner_group_id: config.runner_group_id,
             poll_jobs: config.poll_jobs,
-            repositories: config.poll_repositories(),
+            repositories: listed,
+            from_installation: config.repositories.is_installation(),
+            installation_refresh: config.installation_refresh,
+            installation_repos: tokio::sync::Mutex::new(None),
+            max_per_pass: config.max_repositories_per_pass,
+            pool_repos,
             pools,
             matcher,
             webhook_secret,
             hooks: Mutex::new(HookState::default()),
+            book: Mutex::new(RepoBook::default()),
             last_good: Mutex::new(HashMap::new()),
             registration_token: tokio::sync::Mutex::new(TokenCache::default()),
+            repo_tokens: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -180,6 +234,10 @@ impl GithubProvider {
                 .is_some_and(|(owner, _)| owner.eq_ignore_ascii_case(org)),
             Scope::Repo { .. } => false,
             Scope::Enterprise(_) => repo.contains('/'),
+            Scope::Repos { .. } => self
+                .repositories
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(repo)),
         }
     }
 
@@ -195,16 +253,91 @@ impl GithubProvider {
             .await
     }
 
-    /// The repositories to poll: configured ones plus those webhooks named in the last day.
-    fn poll_targets(&self) -> Vec<String> {
-        let mut repos = self.repositories.clone();
+    /// The installation's repositories (`GET /installation/repositories`, every page),
+    /// listed again every `installation_refresh`. A failed refresh keeps the last list.
+    async fn installation_repositories(&self) -> Result<Vec<String>> {
+        let mut cached = self.installation_repos.lock().await;
+        if let Some((at, repos)) = cached.as_ref()
+            && at.elapsed() < self.installation_refresh
+        {
+            return Ok(repos.clone());
+        }
+        let listed = self
+            .client
+            .get_all(
+                "github.list_installation_repositories",
+                "installation/repositories",
+                "installation repository list",
+                |p: InstallationRepos| (p.total_count, p.repositories),
+            )
+            .await;
+        match listed {
+            Ok(repos) => {
+                let mut names: Vec<String> = repos
+                    .into_iter()
+                    .map(|r| r.full_name)
+                    .filter(|r| split_repo(r).is_some())
+                    .collect();
+                names.truncate(MAX_REPOSITORIES);
+                tracing::debug!(
+                    repositories = names.len(),
+                    "listed the installation's repositories"
+                );
+                *cached = Some((Instant::now(), names.clone()));
+                Ok(names)
+            }
+            Err(e) => match cached.as_ref() {
+                Some((_, repos)) if !matches!(e.kind(), ErrorKind::RateLimited { .. }) => {
+                    tracing::warn!(error = %e, "listing the installation's repositories failed; keeping the last list");
+                    Ok(repos.clone())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The repositories polled for jobs: configured ones (and the installation's), plus those
+    /// webhooks named in the last day, each with when a webhook last named it.
+    async fn poll_universe(&self) -> Result<Vec<(String, Option<Instant>)>> {
         let recent = lock(&self.hooks).recent_repos(Instant::now());
-        for r in recent {
-            if !repos.iter().any(|o| o.eq_ignore_ascii_case(&r)) {
-                repos.push(r);
+        let mut out: Vec<(String, Option<Instant>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut add = |repo: &str, hooked: Option<Instant>| match index.get(&key(repo)) {
+            Some(&i) => {
+                if hooked.is_some() {
+                    out[i].1 = hooked;
+                }
+            }
+            None => {
+                index.insert(key(repo), out.len());
+                out.push((repo.to_owned(), hooked));
+            }
+        };
+        if matches!(self.scope, Scope::Repos { .. }) {
+            // Repository-level runners take only their repository's jobs: only repositories a
+            // pool is bound to can have demand.
+            for r in &self.pool_repos {
+                add(r, None);
+            }
+            for (r, at) in recent {
+                if self.pool_repos.iter().any(|p| p.eq_ignore_ascii_case(&r)) {
+                    add(&r, Some(at));
+                }
+            }
+            return Ok(out);
+        }
+        for r in &self.repositories {
+            add(r, None);
+        }
+        if self.from_installation {
+            for r in self.installation_repositories().await? {
+                add(&r, None);
             }
         }
-        repos
+        for (r, at) in recent {
+            add(&r, Some(at));
+        }
+        Ok(out)
     }
 
     /// The queued and in-progress runs of one repository. A repository that is gone or not
@@ -252,48 +385,69 @@ impl GithubProvider {
         }
     }
 
-    /// Demand per pool from polling: queued and in-progress runs → their jobs.
+    /// The queued and running jobs of one repository.
+    async fn repo_jobs(&self, repo: &str) -> Result<Vec<GhJob>> {
+        let runs = self.active_runs(repo).await?;
+        let jobs: Vec<Vec<GhJob>> = stream::iter(runs)
+            .map(|run| async move { self.run_jobs(repo, run).await })
+            .buffer_unordered(POLL_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(jobs.into_iter().flatten().collect())
+    }
+
+    /// Demand per pool from polling: at most `max_repositories_per_pass` repositories are
+    /// polled (queued and in-progress runs → their jobs); the others count their last poll.
     async fn poll_demand(&self) -> Result<HashMap<PoolId, Demand>> {
-        let repos = self.poll_targets();
-        let runs: Vec<(String, u64)> = stream::iter(repos)
+        let universe = self.poll_universe().await?;
+        let picked = lock(&self.book).select_polls(&universe, self.max_per_pass);
+        let polled: Vec<(String, Vec<GhJob>)> = stream::iter(picked)
             .map(|repo| async move {
-                let ids = self.active_runs(&repo).await?;
-                Ok::<_, Error>(ids.into_iter().map(move |id| (repo.clone(), id)))
+                let jobs = self.repo_jobs(&repo).await?;
+                Ok::<_, Error>((repo, jobs))
             })
             .buffer_unordered(POLL_CONCURRENCY)
-            .map_ok(|it| stream::iter(it.map(Ok::<_, Error>)))
-            .try_flatten()
             .try_collect()
             .await?;
-        let mut jobs: Vec<GhJob> = stream::iter(runs)
-            .map(|(repo, run)| async move { self.run_jobs(&repo, run).await })
-            .buffer_unordered(POLL_CONCURRENCY)
-            .map_ok(|v| stream::iter(v.into_iter().map(Ok::<_, Error>)))
-            .try_flatten()
-            .try_collect()
-            .await?;
-        jobs.sort_by_key(|j| (j.created_at, j.id));
+        let now = Instant::now();
+        let mut book = lock(&self.book);
+        for (repo, jobs) in polled {
+            // Only jobs some pool would count are kept: a repository whose jobs no pool runs
+            // does not keep its priority.
+            let wanted = jobs
+                .into_iter()
+                .filter(|j| match job_phase(&j.status) {
+                    JobPhase::Waiting => self.matcher.first(Some(&repo), &j.labels).is_some(),
+                    JobPhase::Running => self.matcher.pool_of(Some(&repo), j).is_some(),
+                    JobPhase::Other => false,
+                })
+                .collect();
+            book.record_poll(&repo, wanted, now);
+        }
+        book.retain(&universe);
+        let mut jobs: Vec<(&str, &GhJob)> = book.jobs(&universe).collect();
+        jobs.sort_by_key(|(_, j)| (j.created_at, j.id));
         let mut seen = HashSet::new();
         let mut out: HashMap<PoolId, Demand> = HashMap::new();
-        let now = Utc::now();
-        for job in jobs {
+        let wall = Utc::now();
+        for (repo, job) in jobs {
             if !seen.insert(job.id) {
                 continue;
             }
             match job_phase(&job.status) {
                 JobPhase::Waiting => {
-                    if let Some(pool) = self.matcher.first(&job.labels) {
+                    if let Some(pool) = self.matcher.first(Some(repo), &job.labels) {
                         out.entry(pool.clone())
                             .or_default()
                             .waiting
                             .push(WaitingJob {
                                 id: job.id.to_string(),
-                                queued_at: job.created_at.unwrap_or(now),
+                                queued_at: job.created_at.unwrap_or(wall),
                             });
                     }
                 }
                 JobPhase::Running => {
-                    if let Some(pool) = self.matcher.pool_of(&job) {
+                    if let Some(pool) = self.matcher.pool_of(Some(repo), job) {
                         out.entry(pool.clone()).or_default().running += 1;
                     }
                 }
@@ -303,9 +457,56 @@ impl GithubProvider {
         Ok(out)
     }
 
+    /// Lists the runners of the pool repositories that need it (see [`RepoBook`]); returns
+    /// the repositories whose listing failed. A rate limit fails the whole pass.
+    async fn list_repo_runners(&self) -> Result<HashSet<String>> {
+        let picked = lock(&self.book).select_listings(&self.pool_repos, self.max_per_pass);
+        let started = Instant::now();
+        let results: Vec<(String, Result<Vec<GhRunner>>)> = stream::iter(picked)
+            .map(|repo| async move {
+                let listed = self
+                    .client
+                    .get_all(
+                        "github.list_runners",
+                        &format!("repos/{repo}/actions/runners"),
+                        "runner list",
+                        |p: RunnerList| (p.total_count, p.runners),
+                    )
+                    .await;
+                (repo, listed)
+            })
+            .buffer_unordered(POLL_CONCURRENCY)
+            .collect()
+            .await;
+        let mut failed = HashSet::new();
+        let mut book = lock(&self.book);
+        for (repo, listed) in results {
+            match listed {
+                Ok(runners) => {
+                    let ours = runners
+                        .into_iter()
+                        .filter(|r| self.matcher.owner_of(&r.name).is_some())
+                        .collect();
+                    book.record_listing(&repo, ours, started);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::RateLimited { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(repo = %repo, error = %e, "listing the repository's runners failed; its runners are kept and its pools remove nothing this pass");
+                    failed.insert(repo);
+                }
+            }
+        }
+        Ok(failed)
+    }
+
     /// A fresh view of every pool.
     async fn fetch_views(&self) -> Result<HashMap<PoolId, ProviderView>> {
-        let runners = self.list_runners().await?;
+        let per_repo = matches!(self.scope, Scope::Repos { .. });
+        let (runners, failed) = if per_repo {
+            (Vec::new(), self.list_repo_runners().await?)
+        } else {
+            (self.list_runners().await?, HashSet::new())
+        };
         let mut demand = if self.poll_jobs {
             self.poll_demand().await?
         } else {
@@ -333,6 +534,23 @@ impl GithubProvider {
                 view.runners.push(to_runner(r));
             }
         }
+        if per_repo {
+            let book = lock(&self.book);
+            for (pool, view) in &mut views {
+                let Some(repo) = self.matcher.repository_of(pool) else {
+                    continue;
+                };
+                let (listed, ever) = book.runners(repo);
+                view.stale = !ever || failed.contains(repo);
+                for r in listed {
+                    if self.matcher.owner_of(&r.name) == Some(pool) {
+                        let mut runner = to_runner(r);
+                        runner.id = RunnerId::new(format!("{repo}:{}", r.id));
+                        view.runners.push(runner);
+                    }
+                }
+            }
+        }
         Ok(views)
     }
 
@@ -340,9 +558,11 @@ impl GithubProvider {
     async fn register_jit(
         &self,
         op: &'static str,
+        pool: &PoolId,
         sel: &PoolSelector,
         runner_name: &str,
     ) -> Result<Registration> {
+        let (api_path, runner_url, repo) = self.registration_target(pool);
         let labels = jit_labels(&sel.labels);
         let body = serde_json::json!({
             "name": runner_name,
@@ -355,19 +575,17 @@ impl GithubProvider {
             .mutate(
                 op,
                 Method::POST,
-                &format!(
-                    "{}/actions/runners/generate-jitconfig",
-                    self.scope.api_path()
-                ),
+                &format!("{api_path}/actions/runners/generate-jitconfig"),
                 Some(&body),
             )
             .await?;
         let jit: JitConfig =
             reply.json(op, &[StatusCode::CREATED, StatusCode::OK], "JIT config")?;
+        if let Some(repo) = &repo {
+            lock(&self.book).record_registration(repo, Instant::now());
+        }
         let mut credentials = Credentials::default();
-        credentials
-            .vars
-            .insert("GITHUB_URL".into(), self.runner_url.clone());
+        credentials.vars.insert("GITHUB_URL".into(), runner_url);
         credentials
             .vars
             .insert("RUNNER_NAME".into(), runner_name.to_owned());
@@ -375,16 +593,54 @@ impl GithubProvider {
             "GITHUB_JIT_CONFIG".into(),
             SecretString::from(jit.encoded_jit_config),
         );
+        let id = match &repo {
+            Some(repo) => format!("{repo}:{}", jit.runner.id),
+            None => jit.runner.id.to_string(),
+        };
         Ok(Registration {
             runner_name: runner_name.to_owned(),
-            runner_id: Some(RunnerId::new(jit.runner.id.to_string())),
+            runner_id: Some(RunnerId::new(id)),
             credentials,
         })
     }
 
-    /// The account's registration token, cached until five minutes before it expires.
-    async fn registration_token(&self, op: &'static str) -> Result<SecretString> {
-        let mut cache = self.registration_token.lock().await;
+    /// Where a pool's runners register: the API path of the scope, the URL `config.sh`
+    /// takes, and (repository scope of many repositories) the pool's repository.
+    fn registration_target(&self, pool: &PoolId) -> (String, String, Option<String>) {
+        match (&self.scope, self.matcher.repository_of(pool)) {
+            (Scope::Repos { .. }, Some(repo)) => (
+                format!("repos/{repo}"),
+                format!("{}/{repo}", self.web_base),
+                Some(repo.to_owned()),
+            ),
+            _ => (self.scope.api_path(), self.runner_url.clone(), None),
+        }
+    }
+
+    /// The registration token of a pool's scope (the account, or the pool's repository),
+    /// cached until five minutes before it expires.
+    async fn registration_token(&self, op: &'static str, pool: &PoolId) -> Result<SecretString> {
+        let (api_path, _, repo) = self.registration_target(pool);
+        let Some(repo) = repo else {
+            let mut cache = self.registration_token.lock().await;
+            return self
+                .fetch_registration_token(op, &api_path, &mut cache)
+                .await;
+        };
+        let mut caches = self.repo_tokens.lock().await;
+        let cache = caches.entry(repo.clone()).or_default();
+        let token = self.fetch_registration_token(op, &api_path, cache).await?;
+        lock(&self.book).record_registration(&repo, Instant::now());
+        Ok(token)
+    }
+
+    /// The registration token of `api_path` from `cache`, or a fresh one.
+    async fn fetch_registration_token(
+        &self,
+        op: &'static str,
+        api_path: &str,
+        cache: &mut TokenCache,
+    ) -> Result<SecretString> {
         if let Some(t) = cache.get(Utc::now()) {
             return Ok(t);
         }
@@ -393,10 +649,7 @@ impl GithubProvider {
             .mutate(
                 op,
                 Method::POST,
-                &format!(
-                    "{}/actions/runners/registration-token",
-                    self.scope.api_path()
-                ),
+                &format!("{api_path}/actions/runners/registration-token"),
                 None,
             )
             .await?;
@@ -481,13 +734,12 @@ impl Provider for GithubProvider {
         let op = "github.register";
         let sel = self.selector(op, pool)?;
         if sel.ephemeral {
-            return self.register_jit(op, sel, runner_name).await;
+            return self.register_jit(op, pool, sel, runner_name).await;
         }
-        let token = self.registration_token(op).await?;
+        let token = self.registration_token(op, pool).await?;
+        let (_, runner_url, _) = self.registration_target(pool);
         let mut credentials = Credentials::default();
-        credentials
-            .vars
-            .insert("GITHUB_URL".into(), self.runner_url.clone());
+        credentials.vars.insert("GITHUB_URL".into(), runner_url);
         credentials
             .vars
             .insert("RUNNER_NAME".into(), runner_name.to_owned());
@@ -507,7 +759,11 @@ impl Provider for GithubProvider {
     async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
         let op = "github.remove";
         self.selector(op, pool)?;
-        let id: u64 = runner.as_str().parse().map_err(|_| {
+        let (api_path, raw_id) = match runner.as_str().rsplit_once(':') {
+            Some((repo, id)) if split_repo(repo).is_some() => (format!("repos/{repo}"), id),
+            _ => (self.scope.api_path(), runner.as_str()),
+        };
+        let id: u64 = raw_id.parse().map_err(|_| {
             Error::new(
                 op,
                 ErrorKind::Protocol,
@@ -519,7 +775,7 @@ impl Provider for GithubProvider {
             .mutate(
                 op,
                 Method::DELETE,
-                &format!("{}/actions/runners/{id}", self.scope.api_path()),
+                &format!("{api_path}/actions/runners/{id}"),
                 None,
             )
             .await?;
@@ -552,12 +808,19 @@ impl Provider for GithubProvider {
 
     async fn probe(&self) -> Result<String> {
         let op = "github.probe";
+        let api_path = match &self.scope {
+            Scope::Repos { .. } => match self.repositories.first() {
+                Some(repo) => format!("repos/{repo}"),
+                None => self.scope.api_path(),
+            },
+            _ => self.scope.api_path(),
+        };
         let reply = self
             .client
             .request(
                 op,
                 Method::GET,
-                &format!("{}/actions/runners?per_page=1", self.scope.api_path()),
+                &format!("{api_path}/actions/runners?per_page=1"),
                 None,
                 false,
             )

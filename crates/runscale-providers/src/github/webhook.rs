@@ -105,6 +105,8 @@ impl Dedup {
 struct TrackedJob {
     /// Its latest phase; `Other` once completed (kept so late events do not revive it).
     phase: JobPhase,
+    /// Its repository (`owner/name`), if the event named one.
+    repo: Option<String>,
     labels: Vec<String>,
     runner_name: Option<String>,
     created_at: DateTime<Utc>,
@@ -221,10 +223,11 @@ impl HookState {
         {
             self.remember_repo(&repo.full_name, now);
         }
+        let repo_name = ev.repository.as_ref().map(|r| r.full_name.as_str());
         if h.track_jobs {
-            self.track(job, &ev.action, now);
+            self.track(job, repo_name, &ev.action, now);
         }
-        let mut pools = h.matcher.all(&job.labels);
+        let mut pools = h.matcher.all(repo_name, &job.labels);
         if let Some(owner) = job
             .runner_name
             .as_deref()
@@ -252,18 +255,20 @@ impl HookState {
         self.repos.insert(key, now);
     }
 
-    /// Repositories (`owner/name`, lower case) named by webhooks in the last 24 hours.
-    pub(crate) fn recent_repos(&mut self, now: Instant) -> Vec<String> {
+    /// Repositories (`owner/name`, lower case) named by webhooks in the last 24 hours, with
+    /// when they were last named.
+    pub(crate) fn recent_repos(&mut self, now: Instant) -> Vec<(String, Instant)> {
         self.repos
             .retain(|_, seen| now.saturating_duration_since(*seen) < REPO_TTL);
-        let mut v: Vec<String> = self.repos.keys().cloned().collect();
+        let mut v: Vec<(String, Instant)> =
+            self.repos.iter().map(|(k, t)| (k.clone(), *t)).collect();
         v.sort();
         v
     }
 
     /// Updates the job table from an event; jobs only move forward (queued → in progress →
     /// completed), so a late or reordered event does not revive a finished job.
-    fn track(&mut self, job: &GhJob, action: &str, now: Instant) {
+    fn track(&mut self, job: &GhJob, repo: Option<&str>, action: &str, now: Instant) {
         let phase = match action {
             "completed" => JobPhase::Other,
             _ => job_phase(&job.status),
@@ -291,6 +296,7 @@ impl HookState {
             job.id,
             TrackedJob {
                 phase,
+                repo: repo.map(str::to_owned),
                 labels: job.labels.clone(),
                 runner_name: job.runner_name.clone(),
                 created_at: job.created_at.unwrap_or_else(Utc::now),
@@ -314,7 +320,7 @@ impl HookState {
         for (id, t) in ids {
             match t.phase {
                 JobPhase::Waiting => {
-                    if let Some(pool) = matcher.first(&t.labels) {
+                    if let Some(pool) = matcher.first(t.repo.as_deref(), &t.labels) {
                         out.entry(pool.clone())
                             .or_default()
                             .waiting
@@ -329,7 +335,7 @@ impl HookState {
                         .runner_name
                         .as_deref()
                         .and_then(|n| matcher.owner_of(n))
-                        .or_else(|| matcher.first(&t.labels));
+                        .or_else(|| matcher.first(t.repo.as_deref(), &t.labels));
                     if let Some(pool) = pool {
                         out.entry(pool.clone()).or_default().running += 1;
                     }
@@ -556,14 +562,17 @@ mod tests {
         let body = job_body(1, "queued", &["linux"]);
         handle(&mut s, &request("workflow_job", "d1", &body), false).expect("ok");
         let now = Instant::now();
-        assert_eq!(s.recent_repos(now), ["acme/widgets"]);
+        let names = |s: &mut HookState, at| -> Vec<String> {
+            s.recent_repos(at).into_iter().map(|(r, _)| r).collect()
+        };
+        assert_eq!(names(&mut s, now), ["acme/widgets"]);
         let mut other =
             serde_json::from_slice::<serde_json::Value>(&job_body(2, "queued", &[])).expect("json");
         other["repository"]["full_name"] = "elsewhere/x".into();
         let body = serde_json::to_vec(&other).expect("json");
         handle(&mut s, &request("workflow_job", "d2", &body), false).expect("ok");
         assert_eq!(
-            s.recent_repos(now),
+            names(&mut s, now),
             ["acme/widgets"],
             "repos of other accounts are not polled"
         );

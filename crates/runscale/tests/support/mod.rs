@@ -78,6 +78,26 @@ pub fn fake_runner_script(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// Waits until `done` holds, polling every 200 ms; panics naming `what` after `timeout`.
+pub async fn wait_for(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// The environment of a runscale process talking to `moto` as access key `(id, secret)` in
 /// us-east-1, with no profile, instance metadata or shared config files (in `dir`, absent) to
 /// fall back on.
