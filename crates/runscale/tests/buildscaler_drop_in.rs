@@ -11,7 +11,8 @@
 //! Shown: every job of the three queues runs exactly once (the emulator records a job started
 //! twice, a forced stop and an agent lost while busy as violations), `bash` never has more
 //! than 2 pods, each `bash` pod has its own claim (deleted with it), the later Job is
-//! discovered, a second Job on queue `bash` is refused with an error naming both, the seed's
+//! discovered, a second Job on queue `bash` is refused with an error naming both, deleting the
+//! `deploy` Job while its agents run jobs retires its pods only once idle, the seed's
 //! uninstall selector `app.elotl.co=buildscaler` selects runscale's pods, and once the work is
 //! done the idle agents leave (`--disconnect-after-idle-timeout`) and every pod is gone.
 
@@ -155,6 +156,7 @@ async fn the_seed_deployment_runs_jobs_of_every_labelled_job_in_every_namespace(
     let mut claims_seen = BTreeSet::new();
     let mut selected_by_seed_label = 0;
     let mut late_added_at = None;
+    let mut deploy_job_deleted_busy = None;
     loop {
         let by_queue = pods_by_queue(&kube);
         for (queue, pods) in &by_queue {
@@ -203,6 +205,26 @@ async fn the_seed_deployment_runs_jobs_of_every_labelled_job_in_every_namespace(
             );
             late_added_at = Some(started.elapsed());
         }
+        // Once every deploy job has started, its Job is deleted while agents still run jobs:
+        // those pods are retired once idle, never while busy.
+        let deploy: Vec<_> = snap.jobs.iter().filter(|j| j.queue == "deploy").collect();
+        if deploy_job_deleted_busy.is_none()
+            && deploy.len() == deploy_jobs as usize
+            && deploy.iter().all(|j| j.started_at.is_some())
+        {
+            let busy = deploy
+                .iter()
+                .filter(|j| j.status == JobStatus::Running)
+                .count();
+            api(
+                &kube,
+                reqwest::Method::DELETE,
+                "/apis/batch/v1/namespaces/deploy/jobs/deploy-job",
+                serde_json::json!({"propagationPolicy": "Orphan"}),
+            )
+            .await;
+            deploy_job_deleted_busy = Some(busy);
+        }
         let total = (bash_jobs + deploy_jobs + late_jobs) as usize;
         let pods_left: usize = pods_by_queue(&kube).values().map(Vec::len).sum();
         if snap.jobs.len() == total && snap.all_finished() && pods_left == 0 {
@@ -246,6 +268,12 @@ async fn the_seed_deployment_runs_jobs_of_every_labelled_job_in_every_namespace(
     assert!(kube.persistent_volume_claims("ci").is_empty());
     assert!(selected_by_seed_label >= 2, "{selected_by_seed_label}");
     let text = log_text();
+    if deploy_job_deleted_busy.is_some_and(|busy| busy > 0) {
+        assert!(
+            text.contains("retiring them once idle"),
+            "the pods of the deleted Job are retired:\n{text}"
+        );
+    }
     assert!(
         text.contains("Job deploy/bash-again") && text.contains("Job ci/bash-job"),
         "the duplicate queue is reported naming both Jobs:\n{text}"
@@ -257,13 +285,15 @@ async fn the_seed_deployment_runs_jobs_of_every_labelled_job_in_every_namespace(
     eprintln!(
         "{} jobs (bash {bash_jobs}, deploy {deploy_jobs}, late {late_jobs}) all passed once; \
          pods per queue {:?}, most at once {most:?}; {} claims; Job `late` added at {:?}; \
-         all pods gone after {took:?}; {} API requests",
+         Job `deploy` deleted with {:?} of its jobs running; all pods gone after {took:?}; \
+         {} API requests",
         snap.jobs.len(),
         seen.iter()
             .map(|(q, p)| (q.clone(), p.len()))
             .collect::<BTreeMap<_, _>>(),
         claims_seen.len(),
         late_added_at.unwrap_or_default(),
+        deploy_job_deleted_busy,
         kube.requests().len(),
     );
     daemon.kill().await.expect("stop runscale");
