@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube_support::{api_code, api_reason, assert_status, eventually, gone, pod, relabel, start};
@@ -495,6 +495,50 @@ async fn owned_secrets_go_with_their_pod_unless_orphaned() {
         (owner.is_none() && dep.is_none()).then_some(())
     })
     .await;
+    f.emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn generic_ephemeral_volumes_get_a_claim_owned_by_the_pod() {
+    let f = start(KubeConfig::default()).await;
+    let pods = f.pods("default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(f.client.clone(), "default");
+    let mut p = pod("runner", json!({"app": "ci"}), "x:1", &["x"]);
+    p.spec.as_mut().unwrap().volumes = Some(vec![
+        serde_json::from_value(json!({
+            "name": "scratch",
+            "ephemeral": {"volumeClaimTemplate": {
+                "metadata": {"labels": {"app": "ci"}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
+                         "resources": {"requests": {"storage": "10Gi"}}}
+            }}
+        }))
+        .unwrap(),
+    ]);
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    // The controller names the claim {pod}-{volume} and makes the pod its controller.
+    let claim = claims.get("runner-scratch").await.unwrap();
+    let owner = &claim.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("Pod", created.metadata.uid.as_deref().unwrap(), Some(true))
+    );
+    assert_eq!(claim.metadata.labels.as_ref().unwrap()["app"], "ci");
+    let spec = claim.spec.as_ref().unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("standard"));
+    assert_eq!(
+        spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+        "10Gi"
+    );
+    let listed = claims
+        .list(&ListParams::default().labels("app=ci"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    pods.delete("runner", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    gone(&claims, "runner-scratch").await;
     f.emu.shutdown().await;
 }
 

@@ -54,6 +54,10 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Buildscaler's command line (elotl buildscaler-eks): autoscale Buildkite agents in pods
+    /// made from every Job labelled `app.elotl.co: buildscaler`, with Buildscaler's options.
+    #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
+    Buildscaler(crate::buildscaler::BuildscalerArgs),
     /// Replay a job trace (or a generated one) against runscale's policy and the policies of
     /// the autoscalers it replaces; report waits and cost per policy.
     Simulate(SimulateCli),
@@ -217,6 +221,8 @@ pub fn main() -> ExitCode {
     // The demo draws progress on the terminal: keep routine logs out of it unless asked.
     let level = match cli.command {
         Command::Demo(_) if cli.log_level == "info" => "warn",
+        #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
+        Command::Buildscaler(ref a) if a.verbose && cli.log_level == "info" => "debug",
         _ => &cli.log_level,
     };
     logging::init(cli.log_format, level);
@@ -258,6 +264,11 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
             }))?;
             drop(stdout);
             rt.block_on(daemon::run(&config, args.run.dry_run))
+        }
+        #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
+        Command::Buildscaler(args) => {
+            drop(stdout);
+            runtime()?.block_on(crate::buildscaler::run(&args))
         }
         Command::Demo(args) => {
             drop(stdout);

@@ -6,6 +6,8 @@
 //! - [`cli`]: arguments, exit codes.
 //! - [`commands`]: `once`, `check`, `config schema`, `version`.
 //! - [`daemon`]: `run` (HTTP server + reconciler + signals).
+//! - [`buildscaler`]: `buildscaler`, Buildscaler's command line over Job discovery and the
+//!   daemon.
 //! - [`http`]: the HTTP routes, as a `Router` built without a socket.
 //! - [`import`]: `import <seed>`, a seed system's artefacts → a configuration file.
 //! - [`leader`]: leader election among replicas over a Kubernetes Lease (`run --leader-elect`).
@@ -16,6 +18,8 @@
 //! - [`status_page`]: the HTML status page at `/`.
 //! - [`logging`], [`table`]: output helpers.
 
+#[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
+pub mod buildscaler;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -2,7 +2,7 @@
 //! needs no network), keeps the pod inventory in a watched store, and remembers what it
 //! launched and terminated until the store has caught up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -233,6 +233,134 @@ impl Kubernetes {
     }
 }
 
+/// A Job labelled as a Buildscaler template (`app.elotl.co: buildscaler` and a
+/// `buildscaler.elotl.co/queue`), as [`Kubernetes::discover_template_jobs`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateJob {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its UID (the template version).
+    pub uid: String,
+    /// `metadata.creationTimestamp` (RFC 3339, UTC), empty if the server sent none.
+    pub created: String,
+    /// The value of its `buildscaler.elotl.co/queue` label (maybe empty).
+    pub queue: String,
+    /// Its `spec.parallelism`.
+    pub parallelism: Option<i32>,
+    /// Its annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Most objects read by one discovery list (pages of [`DISCOVERY_PAGE`]).
+const MAX_DISCOVERED: usize = 10_000;
+/// Page size of discovery lists.
+const DISCOVERY_PAGE: u32 = 500;
+
+impl Kubernetes {
+    /// Buildscaler's discovery: the Jobs labelled `app.elotl.co=buildscaler` and
+    /// `buildscaler.elotl.co/queue`, of every namespace (`all_namespaces`, a cluster-wide list
+    /// that needs `list` on `jobs` cluster-wide) or of the configured one, sorted by namespace
+    /// and name. Every page is read; more than 10,000 Jobs is an error.
+    pub async fn discover_template_jobs(
+        config: &Config,
+        all_namespaces: bool,
+    ) -> Result<Vec<TemplateJob>> {
+        let (key, value) = LABEL_BUILDSCALER;
+        let selector = format!("{key}={value},{LABEL_BUILDSCALER_QUEUE}");
+        let jobs: Vec<Job> = list_every_page(config, all_namespaces, "Jobs", &selector).await?;
+        let mut found: Vec<TemplateJob> = jobs.into_iter().filter_map(template_job).collect();
+        found.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Ok(found)
+    }
+
+    /// The runner pods labelled `app.elotl.co=buildscaler` (their Job's label) of the
+    /// configured namespace or of every namespace, as (namespace, labels), so that the pods of
+    /// a Job that is gone can still be retired. Every page is read; more than 10,000 pods is
+    /// an error.
+    pub async fn discover_template_job_pods(
+        config: &Config,
+        all_namespaces: bool,
+    ) -> Result<Vec<(String, BTreeMap<String, String>)>> {
+        let (key, value) = LABEL_BUILDSCALER;
+        let selector = format!("{key}={value},{LABEL_POOL}");
+        let pods: Vec<Pod> = list_every_page(config, all_namespaces, "pods", &selector).await?;
+        Ok(pods
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.namespace?, p.metadata.labels?)))
+            .collect())
+    }
+}
+
+/// Every `kind` object matching `selector` in the configured namespace or in all of them
+/// (pages of [`DISCOVERY_PAGE`], at most [`MAX_DISCOVERED`]).
+async fn list_every_page<K>(
+    config: &Config,
+    all_namespaces: bool,
+    kind: &str,
+    selector: &str,
+) -> Result<Vec<K>>
+where
+    K: NamespacedObject,
+{
+    const OP: &str = "kubernetes.discover";
+    if let Err(errors) = config.validate() {
+        return Err(misconfigured(OP, join_errors("", &errors)));
+    }
+    let (client, namespace) = client(config).await?;
+    let (api, scope): (Api<K>, String) = if all_namespaces {
+        (Api::all(client), "all namespaces".to_owned())
+    } else {
+        (
+            Api::namespaced(client, &namespace),
+            format!("namespace {namespace}"),
+        )
+    };
+    let what = format!("listing {kind} labelled {selector} in {scope}");
+    let mut params = ListParams::default().labels(selector).limit(DISCOVERY_PAGE);
+    let mut found = Vec::new();
+    loop {
+        let page = call(OP, &what, api.list(&params))
+            .await?
+            .map_err(|e| api_error(OP, &what, e))?;
+        found.extend(page.items);
+        if found.len() > MAX_DISCOVERED {
+            return Err(misconfigured(
+                OP,
+                format!("{what}: more than {MAX_DISCOVERED}"),
+            ));
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(found),
+        }
+    }
+}
+
+/// A listed Job as a [`TemplateJob`] (`None` without a name or namespace).
+fn template_job(job: Job) -> Option<TemplateJob> {
+    let meta = job.metadata;
+    let created = meta
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Some(TemplateJob {
+        namespace: meta.namespace?,
+        name: meta.name?,
+        uid: meta.uid.unwrap_or_default(),
+        created,
+        queue: meta
+            .labels
+            .and_then(|mut l| l.remove(LABEL_BUILDSCALER_QUEUE))
+            .unwrap_or_default(),
+        parallelism: job.spec.and_then(|s| s.parallelism),
+        annotations: meta.annotations.unwrap_or_default(),
+    })
+}
+
 impl Inner {
     /// The connection, made on first use: client, namespace and the running inventory.
     async fn conn(&self) -> Result<&Conn> {
@@ -380,6 +508,23 @@ fn kubeconfig_error(op: &'static str, c: &Config, e: kube::config::KubeconfigErr
     misconfigured(op, format!("{field}: cannot use {file}: {e}"))
 }
 
+/// A namespaced Kubernetes object type the backend reads (pods, Jobs, CronJobs).
+trait NamespacedObject:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + fmt::Debug
+{
+}
+
+impl<K> NamespacedObject for K where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + fmt::Debug
+{
+}
+
 /// How a template object is found: by name, or as the only one with these labels.
 enum Lookup<'a> {
     Name(&'a str),
@@ -389,10 +534,7 @@ enum Lookup<'a> {
 /// Gets the one `kind` object `by` names in the backend's namespace.
 async fn lookup<K>(conn: &Conn, kind: &str, by: Lookup<'_>) -> Result<K>
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + fmt::Debug,
+    K: NamespacedObject,
 {
     const OP: &str = "kubernetes.template";
     let ns = &conn.namespace;

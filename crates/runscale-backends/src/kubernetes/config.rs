@@ -210,6 +210,78 @@ pub struct PoolTemplate {
     /// Default: the first container only.
     #[serde(default = "default_credentials_containers")]
     pub credentials_containers: Vec<String>,
+    /// A PersistentVolumeClaim of its own for every runner pod (Buildscaler's `pvc-*` Job
+    /// annotations), mounted in each of the pod's containers. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim: Option<VolumeClaim>,
+}
+
+/// A claim made for each runner pod as a generic ephemeral volume: Kubernetes creates the
+/// PersistentVolumeClaim `{pod}-runscale-pvc` with the pod, owned by it, and the garbage
+/// collector deletes it with the pod. runscale needs no permission on claims.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeClaim {
+    /// The storage requested, a Kubernetes quantity such as "10Gi".
+    pub size: String,
+    /// Where the volume is mounted in every container of the pod (an absolute path).
+    pub mount_path: String,
+    /// The StorageClass of the claim. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl VolumeClaim {
+    /// Problems of the settings, with field names relative to the claim.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        if let Some(p) = quantity_problem(&self.size) {
+            errors.push(("size".to_owned(), p));
+        }
+        if !(self.mount_path.starts_with('/') && self.mount_path.len() > 1)
+            || self.mount_path.contains(':')
+            || self.mount_path.split('/').any(|part| part == "..")
+        {
+            errors.push((
+                "mount_path".to_owned(),
+                format!(
+                    "{:?} is not an absolute path below / (without '..' or ':')",
+                    self.mount_path
+                ),
+            ));
+        }
+        if let Some(class) = &self.storage_class_name
+            && let Some(p) = dns_subdomain_problem(class)
+        {
+            errors.push(("storage_class_name".to_owned(), p));
+        }
+        errors
+    }
+}
+
+/// Why `s` is not a positive storage quantity (`10Gi`, `500M`, `1.5Ti`), if it is not.
+pub(crate) fn quantity_problem(s: &str) -> Option<String> {
+    const SUFFIXES: [&str; 12] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    ];
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let number_ok = !number.is_empty()
+        && number.len() <= 18
+        && number.matches('.').count() <= 1
+        && !number.starts_with('.')
+        && !number.ends_with('.')
+        && number.bytes().any(|b| (b'1'..=b'9').contains(&b));
+    if number_ok && (suffix.is_empty() || SUFFIXES.contains(&suffix)) {
+        None
+    } else {
+        Some(format!(
+            "{s:?} is not a storage size (a positive number with an optional suffix Ki, Mi, \
+             Gi, Ti, Pi, Ei, k, M, G, T, P or E, such as \"10Gi\")"
+        ))
+    }
 }
 
 /// The default [`PoolTemplate::credentials`]: environment variables.
@@ -270,6 +342,7 @@ impl PoolTemplate {
             credentials: default_credentials(),
             credentials_dir: default_credentials_dir(),
             credentials_containers: default_credentials_containers(),
+            volume_claim: None,
         }
     }
 
@@ -378,6 +451,14 @@ impl PoolTemplate {
             if let Some(p) = dns_label_problem(name) {
                 errors.push((format!("credentials_containers[{i}]"), p));
             }
+        }
+        if let Some(claim) = &self.volume_claim {
+            errors.extend(
+                claim
+                    .problems()
+                    .into_iter()
+                    .map(|(f, m)| (format!("volume_claim.{f}"), m)),
+            );
         }
         if let Some(pod) = &self.pod {
             let names: Vec<&str> = pod
@@ -752,6 +833,60 @@ mod tests {
         for o in &others {
             assert_ne!(o.template_hash(), base.template_hash(), "{o:?}");
         }
+    }
+
+    #[test]
+    fn volume_claims_need_a_size_and_an_absolute_path() {
+        let claim = |size: &str, path: &str, class: Option<&str>| VolumeClaim {
+            size: size.into(),
+            mount_path: path.into(),
+            storage_class_name: class.map(str::to_owned),
+        };
+        assert!(
+            claim("10Gi", "/data", Some("standard"))
+                .problems()
+                .is_empty()
+        );
+        assert!(
+            claim("1.5Ti", "/var/lib/buildkite-agent", None)
+                .problems()
+                .is_empty()
+        );
+        assert!(claim("500M", "/d", None).problems().is_empty());
+        for bad in [
+            "", "0", "0Gi", "ten", "10GB", ".5Gi", "10 Gi", "-1Gi", "1e3",
+        ] {
+            assert_eq!(
+                claim(bad, "/d", None)
+                    .problems()
+                    .into_iter()
+                    .map(|(f, _)| f)
+                    .collect::<Vec<_>>(),
+                ["size"],
+                "{bad:?}"
+            );
+        }
+        for bad in ["relative", "/", "/a/../etc", "/a:b"] {
+            assert_eq!(
+                claim("1Gi", bad, None).problems()[0].0,
+                "mount_path",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            claim("1Gi", "/d", Some("Bad_Class")).problems()[0].0,
+            "storage_class_name"
+        );
+        let mut t = PoolTemplate::inline(runner_pod());
+        let before = t.template_hash();
+        t.volume_claim = Some(claim("1Gi", "relative", None));
+        assert_eq!(fields(t.validate()), ["volume_claim.mount_path"]);
+        t.volume_claim = Some(claim("1Gi", "/d", None));
+        assert_ne!(
+            t.template_hash(),
+            before,
+            "the claim is part of the template"
+        );
     }
 
     #[test]

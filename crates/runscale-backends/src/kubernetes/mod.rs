@@ -68,4 +68,7 @@ mod inventory;
 mod template;
 
 pub use backend::Kubernetes;
-pub use config::{Config, CredentialsDelivery, CronJobRef, JobRef, PoolTemplate, validate_pool};
+pub use backend::TemplateJob;
+pub use config::{
+    Config, CredentialsDelivery, CronJobRef, JobRef, PoolTemplate, VolumeClaim, validate_pool,
+};

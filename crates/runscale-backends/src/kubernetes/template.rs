@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    EnvFromSource, EnvVar, Pod, PodTemplateSpec, Secret, SecretEnvSource, SecretVolumeSource,
-    Volume, VolumeMount,
+    EnvFromSource, EnvVar, EphemeralVolumeSource, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimTemplate, Pod, PodTemplateSpec, Secret, SecretEnvSource,
+    SecretVolumeSource, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use runscale_core::Credentials;
 use sha2::{Digest, Sha256};
@@ -54,6 +56,8 @@ pub(crate) const ENV_RUNNER_NAME: &str = "RUNSCALE_RUNNER_NAME";
 pub(crate) const ENV_CREDENTIALS_DIR: &str = "RUNSCALE_CREDENTIALS_DIR";
 /// Name of the credentials volume (`volume` delivery).
 const CREDENTIALS_VOLUME: &str = "runscale-credentials";
+/// Name of the per-pod claim's volume; Kubernetes names the claim `{pod}-runscale-pvc`.
+pub(crate) const CLAIM_VOLUME: &str = "runscale-pvc";
 /// Labels the Job controller puts on a Job's pod template; copied onto bare pods they would
 /// let the Job controller (parallelism 0) adopt and delete them.
 const JOB_CONTROLLER_LABELS: [&str; 4] = [
@@ -73,6 +77,10 @@ pub(crate) struct Resolved {
     pub version: String,
     /// What it was taken from, for messages (`CronJob small-runner`).
     pub origin: String,
+    /// Labels of the source that its pods carry too: a Buildscaler Job's
+    /// `app.elotl.co` and `buildscaler.elotl.co/queue`, so that selecting by them (the seed's
+    /// uninstall, `kubectl delete jobs,pods -l app.elotl.co=buildscaler`) finds the pods.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A pod template's content hash.
@@ -87,6 +95,7 @@ pub(crate) fn from_inline(template: &PodTemplateSpec) -> Resolved {
         template: template.clone(),
         version: format!("inline/{}", template_digest(template)),
         origin: "the inline pod template".to_owned(),
+        labels: BTreeMap::new(),
     }
 }
 
@@ -114,6 +123,7 @@ pub(crate) fn from_cron_job(cron_job: &CronJob) -> Result<Resolved, String> {
         version: format!("cronjob/{uid}/{}", template_digest(&template)),
         template,
         origin: format!("CronJob {name}"),
+        labels: BTreeMap::new(),
     })
 }
 
@@ -143,10 +153,19 @@ pub(crate) fn from_job(job: &Job) -> Result<Resolved, String> {
         .as_deref()
         .filter(|u| !u.is_empty())
         .ok_or_else(|| format!("Job {name} has no metadata.uid"))?;
+    let labels = job
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| [LABEL_BUILDSCALER.0, LABEL_BUILDSCALER_QUEUE].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok(Resolved {
         template,
         version: format!("job/{uid}"),
         origin: format!("Job {name}"),
+        labels,
     })
 }
 
@@ -186,6 +205,7 @@ pub(crate) fn render_pod(p: &PodParams<'_>) -> Result<Pod, String> {
     for l in JOB_CONTROLLER_LABELS {
         labels.remove(l);
     }
+    labels.extend(p.resolved.labels.clone());
     labels.insert(LABEL_POOL.to_owned(), p.pool.to_owned());
     labels.insert(LABEL_RUNNER.to_owned(), p.runner_name.to_owned());
     labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
@@ -278,6 +298,9 @@ pub(crate) fn render_pod(p: &PodParams<'_>) -> Result<Pod, String> {
             ..Volume::default()
         });
     }
+    if let Some(claim) = &p.settings.volume_claim {
+        add_claim(&mut spec, claim, &labels, origin)?;
+    }
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(p.runner_name.to_owned()),
@@ -289,6 +312,62 @@ pub(crate) fn render_pod(p: &PodParams<'_>) -> Result<Pod, String> {
         spec: Some(spec),
         status: None,
     })
+}
+
+/// Adds the pod's own claim: a generic ephemeral volume (Kubernetes creates the claim
+/// `{pod}-runscale-pvc` owned by the pod, and deletes it with the pod), mounted at
+/// `claim.mount_path` in every container. The claim carries the pod's labels.
+fn add_claim(
+    spec: &mut k8s_openapi::api::core::v1::PodSpec,
+    claim: &super::config::VolumeClaim,
+    labels: &BTreeMap<String, String>,
+    origin: &str,
+) -> Result<(), String> {
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    if volumes.iter().any(|v| v.name == CLAIM_VOLUME) {
+        return Err(format!(
+            "{origin} already has a volume named {CLAIM_VOLUME}"
+        ));
+    }
+    for c in &mut spec.containers {
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        if mounts.iter().any(|m| m.mount_path == claim.mount_path) {
+            return Err(format!(
+                "{origin}: container {} already mounts a volume at {} (the claim's mount path)",
+                c.name, claim.mount_path
+            ));
+        }
+        mounts.push(VolumeMount {
+            name: CLAIM_VOLUME.to_owned(),
+            mount_path: claim.mount_path.clone(),
+            ..VolumeMount::default()
+        });
+    }
+    volumes.push(Volume {
+        name: CLAIM_VOLUME.to_owned(),
+        ephemeral: Some(EphemeralVolumeSource {
+            volume_claim_template: Some(PersistentVolumeClaimTemplate {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            Quantity(claim.size.clone()),
+                        )])),
+                        limits: None,
+                    }),
+                    storage_class_name: claim.storage_class_name.clone(),
+                    ..PersistentVolumeClaimSpec::default()
+                },
+            }),
+        }),
+        ..Volume::default()
+    });
+    Ok(())
 }
 
 /// Why `key` cannot be a Secret data key, if it cannot.
@@ -488,6 +567,11 @@ mod tests {
         let pod = render_pod(&params(&resolved, &settings)).expect("pod");
         let labels = pod.metadata.labels.as_ref().expect("labels");
         assert!(!labels.contains_key("batch.kubernetes.io/controller-uid"));
+        // The Job's own labels, so the seed's `kubectl delete jobs,pods -l
+        // app.elotl.co=buildscaler` selects the pods.
+        assert_eq!(labels[LABEL_BUILDSCALER.0], LABEL_BUILDSCALER.1);
+        assert_eq!(labels[LABEL_BUILDSCALER_QUEUE], "bash");
+        assert_eq!(labels[LABEL_POOL], "small");
         let spec = pod.spec.as_ref().expect("spec");
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         let c = &spec.containers[0];
@@ -515,6 +599,75 @@ mod tests {
             env_of(&pod, 0).contains(&(ENV_CREDENTIALS_DIR, Some("/run/runscale/credentials")))
         );
         assert!(env_of(&pod, 0).contains(&("BASH_JOB", Some("my_bash_job"))));
+    }
+
+    #[test]
+    fn a_volume_claim_is_an_ephemeral_volume_mounted_in_every_container() {
+        let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [
+                {"name": "agent", "image": "buildkite/agent:3"},
+                {"name": "docker", "image": "docker:dind"}
+            ]}
+        }))
+        .expect("template");
+        let resolved = from_inline(&template);
+        let mut settings = PoolTemplate::inline(template.clone());
+        settings.volume_claim = Some(super::super::config::VolumeClaim {
+            size: "10Gi".into(),
+            mount_path: "/var/lib/buildkite-agent".into(),
+            storage_class_name: Some("standard".into()),
+        });
+        let pod = render_pod(&params(&resolved, &settings)).expect("pod");
+        let spec = pod.spec.as_ref().expect("spec");
+        for c in &spec.containers {
+            let mounts = c.volume_mounts.as_ref().expect("mounts");
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m.name == CLAIM_VOLUME && m.mount_path == "/var/lib/buildkite-agent"),
+                "{}",
+                c.name
+            );
+        }
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == CLAIM_VOLUME)
+            .expect("claim volume");
+        let claim = volume
+            .ephemeral
+            .as_ref()
+            .and_then(|e| e.volume_claim_template.as_ref())
+            .expect("claim template");
+        assert_eq!(claim.spec.storage_class_name.as_deref(), Some("standard"));
+        let requests = claim
+            .spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .expect("requests");
+        assert_eq!(requests["storage"].0, "10Gi");
+        let claim_labels = claim
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .expect("labels");
+        assert_eq!(claim_labels[LABEL_POOL], "small");
+        // A container that already mounts something there is a clear error.
+        let mut taken = template;
+        if let Some(s) = taken.spec.as_mut() {
+            s.containers[1].volume_mounts = Some(vec![VolumeMount {
+                name: "x".into(),
+                mount_path: "/var/lib/buildkite-agent".into(),
+                ..VolumeMount::default()
+            }]);
+        }
+        let err = render_pod(&params(&from_inline(&taken), &settings)).expect_err("taken");
+        assert!(
+            err.contains("docker") && err.contains("/var/lib/buildkite-agent"),
+            "{err}"
+        );
     }
 
     #[test]

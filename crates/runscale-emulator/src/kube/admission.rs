@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -107,6 +107,7 @@ pub(crate) fn decode(
         "cronjobs" => round_trip::<CronJob>(body),
         "leases" => round_trip::<Lease>(body),
         "namespaces" => round_trip::<Namespace>(body),
+        "persistentvolumeclaims" => round_trip::<PersistentVolumeClaim>(body),
         _ => Ok(body.clone()),
     };
     let name = body

@@ -1,12 +1,13 @@
-//! A fake kube-apiserver for tests: the core/v1 pods (with `status` and `log`), secrets and
-//! namespaces, batch/v1 jobs and cronjobs, and coordination.k8s.io/v1 leases, over plain HTTP
+//! A fake kube-apiserver for tests: the core/v1 pods (with `status` and `log`), secrets,
+//! persistentvolumeclaims and namespaces, batch/v1 jobs and cronjobs, and coordination.k8s.io/v1 leases, over plain HTTP
 //! on loopback, faithful enough for the real `kubectl` and the kube-rs client and
 //! `kube::runtime::watcher`; plus a scheduler and kubelet that run each pod's first container
 //! as a local process.
 //!
 //! What lives here: configuration ([`KubeConfig`]), the server ([`KubeEmulator::start`] →
 //! [`KubeHandle`], or [`serve`] for a command line), snapshots and counters for tests. What
-//! does not: controllers (no Job or CronJob controller creates pods; no ReplicaSets), RBAC and
+//! does not: controllers (no Job or CronJob controller creates pods; no ReplicaSets; only the
+//! ephemeral volume controller, which creates a pod's generic ephemeral claims with it), RBAC and
 //! admission webhooks, protobuf and CBOR encodings, aggregated discovery, OpenAPI documents,
 //! server-side apply field ownership (apply is a strategic merge without `managedFields`),
 //! `kubectl logs -f` (logs are a snapshot), exec/attach/port-forward, and nodes as objects.
@@ -50,7 +51,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
@@ -289,6 +290,11 @@ impl KubeHandle {
     /// The secrets of a namespace, sorted by name.
     pub fn secrets(&self, namespace: &str) -> Vec<Secret> {
         self.snapshot(&resources::SECRETS, namespace)
+    }
+
+    /// The PersistentVolumeClaims of a namespace, sorted by name.
+    pub fn persistent_volume_claims(&self, namespace: &str) -> Vec<PersistentVolumeClaim> {
+        self.snapshot(&resources::PERSISTENT_VOLUME_CLAIMS, namespace)
     }
 
     /// The jobs of a namespace.

@@ -163,9 +163,32 @@ pub(crate) const LEASES: ResourceType = ResourceType {
     has_generation: false,
 };
 
+/// PersistentVolumeClaims (made by the ephemeral volume controller for a pod's generic
+/// ephemeral volumes, or created directly).
+pub(crate) const PERSISTENT_VOLUME_CLAIMS: ResourceType = ResourceType {
+    id: 6,
+    group: "",
+    version: "v1",
+    plural: "persistentvolumeclaims",
+    singular: "persistentvolumeclaim",
+    kind: "PersistentVolumeClaim",
+    namespaced: true,
+    short_names: &["pvc"],
+    categories: &[],
+    subresources: &["status"],
+    has_generation: false,
+};
+
 /// Every served resource type.
-pub(crate) const ALL: [&ResourceType; 6] =
-    [&NAMESPACES, &PODS, &SECRETS, &JOBS, &CRONJOBS, &LEASES];
+pub(crate) const ALL: [&ResourceType; 7] = [
+    &NAMESPACES,
+    &PODS,
+    &SECRETS,
+    &JOBS,
+    &CRONJOBS,
+    &LEASES,
+    &PERSISTENT_VOLUME_CLAIMS,
+];
 
 /// The API groups besides the core group, each with its one version.
 pub(crate) const GROUPS: [(&str, &str); 2] = [("batch", "v1"), ("coordination.k8s.io", "v1")];

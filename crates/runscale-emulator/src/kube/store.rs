@@ -530,6 +530,12 @@ impl Store {
                 "pods" => json!({"phase": "Pending",
                     "qosClass": admission::qos_class(obj.get("spec").unwrap_or(&Value::Null))}),
                 "namespaces" => json!({"phase": "Active"}),
+                // As if a dynamic provisioner bound it at once (no PersistentVolumes here).
+                "persistentvolumeclaims" => json!({
+                    "phase": "Bound",
+                    "accessModes": obj.pointer("/spec/accessModes").cloned().unwrap_or(json!([])),
+                    "capacity": obj.pointer("/spec/resources/requests").cloned().unwrap_or(json!({})),
+                }),
                 _ => json!({}),
             };
             obj["status"] = status;
@@ -547,7 +553,54 @@ impl Store {
         if opts.dry_run {
             return Ok((Arc::new(obj), warnings));
         }
-        Ok((self.commit(rt, key, obj, EventKind::Added), warnings))
+        let stored = self.commit(rt, key, obj, EventKind::Added);
+        if rt.plural == "pods" {
+            self.create_ephemeral_claims(ns, &stored);
+        }
+        Ok((stored, warnings))
+    }
+
+    /// The ephemeral volume controller: for each generic ephemeral volume of a new pod, the
+    /// claim `{pod}-{volume}` from its `volumeClaimTemplate` (labels and annotations, spec),
+    /// owned by the pod (`controller: true`), so the garbage collector deletes it with the
+    /// pod. A claim of that name that already exists is left alone.
+    fn create_ephemeral_claims(&mut self, ns: &str, pod: &Value) {
+        let (Some(pod_name), Some(uid)) = (meta_str(pod, "name"), meta_str(pod, "uid")) else {
+            return;
+        };
+        let (pod_name, uid) = (pod_name.to_owned(), uid.to_owned());
+        let volumes = pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for volume in volumes {
+            let (Some(name), Some(template)) = (
+                volume.get("name").and_then(Value::as_str),
+                volume.pointer("/ephemeral/volumeClaimTemplate"),
+            ) else {
+                continue;
+            };
+            let mut metadata = template.get("metadata").cloned().unwrap_or(json!({}));
+            metadata["name"] = json!(format!("{pod_name}-{name}"));
+            metadata["ownerReferences"] = json!([{
+                "apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }]);
+            let claim = json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": metadata,
+                "spec": template.get("spec").cloned().unwrap_or(json!({})),
+            });
+            // An invalid template is refused by the real controller too (an event on the pod).
+            let _ = self.create(
+                &resources::PERSISTENT_VOLUME_CLAIMS,
+                ns,
+                &claim,
+                WriteOptions::default(),
+            );
+        }
     }
 
     /// `PUT` of the object or of its `status`.

@@ -22,6 +22,8 @@
 //! [`Spanned`]: serde_saphyr::Spanned
 
 mod build;
+#[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
+pub mod buildscaler;
 #[cfg(any(feature = "backend-aws-asg", feature = "backend-aws-ec2"))]
 mod deferred;
 pub mod environment;

@@ -160,3 +160,42 @@ pub async fn run_with_aws(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `runscale` with its log (stderr) in `log`, stdin and stdout closed, none of the
+/// `RUNSCALE_CONFIG`/`_LOG_FORMAT`/`_LOG_LEVEL` of the test's own environment, killed when
+/// dropped.
+pub fn runscale_logged(log: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .env_remove("RUNSCALE_CONFIG")
+        .env_remove("RUNSCALE_LOG_FORMAT")
+        .env_remove("RUNSCALE_LOG_LEVEL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .kill_on_drop(true);
+    command
+}
+
+/// The fake kube-apiserver with these namespaces, whose kubelet runs `image` as a fake
+/// Buildkite/GitHub/... agent (`runscale fake-runner`), and its kubeconfig written in `dir`.
+pub async fn kube_with_fake_runner(
+    dir: &Path,
+    namespaces: &[&str],
+    image: &str,
+) -> (KubeHandle, PathBuf) {
+    let agent = fake_runner_script(dir, "fake-agent");
+    let kube = runscale_emulator::kube::KubeEmulator::start(
+        runscale_emulator::kube::KubeConfig {
+            namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+            ..runscale_emulator::kube::KubeConfig::default()
+        }
+        .image(image, runscale_emulator::kube::ImageConfig::program(&agent)),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("fake kube-apiserver");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    (kube, kubeconfig)
+}
