@@ -8,6 +8,7 @@
 //! - [`daemon`]: `run` (HTTP server + reconciler + signals).
 //! - [`http`]: the HTTP routes, as a `Router` built without a socket.
 //! - [`leader`]: leader election among replicas over a Kubernetes Lease (`run --leader-elect`).
+//! - [`rediscovery`]: the environment modes' periodic re-discovery of their pools.
 //! - [`demo`]: `demo` (runscale, the GitHub emulator, runner processes and a workload, end to
 //!   end on one machine) and `emulator github`.
 //! - [`fake_runner`]: `fake-runner`, the emulator's runner agent as the demo's runner process.
@@ -24,6 +25,7 @@ pub mod fake_runner;
 pub mod http;
 pub mod leader;
 pub mod logging;
+pub mod rediscovery;
 pub mod simulate;
 pub mod status_page;
 pub mod table;
