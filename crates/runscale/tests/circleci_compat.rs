@@ -300,17 +300,7 @@ async fn autoscaler_mode_runs_every_task_in_jobs_from_the_seed_cron_jobs_and_red
     )
     .await;
     // The runner token, where the seed's CronJob reads it from.
-    kube_api(
-        &kube,
-        reqwest::Method::POST,
-        "/api/v1/namespaces/circleci-runners/secrets",
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "api-token"},
-            "stringData": {"LAUNCH_AGENT_API_AUTH_TOKEN": RC_TOKEN},
-        }),
-    )
-    .await;
+    token_secret(&kube, "api-token", RC_TOKEN).await;
     let small_uid = kube.cronjobs(RC_NS)[0].metadata.uid.clone().expect("uid");
 
     const SMALL: &str = "vela-games/k8s-small";
@@ -406,17 +396,7 @@ async fn autoscaler_mode_runs_every_task_in_jobs_from_the_seed_cron_jobs_and_red
             // Its own runner token, in its own Secret.
             template["spec"]["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]["name"] =
                 serde_json::json!("api-token-large");
-            kube_api(
-                &kube,
-                reqwest::Method::POST,
-                "/api/v1/namespaces/circleci-runners/secrets",
-                serde_json::json!({
-                    "apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": "api-token-large"},
-                    "stringData": {"LAUNCH_AGENT_API_AUTH_TOKEN": LARGE_TOKEN},
-                }),
-            )
-            .await;
+            token_secret(&kube, "api-token-large", LARGE_TOKEN).await;
             kube_api(
                 &kube,
                 reqwest::Method::POST,
@@ -498,6 +478,21 @@ async fn autoscaler_mode_runs_every_task_in_jobs_from_the_seed_cron_jobs_and_red
     );
     daemon.kill().await.expect("stop runscale");
     kube.shutdown().await;
+}
+
+/// A runner token Secret as the seed's README has it (`LAUNCH_AGENT_API_AUTH_TOKEN`).
+async fn token_secret(kube: &KubeHandle, name: &str, token: &str) {
+    kube_api(
+        kube,
+        reqwest::Method::POST,
+        "/api/v1/namespaces/circleci-runners/secrets",
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name},
+            "stringData": {"LAUNCH_AGENT_API_AUTH_TOKEN": token},
+        }),
+    )
+    .await;
 }
 
 /// The fake API server (`config` with the namespaces `default` and `circleci-runners`) holding

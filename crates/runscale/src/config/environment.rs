@@ -24,12 +24,15 @@
 //!     instance is never terminated or unprotected, whatever its age.
 //! - **circleci-runner-autoscaler**, when `APP_CIRCLE_TOKEN` is set:
 //!   `APP_CIRCLE_RESOURCE_NAMESPACE` (required) filters resource classes; pools are discovered
-//!   at start-up from Auto Scaling groups tagged `resource-class: <namespace>/<name>` (every
-//!   page) and, unless `APP_KUBERNETES_SCALER_ENABLED` is `false`, from the CronJobs of
+//!   from Auto Scaling groups tagged `resource-class: <namespace>/<name>` (every page) and,
+//!   unless `APP_KUBERNETES_SCALER_ENABLED` is `false`, from the CronJobs of
 //!   `APP_KUBERNETES_NAMESPACE` (default `circleci-runners`) labelled
-//!   `resource-class-org: <namespace>` and `resource-class-name: <name>`. Unlike the seed,
-//!   runscale scales in, caps Kubernetes pools (`RUNSCALE_POOL_MAX`, default 20), counts pods
-//!   that are still starting, and does not need the group to be named like the class.
+//!   `resource-class-org: <namespace>` and `resource-class-name: <name>`; each runner of a
+//!   CronJob's class is a Job made from its `jobTemplate`, as the seed made them. Unlike the
+//!   seed, runscale scales in, caps Kubernetes pools (`RUNSCALE_POOL_MAX`, default 20, logged
+//!   at start and shown by `runscale check`), counts pods that are still starting, and does
+//!   not need the group to be named like the class. Pools on groups wait 15 minutes for their
+//!   runner (`boot_timeout`; the seed waited as long).
 //!
 //! In the autoscaler mode, runners on Auto Scaling instances are named by their instance id
 //! (that seed's convention) and pods by runscale (pod name = runner name); in both modes every
@@ -38,8 +41,16 @@
 //! `RUNSCALE_CIRCLECI_URL` (default `https://runner.circleci.com`, for CircleCI server or a
 //! proxy) with the v2 runner paths the seeds call; `RUNSCALE_LISTEN` sets the HTTP address.
 //!
-//! Discovery happens once, when runscale starts: a class added later needs a restart (the
-//! seed re-discovered every 5 s but never dropped a class that went away).
+//! In both modes `RUNSCALE_BOOT_TIMEOUT` and `RUNSCALE_IDLE_TIMEOUT` set every pool's
+//! timeouts and, in the autoscaler mode, `RUNSCALE_POOL_MAX` every pool's cap (each bounded;
+//! errors name the variable); `RUNSCALE_LEADER_ELECT=true` (with
+//! `RUNSCALE_LEADER_ELECT_LEASE_NAME`, `_NAMESPACE`, `_IDENTITY`) turns on leader election.
+//!
+//! Discovery runs at start-up and, in the autoscaler mode ([`Mode::rediscovers`]), again every
+//! `RUNSCALE_DISCOVERY_INTERVAL` (default 5 s, as the seed) through [`Loader`]:
+//! [`crate::rediscovery`] swaps the daemon to the new set of pools. A failed discovery keeps
+//! the pools (a failed side keeps its last classes); a class that goes away is no longer
+//! reconciled (the seed kept a worker for it forever).
 
 use std::path::Path;
 use std::sync::Arc;
