@@ -256,6 +256,30 @@ async fn autoscaler_mode_discovers_pools_from_group_tags_and_cron_job_labels() {
     assert_eq!(pools, ["large", "k8s-small"], "{stdout}{stderr}");
     assert!(!stdout.contains("other"), "{stdout}");
 
+    // check shows every pool's cap: the CronJob's the default 20, the group's its MaxSize's.
+    let (code, stdout, stderr) = runscale(&moto, dir.path(), &["check"], &env).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let row = |pool: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(pool) && l.contains("circleci"))
+            .unwrap_or_else(|| panic!("no row for {pool}:\n{stdout}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(stdout.contains("BOOT_TIMEOUT"), "{stdout}");
+    assert_eq!(
+        row("k8s-small")[1..4],
+        ["circleci", "kubernetes", "20"],
+        "{stdout}"
+    );
+    assert_eq!(
+        row("large")[1..5],
+        ["circleci", "asg", "1000", "15m"],
+        "{stdout}"
+    );
+
     // Without the Kubernetes scaler only the group's class is a pool.
     let mut no_kube = env.to_vec();
     no_kube.push(("APP_KUBERNETES_SCALER_ENABLED", "false"));
