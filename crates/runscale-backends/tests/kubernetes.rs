@@ -762,7 +762,7 @@ async fn the_seed_cron_job_works_unchanged() {
     .await;
     assert_eq!(listed[0].template_hash, "h");
     assert_eq!(listed[0].id, instance.id);
-    assert_eq!(listed[0].runner_names, [name.clone()]);
+    assert_eq!(listed[0].runner_names, std::slice::from_ref(&name));
     // Busy: its pod is protected from disruption.
     let pool = PoolId::new("small");
     backend
