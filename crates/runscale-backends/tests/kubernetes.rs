@@ -662,16 +662,12 @@ async fn finished_pods_wake_their_pool_and_are_cleaned_up_with_their_secret() {
     cluster.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_seed_cron_job_works_unchanged() {
-    const RC_NS: &str = "circleci-runners";
-    let cluster = Cluster::start(&[(
-        "circleci-image:latest",
-        "/opt/circleci/start.sh",
-        "printf '%s|%s|%s' \"$LAUNCH_AGENT_RUNNER_NAME\" \"$LAUNCH_AGENT_API_AUTH_TOKEN\" \
-         \"$RUNNER_TOKEN\" > \"$RUNSCALE_POD_ROOT/seen\"; exec sleep 300",
-    )])
-    .await;
+/// The fake API server running `script` as the seed image's `/opt/circleci/start.sh`, with the
+/// seed's `api-token` Secret and README CronJob in `circleci-runners`: the cluster, a client
+/// and the CronJob's uid.
+async fn seed_cron_cluster(script: &str) -> (Cluster, kube::Client, String) {
+    let cluster =
+        Cluster::start(&[("circleci-image:latest", "/opt/circleci/start.sh", script)]).await;
     let client = cluster.client().await;
     // What a circleci-runner-autoscaler user already has in the cluster.
     create_secret(
@@ -683,10 +679,26 @@ async fn the_seed_cron_job_works_unchanged() {
     )
     .await;
     let cron: CronJob = fixture("circleci-cronjob.yaml");
-    Api::<CronJob>::namespaced(client, RC_NS)
+    let cron_uid = Api::<CronJob>::namespaced(client.clone(), RC_NS)
         .create(&PostParams::default(), &cron)
         .await
-        .expect("the seed CronJob is accepted");
+        .expect("the seed CronJob is accepted")
+        .metadata
+        .uid
+        .expect("uid");
+    (cluster, client, cron_uid)
+}
+
+/// The seed's namespace.
+const RC_NS: &str = "circleci-runners";
+
+#[tokio::test]
+async fn the_seed_cron_job_works_unchanged() {
+    let (cluster, _, cron_uid) = seed_cron_cluster(
+        "printf '%s|%s|%s' \"$LAUNCH_AGENT_RUNNER_NAME\" \"$LAUNCH_AGENT_API_AUTH_TOKEN\" \
+         \"$RUNNER_TOKEN\" > \"$RUNSCALE_POD_ROOT/seen\"; exec sleep 300",
+    )
+    .await;
 
     let by_class = PoolTemplate::cron_job(CronJobRef {
         name: None,
@@ -703,24 +715,137 @@ async fn the_seed_cron_job_works_unchanged() {
 
     let instance = launch(&backend, "small", "h").await;
     let name = instance.id.to_string();
-    // LAUNCH_AGENT_RUNNER_NAME comes from metadata.name: the runner name.
+    // The runner is a Job made from the CronJob's jobTemplate, owned by the CronJob.
+    let jobs = cluster.handle.jobs(RC_NS);
+    let [job] = jobs.as_slice() else {
+        panic!("one Job: {jobs:?}")
+    };
+    assert_eq!(job.metadata.name.as_deref(), Some(name.as_str()));
+    let owner = &job.metadata.owner_references.clone().unwrap_or_default()[0];
     assert_eq!(
-        cluster.seen(RC_NS, &name).await,
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("CronJob", "small-runner")
+    );
+    assert_eq!(owner.uid, cron_uid);
+    let spec = job.spec.clone().expect("job spec");
+    assert_eq!(spec.ttl_seconds_after_finished, Some(21600));
+    // Its pod, named by the Job controller, carries runscale's labels and the template's
+    // restart policy; LAUNCH_AGENT_RUNNER_NAME (metadata.name in the template) is the
+    // runner name.
+    let pod = wait_for("the Job's pod", || {
+        cluster.handle.pods(RC_NS).into_iter().find(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get("job-name") == Some(&name))
+        })
+    })
+    .await;
+    let pod_name = pod.metadata.name.clone().expect("pod name");
+    assert_ne!(pod_name, name);
+    assert_eq!(
+        cluster.seen(RC_NS, &pod_name).await,
         format!("{name}|circle-rc-token|{SECRET}")
     );
-    let pod = cluster.handle.pod(RC_NS, &name).expect("pod");
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels["resource-class-org"], "vela-games");
     assert_eq!(labels["resource-class-name"], "k8s-small");
+    assert_eq!(labels["runscale/pool"], "small");
+    assert_eq!(labels["runscale/runner-name"], name);
     assert_eq!(
         pod.spec.and_then(|s| s.restart_policy).as_deref(),
-        Some("Never")
+        Some("OnFailure")
     );
-    let listed = list_until(&backend, "small", "the pod running", |l| {
+    let listed = list_until(&backend, "small", "the Job's pod running", |l| {
         l.len() == 1 && l[0].state == InstanceState::Running
     })
     .await;
     assert_eq!(listed[0].template_hash, "h");
+    assert_eq!(listed[0].id, instance.id);
+    assert_eq!(listed[0].runner_names, std::slice::from_ref(&name));
+    // Busy: its pod is protected from disruption.
+    let pool = PoolId::new("small");
+    backend
+        .mark_busy(&pool, std::slice::from_ref(&instance.id))
+        .await
+        .expect("busy");
+    let annotated = cluster.handle.pod(RC_NS, &pod_name).expect("pod");
+    assert_eq!(
+        annotated.metadata.annotations.unwrap_or_default()["karpenter.sh/do-not-disrupt"],
+        "true"
+    );
+    // Terminate deletes the Job, its pod and its Secret.
+    backend
+        .terminate(&pool, &instance.id)
+        .await
+        .expect("terminate");
+    wait_for("the Job, its pod and its Secret to be gone", || {
+        (cluster.handle.jobs(RC_NS).is_empty()
+            && cluster.handle.pods(RC_NS).is_empty()
+            && !cluster
+                .handle
+                .secrets(RC_NS)
+                .iter()
+                .any(|s| s.metadata.name.as_deref() == Some(&format!("{name}-credentials"))))
+        .then_some(())
+    })
+    .await;
+    list_until(&backend, "small", "an empty pool", <[_]>::is_empty).await;
+    cluster.shutdown().await;
+}
+
+/// A finished runner Job is deleted with its pod; a runner Job without a pod is seen through
+/// the Job, as booting, so the policy's `boot_timeout` retires it.
+#[tokio::test]
+async fn a_runner_job_without_a_pod_is_listed_and_a_finished_one_deleted() {
+    let (cluster, client, _) = seed_cron_cluster("exit 0").await;
+    let backend = cluster.backend(
+        RC_NS,
+        &[(
+            "small",
+            PoolTemplate::cron_job(CronJobRef {
+                name: Some("small-runner".into()),
+                resource_class: None,
+            }),
+        )],
+    );
+    let instance = launch(&backend, "small", "h").await;
+    // The runner exits at once: its pod succeeds, the Job completes and a listing deletes
+    // it (with its pod).
+    let listed = list_until(&backend, "small", "the finished Job", |l| {
+        l.iter().any(|i| i.state == InstanceState::Stopping)
+    })
+    .await;
+    assert!(listed.iter().all(|i| i.id == instance.id), "{listed:?}");
+    list_until(&backend, "small", "an empty pool", <[_]>::is_empty).await;
+    assert!(cluster.handle.jobs(RC_NS).is_empty());
+    assert!(cluster.handle.pods(RC_NS).is_empty());
+
+    // A runner Job without a pod: here suspended, so the Job controller makes none (in a
+    // cluster: a quota, an admission webhook refusing the pod).
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client, RC_NS);
+    let stuck: k8s_openapi::api::batch::v1::Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "rs-small-stuckstuck", "labels": {"runscale/pool": "small"},
+            "annotations": {"runscale/template-hash": "h"}},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "circleci-image:latest"}]}}},
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &stuck)
+        .await
+        .expect("job");
+    let listed = list_until(&backend, "small", "the stuck Job", |l| l.len() == 1).await;
+    assert_eq!(listed[0].id.as_str(), "rs-small-stuckstuck");
+    assert_eq!(listed[0].state, InstanceState::Booting);
+    assert_eq!(listed[0].runner_names, ["rs-small-stuckstuck"]);
+    backend
+        .terminate(&PoolId::new("small"), &listed[0].id)
+        .await
+        .expect("terminate");
+    wait_for("the stuck Job to be gone", || {
+        cluster.handle.jobs(RC_NS).is_empty().then_some(())
+    })
+    .await;
     cluster.shutdown().await;
 }
 
@@ -875,7 +1000,7 @@ async fn every_api_call_is_one_the_helm_chart_grants_and_every_grant_is_used() {
     );
     backend.probe().await.expect("probe");
     let a = launch(&backend, "a", "h").await;
-    launch(&backend, "c1", "h").await;
+    let c1 = launch(&backend, "c1", "h").await;
     launch(&backend, "f", "h").await;
     list_until(&backend, "a", "pod a running", |l| {
         l.len() == 1 && l[0].state == InstanceState::Running
@@ -887,6 +1012,10 @@ async fn every_api_call_is_one_the_helm_chart_grants_and_every_grant_is_used() {
         .await
         .expect("busy");
     backend.terminate(&pool, &a.id).await.expect("terminate");
+    backend
+        .terminate(&PoolId::new("c1"), &c1.id)
+        .await
+        .expect("terminate the runner Job");
     // The finished pod is deleted by a listing.
     list_until(&backend, "f", "f cleaned up", <[_]>::is_empty).await;
 

@@ -613,3 +613,108 @@ async fn the_fake_runner_agent_runs_as_a_pod_and_takes_a_github_job() {
     f.emu.shutdown().await;
     gh.shutdown().await;
 }
+
+/// The Job controller (Kubernetes docs, concepts/workloads/controllers/job): a Job gets its
+/// pod from `spec.template`, with the Job's labels and a controller owner reference; the pod
+/// runs, the Job completes with its counts; deleting the Job with background propagation
+/// deletes its pods; a Job whose pods keep failing stops at `backoffLimit`.
+#[tokio::test]
+async fn a_job_gets_its_pods_from_its_template_and_takes_them_along_when_deleted() {
+    use k8s_openapi::api::batch::v1::Job;
+    let f = start(host_shell()).await;
+    let jobs: Api<Job> = Api::namespaced(f.client.clone(), "default");
+    let pods = f.pods("default");
+    let job = |name: &str, script: &str, backoff: i32| -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"backoffLimit": backoff, "template": {
+                "metadata": {"labels": {"app": "runner"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": SH,
+                    "command": ["sh", "-c", script]}]}}},
+        }))
+        .unwrap()
+    };
+    let created = jobs
+        .create(&PostParams::default(), &job("once", "exit 0", 6))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let done = eventually(WAIT, "the Job to complete", || async {
+        let j = jobs.get("once").await.unwrap();
+        let s = j.status.clone()?;
+        let complete = s
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Complete" && c.status == "True");
+        complete.then_some(s)
+    })
+    .await;
+    assert_eq!((done.succeeded, done.active), (Some(1), None));
+    assert!(done.completion_time.is_some() && done.start_time.is_some());
+    let list = pods.list(&Default::default()).await.unwrap().items;
+    let [pod] = list.as_slice() else {
+        panic!("one pod: {list:?}")
+    };
+    let name = pod.metadata.name.clone().unwrap();
+    assert!(
+        name.starts_with("once-") && name.len() == "once-".len() + 5,
+        "{name}"
+    );
+    let labels = pod.metadata.labels.clone().unwrap();
+    assert_eq!(labels["app"], "runner");
+    assert_eq!(labels["job-name"], "once");
+    assert_eq!(labels["batch.kubernetes.io/job-name"], "once");
+    assert_eq!(labels["controller-uid"], uid);
+    assert_eq!(labels["batch.kubernetes.io/controller-uid"], uid);
+    let owner = &pod.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("Job", uid.as_str(), Some(true))
+    );
+    assert_eq!(
+        pod.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded")
+    );
+
+    // A long-running Job: one active pod, deleted with the Job (background propagation).
+    jobs.create(&PostParams::default(), &job("long", "exec sleep 300", 6))
+        .await
+        .unwrap();
+    let running = eventually(WAIT, "the long Job's pod to run", || async {
+        let list = pods.list(&Default::default()).await.unwrap().items;
+        list.into_iter().find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("long-"))
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+    })
+    .await;
+    eventually(WAIT, "status.active 1", || async {
+        (jobs.get("long").await.unwrap().status?.active == Some(1)).then_some(())
+    })
+    .await;
+    jobs.delete("long", &DeleteParams::background())
+        .await
+        .unwrap();
+    gone(&pods, running.metadata.name.as_deref().unwrap()).await;
+    gone(&jobs, "long").await;
+
+    // Failing pods are replaced until more than backoffLimit failed.
+    jobs.create(&PostParams::default(), &job("fails", "exit 1", 1))
+        .await
+        .unwrap();
+    let failed = eventually(WAIT, "the Job to fail", || async {
+        let s = jobs.get("fails").await.unwrap().status?;
+        let failed =
+            s.conditions.iter().flatten().any(|c| {
+                c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded")
+            });
+        failed.then_some(s)
+    })
+    .await;
+    assert_eq!(failed.failed, Some(2));
+    f.emu.shutdown().await;
+}

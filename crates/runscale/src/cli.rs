@@ -9,12 +9,14 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, BuildError, ConfigError, LeaderElectionConfig, Validated};
 use crate::logging::{self, LogFormat};
+use crate::rediscovery::Rediscovery;
 use crate::{commands, daemon};
 
 /// Exit code for an invalid configuration.
@@ -157,8 +159,9 @@ pub struct DaemonArgs {
 }
 
 /// Leader election flags of `run`; each overrides its key of the configuration's
-/// `leader_election` section.
-#[derive(Debug, Default, Args)]
+/// `leader_election` section (in the environment modes, of the one `RUNSCALE_LEADER_ELECT*`
+/// make).
+#[derive(Clone, Debug, Default, Args)]
 pub struct LeaderArgs {
     /// Elect a leader among the replicas over a Kubernetes Lease; only the leader reconciles
     /// (`leader_election.enabled`).
@@ -249,21 +252,23 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Check(args) => {
             let rt = runtime()?;
-            let config = rt.block_on(load(&args, |_| {}))?;
+            let (config, _) = rt.block_on(load(&args, Arc::new(|_| {})))?;
             rt.block_on(commands::check(&config, &mut stdout))
         }
         Command::Once(args) => {
             let rt = runtime()?;
-            let config = rt.block_on(load(&args.config, |_| {}))?;
+            let (config, _) = rt.block_on(load(&args.config, Arc::new(|_| {})))?;
             rt.block_on(commands::once(&config, args.dry_run, &mut stdout))
         }
         Command::Run(args) => {
             let rt = runtime()?;
-            let config = rt.block_on(load(&args.run.config, |c| {
-                args.leader.apply(&mut c.leader_election);
-            }))?;
+            let leader = args.leader.clone();
+            let (config, rediscovery) = rt.block_on(load(
+                &args.run.config,
+                Arc::new(move |c: &mut config::Config| leader.apply(&mut c.leader_election)),
+            ))?;
             drop(stdout);
-            rt.block_on(daemon::run(&config, args.run.dry_run))
+            rt.block_on(daemon::run(&config, args.run.dry_run, rediscovery))
         }
         #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
         Command::Buildscaler(args) => {
@@ -286,20 +291,28 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The configuration file, or else the environment-only configuration of a seed system
-/// (`adjust` applies to files only: the environment modes have no leader election section).
+/// The configuration file, or else the environment-only configuration of a seed system, with
+/// `adjust` applied before validation; for an environment mode that discovers its pools, the
+/// re-discovery `run` repeats every `RUNSCALE_DISCOVERY_INTERVAL`.
 async fn load(
     args: &ConfigArg,
-    adjust: impl FnOnce(&mut config::Config),
-) -> anyhow::Result<Validated> {
+    adjust: config::environment::Adjust,
+) -> anyhow::Result<(Validated, Option<Rediscovery>)> {
+    use config::environment::{Loader, Mode, discovery_interval};
     if let Some(path) = &args.config {
-        return Ok(config::load_with(path, adjust)?);
+        return Ok((config::load_with(path, |c| adjust(c))?, None));
     }
     let lookup = |name: &str| std::env::var(name).ok();
-    match config::environment::Mode::detect(&lookup) {
-        Some(mode) => config::environment::load(mode).await,
-        None => Err(ConfigError::Missing.into()),
-    }
+    let Some(mode) = Mode::detect(&lookup) else {
+        return Err(ConfigError::Missing.into());
+    };
+    let every = mode
+        .rediscovers()
+        .then(|| discovery_interval(mode, &lookup))
+        .transpose()?;
+    let mut loader = Loader::new(mode, adjust);
+    let config = loader.load().await?;
+    Ok((config, every.map(|every| Rediscovery::new(loader, every))))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

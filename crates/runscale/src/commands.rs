@@ -226,12 +226,47 @@ pub async fn check(config: &Validated, out: &mut dyn Write) -> anyhow::Result<()
         &["NAME", "ROLE", "TYPE", "STATUS", "DETAIL"],
         &rows,
     ));
+    text.push('\n');
+    text.push_str(&pools_table(config));
     out.write_all(text.as_bytes())
         .context("cannot write output")?;
     if failed > 0 {
         return Err(ChecksFailed { failed, total }.into());
     }
     Ok(())
+}
+
+/// The pools with their caps and timeouts: `POOL PROVIDER BACKEND MAX BOOT_TIMEOUT
+/// IDLE_TIMEOUT` (so caps that come from defaults, as in the environment modes, are visible).
+fn pools_table(config: &Validated) -> String {
+    let name = |names: &[String], i: usize| names.get(i).cloned().unwrap_or_default();
+    let providers: Vec<String> = config.providers.iter().map(|p| p.name.clone()).collect();
+    let backends: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
+    let rows: Vec<Vec<String>> = config
+        .pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.spec.name.to_string(),
+                name(&providers, p.provider),
+                name(&backends, p.backend),
+                p.spec.max.to_string(),
+                humantime::format_duration(p.spec.boot_timeout).to_string(),
+                humantime::format_duration(p.spec.idle_timeout).to_string(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "POOL",
+            "PROVIDER",
+            "BACKEND",
+            "MAX",
+            "BOOT_TIMEOUT",
+            "IDLE_TIMEOUT",
+        ],
+        &rows,
+    )
 }
 
 /// A probe ready to run, or why the adapter could not be built.

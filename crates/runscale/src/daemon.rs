@@ -20,6 +20,12 @@
 //! the leader does (202), but they wake nothing: the leader's next timer pass, at most
 //! `interval` later, picks the change up. Deliveries are not forwarded to the leader.
 //!
+//! **Re-discovery** ([`crate::rediscovery`]; environment modes that discover their pools):
+//! when the discovered set of pools changes, the running term's reconciler is stopped as on
+//! shutdown (in-flight passes finish) and a new one takes over with the new pools; the HTTP
+//! server, the metrics and leadership are untouched. A standby replica keeps the new set for
+//! its next term.
+//!
 //! `GET /api/v1/leader` answers, on every replica,
 //! `{"leader_election": bool, "leading": bool, "identity", "lease", "holder"}` (the last three
 //! `null` without election).
@@ -40,7 +46,7 @@ use runscale_core::metrics::Metrics;
 use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -51,6 +57,7 @@ use crate::config::{self, Validated};
 use crate::http::{AppState, router};
 use crate::leader;
 use crate::server::{self, ServerLimits, ServerMetrics};
+use crate::rediscovery::{Rediscovery, Swap};
 
 /// How long open HTTP connections may take to finish once the reconciler has stopped.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
@@ -58,11 +65,15 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 type ServerResult = Result<std::io::Result<()>, tokio::task::JoinError>;
 
 /// Runs the daemon until the first SIGTERM/SIGINT, then stops gracefully. A second signal
-/// exits the process immediately.
-pub async fn run(config: &Validated, dry_run: bool) -> anyhow::Result<()> {
+/// exits the process immediately. With `rediscovery`, the pools follow what it discovers.
+pub async fn run(
+    config: &Validated,
+    dry_run: bool,
+    rediscovery: Option<Rediscovery>,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
-    let result = serve(config, dry_run, shutdown).await;
+    let result = serve(config, dry_run, shutdown, rediscovery).await;
     signals.abort();
     result
 }
@@ -75,6 +86,7 @@ pub async fn serve(
     config: &Validated,
     dry_run: bool,
     shutdown: CancellationToken,
+    rediscovery: Option<Rediscovery>,
 ) -> anyhow::Result<()> {
     config::fetch_secrets(config).await;
     let runtime = config::build(config)?;
@@ -92,7 +104,7 @@ pub async fn serve(
     );
     let mut options = runtime.options;
     options.dry_run = dry_run;
-    let terms = Terms {
+    let mut terms = Terms {
         pools: runtime.pools,
         metrics,
         options,
@@ -117,8 +129,17 @@ pub async fn serve(
         listen = %local,
         dry_run,
         leader_election = election.view.enabled,
+        pools = config.pools.len(),
+        rediscovery = ?rediscovery.as_ref().map(Rediscovery::every),
         "runscale started"
     );
+    let (mut swaps, discovery) = match rediscovery {
+        Some(r) => {
+            let (rx, task) = r.spawn(config, shutdown.clone());
+            (Some(rx), Some(task))
+        }
+        None => (None, None),
+    };
 
     // Stand by until leading, reconcile for the term, repeat; until shutdown or the server
     // ends on its own (a failure).
@@ -131,12 +152,31 @@ pub async fn serve(
                 early = Some(r);
                 break;
             }
+            swap = next_swap(&mut swaps) => {
+                // Standing by: the next term starts with the new pools.
+                terms.pools = swap.pools;
+                let reconciler = terms.reconciler();
+                *current.write().unwrap_or_else(PoisonError::into_inner) = terms.router(&reconciler);
+                next = Some(reconciler);
+                continue;
+            }
             () = election.until(true) => {}
         }
         let reconciler = next.take().unwrap_or_else(|| terms.reconciler());
         *current.write().unwrap_or_else(PoisonError::into_inner) = terms.router(&reconciler);
         leader_gauge.set(1);
-        let end = run_term(reconciler, &shutdown, &mut election, &mut server).await;
+        let end = run_term(
+            reconciler,
+            &mut Swapping {
+                terms: &mut terms,
+                current: &current,
+                swaps: &mut swaps,
+            },
+            &shutdown,
+            &mut election,
+            &mut server,
+        )
+        .await;
         leader_gauge.set(0);
         match end {
             TermEnd::Lost => warn!("no longer the leader: stopped reconciling; standing by"),
@@ -149,6 +189,9 @@ pub async fn serve(
     }
     shutdown.cancel();
     election.stop().await;
+    if let Some(task) = discovery {
+        task.abort();
+    }
 
     let server_result = match early {
         Some(r) => r,
@@ -181,46 +224,96 @@ enum TermEnd {
     Server(ServerResult),
 }
 
+/// What a term needs to switch to a new set of pools.
+struct Swapping<'a> {
+    terms: &'a mut Terms,
+    current: &'a RwLock<Router>,
+    swaps: &'a mut Option<mpsc::Receiver<Swap>>,
+}
+
+/// The next set of pools from re-discovery; never resolves without re-discovery.
+async fn next_swap(swaps: &mut Option<mpsc::Receiver<Swap>>) -> Swap {
+    if let Some(rx) = swaps {
+        if let Some(swap) = rx.recv().await {
+            return swap;
+        }
+        *swaps = None;
+    }
+    std::future::pending().await
+}
+
 /// Runs `reconciler` until this replica stops leading (abort at once) or shutdown (graceful:
 /// in-flight passes finish within `shutdown_timeout`, unless the Lease is lost meanwhile).
+/// A new set of pools stops the reconciler gracefully and starts one over the new pools.
 async fn run_term(
-    reconciler: Reconciler,
+    mut reconciler: Reconciler,
+    swapping: &mut Swapping<'_>,
     shutdown: &CancellationToken,
     election: &mut Election,
     server: &mut JoinHandle<std::io::Result<()>>,
 ) -> TermEnd {
-    let term = CancellationToken::new();
-    let mut task = tokio::spawn(reconciler.run(term.clone()));
-    let end = tokio::select! {
-        biased;
-        () = election.until(false) => {
-            task.abort();
-            term.cancel();
-            let _ = task.await;
-            return TermEnd::Lost;
+    loop {
+        let term = CancellationToken::new();
+        let mut task = tokio::spawn(reconciler.run(term.clone()));
+        let end = tokio::select! {
+            biased;
+            () = election.until(false) => {
+                task.abort();
+                term.cancel();
+                let _ = task.await;
+                return TermEnd::Lost;
+            }
+            () = shutdown.cancelled() => TermEnd::Stopped,
+            r = &mut *server => TermEnd::Server(r),
+            swap = next_swap(swapping.swaps) => {
+                if !finish(&mut task, &term, election).await {
+                    return TermEnd::Lost;
+                }
+                swapping.terms.pools = swap.pools;
+                reconciler = swapping.terms.reconciler();
+                *swapping
+                    .current
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = swapping.terms.router(&reconciler);
+                info!(pools = swapping.terms.pools.len(), "reconciling the new set of pools");
+                continue;
+            }
+            r = &mut task => {
+                if let Err(e) = r {
+                    error!(error = %e, "reconciler task failed");
+                }
+                shutdown.cancel();
+                return TermEnd::Stopped;
+            }
+        };
+        shutdown.cancel();
+        if !finish(&mut task, &term, election).await {
+            warn!("lost the Lease while stopping: in-flight passes aborted");
         }
-        () = shutdown.cancelled() => TermEnd::Stopped,
-        r = &mut *server => TermEnd::Server(r),
-        r = &mut task => {
+        return end;
+    }
+}
+
+/// Stops a term's reconciler gracefully (in-flight passes finish); `false` when the Lease was
+/// lost meanwhile and the passes were aborted.
+async fn finish(
+    task: &mut JoinHandle<()>,
+    term: &CancellationToken,
+    election: &mut Election,
+) -> bool {
+    term.cancel();
+    tokio::select! {
+        r = &mut *task => {
             if let Err(e) = r {
                 error!(error = %e, "reconciler task failed");
             }
-            shutdown.cancel();
-            return TermEnd::Stopped;
+            true
         }
-    };
-    shutdown.cancel();
-    term.cancel();
-    tokio::select! {
-        r = &mut task => if let Err(e) = r {
-            error!(error = %e, "reconciler task failed");
-        },
         () = election.until(false) => {
             task.abort();
-            warn!("lost the Lease while stopping: in-flight passes aborted");
+            false
         }
     }
-    end
 }
 
 /// Builds one reconciler per term over the same adapters.

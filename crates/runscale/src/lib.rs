@@ -11,6 +11,7 @@
 //! - [`http`]: the HTTP routes, as a `Router` built without a socket.
 //! - [`import`]: `import <seed>`, a seed system's artefacts → a configuration file.
 //! - [`leader`]: leader election among replicas over a Kubernetes Lease (`run --leader-elect`).
+//! - [`rediscovery`]: the environment modes' periodic re-discovery of their pools.
 //! - [`demo`]: `demo` (runscale, the GitHub emulator, runner processes and a workload, end to
 //!   end on one machine) and `emulator github`.
 //! - [`fake_runner`]: `fake-runner`, the emulator's runner agent as the demo's runner process.
@@ -31,6 +32,7 @@ pub mod import;
 pub mod leader;
 pub mod logging;
 pub mod server;
+pub mod rediscovery;
 pub mod simulate;
 pub mod status_page;
 pub mod table;

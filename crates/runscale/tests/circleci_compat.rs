@@ -14,9 +14,10 @@
 //! - the circleci-runner-autoscaler mode discovers its pools from a group tagged
 //!   `resource-class` (moto) and a CronJob labelled `resource-class-org`/`-name` (the fake
 //!   kube-apiserver), and from nothing else;
-//! - end to end on Kubernetes: `runscale run` in that mode runs every task in pods made from
-//!   the seed README's CronJob, unchanged (the fake kubelet runs `/opt/circleci/start.sh` as
-//!   `runscale fake-runner`), capacity returns to zero, and no runner loses its task.
+//! - end to end with the seed's artefacts: `runscale run` in that mode runs every task in
+//!   Jobs made from the seed README's CronJob, unchanged, owned by it (the fake kubelet runs
+//!   `/opt/circleci/start.sh` as `runscale fake-runner`), picks up a CronJob created while it
+//!   runs within seconds, capacity returns to zero, and no runner loses its task.
 //!
 //! Without `RUNSCALE_MOTO_SERVER` (set by scripts/test.sh) the tests print a note and pass,
 //! unless `CI` is set.
@@ -50,6 +51,8 @@ use support::{BIN, aws_env, fake_runner_script, kube_api, kube_fixture, moto, ru
 const REGION: &str = "us-east-1";
 const API_TOKEN: &str = "circle-api-token-7d1e";
 const RC_TOKEN: &str = "rc-token-0b9a";
+/// The seed's Kubernetes namespace (`APP_KUBERNETES_NAMESPACE`'s default).
+const RC_NS: &str = "circleci-runners";
 
 async fn create_secret(moto: &MotoServer, name: &str, value: &str) {
     let config = aws_sdk_secretsmanager::Config::builder()
@@ -253,6 +256,30 @@ async fn autoscaler_mode_discovers_pools_from_group_tags_and_cron_job_labels() {
     assert_eq!(pools, ["large", "k8s-small"], "{stdout}{stderr}");
     assert!(!stdout.contains("other"), "{stdout}");
 
+    // check shows every pool's cap: the CronJob's the default 20, the group's its MaxSize's.
+    let (code, stdout, stderr) = runscale(&moto, dir.path(), &["check"], &env).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let row = |pool: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(pool) && l.contains("circleci"))
+            .unwrap_or_else(|| panic!("no row for {pool}:\n{stdout}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(stdout.contains("BOOT_TIMEOUT"), "{stdout}");
+    assert_eq!(
+        row("k8s-small")[1..4],
+        ["circleci", "kubernetes", "20"],
+        "{stdout}"
+    );
+    assert_eq!(
+        row("large")[1..5],
+        ["circleci", "asg", "1000", "15m"],
+        "{stdout}"
+    );
+
     // Without the Kubernetes scaler only the group's class is a pool.
     let mut no_kube = env.to_vec();
     no_kube.push(("APP_KUBERNETES_SCALER_ENABLED", "false"));
@@ -269,10 +296,23 @@ async fn autoscaler_mode_discovers_pools_from_group_tags_and_cron_job_labels() {
     kube.shutdown().await;
 }
 
+/// The seed's artefacts end to end: its environment (`APP_*`), its README's CronJob
+/// (`resource-class-org`/`resource-class-name`) and its runner token Secret, a group tagged
+/// `resource-class`; `runscale run` runs every task in Jobs made from the CronJob's
+/// `jobTemplate` (owned by the CronJob, never bare pods), picks up a CronJob created while it
+/// runs within seconds (re-discovery), terminates no busy runner, and scales back to zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn autoscaler_mode_runs_every_task_in_pods_from_the_seed_cron_job() {
+async fn autoscaler_mode_runs_every_task_in_jobs_from_the_seed_cron_jobs_and_rediscovers() {
     let Some(moto) = moto().await else { return };
     let dir = tempfile::tempdir().expect("tempdir");
+    // The seed's Terraform tags its groups `resource-class`; no task asks for this class.
+    let aws = MotoClient::new(moto.url(), REGION);
+    aws.create_group("vela-games-large", 3)
+        .await
+        .expect("group");
+    aws.tag_group("vela-games-large", "resource-class", "vela-games/large")
+        .await
+        .expect("tag");
     // The seed image's entrypoint, played by runscale's fake machine runner.
     let start = fake_runner_script(dir.path(), "start.sh");
     let (kube, kubeconfig) = seed_cluster(
@@ -284,57 +324,132 @@ async fn autoscaler_mode_runs_every_task_in_pods_from_the_seed_cron_job() {
     )
     .await;
     // The runner token, where the seed's CronJob reads it from.
-    kube_api(
-        &kube,
-        reqwest::Method::POST,
-        "/api/v1/namespaces/circleci-runners/secrets",
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "api-token"},
-            "stringData": {"LAUNCH_AGENT_API_AUTH_TOKEN": RC_TOKEN},
-        }),
-    )
-    .await;
+    token_secret(&kube, "api-token", RC_TOKEN).await;
+    let small_uid = kube.cronjobs(RC_NS)[0].metadata.uid.clone().expect("uid");
 
-    const CLASS: &str = "vela-games/k8s-small";
+    const SMALL: &str = "vela-games/k8s-small";
+    const LARGE: &str = "vela-games/k8s-large";
     const TASKS: usize = 12;
-    let emu = Emulator::start(EmulatorConfig::new(API_TOKEN, &[(CLASS, RC_TOKEN)]))
-        .await
-        .expect("CircleCI emulator");
+    const LATE_TASKS: usize = 4;
+    // Each resource class has its own runner token (CircleCI issues one per class).
+    const LARGE_TOKEN: &str = "rc-token-large-5c1f";
+    let emu = Emulator::start(EmulatorConfig::new(
+        API_TOKEN,
+        &[
+            (SMALL, RC_TOKEN),
+            (LARGE, LARGE_TOKEN),
+            ("vela-games/large", "rc-token-group"),
+        ],
+    ))
+    .await
+    .expect("CircleCI emulator");
     let started = Instant::now();
     emu.submit(
         (0..TASKS)
-            .map(|i| TaskSpec::new(CLASS, Duration::from_millis(500 + 100 * i as u64)))
+            .map(|i| TaskSpec::new(SMALL, Duration::from_millis(800 + 100 * i as u64)))
             .collect(),
     );
     let url = emu.url();
+    let log_path = dir.path().join("runscale.log");
     let mut daemon = tokio::process::Command::new(BIN)
         .arg("run")
         .env_remove("RUNSCALE_CONFIG")
         .env_remove("SECRET_NAME")
+        // The seed's environment, as its README gives it.
         .env("APP_CIRCLE_TOKEN", API_TOKEN)
         .env("APP_CIRCLE_RESOURCE_NAMESPACE", "vela-games")
+        .env("APP_KUBERNETES_NAMESPACE", RC_NS)
+        .env("APP_KUBERNETES_SCALER_ENABLED", "true")
+        // runscale's own: where the emulator is, and quick passes for the test.
         .env("RUNSCALE_CIRCLECI_URL", &url)
         .env("RUNSCALE_LISTEN", "127.0.0.1:0")
         .env("RUNSCALE_INTERVAL", "1s")
+        .env("RUNSCALE_DISCOVERY_INTERVAL", "1s")
         .env("RUNSCALE_POOL_MAX", "4")
         .env("KUBECONFIG", &kubeconfig)
         .envs(aws_env(&moto, dir.path(), ("testing", "testing")))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("runscale.log")).expect("log"))
+        .stderr(std::fs::File::create(&log_path).expect("log"))
         .kill_on_drop(true)
         .spawn()
         .expect("runscale run");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
-    let mut most_pods = 0;
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let log = || std::fs::read_to_string(dir.path().join("runscale.log")).unwrap_or_default();
+    let mut most_jobs = 0;
+    let mut jobs_seen = std::collections::BTreeSet::new();
+    let mut large_created: Option<Instant> = None;
+    let mut large_picked_up: Option<Duration> = None;
+    let deadline = Instant::now() + Duration::from_secs(170);
     loop {
-        let pods = kube.pods("circleci-runners").len();
-        most_pods = most_pods.max(pods);
+        let jobs = kube.jobs(RC_NS);
+        let pods = kube.pods(RC_NS);
+        most_jobs = most_jobs.max(jobs.len());
+        // Every runner is a Job owned by its CronJob; every pod is a Job's.
+        for job in &jobs {
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let owner = job
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.first())
+                .unwrap_or_else(|| panic!("Job {name} has no owner"));
+            assert_eq!(owner.kind, "CronJob", "{job:?}");
+            if owner.name == "small-runner" {
+                assert_eq!(owner.uid, small_uid);
+            }
+            jobs_seen.insert(name);
+        }
+        for pod in &pods {
+            let owner = pod
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.first())
+                .map(|o| o.kind.as_str());
+            assert_eq!(owner, Some("Job"), "a bare pod: {pod:?}");
+        }
+        // Once the first task has run, a second CronJob appears (a new resource class).
         let snap = emu.snapshot();
-        if snap.count(TaskStatus::Succeeded) == TASKS && pods == 0 {
+        if large_created.is_none() && snap.count(TaskStatus::Succeeded) > 0 {
+            let mut large = kube_fixture("circleci-cronjob.yaml");
+            large["metadata"]["name"] = serde_json::json!("large-runner");
+            large["metadata"]["labels"]["resource-class-name"] = serde_json::json!("k8s-large");
+            let template = &mut large["spec"]["jobTemplate"]["spec"]["template"];
+            template["metadata"]["labels"]["resource-class-name"] = serde_json::json!("k8s-large");
+            // Its own runner token, in its own Secret.
+            template["spec"]["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]["name"] =
+                serde_json::json!("api-token-large");
+            token_secret(&kube, "api-token-large", LARGE_TOKEN).await;
+            kube_api(
+                &kube,
+                reqwest::Method::POST,
+                "/apis/batch/v1/namespaces/circleci-runners/cronjobs",
+                large,
+            )
+            .await;
+            emu.submit(
+                (0..LATE_TASKS)
+                    .map(|_| TaskSpec::new(LARGE, Duration::from_millis(800)))
+                    .collect(),
+            );
+            large_created = Some(Instant::now());
+        }
+        if let (Some(at), None) = (large_created, large_picked_up)
+            && jobs.iter().any(|j| {
+                j.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.name == "large-runner")
+            })
+        {
+            large_picked_up = Some(at.elapsed());
+        }
+        if snap.count(TaskStatus::Succeeded) == TASKS + LATE_TASKS
+            && jobs.is_empty()
+            && pods.is_empty()
+        {
             break;
         }
         if let Ok(Some(status)) = daemon.try_wait() {
@@ -342,31 +457,66 @@ async fn autoscaler_mode_runs_every_task_in_pods_from_the_seed_cron_job() {
         }
         assert!(
             Instant::now() < deadline,
-            "not done in 150 s: {snap:?}, {pods} pods\n{}",
+            "not done in 170 s: {snap:?}, {} Jobs, {} pods\n{}",
+            jobs.len(),
+            pods.len(),
             log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let took = started.elapsed();
     let snap = emu.snapshot();
-    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
-    assert!(
-        most_pods <= 4,
-        "{most_pods} pods at once, above RUNSCALE_POOL_MAX"
-    );
-    assert!(kube.pods_created_total() >= TASKS as u64 / 4);
-    eprintln!(
-        "{TASKS} tasks in pods from the seed CronJob: all done and no pod left after {took:?}, \
-         {} pods created, at most {most_pods} at once",
-        kube.pods_created_total()
-    );
     let text = log();
+    assert!(snap.violations.is_empty(), "{:?}\n{text}", snap.violations);
+    let picked_up = large_picked_up.expect("the new CronJob's class got Jobs");
     assert!(
-        !text.contains(API_TOKEN) && !text.contains(RC_TOKEN),
+        picked_up < Duration::from_secs(15),
+        "the new CronJob took {picked_up:?}\n{text}"
+    );
+    assert!(
+        text.contains("the set of pools changed") && text.contains("k8s-large"),
         "{text}"
+    );
+    assert!(
+        most_jobs <= 8,
+        "{most_jobs} Jobs at once, above RUNSCALE_POOL_MAX per pool"
+    );
+    for secret in [API_TOKEN, RC_TOKEN, LARGE_TOKEN] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    // The group's pool exists but had no task: nothing was launched on it.
+    let group = aws
+        .group("vela-games-large")
+        .await
+        .expect("describe")
+        .expect("group");
+    assert_eq!(group.desired, 0, "{group:?}");
+    eprintln!(
+        "seed artefacts: {} tasks ({TASKS} + {LATE_TASKS} on a CronJob added while running) \
+         in {} Jobs from the CronJobs' jobTemplate, at most {most_jobs} at once, {} pods; the \
+         new CronJob had Jobs {picked_up:?} after it was created; all done and no Job or pod \
+         left after {took:?}; no task lost",
+        TASKS + LATE_TASKS,
+        jobs_seen.len(),
+        kube.pods_created_total(),
     );
     daemon.kill().await.expect("stop runscale");
     kube.shutdown().await;
+}
+
+/// A runner token Secret as the seed's README has it (`LAUNCH_AGENT_API_AUTH_TOKEN`).
+async fn token_secret(kube: &KubeHandle, name: &str, token: &str) {
+    kube_api(
+        kube,
+        reqwest::Method::POST,
+        "/api/v1/namespaces/circleci-runners/secrets",
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name},
+            "stringData": {"LAUNCH_AGENT_API_AUTH_TOKEN": token},
+        }),
+    )
+    .await;
 }
 
 /// The fake API server (`config` with the namespaces `default` and `circleci-runners`) holding

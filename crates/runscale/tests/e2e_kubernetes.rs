@@ -187,7 +187,7 @@ async fn a_hundred_jobs_run_in_pods_with_no_duplicate_and_nothing_left() {
     let stop = CancellationToken::new();
     let daemon = tokio::spawn({
         let stop = stop.clone();
-        async move { runscale::daemon::serve(&validated, false, stop).await }
+        async move { runscale::daemon::serve(&validated, false, stop, None).await }
     });
 
     // 100 jobs over about 20 s, each running 0.5 to 2 s.

@@ -309,16 +309,20 @@ fn check_consistency(r: &Release) {
     for m in container["volumeMounts"].as_array().expect("mounts") {
         assert!(volumes.contains_key(str_of(&m["name"])), "mount {m}");
     }
-    assert_eq!(volumes["config"]["configMap"]["name"], FULLNAME);
-    let config_mount = container["volumeMounts"]
-        .as_array()
-        .expect("mounts")
-        .iter()
-        .find(|m| m["name"] == "config")
-        .expect("config mount");
-    assert_eq!(config_mount["mountPath"], "/etc/runscale/config.yaml");
-    assert!(r.args().contains(&"--config=/etc/runscale/config.yaml"));
-    r.named("ConfigMap", NAMESPACE, FULLNAME);
+    // The config comes from the chart's ConfigMap, unless runscale reads the environment.
+    let file_mode = !r.all("ConfigMap").is_empty();
+    if file_mode {
+        assert_eq!(volumes["config"]["configMap"]["name"], FULLNAME);
+        let config_mount = container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["name"] == "config")
+            .expect("config mount");
+        assert_eq!(config_mount["mountPath"], "/etc/runscale/config.yaml");
+        assert!(r.args().contains(&"--config=/etc/runscale/config.yaml"));
+        r.named("ConfigMap", NAMESPACE, FULLNAME);
+    }
     // The container port is the Service's target, the probes' port and the config's listen.
     let ports = container["ports"].as_array().expect("ports");
     assert_eq!(ports.len(), 1);
@@ -331,20 +335,35 @@ fn check_consistency(r: &Release) {
         assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(container[probe]["httpGet"]["port"], "http", "{probe}");
     }
-    let (config, _) =
-        runscale::config::parse_str(r.config_text(), Path::new("configmap/config.yaml"), |_| {
-            None
-        })
+    if file_mode {
+        let (config, _) = runscale::config::parse_str(
+            r.config_text(),
+            Path::new("configmap/config.yaml"),
+            |_| None,
+        )
         .unwrap_or_else(|e| panic!("runscale cannot read the ConfigMap's config: {e}"));
-    assert_eq!(
-        config.listen.port() as u64,
-        port,
-        "runscale listens on the container port"
-    );
-    assert!(
-        config.listen.ip().is_unspecified(),
-        "listens on every interface"
-    );
+        assert_eq!(
+            config.listen.port() as u64,
+            port,
+            "runscale listens on the container port"
+        );
+        assert!(
+            config.listen.ip().is_unspecified(),
+            "listens on every interface"
+        );
+    } else {
+        let listen = container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "RUNSCALE_LISTEN")
+            .map(|e| str_of(&e["value"]).to_owned());
+        assert_eq!(
+            listen,
+            Some(format!("0.0.0.0:{port}")),
+            "the environment's listen"
+        );
+    }
     // Hardening.
     let sc = &container["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -354,8 +373,9 @@ fn check_consistency(r: &Release) {
     assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
     assert!(pod["spec"]["securityContext"]["runAsUser"].as_u64() > Some(0));
     assert!(container["resources"]["requests"].is_object());
-    assert!(
+    assert_eq!(
         pod["metadata"]["annotations"]["checksum/config"].is_string(),
+        file_mode,
         "a config change rolls the pods"
     );
 }
@@ -716,4 +736,72 @@ fn runner_roles_follow_the_backend_namespaces() {
     check_consistency(&r);
     assert_eq!(r.config_text(), text);
     assert_grants(&granted(&r, "builds"), &runners, "rbac.runnerNamespaces");
+}
+
+/// `mode: environment` (circleci-runner-autoscaler users): no configuration file, the seed's
+/// `APP_*` variables and token Secret as given, the HTTP address the Service expects, the
+/// runner Role in the seed's namespace with every permission the CronJob → Job path needs, and
+/// leader election through the same flags.
+#[test]
+fn environment_mode_runs_without_a_config_file_with_the_seed_variables() {
+    let Some(python) = helm_python() else { return };
+    let r = render(
+        &python,
+        &json!({
+            "mode": "environment",
+            "secretMounts": [],
+            "extraEnv": [
+                {"name": "APP_CIRCLE_RESOURCE_NAMESPACE", "value": "vela-games"},
+                {"name": "APP_KUBERNETES_NAMESPACE", "value": "circleci-runners"},
+            ],
+            "secretEnv": [{"name": "APP_CIRCLE_TOKEN", "secretName": "circleci-runner-autoscaler",
+                "key": "APP_CIRCLE_TOKEN"}],
+        }),
+    );
+    check_consistency(&r);
+    check_flags_exist(&r);
+    assert!(r.all("ConfigMap").is_empty(), "no configuration file");
+    assert!(
+        !r.args().iter().any(|a| a.starts_with("--config")),
+        "{:?}",
+        r.args()
+    );
+    check_leader_election(&r, FULLNAME);
+    let container = &r.one("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let env = container["env"].as_array().expect("env");
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {env:#?}"))
+            .clone()
+    };
+    assert_eq!(value("RUNSCALE_LISTEN")["value"], "0.0.0.0:9090");
+    assert_eq!(
+        value("APP_CIRCLE_RESOURCE_NAMESPACE")["value"],
+        "vela-games"
+    );
+    assert_eq!(
+        value("APP_CIRCLE_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
+        "circleci-runner-autoscaler"
+    );
+    assert!(
+        !container["volumeMounts"]
+            .to_string()
+            .contains("/etc/runscale/config.yaml")
+    );
+    assert_grants(
+        &granted(&r, "circleci-runners"),
+        &required(&["runners"]),
+        "the seed's namespace",
+    );
+    assert_grants(
+        &granted(&r, NAMESPACE),
+        &required(&["release"]),
+        "release namespace",
+    );
+    // Anything else is refused.
+    let Err(e) = try_render(&python, &json!({"mode": "file"})) else {
+        panic!("mode: file was accepted")
+    };
+    assert!(e.contains("mode must be config or environment"), "{e}");
 }

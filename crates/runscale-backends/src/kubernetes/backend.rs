@@ -11,11 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use runscale_core::{
-    Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId, Result,
+    Backend, Credentials, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest,
+    PoolId, Result,
 };
 use tokio::sync::{OnceCell, mpsc};
 use tokio::time::Instant;
@@ -27,7 +30,7 @@ use super::errors::{api_error, is_not_found, secret_error, status_code};
 use super::inventory::{Inventory, Subscribers, locked};
 use super::template::{
     self, ANN_DISRUPTION, ANN_KARPENTER, ANN_SAFE_TO_EVICT, LABEL_BUILDSCALER,
-    LABEL_BUILDSCALER_QUEUE, LABEL_POOL, LABEL_RC_NAME, LABEL_RC_ORG, PodParams, Resolved,
+    LABEL_BUILDSCALER_QUEUE, LABEL_POOL, LABEL_RC_NAME, LABEL_RC_ORG, Owner, PodParams, Resolved,
 };
 
 /// Longest wait for one API call.
@@ -472,6 +475,139 @@ impl Inner {
         Ok(())
     }
 
+    /// Deletes a runner Job with background propagation (by uid when known, so a newer Job of
+    /// the same name is never hit), then its pods with the configured grace period. Gone is
+    /// `Ok`.
+    async fn delete_job(
+        &self,
+        conn: &Conn,
+        op: &'static str,
+        name: &str,
+        uid: Option<String>,
+    ) -> Result<()> {
+        let api: Api<Job> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        let what = format!("Job {name}");
+        match call(op, &what, api.delete(name, &params)).await? {
+            Ok(_) => {}
+            Err(e) if matches!(status_code(&e), Some(404 | 409)) => {}
+            Err(e) => return Err(api_error(op, what, e)),
+        }
+        locked(&self.terminated).insert(name.to_owned(), Instant::now());
+        let pods = conn.inventory.store.state_filter(|p| {
+            convert::job_of(p) == Some(name) && p.metadata.deletion_timestamp.is_none()
+        });
+        for pod in pods {
+            self.delete_pod(conn, op, &pod).await?;
+        }
+        Ok(())
+    }
+
+    /// Remembers a launched instance until the store shows it.
+    fn launched(&self, pool: &PoolId, what: &str, instance: Option<Instance>) -> Result<Instance> {
+        let instance = instance.ok_or_else(|| {
+            Error::new(
+                "kubernetes.launch",
+                ErrorKind::Protocol,
+                format!("{what}: created without a name"),
+            )
+        })?;
+        locked(&self.launched).insert(
+            instance.id.to_string(),
+            Launched {
+                pool: pool.clone(),
+                instance: instance.clone(),
+                at: Instant::now(),
+            },
+        );
+        Ok(instance)
+    }
+
+    /// Creates the runner's credentials Secret, owned by its pod or Job.
+    async fn create_secret(
+        &self,
+        conn: &Conn,
+        pool: &PoolId,
+        owner: &Owner<'_>,
+        credentials: &Credentials,
+    ) -> Result<()> {
+        const OP: &str = "kubernetes.launch";
+        let secret = template::render_secret(owner, pool.as_str(), credentials)
+            .map_err(|msg| misconfigured(OP, format!("pool {pool}: {msg}")))?;
+        let name = owner.meta.name.as_deref().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        let what = format!("Secret {}", template::secret_name(name));
+        match call(OP, &what, secrets.create(&PostParams::default(), &secret)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(secret_error(OP, &what, &e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The runner Jobs of `pools` (label `runscale/pool`), listed; empty when none of them
+    /// makes Jobs.
+    async fn jobs(&self, conn: &Conn, pools: &[&PoolId]) -> Result<Vec<Job>> {
+        const OP: &str = "kubernetes.instances";
+        let mut names: Vec<&str> = pools
+            .iter()
+            .filter(|p| {
+                self.templates
+                    .get(**p)
+                    .is_some_and(PoolTemplate::makes_jobs)
+            })
+            .map(|p| p.as_str())
+            .collect();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        names.sort_unstable();
+        let api: Api<Job> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        let selector = format!("{LABEL_POOL} in ({})", names.join(","));
+        let what = format!("runner Jobs in namespace {}", conn.namespace);
+        Ok(call(
+            OP,
+            &what,
+            api.list(&ListParams::default().labels(&selector)),
+        )
+        .await?
+        .map_err(|e| api_error(OP, &what, e))?
+        .items)
+    }
+
+    /// `terminate` of a runner Job: reads it, checks it is this pool's, deletes it and its
+    /// pod. `false` when there is no such Job.
+    async fn terminate_job(&self, conn: &Conn, pool: &PoolId, name: &str) -> Result<bool> {
+        const OP: &str = "kubernetes.terminate";
+        let api: Api<Job> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        let what = format!("Job {name}");
+        let job = match call(OP, &what, api.get(name)).await? {
+            Ok(j) => j,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(api_error(OP, &what, e)),
+        };
+        let of_pool = job
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_POOL))
+            .map(String::as_str);
+        if of_pool != Some(pool.as_str()) {
+            warn!(pool = %pool, job = name, "not terminating a Job that is not a runner of this pool");
+            return Ok(true);
+        }
+        self.delete_job(conn, OP, name, job.metadata.uid.clone())
+            .await?;
+        info!(pool = %pool, job = name, grace = ?self.config.grace_period, "runner Job deleted");
+        Ok(true)
+    }
+
     /// Logs (once per reason) why a pending pod has not started.
     fn report_pending(&self, pool: &str, pod: &Pod) {
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -637,6 +773,11 @@ impl Backend for Kubernetes {
         for pool in pools.iter().filter(|p| inner.templates.contains_key(*p)) {
             versions.insert(pool, inner.current_version(conn, pool).await);
         }
+        // Runner Jobs are listed before the pods are read: a Job whose pod the store does not
+        // show yet is reported from the Job (booting), never missed.
+        let jobs = inner
+            .jobs(conn, &wanted.iter().copied().collect::<Vec<_>>())
+            .await?;
         let pods: Vec<Arc<Pod>> = store.state_filter(|p| {
             p.metadata.namespace.as_deref() == Some(conn.namespace.as_str())
                 && convert::pool_of(p).is_some_and(|pool| wanted.contains(&PoolId::new(pool)))
@@ -644,7 +785,9 @@ impl Backend for Kubernetes {
         let mut out: HashMap<PoolId, Vec<Instance>> =
             pools.iter().map(|p| (p.clone(), Vec::new())).collect();
         let mut seen: HashSet<String> = HashSet::new();
+        // Finished pods (bare) and finished runner Jobs (by name and uid) to clean up.
         let mut finished: Vec<Arc<Pod>> = Vec::new();
+        let mut finished_jobs: Vec<(String, String, Option<String>)> = Vec::new();
         {
             let terminated = locked(&inner.terminated);
             for pod in &pods {
@@ -660,9 +803,43 @@ impl Backend for Kubernetes {
                     instance.state = InstanceState::Stopping;
                 }
                 if convert::is_finished(pod) && pod.metadata.deletion_timestamp.is_none() {
-                    finished.push(pod.clone());
+                    match convert::job_of(pod) {
+                        Some(job) => finished_jobs.push((pool.to_string(), job.to_owned(), None)),
+                        None => finished.push(pod.clone()),
+                    }
                 }
                 inner.report_pending(pool.as_str(), pod);
+                out.entry(pool).or_default().push(instance);
+            }
+            // Runner Jobs without a pod: not made yet (or never: a quota, an admission
+            // webhook), or whose pod is gone.
+            for job in &jobs {
+                let Some(pool) = job
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_POOL))
+                    .map(PoolId::new)
+                else {
+                    continue;
+                };
+                let version = versions.get(&pool).cloned().flatten();
+                let Some(mut instance) = convert::job_instance(job, version.as_deref()) else {
+                    continue;
+                };
+                if !wanted.contains(&pool) || !seen.insert(instance.id.to_string()) {
+                    continue;
+                }
+                if terminated.contains_key(instance.id.as_str()) {
+                    instance.state = InstanceState::Stopping;
+                }
+                if convert::job_finished(job) && job.metadata.deletion_timestamp.is_none() {
+                    finished_jobs.push((
+                        pool.to_string(),
+                        instance.id.to_string(),
+                        job.metadata.uid.clone(),
+                    ));
+                }
                 out.entry(pool).or_default().push(instance);
             }
         }
@@ -686,20 +863,27 @@ impl Backend for Kubernetes {
         {
             let launched = locked(&inner.launched);
             let mut terminated = locked(&inner.terminated);
-            // Every pod of this backend, not only the requested pools'.
+            // Every pod of this backend (by instance: pod or runner Job), not only the
+            // requested pools', and the runner Jobs listed.
             let all = store.state();
             let owned: HashSet<&str> = all
                 .iter()
-                .filter_map(|p| p.metadata.name.as_deref())
+                .filter_map(|p| convert::instance_id(p))
+                .chain(jobs.iter().filter_map(|j| j.metadata.name.as_deref()))
                 .collect();
             terminated.retain(|name, at| {
                 (owned.contains(name.as_str()) || launched.contains_key(name))
                     && at.elapsed() < TERMINATED_MEMORY
             });
-            locked(&inner.pending).retain(|name, _| owned.contains(name.as_str()));
+            let pod_names: HashSet<&str> = all
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            locked(&inner.pending).retain(|name, _| pod_names.contains(name.as_str()));
         }
         // Finished pods are cleaned up (their runner process is gone); they stay listed as
-        // stopping until the store drops them.
+        // stopping until the store drops them. A runner Job goes with its pod, so the Job
+        // controller makes no other.
         for pod in finished {
             let name = pod.metadata.name.clone().unwrap_or_default();
             if locked(&inner.terminated).contains_key(&name) {
@@ -716,7 +900,22 @@ impl Backend for Kubernetes {
                 warn!(pool, pod = name, error = %e, "cannot delete a finished runner pod");
             }
         }
+        finished_jobs.sort();
+        finished_jobs.dedup_by(|a, b| a.1 == b.1);
+        for (pool, name, uid) in finished_jobs {
+            if locked(&inner.terminated).contains_key(&name) {
+                continue;
+            }
+            info!(pool, job = name, "runner Job finished; deleting it");
+            if let Err(e) = inner.delete_job(conn, OP, &name, uid).await {
+                warn!(pool, job = name, error = %e, "cannot delete a finished runner Job");
+            }
+        }
         for list in out.values_mut() {
+            // One instance per runner Job: while a failed pod and its replacement are both
+            // listed, the livelier one stands for it.
+            list.sort_by(|a, b| a.id.cmp(&b.id).then(rank(a.state).cmp(&rank(b.state))));
+            list.dedup_by(|a, b| a.id == b.id);
             list.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
         }
         Ok(out)
@@ -745,66 +944,57 @@ impl Backend for Kubernetes {
                 e
             }
         })?;
-        let pod = template::render_pod(&PodParams {
+        let params = PodParams {
             pool: pool.as_str(),
             runner_name: &registration.runner_name,
             namespace: &conn.namespace,
             template_hash: &request.template_hash,
             resolved: &resolved,
             settings,
-        })
-        .map_err(|msg| misconfigured(OP, format!("pool {pool}: {msg}")))?;
+        };
+        let unusable = |msg: String| misconfigured(OP, format!("pool {pool}: {msg}"));
         let name = registration.runner_name.clone();
+        if let Some(job) = template::render_job(&params).map_err(unusable)? {
+            let jobs: Api<Job> = Api::namespaced(conn.client.clone(), &conn.namespace);
+            let what = format!("Job {name}");
+            let created = call(OP, &what, jobs.create(&PostParams::default(), &job))
+                .await?
+                .map_err(|e| api_error(OP, &what, e))?;
+            // The Secret is owned by the Job: the garbage collector deletes it with the Job.
+            let owner = Owner::job(&created);
+            if let Err(e) = inner
+                .create_secret(conn, pool, &owner, &registration.credentials)
+                .await
+            {
+                if let Err(d) = inner
+                    .delete_job(conn, OP, &name, created.metadata.uid.clone())
+                    .await
+                {
+                    warn!(pool = %pool, job = name, error = %d, "cannot delete a Job whose Secret failed; it is reaped at boot_timeout");
+                }
+                return Err(e);
+            }
+            info!(pool = %pool, job = name, origin = resolved.origin, "runner Job created");
+            return inner.launched(pool, &what, convert::job_instance(&created, None));
+        }
+        let pod = template::render_pod(&params).map_err(unusable)?;
         let pods: Api<Pod> = Api::namespaced(conn.client.clone(), &conn.namespace);
         let what = format!("pod {name}");
         let created = call(OP, &what, pods.create(&PostParams::default(), &pod))
             .await?
             .map_err(|e| api_error(OP, &what, e))?;
         // The Secret is owned by the pod: the garbage collector deletes it with the pod.
-        let secret =
-            match template::render_secret(&created, pool.as_str(), &registration.credentials) {
-                Ok(s) => s,
-                Err(msg) => {
-                    let _ = inner.delete_pod(conn, OP, &created).await;
-                    return Err(misconfigured(OP, format!("pool {pool}: {msg}")));
-                }
-            };
-        let secrets: Api<Secret> = Api::namespaced(conn.client.clone(), &conn.namespace);
-        let secret_what = format!("Secret {}", template::secret_name(&name));
-        let stored = call(
-            OP,
-            &secret_what,
-            secrets.create(&PostParams::default(), &secret),
-        )
-        .await;
-        let failure = match stored {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(secret_error(OP, &secret_what, &e)),
-            Err(e) => Some(e),
-        };
-        if let Some(e) = failure {
+        if let Err(e) = inner
+            .create_secret(conn, pool, &Owner::pod(&created), &registration.credentials)
+            .await
+        {
             if let Err(d) = inner.delete_pod(conn, OP, &created).await {
                 warn!(pool = %pool, pod = name, error = %d, "cannot delete a pod whose Secret failed; it is reaped at boot_timeout");
             }
             return Err(e);
         }
-        let instance = convert::instance(&created, None).ok_or_else(|| {
-            Error::new(
-                OP,
-                ErrorKind::Protocol,
-                format!("{what}: created without a name"),
-            )
-        })?;
         info!(pool = %pool, pod = name, origin = resolved.origin, "runner pod created");
-        locked(&inner.launched).insert(
-            name,
-            Launched {
-                pool: pool.clone(),
-                instance: instance.clone(),
-                at: Instant::now(),
-            },
-        );
-        Ok(instance)
+        inner.launched(pool, &what, convert::instance(&created, None))
     }
 
     async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
@@ -816,6 +1006,15 @@ impl Backend for Kubernetes {
             return Ok(());
         }
         let conn = inner.conn().await?;
+        // A runner Job; else (no such Job) a pod, such as one an earlier runscale made.
+        if inner
+            .templates
+            .get(pool)
+            .is_some_and(PoolTemplate::makes_jobs)
+            && inner.terminate_job(conn, pool, name).await?
+        {
+            return Ok(());
+        }
         let pods: Api<Pod> = Api::namespaced(conn.client.clone(), &conn.namespace);
         let what = format!("pod {name}");
         let pod = match call(OP, &what, pods.get(name)).await? {
@@ -892,10 +1091,11 @@ impl Backend for Kubernetes {
         let mut known: HashSet<&str> = HashSet::new();
         let mut changes: Vec<(String, bool)> = Vec::new();
         for pod in &pods {
-            let Some(name) = pod.metadata.name.as_deref() else {
+            let (Some(name), Some(id)) = (pod.metadata.name.as_deref(), convert::instance_id(pod))
+            else {
                 continue;
             };
-            known.insert(name);
+            known.insert(id);
             let annotations = pod.metadata.annotations.as_ref();
             let get = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
             if get(ANN_DISRUPTION) == Some("template")
@@ -903,12 +1103,13 @@ impl Backend for Kubernetes {
             {
                 continue;
             }
-            let want = busy.contains(name);
+            let want = busy.contains(id);
             if want != (get(ANN_KARPENTER) == Some("true")) {
                 changes.push((name.to_owned(), want));
             }
         }
-        // Busy pods the store does not show yet.
+        // Busy pods the store does not show yet (a runner Job's pod is named by the Job
+        // controller: patching the Job's name finds nothing, and the next pass protects it).
         changes.extend(
             busy.iter()
                 .filter(|n| !known.contains(**n))
@@ -946,5 +1147,14 @@ impl Backend for Kubernetes {
 
     fn subscribe(&self, events: mpsc::UnboundedSender<PoolId>) {
         locked(&self.inner.subscribers).push(events);
+    }
+}
+
+/// Order of preference among the pods of one runner Job: running, booting, stopping.
+fn rank(state: InstanceState) -> u8 {
+    match state {
+        InstanceState::Running => 0,
+        InstanceState::Booting => 1,
+        _ => 2,
     }
 }

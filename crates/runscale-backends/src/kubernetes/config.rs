@@ -184,8 +184,9 @@ pub struct JobRef {
     pub queue: Option<String>,
 }
 
-/// How one pool's runner pods are made: one pod per runner, `restartPolicy: Never`, from exactly
-/// one of `pod`, `cron_job` and `job`.
+/// How one pool's runners are made, from exactly one of `pod`, `cron_job` and `job`: one pod
+/// per runner with `restartPolicy: Never` (`pod`, `job`), or one Job per runner made from the
+/// CronJob's `jobTemplate` (`cron_job`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolTemplate {
@@ -194,7 +195,8 @@ pub struct PoolTemplate {
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub pod: Option<PodTemplateSpec>,
-    /// A suspended CronJob in the backend's namespace, by name or by CircleCI resource class.
+    /// A suspended CronJob in the backend's namespace, by name or by CircleCI resource class:
+    /// each runner is a Job made from its `jobTemplate` and owned by it.
     #[serde(default)]
     pub cron_job: Option<CronJobRef>,
     /// A Job with `parallelism: 0` in the backend's namespace, by name or by Buildkite queue.
@@ -347,6 +349,11 @@ impl PoolTemplate {
     }
 
     /// The source, if exactly one is set and well-formed (see [`PoolTemplate::validate`]).
+    /// Whether the pool's runners are Jobs made from a CronJob's `jobTemplate` (else pods).
+    pub(crate) fn makes_jobs(&self) -> bool {
+        self.cron_job.is_some()
+    }
+
     pub(crate) fn source(&self) -> Option<Source<'_>> {
         match (&self.pod, &self.cron_job, &self.job) {
             (Some(pod), None, None) => Some(Source::Inline(pod)),

@@ -1,8 +1,13 @@
-//! Pure conversion of runner pods into core [`Instance`]s: which pod belongs to which pool,
-//! the state its phase and conditions mean, and why a pending pod is stuck.
+//! Pure conversion of runner pods (and runner Jobs) into core [`Instance`]s: which pod belongs
+//! to which pool, the state its phase and conditions mean, and why a pending pod is stuck.
+//!
+//! A runner Job's instance is the Job (its id is the Job's name, the runner name); it is seen
+//! through the Job's pod, or through the Job itself while it has none.
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use runscale_core::{Instance, InstanceId, InstanceState};
 
 use super::template::{ANN_TEMPLATE_HASH, ANN_TEMPLATE_VERSION, LABEL_POOL, LABEL_RUNNER};
@@ -21,9 +26,71 @@ pub(crate) fn pool_of(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+/// The Job controlling the pod (its controller owner reference), if a Job does.
+pub(crate) fn job_of(pod: &Pod) -> Option<&str> {
     pod.metadata
-        .annotations
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == "Job")
+        .map(|r| r.name.as_str())
+}
+
+/// The id of the instance a pod is: its runner Job's name, else the pod's name.
+pub(crate) fn instance_id(pod: &Pod) -> Option<&str> {
+    job_of(pod).or(pod.metadata.name.as_deref())
+}
+
+/// Whether a Job has finished (condition `Complete` or `Failed`).
+pub(crate) fn job_finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
+        })
+}
+
+/// A runner Job that has no pod (yet, or any more): `stopping` when it is being deleted or
+/// finished, else `booting` (the policy's `boot_timeout` retires one whose pod never comes).
+pub(crate) fn job_instance(job: &Job, current_version: Option<&str>) -> Option<Instance> {
+    let name = job.metadata.name.as_deref()?;
+    let state = if job.metadata.deletion_timestamp.is_some() || job_finished(job) {
+        InstanceState::Stopping
+    } else {
+        InstanceState::Booting
+    };
+    Some(Instance {
+        id: InstanceId::new(name),
+        state,
+        launched_at: job
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(time)
+            .unwrap_or_default(),
+        template_hash: template_hash(&job.metadata, current_version),
+        runner_names: vec![name.to_owned()],
+    })
+}
+
+/// The template hash recorded on a pod or Job, suffixed [`OUTDATED`] when its template
+/// version is not `current_version`.
+fn template_hash(meta: &ObjectMeta, current_version: Option<&str>) -> String {
+    let mut hash = annotation(meta, ANN_TEMPLATE_HASH)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(current) = current_version
+        && annotation(meta, ANN_TEMPLATE_VERSION) != Some(current)
+    {
+        hash.push_str(OUTDATED);
+    }
+    hash
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations
         .as_ref()
         .and_then(|a| a.get(key))
         .map(String::as_str)
@@ -69,7 +136,7 @@ pub(crate) fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> 
 /// source now (`None` when unknown: the pod is then taken as current); a pod launched from
 /// another version is reported with an [`OUTDATED`] template hash.
 pub(crate) fn instance(pod: &Pod, current_version: Option<&str>) -> Option<Instance> {
-    let name = pod.metadata.name.as_deref()?;
+    let name = instance_id(pod)?;
     let runner = pod
         .metadata
         .labels
@@ -77,14 +144,7 @@ pub(crate) fn instance(pod: &Pod, current_version: Option<&str>) -> Option<Insta
         .and_then(|l| l.get(LABEL_RUNNER))
         .cloned()
         .unwrap_or_else(|| name.to_owned());
-    let mut template_hash = annotation(pod, ANN_TEMPLATE_HASH)
-        .unwrap_or_default()
-        .to_owned();
-    if let Some(current) = current_version
-        && annotation(pod, ANN_TEMPLATE_VERSION) != Some(current)
-    {
-        template_hash.push_str(OUTDATED);
-    }
+    let template_hash = template_hash(&pod.metadata, current_version);
     Some(Instance {
         id: InstanceId::new(name),
         state: state(pod),

@@ -1,4 +1,5 @@
-//! The `kubernetes` backend: each instance is one pod hosting one runner, in one namespace.
+//! The `kubernetes` backend: each instance is one pod hosting one runner (or one Job whose
+//! pod hosts it), in one namespace.
 //!
 //! # Pods
 //!
@@ -21,11 +22,31 @@
 //! deleted and recreated, a source that is gone) is listed with the template hash suffixed
 //! `/outdated`, so the policy retires it once idle, as for a configuration change.
 //!
+//! # Jobs from a CronJob
+//!
+//! With a CronJob template, each runner is instead a batch/v1 **Job** made from the CronJob's
+//! `jobTemplate`, as circleci-runner-autoscaler made them: named after the runner, owned by the
+//! CronJob (a controller owner reference), annotated `cronjob.kubernetes.io/instantiate:
+//! manual`, with the template's spec (restart policy, `backoffLimit`,
+//! `ttlSecondsAfterFinished`) and one pod (`parallelism` and `completions` 1; other values
+//! are refused). runscale's labels and annotations go on the Job and on its pod template, so
+//! the pod the Job controller makes (`{job}-{5 chars}`) carries them. A template variable
+//! read from `metadata.name` (the seed's `LAUNCH_AGENT_RUNNER_NAME`) is read from the
+//! `runscale/runner-name` label instead, so the runner is still named after the instance.
+//! The instance is the Job (its id is the Job's name); it is followed through its pod, or,
+//! while it has none (not made yet, or refused by a quota or an admission webhook), through
+//! the Job, listed every pass (`booting`, so `boot_timeout` retires it). `terminate` and the
+//! clean-up of a finished runner delete the Job with background propagation (the pods go
+//! with it; a Job's own default is to orphan them) and its pod with the grace period. Deleting
+//! the CronJob deletes its Jobs and their pods through the garbage collector, busy or not, as
+//! with the seed: retire a resource class with `--cascade=orphan`, or let its runners finish
+//! first.
+//!
 //! # Credentials
 //!
 //! The runner's registration (variables and secrets) goes into a Secret
-//! `{pod}-credentials`, one key per variable, created right after the pod with an owner
-//! reference to it, so the garbage collector deletes it with the pod. Until it exists the
+//! `{pod}-credentials` (`{job}-credentials`), one key per variable, created right after the pod
+//! (Job) with an owner reference to it, so the garbage collector deletes it with its owner. Until it exists the
 //! kubelet holds the container back (`CreateContainerConfigError`, retried). The credential
 //! containers (the first container unless [`PoolTemplate::credentials_containers`] names
 //! others) get it as:
@@ -46,8 +67,8 @@
 //!   store has caught up. Pods that finish or disappear wake their pool.
 //! - States: being deleted, `Succeeded` or `Failed` → `stopping`; `Running` or `Unknown` →
 //!   `running`; otherwise `booting`. Finished pods are deleted at the next listing.
-//! - `terminate` deletes the pod with [`Config::grace_period`] and a uid precondition; 404 is
-//!   success. The reconciler calls it only after the CI system confirmed the runner removed.
+//! - `terminate` deletes the pod (runner Job: the Job, then its pod) with
+//!   [`Config::grace_period`] and a uid precondition; 404 is success. The reconciler calls it only after the CI system confirmed the runner removed.
 //!   Pending pods are not deleted on a timer here: the policy terminates them at
 //!   `boot_timeout`, and the deletion is logged with the scheduler's reason (e.g.
 //!   `Unschedulable: 0/3 nodes are available`). Why a pod is stuck is also logged once when

@@ -1,5 +1,6 @@
 //! Pure construction of what the backend sends to the cluster: the pod template taken from a
-//! CronJob or a Job, the runner pod, and its credentials Secret.
+//! CronJob or a Job, the runner pod (or, from a CronJob, the runner Job), and its credentials
+//! Secret.
 //!
 //! No I/O: every function here takes objects and returns objects, so it is unit-tested on the
 //! seed YAML files.
@@ -7,11 +8,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    EnvFromSource, EnvVar, EphemeralVolumeSource, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimTemplate, Pod, PodTemplateSpec, Secret, SecretEnvSource,
-    SecretVolumeSource, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, EnvFromSource, EnvVar, EphemeralVolumeSource, ObjectFieldSelector,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate, Pod, PodTemplateSpec, Secret,
+    SecretEnvSource, SecretVolumeSource, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -54,6 +55,9 @@ pub(crate) const ENV_POOL: &str = "RUNSCALE_POOL";
 pub(crate) const ENV_RUNNER_NAME: &str = "RUNSCALE_RUNNER_NAME";
 /// Environment variable naming the credentials directory (`volume` delivery).
 pub(crate) const ENV_CREDENTIALS_DIR: &str = "RUNSCALE_CREDENTIALS_DIR";
+/// Annotation the CronJob controller and `kubectl create job --from=cronjob/...` put on a
+/// Job made by hand from a CronJob (circleci-runner-autoscaler set it too).
+pub(crate) const ANN_INSTANTIATE: (&str, &str) = ("cronjob.kubernetes.io/instantiate", "manual");
 /// Name of the credentials volume (`volume` delivery).
 const CREDENTIALS_VOLUME: &str = "runscale-credentials";
 /// Name of the per-pod claim's volume; Kubernetes names the claim `{pod}-runscale-pvc`.
@@ -81,6 +85,21 @@ pub(crate) struct Resolved {
     /// `app.elotl.co` and `buildscaler.elotl.co/queue`, so that selecting by them (the seed's
     /// uninstall, `kubectl delete jobs,pods -l app.elotl.co=buildscaler`) finds the pods.
     pub labels: BTreeMap<String, String>,
+    /// For a CronJob: runners are Jobs made from its `jobTemplate` (`None`: bare pods).
+    pub job: Option<JobOrigin>,
+}
+
+/// The CronJob runner Jobs are made from and owned by.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct JobOrigin {
+    /// The CronJob's name.
+    pub name: String,
+    /// The CronJob's uid (the Jobs' owner reference).
+    pub uid: String,
+    /// `spec.jobTemplate.metadata`.
+    pub metadata: ObjectMeta,
+    /// `spec.jobTemplate.spec`.
+    pub spec: JobSpec,
 }
 
 /// A pod template's content hash.
@@ -96,6 +115,7 @@ pub(crate) fn from_inline(template: &PodTemplateSpec) -> Resolved {
         version: format!("inline/{}", template_digest(template)),
         origin: "the inline pod template".to_owned(),
         labels: BTreeMap::new(),
+        job: None,
     }
 }
 
@@ -112,18 +132,35 @@ pub(crate) fn from_cron_job(cron_job: &CronJob) -> Result<Resolved, String> {
              its own schedule"
         ));
     }
-    let template = spec
+    let job_spec = spec
         .job_template
         .spec
-        .as_ref()
-        .map(|s| s.template.clone())
+        .clone()
         .ok_or_else(|| format!("CronJob {name} has no spec.jobTemplate.spec"))?;
+    for (field, value) in [
+        ("parallelism", job_spec.parallelism),
+        ("completions", job_spec.completions),
+    ] {
+        if value.is_some_and(|v| v != 1) {
+            return Err(format!(
+                "CronJob {name}: spec.jobTemplate.spec.{field} must be 1 or unset: each runner \
+                 is one Job with one pod"
+            ));
+        }
+    }
+    let template = job_spec.template.clone();
     let uid = cron_job.metadata.uid.as_deref().unwrap_or_default();
     Ok(Resolved {
         version: format!("cronjob/{uid}/{}", template_digest(&template)),
         template,
         origin: format!("CronJob {name}"),
         labels: BTreeMap::new(),
+        job: Some(JobOrigin {
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            metadata: spec.job_template.metadata.clone().unwrap_or_default(),
+            spec: job_spec,
+        }),
     })
 }
 
@@ -166,6 +203,7 @@ pub(crate) fn from_job(job: &Job) -> Result<Resolved, String> {
         version: format!("job/{uid}"),
         origin: format!("Job {name}"),
         labels,
+        job: None,
     })
 }
 
@@ -370,6 +408,98 @@ fn add_claim(
     Ok(())
 }
 
+/// A runner Job made from a CronJob's `jobTemplate`, as circleci-runner-autoscaler made
+/// them: named after the runner, owned by the CronJob (`controller`), annotated
+/// `cronjob.kubernetes.io/instantiate: manual`, its spec the template's (restart policy,
+/// back-off limit, TTL) with one pod (`parallelism` and `completions` 1). The pod template is
+/// [`render_pod`]'s, keeping the template's restart policy, so the Job's pod carries
+/// runscale's labels and annotations and gets the credentials. The Job controller names the
+/// pod `{job}-{5 chars}`; a variable the template reads from `metadata.name` (the seed's
+/// `LAUNCH_AGENT_RUNNER_NAME`) is read from the `runscale/runner-name` label instead, so it
+/// is still the runner's name. `None` when the template is not a CronJob's.
+pub(crate) fn render_job(p: &PodParams<'_>) -> Result<Option<Job>, String> {
+    let Some(origin) = &p.resolved.job else {
+        return Ok(None);
+    };
+    let pod = render_pod(p)?;
+    let mut spec = pod.spec.unwrap_or_default();
+    spec.restart_policy.clone_from(
+        &p.resolved
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone()),
+    );
+    let by_label = format!("metadata.labels['{LABEL_RUNNER}']");
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        read_runner_name_from_label(c, &by_label);
+    }
+    let mut labels = origin.metadata.labels.clone().unwrap_or_default();
+    let mut annotations = origin.metadata.annotations.clone().unwrap_or_default();
+    for (k, v) in pod.metadata.labels.iter().flatten() {
+        if [LABEL_POOL, LABEL_RUNNER, LABEL_MANAGED_BY].contains(&k.as_str()) {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+    for k in [ANN_TEMPLATE_HASH, ANN_TEMPLATE_VERSION] {
+        if let Some(v) = pod.metadata.annotations.as_ref().and_then(|a| a.get(k)) {
+            annotations.insert(k.to_owned(), v.clone());
+        }
+    }
+    annotations.insert(ANN_INSTANTIATE.0.to_owned(), ANN_INSTANTIATE.1.to_owned());
+    let mut job_spec = origin.spec.clone();
+    job_spec.parallelism = Some(1);
+    job_spec.completions = Some(1);
+    job_spec.suspend = None;
+    job_spec.selector = None;
+    job_spec.manual_selector = None;
+    job_spec.template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: pod.metadata.labels,
+            annotations: pod.metadata.annotations,
+            ..ObjectMeta::default()
+        }),
+        spec: Some(spec),
+    };
+    Ok(Some(Job {
+        metadata: ObjectMeta {
+            name: Some(p.runner_name.to_owned()),
+            namespace: Some(p.namespace.to_owned()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "batch/v1".to_owned(),
+                kind: "CronJob".to_owned(),
+                name: origin.name.clone(),
+                uid: origin.uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(job_spec),
+        status: None,
+    }))
+}
+
+/// Points the container's variables read from `metadata.name` at `by_label`.
+fn read_runner_name_from_label(c: &mut Container, by_label: &str) {
+    for e in c.env.iter_mut().flatten() {
+        if let Some(field) = e.value_from.as_mut().and_then(|f| f.field_ref.as_mut())
+            && field.field_path == "metadata.name"
+        {
+            *field = ObjectFieldSelector {
+                api_version: field.api_version.clone(),
+                field_path: by_label.to_owned(),
+            };
+        }
+    }
+}
+
 /// Why `key` cannot be a Secret data key, if it cannot.
 fn secret_key_problem(key: &str) -> Option<String> {
     let ok = !key.is_empty()
@@ -384,20 +514,50 @@ fn secret_key_problem(key: &str) -> Option<String> {
     })
 }
 
-/// The credentials Secret of a runner pod, owned by the pod (deleted with it by the garbage
-/// collector). Every credential, variable or secret, is one key. Errors name the bad key,
-/// never a value.
+/// What a credentials Secret is owned by: a runner pod, or a runner Job.
+pub(crate) struct Owner<'a> {
+    /// `v1` or `batch/v1`.
+    pub api_version: &'a str,
+    /// `Pod` or `Job`.
+    pub kind: &'a str,
+    /// The owner's metadata, as created (with its uid).
+    pub meta: &'a ObjectMeta,
+}
+
+impl<'a> Owner<'a> {
+    /// A runner pod.
+    pub(crate) fn pod(pod: &'a Pod) -> Self {
+        Self {
+            api_version: "v1",
+            kind: "Pod",
+            meta: &pod.metadata,
+        }
+    }
+
+    /// A runner Job.
+    pub(crate) fn job(job: &'a Job) -> Self {
+        Self {
+            api_version: "batch/v1",
+            kind: "Job",
+            meta: &job.metadata,
+        }
+    }
+}
+
+/// The credentials Secret of a runner, owned by its pod or Job (deleted with it by the
+/// garbage collector). Every credential, variable or secret, is one key. Errors name the bad
+/// key, never a value.
 pub(crate) fn render_secret(
-    pod: &Pod,
+    owner: &Owner<'_>,
     pool: &str,
     credentials: &Credentials,
 ) -> Result<Secret, String> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let uid = pod
-        .metadata
+    let name = owner.meta.name.clone().unwrap_or_default();
+    let uid = owner
+        .meta
         .uid
         .clone()
-        .ok_or_else(|| format!("pod {name} has no uid"))?;
+        .ok_or_else(|| format!("{} {name} has no uid", owner.kind))?;
     let mut data = BTreeMap::new();
     for (key, value) in credentials.expose_all() {
         if let Some(problem) = secret_key_problem(&key) {
@@ -413,11 +573,11 @@ pub(crate) fn render_secret(
     Ok(Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(&name)),
-            namespace: pod.metadata.namespace.clone(),
+            namespace: owner.meta.namespace.clone(),
             labels: Some(labels),
             owner_references: Some(vec![OwnerReference {
-                api_version: "v1".to_owned(),
-                kind: "Pod".to_owned(),
+                api_version: owner.api_version.to_owned(),
+                kind: owner.kind.to_owned(),
                 name,
                 uid,
                 controller: None,
@@ -531,6 +691,83 @@ mod tests {
         // Nothing secret in the pod.
         let text = serde_json::to_string(&pod).expect("json");
         assert!(!text.contains(SECRET));
+    }
+
+    #[test]
+    fn the_seed_cron_job_gives_a_runner_job_owned_by_the_cron_job() {
+        let mut cron: CronJob = fixture("circleci-cronjob.yaml");
+        cron.metadata.uid = Some("cron-uid-1".into());
+        let resolved = from_cron_job(&cron).expect("suspended CronJob");
+        let settings = PoolTemplate::cron_job(super::super::config::CronJobRef {
+            name: None,
+            resource_class: Some("vela-games/k8s-small".into()),
+        });
+        let job = render_job(&params(&resolved, &settings))
+            .expect("job")
+            .expect("a CronJob makes Jobs");
+        let meta = &job.metadata;
+        assert_eq!(meta.name.as_deref(), Some("rs-small-0123456789"));
+        let owner = &meta.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("CronJob", "small-runner", "cron-uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let annotations = meta.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations[ANN_INSTANTIATE.0], ANN_INSTANTIATE.1);
+        assert_eq!(annotations[ANN_TEMPLATE_HASH], "h1");
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels[LABEL_POOL], "small");
+        assert_eq!(labels[LABEL_RUNNER], "rs-small-0123456789");
+        let spec = job.spec.as_ref().expect("spec");
+        assert_eq!(spec.ttl_seconds_after_finished, Some(21600));
+        assert_eq!((spec.parallelism, spec.completions), (Some(1), Some(1)));
+        // The pod template: the seed's labels, runscale's identity, the template's restart
+        // policy, the credentials; the runner name from the label, not the pod name.
+        let pod_meta = spec.template.metadata.as_ref().expect("pod metadata");
+        let pod_labels = pod_meta.labels.as_ref().expect("pod labels");
+        assert_eq!(pod_labels[LABEL_RC_NAME], "k8s-small");
+        assert_eq!(pod_labels[LABEL_POOL], "small");
+        assert_eq!(pod_labels[LABEL_RUNNER], "rs-small-0123456789");
+        assert!(pod_meta.name.is_none());
+        assert_eq!(
+            pod_meta.annotations.as_ref().expect("pod annotations")[ANN_TEMPLATE_VERSION],
+            resolved.version
+        );
+        let pod_spec = spec.template.spec.as_ref().expect("pod spec");
+        assert_eq!(pod_spec.restart_policy.as_deref(), Some("OnFailure"));
+        let c = &pod_spec.containers[0];
+        let name_var = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "LAUNCH_AGENT_RUNNER_NAME")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(name_var, Some("metadata.labels['runscale/runner-name']"));
+        assert!(c.env_from.iter().flatten().any(|f| {
+            f.secret_ref
+                .as_ref()
+                .is_some_and(|s| s.name == "rs-small-0123456789-credentials")
+        }));
+        // Pods and Jobs from other sources stay bare pods.
+        let inline = from_inline(&resolved.template);
+        assert!(
+            render_job(&params(&inline, &settings))
+                .expect("inline")
+                .is_none()
+        );
+        // One runner, one Job, one pod.
+        if let Some(s) = cron
+            .spec
+            .as_mut()
+            .and_then(|s| s.job_template.spec.as_mut())
+        {
+            s.parallelism = Some(2);
+        }
+        let e = from_cron_job(&cron).expect_err("parallelism 2");
+        assert!(e.contains("spec.jobTemplate.spec.parallelism"), "{e}");
     }
 
     #[test]
@@ -732,11 +969,11 @@ mod tests {
         let settings = PoolTemplate::inline(template);
         let mut pod = render_pod(&params(&resolved, &settings)).expect("pod");
         assert!(
-            render_secret(&pod, "small", &credentials()).is_err(),
+            render_secret(&Owner::pod(&pod), "small", &credentials()).is_err(),
             "no uid yet"
         );
         pod.metadata.uid = Some("pod-uid-1".into());
-        let secret = render_secret(&pod, "small", &credentials()).expect("secret");
+        let secret = render_secret(&Owner::pod(&pod), "small", &credentials()).expect("secret");
         assert_eq!(
             secret.metadata.name.as_deref(),
             Some("rs-small-0123456789-credentials")
@@ -752,7 +989,7 @@ mod tests {
         assert_eq!(secret.immutable, Some(true));
         let mut bad = credentials();
         bad.vars.insert("NOT OK".into(), "v".into());
-        let err = render_secret(&pod, "small", &bad).expect_err("bad key");
+        let err = render_secret(&Owner::pod(&pod), "small", &bad).expect_err("bad key");
         assert!(err.contains("NOT OK") && !err.contains(SECRET));
     }
 

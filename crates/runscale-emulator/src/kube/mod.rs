@@ -6,8 +6,9 @@
 //!
 //! What lives here: configuration ([`KubeConfig`]), the server ([`KubeEmulator::start`] →
 //! [`KubeHandle`], or [`serve`] for a command line), snapshots and counters for tests. What
-//! does not: controllers (no Job or CronJob controller creates pods; no ReplicaSets; only the
-//! ephemeral volume controller, which creates a pod's generic ephemeral claims with it), RBAC and
+//! does not: controllers other than a minimal Job controller (`jobs`: a Job with
+//! `parallelism >= 1` gets its pods) and the ephemeral volume controller (a pod's generic
+//! ephemeral claims are created with it; no CronJob controller, no ReplicaSets), RBAC and
 //! admission webhooks, protobuf and CBOR encodings, aggregated discovery, OpenAPI documents,
 //! server-side apply field ownership (apply is a strategic merge without `managedFields`),
 //! `kubectl logs -f` (logs are a snapshot), exec/attach/port-forward, and nodes as objects.
@@ -31,6 +32,7 @@ mod admission;
 mod config;
 mod discovery;
 mod gc;
+mod jobs;
 mod kubelet;
 mod patch;
 mod resources;

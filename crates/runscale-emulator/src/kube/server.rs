@@ -28,10 +28,12 @@ use super::selectors::{FieldSelector, LabelSelector, Selectors};
 use super::status::ApiError;
 use super::store::{DeleteOptions, Deleted, ListOptions, Propagation, Store, WriteOptions};
 use super::table::TableRequest;
-use super::{discovery, gc, kubelet, watch as watches};
+use super::{discovery, gc, jobs, kubelet, watch as watches};
 
 /// How many requests the request log keeps.
 const REQUEST_LOG: usize = 10_000;
+/// Rounds of garbage collection and Job syncs after one change.
+const JOB_SYNC_ROUNDS: usize = 4;
 
 /// One request, as the request log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,12 +127,19 @@ impl Shared {
         f(&lock(&self.store))
     }
 
-    /// Changes the store, runs the garbage collector, and wakes watchers if anything
+    /// Changes the store, runs the garbage collector and the Job controller, and wakes watchers if anything
     /// changed.
     pub fn write<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
         let (result, rv) = {
             let mut store = lock(&self.store);
             let result = f(&mut store);
+            // The Job controller's pods may need the collector, and the other way round.
+            for _ in 0..JOB_SYNC_ROUNDS {
+                gc::sweep(&mut store);
+                if !jobs::sync(&mut store) {
+                    break;
+                }
+            }
             gc::sweep(&mut store);
             (result, store.resource_version())
         };

@@ -95,11 +95,21 @@ fn load_str_with(
 /// Stages 4 and 5 for a configuration built in memory (the environment-only modes of
 /// [`environment`]): errors name field paths, and `origin` stands for the file.
 pub fn load_value(value: serde_json::Value, origin: &Path) -> Result<Validated, ConfigError> {
+    load_value_with(value, origin, &|_| {})
+}
+
+/// Like [`load_value`], with `adjust` applied before validation (as [`load_with`]).
+pub fn load_value_with(
+    value: serde_json::Value,
+    origin: &Path,
+    adjust: &dyn Fn(&mut Config),
+) -> Result<Validated, ConfigError> {
     let no_lines = source::LineIndex::default();
-    let config: Config = registry::from_value(value, "").map_err(|e| ConfigError::Invalid {
+    let mut config: Config = registry::from_value(value, "").map_err(|e| ConfigError::Invalid {
         path: origin.to_owned(),
         errors: vec![e],
     })?;
+    adjust(&mut config);
     config.validate().map_err(|errors| ConfigError::Invalid {
         path: origin.to_owned(),
         errors: error::locate(errors, &no_lines),

@@ -75,14 +75,24 @@ The configuration file's text. A mapping gets `listen: 0.0.0.0:<service.port>` u
 {{- end }}
 
 {{/*
-The namespaces runner pods are created in, as a JSON list: rbac.runnerNamespaces, else every
-`kubernetes` backend of the config that uses the in-cluster service account (no kubeconfig or
-context of its own): its namespace, or the release namespace.
+The namespaces runner pods are created in, as a JSON list: rbac.runnerNamespaces, else (mode
+environment) the circleci-runner-autoscaler namespace from extraEnv's APP_KUBERNETES_NAMESPACE,
+else every `kubernetes` backend of the config that uses the in-cluster service account (no
+kubeconfig or context of its own): its namespace, or the release namespace.
 */}}
 {{- define "runscale.runnerNamespaces" -}}
 {{- $namespaces := list }}
 {{- if .Values.rbac.runnerNamespaces }}
 {{- $namespaces = .Values.rbac.runnerNamespaces }}
+{{- else if eq .Values.mode "environment" }}
+{{- /* circleci-runner-autoscaler's namespace: APP_KUBERNETES_NAMESPACE, default circleci-runners. */}}
+{{- $namespace := "circleci-runners" }}
+{{- range .Values.extraEnv }}
+{{- if and (eq (toString .name) "APP_KUBERNETES_NAMESPACE") .value }}
+{{- $namespace = .value }}
+{{- end }}
+{{- end }}
+{{- $namespaces = list $namespace }}
 {{- else if kindIs "map" .Values.config }}
 {{- range (.Values.config.backends | default list) }}
 {{- if and (eq (toString .type) "kubernetes") (not .kubeconfig) (not .context) }}
@@ -95,6 +105,9 @@ context of its own): its namespace, or the release namespace.
 
 {{/* Refuses values that would make two replicas act at once. */}}
 {{- define "runscale.validate" -}}
+{{- if not (has .Values.mode (list "config" "environment")) }}
+{{- fail (printf "mode must be config or environment, not %v" .Values.mode) }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: without a leader, every replica would launch runners" }}
 {{- end }}
