@@ -285,7 +285,8 @@ async fn serve_term(
     term: CancellationToken,
 ) -> anyhow::Result<()> {
     match &current.config {
-        Some(config) => crate::daemon::serve(config, false, term).await,
+        // This command re-discovers on its own (every `--sync-interval`), restarting the term.
+        Some(config) => crate::daemon::serve(config, false, term, None).await,
         None => {
             let app = axum::Router::new()
                 .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -301,10 +302,15 @@ async fn serve_term(
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(term.cancelled_owned())
-                .await
-                .context("HTTP server failed")
+            crate::server::serve(
+                listener,
+                app,
+                crate::server::ServerLimits::default(),
+                crate::server::ServerMetrics::default(),
+                term,
+            )
+            .await
+            .context("HTTP server failed")
         }
     }
 }

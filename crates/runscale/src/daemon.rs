@@ -56,8 +56,8 @@ use crate::commands;
 use crate::config::{self, Validated};
 use crate::http::{AppState, router};
 use crate::leader;
-use crate::server::{self, ServerLimits, ServerMetrics};
 use crate::rediscovery::{Rediscovery, Swap};
+use crate::server::{self, ServerLimits, ServerMetrics};
 
 /// How long open HTTP connections may take to finish once the reconciler has stopped.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);

@@ -193,7 +193,7 @@ async fn scaled_action_runners_import_and_run_jobs_at_their_repositories() {
     let stop = CancellationToken::new();
     let daemon = tokio::spawn({
         let stop = stop.clone();
-        async move { runscale::daemon::serve(&validated, false, stop).await }
+        async move { runscale::daemon::serve(&validated, false, stop, None).await }
     });
 
     // Jobs in the three repositories, `runs-on: [self-hosted]` as in the README's workflow.
