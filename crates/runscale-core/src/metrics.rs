@@ -119,6 +119,8 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     /// Webhook deliveries by provider and outcome.
     pub webhooks: Family<WebhookLabels, Counter>,
+    /// Pool tasks started again after they died.
+    pub pool_restarts: Family<PoolLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -148,6 +150,7 @@ impl Metrics {
             pass_duration: latency_histogram(),
             failures: Family::default(),
             webhooks: Family::default(),
+            pool_restarts: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("runscale");
         r.register(
@@ -221,6 +224,11 @@ impl Metrics {
             "Webhook deliveries, by provider and outcome (accepted, unknown_provider, \
              unauthenticated, malformed, failed)",
             m.webhooks.clone(),
+        );
+        r.register(
+            "pool_restarts",
+            "Pool tasks started again after they died (a panic)",
+            m.pool_restarts.clone(),
         );
         m
     }

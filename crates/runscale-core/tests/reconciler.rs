@@ -792,3 +792,116 @@ async fn bursts_of_wake_ups_coalesce_and_a_lone_one_is_not_delayed() {
     stop.cancel();
     task.await.expect("task");
 }
+
+/// The in-memory CI system, with faults the world cannot inject: `register` panics the
+/// first `panics` times; `observe` never answers while `hang` is set.
+struct Faulty {
+    inner: Arc<dyn runscale_core::Provider>,
+    panics: std::sync::atomic::AtomicU32,
+    hang: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl runscale_core::Provider for Faulty {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn observe(
+        &self,
+        pools: &[PoolId],
+    ) -> std::collections::HashMap<PoolId, runscale_core::Result<runscale_core::ProviderView>> {
+        if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.observe(pools).await
+    }
+
+    async fn register(
+        &self,
+        pool: &PoolId,
+        runner_name: &str,
+    ) -> runscale_core::Result<runscale_core::Registration> {
+        use std::sync::atomic::Ordering;
+        if self
+            .panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected panic in register");
+        }
+        self.inner.register(pool, runner_name).await
+    }
+
+    async fn remove(
+        &self,
+        pool: &PoolId,
+        runner: &runscale_core::RunnerId,
+    ) -> runscale_core::Result<()> {
+        self.inner.remove(pool, runner).await
+    }
+
+    async fn probe(&self) -> runscale_core::Result<String> {
+        self.inner.probe().await
+    }
+}
+
+/// A pool task that dies is started again (and counted), the others are not affected, and
+/// the pool's jobs still run; a pool whose pass never ends makes the reconciler not ready.
+#[tokio::test(start_paused = true)]
+async fn a_dead_pool_task_is_restarted_and_a_stalled_pool_is_not_ready() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let faulty = Arc::new(Faulty {
+        inner: world.provider(),
+        panics: std::sync::atomic::AtomicU32::new(1),
+        hang: std::sync::atomic::AtomicBool::new(false),
+    });
+    let mut b = binding(&world, PoolSpec::test("p").max(2), "ci");
+    b.provider = faulty.clone();
+    let other = World::new(clock.clone(), WorldConfig::default());
+    let metrics = metrics();
+    let r = Reconciler::new(
+        vec![b, binding(&other, PoolSpec::test("q").max(2), "other")],
+        clock,
+        metrics.clone(),
+        options(),
+    );
+    let handle = r.handle();
+    world.enqueue("p", 2, Duration::from_secs(5));
+    other.enqueue("q", 2, Duration::from_secs(5));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let restarts = metrics
+        .pool_restarts
+        .get_or_create(&runscale_core::metrics::PoolLabels {
+            pool: "p".to_owned(),
+        })
+        .get();
+    assert_eq!(restarts, 1);
+    assert_eq!(
+        world.snapshot().completed.len(),
+        2,
+        "the restarted pool's jobs ran"
+    );
+    assert_eq!(
+        other.snapshot().completed.len(),
+        2,
+        "the other pool was not affected"
+    );
+    assert!(handle.ready(), "{:?}", handle.not_ready());
+
+    // Observing never answers from now on: the pool stalls, and after three intervals and
+    // the longest back-off plus an interval (options(): 10 s and 30 s) it is reported.
+    faulty.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(handle.ready(), "{:?}", handle.not_ready());
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let why = handle
+        .not_ready()
+        .expect("a stalled pool makes the reconciler not ready");
+    assert!(why.contains("pool p"), "{why}");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+}

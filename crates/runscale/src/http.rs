@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `GET /` | the status page (HTML, refreshes itself) |
 //! | `GET /healthz` | 200 `ok` while the process runs |
-//! | `GET /readyz` | 200 once every pool has completed a pass, else 503 |
+//! | `GET /readyz` | 200 once every pool has completed a pass and none has stalled (no pass completed or under way for three intervals, and at least the longest back-off plus one), else 503 naming the pool |
 //! | `GET /metrics` | the registry in the OpenMetrics text format |
 //! | `GET /api/v1/pools` | JSON array of every pool's status |
 //! | `POST /webhooks/{provider}` | see below |
@@ -129,14 +129,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.handle.ready() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: some pool has not completed its first pass",
-        )
-            .into_response()
+    match state.handle.not_ready() {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response(),
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use backoff::backoff;
 use batch::{BatchCall, Batcher};
@@ -40,7 +40,7 @@ use crate::adapter::{Backend, Provider, ProviderView, WebhookRequest};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::instrument::{InstrumentedBackend, InstrumentedProvider};
-use crate::metrics::{Metrics, WebhookLabels};
+use crate::metrics::{Metrics, PoolLabels, WebhookLabels};
 use crate::model::{Instance, PoolId, PoolSpec};
 use crate::plan::Plan;
 
@@ -113,6 +113,10 @@ struct Shared {
 pub struct Handle {
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    /// A pool that has neither completed a pass nor been working on one for this long makes
+    /// the reconciler not ready ([`Handle::not_ready`]).
+    stale_after: Duration,
 }
 
 impl Handle {
@@ -191,14 +195,49 @@ impl Handle {
         out
     }
 
-    /// True once every pool has completed at least one pass (successful or not).
+    /// True once every pool has completed a pass (successful or not) and none has stalled:
+    /// see [`Handle::not_ready`].
     pub fn ready(&self) -> bool {
-        self.shared
-            .pools
-            .iter()
-            .all(|p| p.status.lock().unwrap_or_else(|e| e.into_inner()).passes > 0)
+        self.not_ready().is_none()
+    }
+
+    /// Why the reconciler is not ready, if it is not: a pool has not completed its first pass,
+    /// or has neither completed a pass nor worked on one for `stale_after` (three intervals,
+    /// and at least the longest back-off plus an interval: a pool backing off is alive).
+    pub fn not_ready(&self) -> Option<String> {
+        let now = self.clock.now();
+        for p in &self.shared.pools {
+            let last = {
+                let status = p.status.lock().unwrap_or_else(|e| e.into_inner());
+                if status.passes == 0 {
+                    return Some(format!(
+                        "pool {} has not completed its first pass",
+                        p.spec.name
+                    ));
+                }
+                status.last_pass_at
+            };
+            let working = *p.pass_started_at.lock().unwrap_or_else(|e| e.into_inner());
+            let alive = last.max(working);
+            let stale = alive
+                .and_then(|t| (now - t).to_std().ok())
+                .is_some_and(|age| age > self.stale_after);
+            if stale {
+                return Some(format!(
+                    "pool {} has not completed a pass for more than {}s",
+                    p.spec.name,
+                    self.stale_after.as_secs()
+                ));
+            }
+        }
+        None
     }
 }
+
+/// The pause before a dead pool task is started again, times its restarts so far.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// The longest such pause.
+const RESTART_PAUSE_MAX: Duration = Duration::from_secs(60);
 
 /// Drives every pool.
 pub struct Reconciler {
@@ -291,6 +330,7 @@ impl Reconciler {
                 notify: Notify::new(),
                 dirty: AtomicBool::new(false),
                 memory: Mutex::new(Default::default()),
+                pass_started_at: Mutex::new(None),
             }));
         }
         let shared = Arc::new(Shared {
@@ -314,6 +354,12 @@ impl Reconciler {
         Handle {
             shared: self.shared.clone(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            stale_after: (self.options.interval.saturating_mul(3)).max(
+                self.options
+                    .backoff_max
+                    .saturating_add(self.options.interval),
+            ),
         }
     }
 
@@ -372,17 +418,61 @@ impl Reconciler {
         });
 
         let mut tasks = tokio::task::JoinSet::new();
+        let mut running = HashMap::new();
         for rt in this.shared.pools.iter().cloned() {
             let this = this.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(async move { this.pool_loop(rt, shutdown).await });
+            let task = rt.clone();
+            let id = tasks
+                .spawn(async move { this.pool_loop(rt, shutdown).await })
+                .id();
+            running.insert(id, (task, 0u32));
         }
         info!(
             pools = this.shared.pools.len(),
             dry_run = this.options.dry_run,
             "reconciler started"
         );
-        shutdown.cancelled().await;
+        // A pool task that dies (a panic) is started again after a pause that grows with its
+        // restarts, and counted; the other pools are not affected.
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(ended) = tasks.join_next_with_id() => {
+                    let (id, panicked) = match ended {
+                        Ok((id, ())) => (id, false),
+                        Err(e) => (e.id(), e.is_panic()),
+                    };
+                    let Some((rt, restarts)) = running.remove(&id) else { continue };
+                    if !panicked || shutdown.is_cancelled() {
+                        continue;
+                    }
+                    let restarts = restarts.saturating_add(1);
+                    this.metrics
+                        .pool_restarts
+                        .get_or_create(&PoolLabels { pool: rt.spec.name.to_string() })
+                        .inc();
+                    let pause = RESTART_PAUSE
+                        .saturating_mul(restarts)
+                        .min(RESTART_PAUSE_MAX);
+                    error!(pool = %rt.spec.name, restarts, pause_s = pause.as_secs(), "pool task died; starting it again");
+                    let this = this.clone();
+                    let shutdown = shutdown.clone();
+                    let task = rt.clone();
+                    let id = tasks
+                        .spawn(async move {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(pause) => {}
+                            }
+                            this.pool_loop(rt, shutdown).await
+                        })
+                        .id();
+                    running.insert(id, (task, restarts));
+                }
+            }
+        }
         this.stopping.cancel();
         info!("shutting down: no new launches; waiting for in-flight passes");
         let drained = tokio::time::timeout(this.options.shutdown_timeout, async {

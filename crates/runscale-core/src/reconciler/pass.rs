@@ -87,6 +87,9 @@ pub(crate) struct PoolRuntime {
     pub(crate) dirty: std::sync::atomic::AtomicBool,
     pub(crate) status: Mutex<PoolStatus>,
     pub(crate) memory: Mutex<Memory>,
+    /// When the pass under way started (`None` between passes): a pool is alive while it
+    /// completes passes or works on one.
+    pub(crate) pass_started_at: Mutex<Option<Timestamp>>,
 }
 
 /// What a pass needs besides the pool.
@@ -109,7 +112,9 @@ impl PoolRuntime {
     /// Runs one pass and records its outcome. Returns the outcome and when to come back.
     pub(crate) async fn pass(&self, ctx: &PassContext<'_>) -> (Result<Plan>, Duration) {
         let started = std::time::Instant::now();
+        *lock(&self.pass_started_at) = Some(ctx.clock.now());
         let outcome = self.pass_inner(ctx).await;
+        *lock(&self.pass_started_at) = None;
         ctx.metrics
             .pass_duration
             .observe(started.elapsed().as_secs_f64());
