@@ -880,6 +880,86 @@ async fn github_app(rec: &Recorder, secrets: &Path) {
     );
 }
 
+/// Many repositories under one budget: a list of repositories (each pool bound to one, its
+/// runners registered and removed at that repository), and every repository of an App
+/// installation (`GET /installation/repositories`).
+async fn many_repositories(emu: &EmulatorHandle, rec: &Recorder, secrets: &Path) {
+    let s = "a list of repositories; an installation's repositories";
+    let config: Config = serde_json::from_value(json!({
+        "api_url": rec.url, "request_timeout": "60s",
+        "repositories": ["acme/app", "acme/lib"],
+        "auth": {"token": {"file": secrets.join("token")}},
+    }))
+    .expect("config");
+    let bound = |labels: &[&str], repo: &str| PoolSelector {
+        repository: Some(repo.to_owned()),
+        ..selector(labels, true)
+    };
+    let p = GithubProvider::new(
+        config,
+        vec![
+            (linux(), bound(&["linux"], "acme/app")),
+            (gpu(), bound(&["linux", "gpu"], "acme/lib")),
+        ],
+    )
+    .expect("provider");
+    let app = p
+        .register(&linux(), &runner_name("linux", 700))
+        .await
+        .expect("JIT at acme/app");
+    let lib = p
+        .register(&gpu(), &runner_name("gpu", 700))
+        .await
+        .expect("JIT at acme/lib");
+    emu.enqueue_run(jobs("acme/app", &["linux"], 1))
+        .expect("enqueue");
+    emu.enqueue_run(jobs("acme/lib", &["linux", "gpu"], 1))
+        .expect("enqueue");
+    let (l, g) = views(&p).await;
+    // Earlier scenarios left queued jobs in both repositories: each pool sees some.
+    assert!(!l.demand.waiting.is_empty() && !g.demand.waiting.is_empty());
+    for (pool, reg) in [(linux(), &app), (gpu(), &lib)] {
+        let id = reg.runner_id.as_ref().expect("runner id");
+        p.remove(&pool, id)
+            .await
+            .expect("removed at its repository");
+    }
+
+    let key = json!({"file": secrets.join("app.pem")});
+    let installed = provider(
+        &rec.url,
+        json!({"org": "acme", "repositories": "installation",
+               "auth": {"app": {"app_id": APP_ID, "private_key": key}}}),
+    );
+    views(&installed).await;
+
+    let all = rec.take();
+    assert_conforming(s, &all);
+    expect_calls(
+        s,
+        &all,
+        &[
+            (
+                "POST",
+                "/repos/acme/app/actions/runners/generate-jitconfig",
+                201,
+            ),
+            (
+                "POST",
+                "/repos/acme/lib/actions/runners/generate-jitconfig",
+                201,
+            ),
+            ("GET", "/repos/acme/app/actions/runners?*", 200),
+            ("GET", "/repos/acme/lib/actions/runners?*", 200),
+            ("GET", "/repos/acme/app/actions/runs?status=queued*", 200),
+            ("GET", "/repos/acme/lib/actions/runs?status=queued*", 200),
+            ("DELETE", "/repos/acme/app/actions/runners/*", 204),
+            ("DELETE", "/repos/acme/lib/actions/runners/*", 204),
+            ("GET", "/installation/repositories*", 200),
+        ],
+    );
+}
+
 /// A GitHub Enterprise Server style base URL (`.../api/v3`).
 async fn enterprise_server_base_url(rec: &Recorder, secrets: &Path) {
     let s = "GHES base URL";
@@ -947,6 +1027,7 @@ async fn provider_requests_and_emulator_answers_follow_githubs_openapi_descripti
         println!("organisation scenario: {:.1} s", t.elapsed().as_secs_f64());
         repository_with_a_token(&emu, &rec, dir.path()).await;
         github_app(&rec, dir.path()).await;
+        many_repositories(&emu, &rec, dir.path()).await;
         enterprise_server_base_url(&rec, dir.path()).await;
         a_bad_request_is_refused(&emu, &rec).await;
     };
