@@ -905,3 +905,110 @@ async fn a_dead_pool_task_is_restarted_and_a_stalled_pool_is_not_ready() {
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
 }
+
+/// Runs pool `p` (max 5) whose first pass sees 3 waiting jobs but cannot launch (the cloud
+/// fails), and whose CI reads then fail for a while; returns the world and the pool's status
+/// 1.5 s in, while the reads still fail.
+async fn demand_known_then_reads_fail(
+    view_max_age: Duration,
+    read_failure: ErrorKind,
+) -> (Arc<World>, runscale_core::reconciler::PoolStatus) {
+    let (world, handle, stop, task) = one_pool_running(Options {
+        view_max_age,
+        ..options()
+    });
+    world.enqueue("p", 3, Duration::from_secs(60));
+    world.fail_next("launch", 3, ErrorKind::Transient);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(handle.status()[0].passes, 1);
+    world.fail_next("observe", 5, read_failure);
+    // The launch failure backs off 1 s (the base); the second pass cannot read the CI system.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = handle.status()[0].clone();
+    assert_eq!(status.consecutive_failures, 2, "{status:?}");
+    assert_eq!(
+        status.last_error.as_ref().map(|e| e.op),
+        Some("observe"),
+        "the pass failed on the read: {status:?}"
+    );
+    stop.cancel();
+    task.await.expect("task");
+    (world, status)
+}
+
+/// While the CI system cannot be read (5xx answers), a pool still launches for the demand its
+/// last fresh view showed, if that view is recent; the pass still counts as failed, and the
+/// status marks the observation as planned on an old view.
+#[tokio::test(start_paused = true)]
+async fn known_demand_is_launched_for_while_reads_fail_if_the_last_view_is_recent() {
+    let (world, status) =
+        demand_known_then_reads_fail(Duration::from_secs(60), ErrorKind::Transient).await;
+    assert_eq!(world.snapshot().launches, 3, "launched on the 1 s old view");
+    let o = status.last_observation.clone().expect("observed");
+    assert!(o.stale, "{o:?}");
+    assert!(
+        o.view_at.is_some_and(|v| o.at.is_some_and(|at| v < at)),
+        "{o:?}"
+    );
+    assert!(!status.stale, "a view 1.5 s old is not stale: {status:?}");
+}
+
+/// A view older than `view_max_age`, or a failure that will not pass by itself (credentials),
+/// launches nothing.
+#[tokio::test(start_paused = true)]
+async fn nothing_is_launched_on_an_old_view_or_when_the_read_failed_for_good() {
+    let (world, _) =
+        demand_known_then_reads_fail(Duration::from_millis(500), ErrorKind::Transient).await;
+    assert_eq!(world.snapshot().launches, 0, "the view was too old");
+    let (world, _) =
+        demand_known_then_reads_fail(Duration::from_secs(60), ErrorKind::Misconfigured).await;
+    assert_eq!(
+        world.snapshot().launches,
+        0,
+        "credentials wrong: nothing launched"
+    );
+}
+
+/// An idle instance past its idle timeout is not terminated while the CI system cannot be
+/// read, however recent the last view: old facts never remove anything.
+#[tokio::test(start_paused = true)]
+async fn nothing_is_removed_while_reads_fail() {
+    let clock = clock();
+    let mut cfg = WorldConfig::default();
+    cfg.ephemeral.insert(PoolId::new("p"), false);
+    let world = World::new(clock.clone(), cfg);
+    let spec = PoolSpec::test("p")
+        .ephemeral(false)
+        .idle_timeout(Duration::from_secs(20));
+    let r = Reconciler::new(
+        vec![binding(&world, spec, "ci")],
+        clock,
+        metrics(),
+        Options {
+            view_max_age: Duration::from_secs(600),
+            ..options()
+        },
+    );
+    let handle = r.handle();
+    // Persistent runners: the instance stays after its job, idle.
+    world.enqueue("p", 1, Duration::from_secs(1));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let s = world.snapshot();
+    assert_eq!((s.completed.len(), s.instances), (1, 1), "{s:?}");
+    world.fail_next("observe", 1000, ErrorKind::Transient);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let s = world.snapshot();
+    assert_eq!((s.instances, s.terminations), (1, 0), "{s:?}");
+    let status = handle.status()[0].clone();
+    assert!(status.consecutive_failures > 3, "{status:?}");
+    // Two intervals without a fresh read: the pool's counts are shown as stale, with their age.
+    assert!(status.stale, "{status:?}");
+    assert!(
+        status.view_age_secs.is_some_and(|a| a > 100.0),
+        "{status:?}"
+    );
+    stop.cancel();
+    task.await.expect("task");
+}

@@ -60,7 +60,8 @@ pub(crate) enum SourceUrl {
     Strip,
 }
 
-/// Sends `req` (asking for JSON) and reads the whole answer, whatever its status. A request
+/// Sends `req` (asking for JSON) and reads the whole answer, whatever its status. A `GET` that
+/// fails in transit or is answered with a 5xx is sent again (see [`crate::retry`]). A request
 /// that cannot be built is `Misconfigured`; one that fails in transit, or whose answer cannot
 /// be read, is `Transient`.
 pub(crate) async fn exchange(
@@ -69,22 +70,58 @@ pub(crate) async fn exchange(
     req: reqwest::RequestBuilder,
     url: SourceUrl,
 ) -> Result<Answer> {
-    let strip = |e: reqwest::Error| match url {
+    let (client, request) = req.header("accept", "application/json").build_split();
+    let request = request.map_err(|e| {
+        Error::new(
+            op,
+            ErrorKind::Misconfigured,
+            format!("{what}: request failed"),
+        )
+        .with_source(strip_url(e, url))
+    })?;
+    if request.method() != reqwest::Method::GET {
+        return exchange_once(op, what, &client, request, url).await;
+    }
+    crate::retry::read(
+        || async {
+            match request.try_clone() {
+                Some(r) => exchange_once(op, what, &client, r, url).await,
+                // A GET has no streamed body; kept for completeness.
+                None => Err(Error::new(
+                    op,
+                    ErrorKind::Misconfigured,
+                    format!("{what}: the request cannot be repeated"),
+                )),
+            }
+        },
+        |a: &Answer| a.status.is_server_error(),
+    )
+    .await
+}
+
+fn strip_url(e: reqwest::Error, url: SourceUrl) -> reqwest::Error {
+    match url {
         SourceUrl::Keep => e,
         SourceUrl::Strip => e.without_url(),
-    };
-    let resp = req
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map_err(|e| {
-            let kind = if e.is_builder() {
-                ErrorKind::Misconfigured
-            } else {
-                ErrorKind::Transient
-            };
-            Error::new(op, kind, format!("{what}: request failed")).with_source(strip(e))
-        })?;
+    }
+}
+
+/// One exchange of [`exchange`].
+async fn exchange_once(
+    op: &'static str,
+    what: &str,
+    client: &reqwest::Client,
+    request: reqwest::Request,
+    url: SourceUrl,
+) -> Result<Answer> {
+    let resp = client.execute(request).await.map_err(|e| {
+        let kind = if e.is_builder() {
+            ErrorKind::Misconfigured
+        } else {
+            ErrorKind::Transient
+        };
+        Error::new(op, kind, format!("{what}: request failed")).with_source(strip_url(e, url))
+    })?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.map_err(|e| {
@@ -93,7 +130,7 @@ pub(crate) async fn exchange(
             ErrorKind::Transient,
             format!("{what}: reading the answer failed"),
         )
-        .with_source(strip(e))
+        .with_source(strip_url(e, url))
     })?;
     Ok(Answer {
         status,

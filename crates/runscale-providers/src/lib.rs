@@ -15,3 +15,10 @@ pub mod gitlab;
     allow(dead_code)
 )]
 mod http;
+#[cfg(any(
+    feature = "github",
+    feature = "circleci",
+    feature = "gitlab",
+    feature = "buildkite"
+))]
+mod retry;

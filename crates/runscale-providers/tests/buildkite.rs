@@ -327,15 +327,17 @@ async fn the_poll_duration_and_throttling_keep_the_last_view() {
     assert_eq!(v.demand.waiting.len(), 2);
     assert!(p.rate_limit_remaining().is_some_and(|r| r < 200));
 
-    // 5xx: an error for every pool asked.
+    // 5xx on every attempt of both reads (the first and four retries each): an error for
+    // every pool asked.
     s.emu.set_faults(Faults {
-        fail_next: 1,
+        fail_next: 10,
         ..Faults::default()
     });
     let seen = p.observe(&[linux(), arm()]).await;
     assert!(
         seen.values()
-            .all(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Transient))
+            .all(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Transient)),
+        "{seen:?}"
     );
 }
 

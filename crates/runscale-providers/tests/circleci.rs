@@ -379,8 +379,9 @@ async fn quiet_is_confirmed_only_with_nothing_unclaimed_or_running_in_the_class(
     assert!(e.to_string().contains("0 unclaimed and 1 running"), "{e}");
     a.await.expect("join").expect("runner");
     p.confirm_quiet(&linux()).await.expect("done");
+    // Every attempt of its reads fails (each GET is tried five times).
     s.emu.set_faults(Faults {
-        fail_next: 1,
+        fail_next: 15,
         ..Faults::default()
     });
     let e = p.confirm_quiet(&linux()).await.expect_err("a failed read");
@@ -454,8 +455,9 @@ async fn errors_are_classified_and_throttling_serves_the_last_view_stale() {
     assert!(stale.stale, "last good view, marked stale");
     assert_eq!(stale.demand, fresh.demand);
 
+    // Three reads, each tried five times: every attempt fails.
     let failing = Faults {
-        fail_next: 3,
+        fail_next: 15,
         ..Faults::default()
     };
     let e = observe_failing(&s, &p, failing).await;

@@ -298,10 +298,16 @@ pub struct Summary {
     pub jobs_by_pool: BTreeMap<String, u32>,
     /// Instances still alive after the demo stopped them (must be 0).
     pub remaining_instances: u32,
-    /// Invariant violations the emulator recorded (must be 0).
+    /// Safety violations the emulator recorded (must be 0): a runner removed while busy, a
+    /// runner that vanished mid-job.
     pub violations: u32,
     /// The violations, as the emulator describes them.
     pub violation_details: Vec<serde_json::Value>,
+    /// Jobs still queued when the demo stopped: never started (not a safety violation, but
+    /// the demo fails).
+    pub jobs_not_run: u32,
+    /// Jobs still running when the demo stopped.
+    pub jobs_unfinished: u32,
     /// Webhook deliveries: produced, dropped, duplicated, delivered, failed.
     pub webhooks: serde_json::Value,
     /// Time compression used.
@@ -383,6 +389,13 @@ impl Summary {
             "  left over   {} instances, {} registered runners, {} state files",
             self.remaining_instances, self.runners_left_registered, self.state_files_left
         );
+        if self.jobs_not_run > 0 || self.jobs_unfinished > 0 {
+            let _ = writeln!(
+                s,
+                "  jobs not run {} (never started), {} unfinished",
+                self.jobs_not_run, self.jobs_unfinished
+            );
+        }
         let _ = writeln!(s, "  violations  {}", self.violations);
         let _ = writeln!(s, "  wall time   {:.1}s", self.wall_secs);
         s
@@ -762,9 +775,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     if !summary.ok() {
         bail!(
-            "demo failed: {}/{} jobs done, {} violations, {} instances, {} registered runners and {} state files left",
+            "demo failed: {}/{} jobs done ({} not run), {} violations, {} instances, {} registered runners and {} state files left",
             summary.jobs_done,
             summary.jobs_total,
+            summary.jobs_not_run,
             summary.violations,
             summary.remaining_instances,
             summary.runners_left_registered,
@@ -1077,7 +1091,19 @@ fn summarise(
             *jobs_by_pool.entry(p.name.to_owned()).or_default() += 1;
         }
     }
-    let violations = snap.violations.len() as u32;
+    use runscale_emulator::github::ViolationKind;
+    let count = |f: fn(&ViolationKind) -> bool| {
+        snap.violations.iter().filter(|v| f(&v.kind)).count() as u32
+    };
+    let jobs_not_run = count(|k| matches!(k, ViolationKind::JobNeverStarted { .. }));
+    let jobs_unfinished = count(|k| matches!(k, ViolationKind::JobNotFinished { .. }));
+    let safety = |k: &ViolationKind| {
+        !matches!(
+            k,
+            ViolationKind::JobNeverStarted { .. } | ViolationKind::JobNotFinished { .. }
+        )
+    };
+    let violations = count(safety);
     Summary {
         jobs_total: total,
         jobs_done,
@@ -1098,9 +1124,12 @@ fn summarise(
         jobs_by_pool,
         remaining_instances: remaining,
         violations,
+        jobs_not_run,
+        jobs_unfinished,
         violation_details: snap
             .violations
             .iter()
+            .filter(|v| safety(&v.kind))
             .filter_map(|v| serde_json::to_value(v).ok())
             .collect(),
         webhooks: serde_json::to_value(&snap.webhooks).unwrap_or_default(),

@@ -61,7 +61,7 @@ pub fn render(pools: &[PoolStatus], budgets: &Budgets, now: Timestamp, version: 
     h.push_str(concat!(
         "<table id=\"pools\"><thead><tr><th>pool</th><th>provider</th><th>backend</th>",
         "<th>waiting</th><th>booting</th><th>idle</th><th>busy</th><th>desired</th>",
-        "<th>min idle / max</th><th>last pass</th><th>next pass</th><th>status</th></tr></thead><tbody>\n"
+        "<th>min idle / max</th><th>CI read</th><th>last pass</th><th>next pass</th><th>status</th></tr></thead><tbody>\n"
     ));
     for p in pools {
         let o = p.last_observation.clone().unwrap_or_default();
@@ -87,9 +87,21 @@ pub fn render(pools: &[PoolStatus], budgets: &Budgets, now: Timestamp, version: 
         };
         let ts =
             |t: Option<Timestamp>| t.map_or("–".to_owned(), |t| t.format("%H:%M:%S").to_string());
+        // How old the counts are: stale ones (the CI system not read afresh within two
+        // intervals) are marked, so an outage does not show old numbers as if known.
+        let read = match (p.view_age_secs, p.stale) {
+            (Some(age), false) => format!("<span class=\"ok\">{age:.0}s ago</span>"),
+            (Some(age), true) => {
+                format!(
+                    "<span class=\"err\" title=\"counts are from then\">stale: {age:.0}s ago</span>"
+                )
+            }
+            (None, _) if p.passes == 0 => "<span class=\"dim\">–</span>".to_owned(),
+            (None, _) => "<span class=\"err\">stale: never read</span>".to_owned(),
+        };
         let _ = writeln!(
             h,
-            "<tr data-pool=\"{pool}\"><td>{pool}</td><td>{prov}</td><td>{back}</td><td class=\"n\">{w}</td><td class=\"n\">{b}</td><td class=\"n\">{i}</td><td class=\"n\">{bu}</td><td class=\"n\">{d}</td><td class=\"n\">{mi} / {mx}</td><td>{lp}</td><td>{np}</td><td>{st}</td></tr>",
+            "<tr data-pool=\"{pool}\"><td>{pool}</td><td>{prov}</td><td>{back}</td><td class=\"n\">{w}</td><td class=\"n\">{b}</td><td class=\"n\">{i}</td><td class=\"n\">{bu}</td><td class=\"n\">{d}</td><td class=\"n\">{mi} / {mx}</td><td data-stale=\"{stale}\">{read}</td><td>{lp}</td><td>{np}</td><td>{st}</td></tr>",
             pool = esc(p.pool.as_str()),
             prov = esc(&p.provider),
             back = esc(&p.backend),
@@ -100,6 +112,8 @@ pub fn render(pools: &[PoolStatus], budgets: &Budgets, now: Timestamp, version: 
             d = desired,
             mi = min_idle,
             mx = max,
+            stale = p.stale,
+            read = read,
             lp = ts(p.last_pass_at),
             np = ts(p.next_pass_at),
             st = status,
@@ -157,6 +171,52 @@ mod tests {
             esc("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    fn pool(view_age_secs: Option<f64>, stale: bool, passes: u64) -> PoolStatus {
+        use runscale_core::reconciler::status::LimitsView;
+        PoolStatus {
+            pool: runscale_core::PoolId::new("linux"),
+            provider: "gh".into(),
+            backend: "local".into(),
+            limits: LimitsView {
+                min_idle: 0,
+                max: 4,
+                max_booting: 4,
+                launches_per_minute: 0,
+                boot_timeout_secs: 60.0,
+                idle_timeout_secs: 60.0,
+                max_lifetime_secs: None,
+                scale_down_delay_secs: 0.0,
+                runners_per_instance: 1,
+                ephemeral: true,
+                schedules: Vec::new(),
+            },
+            last_observation: None,
+            view_age_secs,
+            stale,
+            last_plan: None,
+            last_pass_at: None,
+            last_error: None,
+            consecutive_failures: 0,
+            next_pass_at: None,
+            passes,
+            recent_actions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn counts_show_their_age_and_stale_ones_are_marked() {
+        let now = chrono::Utc::now();
+        let fresh = render(&[pool(Some(3.2), false, 4)], &Vec::new(), now, "0");
+        assert!(
+            fresh.contains("data-stale=\"false\"><span class=\"ok\">3s ago"),
+            "{fresh}"
+        );
+        let old = render(&[pool(Some(95.0), true, 9)], &Vec::new(), now, "0");
+        assert!(old.contains("data-stale=\"true\"><span class=\"err\" title=\"counts are from then\">stale: 95s ago"), "{old}");
+        let never = render(&[pool(None, true, 2)], &Vec::new(), now, "0");
+        assert!(never.contains("stale: never read"), "{never}");
     }
 
     #[test]

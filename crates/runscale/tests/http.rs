@@ -137,8 +137,19 @@ async fn pools_api_shows_limits_observation_plan_error_and_next_pass() {
     assert!(linux["last_error"].is_null());
     assert!(linux["next_pass_at"].is_string(), "{linux}");
     assert_eq!(linux["passes"], 1);
+    // Read afresh just now: its age is known and it is not stale.
+    assert_eq!(linux["last_observation"]["stale"], false, "{linux}");
+    assert!(linux["last_observation"]["view_at"].is_string(), "{linux}");
+    assert!(
+        linux["view_age_secs"].as_f64().is_some_and(|a| a < 5.0),
+        "{linux}"
+    );
+    assert_eq!(linux["stale"], false, "{linux}");
 
     let arm = &pools[1];
+    // Never read: nothing is known, and the pool says so.
+    assert!(arm["view_age_secs"].is_null(), "{arm}");
+    assert_eq!(arm["stale"], true, "{arm}");
     assert_eq!(arm["pool"], "arm");
     assert_eq!(arm["last_error"]["kind"], "transient");
     assert!(arm["last_error"]["message"].is_string());

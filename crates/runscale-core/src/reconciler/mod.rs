@@ -77,6 +77,11 @@ pub struct Options {
     /// are served by one pass at its end: a burst becomes one pass per pool per window, and a
     /// lone wake-up after a quiet spell starts its pass at once.
     pub coalesce_window: Duration,
+    /// When the CI system cannot be read (a 5xx answer, a timeout, throttling), a pool plans on
+    /// its last fresh view if it is at most this old: it may launch for the demand it knew,
+    /// and removes nothing (see [`crate::policy`]). Older than this, the pass fails and the
+    /// pool waits.
+    pub view_max_age: Duration,
 }
 
 impl Default for Options {
@@ -89,6 +94,7 @@ impl Default for Options {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             coalesce_window: Duration::from_secs(1),
+            view_max_age: Duration::from_secs(60),
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct Handle {
     /// A pool that has neither completed a pass nor been working on one for this long makes
     /// the reconciler not ready ([`Handle::not_ready`]).
     stale_after: Duration,
+    /// A pool's view of its CI system older than this is shown as stale (two intervals).
+    fresh_for: Duration,
 }
 
 impl Handle {
@@ -173,12 +181,24 @@ impl Handle {
         }
     }
 
-    /// A snapshot of every pool's status, in configuration order.
+    /// A snapshot of every pool's status, in configuration order, with the age of what is
+    /// known of each as of now.
     pub fn status(&self) -> Vec<PoolStatus> {
+        let now = self.clock.now();
         self.shared
             .pools
             .iter()
-            .map(|p| p.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|p| {
+                let mut status = p.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let age = status
+                    .last_observation
+                    .as_ref()
+                    .and_then(|o| o.view_at)
+                    .map(|t| (now - t).to_std().unwrap_or(Duration::ZERO));
+                status.view_age_secs = age.map(|a| a.as_secs_f64());
+                status.stale = age.is_none_or(|a| a > self.fresh_for);
+                status
+            })
             .collect()
     }
 
@@ -360,6 +380,7 @@ impl Reconciler {
                     .backoff_max
                     .saturating_add(self.options.interval),
             ),
+            fresh_for: self.options.interval.saturating_mul(2),
         }
     }
 
@@ -372,6 +393,7 @@ impl Reconciler {
             interval: self.options.interval,
             backoff_base: self.options.backoff_base,
             backoff_max: self.options.backoff_max,
+            view_max_age: self.options.view_max_age,
         }
     }
 

@@ -49,6 +49,9 @@ pub(crate) struct Memory {
     /// Runner names of the pool's instances at the last fresh observation, and of those
     /// launched since.
     hosted: HashSet<String>,
+    /// The last fresh view of the CI system, and when it was read: planned on (launches only)
+    /// when a read fails, while it is at most [`PassContext::view_max_age`] old.
+    last_view: Option<(ProviderView, Timestamp)>,
 }
 
 /// What the reconciler remembers of one runner of the pool's instances.
@@ -102,6 +105,8 @@ pub(crate) struct PassContext<'a> {
     pub(crate) interval: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
+    /// How old the last fresh view of the CI system may be to plan on it when a read fails.
+    pub(crate) view_max_age: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -159,8 +164,29 @@ impl PoolRuntime {
     async fn pass_inner(&self, ctx: &PassContext<'_>) -> Result<Plan> {
         let pool = &self.spec.name;
         let (view, instances) = tokio::join!(self.observe.get(pool), self.instances.get(pool));
-        let (view, instances) = (view?, instances?);
+        // Without the instances nothing can be decided: a launch could exceed `max`.
+        let instances = instances?;
         let now = ctx.clock.now();
+        let (view, read_error) = match view {
+            Ok(view) => {
+                if !view.stale {
+                    lock(&self.memory).last_view = Some((view.clone(), now));
+                }
+                (view, None)
+            }
+            Err(e) => match self.recent_view(&e, now, ctx.view_max_age) {
+                Some((view, age)) => {
+                    warn!(pool = %pool, error = %e, view_age_s = age.as_secs(), "the CI system could not be read; planning on its last view (launches only)");
+                    (view, Some(e))
+                }
+                None => return Err(e),
+            },
+        };
+        let view_at = match &read_error {
+            Some(_) => lock(&self.memory).last_view.as_ref().map(|(_, at)| *at),
+            None if view.stale => None,
+            None => Some(now),
+        };
         let (obs, never_registered) = self.observation(view, instances, now);
         if !ctx.dry_run {
             self.release(&never_registered).await;
@@ -179,7 +205,9 @@ impl PoolRuntime {
             .set(i64::from(plan.desired_instances));
         {
             let mut status = lock(&self.status);
-            status.last_observation = Some(ObservationSummary::of(&obs, now));
+            let mut summary = ObservationSummary::of(&obs, now);
+            summary.view_at = view_at;
+            status.last_observation = Some(summary);
             status.last_plan = Some(plan.clone());
         }
         let result = if plan.is_empty() {
@@ -191,7 +219,42 @@ impl PoolRuntime {
         if !ctx.dry_run && !obs.stale {
             self.lower_target(plan.desired_instances).await;
         }
-        result.map(|()| plan)
+        // The pass acted on what it knew, but the read failed: it counts as failed (and backs
+        // off) all the same.
+        match read_error {
+            Some(e) => result.and(Err(e)),
+            None => result.map(|()| plan),
+        }
+    }
+
+    /// The last fresh view of the CI system, marked stale, if the read failed for a reason
+    /// that may pass (a 5xx answer, a timeout, throttling) and that view is at most `max_age`
+    /// old; with its age. A stale view only ever launches (see [`policy`]): known demand is
+    /// still served while the CI system cannot be read, and nothing is removed on old facts.
+    fn recent_view(
+        &self,
+        e: &Error,
+        now: Timestamp,
+        max_age: Duration,
+    ) -> Option<(ProviderView, Duration)> {
+        if !matches!(
+            e.kind(),
+            ErrorKind::Transient | ErrorKind::RateLimited { .. }
+        ) {
+            return None;
+        }
+        let memory = lock(&self.memory);
+        let (view, at) = memory.last_view.as_ref()?;
+        let age = (now - *at).to_std().unwrap_or(Duration::ZERO);
+        (age <= max_age).then(|| {
+            (
+                ProviderView {
+                    stale: true,
+                    ..view.clone()
+                },
+                age,
+            )
+        })
     }
 
     /// Tells the backend how many instances the pool wants, so a cloud that replaces instances

@@ -83,6 +83,13 @@ impl LimitsView {
 pub struct ObservationSummary {
     /// When it was taken.
     pub at: Option<Timestamp>,
+    /// When the CI system's part of it was read: before `at` when a read failed and the pass
+    /// planned on the last fresh view; `None` when the provider could only return an old copy
+    /// of unknown age (it was throttled).
+    pub view_at: Option<Timestamp>,
+    /// The CI system's part is an old copy (a read failed, or the provider was throttled):
+    /// the pass could only launch.
+    pub stale: bool,
     /// Jobs waiting.
     pub waiting: u32,
     /// Jobs running.
@@ -111,6 +118,8 @@ impl ObservationSummary {
             |s: InstanceState| obs.instances.iter().filter(|i| i.state == s).count() as u32;
         Self {
             at: Some(at),
+            view_at: (!obs.stale).then_some(at),
+            stale: obs.stale,
             waiting: obs.demand.waiting.len() as u32,
             running: obs.demand.running,
             oldest_waiting_secs: obs
@@ -180,8 +189,14 @@ pub struct PoolStatus {
     pub backend: String,
     /// Configured limits.
     pub limits: LimitsView,
-    /// The last successful observation.
+    /// The last observation (taken by a pass that planned, even if it then failed).
     pub last_observation: Option<ObservationSummary>,
+    /// Seconds since the CI system was last read afresh for this pool, when this status was
+    /// taken; `None` before the first fresh read.
+    pub view_age_secs: Option<f64>,
+    /// What is known of the pool is out of date: the CI system has not been read afresh within
+    /// two intervals (reads fail, or no pass completed), or never was.
+    pub stale: bool,
     /// The last plan, with reasons.
     pub last_plan: Option<Plan>,
     /// When the last pass finished.
@@ -206,6 +221,8 @@ impl PoolStatus {
             backend: backend.to_owned(),
             limits: LimitsView::of(spec),
             last_observation: None,
+            view_age_secs: None,
+            stale: true,
             last_plan: None,
             last_pass_at: None,
             last_error: None,

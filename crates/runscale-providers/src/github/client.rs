@@ -31,8 +31,6 @@ const MAX_PAGES: usize = 100;
 const ETAG_CAPACITY: usize = 10_000;
 /// Bytes of cached bodies kept at most.
 const ETAG_MAX_BYTES: usize = 128 << 20;
-/// Pauses before retrying a GET that failed with a transport error or a 5xx answer.
-const GET_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
 
 /// First back-off after a secondary rate limit without `retry-after` (GitHub: at least 1 min).
 const SECONDARY_BACKOFF: Duration = Duration::from_secs(60);
@@ -460,7 +458,8 @@ impl Client {
     }
 
     /// A GET, retried within the call on a transport failure or a 5xx answer (GETs are
-    /// idempotent): one failed page out of many must not fail a whole observation.
+    /// idempotent; see [`crate::retry`]): one failed page out of many must not fail a whole
+    /// observation.
     async fn get_with_retries(
         &self,
         op: &'static str,
@@ -468,20 +467,11 @@ impl Client {
         cached: bool,
         token: SecretString,
     ) -> Result<Reply> {
-        let mut attempt = 0;
-        loop {
-            let last = attempt >= GET_RETRY_DELAYS.len();
-            match self
-                .send(op, Method::GET, path, None, cached, token.clone())
-                .await
-            {
-                Ok(reply) if reply.status.is_server_error() && !last => {}
-                Err(e) if e.kind() == ErrorKind::Transient && !last => {}
-                other => return other,
-            }
-            tokio::time::sleep(GET_RETRY_DELAYS[attempt]).await;
-            attempt += 1;
-        }
+        crate::retry::read(
+            || self.send(op, Method::GET, path, None, cached, token.clone()),
+            |reply: &Reply| reply.status.is_server_error(),
+        )
+        .await
     }
 
     /// Sends one request with `token`.

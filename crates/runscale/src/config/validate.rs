@@ -192,6 +192,11 @@ impl Config {
                 interval: self.interval,
                 max_concurrent_passes: self.max_concurrent_passes,
                 shutdown_timeout: self.shutdown_timeout,
+                // A pool plans on its last view of the CI system when a read fails while that
+                // view is no older than an interval (at least a minute, at most five).
+                view_max_age: self
+                    .interval
+                    .clamp(Duration::from_secs(60), Duration::from_secs(300)),
                 ..Options::default()
             },
             // Every entry parsed (no error was recorded), so none is missing.
