@@ -794,11 +794,24 @@ async fn bursts_of_wake_ups_coalesce_and_a_lone_one_is_not_delayed() {
 }
 
 /// The in-memory CI system, with faults the world cannot inject: `register` panics the
-/// first `panics` times; `observe` never answers while `hang` is set.
+/// first `panics` times; `observe` never answers while `hang` is set, and fails (a 5xx, say)
+/// while `down` is set.
 struct Faulty {
     inner: Arc<dyn runscale_core::Provider>,
     panics: std::sync::atomic::AtomicU32,
     hang: std::sync::atomic::AtomicBool,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn runscale_core::Provider>, panics: u32) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            panics: std::sync::atomic::AtomicU32::new(panics),
+            hang: std::sync::atomic::AtomicBool::new(false),
+            down: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -813,6 +826,15 @@ impl runscale_core::Provider for Faulty {
     ) -> std::collections::HashMap<PoolId, runscale_core::Result<runscale_core::ProviderView>> {
         if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return pools
+                .iter()
+                .map(|p| {
+                    let e = runscale_core::Error::new("observe", ErrorKind::Transient, "HTTP 503");
+                    (p.clone(), Err(e))
+                })
+                .collect();
         }
         self.inner.observe(pools).await
     }
@@ -852,11 +874,7 @@ impl runscale_core::Provider for Faulty {
 async fn a_dead_pool_task_is_restarted_and_a_stalled_pool_is_not_ready() {
     let clock = clock();
     let world = World::new(clock.clone(), WorldConfig::default());
-    let faulty = Arc::new(Faulty {
-        inner: world.provider(),
-        panics: std::sync::atomic::AtomicU32::new(1),
-        hang: std::sync::atomic::AtomicBool::new(false),
-    });
+    let faulty = Faulty::new(world.provider(), 1);
     let mut b = binding(&world, PoolSpec::test("p").max(2), "ci");
     b.provider = faulty.clone();
     let other = World::new(clock.clone(), WorldConfig::default());
@@ -1009,6 +1027,48 @@ async fn nothing_is_removed_while_reads_fail() {
         status.view_age_secs.is_some_and(|a| a > 100.0),
         "{status:?}"
     );
+    stop.cancel();
+    task.await.expect("task");
+}
+
+/// After a 60 s outage of the CI system's API, with the default options (transient back-off
+/// up to 30 s), a job queued after recovery starts within boot + 5 s: its webhook ends the
+/// back-off at once.
+#[tokio::test(start_paused = true)]
+async fn after_a_60s_outage_the_first_job_queued_starts_within_boot_plus_5s() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    let faulty = Faulty::new(world.provider(), 0);
+    let mut b = binding(&world, PoolSpec::test("p"), "ci");
+    b.provider = faulty.clone();
+    let r = Reconciler::new(vec![b], clock, metrics(), Options::default());
+    let handle = r.handle();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    faulty.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        handle.status()[0].consecutive_failures >= 3,
+        "{:?}",
+        handle.status()[0]
+    );
+    faulty
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    world.enqueue("p", 1, Duration::from_secs(1));
+    assert!(handle.wake(&PoolId::new("p")), "the job's webhook");
+    // Boot is 5 s in this world; it moves on when stepped, and records the job's wait when
+    // the job finishes.
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        world.step();
+    }
+    let s = world.snapshot();
+    assert_eq!(s.completed.len(), 1, "{s:?}");
+    let waited = s.completed[0].1;
+    assert!(waited <= Duration::from_secs(10), "waited {waited:?}");
     stop.cancel();
     task.await.expect("task");
 }
