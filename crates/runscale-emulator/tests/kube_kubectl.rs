@@ -28,7 +28,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn kubectl_binary() -> Option<PathBuf> {
     runscale_core::testing::require_program(
         "kubectl",
-        "kubectl (Debian's kubernetes-client; scripts/test.sh installs it)",
+        "kubectl 1.32 to 1.34 (within kubectl's version skew of the fake API server's 1.33)",
     )
 }
 

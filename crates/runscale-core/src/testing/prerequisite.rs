@@ -2,7 +2,7 @@
 //! cannot find: one rule for every test of the workspace.
 //!
 //! A missing prerequisite fails the test, naming it and saying how to get it
-//! (`scripts/test.sh` installs everything the tests use). Only when [`ALLOW_SKIP_ENV`] is `1`
+//! (`scripts/test.sh` installs the tools the tests use, or fails naming one it cannot). Only when [`ALLOW_SKIP_ENV`] is `1`
 //! does the test skip instead: it prints a `SKIPPED` line and, when [`SKIP_REPORT_ENV`] names a
 //! file, appends `test<TAB>what` to it, so that `scripts/test.sh` can count and name the
 //! skipped tests in its summary line.
@@ -28,8 +28,9 @@ pub fn require<T>(found: Option<T>, what: &str, how: &str) -> Option<T> {
     let allowed = std::env::var_os(ALLOW_SKIP_ENV).is_some_and(|v| v == "1");
     assert!(
         allowed,
-        "{test}: {what} is missing; {how}. scripts/test.sh installs everything the tests use \
-         (set {ALLOW_SKIP_ENV}=1 to skip such tests instead of failing them)"
+        "{test}: {what} is missing; {how}. scripts/test.sh installs the tools the tests use, \
+         or fails naming one it cannot (set {ALLOW_SKIP_ENV}=1 to skip such tests instead of \
+         failing them)"
     );
     println!("SKIPPED {test}: {what} is missing ({how})");
     if let Some(report) = std::env::var_os(SKIP_REPORT_ENV) {
