@@ -95,7 +95,7 @@ fn script_backend(dir: &Path, body: &str, tune: impl FnOnce(&mut Config)) -> Exe
 
 #[tokio::test]
 async fn the_local_example_creates_lists_and_deletes_runner_processes() {
-    if !tools_present("local example") {
+    if !tools_present() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -205,7 +205,7 @@ async fn the_local_example_creates_lists_and_deletes_runner_processes() {
 
 #[tokio::test]
 async fn the_local_example_conforms_to_the_backend_contract() {
-    if !tools_present("conformance") {
+    if !tools_present() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -479,7 +479,7 @@ async fn created_instances_are_listed_while_the_listing_lags_and_deleted_ones_st
 
 #[tokio::test]
 async fn a_restarted_runscale_finds_the_machines_through_list_alone() {
-    if !tools_present("restart") {
+    if !tools_present() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

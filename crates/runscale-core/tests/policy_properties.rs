@@ -226,14 +226,56 @@ fn live_after<'a>(obs: &'a Observation, p: &Plan) -> Vec<&'a Instance> {
         .collect()
 }
 
-/// `launches` keep within `launches_per_minute`, counting the launches remembered.
-fn within_launch_rate(spec: &PoolSpec, obs: &Observation, launches: u32) -> bool {
-    let recent = obs
+/// An instance in service and idle: up, from the current template and within
+/// `max_lifetime`, with an idle runner that is not draining and no busy one. Anything else
+/// (booting with no runner yet, busy, offline, draining, runners not listed, so of unknown
+/// state) is not idle.
+fn idle_in_service(spec: &PoolSpec, by_name: &HashMap<&str, &Runner>, i: &Instance) -> bool {
+    let regs: Vec<&&Runner> = i
+        .runner_names
+        .iter()
+        .filter_map(|n| by_name.get(n.as_str()))
+        .collect();
+    i.state != InstanceState::Stopping
+        && i.template_hash == spec.template_hash
+        && spec
+            .max_lifetime
+            .is_none_or(|life| elapsed(i.launched_at) < life)
+        && !regs.iter().any(|r| r.state == RunnerState::Busy)
+        && regs
+            .iter()
+            .any(|r| r.state == RunnerState::Idle && !r.draining)
+}
+
+/// How long an instance has been idle: since its launch or the last job of any of its
+/// runners, whichever is later.
+fn idle_for(by_name: &HashMap<&str, &Runner>, i: &Instance) -> Duration {
+    let since = i
+        .runner_names
+        .iter()
+        .filter_map(|n| by_name.get(n.as_str()))
+        .map(|r| r.last_busy.unwrap_or(i.launched_at).max(i.launched_at))
+        .max()
+        .unwrap_or(i.launched_at);
+    elapsed(since)
+}
+
+/// The plan's launches keep within `launches_per_minute`, counting the launches of the last
+/// minute that are known: those remembered, or the instances launched in it that stay,
+/// whichever are more (the memory is lost on a restart; the instances are not).
+fn within_launch_rate(spec: &PoolSpec, obs: &Observation, p: &Plan) -> bool {
+    let minute = Duration::from_secs(60);
+    let remembered = obs
         .recent_launches
         .iter()
-        .filter(|t| elapsed(**t) < Duration::from_secs(60))
+        .filter(|t| elapsed(**t) < minute)
         .count() as u32;
-    spec.launches_per_minute == 0 || recent + launches <= spec.launches_per_minute
+    let young = live_after(obs, p)
+        .iter()
+        .filter(|i| elapsed(i.launched_at) < minute)
+        .count() as u32;
+    spec.launches_per_minute == 0
+        || remembered.max(young) + p.launches() <= spec.launches_per_minute
 }
 
 proptest! {
@@ -270,7 +312,8 @@ proptest! {
     }
 
     /// 2. Booting + running instances never exceed `max` because of a launch; launches never
-    /// exceed `max_booting` (counting instances already booting) nor the launch rate.
+    /// exceed `max_booting` (counting instances already booting) nor the launch rate (counting
+    /// the instances launched in the last minute when more than the launches remembered).
     #[test]
     fn p2_launches_respect_every_cap((spec, obs) in observation_strategy()) {
         let p = plan(&spec, &obs, now());
@@ -283,7 +326,7 @@ proptest! {
             "{} live + {} launches > max {}", live.len(), launches, p.limits.max);
         let booting = live.iter().filter(|i| i.state == InstanceState::Booting).count() as u32;
         prop_assert!(booting + launches <= spec.max_booting);
-        prop_assert!(within_launch_rate(&spec, &obs, launches));
+        prop_assert!(within_launch_rate(&spec, &obs, &p));
     }
 
     /// 4. Unmet demand is launched in the same pass, unless a cap binds.
@@ -319,7 +362,19 @@ proptest! {
                             && i.runner_names.iter().any(|n| by_name.get(n.as_str()).is_none_or(|r| r.state == RunnerState::Offline && !r.draining)))).count() as u32;
                     prop_assert!(booting + p.launches() >= spec.max_booting);
                 }
-                Limit::LaunchRate => prop_assert!(p.launches() > 0 || spec.launches_per_minute > 0),
+                // The rate binds: the launches known in the last minute (remembered, or
+                // instances launched in it, whichever counts more: the memory is lost on a
+                // restart) and this pass's reach `launches_per_minute`.
+                Limit::LaunchRate => {
+                    let minute = Duration::from_secs(60);
+                    let remembered = obs.recent_launches.iter().filter(|t| elapsed(**t) < minute).count() as u32;
+                    let young = obs.instances.iter()
+                        .filter(|i| i.state != InstanceState::Stopping && elapsed(i.launched_at) < minute)
+                        .count() as u32;
+                    prop_assert!(remembered.max(young) + p.launches() >= spec.launches_per_minute,
+                        "held back by the rate with {} + {} launched of {} a minute",
+                        remembered.max(young), p.launches(), spec.launches_per_minute);
+                }
             }
         }
     }
@@ -366,6 +421,44 @@ proptest! {
                 prop_assert!(gone.contains(&i.id), "{} kept after its runners left", i.id);
             }
         }
+    }
+
+    /// 8. Above `max` (a schedule lowered it), idle instances are shed: on a fresh
+    /// observation, if more than `max` instances stay after the plan, none of those that stay
+    /// is idle in service (each is busy, booting, offline, draining, or of unknown state).
+    #[test]
+    fn p8_over_max_idle_instances_are_shed((spec, mut obs) in observation_strategy()) {
+        obs.stale = false;
+        let p = plan(&spec, &obs, now());
+        let by_name = runners_by_name(&obs);
+        let live = live_after(&obs, &p);
+        if live.len() as u32 > p.limits.max {
+            for i in &live {
+                prop_assert!(!idle_in_service(&spec, &by_name, i),
+                    "{} live > max {}, yet idle {} is kept", live.len(), p.limits.max, i.id);
+            }
+        }
+    }
+
+    /// 9. No instance idle in service is terminated before it has been idle for
+    /// `idle_timeout`, except to bring the fleet down to `max`: those terminated early are at
+    /// most as many as the instances above `max` before the plan (the instances that stay,
+    /// plus the idle ones it terminates).
+    #[test]
+    fn p9_nothing_idle_is_terminated_before_idle_timeout_unless_over_max((spec, obs) in observation_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let by_name = runners_by_name(&obs);
+        let gone = terminated(&p);
+        let idle_gone: Vec<&Instance> = obs.instances.iter()
+            .filter(|i| gone.contains(&i.id) && idle_in_service(&spec, &by_name, i))
+            .collect();
+        let early: Vec<&InstanceId> = idle_gone.iter()
+            .filter(|i| idle_for(&by_name, i) < spec.idle_timeout)
+            .map(|i| &i.id)
+            .collect();
+        let above_max = (live_after(&obs, &p).len() + idle_gone.len()).saturating_sub(p.limits.max as usize);
+        prop_assert!(early.len() <= above_max,
+            "{:?} terminated before idle_timeout {:?}, {} above max", early, spec.idle_timeout, above_max);
     }
 
     /// 6. Instances from an old template are replaced when idle, never while busy.
@@ -569,7 +662,7 @@ proptest! {
             .filter(|i| i.state == InstanceState::Booting || elapsed(i.launched_at) < spec.boot_timeout)
             .count() as u32;
         prop_assert!(booting + launches <= spec.max_booting);
-        prop_assert!(within_launch_rate(&spec, &obs, launches));
+        prop_assert!(within_launch_rate(&spec, &obs, &p));
     }
 
     /// U3. Unmet demand is launched unless a cap binds: after the plan, the free slots cover

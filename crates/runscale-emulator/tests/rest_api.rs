@@ -965,8 +965,11 @@ type Case<'a> = (
 
 #[tokio::test]
 async fn responses_have_every_field_githubs_openapi_requires() {
-    let Some(spec) = openapi() else {
-        eprintln!("SKIPPED: @octokit/openapi not installed (run scripts/test.sh once)");
+    let Some(spec) = runscale_core::testing::require(
+        openapi(),
+        "the npm package @octokit/openapi (its dereferenced description)",
+        "scripts/test.sh installs it into RUNSCALE_NPM_DIR",
+    ) else {
         return;
     };
     let emu = start(config()).await;

@@ -96,16 +96,11 @@ fn labels_of(ex: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn every_workflow_job_example_is_verified_parsed_and_routed() {
-    let Some(dir) = examples_dir() else {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false"),
-            "CI must run this test: @octokit/webhooks-examples not found (scripts/test.sh \
-             installs it into RUNSCALE_NPM_DIR)"
-        );
-        println!(
-            "NOTE: @octokit/webhooks-examples not found (set RUNSCALE_WEBHOOK_EXAMPLES or run \
-             scripts/test.sh, which installs it); skipping the webhook examples test"
-        );
+    let Some(dir) = runscale_core::testing::require(
+        examples_dir(),
+        "the npm package @octokit/webhooks-examples",
+        "scripts/test.sh installs it into RUNSCALE_NPM_DIR (or set RUNSCALE_WEBHOOK_EXAMPLES)",
+    ) else {
         return;
     };
     let examples = workflow_job_examples(&dir);

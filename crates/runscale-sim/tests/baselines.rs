@@ -3,8 +3,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{approx, sim, trace};
-use rand::{Rng, SeedableRng};
+use runscale_sim::policies::github_action_autoscaler_first_forced_scale_up;
 use runscale_sim::{PolicyName, PolicyReport, SimPool};
 
 /// One job at 0 s running 120 s, on the default pool (max 50, ephemeral, idle 5 min).
@@ -108,12 +110,11 @@ fn gitlab_fleet_keeps_a_host_forty_minutes() {
     check(&one_job(PolicyName::GitlabFleet), 110.0, 2640.0, 2470.0, 1);
 }
 
-/// A seed whose first forced scale-up starts after `after_s`.
+/// A seed whose first forced scale-up (of the only pool) starts after `after_s`.
 fn seed_forcing_after(after_s: u64) -> u64 {
     (1u64..)
         .find(|&s| {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(s ^ 0x00de_70e5);
-            rng.random_range(0..86_400_000i64) > (after_s * 1000) as i64
+            github_action_autoscaler_first_forced_scale_up(s, 0) > Duration::from_secs(after_s)
         })
         .expect("a seed")
 }

@@ -159,20 +159,14 @@ async fn wait_for(
     }
 }
 
-/// The `moto_server` to start; `None` (after a note) when `RUNSCALE_MOTO_SERVER` is not set,
-/// which fails the test when `CI` is set.
+/// The `moto_server` to start. Without `RUNSCALE_MOTO_SERVER` the test fails, or skips under
+/// `RUNSCALE_ALLOW_SKIP=1` (then this is `None`).
 fn moto_bin() -> Option<std::path::PathBuf> {
-    let bin = moto_server_from_env();
-    if bin.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
-        );
-        eprintln!(
-            "note: RUNSCALE_MOTO_SERVER not set; skipping the moto test (run scripts/test.sh)"
-        );
-    }
-    bin
+    runscale_core::testing::require(
+        moto_server_from_env(),
+        "moto_server (RUNSCALE_MOTO_SERVER)",
+        "scripts/test.sh installs moto[server] into a virtualenv and sets RUNSCALE_MOTO_SERVER",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

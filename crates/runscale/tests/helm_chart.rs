@@ -49,8 +49,9 @@ fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/runscale")
 }
 
-/// The Python with `helm_python`, or `None` (after a note) when there is none and `CI` is
-/// unset.
+/// The Python with `helm_python` (`RUNSCALE_HELM_PYTHON`, else the virtualenv that
+/// `scripts/test.sh` makes). Without it the test fails, or skips under `RUNSCALE_ALLOW_SKIP=1`
+/// (then this is `None`).
 fn helm_python() -> Option<PathBuf> {
     let path = std::env::var_os("RUNSCALE_HELM_PYTHON")
         .map(PathBuf::from)
@@ -58,19 +59,11 @@ fn helm_python() -> Option<PathBuf> {
             std::env::var_os("HOME")
                 .map(|h| PathBuf::from(h).join(".cache/runscale/helm-venv/bin/python"))
         });
-    if let Some(p) = path.filter(|p| p.exists()) {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but there is no Helm: RUNSCALE_HELM_PYTHON is unset or missing \
-         (scripts/test.sh installs helm-python-sdk into $HOME/.cache/runscale/helm-venv)"
-    );
-    eprintln!(
-        "note: Helm chart tests skipped: no Python with helm-python-sdk (run scripts/test.sh \
-         once, or set RUNSCALE_HELM_PYTHON)"
-    );
-    None
+    runscale_core::testing::require(
+        path.filter(|p| p.exists()),
+        "a Python with helm-python-sdk (RUNSCALE_HELM_PYTHON)",
+        "scripts/test.sh installs helm-python-sdk into $HOME/.cache/runscale/helm-venv",
+    )
 }
 
 /// Runs `command` to completion within [`LIMIT`], killing it past that.
@@ -527,11 +520,14 @@ fn compiled_backends() -> Vec<String> {
 /// `runscale check` accepts the ConfigMap's configuration: it is valid (exit code not 2). The
 /// probes fail here (the Secrets are not mounted, there is no cluster), which is exit code 1.
 fn check_config_with_runscale(r: &Release) {
-    if !compiled_backends().iter().any(|b| b == "kubernetes") {
-        eprintln!(
-            "note: `runscale check` of the chart's config skipped: this build has no \
-             kubernetes backend (its config was parsed by runscale's loader only)"
-        );
+    let kubernetes = compiled_backends().iter().any(|b| b == "kubernetes");
+    if runscale_core::testing::require(
+        kubernetes.then_some(()),
+        "the kubernetes backend in this build of runscale",
+        "build with --all-features (scripts/test.sh does)",
+    )
+    .is_none()
+    {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");

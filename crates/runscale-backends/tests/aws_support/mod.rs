@@ -23,19 +23,15 @@ pub use runscale_emulator::aws::MotoServer as Moto;
 static MOTO: tokio::sync::Mutex<Weak<Moto>> = tokio::sync::Mutex::const_new(Weak::new());
 
 /// The moto_server of this test binary, started on first use and stopped when the last test
-/// using it drops it; `None` (after a note) when `RUNSCALE_MOTO_SERVER` is not set, which fails
-/// the test when `CI` is set.
+/// using it drops it. Without `RUNSCALE_MOTO_SERVER` the test fails, or skips under
+/// `RUNSCALE_ALLOW_SKIP=1` (then this is `None`).
 pub async fn moto() -> Option<Arc<Moto>> {
-    let Some(bin) = runscale_emulator::aws::moto_server_from_env() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
-        );
-        eprintln!(
-            "note: RUNSCALE_MOTO_SERVER not set; skipping the moto test (run scripts/test.sh)"
-        );
-        return None;
-    };
+    let bin = runscale_emulator::aws::moto_server_from_env();
+    let bin = runscale_core::testing::require(
+        bin,
+        "moto_server (RUNSCALE_MOTO_SERVER)",
+        "scripts/test.sh installs moto[server] into a virtualenv and sets RUNSCALE_MOTO_SERVER",
+    )?;
     let mut slot = MOTO.lock().await;
     if let Some(m) = slot.upgrade() {
         return Some(m);

@@ -157,6 +157,23 @@ fn launch_rate_counts_remembered_launches_and_young_instances() {
     assert_eq!(p.held_back.map(|h| h.1), Some(Limit::LaunchRate));
     // Comes back when the launch 30 s ago leaves the window.
     assert_eq!(p.requeue_after, Some(Duration::from_secs(30)));
+
+    // After a restart the remembered launches are gone, but three instances launched in the
+    // last minute (their runners not registered yet) still count against the rate: room for
+    // two, not five. When both are known, the larger count wins (3 young instances over 2
+    // remembered launches).
+    let young = vec![inst("a", 5), inst("b", 15), inst("c", 20)];
+    for recent_launches in [vec![], vec![t0() - secs(10), t0() - secs(30)]] {
+        let obs = Observation {
+            demand: jobs(10),
+            instances: young.clone(),
+            recent_launches,
+            ..Default::default()
+        };
+        let p = plan(&spec, &obs, t0());
+        assert_eq!(launches(&p), 2, "{p:?}");
+        assert_eq!(p.held_back, Some((5, Limit::LaunchRate)));
+    }
 }
 
 #[test]

@@ -9,8 +9,10 @@
 //! a pool's cap).
 
 pub mod conformance;
+pub mod prerequisite;
 mod reconcile;
 
+pub use prerequisite::{program_on_path, require, require_program};
 pub use reconcile::{live_instances, spawn_reconciler};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

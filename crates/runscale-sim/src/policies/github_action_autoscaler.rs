@@ -51,9 +51,21 @@ pub(crate) struct GithubActionAutoscaler {
 }
 
 impl GithubActionAutoscaler {
-    pub(crate) fn new(pool: &SimPool, seed: u64) -> Self {
+    /// The policy's random source for `seed` (its pool's seed) and, drawn from it first, the
+    /// start of its first forced scale-up window.
+    fn rng_and_first_forced(seed: u64) -> (StdRng, Ms) {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x00de_70e5);
-        let next_forced = rng.random_range(0..DAY);
+        let first = rng.random_range(0..DAY);
+        (rng, first)
+    }
+
+    /// When the first forced scale-up window of a pool with `seed` starts.
+    pub(crate) fn first_forced(seed: u64) -> Ms {
+        Self::rng_and_first_forced(seed).1
+    }
+
+    pub(crate) fn new(pool: &SimPool, seed: u64) -> Self {
+        let (rng, next_forced) = Self::rng_and_first_forced(seed);
         Self {
             min: pool.spec.min_idle,
             max: pool.spec.max,

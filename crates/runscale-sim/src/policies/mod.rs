@@ -249,7 +249,7 @@ pub(crate) fn build(
         PolicyName::CircleciLambda => Box::new(circleci_lambda::CircleciLambda::new(pool)),
         PolicyName::GitlabFleet => Box::new(gitlab_fleet::GitlabFleet::new(pool)),
         PolicyName::GithubActionAutoscaler => Box::new(
-            github_action_autoscaler::GithubActionAutoscaler::new(pool, seed ^ index as u64),
+            github_action_autoscaler::GithubActionAutoscaler::new(pool, pool_seed(seed, index)),
         ),
         PolicyName::Buildscaler => Box::new(buildscaler::Buildscaler::new(pool)),
         PolicyName::Clairvoyant => Box::new(clairvoyant::Clairvoyant::new(
@@ -259,4 +259,21 @@ pub(crate) fn build(
             crate::engine::world::ms(params.registration_delay),
         )),
     }
+}
+
+/// The seed of the pool at `index` of a simulation run with `seed`.
+fn pool_seed(seed: u64, index: usize) -> u64 {
+    seed ^ index as u64
+}
+
+/// When the first forced scale-up of the github-action-autoscaler baseline (its metric at
+/// `max` for 20 minutes, to keep registrations alive) starts, after the simulation's start,
+/// for the pool at `pool_index` of a run with `seed`. It is random in the first day.
+pub fn github_action_autoscaler_first_forced_scale_up(
+    seed: u64,
+    pool_index: usize,
+) -> std::time::Duration {
+    let ms =
+        github_action_autoscaler::GithubActionAutoscaler::first_forced(pool_seed(seed, pool_index));
+    std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

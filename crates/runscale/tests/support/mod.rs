@@ -13,18 +13,20 @@ use runscale_emulator::kube::KubeHandle;
 pub const BIN: &str = env!("CARGO_BIN_EXE_runscale");
 
 /// A moto_server of its own for one test (the emulator's harness: a free loopback port,
-/// killed by its PID when dropped); `None` after a note when `RUNSCALE_MOTO_SERVER` is not set
-/// (a failure when `CI` is set).
+/// killed by its PID when dropped). Without `RUNSCALE_MOTO_SERVER` the test fails, or skips
+/// under `RUNSCALE_ALLOW_SKIP=1` (then this is `None`).
 pub async fn moto() -> Option<MotoServer> {
-    let Some(bin) = moto_server_from_env() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RUNSCALE_MOTO_SERVER is not set (scripts/test.sh installs moto[server])"
-        );
-        eprintln!("note: RUNSCALE_MOTO_SERVER not set; skipping (run scripts/test.sh)");
-        return None;
-    };
+    let bin = moto_bin()?;
     Some(MotoServer::start(&bin).await.expect("moto_server"))
+}
+
+/// The `moto_server` to start (see [`moto`]).
+pub fn moto_bin() -> Option<PathBuf> {
+    runscale_core::testing::require(
+        moto_server_from_env(),
+        "moto_server (RUNSCALE_MOTO_SERVER)",
+        "scripts/test.sh installs moto[server] into a virtualenv and sets RUNSCALE_MOTO_SERVER",
+    )
 }
 
 /// The bearer token of the kubeconfig the fake API server writes.
