@@ -517,8 +517,8 @@ impl Drop for Daemon {
 }
 
 /// Kills, when dropped, every process whose environment has `var` set to a value under
-/// `prefix`: the runner processes runscale started (they outlive it by design). Declared
-/// before the daemons, so it runs after they are gone, on every exit path.
+/// `prefix`: the runner processes runscale started (they outlive it by design). Held after
+/// the daemons in [`Rig`], so it runs once they are gone, on every exit path (panics too).
 struct RunnerSweep {
     var: &'static str,
     prefix: PathBuf,
@@ -756,9 +756,10 @@ struct Rig {
     exe: PathBuf,
     emu: EmulatorHandle,
     world: World,
-    /// Declared before the daemons: dropped after them.
-    _sweep: RunnerSweep,
+    /// Killed first when dropped (fields drop in declaration order)...
     daemons: Vec<Daemon>,
+    /// ...then what they left behind.
+    _sweep: RunnerSweep,
 }
 
 impl Rig {
@@ -966,8 +967,8 @@ async fn soak(
         exe,
         emu,
         world,
-        _sweep: sweep,
         daemons,
+        _sweep: sweep,
     };
     let result = drive(args, &mut rig, progress).await;
     // Stop everything: the daemons (SIGKILL: nothing of theirs is needed any more), then the
