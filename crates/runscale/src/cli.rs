@@ -68,6 +68,11 @@ pub enum Command {
     /// Run runscale end to end on this machine against the GitHub emulator, with runner
     /// processes and a synthetic workload; print live progress and a summary.
     Demo(crate::demo::DemoArgs),
+    /// The chaos soak: runscale as child processes against the GitHub emulator with API
+    /// errors, 429 bursts, lost and duplicated webhooks, `kill -9` of runscale and of a busy
+    /// runner, and an API outage; reports lost jobs, busy runners killed, `max` exceeded,
+    /// orphans and waits, and fails if a safety number is not 0.
+    Chaos(crate::chaos::ChaosArgs),
     /// Convert the configuration of a system runscale replaces into a runscale configuration
     /// file (warnings on stderr for fields without an equivalent).
     Import {
@@ -223,7 +228,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws progress on the terminal: keep routine logs out of it unless asked.
     let level = match cli.command {
-        Command::Demo(_) if cli.log_level == "info" => "warn",
+        Command::Demo(_) | Command::Chaos(_) if cli.log_level == "info" => "warn",
         #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
         Command::Buildscaler(ref a) if a.verbose && cli.log_level == "info" => "debug",
         _ => &cli.log_level,
@@ -278,6 +283,10 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => {
             drop(stdout);
             runtime()?.block_on(crate::demo::run(&args))
+        }
+        Command::Chaos(args) => {
+            drop(stdout);
+            runtime()?.block_on(crate::chaos::run(&args))
         }
         Command::Emulator(args) => {
             // Locked stdout cannot cross threads; the emulator prints one line.

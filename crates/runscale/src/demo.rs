@@ -183,7 +183,7 @@ pub async fn emulator(args: EmulatorCli, out: &mut (dyn Write + Send)) -> anyhow
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
@@ -483,18 +483,13 @@ fn config_text(
     state_dir: &Path,
     exe: &Path,
 ) -> String {
-    // JSON strings are valid YAML double-quoted scalars: paths with any character survive.
-    let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
+    let q = yaml_path;
     let mut text = format!(
-        "listen: \"{listen}\"\ninterval: 5s\nshutdown_timeout: 15s\n\
-         providers:\n  - name: github\n    type: github\n    api_url: \"{api_url}\"\n    \
-         org: {ORG}\n    repositories: [{REPO}]\n    auth: {{token: {{file: {token}}}}}\n    \
-         webhook_secret: {{file: {secret}}}\n\
+        "listen: \"{listen}\"\ninterval: 5s\nshutdown_timeout: 15s\n{provider}\
          backends:\n  - name: local\n    type: local-process\n    state_dir: {state}\n    \
          stop_grace: {grace}s\n\
          pools:\n",
-        token = q(token_file),
-        secret = q(secret_file),
+        provider = github_provider_yaml(api_url, ORG, REPO, token_file, secret_file),
         state = q(state_dir),
         grace = STOP_GRACE.as_secs(),
     );
@@ -516,13 +511,37 @@ fn config_text(
     text
 }
 
-fn random_secret(rng: &mut impl rand::Rng) -> String {
+/// A path as a YAML scalar: JSON strings are valid YAML double-quoted scalars, so paths with
+/// any character survive.
+pub(crate) fn yaml_path(p: &Path) -> String {
+    serde_json::Value::String(p.display().to_string()).to_string()
+}
+
+/// The `providers:` section of a configuration naming one GitHub organisation (`org`, one
+/// repository) served at `api_url`, with its token and webhook secret read from files.
+pub(crate) fn github_provider_yaml(
+    api_url: &str,
+    org: &str,
+    repo: &str,
+    token_file: &Path,
+    secret_file: &Path,
+) -> String {
+    format!(
+        "providers:\n  - name: github\n    type: github\n    api_url: \"{api_url}\"\n    \
+         org: {org}\n    repositories: [{repo}]\n    auth: {{token: {{file: {token}}}}}\n    \
+         webhook_secret: {{file: {secret}}}\n",
+        token = yaml_path(token_file),
+        secret = yaml_path(secret_file),
+    )
+}
+
+pub(crate) fn random_secret(rng: &mut impl rand::Rng) -> String {
     (0..32)
         .map(|_| format!("{:02x}", rng.random::<u8>()))
         .collect()
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -585,7 +604,7 @@ impl Lifetimes {
 }
 
 /// Where progress goes.
-struct Progress {
+pub(crate) struct Progress {
     out: Box<dyn Write + Send>,
     tty: bool,
     lines_drawn: usize,
@@ -593,7 +612,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(json: bool) -> Self {
+    pub(crate) fn new(json: bool) -> Self {
         let (out, tty): (Box<dyn Write + Send>, bool) = if json {
             (Box::new(std::io::stderr()), std::io::stderr().is_terminal())
         } else {
@@ -607,13 +626,13 @@ impl Progress {
         }
     }
 
-    fn line(&mut self, text: &str) {
+    pub(crate) fn line(&mut self, text: &str) {
         let _ = writeln!(self.out, "{text}");
         let _ = self.out.flush();
         self.lines_drawn = 0;
     }
 
-    fn frame(&mut self, text: &str, force: bool) {
+    pub(crate) fn frame(&mut self, text: &str, force: bool) {
         let every = if self.tty { DRAW_EVERY } else { PRINT_EVERY };
         if !force && self.last.is_some_and(|t| t.elapsed() < every) {
             return;

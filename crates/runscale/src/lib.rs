@@ -14,6 +14,8 @@
 //! - [`rediscovery`]: the environment modes' periodic re-discovery of their pools.
 //! - [`demo`]: `demo` (runscale, the GitHub emulator, runner processes and a workload, end to
 //!   end on one machine) and `emulator github`.
+//! - [`chaos`]: `chaos`, the chaos soak (runscale processes killed and restarted under API
+//!   faults, webhook loss and an outage; safety numbers checked from outside).
 //! - [`fake_runner`]: `fake-runner`, the emulator's runner agent as the demo's runner process.
 //! - [`simulate`]: `simulate`, the policy simulator (`runscale-sim`) on a trace.
 //! - [`status_page`]: the HTML status page at `/`.
@@ -21,6 +23,7 @@
 
 #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
 pub mod buildscaler;
+pub mod chaos;
 pub mod cli;
 pub mod commands;
 pub mod config;
