@@ -37,6 +37,10 @@ pub(crate) fn client(
         })
 }
 
+/// The longest wait an answer can impose (`Retry-After`, rate-limit resets, poll intervals):
+/// anything longer is malformed, and added to the clock it could overflow.
+pub(crate) const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
+
 /// An answer: status, headers and body.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,

@@ -15,6 +15,7 @@
 //! - [`demo`]: `demo` (runscale, the GitHub emulator, runner processes and a workload, end to
 //!   end on one machine) and `emulator github`.
 //! - [`fake_runner`]: `fake-runner`, the emulator's runner agent as the demo's runner process.
+//! - [`fuzz_harness`]: entry points for fuzzing and corpus replay (`fuzz/`, `docs/fuzzing.md`).
 //! - [`simulate`]: `simulate`, the policy simulator (`runscale-sim`) on a trace.
 //! - [`status_page`]: the HTML status page at `/`.
 //! - [`logging`], [`table`]: output helpers.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod fake_runner;
+pub mod fuzz_harness;
 pub mod http;
 pub mod import;
 pub mod leader;

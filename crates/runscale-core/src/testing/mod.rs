@@ -9,8 +9,10 @@
 //! a pool's cap).
 
 pub mod conformance;
+mod fuzz_corpus;
 mod reconcile;
 
+pub use fuzz_corpus::{fuzz_inputs, replay_fuzz_inputs};
 pub use reconcile::{live_instances, spawn_reconciler};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
