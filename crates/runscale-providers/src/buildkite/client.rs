@@ -241,7 +241,7 @@ pub(crate) fn metrics_answer(op: &'static str, org: &str, a: &Answer) -> Result<
     Ok(Metrics {
         queues: body.jobs.queues,
         poll_duration: http::header_u64(&a.headers, "buildkite-agent-metrics-poll-duration")
-            .map(Duration::from_secs),
+            .map(http::server_wait),
     })
 }
 
@@ -325,7 +325,8 @@ impl Client {
 
     /// Records what the answer says about both budgets: no request until the reset of a
     /// budget that has none left; after a 429, until `Retry-After`, else the reset of the
-    /// exhausted budget(s), else the later reset.
+    /// exhausted budget(s), else the later reset. No wait is longer than
+    /// [`http::MAX_SERVER_WAIT`].
     pub(crate) fn note_limits(&self, headers: &HeaderMap, status: StatusCode) {
         let remaining = http::header_u64(headers, "ratelimit-remaining");
         let reset = http::header_u64(headers, "ratelimit-reset");
@@ -350,7 +351,7 @@ impl Client {
             exhausted
         };
         if let Some(s) = pause {
-            b.blocked_until = Some(Instant::now() + Duration::from_secs(s));
+            b.blocked_until = Some(Instant::now() + http::server_wait(s));
         }
     }
 

@@ -292,7 +292,7 @@ impl Client {
         let (pause, why) = match t {
             Throttle::Primary { reset } => {
                 let left = reset
-                    .map(|r| r - Utc::now().timestamp())
+                    .map(|r| r.saturating_sub(Utc::now().timestamp()))
                     .filter(|s| *s > 0)
                     .map(|s| Duration::from_secs(s as u64 + 1))
                     .unwrap_or(DEFAULT_PRIMARY_PAUSE);
@@ -308,6 +308,7 @@ impl Client {
                 (d, "GitHub's secondary rate limit")
             }
         };
+        let pause = pause.min(MAX_PAUSE);
         let until = Instant::now() + pause;
         if rate.paused_until.is_none_or(|u| u < until) {
             rate.paused_until = Some(until);
