@@ -20,6 +20,9 @@ mod aws_common;
 pub mod aws_ec2;
 #[cfg(feature = "exec")]
 pub mod exec;
+/// Entry points for fuzzing and corpus replay (`fuzz/`, `docs/fuzzing.md`).
+#[cfg(feature = "exec")]
+pub mod fuzz_harness;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 #[cfg(feature = "local")]

@@ -37,6 +37,15 @@ pub(crate) fn client(
         })
 }
 
+/// The longest wait an answer can impose (`Retry-After`, rate-limit resets, poll intervals):
+/// anything longer is malformed, and added to the clock it could overflow.
+pub(crate) const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
+
+/// A wait of `secs` seconds an answer asks for, at most [`MAX_SERVER_WAIT`].
+pub(crate) fn server_wait(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(MAX_SERVER_WAIT)
+}
+
 /// An answer: status, headers and body.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
@@ -45,9 +54,9 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// `Retry-After` in whole seconds.
+    /// `Retry-After` in whole seconds, at most [`MAX_SERVER_WAIT`].
     pub(crate) fn retry_after(&self) -> Option<Duration> {
-        header_u64(&self.headers, "retry-after").map(Duration::from_secs)
+        header_u64(&self.headers, "retry-after").map(server_wait)
     }
 }
 

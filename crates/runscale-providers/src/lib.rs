@@ -5,6 +5,14 @@ pub mod buildkite;
 #[cfg(feature = "circleci")]
 pub mod circleci;
 pub mod exec;
+/// Entry points for fuzzing and corpus replay (`fuzz/`, `docs/fuzzing.md`).
+#[cfg(all(
+    feature = "github",
+    feature = "gitlab",
+    feature = "buildkite",
+    feature = "circleci"
+))]
+pub mod fuzz_harness;
 #[cfg(feature = "github")]
 pub mod github;
 #[cfg(feature = "gitlab")]

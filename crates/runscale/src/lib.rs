@@ -17,6 +17,7 @@
 //! - [`chaos`]: `chaos`, the chaos soak (runscale processes killed and restarted under API
 //!   faults, webhook loss and an outage; safety numbers checked from outside).
 //! - [`fake_runner`]: `fake-runner`, the emulator's runner agent as the demo's runner process.
+//! - [`fuzz_harness`]: entry points for fuzzing and corpus replay (`fuzz/`, `docs/fuzzing.md`).
 //! - [`simulate`]: `simulate`, the policy simulator (`runscale-sim`) on a trace.
 //! - [`status_page`]: the HTML status page at `/`.
 //! - [`logging`], [`table`]: output helpers.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod fake_runner;
+pub mod fuzz_harness;
 pub mod http;
 pub mod import;
 pub mod leader;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -70,7 +71,7 @@ impl fmt::Debug for ExecBackend {
 }
 
 /// How one run ended, from the caller's point of view.
-enum Answer {
+pub(crate) enum Answer {
     /// Exit 0, with stdout.
     Done(Vec<u8>),
     /// Exit 3.
@@ -174,13 +175,6 @@ impl Inner {
         )
         .await;
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let fail = |kind: ErrorKind, message: String| {
-            Error::new(
-                op,
-                kind,
-                redact(&format!("{name} for pool {pool}: {message}"), secrets),
-            )
-        };
         let Exited {
             status,
             stdout,
@@ -197,7 +191,7 @@ impl Inner {
                 run::Failed::TimedOut(_) | run::Failed::Io(_) => ErrorKind::Transient,
                 run::Failed::TooMuchOutput(_) => ErrorKind::Protocol,
             };
-            fail(kind, e.to_string())
+            failure(op, name, pool, kind, e.to_string(), secrets)
         })?;
         debug!(
             %pool,
@@ -206,26 +200,7 @@ impl Inner {
             elapsed_ms,
             "exec backend executable finished"
         );
-        match status.code() {
-            Some(0) => Ok(Answer::Done(stdout)),
-            Some(EXIT_NOT_FOUND) => Ok(Answer::NotFound),
-            code => {
-                let why = match code {
-                    Some(c) => format!("exited with status {c}"),
-                    None => format!("was killed ({status})"),
-                };
-                let excerpt = run::excerpt(&stderr_tail, STDERR_CHARS);
-                let message = if excerpt.is_empty() {
-                    format!("the executable {why} (nothing on stderr)")
-                } else {
-                    format!("the executable {why}: {excerpt}")
-                };
-                Err(fail(
-                    code.map_or(ErrorKind::Transient, protocol::exit_kind),
-                    message,
-                ))
-            }
-        }
+        exited(op, name, pool, status, stdout, &stderr_tail, secrets)
     }
 
     /// Runs `list` for one pool and merges what this process created and deleted.
@@ -241,23 +216,7 @@ impl Inner {
                 ));
             }
         };
-        let mut instances = Vec::with_capacity(reply.instances.len());
-        for (i, listed) in reply.instances.into_iter().enumerate() {
-            if listed.id.is_empty() {
-                return Err(Error::new(
-                    OP,
-                    ErrorKind::Protocol,
-                    format!("list for pool {pool}: answer field `instances[{i}].id` is empty"),
-                ));
-            }
-            instances.push(Instance {
-                id: InstanceId::new(listed.id),
-                state: listed.state.into(),
-                launched_at: listed.created_at,
-                template_hash: listed.template_hash,
-                runner_names: listed.runner_names,
-            });
-        }
+        let instances = listed(OP, pool, reply)?;
         Ok(self.merge(pool, instances, Instant::now()))
     }
 
@@ -307,8 +266,124 @@ impl Inner {
     }
 }
 
+/// An error of `action` for `pool`, with secrets cut out.
+fn failure(
+    op: &'static str,
+    action: &str,
+    pool: &PoolId,
+    kind: ErrorKind,
+    message: String,
+    secrets: &[String],
+) -> Error {
+    Error::new(
+        op,
+        kind,
+        redact(&format!("{action} for pool {pool}: {message}"), secrets),
+    )
+}
+
+/// What the executable's exit means for `action`: exit 0 is its answer on stdout, exit 3 "not
+/// found", any other exit (or a signal) an error quoting the end of stderr (secrets cut out).
+pub(crate) fn exited(
+    op: &'static str,
+    action: &str,
+    pool: &PoolId,
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr_tail: &[u8],
+    secrets: &[String],
+) -> Result<Answer> {
+    match status.code() {
+        Some(0) => Ok(Answer::Done(stdout)),
+        Some(EXIT_NOT_FOUND) => Ok(Answer::NotFound),
+        code => {
+            let why = match code {
+                Some(c) => format!("exited with status {c}"),
+                None => format!("was killed ({status})"),
+            };
+            let excerpt = run::excerpt(stderr_tail, STDERR_CHARS);
+            let message = if excerpt.is_empty() {
+                format!("the executable {why} (nothing on stderr)")
+            } else {
+                format!("the executable {why}: {excerpt}")
+            };
+            Err(failure(
+                op,
+                action,
+                pool,
+                code.map_or(ErrorKind::Transient, protocol::exit_kind),
+                message,
+                secrets,
+            ))
+        }
+    }
+}
+
+/// The instances of a `list` answer; an empty id is an error.
+pub(crate) fn listed(op: &'static str, pool: &PoolId, reply: ListReply) -> Result<Vec<Instance>> {
+    let mut instances = Vec::with_capacity(reply.instances.len());
+    for (i, listed) in reply.instances.into_iter().enumerate() {
+        if listed.id.is_empty() {
+            return Err(Error::new(
+                op,
+                ErrorKind::Protocol,
+                format!("list for pool {pool}: answer field `instances[{i}].id` is empty"),
+            ));
+        }
+        instances.push(Instance {
+            id: InstanceId::new(listed.id),
+            state: listed.state.into(),
+            launched_at: listed.created_at,
+            template_hash: listed.template_hash,
+            runner_names: listed.runner_names,
+        });
+    }
+    Ok(instances)
+}
+
+/// A `create` answer (exit 0); an empty id is an error.
+pub(crate) fn created(
+    op: &'static str,
+    pool: &PoolId,
+    stdout: &[u8],
+    secrets: &[String],
+) -> Result<CreateReply> {
+    let reply: CreateReply = parse(op, "create", pool, stdout, secrets)?;
+    if reply.id.is_empty() {
+        return Err(Error::new(
+            op,
+            ErrorKind::Protocol,
+            format!("create for pool {pool}: answer field `id` is empty"),
+        ));
+    }
+    Ok(reply)
+}
+
+/// A `delete` answer (exit 0): `ok` must be true.
+pub(crate) fn deleted(op: &'static str, pool: &PoolId, stdout: &[u8]) -> Result<()> {
+    let reply: DeleteReply = parse(op, "delete", pool, stdout, &[])?;
+    if !reply.ok {
+        return Err(Error::new(
+            op,
+            ErrorKind::Protocol,
+            format!(
+                "delete for pool {pool}: answer field `ok` is false with exit 0 \
+                 (exit non-zero to report a failure)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A `probe` answer (exit 0): its message on one line.
+pub(crate) fn probed(op: &'static str, pool: &PoolId, stdout: &[u8]) -> Result<String> {
+    Ok(parse::<ProbeReply>(op, "probe", pool, stdout, &[])?
+        .message
+        .replace(['\n', '\r'], " "))
+}
+
 /// Parses an answer; errors name the field, with secrets cut out.
-fn parse<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     op: &'static str,
     action: &str,
     pool: &PoolId,
@@ -445,14 +520,7 @@ impl Backend for ExecBackend {
                 ));
             }
         };
-        let reply: CreateReply = parse(OP, "create", &pool, &stdout, &secrets)?;
-        if reply.id.is_empty() {
-            return Err(Error::new(
-                OP,
-                ErrorKind::Protocol,
-                format!("create for pool {pool}: answer field `id` is empty"),
-            ));
-        }
+        let reply = created(OP, &pool, &stdout, &secrets)?;
         let instance = Instance {
             id: InstanceId::new(reply.id),
             state: reply.state.into(),
@@ -482,17 +550,7 @@ impl Backend for ExecBackend {
                 memory.deleted.remove(&key);
             }
             Answer::Done(stdout) => {
-                let reply: DeleteReply = parse(OP, "delete", pool, &stdout, &[])?;
-                if !reply.ok {
-                    return Err(Error::new(
-                        OP,
-                        ErrorKind::Protocol,
-                        format!(
-                            "delete for pool {pool}: answer field `ok` is false with exit 0 \
-                             (exit non-zero to report a failure)"
-                        ),
-                    ));
-                }
+                deleted(OP, pool, &stdout)?;
                 info!(%pool, %instance, "exec backend deleted an instance");
                 let mut memory = locked(&self.inner.memory);
                 memory.created.remove(&key);
@@ -509,9 +567,7 @@ impl Backend for ExecBackend {
         let mut lines = Vec::with_capacity(pools.len());
         for pool in pools {
             let message = match self.inner.call(OP, pool, Action::Probe, &[]).await? {
-                Answer::Done(stdout) => parse::<ProbeReply>(OP, "probe", pool, &stdout, &[])?
-                    .message
-                    .replace(['\n', '\r'], " "),
+                Answer::Done(stdout) => probed(OP, pool, &stdout)?,
                 Answer::NotFound => {
                     return Err(Error::new(
                         OP,

@@ -46,9 +46,9 @@
 //! kept: after a restart `list` alone is the truth, so the executable must find machines by
 //! pool (labels, tags, a name prefix) and return their runner names and template hash.
 
-mod backend;
+pub(crate) mod backend;
 mod config;
-mod protocol;
+pub(crate) mod protocol;
 mod run;
 
 pub use backend::ExecBackend;

@@ -9,9 +9,11 @@
 //! a pool's cap).
 
 pub mod conformance;
+mod fuzz_corpus;
 pub mod prerequisite;
 mod reconcile;
 
+pub use fuzz_corpus::{fuzz_inputs, replay_fuzz_inputs};
 pub use prerequisite::{program_on_path, require, require_program};
 pub use reconcile::{live_instances, spawn_reconciler};
 

@@ -46,8 +46,9 @@ struct Organization {
     slug: String,
 }
 
+/// `GET /metrics`.
 #[derive(Deserialize)]
-struct MetricsBody {
+pub(crate) struct MetricsBody {
     jobs: JobsPart,
     organization: Organization,
 }
@@ -107,8 +108,9 @@ struct ClusterQueue {
     dispatch_paused: bool,
 }
 
+/// A page of `GET /stacks/{key}/scheduled-jobs`.
 #[derive(Deserialize)]
-struct ScheduledJobs {
+pub(crate) struct ScheduledJobs {
     jobs: Vec<StackJob>,
     page_info: Option<PageInfo>,
     #[serde(default)]
@@ -135,8 +137,9 @@ pub(crate) enum Stop {
     Refused(StatusCode),
 }
 
+/// `PUT /stacks/{key}/scheduled-jobs/batch-reserve`.
 #[derive(Deserialize)]
-struct Reserved {
+pub(crate) struct Reserved {
     #[serde(default)]
     reserved: Vec<String>,
 }
@@ -204,7 +207,7 @@ pub(crate) fn status_error(
 }
 
 /// The `rel="next"` URL of a `Link` header.
-fn next_link(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
     let link = headers.get("link")?.to_str().ok()?;
     link.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
@@ -218,6 +221,39 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
                     .to_owned()
             })
     })
+}
+
+/// The metrics API's answer for `org`: job counts per queue and the poll interval it asks
+/// for.
+pub(crate) fn metrics_answer(op: &'static str, org: &str, a: &Answer) -> Result<Metrics> {
+    let what = "agent metrics";
+    let body: MetricsBody = Client::parse(op, what, a)?;
+    if !body.organization.slug.eq_ignore_ascii_case(org) {
+        return Err(Error::new(
+            op,
+            ErrorKind::Misconfigured,
+            format!(
+                "the agent token belongs to organisation {:?}, not {org:?}",
+                body.organization.slug
+            ),
+        ));
+    }
+    Ok(Metrics {
+        queues: body.jobs.queues,
+        poll_duration: http::header_u64(&a.headers, "buildkite-agent-metrics-poll-duration")
+            .map(http::server_wait),
+    })
+}
+
+/// What an answer to a stop request means: accepted, unknown (404), refused (400, 422), or
+/// an error.
+pub(crate) fn stop_answer(op: &'static str, what: &str, a: &Answer) -> Result<Stop> {
+    match a.status {
+        s if s.is_success() => Ok(Stop::Accepted),
+        StatusCode::NOT_FOUND => Ok(Stop::Unknown),
+        s @ (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => Ok(Stop::Refused(s)),
+        s => Err(status_error(op, what, s, a.retry_after(), &a.body)),
+    }
 }
 
 impl Client {
@@ -289,8 +325,9 @@ impl Client {
 
     /// Records what the answer says about both budgets: no request until the reset of a
     /// budget that has none left; after a 429, until `Retry-After`, else the reset of the
-    /// exhausted budget(s), else the later reset.
-    fn note_limits(&self, headers: &HeaderMap, status: StatusCode) {
+    /// exhausted budget(s), else the later reset. No wait is longer than
+    /// [`http::MAX_SERVER_WAIT`].
+    pub(crate) fn note_limits(&self, headers: &HeaderMap, status: StatusCode) {
         let remaining = http::header_u64(headers, "ratelimit-remaining");
         let reset = http::header_u64(headers, "ratelimit-reset");
         let user_remaining = http::header_u64(headers, "ratelimit-user-remaining");
@@ -314,7 +351,7 @@ impl Client {
             exhausted
         };
         if let Some(s) = pause {
-            b.blocked_until = Some(Instant::now() + Duration::from_secs(s));
+            b.blocked_until = Some(Instant::now() + http::server_wait(s));
         }
     }
 
@@ -327,7 +364,11 @@ impl Client {
         http::exchange(op, what, req, http::SourceUrl::Keep).await
     }
 
-    fn parse<T: DeserializeOwned>(op: &'static str, what: &str, a: &Answer) -> Result<T> {
+    pub(crate) fn parse<T: DeserializeOwned>(
+        op: &'static str,
+        what: &str,
+        a: &Answer,
+    ) -> Result<T> {
         if !a.status.is_success() {
             return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
         }
@@ -373,22 +414,7 @@ impl Client {
                 format!("Token {}", self.agent_token.expose_secret()),
             );
         let a = self.send(op, what, req).await?;
-        let body: MetricsBody = Self::parse(op, what, &a)?;
-        if !body.organization.slug.eq_ignore_ascii_case(org) {
-            return Err(Error::new(
-                op,
-                ErrorKind::Misconfigured,
-                format!(
-                    "the agent token belongs to organisation {:?}, not {org:?}",
-                    body.organization.slug
-                ),
-            ));
-        }
-        Ok(Metrics {
-            queues: body.jobs.queues,
-            poll_duration: http::header_u64(&a.headers, "buildkite-agent-metrics-poll-duration")
-                .map(Duration::from_secs),
-        })
+        metrics_answer(op, org, &a)
     }
 
     /// A call to the agent API with the agent (cluster) token.
@@ -577,20 +603,7 @@ impl Client {
                 Some(serde_json::json!({ "force": false })),
             )
             .await?;
-        match a.status {
-            s if s.is_success() => Ok(Stop::Accepted),
-            StatusCode::NOT_FOUND => Ok(Stop::Unknown),
-            s @ (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => {
-                Ok(Stop::Refused(s))
-            }
-            s => Err(status_error(
-                op,
-                &what,
-                s,
-                http::header_u64(&a.headers, "retry-after").map(Duration::from_secs),
-                &a.body,
-            )),
-        }
+        stop_answer(op, &what, &a)
     }
 }
 

@@ -71,7 +71,7 @@
 //! Buildscaler's Job-template discovery (a backend concern), clusters with several agent
 //! tokens.
 
-mod client;
+pub(crate) mod client;
 mod config;
 mod provider;
 mod reservations;

@@ -62,7 +62,7 @@ pub(crate) fn verify(
         let hex = hex.ok_or("X-Buildkite-Signature has no signature=<hex>")?;
         let tag = http::decode_sha256_hex(hex)
             .ok_or("X-Buildkite-Signature signature is not 64 hex digits")?;
-        if (now - ts).abs() > MAX_SKEW_SECS {
+        if now.abs_diff(ts) > MAX_SKEW_SECS.unsigned_abs() {
             return Err("X-Buildkite-Signature timestamp is more than 5 minutes away");
         }
         let mut mac =

@@ -23,20 +23,23 @@ pub(crate) struct ApiRunner {
     pub(crate) last_used: Option<DateTime<Utc>>,
 }
 
+/// `GET /runner`.
 #[derive(Deserialize)]
-struct RunnerList {
+pub(crate) struct RunnerList {
     #[serde(default)]
-    items: Option<Vec<ApiRunner>>,
+    pub(crate) items: Option<Vec<ApiRunner>>,
 }
 
+/// `GET /runner/tasks`.
 #[derive(Deserialize)]
-struct Unclaimed {
-    unclaimed_task_count: u32,
+pub(crate) struct Unclaimed {
+    pub(crate) unclaimed_task_count: u32,
 }
 
+/// `GET /runner/tasks/running`.
 #[derive(Deserialize)]
-struct Running {
-    running_runner_tasks: u32,
+pub(crate) struct Running {
+    pub(crate) running_runner_tasks: u32,
 }
 
 pub(crate) struct Client {
@@ -70,6 +73,18 @@ pub(crate) fn status_error(
     body: &[u8],
 ) -> Error {
     STATUS_MAP.error(op, what, status, retry_after, &http::json_message(body))
+}
+
+/// What the runner API answered: the error of a non-success status, else the body as `T`.
+pub(crate) fn answer<T: DeserializeOwned>(
+    op: &'static str,
+    what: &str,
+    a: &http::Answer,
+) -> Result<T> {
+    if !a.status.is_success() {
+        return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
+    }
+    http::decode(op, what, &a.body)
 }
 
 impl Client {
@@ -116,10 +131,7 @@ impl Client {
             .get(url)
             .header("Circle-Token", self.token.expose_secret());
         let a = http::exchange(op, what, req, http::SourceUrl::Keep).await?;
-        if !a.status.is_success() {
-            return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
-        }
-        http::decode(op, what, &a.body)
+        answer(op, what, &a)
     }
 
     /// `unclaimed_task_count` of a resource class.

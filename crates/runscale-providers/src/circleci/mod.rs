@@ -44,7 +44,7 @@
 //! - **Rate limits**: a 429 pauses nothing by itself; `observe` then returns the pool's last
 //!   good view marked stale (launch only), and the error's `retry-after` sets the backoff.
 
-mod client;
+pub(crate) mod client;
 mod config;
 mod provider;
 mod webhook;

@@ -38,6 +38,10 @@ const SECONDARY_BACKOFF: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(16 * 60);
 /// Pause after a primary limit whose reset time is unknown or past.
 const DEFAULT_PRIMARY_PAUSE: Duration = Duration::from_secs(60);
+/// The longest pause an answer can impose (`retry-after`, a primary limit's reset): GitHub's
+/// primary window is an hour, so a longer one is malformed (and added to the clock it could
+/// overflow).
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(3600);
 /// Largest response body read.
 const MAX_RESPONSE: usize = 32 << 20;
 
@@ -286,7 +290,7 @@ impl Client {
         let (pause, why) = match t {
             Throttle::Primary { reset } => {
                 let left = reset
-                    .map(|r| r - Utc::now().timestamp())
+                    .map(|r| r.saturating_sub(Utc::now().timestamp()))
                     .filter(|s| *s > 0)
                     .map(|s| Duration::from_secs(s as u64 + 1))
                     .unwrap_or(DEFAULT_PRIMARY_PAUSE);
@@ -302,6 +306,7 @@ impl Client {
                 (d, "GitHub's secondary rate limit")
             }
         };
+        let pause = pause.min(MAX_PAUSE);
         let until = Instant::now() + pause;
         if rate.paused_until.is_none_or(|u| u < until) {
             rate.paused_until = Some(until);
@@ -509,12 +514,7 @@ impl Client {
             .await
             .map_err(|e| errors::transport_error(op, e))?;
         let status = resp.status();
-        let rate = RateHeaders::from_headers(resp.headers());
-        let etag = resp
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let headers = resp.headers().clone();
         let mut bytes = Vec::new();
         while let Some(chunk) = resp
             .chunk()
@@ -530,6 +530,27 @@ impl Client {
             }
             bytes.extend_from_slice(&chunk);
         }
+        self.receive(op, url, cached, status, &headers, bytes)
+    }
+
+    /// What an answer to a request for `url` means: its rate-limit headers recorded, a
+    /// rate-limit answer turned into an error (and a pause), a 304 served from the ETag cache,
+    /// a 200 of a `cached` request kept there. Pure but for this client's state (the fuzz
+    /// harness feeds it arbitrary answers).
+    pub(crate) fn receive(
+        &self,
+        op: &'static str,
+        url: String,
+        cached: bool,
+        status: StatusCode,
+        headers: &HeaderMap,
+        bytes: Vec<u8>,
+    ) -> Result<Reply> {
+        let rate = RateHeaders::from_headers(headers);
+        let etag = headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if status == StatusCode::NOT_MODIFIED {
             self.record(&rate);
             return match lock(&self.etags).hit(&url) {

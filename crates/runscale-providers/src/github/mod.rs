@@ -33,11 +33,11 @@
 //! Not here: GitHub's scale-set (Actions service) long-poll protocol, runner-group look-up by
 //! name, and spreading the budget over several Apps.
 
-mod auth;
-mod client;
-mod config;
-mod convert;
-mod errors;
+pub(crate) mod auth;
+pub(crate) mod client;
+pub(crate) mod config;
+pub(crate) mod convert;
+pub(crate) mod errors;
 mod provider;
 mod repos;
 mod webhook;

@@ -78,10 +78,24 @@ pub(crate) fn segment(key: &str) -> String {
 }
 
 /// One successful answer: `x-next-page`, GitLab's clock (`Date`) and the body.
-struct Answer {
-    next_page: Option<u32>,
-    date: Option<Timestamp>,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) next_page: Option<u32>,
+    pub(crate) date: Option<Timestamp>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// What GitLab answered: the error of a non-success status, else the pagination, clock and
+/// body of a success.
+pub(crate) fn answer(op: &'static str, what: &str, a: http::Answer) -> Result<Answer> {
+    if !a.status.is_success() {
+        return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
+    }
+    let next_page = http::header_u64(&a.headers, "x-next-page").and_then(|v| u32::try_from(v).ok());
+    Ok(Answer {
+        next_page,
+        date: date(&a.headers),
+        body: a.body,
+    })
 }
 
 /// The `Date` header (`Tue, 15 Nov 1994 08:12:31 GMT`): GitLab's clock when it answered.
@@ -149,16 +163,7 @@ impl Client {
         admin: bool,
     ) -> Result<Answer> {
         let a = self.exchange(op, method, path, body, what, admin).await?;
-        if !a.status.is_success() {
-            return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
-        }
-        let next_page =
-            http::header_u64(&a.headers, "x-next-page").and_then(|v| u32::try_from(v).ok());
-        Ok(Answer {
-            next_page,
-            date: date(&a.headers),
-            body: a.body,
-        })
+        answer(op, what, a)
     }
 
     /// The API budget left, as GitLab last reported it (`RateLimit-Remaining`).

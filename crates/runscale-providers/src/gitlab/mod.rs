@@ -82,7 +82,7 @@
 //!
 //! Not done: protected-branch runners (`access_level`), token expiry and rotation.
 
-mod client;
+pub(crate) mod client;
 mod config;
 mod identity;
 mod provider;

@@ -1,0 +1,4 @@
+//! The circleci client's answers: status, headers, decoding (see fuzz_harness).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| runscale_providers::fuzz_harness::circleci_api(data));
