@@ -133,20 +133,34 @@ async fn exchange_once(
     })?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.map_err(|e| {
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
         Error::new(
             op,
             ErrorKind::Transient,
             format!("{what}: reading the answer failed"),
         )
         .with_source(strip_url(e, url))
-    })?;
+    })? {
+        if body.len() + chunk.len() > ANSWER_MAX {
+            return Err(Error::new(
+                op,
+                ErrorKind::Protocol,
+                format!("{what}: answer larger than {ANSWER_MAX} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(Answer {
         status,
         headers,
-        body: body.to_vec(),
+        body,
     })
 }
+
+/// Largest answer body read; a larger one is an error, not a memory hazard.
+pub(crate) const ANSWER_MAX: usize = 32 << 20;
 
 /// A header holding a whole number.
 pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -343,4 +357,45 @@ pub(crate) fn decode_sha256_hex(s: &str) -> Option<Vec<u8>> {
     (0..32)
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod answer_bound_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An answer body larger than [`ANSWER_MAX`] is refused while it is read, not held.
+    #[tokio::test]
+    async fn an_answer_larger_than_the_cap_is_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request).await;
+            let size = ANSWER_MAX + 1024 * 1024;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+            let _ = conn.write_all(head.as_bytes()).await;
+            let block = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < size {
+                if conn.write_all(&block).await.is_err() {
+                    return;
+                }
+                sent += block.len();
+            }
+        });
+        let http = client("t", Duration::from_secs(30), Duration::from_secs(5)).expect("client");
+        let req = http.get(format!("http://{addr}/big"));
+        let e = exchange("t.get", "a big answer", req, SourceUrl::Strip)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("larger than"), "{e}");
+    }
 }
