@@ -238,7 +238,7 @@ RUNSCALE_SKIP_REPORT="$(mktemp)"
 export RUNSCALE_SKIP_REPORT
 trap 'rm -f "$RUNSCALE_SKIP_REPORT"' EXIT
 status=0
-cargo test --workspace --all-features -- "${skip_tests[@]}" || status=$?
+cargo test --workspace --all-features --no-fail-fast -- "${skip_tests[@]}" || status=$?
 
 # The summary line: skipped tests (a tool missing on this machine), then what was left out
 # because a registry refuses it, then checks left out for a missing toolchain component.
