@@ -9,22 +9,26 @@
 //! instance is younger than `boot_timeout` and the runner has not registered or not connected
 //! yet (registered and offline).
 //!
-//! The rules, in the order they are applied:
-//! 1. Instances with no registered runner after `boot_timeout` are terminated, and so are
+//! The rules, in the order they are applied (and in the order `plan` reads):
+//! 1. Instances from an old template, or older than `max_lifetime`, are terminated when none of
+//!    their runners is busy; otherwise their runners are drained so they take no new job.
+//!    First, so it also covers instances still booting.
+//! 2. Instances with no registered runner after `boot_timeout` are terminated, and so are
 //!    younger ones whose every runner registered and has since left (`departed`: gone from the
 //!    listing, or listed offline after it was online — an ephemeral runner after its job, a
 //!    runner that exited after its last job). A departed slot never counts as booting.
-//! 2. Instances from an old template, or older than `max_lifetime`, are terminated when none of
-//!    their runners is busy; otherwise their runners are drained so they take no new job.
 //! 3. Instances whose runners are all offline after `boot_timeout`, or all draining, with none
 //!    busy, are terminated.
 //! 4. Registered runners that no instance hosts are deregistered, unless busy.
-//! 5. If waiting jobs + `min_idle` exceed idle + booting slots, instances are launched, capped
+//! 5. If the fleet is above `max` (lowered by a schedule), idle instances are terminated until
+//!    it is not, oldest idle first, regardless of `idle_timeout`.
+//! 6. If waiting jobs + `min_idle` exceed idle + booting slots, instances are launched, capped
 //!    by `max`, `max_booting` and `launches_per_minute`.
-//! 6. Otherwise surplus idle instances are terminated, oldest idle first, once idle for
+//! 7. Otherwise surplus idle instances are terminated, oldest idle first, once idle for
 //!    `idle_timeout` and no sooner than `scale_down_delay` after the newest launch.
-//! 7. If the fleet is above `max` (lowered by a schedule), idle instances are terminated until
-//!    it is not, regardless of `idle_timeout`.
+//!
+//! Rules 1–3 judge each instance ([`Verdict`]); what stays is tallied in a [`Fleet`], over
+//! which rules 5–7 decide.
 //!
 //! A *stale* observation (the provider is throttled and returned its last good view) only
 //! ever launches: nothing is terminated, drained or deregistered, and what would have been
@@ -58,45 +62,123 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         return unattributed::plan(spec, obs, now);
     }
     let limits = spec.limits_at(now);
-    let slots_per_instance = spec.runners_per_instance.max(1);
     let mut due = Due::new(now);
     let mut actions = Vec::new();
+    let (mut fleet, hosted) = judge_instances(spec, obs, now, &mut due, &mut actions);
+    if obs.stale {
+        keep_retiring(obs, &mut fleet, &mut actions);
+    }
+    deregister_unhosted(obs, &hosted, &mut actions);
 
-    // Runner name → index; `hosted[i]` is set when an instance names runner i.
-    let by_name: HashMap<&str, usize> = obs
-        .runners
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.name.as_str(), i))
-        .collect();
-    let mut hosted = vec![false; obs.runners.len()];
-    let departed: HashSet<&str> = obs.departed.iter().map(String::as_str).collect();
+    fleet.idle.sort_by_key(|c| c.idle_since);
+    shed_over_max(&limits, &mut fleet, &mut actions);
 
-    let mut active = 0u32; // booting + running instances that stay
-    let mut booting = 0u32; // of which booting (state, or no runner registered yet)
-    let mut booting_slots = 0u32;
-    let mut idle_slots = 0u32;
-    let mut busy_slots = 0u32;
-    let mut newest_launch: Option<Timestamp> = None;
-    let mut launched_in_window = 0u32;
-    let mut idle_candidates: Vec<IdleInstance<'_>> = Vec::new();
-
-    for inst in &obs.instances {
-        let mut regs: Vec<&Runner> = Vec::with_capacity(inst.runner_names.len());
-        for n in &inst.runner_names {
-            if let Some(&i) = by_name.get(n.as_str()) {
-                hosted[i] = true;
-                regs.push(&obs.runners[i]);
-            }
+    let waiting = u32::try_from(obs.demand.waiting.len()).unwrap_or(u32::MAX);
+    let wanted_free = waiting.saturating_add(limits.min_idle);
+    let free = fleet.idle_slots + fleet.booting_slots;
+    let (launch, held_back) = if wanted_free > free {
+        let need = (wanted_free - free).div_ceil(spec.runners_per_instance.max(1));
+        let (launch, held_back) =
+            launch_for_demand(spec, &limits, obs, now, need, fleet.up(), &mut due);
+        if launch > 0 {
+            let reason = if waiting > free {
+                Reason::Demand
+            } else {
+                Reason::MinIdle
+            };
+            actions.push(Planned {
+                action: Action::Launch { count: launch },
+                reason,
+            });
         }
+        (launch, held_back)
+    } else {
+        scale_in(
+            spec,
+            obs,
+            now,
+            free - wanted_free,
+            &mut fleet,
+            &mut due,
+            &mut actions,
+        );
+        (0, None)
+    };
+
+    Plan {
+        actions,
+        limits,
+        desired_slots: wanted_free.saturating_add(fleet.busy_slots),
+        desired_instances: fleet.active + launch,
+        held_back,
+        requeue_after: due.next,
+    }
+}
+
+/// Rules 1–3 on every instance: retires what they retire and tallies what stays. Also says
+/// which runners an instance (even one stopping) names: `hosted[i]` for runner i.
+fn judge_instances<'a>(
+    spec: &PoolSpec,
+    obs: &'a Observation,
+    now: Timestamp,
+    due: &mut Due,
+    actions: &mut Vec<Planned>,
+) -> (Fleet<'a>, Vec<bool>) {
+    let mut fleet = Fleet::default();
+    let listing = Listing::new(obs);
+    let mut hosted = vec![false; obs.runners.len()];
+    for inst in &obs.instances {
+        let seen = listing.instance(inst, &mut hosted, spec, now);
         if inst.state == InstanceState::Stopping {
             continue;
         }
-        newest_launch = newest_launch.max(Some(inst.launched_at));
-        if elapsed(inst.launched_at, now) < RATE_WINDOW {
-            launched_in_window += 1;
+        fleet.note_launch(inst.launched_at, now);
+        let verdict = retire_outdated(spec, &seen, now, due)
+            .or_else(|| retire_unregistered(&seen))
+            .or_else(|| retire_unusable(&seen))
+            .unwrap_or(Verdict::Serve);
+        fleet.add(verdict, seen, spec, due, actions);
+    }
+    (fleet, hosted)
+}
+
+/// The runners of the observation, by name, and which of them departed.
+struct Listing<'a> {
+    obs: &'a Observation,
+    by_name: HashMap<&'a str, usize>,
+    departed: HashSet<&'a str>,
+}
+
+impl<'a> Listing<'a> {
+    fn new(obs: &'a Observation) -> Self {
+        Self {
+            obs,
+            by_name: obs
+                .runners
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.as_str(), i))
+                .collect(),
+            departed: obs.departed.iter().map(String::as_str).collect(),
         }
-        let past_boot = elapsed(inst.launched_at, now) >= spec.boot_timeout;
+    }
+
+    /// One instance as the listing shows it; marks the runners it hosts.
+    fn instance(
+        &self,
+        inst: &'a Instance,
+        hosted: &mut [bool],
+        spec: &PoolSpec,
+        now: Timestamp,
+    ) -> Seen<'a> {
+        let runners = &self.obs.runners;
+        let mut regs = Vec::with_capacity(inst.runner_names.len());
+        for n in &inst.runner_names {
+            if let Some(&i) = self.by_name.get(n.as_str()) {
+                hosted[i] = true;
+                regs.push(&runners[i]);
+            }
+        }
         // Slots whose runner registered and left (gone from the listing, or listed offline
         // after it was online): they will not come up again. The listing has the last word: a
         // departed name listed online again is not left.
@@ -104,223 +186,89 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
             .runner_names
             .iter()
             .filter(|n| {
-                departed.contains(n.as_str())
-                    && by_name.get(n.as_str()).is_none_or(|&i| {
-                        obs.runners[i].state == RunnerState::Offline && !obs.runners[i].draining
+                self.departed.contains(n.as_str())
+                    && self.by_name.get(n.as_str()).is_none_or(|&i| {
+                        runners[i].state == RunnerState::Offline && !runners[i].draining
                     })
             })
             .count() as u32;
-        let all_left = left > 0 && left as usize == inst.runner_names.len();
-        let any_busy = regs.iter().any(|r| r.state == RunnerState::Busy);
-
-        // Rule 2 (first, so it also covers instances still booting): old template or too old.
-        if let Some(reason) = outdated(spec, inst, now, &mut due) {
-            if any_busy {
-                active += 1;
-                booting += u32::from(inst.state == InstanceState::Booting);
-                busy_slots += count(&regs, RunnerState::Busy);
-                for r in regs.iter().filter(|r| !r.draining) {
-                    actions.push(Planned {
-                        action: Action::Drain {
-                            runner: r.id.clone(),
-                            name: r.name.clone(),
-                        },
-                        reason,
-                    });
-                }
-            } else {
-                actions.push(terminate(inst, &regs, reason));
-            }
-            continue;
+        Seen {
+            inst,
+            regs,
+            left,
+            past_boot: elapsed(inst.launched_at, now) >= spec.boot_timeout,
         }
-
-        // Rule 1: nothing registered after boot_timeout.
-        if regs.is_empty() {
-            if past_boot {
-                actions.push(terminate(inst, &regs, Reason::BootTimeout));
-            } else if all_left {
-                actions.push(terminate(inst, &regs, Reason::RunnerLeft));
-            } else {
-                active += 1;
-                booting += 1;
-                booting_slots += slots_per_instance.saturating_sub(left);
-                due.at(inst.launched_at, spec.boot_timeout);
-            }
-            continue;
-        }
-
-        // Rule 3: unusable with nothing running: every runner offline or draining.
-        let usable = regs
-            .iter()
-            .any(|r| r.state == RunnerState::Idle && !r.draining);
-        if !any_busy && !usable {
-            if regs.iter().all(|r| r.draining) {
-                actions.push(terminate(inst, &regs, Reason::Drained));
-                continue;
-            }
-            if past_boot {
-                actions.push(terminate(inst, &regs, Reason::RunnerOffline));
-                continue;
-            }
-            if all_left {
-                actions.push(terminate(inst, &regs, Reason::RunnerLeft));
-                continue;
-            }
-        }
-
-        active += 1;
-        // Slots still coming up: no runner yet, or registered but not connected yet (GitHub
-        // lists a JIT runner as offline from the moment its config is generated).
-        let online = regs
-            .iter()
-            .filter(|r| r.state != RunnerState::Offline || r.draining)
-            .count() as u32;
-        let missing = slots_per_instance
-            .saturating_sub(online)
-            .saturating_sub(left);
-        let is_booting = inst.state == InstanceState::Booting || (missing > 0 && !past_boot);
-        if is_booting {
-            booting += 1;
-        }
-        let booting_here = if past_boot { 0 } else { missing };
-        booting_slots += booting_here;
-        if booting_here > 0 {
-            due.at(inst.launched_at, spec.boot_timeout);
-        }
-        busy_slots += count(&regs, RunnerState::Busy);
-        let idle_here = regs
-            .iter()
-            .filter(|r| r.state == RunnerState::Idle && !r.draining)
-            .count() as u32;
-        idle_slots += idle_here;
-        // A scale-in candidate: nothing busy, at least one idle runner, the rest offline.
-        if !any_busy && idle_here > 0 {
-            let idle_since = regs
-                .iter()
-                .map(|r| {
-                    r.last_busy
-                        .unwrap_or(inst.launched_at)
-                        .max(inst.launched_at)
-                })
-                .max()
-                .unwrap_or(inst.launched_at);
-            idle_candidates.push(IdleInstance {
-                inst,
-                regs,
-                idle_slots: idle_here,
-                booting_slots: booting_here,
-                is_booting,
-                idle_since,
-            });
-        }
-    }
-
-    // A stale observation (provider throttled) may only add capacity: whatever would have
-    // been retired stays, and counts against the caps.
-    if obs.stale {
-        for a in actions.drain(..) {
-            if let Action::Terminate { instance, .. } = &a.action
-                && let Some(i) = obs.instances.iter().find(|i| i.id == *instance)
-            {
-                active += 1;
-                booting += u32::from(i.state == InstanceState::Booting);
-            }
-        }
-        idle_candidates.clear();
-    }
-
-    // Rule 4: runners that no instance hosts.
-    for (r, _) in obs
-        .runners
-        .iter()
-        .zip(&hosted)
-        .filter(|(_, hosted)| !obs.stale && !**hosted)
-    {
-        if r.state != RunnerState::Busy {
-            actions.push(Planned {
-                action: Action::Deregister {
-                    runner: r.id.clone(),
-                    name: r.name.clone(),
-                },
-                reason: Reason::NoInstance,
-            });
-        }
-    }
-
-    // Rule 7: above max (lowered by a schedule), shed idle instances, oldest idle first,
-    // regardless of idle_timeout. Done before counting free capacity, which they no longer add.
-    idle_candidates.sort_by_key(|c| c.idle_since);
-    if active > limits.max {
-        let excess = (active - limits.max) as usize;
-        for c in idle_candidates.drain(..excess.min(idle_candidates.len())) {
-            active -= 1;
-            idle_slots -= c.idle_slots;
-            booting_slots -= c.booting_slots;
-            booting -= u32::from(c.is_booting);
-            actions.push(terminate(c.inst, &c.regs, Reason::OverMax));
-        }
-    }
-
-    let waiting = u32::try_from(obs.demand.waiting.len()).unwrap_or(u32::MAX);
-    let wanted_free = waiting.saturating_add(limits.min_idle);
-    let free = idle_slots + booting_slots;
-    let mut held_back = None;
-    let mut launch = 0u32;
-
-    if wanted_free > free {
-        // Rule 5: launch for unmet demand, up to the caps.
-        let need = (wanted_free - free).div_ceil(slots_per_instance);
-        let reason = if waiting > free {
-            Reason::Demand
-        } else {
-            Reason::MinIdle
-        };
-        let up = Fleet {
-            active,
-            booting,
-            launched_in_window,
-        };
-        (launch, held_back) = capped(spec, &limits, obs, now, need, up, &mut due);
-        if launch > 0 {
-            actions.push(Planned {
-                action: Action::Launch { count: launch },
-                reason,
-            });
-        }
-    } else {
-        // Rule 6: surplus idle capacity, oldest idle first.
-        let mut surplus = free - wanted_free;
-        let calm_from = newest_launch.map(|t| add(t, spec.scale_down_delay));
-        let calm = !obs.stale && calm_from.is_none_or(|t| t <= now);
-        if !calm && let Some(t) = calm_from {
-            due.until(t);
-        }
-        for c in idle_candidates {
-            let ready = add(c.idle_since, spec.idle_timeout);
-            // Terminating removes the instance's idle slots and any still booting.
-            let capacity = c.idle_slots + c.booting_slots;
-            if calm && surplus > 0 && capacity <= surplus && ready <= now {
-                surplus -= capacity;
-                active -= 1;
-                actions.push(terminate(c.inst, &c.regs, Reason::IdleTimeout));
-            } else if surplus > 0 && ready > now {
-                due.until(ready);
-            }
-        }
-    }
-
-    let desired_slots = wanted_free.saturating_add(busy_slots);
-    Plan {
-        actions,
-        limits,
-        desired_slots,
-        desired_instances: active + launch,
-        held_back,
-        requeue_after: due.next,
     }
 }
 
-/// Rule 2's test: why an instance is to be retired for its template or its age, if it is (and
+/// One instance and its registered runners.
+struct Seen<'a> {
+    inst: &'a Instance,
+    regs: Vec<&'a Runner>,
+    /// Slots whose runner departed.
+    left: u32,
+    past_boot: bool,
+}
+
+impl Seen<'_> {
+    fn all_left(&self) -> bool {
+        self.left > 0 && self.left as usize == self.inst.runner_names.len()
+    }
+
+    fn any_busy(&self) -> bool {
+        self.regs.iter().any(|r| r.state == RunnerState::Busy)
+    }
+
+    fn count(&self, state: RunnerState) -> u32 {
+        self.regs.iter().filter(|r| r.state == state).count() as u32
+    }
+
+    /// When its runners last finished a job (or it launched, if later or never busy).
+    fn idle_since(&self) -> Timestamp {
+        let launched = self.inst.launched_at;
+        self.regs
+            .iter()
+            .map(|r| r.last_busy.unwrap_or(launched).max(launched))
+            .max()
+            .unwrap_or(launched)
+    }
+
+    fn idle_runners(&self) -> u32 {
+        self.regs
+            .iter()
+            .filter(|r| r.state == RunnerState::Idle && !r.draining)
+            .count() as u32
+    }
+}
+
+/// What rules 1–3 decide for one instance.
+enum Verdict {
+    /// Retired now.
+    Terminate(Reason),
+    /// Retiring: busy, so its runners are drained and it stays until they are done.
+    Drain(Reason),
+    /// No runner registered yet, within `boot_timeout`.
+    Booting,
+    /// Stays, serving or coming up.
+    Serve,
+}
+
+/// Rule 1: an old template or past `max_lifetime`: drained while busy, else terminated.
+fn retire_outdated(
+    spec: &PoolSpec,
+    seen: &Seen<'_>,
+    now: Timestamp,
+    due: &mut Due,
+) -> Option<Verdict> {
+    let reason = outdated(spec, seen.inst, now, due)?;
+    Some(if seen.any_busy() {
+        Verdict::Drain(reason)
+    } else {
+        Verdict::Terminate(reason)
+    })
+}
+
+/// Rule 1's test: why an instance is to be retired for its template or its age, if it is (and
 /// when its lifetime runs out, if that is to come).
 fn outdated(spec: &PoolSpec, inst: &Instance, now: Timestamp, due: &mut Due) -> Option<Reason> {
     if inst.template_hash != spec.template_hash {
@@ -336,9 +284,142 @@ fn outdated(spec: &PoolSpec, inst: &Instance, now: Timestamp, due: &mut Due) -> 
     }
 }
 
-/// The instances that count against rule 5's caps.
+/// Rule 2: no runner registered after `boot_timeout`, or every runner registered and left.
+fn retire_unregistered(seen: &Seen<'_>) -> Option<Verdict> {
+    if !seen.regs.is_empty() {
+        return None;
+    }
+    Some(if seen.past_boot {
+        Verdict::Terminate(Reason::BootTimeout)
+    } else if seen.all_left() {
+        Verdict::Terminate(Reason::RunnerLeft)
+    } else {
+        Verdict::Booting
+    })
+}
+
+/// Rule 3: unusable with nothing running: every runner draining, or offline after
+/// `boot_timeout` (or departed).
+fn retire_unusable(seen: &Seen<'_>) -> Option<Verdict> {
+    if seen.any_busy() || seen.idle_runners() > 0 {
+        return None;
+    }
+    let reason = if seen.regs.iter().all(|r| r.draining) {
+        Reason::Drained
+    } else if seen.past_boot {
+        Reason::RunnerOffline
+    } else if seen.all_left() {
+        Reason::RunnerLeft
+    } else {
+        return None;
+    };
+    Some(Verdict::Terminate(reason))
+}
+
+/// A stale observation (the CI side is an old copy) may only add capacity: whatever rules 1–3
+/// would have retired stays and counts against the caps, nothing is drained, and nothing is
+/// shed or scaled in.
+fn keep_retiring(obs: &Observation, fleet: &mut Fleet<'_>, actions: &mut Vec<Planned>) {
+    for a in actions.drain(..) {
+        if let Action::Terminate { instance, .. } = &a.action
+            && let Some(i) = obs.instances.iter().find(|i| i.id == *instance)
+        {
+            fleet.active += 1;
+            fleet.booting += u32::from(i.state == InstanceState::Booting);
+        }
+    }
+    fleet.idle.clear();
+}
+
+/// Rule 4: registered runners that no instance hosts, unless busy (not on a stale view).
+fn deregister_unhosted(obs: &Observation, hosted: &[bool], actions: &mut Vec<Planned>) {
+    if obs.stale {
+        return;
+    }
+    for (r, _) in obs
+        .runners
+        .iter()
+        .zip(hosted)
+        .filter(|(_, hosted)| !**hosted)
+    {
+        if r.state != RunnerState::Busy {
+            actions.push(Planned {
+                action: Action::Deregister {
+                    runner: r.id.clone(),
+                    name: r.name.clone(),
+                },
+                reason: Reason::NoInstance,
+            });
+        }
+    }
+}
+
+/// Rule 5: above `max` (lowered by a schedule), shed idle instances, oldest idle first,
+/// regardless of `idle_timeout`. Before free capacity is counted, which they no longer add.
+fn shed_over_max(limits: &EffectiveLimits, fleet: &mut Fleet<'_>, actions: &mut Vec<Planned>) {
+    if fleet.active <= limits.max {
+        return;
+    }
+    let excess = ((fleet.active - limits.max) as usize).min(fleet.idle.len());
+    for c in fleet.idle.drain(..excess) {
+        fleet.active -= 1;
+        fleet.idle_slots -= c.idle_slots;
+        fleet.booting_slots -= c.booting_slots;
+        fleet.booting -= u32::from(c.is_booting);
+        actions.push(terminate(c.inst, &c.regs, Reason::OverMax));
+    }
+}
+
+/// Rule 7: terminate `surplus` slots' worth of idle instances, oldest idle first, each once
+/// idle for `idle_timeout`, and none sooner than `scale_down_delay` after the newest launch.
+fn scale_in(
+    spec: &PoolSpec,
+    obs: &Observation,
+    now: Timestamp,
+    mut surplus: u32,
+    fleet: &mut Fleet<'_>,
+    due: &mut Due,
+    actions: &mut Vec<Planned>,
+) {
+    let calm_from = fleet.newest_launch.map(|t| add(t, spec.scale_down_delay));
+    let calm = !obs.stale && calm_from.is_none_or(|t| t <= now);
+    if !calm && let Some(t) = calm_from {
+        due.until(t);
+    }
+    for c in fleet.idle.drain(..) {
+        let ready = add(c.idle_since, spec.idle_timeout);
+        // Terminating removes the instance's idle slots and any still booting.
+        let capacity = c.idle_slots + c.booting_slots;
+        if calm && surplus > 0 && capacity <= surplus && ready <= now {
+            surplus -= capacity;
+            fleet.active -= 1;
+            actions.push(terminate(c.inst, &c.regs, Reason::IdleTimeout));
+        } else if surplus > 0 && ready > now {
+            due.until(ready);
+        }
+    }
+}
+
+/// The instances that stay, tallied for rules 5–7.
+#[derive(Default)]
+struct Fleet<'a> {
+    /// Booting and running instances that stay.
+    active: u32,
+    /// Of which booting (state, or a slot's runner not registered or connected yet).
+    booting: u32,
+    booting_slots: u32,
+    idle_slots: u32,
+    busy_slots: u32,
+    newest_launch: Option<Timestamp>,
+    /// Launched within the rate window.
+    launched_in_window: u32,
+    /// Scale-in candidates: nothing busy, at least one idle runner, the rest offline.
+    idle: Vec<IdleInstance<'a>>,
+}
+
+/// The instances that count against rule 6's caps.
 #[derive(Clone, Copy)]
-struct Fleet {
+struct Up {
     /// Booting and running instances that stay.
     active: u32,
     /// Of which booting.
@@ -347,16 +428,104 @@ struct Fleet {
     launched_in_window: u32,
 }
 
-/// Rule 5's caps: how many of `need` instances may launch (`max`, `max_booting`, the launch
-/// rate), and how many were held back by which cap; when the rate holds launches back, the
-/// pass comes back as the oldest launch in the window leaves it.
-fn capped(
+impl<'a> Fleet<'a> {
+    fn up(&self) -> Up {
+        Up {
+            active: self.active,
+            booting: self.booting,
+            launched_in_window: self.launched_in_window,
+        }
+    }
+
+    fn note_launch(&mut self, launched_at: Timestamp, now: Timestamp) {
+        self.newest_launch = self.newest_launch.max(Some(launched_at));
+        if elapsed(launched_at, now) < RATE_WINDOW {
+            self.launched_in_window += 1;
+        }
+    }
+
+    /// Carries out rules 1–3's verdict on one instance and counts what stays.
+    fn add(
+        &mut self,
+        verdict: Verdict,
+        seen: Seen<'a>,
+        spec: &PoolSpec,
+        due: &mut Due,
+        actions: &mut Vec<Planned>,
+    ) {
+        match verdict {
+            Verdict::Terminate(reason) => actions.push(terminate(seen.inst, &seen.regs, reason)),
+            Verdict::Drain(reason) => {
+                self.active += 1;
+                self.booting += u32::from(seen.inst.state == InstanceState::Booting);
+                self.busy_slots += seen.count(RunnerState::Busy);
+                actions.extend(seen.regs.iter().filter(|r| !r.draining).map(|r| Planned {
+                    action: Action::Drain {
+                        runner: r.id.clone(),
+                        name: r.name.clone(),
+                    },
+                    reason,
+                }));
+            }
+            Verdict::Booting => {
+                self.active += 1;
+                self.booting += 1;
+                self.booting_slots += spec.runners_per_instance.max(1).saturating_sub(seen.left);
+                due.at(seen.inst.launched_at, spec.boot_timeout);
+            }
+            Verdict::Serve => self.serve(seen, spec, due),
+        }
+    }
+
+    /// An instance that stays with registered runners: its slots, idle, busy or coming up.
+    fn serve(&mut self, seen: Seen<'a>, spec: &PoolSpec, due: &mut Due) {
+        let inst = seen.inst;
+        self.active += 1;
+        // Slots still coming up: no runner yet, or registered but not connected yet (GitHub
+        // lists a JIT runner as offline from the moment its config is generated).
+        let online = seen
+            .regs
+            .iter()
+            .filter(|r| r.state != RunnerState::Offline || r.draining)
+            .count() as u32;
+        let missing = (spec.runners_per_instance.max(1))
+            .saturating_sub(online)
+            .saturating_sub(seen.left);
+        let is_booting = inst.state == InstanceState::Booting || (missing > 0 && !seen.past_boot);
+        self.booting += u32::from(is_booting);
+        let booting_slots = if seen.past_boot { 0 } else { missing };
+        self.booting_slots += booting_slots;
+        if booting_slots > 0 {
+            due.at(inst.launched_at, spec.boot_timeout);
+        }
+        self.busy_slots += seen.count(RunnerState::Busy);
+        let idle_slots = seen.idle_runners();
+        self.idle_slots += idle_slots;
+        if seen.any_busy() || idle_slots == 0 {
+            return;
+        }
+        let idle_since = seen.idle_since();
+        self.idle.push(IdleInstance {
+            inst,
+            regs: seen.regs,
+            idle_slots,
+            booting_slots,
+            is_booting,
+            idle_since,
+        });
+    }
+}
+
+/// Rule 6: how many of the `need` instances unmet demand asks for may launch (`max`,
+/// `max_booting`, the launch rate), and how many were held back by which cap; when the rate
+/// holds launches back, the pass comes back as the oldest launch in the window leaves it.
+fn launch_for_demand(
     spec: &PoolSpec,
     limits: &EffectiveLimits,
     obs: &Observation,
     now: Timestamp,
     need: u32,
-    up: Fleet,
+    up: Up,
     due: &mut Due,
 ) -> (u32, Option<(u32, Limit)>) {
     let recent = (obs
@@ -387,17 +556,21 @@ fn capped(
         }
     }
     if let Some((_, Limit::LaunchRate)) = held_back
-        && let Some(t) = obs
-            .recent_launches
-            .iter()
-            .copied()
-            .chain(obs.instances.iter().map(|i| i.launched_at))
-            .filter(|t| elapsed(*t, now) < RATE_WINDOW)
-            .min()
+        && let Some(t) = oldest_in_rate_window(obs, now)
     {
         due.at(t, RATE_WINDOW);
     }
     (launch, held_back)
+}
+
+/// The oldest launch within the rate window: the rate allows one more when it leaves.
+fn oldest_in_rate_window(obs: &Observation, now: Timestamp) -> Option<Timestamp> {
+    obs.recent_launches
+        .iter()
+        .copied()
+        .chain(obs.instances.iter().map(|i| i.launched_at))
+        .filter(|t| elapsed(*t, now) < RATE_WINDOW)
+        .min()
 }
 
 struct IdleInstance<'a> {
@@ -417,10 +590,6 @@ fn terminate(inst: &Instance, regs: &[&Runner], reason: Reason) -> Planned {
         },
         reason,
     }
-}
-
-fn count(regs: &[&Runner], state: RunnerState) -> u32 {
-    regs.iter().filter(|r| r.state == state).count() as u32
 }
 
 /// Time from `since` to `now`, zero if `since` is in the future (clock skew between hosts).

@@ -30,7 +30,7 @@
 use crate::model::{Instance, InstanceState, Observation, PoolSpec, Timestamp};
 use crate::plan::{Action, Plan, Planned, Reason};
 
-use super::{Due, Fleet, RATE_WINDOW, add, capped, elapsed, outdated};
+use super::{Due, RATE_WINDOW, Up, add, elapsed, launch_for_demand, outdated};
 
 /// Computes the plan of a pool whose runners cannot be attributed. See the module docs.
 pub(super) fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
@@ -84,7 +84,7 @@ pub(super) fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         } else {
             Reason::MinIdle
         };
-        let up = Fleet {
+        let up = Up {
             active: n,
             booting,
             launched_in_window: kept
@@ -93,7 +93,7 @@ pub(super) fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
                 .count() as u32,
         };
         let launch;
-        (launch, held_back) = capped(spec, &limits, obs, now, need, up, &mut due);
+        (launch, held_back) = launch_for_demand(spec, &limits, obs, now, need, up, &mut due);
         if launch > 0 {
             actions.push(Planned {
                 action: Action::Launch { count: launch },
