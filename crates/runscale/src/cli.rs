@@ -67,11 +67,13 @@ pub enum Command {
     Version,
     /// Run runscale end to end on this machine against the GitHub emulator, with runner
     /// processes and a synthetic workload; print live progress and a summary.
+    #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
     /// The chaos soak: runscale as child processes against the GitHub emulator with API
     /// errors, 429 bursts, lost and duplicated webhooks, `kill -9` of runscale and of a busy
     /// runner, and an API outage; reports lost jobs, busy runners killed, `max` exceeded,
     /// orphans and waits, and fails if a safety number is not 0.
+    #[cfg(feature = "demo")]
     Chaos(crate::chaos::ChaosArgs),
     /// Convert the configuration of a system runscale replaces into a runscale configuration
     /// file (warnings on stderr for fields without an equivalent).
@@ -81,11 +83,18 @@ pub enum Command {
         command: crate::import::ImportCommand,
     },
     /// Run an emulator of a CI system (for trying runscale without an account).
+    #[cfg(feature = "demo")]
     Emulator(crate::demo::EmulatorCli),
-    /// Run the emulator's fake runner agents listed in `RUNSCALE_CREDENTIALS_FILE` (what the
-    /// demo's runner processes run).
+    /// Run the emulators' fake runner agent (what the demo's runner processes run): its runners
+    /// come from the environment or `RUNSCALE_CREDENTIALS_FILE`; the arguments are those of
+    /// `runscale-fake-runner`.
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
-    FakeRunner,
+    FakeRunner {
+        /// `runscale-fake-runner`'s arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Arguments of `simulate`.
@@ -228,12 +237,17 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws progress on the terminal: keep routine logs out of it unless asked.
     let level = match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo(_) | Command::Chaos(_) if cli.log_level == "info" => "warn",
         #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
         Command::Buildscaler(ref a) if a.verbose && cli.log_level == "info" => "debug",
         _ => &cli.log_level,
     };
     logging::init(cli.log_format, level);
+    #[cfg(feature = "demo")]
+    if let Command::FakeRunner { args } = cli.command {
+        return fake_runner(args);
+    }
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -280,24 +294,50 @@ pub fn execute(command: Command) -> anyhow::Result<()> {
             drop(stdout);
             runtime()?.block_on(crate::buildscaler::run(&args))
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => {
             drop(stdout);
             runtime()?.block_on(crate::demo::run(&args))
         }
+        #[cfg(feature = "demo")]
         Command::Chaos(args) => {
             drop(stdout);
             runtime()?.block_on(crate::chaos::run(&args))
         }
+        #[cfg(feature = "demo")]
         Command::Emulator(args) => {
             // Locked stdout cannot cross threads; the emulator prints one line.
             drop(stdout);
             runtime()?.block_on(crate::demo::emulator(args, &mut std::io::stdout()))
         }
-        Command::FakeRunner => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::fake_runner::run()),
+        #[cfg(feature = "demo")]
+        Command::FakeRunner { args } => match fake_runner(args) {
+            code if code == ExitCode::SUCCESS => Ok(()),
+            _ => anyhow::bail!("the fake runner failed"),
+        },
     }
+}
+
+/// `fake-runner`: the emulators' fake runner agent with `args`; its own exit codes.
+#[cfg(feature = "demo")]
+fn fake_runner(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {e}"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let args = std::iter::once("runscale fake-runner".into())
+        .chain(args)
+        .collect();
+    runtime.block_on(runscale_emulator::fake_runner::main(args))
 }
 
 /// The configuration file, or else the environment-only configuration of a seed system, with

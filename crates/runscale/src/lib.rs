@@ -12,11 +12,13 @@
 //! - [`import`]: `import <seed>`, a seed system's artefacts → a configuration file.
 //! - [`leader`]: leader election among replicas over a Kubernetes Lease (`run --leader-elect`).
 //! - [`rediscovery`]: the environment modes' periodic re-discovery of their pools.
-//! - [`demo`]: `demo` (runscale, the GitHub emulator, runner processes and a workload, end to
-//!   end on one machine) and `emulator github`.
-//! - [`chaos`]: `chaos`, the chaos soak (runscale processes killed and restarted under API
-//!   faults, webhook loss and an outage; safety numbers checked from outside).
-//! - [`fake_runner`]: `fake-runner`, the emulator's runner agent as the demo's runner process.
+//! - `demo` (feature `demo`): `demo` (runscale, the GitHub emulator, runner processes and a
+//!   workload, end to end on one machine) and `emulator github`.
+//! - `chaos` (feature `demo`): `chaos`, the chaos soak (runscale processes killed and
+//!   restarted under API faults, webhook loss and an outage; safety numbers checked from
+//!   outside).
+//! - `fake-runner` (feature `demo`, in `cli`): the emulators' runner agent
+//!   (`runscale_emulator::fake_runner`) as the demo's runner process.
 //! - [`fuzz_harness`]: entry points for fuzzing and corpus replay (`fuzz/`, `docs/fuzzing.md`).
 //! - [`simulate`]: `simulate`, the policy simulator (`runscale-sim`) on a trace.
 //! - [`status_page`]: the HTML status page at `/`.
@@ -24,13 +26,14 @@
 
 #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
 pub mod buildscaler;
+#[cfg(feature = "demo")]
 pub mod chaos;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
-pub mod fake_runner;
 pub mod fuzz_harness;
 pub mod http;
 pub mod import;
