@@ -171,20 +171,74 @@ pub(crate) struct ProbeReply {
 }
 
 /// Why an answer could not be used. The message names the field (`instances[2].state`) and
-/// what was expected; it may quote the output, so callers redact secrets from it.
+/// what was expected. It quotes a key or value of the output only when it looks like one of
+/// the protocol's own words (lowercase letters and `_`, at most 32): anything else may be a
+/// secret the executable wrote in the wrong place, and is shown as `…`. Callers also redact
+/// the secrets they know.
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(stdout: &[u8]) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_slice(stdout);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!("answer is not the expected JSON object: {}", e.inner())
+        let path = shown_path(e.path());
+        let inner = shown_quotes(&e.inner().to_string());
+        if path.is_empty() {
+            format!("answer is not the expected JSON object: {inner}")
         } else {
-            format!("answer field `{path}`: {}", e.inner())
+            format!("answer field `{path}`: {inner}")
         }
     })?;
     de.end()
         .map_err(|e| format!("answer has more than one JSON value: {e}"))?;
     Ok(value)
+}
+
+/// Whether a word of the output may be quoted in an error: one of the protocol's own shape.
+fn quotable(word: &str) -> bool {
+    (1..=32).contains(&word.len()) && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+fn shown(word: &str) -> &str {
+    if quotable(word) { word } else { "…" }
+}
+
+/// A field path (`instances[0].state`) with its keys [`shown`].
+fn shown_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(shown(key));
+            }
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    out
+}
+
+/// A serde message with every span between backticks or double quotes [`shown`].
+fn shown_quotes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['`', '"']) {
+        let quote = rest[start..].chars().next().unwrap_or('`');
+        let after = &rest[start + 1..];
+        let Some(len) = after.find(quote) else {
+            // An unclosed quote: what follows is not shown.
+            out.push_str(&rest[..=start]);
+            out.push('…');
+            return out;
+        };
+        out.push_str(&rest[..=start]);
+        out.push_str(shown(&after[..len]));
+        out.push(quote);
+        rest = &after[len + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The error kind of a non-zero exit code (3, "not found", is handled by the caller first).
@@ -334,8 +388,38 @@ mod tests {
         assert!(e.contains("not the expected JSON"), "{e}");
         let e = parse::<CreateReply>(br#"{"id":"a","sate":"running"}"#).expect_err("typo");
         assert!(e.contains("sate"), "{e}");
+        let e = parse::<ListReply>(br#"{"instances":[{"id":"1","state":"Up"}]}"#)
+            .expect_err("bad state");
+        assert!(
+            e.contains("instances[0].state") && e.contains("expected one of"),
+            "{e}"
+        );
+        assert!(e.contains("`…`") && !e.contains("Up"), "{e}");
         let c: CreateReply = parse(br#"{"id":"a"}"#).expect("state defaults");
         assert_eq!(c.state, State::Booting);
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/exec_answer/`): an executable that wrote a secret
+    /// as a key or a value had it quoted in the error, which is logged.
+    #[test]
+    fn errors_quote_no_word_of_the_output_that_could_be_a_secret() {
+        for answer in [
+            r#"{"instances":[{"ghp_S3cr3tT0ken":"x"}]}"#,
+            r#"{"instances":[{"id":"1","state":"ghp_S3cr3tT0ken"}]}"#,
+            r#"{"instances":[{"id":["ghp_S3cr3tT0ken"]}]}"#,
+            r#"{"instances":[{"id":"1","runner_names":"ghp_S3cr3tT0ken"}]}"#,
+            r#"{"id":"a","ghp_S3cr3tT0ken`x":1}"#,
+            r#"{"id":"a","created-s3cr3t":1}"#,
+        ] {
+            let list = parse::<ListReply>(answer.as_bytes()).map(|_| ());
+            let create = parse::<CreateReply>(answer.as_bytes()).map(|_| ());
+            for e in [list, create].into_iter().filter_map(Result::err) {
+                assert!(
+                    !e.contains("S3cr3t") && !e.contains("s3cr3t"),
+                    "{answer}: {e}"
+                );
+            }
+        }
     }
 
     #[test]
