@@ -232,6 +232,15 @@ else
   checks_left_out+=("lint check (no clippy)")
 fi
 
+step "feature combinations"
+# Every adapter feature alone, none, and the slim production set (lib and binary, warnings as
+# errors), so a combination the other steps do not build cannot rot.
+if [ "$has_clippy" = 1 ]; then
+  ./scripts/check-features.sh
+else
+  checks_left_out+=("feature combinations (no clippy)")
+fi
+
 step "tests"
 # Each test that skips (only under RUNSCALE_ALLOW_SKIP=1) appends "name<TAB>what was missing".
 RUNSCALE_SKIP_REPORT="$(mktemp)"

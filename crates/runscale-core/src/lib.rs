@@ -5,6 +5,7 @@
 //! `runscale-providers` and `runscale-backends`, and convert their SDK types at their edge.
 
 pub mod adapter;
+pub mod adapter_type;
 pub mod clock;
 pub mod error;
 pub mod instrument;
@@ -23,6 +24,7 @@ pub use adapter::{
     Backend, BackendEvent, Credentials, LaunchRequest, Provider, ProviderView, Registration,
     WebhookRequest,
 };
+pub use adapter_type::{BackendType, PoolContext, ProviderType};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{

@@ -63,9 +63,20 @@ impl Answer {
 /// Whether transport errors keep the request URL in their source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SourceUrl {
-    /// As reqwest reports it.
+    /// As reqwest reports it (Buildkite's and CircleCI's).
+    #[cfg_attr(
+        not(any(feature = "buildkite", feature = "circleci", test)),
+        expect(
+            dead_code,
+            reason = "only the Buildkite and CircleCI clients keep URLs"
+        )
+    )]
     Keep,
-    /// Stripped from the source error.
+    /// Stripped from the source error (GitLab's).
+    #[cfg_attr(
+        not(any(feature = "gitlab", test)),
+        expect(dead_code, reason = "only the GitLab client strips URLs")
+    )]
     Strip,
 }
 
@@ -179,6 +190,7 @@ pub(crate) fn one_line(text: &str) -> String {
 }
 
 /// The `message` string of a JSON error body, on one short printable line (empty without).
+#[cfg(any(feature = "buildkite", feature = "circleci"))]
 pub(crate) fn json_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -350,6 +362,7 @@ impl Setup {
 }
 
 /// The 32 bytes of a SHA-256 MAC written as 64 hex digits (webhook signatures).
+#[cfg(any(feature = "buildkite", feature = "circleci"))]
 pub(crate) fn decode_sha256_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() != 64 || !s.is_ascii() {
         return None;

@@ -18,10 +18,6 @@ pub mod github;
 #[cfg(feature = "gitlab")]
 pub mod gitlab;
 #[cfg(any(feature = "circleci", feature = "gitlab", feature = "buildkite"))]
-#[cfg_attr(
-    not(all(feature = "circleci", feature = "gitlab", feature = "buildkite")),
-    allow(dead_code)
-)]
 mod http;
 #[cfg(any(
     feature = "github",

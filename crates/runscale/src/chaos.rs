@@ -54,8 +54,10 @@ const ORG: &str = "chaos";
 /// Its repository.
 const REPO: &str = "app";
 /// The namespace of the pods and of the Lease on Kubernetes.
+#[cfg(all(feature = "backend-kubernetes", feature = "leader-election"))]
 const NAMESPACE: &str = "ci";
 /// The image the fake kubelet maps to `runscale fake-runner`.
+#[cfg(all(feature = "backend-kubernetes", feature = "leader-election"))]
 const IMAGE: &str = "ghcr.io/example/runscale-fake-runner:chaos";
 /// How often instances are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -70,6 +72,7 @@ const JOB_OVERHEAD: Duration = Duration::from_millis(1500);
 /// How long a killed daemon stays down before it is started again.
 const RESTART_AFTER: Duration = Duration::from_millis(500);
 /// Lease timings of the Kubernetes replicas.
+#[cfg(all(feature = "backend-kubernetes", feature = "leader-election"))]
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 /// The pools: name, selector labels, share of the jobs (out of 4).
 const POOLS: [(&str, &[&str]); 2] = [("linux", &["linux", "x64"]), ("gpu", &["gpu"])];

@@ -308,8 +308,8 @@ pub fn version(out: &mut dyn Write) -> anyhow::Result<()> {
         out,
         "runscale {}\nproviders: {}\nbackends: {}",
         env!("CARGO_PKG_VERSION"),
-        compiled(config::PROVIDER_TYPES),
-        compiled(config::BACKEND_TYPES)
+        compiled(&config::provider_types()),
+        compiled(&config::backend_types())
     )
     .context("cannot write output")
 }

@@ -98,9 +98,11 @@
 mod backend;
 mod client;
 mod config;
+mod kind;
 
 pub use backend::AwsAsg;
 pub use config::{Config, PoolTemplate, RunnerName};
+pub use kind::AwsAsgType;
 
 /// The Auto Scaling IAM actions this backend calls (besides the shared SSM ones).
 #[cfg(test)]

@@ -2,8 +2,11 @@
 //! credentials in SSM Parameter Store ([`ssm`]), the checks of their common settings and the
 //! loading of the SDK configuration. Nothing backend-specific lives here.
 
+mod deferred;
 pub(crate) mod errors;
 pub(crate) mod ssm;
+
+pub(crate) use deferred::Deferred;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};

@@ -74,9 +74,11 @@
 mod backend;
 mod client;
 mod config;
+mod kind;
 
 pub use backend::AwsEc2;
 pub use config::{Config, LaunchApi, Market, PoolTemplate};
+pub use kind::AwsEc2Type;
 
 /// The EC2 and IAM actions this backend calls (besides the shared SSM ones).
 #[cfg(test)]

@@ -48,8 +48,10 @@
 
 pub(crate) mod backend;
 mod config;
+mod kind;
 pub(crate) mod protocol;
 mod run;
 
 pub use backend::ExecBackend;
 pub use config::{Config, PoolTemplate, Timeouts};
+pub use kind::ExecType;

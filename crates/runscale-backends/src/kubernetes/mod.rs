@@ -86,6 +86,7 @@ mod config;
 mod convert;
 mod errors;
 mod inventory;
+mod kind;
 mod template;
 
 pub use backend::Kubernetes;
@@ -93,3 +94,4 @@ pub use backend::TemplateJob;
 pub use config::{
     Config, CredentialsDelivery, CronJobRef, JobRef, PoolTemplate, VolumeClaim, validate_pool,
 };
+pub use kind::KubernetesType;

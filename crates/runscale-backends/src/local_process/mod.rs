@@ -46,9 +46,11 @@
 mod backend;
 mod config;
 mod errors;
+mod kind;
 mod procfs;
 mod spawn;
 mod state;
 
 pub use backend::LocalProcess;
 pub use config::{Config, CredentialsDelivery, PoolTemplate};
+pub use kind::LocalProcessType;

@@ -372,13 +372,7 @@ impl Client {
         if !a.status.is_success() {
             return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
         }
-        serde_json::from_slice(&a.body).map_err(|e| {
-            Error::new(
-                op,
-                ErrorKind::Protocol,
-                format!("{what}: unexpected answer ({:?} error)", e.classify()),
-            )
-        })
+        http::decode(op, what, &a.body)
     }
 
     /// One REST call within the budget.

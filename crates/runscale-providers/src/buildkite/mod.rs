@@ -73,9 +73,11 @@
 
 pub(crate) mod client;
 mod config;
+mod kind;
 mod provider;
 mod reservations;
 mod webhook;
 
 pub use config::{Config, PoolSelector};
+pub use kind::BuildkiteType;
 pub use provider::BuildkiteProvider;

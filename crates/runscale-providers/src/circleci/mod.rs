@@ -46,8 +46,10 @@
 
 pub(crate) mod client;
 mod config;
+mod kind;
 mod provider;
 mod webhook;
 
 pub use config::{AgentEnv, ApiVersion, Config, PoolSelector, RunnerMode, RunnerNames};
+pub use kind::CircleciType;
 pub use provider::CircleciProvider;

@@ -92,8 +92,10 @@
 mod command;
 mod config;
 mod errors;
+mod kind;
 mod protocol;
 mod provider;
 
 pub use config::{Config, PoolSelector};
+pub use kind::ExecType;
 pub use provider::ExecProvider;

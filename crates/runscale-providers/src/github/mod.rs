@@ -38,9 +38,11 @@ pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod convert;
 pub(crate) mod errors;
+mod kind;
 mod provider;
 mod repos;
 mod webhook;
 
 pub use config::{AppAuth, Auth, Config, InstallationKeyword, PoolSelector, Repositories};
+pub use kind::GithubType;
 pub use provider::GithubProvider;

@@ -85,8 +85,10 @@
 pub(crate) mod client;
 mod config;
 mod identity;
+mod kind;
 mod provider;
 mod webhook;
 
 pub use config::{AuthHeader, Config, PoolSelector, RunnerPer, RunnerType, validate_pool};
+pub use kind::GitlabType;
 pub use provider::GitlabProvider;

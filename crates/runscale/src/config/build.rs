@@ -7,15 +7,6 @@
 //! before) and may touch the world (create a state directory); nothing here makes a network call
 //! to a CI system or a cloud, which `probe` does.
 
-// A build without any provider type or without any backend type has empty enums here, so
-// code handling their values is unreachable and some helpers unused: that is expected.
-#![cfg_attr(
-    not(all(
-        any(feature = "provider-exec", feature = "provider-github"),
-        feature = "backend-local-process"
-    )),
-    allow(unused, unreachable_code, unreachable_patterns)
-)]
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -870,7 +870,6 @@ mod tests {
     ))]
     #[test]
     fn the_lambda_pool_sizes_the_group_and_plans_from_counts() {
-        use super::super::registry::TemplateSettings;
         let config = simple_lambda(
             &env(&[
                 ("SECRET_NAME", "s"),
@@ -892,7 +891,10 @@ mod tests {
             pool.spec.runners_unattributed,
             "runners are named by the instances"
         );
-        let TemplateSettings::AwsAsg(t) = &pool.template else {
+        let Some(t) = pool
+            .template
+            .get::<runscale_backends::aws_asg::PoolTemplate>()
+        else {
             panic!("an aws-asg template: {:?}", pool.template);
         };
         assert_eq!(t.group.as_deref(), Some("cci-runner-auto-scaling-group"));

@@ -24,8 +24,6 @@
 mod build;
 #[cfg(all(feature = "backend-kubernetes", feature = "provider-buildkite"))]
 pub mod buildscaler;
-#[cfg(any(feature = "backend-aws-asg", feature = "backend-aws-ec2"))]
-mod deferred;
 pub mod environment;
 mod error;
 pub mod interpolate;
@@ -43,8 +41,8 @@ pub use model::{
     BackendConfig, Config, LeaderElectionConfig, PoolConfig, ProviderConfig, ScheduleConfig,
 };
 pub use registry::{
-    BACKEND_TYPES, BackendSettings, PROVIDER_TYPES, ProviderSettings, SelectorSettings,
-    TemplateSettings, TypeInfo,
+    BackendSettings, ProviderSettings, SelectorSettings, TemplateSettings, TypeInfo, backend_types,
+    provider_types,
 };
 pub use validate::{
     BackendEntry, MAX_ADAPTER_NAME, MAX_POOL_NAME, ProviderEntry, ValidPool, Validated,

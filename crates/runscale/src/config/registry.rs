@@ -1,50 +1,113 @@
-//! The explicit registry of provider and backend types: which `type` names exist, which cargo
-//! feature compiles each in, how their settings, selectors and templates are parsed and
-//! validated, how the adapters are built, and their JSON Schemas.
+//! The registry of provider and backend types: one line per type (its `type` name, the cargo
+//! feature that compiles it in, and the adapter's [`ProviderType`](runscale_core::ProviderType)
+//! or [`BackendType`](runscale_core::BackendType)), and the
+//! code that handles every type alike: parsing and validating settings, selectors and
+//! templates (errors name the field), building the adapters, and the JSON Schemas.
 //!
-//! Adding a type touches this file only: a variant of the settings enums, one arm in each
-//! function, and one line in [`PROVIDER_TYPES`] or [`BACKEND_TYPES`]. A configuration naming
-//! a type that was not compiled in gets an error naming the cargo feature.
+//! Adding a type: implement the trait in the adapter's own module (`kind.rs` next to its
+//! config), add its feature to this crate's `Cargo.toml`, and add its line to [`PROVIDERS`] or
+//! [`BACKENDS`]. A configuration naming a type that was not compiled in gets an error naming
+//! the cargo feature.
 
-// A build without any provider type or without any backend type has empty enums here, so
-// code handling their values is unreachable and some helpers unused: that is expected.
-#![cfg_attr(
-    not(all(
-        any(feature = "provider-exec", feature = "provider-github"),
-        feature = "backend-local-process"
-    )),
-    allow(unused, unreachable_code, unreachable_patterns)
-)]
-use std::collections::HashMap;
+use std::any::Any;
+use std::fmt;
 use std::sync::Arc;
 
-#[cfg(feature = "backend-aws-asg")]
-use runscale_backends::aws_asg;
-#[cfg(feature = "backend-aws-ec2")]
-use runscale_backends::aws_ec2;
-#[cfg(feature = "backend-exec")]
-use runscale_backends::exec as exec_backend;
-#[cfg(feature = "backend-kubernetes")]
-use runscale_backends::kubernetes;
-#[cfg(feature = "backend-local-process")]
-use runscale_backends::local_process;
+use runscale_core::adapter_type::PoolContext;
 use runscale_core::{Backend, PoolId, Provider};
-#[cfg(feature = "provider-buildkite")]
-use runscale_providers::buildkite;
-#[cfg(feature = "provider-circleci")]
-use runscale_providers::circleci;
-#[cfg(feature = "provider-exec")]
-use runscale_providers::exec;
-#[cfg(feature = "provider-github")]
-use runscale_providers::github;
-#[cfg(feature = "provider-gitlab")]
-use runscale_providers::gitlab;
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::error::FieldError;
 use super::source::{join_index, join_key};
+
+/// One line of [`PROVIDERS`]: `provider!(TYPE-NAME, CARGO-FEATURE, ProviderType)`.
+macro_rules! provider {
+    ($name:literal, $feature:literal, $adapter:path) => {{
+        #[cfg(feature = $feature)]
+        const ADAPTER: Option<&'static dyn AnyProviderType> = Some(&ProviderOf::<$adapter>::NEW);
+        #[cfg(not(feature = $feature))]
+        const ADAPTER: Option<&'static dyn AnyProviderType> = None;
+        Registered {
+            name: $name,
+            feature: $feature,
+            adapter: ADAPTER,
+        }
+    }};
+}
+
+/// One line of [`BACKENDS`]: `backend!(TYPE-NAME, CARGO-FEATURE, BackendType)`.
+macro_rules! backend {
+    ($name:literal, $feature:literal, $adapter:path) => {{
+        #[cfg(feature = $feature)]
+        const ADAPTER: Option<&'static dyn AnyBackendType> = Some(&BackendOf::<$adapter>::NEW);
+        #[cfg(not(feature = $feature))]
+        const ADAPTER: Option<&'static dyn AnyBackendType> = None;
+        Registered {
+            name: $name,
+            feature: $feature,
+            adapter: ADAPTER,
+        }
+    }};
+}
+
+/// Every provider type runscale knows, compiled in or not.
+pub(crate) static PROVIDERS: &[Registered<dyn AnyProviderType>] = &[
+    provider!("exec", "provider-exec", runscale_providers::exec::ExecType),
+    provider!(
+        "github",
+        "provider-github",
+        runscale_providers::github::GithubType
+    ),
+    provider!(
+        "circleci",
+        "provider-circleci",
+        runscale_providers::circleci::CircleciType
+    ),
+    provider!(
+        "gitlab",
+        "provider-gitlab",
+        runscale_providers::gitlab::GitlabType
+    ),
+    provider!(
+        "buildkite",
+        "provider-buildkite",
+        runscale_providers::buildkite::BuildkiteType
+    ),
+];
+
+/// Every backend type runscale knows, compiled in or not.
+pub(crate) static BACKENDS: &[Registered<dyn AnyBackendType>] = &[
+    backend!(
+        "local-process",
+        "backend-local-process",
+        runscale_backends::local_process::LocalProcessType
+    ),
+    backend!("exec", "backend-exec", runscale_backends::exec::ExecType),
+    backend!(
+        "kubernetes",
+        "backend-kubernetes",
+        runscale_backends::kubernetes::KubernetesType
+    ),
+    backend!(
+        "aws-asg",
+        "backend-aws-asg",
+        runscale_backends::aws_asg::AwsAsgType
+    ),
+    backend!(
+        "aws-ec2",
+        "backend-aws-ec2",
+        runscale_backends::aws_ec2::AwsEc2Type
+    ),
+];
+
+/// One registered type: `adapter` is `None` when its feature is not compiled in.
+pub(crate) struct Registered<T: ?Sized + 'static> {
+    name: &'static str,
+    feature: &'static str,
+    adapter: Option<&'static T>,
+}
 
 /// A type name and the cargo feature of this crate that compiles it in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,209 +120,341 @@ pub struct TypeInfo {
     pub compiled: bool,
 }
 
-/// Every provider type runscale knows.
-pub const PROVIDER_TYPES: &[TypeInfo] = &[
-    TypeInfo {
-        name: "exec",
-        feature: "provider-exec",
-        compiled: cfg!(feature = "provider-exec"),
-    },
-    TypeInfo {
-        name: "github",
-        feature: "provider-github",
-        compiled: cfg!(feature = "provider-github"),
-    },
-    TypeInfo {
-        name: "circleci",
-        feature: "provider-circleci",
-        compiled: cfg!(feature = "provider-circleci"),
-    },
-    TypeInfo {
-        name: "gitlab",
-        feature: "provider-gitlab",
-        compiled: cfg!(feature = "provider-gitlab"),
-    },
-    TypeInfo {
-        name: "buildkite",
-        feature: "provider-buildkite",
-        compiled: cfg!(feature = "provider-buildkite"),
-    },
-];
-
-/// Every backend type runscale knows.
-pub const BACKEND_TYPES: &[TypeInfo] = &[
-    TypeInfo {
-        name: "local-process",
-        feature: "backend-local-process",
-        compiled: cfg!(feature = "backend-local-process"),
-    },
-    TypeInfo {
-        name: "exec",
-        feature: "backend-exec",
-        compiled: cfg!(feature = "backend-exec"),
-    },
-    TypeInfo {
-        name: "kubernetes",
-        feature: "backend-kubernetes",
-        compiled: cfg!(feature = "backend-kubernetes"),
-    },
-    TypeInfo {
-        name: "aws-asg",
-        feature: "backend-aws-asg",
-        compiled: cfg!(feature = "backend-aws-asg"),
-    },
-    TypeInfo {
-        name: "aws-ec2",
-        feature: "backend-aws-ec2",
-        compiled: cfg!(feature = "backend-aws-ec2"),
-    },
-];
-
-/// A provider's settings, parsed into its type's configuration.
-#[derive(Clone, Debug)]
-pub enum ProviderSettings {
-    /// `exec`.
-    #[cfg(feature = "provider-exec")]
-    Exec(exec::Config),
-    /// `github`.
-    #[cfg(feature = "provider-github")]
-    Github(github::Config),
-    /// `circleci`.
-    #[cfg(feature = "provider-circleci")]
-    Circleci(circleci::Config),
-    /// `gitlab`.
-    #[cfg(feature = "provider-gitlab")]
-    Gitlab(gitlab::Config),
-    /// `buildkite`.
-    #[cfg(feature = "provider-buildkite")]
-    Buildkite(buildkite::Config),
-}
-
-/// A pool's selector, parsed into its provider type's selector.
-#[derive(Clone, Debug)]
-pub enum SelectorSettings {
-    /// `exec`.
-    #[cfg(feature = "provider-exec")]
-    Exec(exec::PoolSelector),
-    /// `github`.
-    #[cfg(feature = "provider-github")]
-    Github(github::PoolSelector),
-    /// `circleci`.
-    #[cfg(feature = "provider-circleci")]
-    Circleci(circleci::PoolSelector),
-    /// `gitlab`.
-    #[cfg(feature = "provider-gitlab")]
-    Gitlab(gitlab::PoolSelector),
-    /// `buildkite`.
-    #[cfg(feature = "provider-buildkite")]
-    Buildkite(buildkite::PoolSelector),
-}
-
-impl SelectorSettings {
-    /// The labels the selector matches jobs by (for the simulator's routing).
-    pub fn labels(&self) -> Vec<String> {
-        match *self {
-            #[cfg(feature = "provider-exec")]
-            SelectorSettings::Exec(ref s) => s.labels.clone(),
-            #[cfg(feature = "provider-github")]
-            SelectorSettings::Github(ref s) => s.labels.clone(),
-            #[cfg(feature = "provider-circleci")]
-            SelectorSettings::Circleci(ref s) => vec![s.resource_class.clone()],
-            #[cfg(feature = "provider-gitlab")]
-            SelectorSettings::Gitlab(ref s) => s.tags.clone(),
-            #[cfg(feature = "provider-buildkite")]
-            SelectorSettings::Buildkite(ref s) => std::iter::once(format!("queue={}", s.queue))
-                .chain(s.tags.iter().map(|(k, v)| format!("{k}={v}")))
-                .collect(),
+impl<T: ?Sized> Registered<T> {
+    fn info(&self) -> TypeInfo {
+        TypeInfo {
+            name: self.name,
+            feature: self.feature,
+            compiled: self.adapter.is_some(),
         }
     }
 }
 
-/// What a selector or template may depend on besides itself: the pool's own settings.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolContext<'a> {
-    /// The pool's name.
-    pub name: &'a str,
-    /// The pool's `runners_per_instance`.
-    pub runners_per_instance: u32,
-    /// The pool's `ephemeral`.
-    pub ephemeral: bool,
+/// Every provider type runscale knows.
+pub fn provider_types() -> Vec<TypeInfo> {
+    PROVIDERS.iter().map(Registered::info).collect()
+}
+
+/// Every backend type runscale knows.
+pub fn backend_types() -> Vec<TypeInfo> {
+    BACKENDS.iter().map(Registered::info).collect()
+}
+
+/// A value of some adapter type's settings, selector or template.
+trait Parsed: Any + fmt::Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any + fmt::Debug + Send + Sync> Parsed for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The parsed value as a `T`, if it is one. (Through `&dyn Parsed`: `Arc<dyn Parsed>` is itself
+/// `Parsed`, and would answer for the `Arc`.)
+fn downcast<T: Any>(value: &Arc<dyn Parsed>) -> Option<&T> {
+    let value: &dyn Parsed = value.as_ref();
+    value.as_any().downcast_ref()
+}
+
+/// A provider's settings, parsed into its type's configuration.
+#[derive(Clone)]
+pub struct ProviderSettings {
+    kind: &'static str,
+    adapter: &'static dyn AnyProviderType,
+    value: Arc<dyn Parsed>,
+}
+
+/// A pool's selector, parsed into its provider type's selector.
+#[derive(Clone, Debug)]
+pub struct SelectorSettings {
+    value: Arc<dyn Parsed>,
+    labels: Vec<String>,
 }
 
 /// A backend's settings, parsed into its type's configuration.
-#[derive(Clone, Debug)]
-pub enum BackendSettings {
-    /// `local-process`.
-    #[cfg(feature = "backend-local-process")]
-    LocalProcess(local_process::Config),
-    /// `exec`.
-    #[cfg(feature = "backend-exec")]
-    Exec(exec_backend::Config),
-    /// `kubernetes`.
-    #[cfg(feature = "backend-kubernetes")]
-    Kubernetes(kubernetes::Config),
-    /// `aws-asg`.
-    #[cfg(feature = "backend-aws-asg")]
-    AwsAsg(aws_asg::Config),
-    /// `aws-ec2`.
-    #[cfg(feature = "backend-aws-ec2")]
-    AwsEc2(aws_ec2::Config),
+#[derive(Clone)]
+pub struct BackendSettings {
+    kind: &'static str,
+    adapter: &'static dyn AnyBackendType,
+    value: Arc<dyn Parsed>,
 }
 
 /// A pool's template, parsed into its backend type's template.
 #[derive(Clone, Debug)]
-pub enum TemplateSettings {
-    /// `local-process`.
-    #[cfg(feature = "backend-local-process")]
-    LocalProcess(local_process::PoolTemplate),
-    /// `exec`.
-    #[cfg(feature = "backend-exec")]
-    Exec(exec_backend::PoolTemplate),
-    /// `kubernetes` (boxed: a pod template is large).
-    #[cfg(feature = "backend-kubernetes")]
-    Kubernetes(Box<kubernetes::PoolTemplate>),
-    /// `aws-asg`.
-    #[cfg(feature = "backend-aws-asg")]
-    AwsAsg(aws_asg::PoolTemplate),
-    /// `aws-ec2` (boxed: a template with its overrides is large).
-    #[cfg(feature = "backend-aws-ec2")]
-    AwsEc2(Box<aws_ec2::PoolTemplate>),
+pub struct TemplateSettings {
+    value: Arc<dyn Parsed>,
+    hash: String,
+    unattributed: bool,
+}
+
+impl fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple(self.kind).field(&self.value).finish()
+    }
+}
+
+impl fmt::Debug for BackendSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple(self.kind).field(&self.value).finish()
+    }
 }
 
 impl ProviderSettings {
     /// The type name.
     pub fn kind(&self) -> &'static str {
-        match *self {
-            #[cfg(feature = "provider-exec")]
-            ProviderSettings::Exec(_) => "exec",
-            #[cfg(feature = "provider-github")]
-            ProviderSettings::Github(_) => "github",
-            #[cfg(feature = "provider-circleci")]
-            ProviderSettings::Circleci(_) => "circleci",
-            #[cfg(feature = "provider-gitlab")]
-            ProviderSettings::Gitlab(_) => "gitlab",
-            #[cfg(feature = "provider-buildkite")]
-            ProviderSettings::Buildkite(_) => "buildkite",
-        }
+        self.kind
+    }
+
+    /// The settings as their type's configuration, if they are of type `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        downcast(&self.value)
+    }
+
+    /// Whether the provider can serve runners the instances name themselves.
+    pub fn serves_unattributed_runners(&self) -> bool {
+        self.adapter.serves_unattributed_runners()
     }
 }
 
 impl BackendSettings {
     /// The type name.
     pub fn kind(&self) -> &'static str {
-        match *self {
-            #[cfg(feature = "backend-local-process")]
-            BackendSettings::LocalProcess(_) => "local-process",
-            #[cfg(feature = "backend-exec")]
-            BackendSettings::Exec(_) => "exec",
-            #[cfg(feature = "backend-kubernetes")]
-            BackendSettings::Kubernetes(_) => "kubernetes",
-            #[cfg(feature = "backend-aws-asg")]
-            BackendSettings::AwsAsg(_) => "aws-asg",
-            #[cfg(feature = "backend-aws-ec2")]
-            BackendSettings::AwsEc2(_) => "aws-ec2",
-        }
+        self.kind
     }
+
+    /// The settings as their type's configuration, if they are of type `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        downcast(&self.value)
+    }
+}
+
+impl SelectorSettings {
+    /// The labels the selector matches jobs by (for the simulator's routing).
+    pub fn labels(&self) -> Vec<String> {
+        self.labels.clone()
+    }
+
+    /// The selector as its type's, if it is of type `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        downcast(&self.value)
+    }
+}
+
+impl TemplateSettings {
+    /// Whether the instances name their runners themselves, so runners cannot be attributed
+    /// to instances (aws-asg's `runner_name: unknown`).
+    pub fn runners_unattributed(&self) -> bool {
+        self.unattributed
+    }
+
+    /// The backend's hash of the template (what decides how an instance is started).
+    pub fn backend_hash(&self) -> String {
+        self.hash.clone()
+    }
+
+    /// The template as its type's, if it is of type `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        downcast(&self.value)
+    }
+}
+
+/// A [`ProviderType`] with its types erased, so every type is handled alike.
+pub(crate) trait AnyProviderType: Sync {
+    fn parse(
+        &'static self,
+        kind: &'static str,
+        value: Value,
+        path: &str,
+    ) -> Result<ProviderSettings, Vec<FieldError>>;
+    fn parse_selector(
+        &self,
+        provider: &ProviderSettings,
+        value: Value,
+        path: &str,
+        pool: PoolContext<'_>,
+    ) -> Result<SelectorSettings, Vec<FieldError>>;
+    fn build(
+        &self,
+        provider: &ProviderSettings,
+        selectors: Vec<(PoolId, SelectorSettings)>,
+    ) -> runscale_core::Result<Arc<dyn Provider>>;
+    fn serves_unattributed_runners(&self) -> bool;
+    fn settings_schema(&self, generator: &mut SchemaGenerator) -> Schema;
+    fn selector_schema(&self, generator: &mut SchemaGenerator) -> Schema;
+}
+
+/// A [`BackendType`] with its types erased.
+pub(crate) trait AnyBackendType: Sync {
+    fn parse(
+        &'static self,
+        kind: &'static str,
+        value: Value,
+        path: &str,
+    ) -> Result<BackendSettings, Vec<FieldError>>;
+    fn parse_template(
+        &self,
+        value: Value,
+        path: &str,
+        pool: PoolContext<'_>,
+    ) -> Result<TemplateSettings, Vec<FieldError>>;
+    fn build(
+        &self,
+        backend: &BackendSettings,
+        templates: Vec<(PoolId, TemplateSettings)>,
+    ) -> runscale_core::Result<Arc<dyn Backend>>;
+    fn settings_schema(&self, generator: &mut SchemaGenerator) -> Schema;
+    fn template_schema(&self, generator: &mut SchemaGenerator) -> Schema;
+}
+
+/// The registration of provider type `T` (`fn() -> T`: always `Sync`, holds no `T`).
+#[cfg(feature = "any-provider")]
+pub(crate) struct ProviderOf<T>(std::marker::PhantomData<fn() -> T>);
+
+/// The registration of backend type `T`.
+#[cfg(feature = "any-backend")]
+pub(crate) struct BackendOf<T>(std::marker::PhantomData<fn() -> T>);
+
+#[cfg(feature = "any-provider")]
+impl<T> ProviderOf<T> {
+    pub(crate) const NEW: Self = Self(std::marker::PhantomData);
+}
+
+#[cfg(feature = "any-backend")]
+impl<T> BackendOf<T> {
+    pub(crate) const NEW: Self = Self(std::marker::PhantomData);
+}
+
+#[cfg(feature = "any-provider")]
+impl<T: runscale_core::ProviderType> AnyProviderType for ProviderOf<T> {
+    fn parse(
+        &'static self,
+        kind: &'static str,
+        value: Value,
+        path: &str,
+    ) -> Result<ProviderSettings, Vec<FieldError>> {
+        let config: T::Config = typed(value, path, T::validate_config)?;
+        Ok(ProviderSettings {
+            kind,
+            adapter: self,
+            value: Arc::new(config),
+        })
+    }
+
+    fn parse_selector(
+        &self,
+        provider: &ProviderSettings,
+        value: Value,
+        path: &str,
+        pool: PoolContext<'_>,
+    ) -> Result<SelectorSettings, Vec<FieldError>> {
+        let config = provider
+            .get::<T::Config>()
+            .ok_or_else(|| vec![mismatch(path)])?;
+        let mut selector: T::Selector = typed(value, path, T::validate_selector)?;
+        let pool_path = path.strip_suffix(".selector").unwrap_or(path);
+        T::fit_pool(config, &mut selector, pool).map_err(|errors| prefixed(pool_path, errors))?;
+        Ok(SelectorSettings {
+            labels: T::labels(&selector),
+            value: Arc::new(selector),
+        })
+    }
+
+    fn build(
+        &self,
+        provider: &ProviderSettings,
+        selectors: Vec<(PoolId, SelectorSettings)>,
+    ) -> runscale_core::Result<Arc<dyn Provider>> {
+        let config = provider
+            .get::<T::Config>()
+            .ok_or_else(|| build_mismatch("provider"))?;
+        let pools = unpack(selectors.into_iter().map(|(p, s)| (p, s.value)), "selector")?;
+        T::build(config, pools)
+    }
+
+    fn serves_unattributed_runners(&self) -> bool {
+        T::serves_unattributed_runners()
+    }
+
+    fn settings_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        <T::Config as schemars::JsonSchema>::json_schema(generator)
+    }
+
+    fn selector_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        <T::Selector as schemars::JsonSchema>::json_schema(generator)
+    }
+}
+
+#[cfg(feature = "any-backend")]
+impl<T: runscale_core::BackendType> AnyBackendType for BackendOf<T> {
+    fn parse(
+        &'static self,
+        kind: &'static str,
+        value: Value,
+        path: &str,
+    ) -> Result<BackendSettings, Vec<FieldError>> {
+        let config: T::Config = typed(value, path, T::validate_config)?;
+        Ok(BackendSettings {
+            kind,
+            adapter: self,
+            value: Arc::new(config),
+        })
+    }
+
+    fn parse_template(
+        &self,
+        value: Value,
+        path: &str,
+        pool: PoolContext<'_>,
+    ) -> Result<TemplateSettings, Vec<FieldError>> {
+        let template: T::Template = typed(value, path, |t| T::validate_template(t, pool))?;
+        let pool_path = path.strip_suffix(".template").unwrap_or(path);
+        T::fit_pool(pool).map_err(|errors| prefixed(pool_path, errors))?;
+        Ok(TemplateSettings {
+            hash: T::template_hash(&template),
+            unattributed: T::runners_unattributed(&template),
+            value: Arc::new(template),
+        })
+    }
+
+    fn build(
+        &self,
+        backend: &BackendSettings,
+        templates: Vec<(PoolId, TemplateSettings)>,
+    ) -> runscale_core::Result<Arc<dyn Backend>> {
+        let config = backend
+            .get::<T::Config>()
+            .ok_or_else(|| build_mismatch("backend"))?;
+        let templates = unpack(templates.into_iter().map(|(p, t)| (p, t.value)), "template")?;
+        T::build(config, templates)
+    }
+
+    fn settings_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        <T::Config as schemars::JsonSchema>::json_schema(generator)
+    }
+
+    fn template_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        <T::Template as schemars::JsonSchema>::json_schema(generator)
+    }
+}
+
+/// A selector parsed for another provider type than its provider's, which validation rules
+/// out (the selector is parsed by its provider's type).
+#[cfg(feature = "any-provider")]
+fn mismatch(path: &str) -> FieldError {
+    FieldError::new(path, "is not of its adapter's type")
+}
+
+/// The error for a selector or template of another type than its adapter's, which
+/// validation rules out.
+#[cfg(any(feature = "any-provider", feature = "any-backend"))]
+fn build_mismatch(what: &str) -> runscale_core::Error {
+    runscale_core::Error::new(
+        "config.build",
+        runscale_core::ErrorKind::Misconfigured,
+        format!("the {what} is not of the adapter's type"),
+    )
 }
 
 /// Deserializes `value` into `T`; an error names the exact field below `base`.
@@ -305,7 +500,20 @@ fn explain(path: String, message: &str) -> FieldError {
     FieldError::new(path, message)
 }
 
+/// The pools' selectors or templates as their adapter type's `T`.
+#[cfg(any(feature = "any-provider", feature = "any-backend"))]
+fn unpack<T: Any + Clone>(
+    items: impl Iterator<Item = (PoolId, Arc<dyn Parsed>)>,
+    what: &str,
+) -> runscale_core::Result<Vec<(PoolId, T)>> {
+    items
+        .map(|(pool, value)| Some((pool, downcast::<T>(&value)?.clone())))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| build_mismatch(what))
+}
+
 /// Prefixes adapter validation errors (relative field paths) with `base`.
+#[cfg(any(feature = "any-provider", feature = "any-backend"))]
 fn prefixed(base: &str, errors: Vec<(String, String)>) -> Vec<FieldError> {
     errors
         .into_iter()
@@ -323,6 +531,7 @@ fn prefixed(base: &str, errors: Vec<(String, String)>) -> Vec<FieldError> {
 }
 
 /// Parses and checks one value with the adapter type's own `validate`.
+#[cfg(any(feature = "any-provider", feature = "any-backend"))]
 fn typed<T: DeserializeOwned>(
     value: Value,
     path: &str,
@@ -364,32 +573,18 @@ pub(crate) fn parse_provider(
     settings: Map<String, Value>,
     path: &str,
 ) -> Result<ProviderSettings, Vec<FieldError>> {
-    match kind {
-        #[cfg(feature = "provider-exec")]
-        "exec" => {
-            typed(Value::Object(settings), path, exec::Config::validate).map(ProviderSettings::Exec)
-        }
-        #[cfg(feature = "provider-github")]
-        "github" => typed(Value::Object(settings), path, github::Config::validate)
-            .map(ProviderSettings::Github),
-        #[cfg(feature = "provider-circleci")]
-        "circleci" => typed(Value::Object(settings), path, circleci::Config::validate)
-            .map(ProviderSettings::Circleci),
-        #[cfg(feature = "provider-gitlab")]
-        "gitlab" => typed(Value::Object(settings), path, gitlab::Config::validate)
-            .map(ProviderSettings::Gitlab),
-        #[cfg(feature = "provider-buildkite")]
-        "buildkite" => typed(Value::Object(settings), path, buildkite::Config::validate)
-            .map(ProviderSettings::Buildkite),
-        _ => {
-            let _ = settings;
-            Err(vec![unknown_type(
-                "provider",
-                PROVIDER_TYPES,
-                kind,
-                &join_key(path, "type"),
-            )])
-        }
+    match PROVIDERS.iter().find(|r| r.name == kind) {
+        Some(Registered {
+            name,
+            adapter: Some(adapter),
+            ..
+        }) => adapter.parse(name, Value::Object(settings), path),
+        _ => Err(vec![unknown_type(
+            "provider",
+            &provider_types(),
+            kind,
+            &join_key(path, "type"),
+        )]),
     }
 }
 
@@ -399,39 +594,18 @@ pub(crate) fn parse_backend(
     settings: Map<String, Value>,
     path: &str,
 ) -> Result<BackendSettings, Vec<FieldError>> {
-    match kind {
-        #[cfg(feature = "backend-local-process")]
-        "local-process" => typed(
-            Value::Object(settings),
-            path,
-            local_process::Config::validate,
-        )
-        .map(BackendSettings::LocalProcess),
-        #[cfg(feature = "backend-exec")]
-        "exec" => typed(
-            Value::Object(settings),
-            path,
-            exec_backend::Config::validate,
-        )
-        .map(BackendSettings::Exec),
-        #[cfg(feature = "backend-kubernetes")]
-        "kubernetes" => typed(Value::Object(settings), path, kubernetes::Config::validate)
-            .map(BackendSettings::Kubernetes),
-        #[cfg(feature = "backend-aws-asg")]
-        "aws-asg" => typed(Value::Object(settings), path, aws_asg::Config::validate)
-            .map(BackendSettings::AwsAsg),
-        #[cfg(feature = "backend-aws-ec2")]
-        "aws-ec2" => typed(Value::Object(settings), path, aws_ec2::Config::validate)
-            .map(BackendSettings::AwsEc2),
-        _ => {
-            let _ = settings;
-            Err(vec![unknown_type(
-                "backend",
-                BACKEND_TYPES,
-                kind,
-                &join_key(path, "type"),
-            )])
-        }
+    match BACKENDS.iter().find(|r| r.name == kind) {
+        Some(Registered {
+            name,
+            adapter: Some(adapter),
+            ..
+        }) => adapter.parse(name, Value::Object(settings), path),
+        _ => Err(vec![unknown_type(
+            "backend",
+            &backend_types(),
+            kind,
+            &join_key(path, "type"),
+        )]),
     }
 }
 
@@ -442,157 +616,17 @@ pub(crate) fn parse_selector(
     path: &str,
     pool: PoolContext<'_>,
 ) -> Result<SelectorSettings, Vec<FieldError>> {
-    let _ = (&value, path, pool);
-    match *provider {
-        #[cfg(feature = "provider-exec")]
-        ProviderSettings::Exec(_) => {
-            typed(value, path, exec::PoolSelector::validate).map(SelectorSettings::Exec)
-        }
-        #[cfg(feature = "provider-github")]
-        ProviderSettings::Github(_) => {
-            let mut s = typed(value, path, github::PoolSelector::validate)?;
-            // GitHub registers ephemeral runners with a JIT configuration: it needs the pool's
-            // setting.
-            s.ephemeral = pool.ephemeral;
-            Ok(SelectorSettings::Github(s))
-        }
-        #[cfg(feature = "provider-circleci")]
-        ProviderSettings::Circleci(_) => {
-            typed(value, path, circleci::PoolSelector::validate).map(SelectorSettings::Circleci)
-        }
-        #[cfg(feature = "provider-gitlab")]
-        ProviderSettings::Gitlab(ref config) => {
-            let s = typed(value, path, gitlab::PoolSelector::validate)?;
-            // Each slot's system_id numbers it on two digits: the pool's runners_per_instance.
-            let pool_path = path.strip_suffix(".selector").unwrap_or(path);
-            gitlab::validate_pool(config, &s, pool.runners_per_instance)
-                .map_err(|errors| prefixed(pool_path, errors))?;
-            Ok(SelectorSettings::Gitlab(s))
-        }
-        #[cfg(feature = "provider-buildkite")]
-        ProviderSettings::Buildkite(_) => {
-            typed(value, path, buildkite::PoolSelector::validate).map(SelectorSettings::Buildkite)
-        }
-    }
+    provider.adapter.parse_selector(provider, value, path, pool)
 }
 
-/// Parses and validates a pool's template for its backend's type. `path` is the template's;
-/// `runners_per_instance` is the pool's.
+/// Parses and validates a pool's template for its backend's type. `path` is the template's.
 pub(crate) fn parse_template(
     backend: &BackendSettings,
     value: Value,
     path: &str,
     pool: PoolContext<'_>,
 ) -> Result<TemplateSettings, Vec<FieldError>> {
-    let _ = (&value, path, pool);
-    let runners_per_instance = pool.runners_per_instance;
-    match *backend {
-        #[cfg(feature = "backend-local-process")]
-        BackendSettings::LocalProcess(_) => {
-            let t = typed(value, path, local_process::PoolTemplate::validate)?;
-            if t.credentials == local_process::CredentialsDelivery::Env && runners_per_instance > 1
-            {
-                return Err(vec![FieldError::new(
-                    join_key(path, "credentials"),
-                    format!(
-                        "\"env\" delivery hosts one runner per process, but the pool has \
-                         runners_per_instance: {runners_per_instance}; use \"file\" or set \
-                         runners_per_instance to 1"
-                    ),
-                )]);
-            }
-            Ok(TemplateSettings::LocalProcess(t))
-        }
-        #[cfg(feature = "backend-exec")]
-        BackendSettings::Exec(_) => {
-            typed(value, path, exec_backend::PoolTemplate::validate).map(TemplateSettings::Exec)
-        }
-        #[cfg(feature = "backend-kubernetes")]
-        BackendSettings::Kubernetes(_) => {
-            let t = typed(value, path, kubernetes::PoolTemplate::validate)?;
-            // The pool's own fields: its name and runners_per_instance, next to `template`.
-            let pool_path = path.strip_suffix(".template").unwrap_or(path);
-            kubernetes::validate_pool(pool.name, runners_per_instance)
-                .map_err(|errors| prefixed(pool_path, errors))?;
-            Ok(TemplateSettings::Kubernetes(Box::new(t)))
-        }
-        #[cfg(feature = "backend-aws-asg")]
-        BackendSettings::AwsAsg(_) => {
-            let t = typed(value, path, |t: &aws_asg::PoolTemplate| {
-                t.validate(pool.name)
-            })?;
-            one_runner_per_instance("aws-asg", path, runners_per_instance)?;
-            Ok(TemplateSettings::AwsAsg(t))
-        }
-        #[cfg(feature = "backend-aws-ec2")]
-        BackendSettings::AwsEc2(_) => {
-            let t = typed(value, path, |t: &aws_ec2::PoolTemplate| {
-                t.validate(pool.name)
-            })?;
-            one_runner_per_instance("aws-ec2", path, runners_per_instance)?;
-            Ok(TemplateSettings::AwsEc2(Box::new(t)))
-        }
-    }
-}
-
-/// Backends that host one runner per instance: an error at the pool's `runners_per_instance`
-/// (`path` is the pool's template) unless it is 1.
-#[cfg(any(feature = "backend-aws-asg", feature = "backend-aws-ec2"))]
-fn one_runner_per_instance(
-    kind: &str,
-    path: &str,
-    runners_per_instance: u32,
-) -> Result<(), Vec<FieldError>> {
-    if runners_per_instance == 1 {
-        return Ok(());
-    }
-    let pool_path = path.strip_suffix(".template").unwrap_or(path);
-    Err(vec![FieldError::new(
-        join_key(pool_path, "runners_per_instance"),
-        format!(
-            "the {kind} backend runs one runner per instance; set 1, not {runners_per_instance}"
-        ),
-    )])
-}
-
-impl TemplateSettings {
-    /// Whether the instances name their runners themselves, so runners cannot be attributed
-    /// to instances (aws-asg's `runner_name: unknown`).
-    pub fn runners_unattributed(&self) -> bool {
-        match *self {
-            #[cfg(feature = "backend-aws-asg")]
-            TemplateSettings::AwsAsg(ref t) => t.runners_unattributed(),
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-
-    /// The backend's hash of the template (what decides how an instance is started).
-    pub fn backend_hash(&self) -> String {
-        match *self {
-            #[cfg(feature = "backend-local-process")]
-            TemplateSettings::LocalProcess(ref t) => t.template_hash(),
-            #[cfg(feature = "backend-exec")]
-            TemplateSettings::Exec(ref t) => t.template_hash(),
-            #[cfg(feature = "backend-kubernetes")]
-            TemplateSettings::Kubernetes(ref t) => t.template_hash(),
-            #[cfg(feature = "backend-aws-asg")]
-            TemplateSettings::AwsAsg(ref t) => t.hash(),
-            #[cfg(feature = "backend-aws-ec2")]
-            TemplateSettings::AwsEc2(ref t) => t.hash(),
-        }
-    }
-}
-
-/// The error for a selector or template of another type than its adapter's, which
-/// [`Config::validate`](super::Config::validate) rules out.
-#[allow(dead_code)]
-fn mismatch(pool: &PoolId, what: &str) -> runscale_core::Error {
-    runscale_core::Error::new(
-        "config.build",
-        runscale_core::ErrorKind::Misconfigured,
-        format!("pool {pool}: the {what} is not of the adapter's type"),
-    )
+    backend.adapter.parse_template(value, path, pool)
 }
 
 /// Builds a provider for the pools bound to it (in configuration order).
@@ -600,81 +634,7 @@ pub(crate) fn build_provider(
     settings: &ProviderSettings,
     selectors: Vec<(PoolId, SelectorSettings)>,
 ) -> runscale_core::Result<Arc<dyn Provider>> {
-    let _ = &selectors;
-    match *settings {
-        #[cfg(feature = "provider-exec")]
-        ProviderSettings::Exec(ref config) => {
-            let pools = selectors
-                .into_iter()
-                .map(|(pool, s)| match s {
-                    SelectorSettings::Exec(s) => Ok((pool, s)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "selector")),
-                })
-                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
-            Ok(Arc::new(exec::ExecProvider::new(config.clone(), pools)))
-        }
-        #[cfg(feature = "provider-github")]
-        ProviderSettings::Github(ref config) => {
-            let pools = selectors
-                .into_iter()
-                .map(|(pool, s)| match s {
-                    SelectorSettings::Github(s) => Ok((pool, s)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "selector")),
-                })
-                .collect::<runscale_core::Result<Vec<_>>>()?;
-            Ok(Arc::new(github::GithubProvider::new(
-                config.clone(),
-                pools,
-            )?))
-        }
-        #[cfg(feature = "provider-circleci")]
-        ProviderSettings::Circleci(ref config) => {
-            let pools = selectors
-                .into_iter()
-                .map(|(pool, s)| match s {
-                    SelectorSettings::Circleci(s) => Ok((pool, s)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "selector")),
-                })
-                .collect::<runscale_core::Result<Vec<_>>>()?;
-            Ok(Arc::new(circleci::CircleciProvider::new(
-                config.clone(),
-                pools,
-            )?))
-        }
-        #[cfg(feature = "provider-gitlab")]
-        ProviderSettings::Gitlab(ref config) => {
-            let pools = selectors
-                .into_iter()
-                .map(|(pool, s)| match s {
-                    SelectorSettings::Gitlab(s) => Ok((pool, s)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "selector")),
-                })
-                .collect::<runscale_core::Result<Vec<_>>>()?;
-            Ok(Arc::new(gitlab::GitlabProvider::new(
-                config.clone(),
-                pools,
-            )?))
-        }
-        #[cfg(feature = "provider-buildkite")]
-        ProviderSettings::Buildkite(ref config) => {
-            let pools = selectors
-                .into_iter()
-                .map(|(pool, s)| match s {
-                    SelectorSettings::Buildkite(s) => Ok((pool, s)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "selector")),
-                })
-                .collect::<runscale_core::Result<Vec<_>>>()?;
-            Ok(Arc::new(buildkite::BuildkiteProvider::new(
-                config.clone(),
-                pools,
-            )?))
-        }
-    }
+    settings.adapter.build(settings, selectors)
 }
 
 /// Builds a backend for the pools bound to it.
@@ -682,104 +642,12 @@ pub(crate) fn build_backend(
     settings: &BackendSettings,
     templates: Vec<(PoolId, TemplateSettings)>,
 ) -> runscale_core::Result<Arc<dyn Backend>> {
-    let _ = &templates;
-    match *settings {
-        #[cfg(feature = "backend-local-process")]
-        BackendSettings::LocalProcess(ref config) => {
-            let templates = templates
-                .into_iter()
-                .map(|(pool, t)| match t {
-                    TemplateSettings::LocalProcess(t) => Ok((pool, t)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "template")),
-                })
-                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
-            let backend = local_process::LocalProcess::new(config.clone(), templates)?;
-            Ok(Arc::new(backend))
-        }
-        #[cfg(feature = "backend-exec")]
-        BackendSettings::Exec(ref config) => {
-            let templates = templates
-                .into_iter()
-                .map(|(pool, t)| match t {
-                    TemplateSettings::Exec(t) => Ok((pool, t)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "template")),
-                })
-                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
-            let backend = exec_backend::ExecBackend::new(config.clone(), templates)?;
-            Ok(Arc::new(backend))
-        }
-        #[cfg(feature = "backend-kubernetes")]
-        BackendSettings::Kubernetes(ref config) => {
-            let templates = templates
-                .into_iter()
-                .map(|(pool, t)| match t {
-                    TemplateSettings::Kubernetes(t) => Ok((pool, *t)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "template")),
-                })
-                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
-            let backend = kubernetes::Kubernetes::new(config.clone(), templates)?;
-            Ok(Arc::new(backend))
-        }
-        #[cfg(feature = "backend-aws-asg")]
-        BackendSettings::AwsAsg(ref config) => {
-            let templates = templates
-                .into_iter()
-                .map(|(pool, t)| match t {
-                    TemplateSettings::AwsAsg(t) => Ok((pool, t)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "template")),
-                })
-                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
-            // The SDK loads its credential chain and region asynchronously: built on first use.
-            let config = config.clone();
-            Ok(Arc::new(super::deferred::Deferred::new(
-                "aws-asg",
-                move || {
-                    let (config, templates) = (config.clone(), templates.clone());
-                    async move {
-                        let backend = aws_asg::AwsAsg::connect(config, templates).await?;
-                        Ok(Arc::new(backend) as Arc<dyn Backend>)
-                    }
-                },
-            )))
-        }
-        #[cfg(feature = "backend-aws-ec2")]
-        BackendSettings::AwsEc2(ref config) => {
-            let templates = templates
-                .into_iter()
-                .map(|(pool, t)| match t {
-                    TemplateSettings::AwsEc2(t) => Ok((pool, *t)),
-                    #[allow(unreachable_patterns)]
-                    _ => Err(mismatch(&pool, "template")),
-                })
-                .collect::<runscale_core::Result<HashMap<_, _>>>()?;
-            // The SDK loads its credential chain and region asynchronously: built on first use.
-            let config = config.clone();
-            Ok(Arc::new(super::deferred::Deferred::new(
-                "aws-ec2",
-                move || {
-                    let (config, templates) = (config.clone(), templates.clone());
-                    async move {
-                        let backend = aws_ec2::AwsEc2::connect(config, templates).await?;
-                        Ok(Arc::new(backend) as Arc<dyn Backend>)
-                    }
-                },
-            )))
-        }
-    }
+    settings.adapter.build(settings, templates)
 }
 
-/// The schema of one `providers`/`backends` entry of type `name` with settings `T`: the
-/// settings' own schema plus the `name` and `type` keys.
-fn entry_schema<T: schemars::JsonSchema>(
-    generator: &mut SchemaGenerator,
-    role: &str,
-    name: &str,
-) -> Schema {
-    let mut schema = T::json_schema(generator);
+/// The schema of one `providers`/`backends` entry of type `name` with settings of `schema`:
+/// the settings' own schema plus the `name` and `type` keys.
+fn entry_schema(mut schema: Schema, role: &str, name: &str) -> Schema {
     let name_schema = json_schema!({
         "type": "string",
         "description": format!("Unique name of this {role}; pools refer to it."),
@@ -825,32 +693,17 @@ fn list_of(item: Schema) -> Schema {
 }
 
 /// JSON Schema of `providers`.
-#[allow(clippy::vec_init_then_push)]
 pub(crate) fn providers_schema(generator: &mut SchemaGenerator) -> Schema {
-    // One push per type compiled in (so possibly none).
-    #[allow(unused_mut)]
-    let mut variants: Vec<Schema> = Vec::new();
-    #[cfg(feature = "provider-exec")]
-    variants.push(entry_schema::<exec::Config>(generator, "provider", "exec"));
-    #[cfg(feature = "provider-github")]
-    variants.push(entry_schema::<github::Config>(
-        generator, "provider", "github",
-    ));
-    #[cfg(feature = "provider-circleci")]
-    variants.push(entry_schema::<circleci::Config>(
-        generator, "provider", "circleci",
-    ));
-    #[cfg(feature = "provider-gitlab")]
-    variants.push(entry_schema::<gitlab::Config>(
-        generator, "provider", "gitlab",
-    ));
-    #[cfg(feature = "provider-buildkite")]
-    variants.push(entry_schema::<buildkite::Config>(
-        generator,
-        "provider",
-        "buildkite",
-    ));
-    let _ = &generator;
+    let variants = PROVIDERS
+        .iter()
+        .filter_map(|r| {
+            Some(entry_schema(
+                r.adapter?.settings_schema(generator),
+                "provider",
+                r.name,
+            ))
+        })
+        .collect();
     list_of(one_of(
         "A provider: `name`, `type` and that type's settings.",
         variants,
@@ -858,36 +711,17 @@ pub(crate) fn providers_schema(generator: &mut SchemaGenerator) -> Schema {
 }
 
 /// JSON Schema of `backends`.
-#[allow(clippy::vec_init_then_push)]
 pub(crate) fn backends_schema(generator: &mut SchemaGenerator) -> Schema {
-    // One push per type compiled in (so possibly none).
-    #[allow(unused_mut)]
-    let mut variants: Vec<Schema> = Vec::new();
-    #[cfg(feature = "backend-local-process")]
-    variants.push(entry_schema::<local_process::Config>(
-        generator,
-        "backend",
-        "local-process",
-    ));
-    #[cfg(feature = "backend-exec")]
-    variants.push(entry_schema::<exec_backend::Config>(
-        generator, "backend", "exec",
-    ));
-    #[cfg(feature = "backend-kubernetes")]
-    variants.push(entry_schema::<kubernetes::Config>(
-        generator,
-        "backend",
-        "kubernetes",
-    ));
-    #[cfg(feature = "backend-aws-asg")]
-    variants.push(entry_schema::<aws_asg::Config>(
-        generator, "backend", "aws-asg",
-    ));
-    #[cfg(feature = "backend-aws-ec2")]
-    variants.push(entry_schema::<aws_ec2::Config>(
-        generator, "backend", "aws-ec2",
-    ));
-    let _ = &generator;
+    let variants = BACKENDS
+        .iter()
+        .filter_map(|r| {
+            Some(entry_schema(
+                r.adapter?.settings_schema(generator),
+                "backend",
+                r.name,
+            ))
+        })
+        .collect();
     list_of(one_of(
         "A backend: `name`, `type` and that type's settings.",
         variants,
@@ -895,28 +729,11 @@ pub(crate) fn backends_schema(generator: &mut SchemaGenerator) -> Schema {
 }
 
 /// JSON Schema of a pool's `selector`.
-#[allow(clippy::vec_init_then_push)]
 pub(crate) fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
-    // One push per type compiled in (so possibly none).
-    #[allow(unused_mut)]
-    let mut variants: Vec<Schema> = Vec::new();
-    #[cfg(feature = "provider-exec")]
-    variants.push(<exec::PoolSelector as schemars::JsonSchema>::json_schema(
-        generator,
-    ));
-    #[cfg(feature = "provider-github")]
-    variants.push(<github::PoolSelector as schemars::JsonSchema>::json_schema(
-        generator,
-    ));
-    #[cfg(feature = "provider-circleci")]
-    variants.push(<circleci::PoolSelector as schemars::JsonSchema>::json_schema(generator));
-    #[cfg(feature = "provider-gitlab")]
-    variants.push(<gitlab::PoolSelector as schemars::JsonSchema>::json_schema(
-        generator,
-    ));
-    #[cfg(feature = "provider-buildkite")]
-    variants.push(<buildkite::PoolSelector as schemars::JsonSchema>::json_schema(generator));
-    let _ = &generator;
+    let variants = PROVIDERS
+        .iter()
+        .filter_map(|r| Some(r.adapter?.selector_schema(generator)))
+        .collect();
     any_of(
         "Which jobs the pool serves; the shape is that of the pool's provider type.",
         variants,
@@ -924,22 +741,11 @@ pub(crate) fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
 }
 
 /// JSON Schema of a pool's `template`.
-#[allow(clippy::vec_init_then_push)]
 pub(crate) fn template_schema(generator: &mut SchemaGenerator) -> Schema {
-    // One push per type compiled in (so possibly none).
-    #[allow(unused_mut)]
-    let mut variants: Vec<Schema> = Vec::new();
-    #[cfg(feature = "backend-local-process")]
-    variants.push(<local_process::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
-    #[cfg(feature = "backend-exec")]
-    variants.push(<exec_backend::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
-    #[cfg(feature = "backend-kubernetes")]
-    variants.push(<kubernetes::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
-    #[cfg(feature = "backend-aws-asg")]
-    variants.push(<aws_asg::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
-    #[cfg(feature = "backend-aws-ec2")]
-    variants.push(<aws_ec2::PoolTemplate as schemars::JsonSchema>::json_schema(generator));
-    let _ = &generator;
+    let variants = BACKENDS
+        .iter()
+        .filter_map(|r| Some(r.adapter?.template_schema(generator)))
+        .collect();
     any_of(
         "How one instance is started; the shape is that of the pool's backend type.",
         variants,

@@ -5,15 +5,6 @@
 //! On success the result is a [`Validated`] configuration: adapter settings, selectors and
 //! templates parsed into their types, and one [`PoolSpec`] per pool.
 
-// A build without any provider type or without any backend type has empty enums here, so
-// code handling their values is unreachable and some helpers unused: that is expected.
-#![cfg_attr(
-    not(all(
-        any(feature = "provider-exec", feature = "provider-github"),
-        feature = "backend-local-process"
-    )),
-    allow(unused, unreachable_code, unreachable_patterns)
-)]
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -433,7 +424,7 @@ fn check_pool(
         field("backend"),
         errors,
     );
-    let context = registry::PoolContext {
+    let context = runscale_core::PoolContext {
         name: &pool.name,
         runners_per_instance: pool.runners_per_instance,
         ephemeral: pool.ephemeral,
@@ -463,7 +454,7 @@ fn check_pool(
     // only a provider whose registration creates nothing in the CI system can serve them.
     if let (Some(t), Some((_, p))) = (&template, provider)
         && t.runners_unattributed()
-        && p.settings.kind() != "circleci"
+        && !p.settings.serves_unattributed_runners()
     {
         errors.push(FieldError::new(
             join_key(&field("template"), "runner_name"),

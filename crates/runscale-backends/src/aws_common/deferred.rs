@@ -1,8 +1,8 @@
 //! A backend whose construction needs the async runtime (an AWS SDK configuration loads its
 //! credential chain and region asynchronously), built on first use.
 //!
-//! [`config::build`](super::build) is synchronous and makes no network call; a [`Deferred`]
-//! keeps that promise for such backends: the real backend is built by the first call that
+//! Building a backend (`BackendType::build`) is synchronous and makes no network call; a
+//! [`Deferred`] keeps that promise for such backends: the real backend is built by the first call that
 //! needs it (a listing, a launch, `probe`), and a failed build is an error of that call, tried
 //! again by the next one. Subscribers registered before the build are handed over to it.
 

@@ -1,0 +1,48 @@
+//! The `aws-ec2` backend type, as the configuration sees it.
+
+use std::sync::Arc;
+
+use runscale_core::adapter_type::{BackendType, PoolContext, Problems, one_runner_per_instance};
+use runscale_core::{Backend, PoolId};
+
+use super::{AwsEc2, Config, PoolTemplate};
+use crate::aws_common::Deferred;
+
+/// The `aws-ec2` backend type.
+pub struct AwsEc2Type;
+
+impl BackendType for AwsEc2Type {
+    type Config = Config;
+    type Template = PoolTemplate;
+
+    fn validate_config(config: &Config) -> Problems {
+        config.validate()
+    }
+
+    fn validate_template(template: &PoolTemplate, pool: PoolContext<'_>) -> Problems {
+        template.validate(pool.name)
+    }
+
+    fn fit_pool(pool: PoolContext<'_>) -> Problems {
+        one_runner_per_instance("aws-ec2", pool)
+    }
+
+    fn template_hash(template: &PoolTemplate) -> String {
+        template.hash()
+    }
+
+    /// The SDK loads its credential chain and region asynchronously: connected on first use.
+    fn build(
+        config: &Config,
+        templates: Vec<(PoolId, PoolTemplate)>,
+    ) -> runscale_core::Result<Arc<dyn Backend>> {
+        let (config, templates) = (config.clone(), templates.into_iter().collect());
+        Ok(Arc::new(Deferred::new("aws-ec2", move || {
+            let (config, templates) = (config.clone(), Clone::clone(&templates));
+            async move {
+                let backend = AwsEc2::connect(config, templates).await?;
+                Ok(Arc::new(backend) as Arc<dyn Backend>)
+            }
+        })))
+    }
+}

@@ -1,0 +1,36 @@
+//! The `exec` backend type, as the configuration sees it.
+
+use std::sync::Arc;
+
+use runscale_core::adapter_type::{BackendType, PoolContext, Problems};
+use runscale_core::{Backend, PoolId};
+
+use super::{Config, ExecBackend, PoolTemplate};
+
+/// The `exec` backend type.
+pub struct ExecType;
+
+impl BackendType for ExecType {
+    type Config = Config;
+    type Template = PoolTemplate;
+
+    fn validate_config(config: &Config) -> Problems {
+        config.validate()
+    }
+
+    fn validate_template(template: &PoolTemplate, _: PoolContext<'_>) -> Problems {
+        template.validate()
+    }
+
+    fn template_hash(template: &PoolTemplate) -> String {
+        template.template_hash()
+    }
+
+    fn build(
+        config: &Config,
+        templates: Vec<(PoolId, PoolTemplate)>,
+    ) -> runscale_core::Result<Arc<dyn Backend>> {
+        let backend = ExecBackend::new(config.clone(), templates.into_iter().collect())?;
+        Ok(Arc::new(backend))
+    }
+}

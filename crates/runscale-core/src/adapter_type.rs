@@ -1,0 +1,140 @@
+//! What a provider or backend *type* tells the configuration: its settings, its pools'
+//! selector or template, how they are validated, and how the adapter is built.
+//!
+//! Each adapter implements [`ProviderType`] or [`BackendType`] in its own module; the `runscale`
+//! binary registers it with one line (its `type` name, its cargo feature and this
+//! implementation) and handles every type alike: it parses the YAML into these types (errors
+//! name the field), prefixes the paths of the [`Problems`] returned here, generates the JSON
+//! Schema, and builds one adapter per configured provider or backend for the pools bound to it.
+//!
+//! Validation is pure: it reads no file and reaches no network (secrets are read when the
+//! adapter is built, the CI system is reached by `probe`).
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use crate::adapter::{Backend, Provider};
+use crate::model::PoolId;
+
+/// Problems found by a validation: `(field, message)`, the field relative to what was
+/// validated (`"labels[0]"`, `"credentials"`, or `""` for the value itself).
+pub type Problems = Result<(), Vec<(String, String)>>;
+
+/// What a selector or template may depend on besides itself: the pool's own settings.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolContext<'a> {
+    /// The pool's name.
+    pub name: &'a str,
+    /// The pool's `runners_per_instance`.
+    pub runners_per_instance: u32,
+    /// The pool's `ephemeral`.
+    pub ephemeral: bool,
+}
+
+/// Bounds of a type's configuration values: parsed from YAML, described by a JSON Schema,
+/// kept by the validated configuration.
+pub trait Settings: DeserializeOwned + JsonSchema + Clone + Debug + Send + Sync + 'static {}
+
+impl<T: DeserializeOwned + JsonSchema + Clone + Debug + Send + Sync + 'static> Settings for T {}
+
+/// A CI system's adapter type (`providers[].type`).
+pub trait ProviderType: 'static {
+    /// The settings of one `providers` entry (besides `name` and `type`).
+    type Config: Settings;
+    /// A pool's `selector`: which jobs it serves.
+    type Selector: Settings;
+
+    /// Checks a provider's settings.
+    fn validate_config(config: &Self::Config) -> Problems;
+
+    /// Checks a pool's selector (fields relative to the selector).
+    fn validate_selector(selector: &Self::Selector) -> Problems;
+
+    /// Checks the pool's own fields against the selector and its provider (fields relative to
+    /// the pool, e.g. `"runners_per_instance"`), and completes the selector from them. Nothing
+    /// to check by default.
+    fn fit_pool(
+        config: &Self::Config,
+        selector: &mut Self::Selector,
+        pool: PoolContext<'_>,
+    ) -> Problems {
+        let _ = (config, selector, pool);
+        Ok(())
+    }
+
+    /// The labels the selector matches jobs by (the simulator routes trace jobs by them).
+    fn labels(selector: &Self::Selector) -> Vec<String>;
+
+    /// Whether registering a runner creates nothing in the CI system, so runners the instances
+    /// name themselves (a template whose runners cannot be attributed) can be served: nothing
+    /// is ever registered or removed one by one. `false` by default.
+    fn serves_unattributed_runners() -> bool {
+        false
+    }
+
+    /// Builds the provider of one `providers` entry for the pools bound to it, in
+    /// configuration order. Reads secrets; makes no network call.
+    fn build(
+        config: &Self::Config,
+        pools: Vec<(PoolId, Self::Selector)>,
+    ) -> crate::Result<Arc<dyn Provider>>;
+}
+
+/// A runner machines' adapter type (`backends[].type`).
+pub trait BackendType: 'static {
+    /// The settings of one `backends` entry (besides `name` and `type`).
+    type Config: Settings;
+    /// A pool's `template`: how one instance is started.
+    type Template: Settings;
+
+    /// Checks a backend's settings.
+    fn validate_config(config: &Self::Config) -> Problems;
+
+    /// Checks a pool's template (fields relative to the template); it may depend on the
+    /// pool's own settings.
+    fn validate_template(template: &Self::Template, pool: PoolContext<'_>) -> Problems;
+
+    /// Checks the pool's own fields against this backend (fields relative to the pool, e.g.
+    /// `"runners_per_instance"`). Nothing to check by default.
+    fn fit_pool(pool: PoolContext<'_>) -> Problems {
+        let _ = pool;
+        Ok(())
+    }
+
+    /// The backend's hash of a template: what decides how an instance is started (an
+    /// instance of another hash is replaced).
+    fn template_hash(template: &Self::Template) -> String;
+
+    /// Whether the instances name their runners themselves, so runners cannot be attributed
+    /// to instances (the policy then plans from counts). `false` by default.
+    fn runners_unattributed(template: &Self::Template) -> bool {
+        let _ = template;
+        false
+    }
+
+    /// Builds the backend of one `backends` entry for the pools bound to it. May touch the
+    /// local world (a state directory); makes no network call (an SDK that must, connects on
+    /// first use).
+    fn build(
+        config: &Self::Config,
+        templates: Vec<(PoolId, Self::Template)>,
+    ) -> crate::Result<Arc<dyn Backend>>;
+}
+
+/// The error for one backend's `runners_per_instance` when its instances host one runner
+/// each: `Ok` when it is 1.
+pub fn one_runner_per_instance(kind: &str, pool: PoolContext<'_>) -> Problems {
+    if pool.runners_per_instance == 1 {
+        return Ok(());
+    }
+    Err(vec![(
+        "runners_per_instance".to_owned(),
+        format!(
+            "the {kind} backend runs one runner per instance; set 1, not {}",
+            pool.runners_per_instance
+        ),
+    )])
+}
