@@ -138,3 +138,19 @@ pub fn one_runner_per_instance(kind: &str, pool: PoolContext<'_>) -> Problems {
         ),
     )])
 }
+
+/// The longest an adapter's duration setting (a timeout, a grace period, a refresh interval)
+/// may be: a day. Longer is a mistake (`"18446744073709551615s"`), and some arithmetic on
+/// instants would overflow.
+pub const MAX_SETTING_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The problems of the `(field, value)` durations longer than [`MAX_SETTING_DURATION`].
+pub fn at_most_a_day<'a>(
+    fields: impl IntoIterator<Item = (&'a str, Option<std::time::Duration>)>,
+) -> Vec<(String, String)> {
+    fields
+        .into_iter()
+        .filter(|(_, value)| value.is_some_and(|v| v > MAX_SETTING_DURATION))
+        .map(|(field, _)| (field.to_owned(), "must be at most 24h".to_owned()))
+        .collect()
+}

@@ -291,7 +291,7 @@ pub(crate) fn spawn_arrivals<T: Send + 'static>(
 
 /// `bytes` as lower-case hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// A UUID-shaped string from 32 hex digits.

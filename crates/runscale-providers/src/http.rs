@@ -364,12 +364,7 @@ impl Setup {
 /// The 32 bytes of a SHA-256 MAC written as 64 hex digits (webhook signatures).
 #[cfg(any(feature = "buildkite", feature = "circleci"))]
 pub(crate) fn decode_sha256_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    (0..32)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
+    hex::decode(s).ok().filter(|tag| tag.len() == 32)
 }
 
 #[cfg(test)]

@@ -536,9 +536,8 @@ pub(crate) fn github_provider_yaml(
 }
 
 pub(crate) fn random_secret(rng: &mut impl rand::Rng) -> String {
-    (0..32)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect()
+    let bytes: [u8; 32] = rng.random();
+    hex::encode(bytes)
 }
 
 pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

@@ -695,3 +695,32 @@ fn durations_and_counts_have_upper_bounds() {
     // The limits themselves are accepted.
     load(&yaml("    boot_timeout: 24h\n    idle_timeout: 7days\n")).expect("at the limits");
 }
+
+#[test]
+fn adapter_durations_have_an_upper_bound() {
+    // Every adapter's timeouts, grace periods and refresh intervals: at most a day.
+    let text = yaml("")
+        .replace(
+            "    repositories: [app]\n",
+            "    repositories: [app]\n    request_timeout: 18446744073709551615s\n",
+        )
+        .replace(
+            "    state_dir: /tmp/runscale-config-test\n",
+            "    state_dir: /tmp/runscale-config-test\n    stop_grace: 25h\n",
+        );
+    let errors = errors_of(&text);
+    for path in ["providers[0].request_timeout", "backends[0].stop_grace"] {
+        let e = error_at(&errors, path);
+        assert!(e.message.contains("at most 24h"), "{path}: {e}");
+    }
+    let text = yaml("")
+        .replace(
+            "    repositories: [app]\n",
+            "    repositories: [app]\n    request_timeout: 24h\n",
+        )
+        .replace(
+            "    state_dir: /tmp/runscale-config-test\n",
+            "    state_dir: /tmp/runscale-config-test\n    stop_grace: 1day\n",
+        );
+    load(&text).expect("at the limit");
+}

@@ -79,6 +79,10 @@ impl Config {
             &self.ssm_prefix,
             self.max_attempts,
         );
+        errors.extend(runscale_core::adapter_type::at_most_a_day([
+            ("claim_timeout", Some(self.claim_timeout)),
+            ("poll_interval", Some(self.poll_interval)),
+        ]));
         if self.claim_timeout < Duration::from_secs(1) {
             errors.push(("claim_timeout".to_owned(), "must be at least 1s".to_owned()));
         }
@@ -271,7 +275,7 @@ impl PoolTemplate {
         };
         let json = serde_json::to_vec(&started).unwrap_or_default();
         let digest = Sha256::digest(&json);
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        hex::encode(&digest[..8])
     }
 }
 

@@ -93,8 +93,7 @@ fn state_of(name: &str) -> Option<InstanceState> {
 /// A client token (at most 64 characters, stable for one runner and market).
 fn client_token(owner: &str, pool: &str, runner: &str, market: &str) -> String {
     let digest = Sha256::digest(format!("{owner}\n{pool}\n{runner}").as_bytes());
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("rs-{hex}-{market}")
+    format!("rs-{}-{market}", hex::encode(&digest[..16]))
 }
 
 impl AwsEc2 {

@@ -93,6 +93,10 @@ impl Config {
     /// this struct) and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([(
+            "orphan_grace",
+            Some(self.orphan_grace),
+        )]));
         if !tag_value_ok(&self.owner) {
             errors.push((
                 "owner".to_owned(),
@@ -299,7 +303,7 @@ impl PoolTemplate {
     pub fn hash(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
         let digest = Sha256::digest(&json);
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        hex::encode(&digest[..8])
     }
 }
 

@@ -160,6 +160,13 @@ impl Config {
     /// to this struct, e.g. `command[0]`, `env.FOO`, `timeouts.list`) and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([
+            ("listing_grace", Some(self.listing_grace)),
+            ("timeouts.create", Some(self.timeouts.create)),
+            ("timeouts.delete", Some(self.timeouts.delete)),
+            ("timeouts.list", Some(self.timeouts.list)),
+            ("timeouts.probe", Some(self.timeouts.probe)),
+        ]));
         let mut bad = |field: String, message: &str| errors.push((field, message.to_owned()));
         match self.command.first() {
             None => bad("command".into(), "must name a program (the list is empty)"),
@@ -256,7 +263,7 @@ impl PoolTemplate {
         let mut canonical = String::from("runscale/exec/template/v1\n");
         write_canonical(&Value::Object(self.params.clone()), &mut canonical);
         let digest = Sha256::digest(canonical.as_bytes());
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        hex::encode(&digest[..8])
     }
 }
 

@@ -96,6 +96,11 @@ impl Config {
     /// field (relative to this struct) and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([
+            ("grace_period", Some(self.grace_period)),
+            ("resync_period", Some(self.resync_period)),
+            ("template_refresh", Some(self.template_refresh)),
+        ]));
         if let Some(path) = &self.kubeconfig
             && path.as_os_str().is_empty()
         {
@@ -567,13 +572,7 @@ pub(crate) fn canonical_json(value: &serde_json::Value) -> String {
 
 /// The first 16 hex digits of a digest.
 pub(crate) fn hex16(digest: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(16);
-    for b in digest.iter().take(8) {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    out
+    hex::encode(&digest[..digest.len().min(8)])
 }
 
 /// Why `s` is not a DNS-1123 label (namespace, container name), if it is not.

@@ -40,6 +40,10 @@ impl Config {
     /// to this struct) and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([(
+            "stop_grace",
+            Some(self.stop_grace),
+        )]));
         if self.state_dir.as_os_str().is_empty() {
             errors.push(("state_dir".to_owned(), "must not be empty".to_owned()));
         }

@@ -62,8 +62,7 @@ fn with_rate(resp: impl IntoResponse, info: RateInfo) -> Response {
 
 fn etag_of(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
-    let hex: String = digest[..20].iter().map(|b| format!("{b:02x}")).collect();
-    format!("W/\"{hex}\"")
+    format!("W/\"{}\"", hex::encode(&digest[..20]))
 }
 
 fn etag_matches(if_none_match: &str, etag: &str) -> bool {

@@ -329,10 +329,6 @@ pub(crate) enum RunnerApiError {
     NotAssigned,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The label matching of GitHub: every job label is on the runner, case-insensitively.
 pub(crate) fn labels_match(job_labels: &[String], runner: &RunnerRec) -> bool {
     job_labels.iter().all(|l| runner.has_label(l))
@@ -1041,7 +1037,7 @@ impl State {
         let number = self.run_numbers.entry((owner, repo)).or_insert(0);
         *number += 1;
         let run_number = *number;
-        let head_sha = hex(&Sha256::digest(run_id.to_be_bytes())[..20]);
+        let head_sha = hex::encode(&Sha256::digest(run_id.to_be_bytes())[..20]);
         let mut refs = Vec::with_capacity(jobs.len());
         for spec in &jobs {
             let job_id = self.next_job;
@@ -1219,7 +1215,7 @@ impl State {
 
     fn new_delivery_id(&mut self) -> String {
         let b: [u8; 16] = self.id_rng.random();
-        let h = hex(&b);
+        let h = hex::encode(b);
         format!(
             "{}-{}-4{}-a{}-{}",
             &h[0..8],

@@ -27,8 +27,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     };
     mac.update(body);
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", hex::encode(digest))
 }
 
 /// Whether `header` is the valid `X-Hub-Signature-256` of `body` under `secret`, compared

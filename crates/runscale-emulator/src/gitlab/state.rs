@@ -415,9 +415,8 @@ impl State {
 
     /// Random lower-case hex.
     pub(crate) fn hex(&mut self, bytes: usize) -> String {
-        (0..bytes)
-            .map(|_| format!("{:02x}", self.rng.random::<u8>()))
-            .collect()
+        let random: Vec<u8> = (0..bytes).map(|_| self.rng.random()).collect();
+        hex::encode(random)
     }
 
     /// A random UUID-shaped string.

@@ -192,13 +192,7 @@ pub(crate) fn stack_key(prefix: &str, queue: &str) -> String {
         .take(room)
         .collect();
     let digest = Sha256::digest(queue.as_bytes());
-    let hash: String = digest
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .chars()
-        .take(STACK_HASH_HEX)
-        .collect();
+    let hash: String = hex::encode(digest).chars().take(STACK_HASH_HEX).collect();
     format!("{prefix}-{cleaned}-{hash}")
 }
 
@@ -214,6 +208,12 @@ impl Config {
     /// field and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([
+            ("stop_wait", Some(self.stop_wait)),
+            ("reservation_expiry", Some(self.reservation_expiry)),
+            ("request_timeout", Some(self.request_timeout)),
+            ("connect_timeout", Some(self.connect_timeout)),
+        ]));
         if !valid_tag_part(&self.org) || self.org.contains('/') {
             push(
                 &mut errors,
@@ -266,6 +266,10 @@ impl PoolSelector {
     /// Checks the selector without reading secrets. Errors name the field.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([(
+            "disconnect_after_idle_timeout",
+            self.disconnect_after_idle_timeout,
+        )]));
         if !valid_tag_part(&self.queue) {
             push(
                 &mut errors,

@@ -199,6 +199,11 @@ impl Config {
     /// field and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([
+            ("disconnect_grace", Some(self.disconnect_grace)),
+            ("request_timeout", Some(self.request_timeout)),
+            ("connect_timeout", Some(self.connect_timeout)),
+        ]));
         match reqwest::Url::parse(&self.api_url) {
             Err(e) => push(&mut errors, "api_url", format!("not a URL: {e}")),
             Ok(u) if !matches!(u.scheme(), "http" | "https") => {
@@ -234,6 +239,10 @@ impl PoolSelector {
     /// Checks the selector without reading secrets. Errors name the field.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([(
+            "runner_idle_timeout",
+            self.runner_idle_timeout,
+        )]));
         if !valid_resource_class(&self.resource_class) {
             push(
                 &mut errors,

@@ -131,6 +131,10 @@ impl Config {
     /// the provider, e.g. `observe`, `env.FOO`) and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([(
+            "timeout",
+            Some(self.timeout),
+        )]));
         argv_problems("observe", &self.observe, &mut errors);
         argv_problems("register", &self.register, &mut errors);
         argv_problems("remove", &self.remove, &mut errors);

@@ -36,18 +36,13 @@ pub(super) fn from_json<T: DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("a configuration of the harness")
 }
 
-/// Lower-case hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// HMAC-SHA256 under [`SECRET`] of the concatenated `parts`, in hex.
 fn mac_hex(parts: &[&[u8]]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
     for p in parts {
         mac.update(p);
     }
-    hex(&mac.finalize().into_bytes())
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Replaces (or adds) a header.

@@ -359,6 +359,11 @@ impl Config {
     /// field (relative to this struct, e.g. `auth.app.client_id`) and say what is wrong.
     pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
         let mut errors: Vec<(String, String)> = Vec::new();
+        errors.extend(runscale_core::adapter_type::at_most_a_day([
+            ("installation_refresh", Some(self.installation_refresh)),
+            ("request_timeout", Some(self.request_timeout)),
+            ("connect_timeout", Some(self.connect_timeout)),
+        ]));
         let mut err = |field: &str, msg: String| errors.push((field.to_owned(), msg));
         if let Some(p) = url_problem(&self.api_url) {
             err("api_url", p);

@@ -50,19 +50,7 @@ pub(crate) fn verify_signature(
 
 /// 32 bytes from 64 hex digits (either case).
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 {
-        return None;
-    }
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
+    hex::decode(s).ok().filter(|tag| tag.len() == 32)
 }
 
 /// A bounded set of recently seen keys: the oldest is forgotten first.
@@ -359,8 +347,7 @@ mod tests {
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).expect("key");
         mac.update(body);
         let tag = mac.finalize().into_bytes();
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256={hex}")
+        format!("sha256={}", hex::encode(tag))
     }
 
     fn matcher() -> PoolMatcher {
