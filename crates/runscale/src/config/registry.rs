@@ -567,25 +567,40 @@ fn unknown_type(role: &str, types: &[TypeInfo], kind: &str, path: &str) -> Field
     FieldError::new(path, message)
 }
 
+/// The registered type named `kind` of a role (`"provider"`, `"backend"`), if this build has
+/// it; else the error at `path`'s `type` naming what is available (and the feature to enable).
+fn compiled<T: ?Sized>(
+    role: &str,
+    registry: &'static [Registered<T>],
+    kind: &str,
+    path: &str,
+) -> Result<(&'static str, &'static T), Vec<FieldError>> {
+    match registry.iter().find(|r| r.name == kind) {
+        Some(Registered {
+            name,
+            adapter: Some(adapter),
+            ..
+        }) => Ok((name, *adapter)),
+        _ => {
+            let types: Vec<TypeInfo> = registry.iter().map(Registered::info).collect();
+            Err(vec![unknown_type(
+                role,
+                &types,
+                kind,
+                &join_key(path, "type"),
+            )])
+        }
+    }
+}
+
 /// Parses and validates a provider's settings. `path` is the provider's (`providers[0]`).
 pub(crate) fn parse_provider(
     kind: &str,
     settings: Map<String, Value>,
     path: &str,
 ) -> Result<ProviderSettings, Vec<FieldError>> {
-    match PROVIDERS.iter().find(|r| r.name == kind) {
-        Some(Registered {
-            name,
-            adapter: Some(adapter),
-            ..
-        }) => adapter.parse(name, Value::Object(settings), path),
-        _ => Err(vec![unknown_type(
-            "provider",
-            &provider_types(),
-            kind,
-            &join_key(path, "type"),
-        )]),
-    }
+    let (name, adapter) = compiled("provider", PROVIDERS, kind, path)?;
+    adapter.parse(name, Value::Object(settings), path)
 }
 
 /// Parses and validates a backend's settings. `path` is the backend's (`backends[0]`).
@@ -594,19 +609,8 @@ pub(crate) fn parse_backend(
     settings: Map<String, Value>,
     path: &str,
 ) -> Result<BackendSettings, Vec<FieldError>> {
-    match BACKENDS.iter().find(|r| r.name == kind) {
-        Some(Registered {
-            name,
-            adapter: Some(adapter),
-            ..
-        }) => adapter.parse(name, Value::Object(settings), path),
-        _ => Err(vec![unknown_type(
-            "backend",
-            &backend_types(),
-            kind,
-            &join_key(path, "type"),
-        )]),
-    }
+    let (name, adapter) = compiled("backend", BACKENDS, kind, path)?;
+    adapter.parse(name, Value::Object(settings), path)
 }
 
 /// Parses and validates a pool's selector for its provider's type. `path` is the selector's.
@@ -692,18 +696,22 @@ fn list_of(item: Schema) -> Schema {
     json_schema!({ "type": "array", "items": item.to_value() })
 }
 
+/// One schema per type of `registry` that this build has, made by `schema(name, adapter)`.
+fn compiled_schemas<T: ?Sized>(
+    registry: &'static [Registered<T>],
+    mut schema: impl FnMut(&'static str, &'static T) -> Schema,
+) -> Vec<Schema> {
+    registry
+        .iter()
+        .filter_map(|r| Some(schema(r.name, r.adapter?)))
+        .collect()
+}
+
 /// JSON Schema of `providers`.
 pub(crate) fn providers_schema(generator: &mut SchemaGenerator) -> Schema {
-    let variants = PROVIDERS
-        .iter()
-        .filter_map(|r| {
-            Some(entry_schema(
-                r.adapter?.settings_schema(generator),
-                "provider",
-                r.name,
-            ))
-        })
-        .collect();
+    let variants = compiled_schemas(PROVIDERS, |name, adapter| {
+        entry_schema(adapter.settings_schema(generator), "provider", name)
+    });
     list_of(one_of(
         "A provider: `name`, `type` and that type's settings.",
         variants,
@@ -712,16 +720,9 @@ pub(crate) fn providers_schema(generator: &mut SchemaGenerator) -> Schema {
 
 /// JSON Schema of `backends`.
 pub(crate) fn backends_schema(generator: &mut SchemaGenerator) -> Schema {
-    let variants = BACKENDS
-        .iter()
-        .filter_map(|r| {
-            Some(entry_schema(
-                r.adapter?.settings_schema(generator),
-                "backend",
-                r.name,
-            ))
-        })
-        .collect();
+    let variants = compiled_schemas(BACKENDS, |name, adapter| {
+        entry_schema(adapter.settings_schema(generator), "backend", name)
+    });
     list_of(one_of(
         "A backend: `name`, `type` and that type's settings.",
         variants,
@@ -730,10 +731,7 @@ pub(crate) fn backends_schema(generator: &mut SchemaGenerator) -> Schema {
 
 /// JSON Schema of a pool's `selector`.
 pub(crate) fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
-    let variants = PROVIDERS
-        .iter()
-        .filter_map(|r| Some(r.adapter?.selector_schema(generator)))
-        .collect();
+    let variants = compiled_schemas(PROVIDERS, |_, adapter| adapter.selector_schema(generator));
     any_of(
         "Which jobs the pool serves; the shape is that of the pool's provider type.",
         variants,
@@ -742,10 +740,7 @@ pub(crate) fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
 
 /// JSON Schema of a pool's `template`.
 pub(crate) fn template_schema(generator: &mut SchemaGenerator) -> Schema {
-    let variants = BACKENDS
-        .iter()
-        .filter_map(|r| Some(r.adapter?.template_schema(generator)))
-        .collect();
+    let variants = compiled_schemas(BACKENDS, |_, adapter| adapter.template_schema(generator));
     any_of(
         "How one instance is started; the shape is that of the pool's backend type.",
         variants,
