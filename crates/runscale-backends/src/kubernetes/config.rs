@@ -122,9 +122,6 @@ impl Config {
         {
             errors.push(("namespace".to_owned(), problem));
         }
-        if self.grace_period > Duration::from_secs(24 * 3600) {
-            errors.push(("grace_period".to_owned(), "must be at most 24h".to_owned()));
-        }
         if self.resync_period < Duration::from_secs(10) {
             errors.push((
                 "resync_period".to_owned(),

@@ -229,8 +229,6 @@ impl Config {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([
             ("group_refresh", Some(self.group_refresh)),
-            ("membership_refresh", Some(self.membership_refresh)),
-            ("contact_timeout", Some(self.contact_timeout)),
             ("stale_runner_timeout", Some(self.stale_runner_timeout)),
             ("request_timeout", Some(self.request_timeout)),
             ("connect_timeout", Some(self.connect_timeout)),
