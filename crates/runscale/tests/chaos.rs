@@ -98,7 +98,8 @@ fn n(report: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in {report}"))
 }
 
-/// The safety numbers are 0, every job but the killed runner's is done, the faults happened.
+/// The safety numbers are 0, every job but the killed runner's is done (its own too, when it
+/// finished as the kill landed), the faults happened.
 fn assert_safe(report: &Value, ok: bool, jobs: u64, daemon_kills: usize) {
     for key in [
         "jobs_lost",
@@ -112,8 +113,12 @@ fn assert_safe(report: &Value, ok: bool, jobs: u64, daemon_kills: usize) {
     assert!(ok, "the exit status says the soak failed: {report:#}");
     assert_eq!(n(report, "jobs_total"), jobs);
     assert_eq!(report["runner_kills"].as_array().map(Vec::len), Some(1));
-    assert_eq!(n(report, "jobs_lost_injected"), 1, "{report:#}");
-    assert_eq!(n(report, "jobs_done"), jobs - 1);
+    // The killed runner's job is lost and reported as such, unless the job finished in the
+    // instant between the soak's read of the runner as busy and the SIGKILL (its completion
+    // already sent): then it is done, and nothing is lost at all.
+    let injected = n(report, "jobs_lost_injected");
+    assert!(injected <= 1, "{report:#}");
+    assert_eq!(n(report, "jobs_done") + injected, jobs, "{report:#}");
     assert_eq!(
         report["daemon_kills"].as_array().map(Vec::len),
         Some(daemon_kills)
