@@ -1,7 +1,9 @@
 //! What a provider or backend *type* tells the configuration: its settings, its pools'
 //! selector or template, how they are validated, and how the adapter is built.
 //!
-//! Each adapter implements [`ProviderType`] or [`BackendType`] in its own module; the `runscale`
+//! An adapter's settings and selector types check themselves ([`Validate`], [`Selector`]); a
+//! backend's template type implements [`Template`]. Each adapter implements [`ProviderType`] or
+//! [`BackendType`] in its own module, naming those types; the `runscale`
 //! binary registers it with one line (its `type` name, its cargo feature and this
 //! implementation) and handles every type alike: it parses the YAML into these types (errors
 //! name the field), prefixes the paths of the [`Problems`] returned here, generates the JSON
@@ -34,24 +36,58 @@ pub struct PoolContext<'a> {
     pub ephemeral: bool,
 }
 
+impl<'a> PoolContext<'a> {
+    /// A pool of one runner per instance: what a backend built without the configuration's
+    /// pools (a test, a tool) checks its templates against.
+    pub fn single(name: &'a str) -> Self {
+        Self {
+            name,
+            runners_per_instance: 1,
+            ephemeral: true,
+        }
+    }
+}
+
 /// Bounds of a type's configuration values: parsed from YAML, described by a JSON Schema,
 /// kept by the validated configuration.
 pub trait Settings: DeserializeOwned + JsonSchema + Clone + Debug + Send + Sync + 'static {}
 
 impl<T: DeserializeOwned + JsonSchema + Clone + Debug + Send + Sync + 'static> Settings for T {}
 
+/// A value that checks itself: an adapter's settings or a pool's selector.
+pub trait Validate {
+    /// The value's problems (fields relative to it).
+    fn validate(&self) -> Problems;
+}
+
+/// A pool's `selector`: which jobs it serves.
+pub trait Selector: Settings + Validate {
+    /// The labels the selector matches jobs by (the simulator routes trace jobs by them).
+    fn labels(&self) -> Vec<String>;
+}
+
+/// A pool's `template`: how one instance is started.
+pub trait Template: Settings {
+    /// Checks the template (fields relative to it); it may depend on the pool's own settings.
+    fn validate_for(&self, pool: PoolContext<'_>) -> Problems;
+
+    /// The backend's hash of the template: what decides how an instance is started (an
+    /// instance of another hash is replaced).
+    fn hash(&self) -> String;
+
+    /// Whether the instances name their runners themselves, so runners cannot be attributed
+    /// to instances (the policy then plans from counts). `false` by default.
+    fn runners_unattributed(&self) -> bool {
+        false
+    }
+}
+
 /// A CI system's adapter type (`providers[].type`).
 pub trait ProviderType: 'static {
     /// The settings of one `providers` entry (besides `name` and `type`).
-    type Config: Settings;
+    type Config: Settings + Validate;
     /// A pool's `selector`: which jobs it serves.
-    type Selector: Settings;
-
-    /// Checks a provider's settings.
-    fn validate_config(config: &Self::Config) -> Problems;
-
-    /// Checks a pool's selector (fields relative to the selector).
-    fn validate_selector(selector: &Self::Selector) -> Problems;
+    type Selector: Selector;
 
     /// Checks the pool's own fields against the selector and its provider (fields relative to
     /// the pool, e.g. `"runners_per_instance"`), and completes the selector from them. Nothing
@@ -64,9 +100,6 @@ pub trait ProviderType: 'static {
         let _ = (config, selector, pool);
         Ok(())
     }
-
-    /// The labels the selector matches jobs by (the simulator routes trace jobs by them).
-    fn labels(selector: &Self::Selector) -> Vec<String>;
 
     /// Whether registering a runner creates nothing in the CI system, so runners the instances
     /// name themselves (a template whose runners cannot be attributed) can be served: nothing
@@ -86,33 +119,15 @@ pub trait ProviderType: 'static {
 /// A runner machines' adapter type (`backends[].type`).
 pub trait BackendType: 'static {
     /// The settings of one `backends` entry (besides `name` and `type`).
-    type Config: Settings;
+    type Config: Settings + Validate;
     /// A pool's `template`: how one instance is started.
-    type Template: Settings;
-
-    /// Checks a backend's settings.
-    fn validate_config(config: &Self::Config) -> Problems;
-
-    /// Checks a pool's template (fields relative to the template); it may depend on the
-    /// pool's own settings.
-    fn validate_template(template: &Self::Template, pool: PoolContext<'_>) -> Problems;
+    type Template: Template;
 
     /// Checks the pool's own fields against this backend (fields relative to the pool, e.g.
     /// `"runners_per_instance"`). Nothing to check by default.
     fn fit_pool(pool: PoolContext<'_>) -> Problems {
         let _ = pool;
         Ok(())
-    }
-
-    /// The backend's hash of a template: what decides how an instance is started (an
-    /// instance of another hash is replaced).
-    fn template_hash(template: &Self::Template) -> String;
-
-    /// Whether the instances name their runners themselves, so runners cannot be attributed
-    /// to instances (the policy then plans from counts). `false` by default.
-    fn runners_unattributed(template: &Self::Template) -> bool {
-        let _ = template;
-        false
     }
 
     /// Builds the backend of one `backends` entry for the pools bound to it. May touch the

@@ -192,14 +192,12 @@ pub(crate) fn one_line(text: &str) -> String {
 /// The `message` string of a JSON error body, on one short printable line (empty without).
 #[cfg(any(feature = "buildkite", feature = "circleci"))]
 pub(crate) fn json_message(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        message: Option<String>,
-    }
-    let text = serde_json::from_slice::<Body>(body)
-        .ok()
-        .and_then(|b| b.message)
-        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = match (&v["message"], &v["error"]) {
+        (serde_json::Value::String(s), _) | (_, serde_json::Value::String(s)) => s.clone(),
+        (m, _) if !m.is_null() => m.to_string(),
+        _ => String::new(),
+    };
     one_line(&text)
 }
 
@@ -214,15 +212,11 @@ pub(crate) struct StatusMap {
 impl StatusMap {
     /// The error of a non-success answer: 401/403 `Misconfigured` (with the hint), 404
     /// `NotFound`, 429 `RateLimited` (with `retry_after`), 400 (and 422 where so mapped)
-    /// `Misconfigured`, 5xx `Transient`, anything else `Protocol`. `message` is the body's.
-    pub(crate) fn error(
-        &self,
-        op: &'static str,
-        what: &str,
-        status: StatusCode,
-        retry_after: Option<Duration>,
-        message: &str,
-    ) -> Error {
+    /// `Misconfigured`, 5xx `Transient`, anything else `Protocol`; the message is the body's
+    /// ([`json_message`]).
+    pub(crate) fn error(&self, op: &'static str, what: &str, answer: &Answer) -> Error {
+        let (status, retry_after) = (answer.status, answer.retry_after());
+        let message = json_message(&answer.body);
         let detail = if message.is_empty() {
             format!("{what}: HTTP {status}")
         } else {
@@ -247,6 +241,22 @@ impl StatusMap {
         };
         Error::new(op, kind, detail)
     }
+}
+
+/// A provider's pool `id` if `found`, else `NotFound` naming the CI `system`.
+pub(crate) fn bound_pool<'a, P>(
+    found: Option<&'a P>,
+    op: &'static str,
+    id: &PoolId,
+    system: &str,
+) -> Result<&'a P> {
+    found.ok_or_else(|| {
+        Error::new(
+            op,
+            ErrorKind::NotFound,
+            format!("pool {id} is not bound to this {system} provider"),
+        )
+    })
 }
 
 /// Decodes a JSON answer; a surprise is `Protocol`, saying what kind of error and where.

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use runscale_core::adapter_type::Validate as _;
 use runscale_core::secret::SecretRef;
 use runscale_core::testing::conformance;
 use runscale_core::{

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use runscale_core::adapter_type::Validate as _;
 use runscale_core::{
     ErrorKind, PoolId, Provider, ProviderView, Registration, RunnerId, RunnerState, naming,
 };

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use runscale_core::adapter_type::{Template as _, Validate as _};
 use runscale_core::{
     Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId,
     Registration, Result, Timestamp,

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use runscale_core::adapter_type::{PoolContext, Problems, Template, Validate};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -69,10 +70,10 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl Validate for Config {
     /// Checks the settings without touching the network. Errors name the field (relative to
     /// this struct) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = common_problems(
             self.region.as_deref(),
             self.endpoint_url.as_deref(),
@@ -206,18 +207,6 @@ impl PoolTemplate {
         }
     }
 
-    /// Whether runners cannot be attributed to instances (`runner_name: unknown`): the pool
-    /// is then planned from counts alone.
-    pub fn runners_unattributed(&self) -> bool {
-        self.runner_name == RunnerName::Unknown
-    }
-
-    /// Checks the template of `pool` without touching the network. Errors name the field
-    /// (relative to this struct) and say what is wrong.
-    pub fn validate(&self, pool: &str) -> Result<(), Vec<(String, String)>> {
-        self.selector(pool).map(|_| ())
-    }
-
     pub(crate) fn selector(&self, pool: &str) -> Result<GroupSelector, Vec<(String, String)>> {
         let mut errors: Vec<(String, String)> = pool_name_problem(pool).into_iter().collect();
         let chosen = usize::from(self.group.is_some())
@@ -263,11 +252,19 @@ impl PoolTemplate {
             },
         })
     }
+}
+
+impl Template for PoolTemplate {
+    /// Checks the template of `pool` without touching the network. Errors name the field
+    /// (relative to this struct) and say what is wrong.
+    fn validate_for(&self, pool: PoolContext<'_>) -> Problems {
+        self.selector(pool.name).map(|_| ())
+    }
 
     /// A short hash of the template (hex), for the pool's template hash. The launch template
     /// itself lives in AWS: a new launch template version is rolled out by the group's own
     /// instance refresh, not by runscale.
-    pub fn hash(&self) -> String {
+    fn hash(&self) -> String {
         // The group's size limits decide nothing about how an instance is started.
         let started = PoolTemplate {
             max_size: None,
@@ -277,11 +274,18 @@ impl PoolTemplate {
         let digest = Sha256::digest(&json);
         hex::encode(&digest[..8])
     }
+
+    /// Whether runners cannot be attributed to instances (`runner_name: unknown`): the pool
+    /// is then planned from counts alone.
+    fn runners_unattributed(&self) -> bool {
+        self.runner_name == RunnerName::Unknown
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runscale_core::adapter_type::PoolContext;
 
     #[test]
     fn defaults_are_valid() {
@@ -342,12 +346,17 @@ mod tests {
             ..unknown.clone()
         };
         assert_eq!(capped.hash(), unknown.hash(), "size limits replace nothing");
-        assert_eq!(capped.validate("p"), Ok(()));
+        assert_eq!(capped.validate_for(PoolContext::single("p")), Ok(()));
         let huge = PoolTemplate {
             max_size: Some(u32::MAX),
             ..unknown
         };
-        assert_eq!(huge.validate("p").expect_err("too big")[0].0, "max_size");
+        assert_eq!(
+            huge.validate_for(PoolContext::single("p"))
+                .expect_err("too big")[0]
+                .0,
+            "max_size"
+        );
     }
 
     #[test]
@@ -386,7 +395,9 @@ mod tests {
             pool_tag: true,
             ..PoolTemplate::group("g")
         };
-        let errs = both.validate("p").expect_err("two selectors");
+        let errs = both
+            .validate_for(PoolContext::single("p"))
+            .expect_err("two selectors");
         assert_eq!(errs[0].0, "group");
         let none = PoolTemplate {
             group: None,
@@ -395,8 +406,8 @@ mod tests {
             runner_name: RunnerName::Runscale,
             max_size: None,
         };
-        assert!(none.validate("p").is_err());
-        assert!(t.validate("bad/pool").is_err());
+        assert!(none.validate_for(PoolContext::single("p")).is_err());
+        assert!(t.validate_for(PoolContext::single("bad/pool")).is_err());
         assert_ne!(t.hash(), PoolTemplate::group("h").hash());
         assert_eq!(t.hash().len(), 16);
     }

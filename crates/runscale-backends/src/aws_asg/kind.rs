@@ -15,25 +15,8 @@ impl BackendType for AwsAsgType {
     type Config = Config;
     type Template = PoolTemplate;
 
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_template(template: &PoolTemplate, pool: PoolContext<'_>) -> Problems {
-        template.validate(pool.name)
-    }
-
     fn fit_pool(pool: PoolContext<'_>) -> Problems {
         one_runner_per_instance("aws-asg", pool)
-    }
-
-    fn template_hash(template: &PoolTemplate) -> String {
-        template.hash()
-    }
-
-    /// `runner_name: unknown`: the instances name their runners.
-    fn runners_unattributed(template: &PoolTemplate) -> bool {
-        template.runners_unattributed()
     }
 
     /// The SDK loads its credential chain and region asynchronously: connected on first use.

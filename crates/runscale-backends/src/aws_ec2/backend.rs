@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use runscale_core::adapter_type::{PoolContext, Template as _, Validate as _};
 use runscale_core::{
     Backend, BackendEvent, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest,
     PoolId, Result, Timestamp,
@@ -110,7 +111,7 @@ impl AwsEc2 {
             templates,
             sdk,
             |pool, template| {
-                template.validate(pool.as_str())?;
+                template.validate_for(PoolContext::single(pool.as_str()))?;
                 Ok(PoolState {
                     template,
                     act: tokio::sync::RwLock::new(()),

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use runscale_core::adapter_type::{PoolContext, Problems, Template, Validate};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -88,10 +89,12 @@ impl Config {
             max_attempts: default_max_attempts(),
         }
     }
+}
 
+impl Validate for Config {
     /// Checks the settings without touching the network. Errors name the field (relative to
     /// this struct) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([(
             "orphan_grace",
@@ -190,10 +193,39 @@ impl PoolTemplate {
         }
     }
 
+    /// The (instance type, subnet) overrides, in order of preference (types first).
+    pub(crate) fn overrides(&self) -> Vec<(Option<String>, Option<String>)> {
+        let types: Vec<Option<String>> = if self.instance_types.is_empty() {
+            vec![None]
+        } else {
+            self.instance_types.iter().cloned().map(Some).collect()
+        };
+        let subnets: Vec<Option<String>> = if self.subnets.is_empty() {
+            vec![None]
+        } else {
+            self.subnets.iter().cloned().map(Some).collect()
+        };
+        types
+            .iter()
+            .flat_map(|t| subnets.iter().map(move |s| (t.clone(), s.clone())))
+            .collect()
+    }
+
+    /// How the launch template is named in messages.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.launch_template_id, &self.launch_template_name) {
+            (Some(id), _) => format!("launch template {id} version {}", self.version),
+            (None, Some(n)) => format!("launch template {n} version {}", self.version),
+            (None, None) => "no launch template".to_owned(),
+        }
+    }
+}
+
+impl Template for PoolTemplate {
     /// Checks the template of `pool` without touching the network. Errors name the field
     /// (relative to this struct) and say what is wrong.
-    pub fn validate(&self, pool: &str) -> Result<(), Vec<(String, String)>> {
-        let mut errors: Vec<(String, String)> = pool_name_problem(pool).into_iter().collect();
+    fn validate_for(&self, pool: PoolContext<'_>) -> Problems {
+        let mut errors: Vec<(String, String)> = pool_name_problem(pool.name).into_iter().collect();
         match (&self.launch_template_id, &self.launch_template_name) {
             (Some(id), None) => {
                 if !(id.starts_with("lt-") && id.len() <= 64 && ascii_word(&id[3..])) {
@@ -272,35 +304,8 @@ impl PoolTemplate {
         }
     }
 
-    /// The (instance type, subnet) overrides, in order of preference (types first).
-    pub(crate) fn overrides(&self) -> Vec<(Option<String>, Option<String>)> {
-        let types: Vec<Option<String>> = if self.instance_types.is_empty() {
-            vec![None]
-        } else {
-            self.instance_types.iter().cloned().map(Some).collect()
-        };
-        let subnets: Vec<Option<String>> = if self.subnets.is_empty() {
-            vec![None]
-        } else {
-            self.subnets.iter().cloned().map(Some).collect()
-        };
-        types
-            .iter()
-            .flat_map(|t| subnets.iter().map(move |s| (t.clone(), s.clone())))
-            .collect()
-    }
-
-    /// How the launch template is named in messages.
-    pub(crate) fn describe(&self) -> String {
-        match (&self.launch_template_id, &self.launch_template_name) {
-            (Some(id), _) => format!("launch template {id} version {}", self.version),
-            (None, Some(n)) => format!("launch template {n} version {}", self.version),
-            (None, None) => "no launch template".to_owned(),
-        }
-    }
-
     /// A short hash of the template (hex), for the pool's template hash.
-    pub fn hash(&self) -> String {
+    fn hash(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
         let digest = Sha256::digest(&json);
         hex::encode(&digest[..8])
@@ -314,6 +319,7 @@ fn ascii_word(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runscale_core::adapter_type::PoolContext;
 
     #[test]
     fn defaults_are_valid_and_owner_is_required() {
@@ -355,7 +361,7 @@ mod tests {
             subnets: vec!["subnet-0a1".to_owned(), "subnet-0b2".to_owned()],
             ..PoolTemplate::named("runners")
         };
-        assert_eq!(t.validate("linux"), Ok(()));
+        assert_eq!(t.validate_for(PoolContext::single("linux")), Ok(()));
         let o = t.overrides();
         assert_eq!(o.len(), 4);
         assert_eq!(
@@ -369,7 +375,9 @@ mod tests {
             ..PoolTemplate::named("runners")
         };
         assert_eq!(
-            both.validate("p").expect_err("two")[0].0,
+            both.validate_for(PoolContext::single("p"))
+                .expect_err("two")[0]
+                .0,
             "launch_template_id"
         );
         let bad = PoolTemplate {
@@ -379,7 +387,7 @@ mod tests {
             ..PoolTemplate::named("runners")
         };
         let fields: Vec<String> = bad
-            .validate("bad/pool")
+            .validate_for(PoolContext::single("bad/pool"))
             .expect_err("invalid")
             .into_iter()
             .map(|(f, _)| f)

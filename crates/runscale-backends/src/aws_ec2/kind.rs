@@ -15,20 +15,8 @@ impl BackendType for AwsEc2Type {
     type Config = Config;
     type Template = PoolTemplate;
 
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_template(template: &PoolTemplate, pool: PoolContext<'_>) -> Problems {
-        template.validate(pool.name)
-    }
-
     fn fit_pool(pool: PoolContext<'_>) -> Problems {
         one_runner_per_instance("aws-ec2", pool)
-    }
-
-    fn template_hash(template: &PoolTemplate) -> String {
-        template.hash()
     }
 
     /// The SDK loads its credential chain and region asynchronously: connected on first use.

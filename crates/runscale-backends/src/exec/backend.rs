@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use runscale_core::adapter_type::{PoolContext, Template as _, Validate as _};
 use runscale_core::{
     Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId, Result,
 };
@@ -96,7 +97,7 @@ impl ExecBackend {
         pools.sort();
         for pool in pools {
             templates[pool]
-                .validate()
+                .validate_for(PoolContext::single(pool.as_str()))
                 .map_err(|e| misconfigured(&format!("pool {pool}: "), e))?;
         }
         Ok(Self {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use runscale_core::adapter_type::{PoolContext, Problems, Template, Validate};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -155,10 +156,12 @@ impl Config {
             listing_grace: default_listing_grace(),
         }
     }
+}
 
+impl Validate for Config {
     /// Checks the settings without touching the file system. Errors name the field (relative
     /// to this struct, e.g. `command[0]`, `env.FOO`, `timeouts.list`) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([
             ("listing_grace", Some(self.listing_grace)),
@@ -243,9 +246,9 @@ pub struct PoolTemplate {
 /// The largest `params` accepted, as JSON: they are sent with every request.
 const MAX_PARAMS_BYTES: usize = 64 * 1024;
 
-impl PoolTemplate {
+impl Template for PoolTemplate {
     /// Checks the template without running anything. Errors name the field (`params`).
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate_for(&self, _: PoolContext<'_>) -> Problems {
         let size = serde_json::to_vec(&self.params).map_or(usize::MAX, |v| v.len());
         if size > MAX_PARAMS_BYTES {
             return Err(vec![(
@@ -259,7 +262,7 @@ impl PoolTemplate {
     /// A short hash of the parameters (the executable itself is not part of it: changing the
     /// script does not retire running machines). Stable across runs and key order: SHA-256
     /// over a canonical encoding (object keys sorted), the first 16 hex digits.
-    pub fn template_hash(&self) -> String {
+    fn hash(&self) -> String {
         let mut canonical = String::from("runscale/exec/template/v1\n");
         write_canonical(&Value::Object(self.params.clone()), &mut canonical);
         let digest = Sha256::digest(canonical.as_bytes());
@@ -301,6 +304,7 @@ fn write_canonical(value: &Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runscale_core::adapter_type::PoolContext;
 
     /// The fields `validate` complains about, sorted.
     fn bad_fields(c: &Config) -> Vec<String> {
@@ -373,15 +377,15 @@ mod tests {
             r#"{"params": {"labels": {"a": [true, null], "b": 1}, "server_type": "cx22"}}"#,
         )
         .expect("valid");
-        assert_eq!(a.template_hash(), b.template_hash());
+        assert_eq!(a.hash(), b.hash());
         // A literal: if it changes, every deployed machine is seen as outdated.
-        assert_eq!(a.template_hash(), "a9e554b8cd9da974");
+        assert_eq!(a.hash(), "a9e554b8cd9da974");
         let mut c = a.clone();
         c.params.insert("image".into(), Value::from("ubuntu-24.04"));
-        assert_ne!(c.template_hash(), a.template_hash());
+        assert_ne!(c.hash(), a.hash());
         assert_ne!(
-            PoolTemplate::default().template_hash(),
-            a.template_hash(),
+            PoolTemplate::default().hash(),
+            a.hash(),
             "no params differs from some params"
         );
     }
@@ -389,10 +393,12 @@ mod tests {
     #[test]
     fn template_validate_bounds_the_params() {
         let mut t = PoolTemplate::default();
-        assert!(t.validate().is_ok());
+        assert!(t.validate_for(PoolContext::single("p")).is_ok());
         t.params
             .insert("blob".into(), Value::from("x".repeat(70 * 1024)));
-        let errors = t.validate().expect_err("too large");
+        let errors = t
+            .validate_for(PoolContext::single("p"))
+            .expect_err("too large");
         assert_eq!(errors[0].0, "params");
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use runscale_core::adapter_type::{BackendType, PoolContext, Problems};
+use runscale_core::adapter_type::BackendType;
 use runscale_core::{Backend, PoolId};
 
 use super::{Config, ExecBackend, PoolTemplate};
@@ -13,18 +13,6 @@ pub struct ExecType;
 impl BackendType for ExecType {
     type Config = Config;
     type Template = PoolTemplate;
-
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_template(template: &PoolTemplate, _: PoolContext<'_>) -> Problems {
-        template.validate()
-    }
-
-    fn template_hash(template: &PoolTemplate) -> String {
-        template.template_hash()
-    }
 
     fn build(
         config: &Config,

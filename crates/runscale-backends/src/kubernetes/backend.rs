@@ -16,6 +16,7 @@ use kube::api::{
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
+use runscale_core::adapter_type::{PoolContext, Template as _, Validate as _};
 use runscale_core::{
     Backend, Credentials, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest,
     PoolId, Result,
@@ -136,7 +137,7 @@ impl Kubernetes {
             if let Some(problem) = pool_name_problem(pool.as_str()) {
                 return Err(misconfigured(OP, problem));
             }
-            if let Err(errors) = templates[pool].validate() {
+            if let Err(errors) = templates[pool].validate_for(PoolContext::single(pool.as_str())) {
                 return Err(misconfigured(
                     OP,
                     join_errors(&format!("pool {pool}: "), &errors),

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use runscale_core::adapter_type::{PoolContext, Problems, Template, Validate};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -91,10 +92,12 @@ impl Config {
             template_refresh: default_template_refresh(),
         }
     }
+}
 
+impl Validate for Config {
     /// Checks the settings without touching the file system or the network. Errors name the
     /// field (relative to this struct) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([
             ("grace_period", Some(self.grace_period)),
@@ -374,11 +377,13 @@ impl PoolTemplate {
             _ => None,
         }
     }
+}
 
+impl Template for PoolTemplate {
     /// Checks the template without touching the network. Errors name the field (relative to
     /// this struct, e.g. `pod.spec.containers` or `cron_job.resource_class`) and say what is
     /// wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate_for(&self, _: PoolContext<'_>) -> Problems {
         let mut errors = Vec::new();
         let set = [
             self.pod.is_some(),
@@ -496,7 +501,7 @@ impl PoolTemplate {
     /// settings. Stable across runs: SHA-256 over canonical JSON (sorted keys), the first 16
     /// hex digits. Edits of a referenced CronJob or Job are noticed separately (the template
     /// version, see the module docs).
-    pub fn template_hash(&self) -> String {
+    fn hash(&self) -> String {
         let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         let mut h = Sha256::new();
         h.update(b"runscale/kubernetes/template/v1\n");
@@ -664,6 +669,7 @@ pub(crate) fn pool_name_problem(pool: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runscale_core::adapter_type::PoolContext;
 
     fn fields(r: Result<(), Vec<(String, String)>>) -> Vec<String> {
         let mut f: Vec<String> = r
@@ -732,14 +738,14 @@ mod tests {
     #[test]
     fn template_needs_exactly_one_source() {
         let mut t = PoolTemplate::inline(runner_pod());
-        assert!(t.validate().is_ok());
+        assert!(t.validate_for(PoolContext::single("p")).is_ok());
         t.job = Some(JobRef {
             name: Some("j".into()),
             queue: None,
         });
-        assert_eq!(fields(t.validate()), ["pod"]);
+        assert_eq!(fields(t.validate_for(PoolContext::single("p"))), ["pod"]);
         let none = PoolTemplate::with_source(None, None, None);
-        assert_eq!(fields(none.validate()), ["pod"]);
+        assert_eq!(fields(none.validate_for(PoolContext::single("p"))), ["pod"]);
     }
 
     #[test]
@@ -748,35 +754,47 @@ mod tests {
             "spec": {"containers": [{"name": "Bad_Name"}]}
         })));
         assert_eq!(
-            fields(t.validate()),
+            fields(t.validate_for(PoolContext::single("p"))),
             [
                 "pod.spec.containers[0].image",
                 "pod.spec.containers[0].name"
             ]
         );
         let t = PoolTemplate::inline(pod(serde_json::json!({"metadata": {}})));
-        assert_eq!(fields(t.validate()), ["pod.spec"]);
+        assert_eq!(
+            fields(t.validate_for(PoolContext::single("p"))),
+            ["pod.spec"]
+        );
         let t = PoolTemplate::cron_job(CronJobRef {
             name: None,
             resource_class: Some("no-slash".into()),
         });
-        assert_eq!(fields(t.validate()), ["cron_job.resource_class"]);
+        assert_eq!(
+            fields(t.validate_for(PoolContext::single("p"))),
+            ["cron_job.resource_class"]
+        );
         let t = PoolTemplate::cron_job(CronJobRef {
             name: Some("a".into()),
             resource_class: Some("o/n".into()),
         });
-        assert_eq!(fields(t.validate()), ["cron_job"]);
+        assert_eq!(
+            fields(t.validate_for(PoolContext::single("p"))),
+            ["cron_job"]
+        );
         let t = PoolTemplate::job(JobRef {
             name: None,
             queue: Some("bad queue".into()),
         });
-        assert_eq!(fields(t.validate()), ["job.queue"]);
+        assert_eq!(
+            fields(t.validate_for(PoolContext::single("p"))),
+            ["job.queue"]
+        );
         let mut t = PoolTemplate::inline(runner_pod());
         t.credentials = CredentialsDelivery::Volume;
         t.credentials_dir = "relative".into();
         t.credentials_containers = vec!["sidecar".into()];
         assert_eq!(
-            fields(t.validate()),
+            fields(t.validate_for(PoolContext::single("p"))),
             ["credentials_containers[0]", "credentials_dir"]
         );
     }
@@ -811,7 +829,7 @@ mod tests {
         let base = PoolTemplate::inline(runner_pod());
         // A literal (also computed independently, with Python's json.dumps(sort_keys=True)):
         // if it changes, every deployed pod is seen as outdated.
-        assert_eq!(base.template_hash(), "31afe9922efd8115");
+        assert_eq!(base.hash(), "31afe9922efd8115");
         let mut others = vec![
             PoolTemplate::cron_job(CronJobRef {
                 name: Some("small-runner".into()),
@@ -834,7 +852,7 @@ mod tests {
         }
         others.push(t);
         for o in &others {
-            assert_ne!(o.template_hash(), base.template_hash(), "{o:?}");
+            assert_ne!(o.hash(), base.hash(), "{o:?}");
         }
     }
 
@@ -881,15 +899,14 @@ mod tests {
             "storage_class_name"
         );
         let mut t = PoolTemplate::inline(runner_pod());
-        let before = t.template_hash();
+        let before = t.hash();
         t.volume_claim = Some(claim("1Gi", "relative", None));
-        assert_eq!(fields(t.validate()), ["volume_claim.mount_path"]);
-        t.volume_claim = Some(claim("1Gi", "/d", None));
-        assert_ne!(
-            t.template_hash(),
-            before,
-            "the claim is part of the template"
+        assert_eq!(
+            fields(t.validate_for(PoolContext::single("p"))),
+            ["volume_claim.mount_path"]
         );
+        t.volume_claim = Some(claim("1Gi", "/d", None));
+        assert_ne!(t.hash(), before, "the claim is part of the template");
     }
 
     #[test]

@@ -14,21 +14,9 @@ impl BackendType for KubernetesType {
     type Config = Config;
     type Template = PoolTemplate;
 
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_template(template: &PoolTemplate, _: PoolContext<'_>) -> Problems {
-        template.validate()
-    }
-
     /// The pool's name becomes a label value and `runners_per_instance` containers' names.
     fn fit_pool(pool: PoolContext<'_>) -> Problems {
         validate_pool(pool.name, pool.runners_per_instance)
-    }
-
-    fn template_hash(template: &PoolTemplate) -> String {
-        template.template_hash()
     }
 
     fn build(

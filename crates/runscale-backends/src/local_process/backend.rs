@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use nix::sys::signal::Signal;
+use runscale_core::adapter_type::{PoolContext, Template as _, Validate as _};
 use runscale_core::{
     Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId, Result,
     Timestamp,
@@ -114,7 +115,7 @@ impl LocalProcess {
                      '.', '_' and '-', not starting with '.'"
                 )));
             }
-            if let Err(errors) = templates[pool].validate() {
+            if let Err(errors) = templates[pool].validate_for(PoolContext::single(pool.as_str())) {
                 return Err(misconfigured(join_errors(
                     &format!("pool {pool}: "),
                     &errors,

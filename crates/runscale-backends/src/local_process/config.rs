@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use runscale_core::adapter_type::{PoolContext, Problems, Template, Validate};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -35,10 +36,10 @@ fn default_stop_grace() -> Duration {
     Duration::from_secs(30)
 }
 
-impl Config {
+impl Validate for Config {
     /// Checks the settings without touching the file system. Errors name the field (relative
     /// to this struct) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([(
             "stop_grace",
@@ -105,10 +106,11 @@ fn default_credentials() -> CredentialsDelivery {
     CredentialsDelivery::File
 }
 
-impl PoolTemplate {
+impl Template for PoolTemplate {
     /// Checks the template without touching the file system. Errors name the field (relative
-    /// to this struct, e.g. `command[1]` or `env.FOO`) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    /// to this struct, e.g. `command[1]` or `env.FOO`) and say what is wrong. Besides the
+    /// template's own rules: `env` delivery hosts one runner per process.
+    fn validate_for(&self, pool: PoolContext<'_>) -> Problems {
         let mut errors = Vec::new();
         if self.command.is_empty() {
             errors.push((
@@ -165,6 +167,17 @@ impl PoolTemplate {
                 "must not be empty (leave it out to use the daemon's)".to_owned(),
             ));
         }
+        let per_instance = pool.runners_per_instance;
+        if self.credentials == CredentialsDelivery::Env && per_instance > 1 {
+            errors.push((
+                "credentials".to_owned(),
+                format!(
+                    "\"env\" delivery hosts one runner per process, but the pool has \
+                     runners_per_instance: {per_instance}; use \"file\" or set \
+                     runners_per_instance to 1"
+                ),
+            ));
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -176,7 +189,7 @@ impl PoolTemplate {
     /// working directory, credentials delivery). Stable across runs, platforms and Rust
     /// versions: SHA-256 over a length-prefixed encoding of the fields, the first 16 hex
     /// digits.
-    pub fn template_hash(&self) -> String {
+    fn hash(&self) -> String {
         let mut h = Sha256::new();
         let mut put = |tag: &[u8], bytes: &[u8]| {
             h.update((tag.len() as u64).to_be_bytes());
@@ -328,6 +341,7 @@ pub(crate) fn expand(arg: &str, values: &Values<'_>) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runscale_core::adapter_type::PoolContext;
 
     fn template(command: &[&str]) -> PoolTemplate {
         PoolTemplate {
@@ -353,8 +367,8 @@ mod tests {
         t.working_dir = Some(PathBuf::from("/srv/runner"));
         // A literal (also computed independently): if it changes, every deployed instance is
         // seen as outdated.
-        assert_eq!(t.template_hash(), "c8f5aa756ae62031");
-        assert_eq!(t.template_hash().len(), 16);
+        assert_eq!(t.hash(), "c8f5aa756ae62031");
+        assert_eq!(t.hash().len(), 16);
     }
 
     #[test]
@@ -371,26 +385,35 @@ mod tests {
         t.credentials = CredentialsDelivery::Env;
         others.push(t);
         for o in &others {
-            assert_ne!(o.template_hash(), base.template_hash(), "{o:?}");
+            assert_ne!(o.hash(), base.hash(), "{o:?}");
         }
-        assert_eq!(base.template_hash(), base.clone().template_hash());
+        assert_eq!(base.hash(), base.clone().hash());
     }
 
     #[test]
     fn validate_rejects_empty_command_and_bad_placeholders() {
-        assert_eq!(fields(template(&[]).validate()), ["command"]);
-        assert_eq!(fields(template(&[""]).validate()), ["command[0]"]);
         assert_eq!(
-            fields(template(&["run", "{runner}"]).validate()),
+            fields(template(&[]).validate_for(PoolContext::single("p"))),
+            ["command"]
+        );
+        assert_eq!(
+            fields(template(&[""]).validate_for(PoolContext::single("p"))),
+            ["command[0]"]
+        );
+        assert_eq!(
+            fields(template(&["run", "{runner}"]).validate_for(PoolContext::single("p"))),
             ["command[1]"]
         );
         assert_eq!(
-            fields(template(&["run", "{pool"]).validate()),
+            fields(template(&["run", "{pool"]).validate_for(PoolContext::single("p"))),
             ["command[1]"]
         );
-        assert_eq!(fields(template(&["run", "a}b"]).validate()), ["command[1]"]);
         assert_eq!(
-            fields(template(&["/opt/{instance_id}/run"]).validate()),
+            fields(template(&["run", "a}b"]).validate_for(PoolContext::single("p"))),
+            ["command[1]"]
+        );
+        assert_eq!(
+            fields(template(&["/opt/{instance_id}/run"]).validate_for(PoolContext::single("p"))),
             ["command[0]"]
         );
         assert!(
@@ -400,7 +423,7 @@ mod tests {
                 "{instance_id}",
                 "${{X}}"
             ])
-            .validate()
+            .validate_for(PoolContext::single("p"))
             .is_ok()
         );
     }
@@ -411,7 +434,7 @@ mod tests {
         t.env.insert("RUNSCALE_POOL".into(), "x".into());
         t.env.insert("A=B".into(), "x".into());
         t.env.insert("OK".into(), "x\0y".into());
-        let mut f = fields(t.validate());
+        let mut f = fields(t.validate_for(PoolContext::single("p")));
         f.sort();
         assert_eq!(f, ["env.A=B", "env.OK", "env.RUNSCALE_POOL"]);
     }

@@ -2,7 +2,7 @@
 //! REST v2 agents calls (`Authorization: Bearer`), the REST budgets (the organisation's and the
 //! token owner's, each a sliding minute here, plus what the `RateLimit-*` and
 //! `RateLimit-User-*` headers say), and every failure mapped to a core [`ErrorKind`] in
-//! [`status_error`]. Errors never carry a token.
+//! [`STATUS_MAP`]. Errors never carry a token.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -195,17 +195,6 @@ const STATUS_MAP: http::StatusMap = http::StatusMap {
     unprocessable_is_misconfigured: false,
 };
 
-/// Maps a non-success answer to an error kind.
-pub(crate) fn status_error(
-    op: &'static str,
-    what: &str,
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: &[u8],
-) -> Error {
-    STATUS_MAP.error(op, what, status, retry_after, &http::json_message(body))
-}
-
 /// The `rel="next"` URL of a `Link` header.
 pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
     let link = headers.get("link")?.to_str().ok()?;
@@ -252,7 +241,7 @@ pub(crate) fn stop_answer(op: &'static str, what: &str, a: &Answer) -> Result<St
         s if s.is_success() => Ok(Stop::Accepted),
         StatusCode::NOT_FOUND => Ok(Stop::Unknown),
         s @ (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => Ok(Stop::Refused(s)),
-        s => Err(status_error(op, what, s, a.retry_after(), &a.body)),
+        _ => Err(STATUS_MAP.error(op, what, a)),
     }
 }
 
@@ -370,7 +359,7 @@ impl Client {
         a: &Answer,
     ) -> Result<T> {
         if !a.status.is_success() {
-            return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
+            return Err(STATUS_MAP.error(op, what, a));
         }
         http::decode(op, what, &a.body)
     }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use runscale_core::adapter_type::{Problems, Selector, Validate};
 use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -203,10 +204,10 @@ fn valid_tag_part(s: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && c != ',' && c != '=')
 }
 
-impl Config {
+impl Validate for Config {
     /// Checks the settings without reading secrets or touching the network. Errors name the
     /// field and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([
             ("stop_wait", Some(self.stop_wait)),
@@ -263,8 +264,23 @@ impl Config {
 }
 
 impl PoolSelector {
+    /// The agent's tags: `queue=<queue>`, then the others in key order.
+    pub(crate) fn agent_tags(&self) -> Vec<String> {
+        std::iter::once(format!("queue={}", self.queue))
+            .chain(self.tags.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect()
+    }
+}
+
+impl Selector for PoolSelector {
+    fn labels(&self) -> Vec<String> {
+        self.agent_tags()
+    }
+}
+
+impl Validate for PoolSelector {
     /// Checks the selector without reading secrets. Errors name the field.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([(
             "disconnect_after_idle_timeout",
@@ -309,13 +325,6 @@ impl PoolSelector {
             );
         }
         http::result(errors)
-    }
-
-    /// The agent's tags: `queue=<queue>`, then the others in key order.
-    pub(crate) fn agent_tags(&self) -> Vec<String> {
-        std::iter::once(format!("queue={}", self.queue))
-            .chain(self.tags.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect()
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use runscale_core::adapter_type::{Problems, ProviderType};
+use runscale_core::adapter_type::ProviderType;
 use runscale_core::{PoolId, Provider};
 
 use super::{BuildkiteProvider, Config, PoolSelector};
@@ -13,21 +13,6 @@ pub struct BuildkiteType;
 impl ProviderType for BuildkiteType {
     type Config = Config;
     type Selector = PoolSelector;
-
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_selector(selector: &PoolSelector) -> Problems {
-        selector.validate()
-    }
-
-    /// `queue=NAME` and the agent tags as `key=value`.
-    fn labels(selector: &PoolSelector) -> Vec<String> {
-        std::iter::once(format!("queue={}", selector.queue))
-            .chain(selector.tags.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect()
-    }
 
     fn build(
         config: &Config,

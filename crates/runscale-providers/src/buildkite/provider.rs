@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use runscale_core::adapter_type::Validate as _;
 use runscale_core::{
     Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
     Runner, RunnerId, RunnerState, WaitingJob, WebhookRequest, naming,
@@ -179,13 +180,7 @@ impl BuildkiteProvider {
     }
 
     fn pool(&self, op: &'static str, id: &PoolId) -> Result<&Pool> {
-        self.pools.iter().find(|p| p.id == *id).ok_or_else(|| {
-            Error::new(
-                op,
-                ErrorKind::NotFound,
-                format!("pool {id} is not bound to this Buildkite provider"),
-            )
-        })
+        http::bound_pool(self.pools.iter().find(|p| p.id == *id), op, id, "Buildkite")
     }
 
     /// The metrics to use now and whether they are stale: read again only once the poll

@@ -1,11 +1,10 @@
 //! The runner API client: three reads per resource class (unclaimed tasks, running tasks,
 //! connected runners) on the v3 or v2 paths, with `Circle-Token` auth, and every failure
-//! mapped to a core [`ErrorKind`] in [`status_error`]. Errors never carry the token.
+//! mapped to a core [`ErrorKind`] in [`STATUS_MAP`]. Errors never carry the token.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::StatusCode;
 use runscale_core::{Error, ErrorKind, Result};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -64,17 +63,6 @@ const STATUS_MAP: http::StatusMap = http::StatusMap {
     unprocessable_is_misconfigured: true,
 };
 
-/// Maps a non-success answer to an error kind.
-pub(crate) fn status_error(
-    op: &'static str,
-    what: &str,
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: &[u8],
-) -> Error {
-    STATUS_MAP.error(op, what, status, retry_after, &http::json_message(body))
-}
-
 /// What the runner API answered: the error of a non-success status, else the body as `T`.
 pub(crate) fn answer<T: DeserializeOwned>(
     op: &'static str,
@@ -82,7 +70,7 @@ pub(crate) fn answer<T: DeserializeOwned>(
     a: &http::Answer,
 ) -> Result<T> {
     if !a.status.is_success() {
-        return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
+        return Err(STATUS_MAP.error(op, what, a));
     }
     http::decode(op, what, &a.body)
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use runscale_core::adapter_type::{Problems, Selector, Validate};
 use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -194,10 +195,10 @@ pub(crate) fn valid_resource_class(s: &str) -> bool {
     s.split_once('/').is_some_and(|(ns, n)| ok(ns) && ok(n))
 }
 
-impl Config {
+impl Validate for Config {
     /// Checks the settings without reading secrets or touching the network. Errors name the
     /// field and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([
             ("disconnect_grace", Some(self.disconnect_grace)),
@@ -235,9 +236,15 @@ impl Config {
     }
 }
 
-impl PoolSelector {
+impl Selector for PoolSelector {
+    fn labels(&self) -> Vec<String> {
+        vec![self.resource_class.clone()]
+    }
+}
+
+impl Validate for PoolSelector {
     /// Checks the selector without reading secrets. Errors name the field.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([(
             "runner_idle_timeout",

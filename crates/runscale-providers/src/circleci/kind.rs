@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use runscale_core::adapter_type::{Problems, ProviderType};
+use runscale_core::adapter_type::ProviderType;
 use runscale_core::{PoolId, Provider};
 
 use super::{CircleciProvider, Config, PoolSelector};
@@ -13,18 +13,6 @@ pub struct CircleciType;
 impl ProviderType for CircleciType {
     type Config = Config;
     type Selector = PoolSelector;
-
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_selector(selector: &PoolSelector) -> Problems {
-        selector.validate()
-    }
-
-    fn labels(selector: &PoolSelector) -> Vec<String> {
-        vec![selector.resource_class.clone()]
-    }
 
     /// A runner registers with the resource class's token: nothing is created per runner.
     fn serves_unattributed_runners() -> bool {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use runscale_core::adapter_type::Validate as _;
 use runscale_core::{
     Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
     Runner, RunnerId, RunnerState, WaitingJob, WebhookRequest, naming,
@@ -150,13 +151,7 @@ impl CircleciProvider {
     }
 
     fn pool(&self, op: &'static str, id: &PoolId) -> Result<&Pool> {
-        self.pools.iter().find(|p| p.id == *id).ok_or_else(|| {
-            Error::new(
-                op,
-                ErrorKind::NotFound,
-                format!("pool {id} is not bound to this CircleCI provider"),
-            )
-        })
+        http::bound_pool(self.pools.iter().find(|p| p.id == *id), op, id, "CircleCI")
     }
 
     /// Counts and the owned runners of one pool.

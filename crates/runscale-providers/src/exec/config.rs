@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use runscale_core::adapter_type::{Problems, Selector, Validate};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -126,10 +127,10 @@ fn argv_problems(field: &str, argv: &[String], errors: &mut Vec<(String, String)
     }
 }
 
-impl Config {
+impl Validate for Config {
     /// Checks the configuration without running anything. Errors name the field (relative to
     /// the provider, e.g. `observe`, `env.FOO`) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([(
             "timeout",
@@ -190,9 +191,15 @@ pub struct PoolSelector {
     pub labels: Vec<String>,
 }
 
-impl PoolSelector {
+impl Selector for PoolSelector {
+    fn labels(&self) -> Vec<String> {
+        self.labels.clone()
+    }
+}
+
+impl Validate for PoolSelector {
     /// Checks the selector. Errors name the field (e.g. `labels[1]`).
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         for (i, label) in self.labels.iter().enumerate() {
             let field = format!("labels[{i}]");

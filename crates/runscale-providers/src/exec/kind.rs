@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use runscale_core::adapter_type::{Problems, ProviderType};
+use runscale_core::adapter_type::ProviderType;
 use runscale_core::{PoolId, Provider};
 
 use super::{Config, ExecProvider, PoolSelector};
@@ -13,18 +13,6 @@ pub struct ExecType;
 impl ProviderType for ExecType {
     type Config = Config;
     type Selector = PoolSelector;
-
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_selector(selector: &PoolSelector) -> Problems {
-        selector.validate()
-    }
-
-    fn labels(selector: &PoolSelector) -> Vec<String> {
-        selector.labels.clone()
-    }
 
     fn build(
         config: &Config,

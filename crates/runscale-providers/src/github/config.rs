@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use reqwest::Url;
+use runscale_core::adapter_type::{Problems, Selector, Validate};
 use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -355,9 +356,82 @@ fn url_problem(s: &str) -> Option<String> {
 }
 
 impl Config {
+    /// The account the configuration names. Call after [`Config::validate`]; `None` when
+    /// the scope is missing or malformed.
+    pub(crate) fn scope(&self) -> Option<Scope> {
+        match (&self.org, &self.repo, &self.enterprise) {
+            (Some(org), None, None) if valid_name(org) => Some(Scope::Org(org.clone())),
+            (None, Some(repo), None) => split_repo(repo).map(|(o, n)| Scope::Repo {
+                owner: o.to_owned(),
+                name: n.to_owned(),
+            }),
+            (None, None, Some(e)) if valid_name(e) => Some(Scope::Enterprise(e.clone())),
+            (None, None, None) if !self.repositories.list().is_empty() => Some(Scope::Repos {
+                lookup: self
+                    .repositories
+                    .list()
+                    .first()
+                    .and_then(|r| split_repo(r))
+                    .map(|(o, n)| (o.to_owned(), n.to_owned())),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The API base URL without a trailing slash.
+    pub(crate) fn api_base(&self) -> String {
+        self.api_url.trim_end_matches('/').to_owned()
+    }
+
+    /// The base URL runners register against, without a trailing slash.
+    pub(crate) fn web_base(&self) -> String {
+        if let Some(web) = &self.web_url {
+            return web.trim_end_matches('/').to_owned();
+        }
+        let api = self.api_base();
+        let Ok(url) = Url::parse(&api) else {
+            return api;
+        };
+        let host = url.host_str().unwrap_or_default();
+        if host.eq_ignore_ascii_case("api.github.com") {
+            return "https://github.com".to_owned();
+        }
+        if let Some(rest) = host.strip_prefix("api.")
+            && rest.ends_with(".ghe.com")
+        {
+            return format!("{}://{rest}", url.scheme());
+        }
+        if let Some(base) = api.strip_suffix("/api/v3") {
+            return base.to_owned();
+        }
+        api
+    }
+
+    /// The repositories (`owner/name`) configured for polling, bare names qualified with the
+    /// organisation; the repository itself in repository scope.
+    pub(crate) fn poll_repositories(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(Scope::Repo { owner, name }) = self.scope() {
+            out.push(format!("{owner}/{name}"));
+        }
+        for r in self.repositories.list() {
+            let full = match (&self.org, r.contains('/')) {
+                (_, true) => r.clone(),
+                (Some(org), false) => format!("{org}/{r}"),
+                (None, false) => continue,
+            };
+            if !out.iter().any(|o| o.eq_ignore_ascii_case(&full)) {
+                out.push(full);
+            }
+        }
+        out
+    }
+}
+
+impl Validate for Config {
     /// Checks the settings without reading secrets or touching the network. Errors name the
     /// field (relative to this struct, e.g. `auth.app.client_id`) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors: Vec<(String, String)> = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([
             ("installation_refresh", Some(self.installation_refresh)),
@@ -542,83 +616,18 @@ impl Config {
             Err(errors)
         }
     }
+}
 
-    /// The account the configuration names. Call after [`Config::validate`]; `None` when
-    /// the scope is missing or malformed.
-    pub(crate) fn scope(&self) -> Option<Scope> {
-        match (&self.org, &self.repo, &self.enterprise) {
-            (Some(org), None, None) if valid_name(org) => Some(Scope::Org(org.clone())),
-            (None, Some(repo), None) => split_repo(repo).map(|(o, n)| Scope::Repo {
-                owner: o.to_owned(),
-                name: n.to_owned(),
-            }),
-            (None, None, Some(e)) if valid_name(e) => Some(Scope::Enterprise(e.clone())),
-            (None, None, None) if !self.repositories.list().is_empty() => Some(Scope::Repos {
-                lookup: self
-                    .repositories
-                    .list()
-                    .first()
-                    .and_then(|r| split_repo(r))
-                    .map(|(o, n)| (o.to_owned(), n.to_owned())),
-            }),
-            _ => None,
-        }
-    }
-
-    /// The API base URL without a trailing slash.
-    pub(crate) fn api_base(&self) -> String {
-        self.api_url.trim_end_matches('/').to_owned()
-    }
-
-    /// The base URL runners register against, without a trailing slash.
-    pub(crate) fn web_base(&self) -> String {
-        if let Some(web) = &self.web_url {
-            return web.trim_end_matches('/').to_owned();
-        }
-        let api = self.api_base();
-        let Ok(url) = Url::parse(&api) else {
-            return api;
-        };
-        let host = url.host_str().unwrap_or_default();
-        if host.eq_ignore_ascii_case("api.github.com") {
-            return "https://github.com".to_owned();
-        }
-        if let Some(rest) = host.strip_prefix("api.")
-            && rest.ends_with(".ghe.com")
-        {
-            return format!("{}://{rest}", url.scheme());
-        }
-        if let Some(base) = api.strip_suffix("/api/v3") {
-            return base.to_owned();
-        }
-        api
-    }
-
-    /// The repositories (`owner/name`) configured for polling, bare names qualified with the
-    /// organisation; the repository itself in repository scope.
-    pub(crate) fn poll_repositories(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        if let Some(Scope::Repo { owner, name }) = self.scope() {
-            out.push(format!("{owner}/{name}"));
-        }
-        for r in self.repositories.list() {
-            let full = match (&self.org, r.contains('/')) {
-                (_, true) => r.clone(),
-                (Some(org), false) => format!("{org}/{r}"),
-                (None, false) => continue,
-            };
-            if !out.iter().any(|o| o.eq_ignore_ascii_case(&full)) {
-                out.push(full);
-            }
-        }
-        out
+impl Selector for PoolSelector {
+    fn labels(&self) -> Vec<String> {
+        self.labels.clone()
     }
 }
 
-impl PoolSelector {
+impl Validate for PoolSelector {
     /// Checks the selector. Errors name the field (relative to this struct, e.g.
     /// `labels[2]`) and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         if self.labels.is_empty() {
             errors.push((

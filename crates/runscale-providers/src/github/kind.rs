@@ -14,23 +14,11 @@ impl ProviderType for GithubType {
     type Config = Config;
     type Selector = PoolSelector;
 
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_selector(selector: &PoolSelector) -> Problems {
-        selector.validate()
-    }
-
     /// GitHub registers ephemeral runners with a JIT configuration: the selector carries the
     /// pool's `ephemeral`.
     fn fit_pool(_: &Config, selector: &mut PoolSelector, pool: PoolContext<'_>) -> Problems {
         selector.ephemeral = pool.ephemeral;
         Ok(())
-    }
-
-    fn labels(selector: &PoolSelector) -> Vec<String> {
-        selector.labels.clone()
     }
 
     fn build(

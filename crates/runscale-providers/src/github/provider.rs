@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode};
+use runscale_core::adapter_type::Validate as _;
 use runscale_core::{
     Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
     RunnerId, WaitingJob, WebhookRequest,

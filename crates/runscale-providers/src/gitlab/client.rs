@@ -1,6 +1,6 @@
 //! The REST client: `PRIVATE-TOKEN` or Bearer auth, listings followed page by page through
 //! `x-next-page` (complete or an error, never truncated), and every failure mapped to a core
-//! [`ErrorKind`] in [`status_error`]. Errors never carry a token.
+//! [`ErrorKind`] in [`STATUS_MAP`]. Errors never carry a token.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,33 +37,11 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// GitLab's `message` (or `error`) from an error body, on one short printable line.
-fn message(body: &[u8]) -> String {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let text = match (&v["message"], &v["error"]) {
-        (Value::String(s), _) | (_, Value::String(s)) => s.clone(),
-        (m, _) if !m.is_null() => m.to_string(),
-        _ => String::new(),
-    };
-    http::one_line(&text)
-}
-
 /// How GitLab's non-success answers map to error kinds.
 const STATUS_MAP: http::StatusMap = http::StatusMap {
     auth_hint: "does the token have the api scope, and create_runner to create runners?",
     unprocessable_is_misconfigured: true,
 };
-
-/// Maps a non-success answer to an error kind.
-pub(crate) fn status_error(
-    op: &'static str,
-    what: &str,
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: &[u8],
-) -> Error {
-    STATUS_MAP.error(op, what, status, retry_after, &message(body))
-}
 
 /// A path segment: ids as they are, full paths URL-encoded (`acme%2Fapp`).
 pub(crate) fn segment(key: &str) -> String {
@@ -88,7 +66,7 @@ pub(crate) struct Answer {
 /// body of a success.
 pub(crate) fn answer(op: &'static str, what: &str, a: http::Answer) -> Result<Answer> {
     if !a.status.is_success() {
-        return Err(status_error(op, what, a.status, a.retry_after(), &a.body));
+        return Err(STATUS_MAP.error(op, what, &a));
     }
     let next_page = http::header_u64(&a.headers, "x-next-page").and_then(|v| u32::try_from(v).ok());
     Ok(Answer {
@@ -261,11 +239,11 @@ impl Client {
         }
         if a.status == StatusCode::CONFLICT
             || (a.status == StatusCode::BAD_REQUEST
-                && message(&a.body).contains("already been taken"))
+                && http::json_message(&a.body).contains("already been taken"))
         {
             return Ok(Enabled::Already);
         }
-        Err(status_error(op, &what, a.status, a.retry_after(), &a.body))
+        Err(STATUS_MAP.error(op, &what, &a))
     }
 
     /// `DELETE` with the admin token.

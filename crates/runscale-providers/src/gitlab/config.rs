@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use runscale_core::adapter_type::{Problems, Selector, Validate};
 use runscale_core::secret::SecretRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -222,10 +223,10 @@ fn default_max_projects() -> u32 {
     1000
 }
 
-impl Config {
+impl Validate for Config {
     /// Checks the settings without reading secrets or touching the network. Errors name the
     /// field and say what is wrong.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         errors.extend(runscale_core::adapter_type::at_most_a_day([
             ("group_refresh", Some(self.group_refresh)),
@@ -344,9 +345,15 @@ pub fn validate_pool(
     result(errors)
 }
 
-impl PoolSelector {
+impl Selector for PoolSelector {
+    fn labels(&self) -> Vec<String> {
+        self.tags.clone()
+    }
+}
+
+impl Validate for PoolSelector {
     /// Checks the selector without reading secrets. Errors name the field.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
+    fn validate(&self) -> Problems {
         let mut errors = Vec::new();
         if self.max_use_count == Some(0) {
             push(

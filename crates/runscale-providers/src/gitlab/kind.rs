@@ -14,21 +14,9 @@ impl ProviderType for GitlabType {
     type Config = Config;
     type Selector = PoolSelector;
 
-    fn validate_config(config: &Config) -> Problems {
-        config.validate()
-    }
-
-    fn validate_selector(selector: &PoolSelector) -> Problems {
-        selector.validate()
-    }
-
     /// Each slot's `system_id` numbers it on two digits: the pool's `runners_per_instance`.
     fn fit_pool(config: &Config, selector: &mut PoolSelector, pool: PoolContext<'_>) -> Problems {
         validate_pool(config, selector, pool.runners_per_instance)
-    }
-
-    fn labels(selector: &PoolSelector) -> Vec<String> {
-        selector.tags.clone()
     }
 
     fn build(

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use reqwest::Method;
+use runscale_core::adapter_type::Validate as _;
 use runscale_core::{
     Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
     Runner, RunnerId, RunnerState, Timestamp, WaitingJob, WebhookRequest, naming,
@@ -280,13 +281,7 @@ impl GitlabProvider {
     }
 
     fn pool(&self, op: &'static str, id: &PoolId) -> Result<&Pool> {
-        self.pools.iter().find(|p| p.id == *id).ok_or_else(|| {
-            Error::new(
-                op,
-                ErrorKind::NotFound,
-                format!("pool {id} is not bound to this GitLab provider"),
-            )
-        })
+        http::bound_pool(self.pools.iter().find(|p| p.id == *id), op, id, "GitLab")
     }
 
     /// Project ids of a group (subgroups included), cached for `group_refresh`. A failed

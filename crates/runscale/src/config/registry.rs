@@ -334,7 +334,8 @@ impl<T: runscale_core::ProviderType> AnyProviderType for ProviderOf<T> {
         value: Value,
         path: &str,
     ) -> Result<ProviderSettings, Vec<FieldError>> {
-        let config: T::Config = typed(value, path, T::validate_config)?;
+        let config: T::Config =
+            typed(value, path, runscale_core::adapter_type::Validate::validate)?;
         Ok(ProviderSettings {
             kind,
             adapter: self,
@@ -352,11 +353,12 @@ impl<T: runscale_core::ProviderType> AnyProviderType for ProviderOf<T> {
         let config = provider
             .get::<T::Config>()
             .ok_or_else(|| vec![mismatch(path)])?;
-        let mut selector: T::Selector = typed(value, path, T::validate_selector)?;
+        let mut selector: T::Selector =
+            typed(value, path, runscale_core::adapter_type::Validate::validate)?;
         let pool_path = path.strip_suffix(".selector").unwrap_or(path);
         T::fit_pool(config, &mut selector, pool).map_err(|errors| prefixed(pool_path, errors))?;
         Ok(SelectorSettings {
-            labels: T::labels(&selector),
+            labels: runscale_core::adapter_type::Selector::labels(&selector),
             value: Arc::new(selector),
         })
     }
@@ -394,7 +396,8 @@ impl<T: runscale_core::BackendType> AnyBackendType for BackendOf<T> {
         value: Value,
         path: &str,
     ) -> Result<BackendSettings, Vec<FieldError>> {
-        let config: T::Config = typed(value, path, T::validate_config)?;
+        let config: T::Config =
+            typed(value, path, runscale_core::adapter_type::Validate::validate)?;
         Ok(BackendSettings {
             kind,
             adapter: self,
@@ -408,12 +411,14 @@ impl<T: runscale_core::BackendType> AnyBackendType for BackendOf<T> {
         path: &str,
         pool: PoolContext<'_>,
     ) -> Result<TemplateSettings, Vec<FieldError>> {
-        let template: T::Template = typed(value, path, |t| T::validate_template(t, pool))?;
+        let template: T::Template = typed(value, path, |t| {
+            runscale_core::adapter_type::Template::validate_for(t, pool)
+        })?;
         let pool_path = path.strip_suffix(".template").unwrap_or(path);
         T::fit_pool(pool).map_err(|errors| prefixed(pool_path, errors))?;
         Ok(TemplateSettings {
-            hash: T::template_hash(&template),
-            unattributed: T::runners_unattributed(&template),
+            hash: runscale_core::adapter_type::Template::hash(&template),
+            unattributed: runscale_core::adapter_type::Template::runners_unattributed(&template),
             value: Arc::new(template),
         })
     }
