@@ -164,7 +164,16 @@ async fn real_gitlab_runner_slots_run_every_job_once_leave_and_are_retired() {
 /// gitlab-runner cannot be built.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slot_script_runs_the_fake_runner_the_same_way() {
-    scenario(PathBuf::from(env!("CARGO_BIN_EXE_runscale-fake-runner"))).await;
+    use std::os::unix::fs::PermissionsExt as _;
+    // The script runs `$GITLAB_RUNNER run-single ...`: a one-line wrapper makes that
+    // `runscale fake-runner run-single ...`.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fake = dir.path().join("gitlab-runner");
+    let runscale = env!("CARGO_BIN_EXE_runscale");
+    std::fs::write(&fake, format!("#!/bin/sh\nexec '{runscale}' fake-runner \"$@\"\n"))
+        .expect("write the wrapper");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    scenario(fake).await;
 }
 
 async fn scenario(runner: PathBuf) {

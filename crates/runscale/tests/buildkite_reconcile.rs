@@ -19,7 +19,8 @@ use runscale_core::PoolId;
 use runscale_emulator::buildkite::{JobSpec, JobStatus, Workload};
 use runscale_providers::buildkite::BuildkiteProvider;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
+/// The fake runner: `runscale fake-runner`.
+const BIN: &str = env!("CARGO_BIN_EXE_runscale");
 const POOLS: [&str; 3] = ["linux", "arm", "k8s"];
 const LINUX_MAX: u32 = 3;
 const ARM_MAX: u32 = 2;
@@ -45,7 +46,7 @@ async fn jobs_on_three_queues_all_run_once_and_the_fleet_returns_to_zero() {
     );
     let backend = support::backend(
         dir.path(),
-        &serde_json::json!({ "command": [BIN], "credentials": "env" }),
+        &serde_json::json!({ "command": [BIN, "fake-runner"], "credentials": "env" }),
         &POOLS,
     );
     let (idle, boot) = (Duration::from_secs(1), Duration::from_secs(10));

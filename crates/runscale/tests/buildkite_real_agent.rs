@@ -34,7 +34,8 @@ use runscale_emulator::buildkite::{JobSpec, JobStatus, Snapshot};
 use runscale_providers::buildkite::BuildkiteProvider;
 
 const AGENT_VAR: &str = "RUNSCALE_BUILDKITE_AGENT";
-const FAKE: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
+/// The fake runner: `runscale fake-runner`.
+const RUNSCALE: &str = env!("CARGO_BIN_EXE_runscale");
 const POOLS: [&str; 2] = ["linux", "k8s"];
 const LINUX_JOBS: usize = 4;
 const K8S_JOBS: usize = 3;
@@ -284,7 +285,7 @@ async fn the_start_script_runs_the_fake_agent_the_same_way() {
     let shim = dir.path().join("buildkite-agent");
     write_executable(
         &shim,
-        &format!("#!/bin/sh\n[ \"$1\" = start ] && shift\nexec '{FAKE}' \"$@\"\n"),
+        &format!("#!/bin/sh\n[ \"$1\" = start ] && shift\nexec '{RUNSCALE}' fake-runner \"$@\"\n"),
     );
     let run = scenario(&shim).await;
     check(&run, "fake agent");

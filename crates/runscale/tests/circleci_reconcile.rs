@@ -19,7 +19,8 @@ use runscale_providers::circleci::{
 
 const POOL: &str = "linux";
 const RC: &str = "acme/linux";
-const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
+/// The fake runner: `runscale fake-runner`.
+const BIN: &str = env!("CARGO_BIN_EXE_runscale");
 
 async fn live(backend: &LocalProcess) -> usize {
     testing::live_instances(backend, &[PoolId::new(POOL)])
@@ -81,7 +82,7 @@ async fn run(mode: RunnerMode, runner_idle_timeout: Duration) -> usize {
     }))
     .expect("config");
     let template: PoolTemplate =
-        serde_json::from_value(serde_json::json!({ "command": [BIN] })).expect("template");
+        serde_json::from_value(serde_json::json!({ "command": [BIN, "fake-runner"] })).expect("template");
     let backend = Arc::new(
         LocalProcess::new(config, HashMap::from([(PoolId::new(POOL), template)])).expect("backend"),
     );

@@ -17,7 +17,8 @@ use gitlab_support::{ADMIN, Harness, Run};
 use runscale_emulator::gitlab::{EmulatorConfig, JobSpec, JobStatus, Snapshot, Workload};
 use runscale_providers::gitlab::RunnerPer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runscale-fake-runner");
+/// The fake runner: `runscale fake-runner`.
+const BIN: &str = env!("CARGO_BIN_EXE_runscale");
 const MAX: u32 = 3;
 
 /// How long an idle slot may be out of contact: the fake runners poll every 200 ms.
@@ -26,7 +27,7 @@ const CONTACT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The fake runner as instance command (slot directories under `dir`), 2 slots per instance.
 fn run(dir: &Path, runner_per: RunnerPer) -> Run {
     Run {
-        command: vec![BIN.to_owned()],
+        command: vec![BIN.to_owned(), "fake-runner".to_owned()],
         env: serde_json::json!({
             "GITLAB_RUNNER_SLOTS_DIR": dir.join("slots"),
             "FAKE_RUNNER_CHECK_INTERVAL_MS": "200",
