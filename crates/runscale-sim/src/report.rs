@@ -95,6 +95,14 @@ pub struct WaitStats {
     pub mean_s: f64,
 }
 
+/// The nearest-rank `q` quantile (0 < `q` ≤ 1) of `sorted` (ascending): the smallest value
+/// with at least a fraction `q` of the values at or below it. `None` when empty.
+pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let n = sorted.len();
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n.max(1));
+    sorted.get(rank - 1).copied()
+}
+
 impl WaitStats {
     /// Statistics of waits in milliseconds (sorts the slice). Nearest-rank percentiles.
     pub(crate) fn of(waits_ms: &mut [i64]) -> Self {
@@ -103,10 +111,7 @@ impl WaitStats {
         }
         waits_ms.sort_unstable();
         let n = waits_ms.len();
-        let pct = |q: f64| {
-            let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-            waits_ms[rank - 1] as f64 / 1000.0
-        };
+        let pct = |q: f64| nearest_rank(waits_ms, q).unwrap_or_default() as f64 / 1000.0;
         Self {
             p50_s: pct(0.50),
             p95_s: pct(0.95),

@@ -73,7 +73,7 @@ fn csv_and_jsonl_errors_name_line_and_column() {
     let e = trace::load(&TraceSource::File(csv)).expect_err("negative duration");
     assert!(
         e.to_string()
-            .ends_with("t.csv: line 3, column 22: duration_s: `-3` is not a duration in seconds"),
+            .ends_with("t.csv: line 3, column 2: duration_s: `-3` is not a duration in seconds"),
         "{e}"
     );
 

@@ -185,11 +185,7 @@ impl Stats {
     fn of(durations: &[Duration]) -> Self {
         let mut ms: Vec<f64> = durations.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
-        // Nearest rank: the smallest value with at least q of the samples at or below it.
-        let at = |q: f64| {
-            let rank = (q * ms.len() as f64).ceil() as usize;
-            ms.get(rank.max(1) - 1).copied().unwrap_or(0.0)
-        };
+        let at = |q: f64| runscale_sim::report::nearest_rank(&ms, q).unwrap_or(0.0);
         Stats {
             n: ms.len(),
             p50: at(0.50),

@@ -257,10 +257,7 @@ impl WaitStats {
             return Self::default();
         }
         values.sort_by(f64::total_cmp);
-        let rank = |p: f64| {
-            let i = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
-            values[i - 1]
-        };
+        let rank = |q: f64| runscale_sim::report::nearest_rank(&values, q).unwrap_or_default();
         WaitStats {
             p50: rank(0.50),
             p95: rank(0.95),

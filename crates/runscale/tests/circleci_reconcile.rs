@@ -82,7 +82,8 @@ async fn run(mode: RunnerMode, runner_idle_timeout: Duration) -> usize {
     }))
     .expect("config");
     let template: PoolTemplate =
-        serde_json::from_value(serde_json::json!({ "command": [BIN, "fake-runner"] })).expect("template");
+        serde_json::from_value(serde_json::json!({ "command": [BIN, "fake-runner"] }))
+            .expect("template");
     let backend = Arc::new(
         LocalProcess::new(config, HashMap::from([(PoolId::new(POOL), template)])).expect("backend"),
     );

@@ -198,7 +198,10 @@ async fn github_jobs_run_on_fake_runners_of_script_made_machines() {
     let reaper = Reaper::new(state.clone());
     // Each machine runs the emulator's fake runner: one agent per runner of the credentials
     // file the example script writes.
-    let runner = vec![env!("CARGO_BIN_EXE_runscale").to_owned(), "fake-runner".to_owned()];
+    let runner = vec![
+        env!("CARGO_BIN_EXE_runscale").to_owned(),
+        "fake-runner".to_owned(),
+    ];
     let template = example_template(&state, &runner, &BTreeMap::new());
     let ci = Arc::new(EmulatorCi {
         emulator: Arc::clone(&emulator),

@@ -170,8 +170,11 @@ async fn the_slot_script_runs_the_fake_runner_the_same_way() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let fake = dir.path().join("gitlab-runner");
     let runscale = env!("CARGO_BIN_EXE_runscale");
-    std::fs::write(&fake, format!("#!/bin/sh\nexec '{runscale}' fake-runner \"$@\"\n"))
-        .expect("write the wrapper");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nexec '{runscale}' fake-runner \"$@\"\n"),
+    )
+    .expect("write the wrapper");
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     scenario(fake).await;
 }

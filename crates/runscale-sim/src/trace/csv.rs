@@ -1,6 +1,6 @@
-//! CSV traces.
+//! CSV traces, read with the `csv` crate.
 //!
-//! The first non-comment line is the header. Columns (by name, any order, case-insensitive):
+//! The first record is the header. Columns (by name, any order, case-insensitive):
 //!
 //! | column | required | meaning |
 //! |---|---|---|
@@ -10,87 +10,45 @@
 //! | `pool` | no | pool name; overrides label routing |
 //! | `run` | no | workflow run / pipeline id |
 //!
-//! Other columns are ignored. Fields may be quoted with `"` (`""` inside is a quote); a
-//! quoted field cannot span lines. Blank lines and lines starting with `#` are skipped.
+//! Other columns are ignored. Fields may be quoted with `"` (`""` inside is a quote, and a
+//! quoted field may span lines); fields are trimmed. Blank lines and lines starting with `#`
+//! are skipped. An error names the line and the column: the field's position in the record
+//! (1-based), and the column's name where it is known.
 
 use std::sync::Arc;
 
 use super::{TraceError, TraceJob, parse_secs, parse_time, split_labels};
 
-/// A field and the 1-based character column it starts at.
-struct Field {
-    text: String,
-    column: usize,
-}
-
-fn split_line(line: &str) -> Result<Vec<Field>, (usize, String)> {
-    let chars: Vec<char> = line.chars().collect();
-    let mut fields = Vec::new();
-    let mut i = 0;
-    loop {
-        let column = i + 1;
-        let mut text = String::new();
-        if i < chars.len() && chars[i] == '"' {
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    None => return Err((column, "unterminated quoted field".to_owned())),
-                    Some('"') if chars.get(i + 1) == Some(&'"') => {
-                        text.push('"');
-                        i += 2;
-                    }
-                    Some('"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(c) => {
-                        text.push(*c);
-                        i += 1;
-                    }
-                }
-            }
-            match chars.get(i) {
-                None | Some(',') => {}
-                Some(_) => {
-                    return Err((i + 1, "expected `,` after a quoted field".to_owned()));
-                }
-            }
-        } else {
-            while i < chars.len() && chars[i] != ',' {
-                text.push(chars[i]);
-                i += 1;
-            }
-        }
-        fields.push(Field { text, column });
-        if i >= chars.len() {
-            return Ok(fields);
-        }
-        i += 1; // the comma
-    }
-}
-
 /// Parses CSV text; `name` is used in errors.
 pub fn parse(text: &str, name: &str) -> Result<Vec<TraceJob>, TraceError> {
-    let err = |line: usize, column: usize, message: String| TraceError::Parse {
+    let err = |line: u64, column: usize, message: String| TraceError::Parse {
         path: name.to_owned(),
-        line,
+        line: usize::try_from(line).unwrap_or(usize::MAX),
         column,
         message,
     };
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)))
-        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    let Some((hline, header)) = lines.next() else {
+    // A malformed record: the csv crate's error, at its line.
+    let malformed = |e: csv::Error| {
+        let line = e.position().map_or(0, csv::Position::line);
+        err(line, 1, e.to_string())
+    };
+    // Comments are skipped here rather than by the reader, whose line numbers would then miss
+    // the comment lines; the record lengths are checked here for the same reason.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut records = reader.records().filter(|r| {
+        r.as_ref()
+            .map_or(true, |r| !r.get(0).is_some_and(|f| f.starts_with('#')))
+    });
+    let Some(header) = records.next() else {
         return Ok(Vec::new());
     };
-    let header = split_line(header).map_err(|(c, m)| err(hline, c, m))?;
-    let find = |n: &str| {
-        header
-            .iter()
-            .position(|f| f.text.trim().eq_ignore_ascii_case(n))
-    };
+    let header = header.map_err(malformed)?;
+    let hline = header.position().map_or(1, csv::Position::line);
+    let find = |n: &str| header.iter().position(|f| f.eq_ignore_ascii_case(n));
     let queued = find("queued_at")
         .ok_or_else(|| err(hline, 1, "header has no `queued_at` column".to_owned()))?;
     let duration = find("duration_s")
@@ -98,29 +56,24 @@ pub fn parse(text: &str, name: &str) -> Result<Vec<TraceJob>, TraceError> {
     let (labels, pool, run) = (find("labels"), find("pool"), find("run"));
 
     let mut jobs = Vec::new();
-    for (n, line) in lines {
-        let fields = split_line(line).map_err(|(c, m)| err(n, c, m))?;
-        if fields.len() != header.len() {
-            let column = fields.last().map_or(1, |f| f.column);
-            return Err(err(
-                n,
-                column,
-                format!("{} fields, the header has {}", fields.len(), header.len()),
-            ));
+    for record in records {
+        let record = record.map_err(malformed)?;
+        let n = record.position().map_or(0, csv::Position::line);
+        if record.len() != header.len() {
+            let message = format!("{} fields, the header has {}", record.len(), header.len());
+            return Err(err(n, record.len().min(header.len()) + 1, message));
         }
-        let f = |i: usize| &fields[i];
-        let queued_at = parse_time(&f(queued).text)
-            .map_err(|m| err(n, f(queued).column, format!("queued_at: {m}")))?;
-        let dur = parse_secs(&f(duration).text)
-            .map_err(|m| err(n, f(duration).column, format!("duration_s: {m}")))?;
-        let opt = |i: Option<usize>| {
-            i.map(|i| f(i).text.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        };
+        // The header fixes the record length, so every column index is present.
+        let f = |i: usize| record.get(i).unwrap_or_default();
+        let queued_at =
+            parse_time(f(queued)).map_err(|m| err(n, queued + 1, format!("queued_at: {m}")))?;
+        let dur = parse_secs(f(duration))
+            .map_err(|m| err(n, duration + 1, format!("duration_s: {m}")))?;
+        let opt = |i: Option<usize>| i.map(|i| f(i).to_owned()).filter(|s| !s.is_empty());
         jobs.push(TraceJob {
             queued_at,
             duration: dur,
-            labels: labels.map_or_else(|| Arc::from(Vec::new()), |i| split_labels(&f(i).text)),
+            labels: labels.map_or_else(|| Arc::from(Vec::new()), |i| split_labels(f(i))),
             pool: opt(pool),
             run: opt(run),
         });
@@ -146,13 +99,27 @@ mod tests {
     }
 
     #[test]
+    fn comments_blank_lines_and_quoted_line_breaks_keep_the_line_numbers() {
+        let text = "# c\nqueued_at,duration_s,labels\n\n# x\n1741000000,5,\"a\nb\"\n\n1741000001,6,c\n1,x,d\n";
+        let e = parse(text, "t.csv").expect_err("the last duration");
+        assert!(
+            e.to_string()
+                .starts_with("t.csv: line 9, column 2: duration_s"),
+            "{e}"
+        );
+        let jobs = parse(text.trim_end_matches("1,x,d\n"), "t.csv").expect("parses");
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(&*jobs[0].labels, &["a".to_owned(), "b".to_owned()]);
+    }
+
+    #[test]
     fn errors_name_line_and_column() {
         let text =
             "queued_at,duration_s,labels\n2025-03-03T09:00:00Z,300,a\n2025-03-03T09:00:01Z,ten,b\n";
         let e = parse(text, "t.csv").expect_err("bad duration");
         assert_eq!(
             e.to_string(),
-            "t.csv: line 3, column 22: duration_s: `ten` is not a duration in seconds"
+            "t.csv: line 3, column 2: duration_s: `ten` is not a duration in seconds"
         );
         let e = parse("queued_at,duration_s\nyesterday,5\n", "t.csv").expect_err("bad time");
         assert!(
@@ -160,18 +127,15 @@ mod tests {
                 .starts_with("t.csv: line 2, column 1: queued_at"),
             "{e}"
         );
-        let e = parse("queued_at,duration_s\n1,\"5\n", "t.csv").expect_err("quote");
-        assert!(
-            e.to_string()
-                .starts_with("t.csv: line 2, column 3: unterminated"),
-            "{e}"
-        );
         let e = parse("queued_at,duration_s\n1,5,7\n", "t.csv").expect_err("width");
-        assert!(e.to_string().starts_with("t.csv: line 2, column 5:"), "{e}");
-        let e = parse("when,duration_s\n", "t.csv").expect_err("header");
+        assert_eq!(
+            e.to_string(),
+            "t.csv: line 2, column 3: 3 fields, the header has 2"
+        );
+        let e = parse("# a comment\nwhen,duration_s\n", "t.csv").expect_err("header");
         assert!(
             e.to_string()
-                .contains("line 1, column 1: header has no `queued_at`"),
+                .contains("line 2, column 1: header has no `queued_at`"),
             "{e}"
         );
     }

@@ -129,7 +129,7 @@ pub enum TraceError {
         path: String,
         /// 1-based line.
         line: usize,
-        /// 1-based column (characters).
+        /// 1-based column: characters in JSON traces, the field's position in CSV ones.
         column: usize,
         /// What is wrong.
         message: String,
