@@ -494,27 +494,50 @@ mod elector {
         /// Clears `holderIdentity` if the Lease is still ours, before `deadline` (after it,
         /// another replica may already hold it).
         async fn release(&mut self, deadline: Instant) {
-            let Some(mut lease) = self.observed.as_ref().map(|o| o.lease.clone()) else {
-                return;
-            };
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            if holder_of(spec) != Some(self.identity.as_str()) || Instant::now() >= deadline {
-                return;
-            }
-            spec.holder_identity = None;
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
-            let pp = PostParams::default();
-            let request = self.api.replace(&self.lease_name, &pp, &lease);
-            match timeout_at(deadline, request).await {
-                Ok(Ok(written)) => {
-                    self.observe(written);
-                    info!(lease = %self.lease(), "leader election: released the lease");
+            loop {
+                let Some(mut lease) = self.observed.as_ref().map(|o| o.lease.clone()) else {
+                    return;
+                };
+                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                if holder_of(spec) != Some(self.identity.as_str()) || Instant::now() >= deadline {
+                    return;
                 }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "leader election: cannot release the lease; it expires instead");
-                }
-                Err(_) => {
-                    warn!("leader election: releasing the lease timed out; it expires instead")
+                spec.holder_identity = None;
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+                let pp = PostParams::default();
+                let request = self.api.replace(&self.lease_name, &pp, &lease);
+                match timeout_at(deadline, request).await {
+                    Ok(Ok(written)) => {
+                        self.observe(written);
+                        info!(lease = %self.lease(), "leader election: released the lease");
+                        return;
+                    }
+                    // Someone else wrote the Lease since it was read (a label, an annotation):
+                    // read it again, and release it if it is still ours.
+                    Ok(Err(e)) if is_conflict(&e) => {
+                        match timeout_at(deadline, self.api.get_opt(&self.lease_name)).await {
+                            Ok(Ok(Some(current))) => self.observe(current),
+                            Ok(Ok(None)) => return,
+                            Ok(Err(e)) => {
+                                warn!(error = %e, "leader election: cannot read the lease to release it; it expires instead");
+                                return;
+                            }
+                            Err(_) => {
+                                warn!(
+                                    "leader election: releasing the lease timed out; it expires instead"
+                                );
+                                return;
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "leader election: cannot release the lease; it expires instead");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!("leader election: releasing the lease timed out; it expires instead");
+                        return;
+                    }
                 }
             }
         }
@@ -1018,6 +1041,30 @@ mod tests {
         let took = b.until(true, RETRY * 2).await;
         assert!(took - released <= RETRY, "{:?}", took - released);
         assert_eq!(store.lock().expect("store").spec()["leaseTransitions"], 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_meets_another_write_reads_the_lease_again_and_releases_it() {
+        let store = Shared::default();
+        let mut a = start(&store, "a");
+        a.until(true, RETRY).await;
+        sleep(RETRY * 3 + RETRY / 2).await;
+        // Just before the release is written, something else labels the Lease.
+        store.lock().expect("store").before_write = Some(Box::new(|s: &mut Store| {
+            let mut lease = s.lease.clone().expect("a lease");
+            lease["metadata"]["labels"] = json!({"touched": "yes"});
+            s.store(lease);
+        }));
+        a.stop.cancel();
+        a.task.await.expect("elector");
+        assert!(store.lock().expect("store").spec()["holderIdentity"].is_null());
+        let tail: Vec<String> = log(&store).into_iter().rev().take(3).collect();
+        assert_eq!(
+            tail,
+            ["a: PUT 200", "a: GET 200", "a: PUT 409"],
+            "{:?}",
+            log(&store)
+        );
     }
 
     #[tokio::test(start_paused = true)]
