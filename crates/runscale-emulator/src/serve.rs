@@ -51,14 +51,26 @@ impl Server {
         Ok((server, listener))
     }
 
-    /// Serves `app` on `listener` in the background until stopped.
-    pub(crate) fn serve(&self, listener: TcpListener, app: Router) {
+    /// Serves `app` on `listener`, sweeps `shared` every `sweep_every` and runs webhook
+    /// delivery (`delivery`, handed the stop token), all in the background until stopped.
+    pub(crate) fn run<T: Sweep, D>(
+        &self,
+        listener: TcpListener,
+        app: Router,
+        sweep_every: Duration,
+        shared: Arc<T>,
+        delivery: impl FnOnce(CancellationToken) -> D,
+    ) where
+        D: Future<Output = ()> + Send + 'static,
+    {
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(cancel.cancelled_owned())
                 .await;
         });
+        spawn_sweeper(self.cancel.clone(), sweep_every, shared);
+        tokio::spawn(delivery(self.cancel.clone()));
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -142,6 +154,19 @@ pub(crate) async fn count<T: RequestLog>(
 ) -> Response {
     log.record_request(route_of(&req));
     next.run(req).await
+}
+
+/// `routes` with [`count`] around every route and `shared` as their state.
+pub(crate) fn counted<T: RequestLog + Send + Sync + 'static>(
+    routes: Router<Arc<T>>,
+    shared: Arc<T>,
+) -> Router {
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            count::<T>,
+        ))
+        .with_state(shared)
 }
 
 /// `{"message": message}` with `status`.

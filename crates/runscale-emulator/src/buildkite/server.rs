@@ -58,15 +58,13 @@ impl Emulator {
         let (server, listener) = serve::Server::bind(serve::loopback()).await?;
         let (shared, rx) = Shared::new(State::new(&config));
         let shared = Arc::new(shared);
-        server.serve(listener, router(shared.clone()));
-        let cancel = server.cancel().clone();
-        serve::spawn_sweeper(cancel.clone(), SWEEP_EVERY, shared.clone());
-        tokio::spawn(webhook::delivery_loop(
-            rx,
+        server.run(
+            listener,
+            router(shared.clone()),
+            SWEEP_EVERY,
             shared.clone(),
-            config.webhooks.clone(),
-            cancel,
-        ));
+            |cancel| webhook::delivery_loop(rx, shared.clone(), config.webhooks.clone(), cancel),
+        );
         Ok(EmulatorHandle { server, shared })
     }
 }
@@ -174,14 +172,7 @@ fn router(shared: Arc<Shared>) -> Router<()> {
             rest_gate,
         ))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), faults));
-    agent_token
-        .merge(rest)
-        .merge(agent_api::routes())
-        .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            serve::count::<Shared>,
-        ))
-        .with_state(shared)
+    serve::counted(agent_token.merge(rest).merge(agent_api::routes()), shared)
 }
 
 /// The answer to a refused call.

@@ -54,15 +54,13 @@ impl Emulator {
         let (server, listener) = serve::Server::bind(addr).await?;
         let (shared, rx) = Shared::new(State::new(&config));
         let shared = Arc::new(shared);
-        server.serve(listener, router(shared.clone()));
-        let cancel = server.cancel().clone();
-        serve::spawn_sweeper(cancel.clone(), SWEEP_EVERY, shared.clone());
-        tokio::spawn(webhook::delivery_loop(
-            rx,
+        server.run(
+            listener,
+            router(shared.clone()),
+            SWEEP_EVERY,
             shared.clone(),
-            config.webhooks.clone(),
-            cancel,
-        ));
+            |cancel| webhook::delivery_loop(rx, shared.clone(), config.webhooks.clone(), cancel),
+        );
         Ok(EmulatorHandle { server, shared })
     }
 }
@@ -140,12 +138,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v3/runner/disconnect", post(disconnect))
         .route("/api/v3/runner/tasks/{id}/heartbeat", post(heartbeat))
         .route("/api/v3/runner/tasks/{id}/complete", post(complete));
-    api.merge(agent)
-        .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            serve::count::<Shared>,
-        ))
-        .with_state(shared)
+    serve::counted(api.merge(agent), shared)
 }
 
 /// Latency, failures and throttling, before anything else happens.
