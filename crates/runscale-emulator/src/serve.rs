@@ -245,6 +245,24 @@ pub(crate) async fn delay(latency: Duration) {
     }
 }
 
+/// Waits the injected `latency`, then answers the injected fault `outcome`: a 429 saying
+/// `throttled_message` (`retry-after: 1`), any other status saying `failed_message`; without
+/// a fault, passes the request on.
+pub(crate) async fn answer_fault(
+    latency: Duration,
+    outcome: Option<StatusCode>,
+    (throttled_message, failed_message): (&str, &str),
+    req: Request,
+    next: Next,
+) -> Response {
+    delay(latency).await;
+    match outcome {
+        Some(StatusCode::TOO_MANY_REQUESTS) => throttled(throttled_message, 1),
+        Some(status) => error(status, failed_message),
+        None => next.run(req).await,
+    }
+}
+
 /// State swept periodically for lost work.
 pub(crate) trait Sweep: Send + Sync + 'static {
     /// One sweep now (and the events it causes handed on).

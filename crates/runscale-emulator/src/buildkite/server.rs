@@ -196,12 +196,8 @@ async fn faults(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next)
         let outcome = serve::injected_fault!(s, serve::bad_gateway_or_unavailable);
         (s.faults.latency, outcome)
     };
-    serve::delay(latency).await;
-    match outcome {
-        Some(StatusCode::TOO_MANY_REQUESTS) => serve::throttled("Too Many Requests", 1),
-        Some(status) => error(status, "Service Unavailable"),
-        None => next.run(req).await,
-    }
+    let messages = ("Too Many Requests", "Service Unavailable");
+    serve::answer_fault(latency, outcome, messages, req, next).await
 }
 
 async fn agent_token_auth(

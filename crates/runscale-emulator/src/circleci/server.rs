@@ -148,12 +148,8 @@ async fn faults(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next)
         let outcome = serve::injected_fault!(s, serve::bad_gateway_or_unavailable);
         (s.faults.latency, outcome)
     };
-    serve::delay(latency).await;
-    match outcome {
-        Some(StatusCode::TOO_MANY_REQUESTS) => serve::throttled("Rate limit exceeded", 1),
-        Some(status) => error(status, "Service unavailable"),
-        None => next.run(req).await,
-    }
+    let messages = ("Rate limit exceeded", "Service unavailable");
+    serve::answer_fault(latency, outcome, messages, req, next).await
 }
 
 /// `Circle-Token: <token>` or HTTP Basic with the token as user name.
