@@ -3,6 +3,9 @@
 //! fault decisions and JSON error answers, periodic and scheduled background work, and
 //! webhook delivery.
 //!
+//! The GitHub emulator and the fake kube-apiserver keep their own state and start-up, but
+//! serve and tick through [`spawn_server`] and [`spawn_every`] too.
+//!
 //! Only what is the same in all three lives here; their APIs, routes, messages and fault
 //! specifics stay in their modules.
 
@@ -22,6 +25,7 @@ use serde_json::json;
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -296,12 +300,30 @@ pub(crate) fn spawn_sweeper<T: Sweep>(cancel: CancellationToken, period: Duratio
     spawn_every(cancel, period, move || shared.sweep_now());
 }
 
-/// Runs `tick` every `period` until `cancel` fires.
+/// Serves `app` on `listener` in the background until `cancel` fires; a server error is
+/// logged as `stopped` (the GitHub emulator and the fake kube-apiserver).
+pub(crate) fn spawn_server(
+    listener: TcpListener,
+    app: Router,
+    cancel: CancellationToken,
+    stopped: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "{stopped}");
+        }
+    })
+}
+
+/// Runs `tick` every `period` (the first at once) until `cancel` fires.
 pub(crate) fn spawn_every(
     cancel: CancellationToken,
     period: Duration,
     mut tick: impl FnMut() + Send + 'static,
-) {
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(period);
         loop {
@@ -311,7 +333,7 @@ pub(crate) fn spawn_every(
             }
             tick();
         }
-    });
+    })
 }
 
 /// Hands each batch of `arrivals` to `submit` at its offset from now, until `cancel` fires.
