@@ -143,18 +143,20 @@ impl Page {
         total.div_ceil(self.per_page).max(1)
     }
 
-    /// How many `all` holds, this page of them shaped by `shape`, and the `Link` header of
-    /// `uri` over all of them.
+    /// A list body, `{"total_count": <all>, <key>: [this page of all, shaped by shape]}`, and
+    /// the `Link` header of `uri` over all of them.
     fn of<T>(
         self,
         base_url: &str,
         uri: &Uri,
+        key: &str,
         all: Vec<T>,
         shape: impl FnMut(T) -> Value,
-    ) -> (usize, Vec<Value>, Option<String>) {
+    ) -> (Value, Option<String>) {
         let total = all.len();
-        let items = self.slice(all).into_iter().map(shape).collect();
-        (total, items, link_header(base_url, uri, total, self))
+        let items: Vec<Value> = self.slice(all).into_iter().map(shape).collect();
+        let link = link_header(base_url, uri, total, self);
+        (json!({ "total_count": total, key: items }), link)
     }
 }
 
@@ -208,11 +210,8 @@ async fn list_runners(
     shared.with_state(|s, _| {
         let scope = scope(s, &who, &p)?;
         let all = s.list_runners(scope, q.get("name").map(String::as_str));
-        let (total, runners, link) = page.of(&s.base_url, &uri, all, shapes::runner);
-        Ok(with_link(
-            json!({"total_count": total, "runners": runners}),
-            link,
-        ))
+        let (body, link) = page.of(&s.base_url, &uri, "runners", all, shapes::runner);
+        Ok(with_link(body, link))
     })
 }
 
@@ -411,11 +410,10 @@ async fn list_runs(
                     .is_none_or(|want| want == st || Some(want) == concl)
             })
             .collect();
-        let (total, items, link) = page.of(&s.base_url, &uri, runs, |r| shapes::run(s, r));
-        Ok(with_link(
-            json!({"total_count": total, "workflow_runs": items}),
-            link,
-        ))
+        let (body, link) = page.of(&s.base_url, &uri, "workflow_runs", runs, |r| {
+            shapes::run(s, r)
+        });
+        Ok(with_link(body, link))
     })
 }
 
@@ -454,11 +452,8 @@ async fn list_jobs(
         let scope = scope(s, &who, &p)?;
         let run = run_in(s, &scope, run_id)?;
         let jobs: Vec<_> = run.jobs.iter().filter_map(|j| s.jobs.get(j)).collect();
-        let (total, items, link) = page.of(&s.base_url, &uri, jobs, |j| shapes::job(s, j));
-        Ok(with_link(
-            json!({"total_count": total, "jobs": items}),
-            link,
-        ))
+        let (body, link) = page.of(&s.base_url, &uri, "jobs", jobs, |j| shapes::job(s, j));
+        Ok(with_link(body, link))
     })
 }
 
@@ -509,13 +504,11 @@ async fn installation_repositories(
     }
     shared.with_state(|s, _| {
         let indices: Vec<usize> = (0..s.owners[*owner].repos.len()).collect();
-        let (total, items, link) = page.of(&s.base_url, &uri, indices, |r| {
+        let (mut body, link) = page.of(&s.base_url, &uri, "repositories", indices, |r| {
             shapes::repository(s, *owner, r)
         });
-        Ok(with_link(
-            json!({"total_count": total, "repository_selection": "all", "repositories": items}),
-            link,
-        ))
+        body["repository_selection"] = json!("all");
+        Ok(with_link(body, link))
     })
 }
 
