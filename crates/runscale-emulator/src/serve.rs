@@ -371,6 +371,18 @@ pub(crate) fn uuid_shape(h: &str) -> String {
     )
 }
 
+/// Whether two byte strings (a presented token and a stored one) are equal, compared in
+/// time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A random UUID-shaped string: 16 bytes of `rng`.
+pub(crate) fn random_uuid(rng: &mut StdRng) -> String {
+    let b: [u8; 16] = rng.random();
+    uuid_shape(&hex(&b))
+}
+
 /// Hex HMAC-SHA256 under `key` of the concatenated `parts`.
 pub(crate) fn hmac_sha256_hex(key: &[u8], parts: &[&[u8]]) -> Option<String> {
     // HMAC takes keys of any length; this does not fail.

@@ -12,8 +12,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::server::Shared;
-use super::state::{Outgoing, constant_time_eq};
-use crate::serve;
+use super::state::Outgoing;
+use crate::serve::{self, constant_time_eq};
 
 /// The `X-Hub-Signature-256` value of `body` under `secret`: `sha256=<hex HMAC-SHA256>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
