@@ -1,13 +1,14 @@
-//! Scaffolding the CircleCI, GitLab and Buildkite emulators share: the loopback server and
-//! its shutdown, the state behind a mutex with its event channel, request counting, the
-//! fault decisions and JSON error answers, periodic and scheduled background work, and
-//! webhook delivery.
+//! Scaffolding the CircleCI, GitLab and Buildkite emulators share: the loopback server, its
+//! start-up and shutdown, the state behind a mutex with its event channel, request counting,
+//! the fault decisions and answers, periodic and scheduled background work, token comparison
+//! and ids, and webhook delivery.
 //!
 //! The GitHub emulator and the fake kube-apiserver keep their own state and start-up, but
-//! serve and tick through [`spawn_server`] and [`spawn_every`] too.
+//! serve and tick through [`spawn_server`] and [`spawn_every`] too, and GitHub compares
+//! tokens and signs webhooks with [`constant_time_eq`] and [`hmac_sha256_hex`].
 //!
-//! Only what is the same in all three lives here; their APIs, routes, messages and fault
-//! specifics stay in their modules.
+//! Only what is the same lives here; each emulator's API, routes, messages and fault
+//! specifics stay in its module.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,7 +46,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Binds `addr`; serve the returned listener with [`Server::serve`].
+    /// Binds `addr`; serve the returned listener with [`Server::run`].
     pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(Server, TcpListener)> {
         let listener = TcpListener::bind(addr).await?;
         let server = Server {

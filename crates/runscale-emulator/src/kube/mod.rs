@@ -63,7 +63,6 @@ pub use config::{DEFAULT_TOKEN, ImageConfig, KubeConfig, KubeConfigError, KubeFa
 pub use kubelet::process::POD_ROOT_VAR;
 pub use server::RequestRecord;
 
-use crate::serve;
 use resources::ResourceType;
 use server::Shared;
 
@@ -178,8 +177,12 @@ impl KubeEmulator {
             cancel.clone(),
         ));
         let app = server::router(shared.clone());
-        let server =
-            serve::spawn_server(listener, app, cancel.clone(), "fake kube-apiserver stopped");
+        let server = crate::serve::spawn_server(
+            listener,
+            app,
+            cancel.clone(),
+            "fake kube-apiserver stopped",
+        );
         let kubelet = tokio::spawn(kubelet::run(
             shared.clone(),
             kubelet::KubeletConfig {
@@ -194,7 +197,7 @@ impl KubeEmulator {
         ));
         let collector = {
             let shared = shared.clone();
-            serve::spawn_every(cancel.clone(), config.resync_interval, move || {
+            crate::serve::spawn_every(cancel.clone(), config.resync_interval, move || {
                 shared.write(|_| ())
             })
         };
