@@ -1,10 +1,14 @@
-//! Scaffolding the CircleCI, GitLab and Buildkite emulators share: the loopback server and
-//! its shutdown, the state behind a mutex with its event channel, request counting, the
-//! fault decisions and JSON error answers, periodic and scheduled background work, and
-//! webhook delivery.
+//! Scaffolding the CircleCI, GitLab and Buildkite emulators share: the loopback server, its
+//! start-up and shutdown, the state behind a mutex with its event channel, request counting,
+//! the fault decisions and answers, periodic and scheduled background work, token comparison
+//! and ids, and webhook delivery.
 //!
-//! Only what is the same in all three lives here; their APIs, routes, messages and fault
-//! specifics stay in their modules.
+//! The GitHub emulator and the fake kube-apiserver keep their own state and start-up, but
+//! serve and tick through [`spawn_server`] and [`spawn_every`] too, and GitHub compares
+//! tokens and signs webhooks with [`constant_time_eq`] and [`hmac_sha256_hex`].
+//!
+//! Only what is the same lives here; each emulator's API, routes, messages and fault
+//! specifics stay in its module.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +26,7 @@ use serde_json::json;
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +46,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Binds `addr`; serve the returned listener with [`Server::serve`].
+    /// Binds `addr`; serve the returned listener with [`Server::run`].
     pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(Server, TcpListener)> {
         let listener = TcpListener::bind(addr).await?;
         let server = Server {
@@ -51,14 +56,26 @@ impl Server {
         Ok((server, listener))
     }
 
-    /// Serves `app` on `listener` in the background until stopped.
-    pub(crate) fn serve(&self, listener: TcpListener, app: Router) {
+    /// Serves `app` on `listener`, sweeps `shared` every `sweep_every` and runs webhook
+    /// delivery (`delivery`, handed the stop token), all in the background until stopped.
+    pub(crate) fn run<T: Sweep, D>(
+        &self,
+        listener: TcpListener,
+        app: Router,
+        sweep_every: Duration,
+        shared: Arc<T>,
+        delivery: impl FnOnce(CancellationToken) -> D,
+    ) where
+        D: Future<Output = ()> + Send + 'static,
+    {
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(cancel.cancelled_owned())
                 .await;
         });
+        spawn_sweeper(self.cancel.clone(), sweep_every, shared);
+        tokio::spawn(delivery(self.cancel.clone()));
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -144,6 +161,19 @@ pub(crate) async fn count<T: RequestLog>(
     next.run(req).await
 }
 
+/// `routes` with [`count`] around every route and `shared` as their state.
+pub(crate) fn counted<T: RequestLog + Send + Sync + 'static>(
+    routes: Router<Arc<T>>,
+    shared: Arc<T>,
+) -> Router {
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            count::<T>,
+        ))
+        .with_state(shared)
+}
+
 /// `{"message": message}` with `status`.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
@@ -220,6 +250,24 @@ pub(crate) async fn delay(latency: Duration) {
     }
 }
 
+/// Waits the injected `latency`, then answers the injected fault `outcome`: a 429 saying
+/// `throttled_message` (`retry-after: 1`), any other status saying `failed_message`; without
+/// a fault, passes the request on.
+pub(crate) async fn answer_fault(
+    latency: Duration,
+    outcome: Option<StatusCode>,
+    (throttled_message, failed_message): (&str, &str),
+    req: Request,
+    next: Next,
+) -> Response {
+    delay(latency).await;
+    match outcome {
+        Some(StatusCode::TOO_MANY_REQUESTS) => throttled(throttled_message, 1),
+        Some(status) => error(status, failed_message),
+        None => next.run(req).await,
+    }
+}
+
 /// State swept periodically for lost work.
 pub(crate) trait Sweep: Send + Sync + 'static {
     /// One sweep now (and the events it causes handed on).
@@ -253,12 +301,30 @@ pub(crate) fn spawn_sweeper<T: Sweep>(cancel: CancellationToken, period: Duratio
     spawn_every(cancel, period, move || shared.sweep_now());
 }
 
-/// Runs `tick` every `period` until `cancel` fires.
+/// Serves `app` on `listener` in the background until `cancel` fires; a server error is
+/// logged as `stopped` (the GitHub emulator and the fake kube-apiserver).
+pub(crate) fn spawn_server(
+    listener: TcpListener,
+    app: Router,
+    cancel: CancellationToken,
+    stopped: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "{stopped}");
+        }
+    })
+}
+
+/// Runs `tick` every `period` (the first at once) until `cancel` fires.
 pub(crate) fn spawn_every(
     cancel: CancellationToken,
     period: Duration,
     mut tick: impl FnMut() + Send + 'static,
-) {
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(period);
         loop {
@@ -268,7 +334,7 @@ pub(crate) fn spawn_every(
             }
             tick();
         }
-    });
+    })
 }
 
 /// Hands each batch of `arrivals` to `submit` at its offset from now, until `cancel` fires.
@@ -304,6 +370,18 @@ pub(crate) fn uuid_shape(h: &str) -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// Whether two byte strings (a presented token and a stored one) are equal, compared in
+/// time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A random UUID-shaped string: 16 bytes of `rng`.
+pub(crate) fn random_uuid(rng: &mut StdRng) -> String {
+    let b: [u8; 16] = rng.random();
+    uuid_shape(&hex(&b))
 }
 
 /// Hex HMAC-SHA256 under `key` of the concatenated `parts`.

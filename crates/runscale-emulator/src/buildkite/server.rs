@@ -58,15 +58,13 @@ impl Emulator {
         let (server, listener) = serve::Server::bind(serve::loopback()).await?;
         let (shared, rx) = Shared::new(State::new(&config));
         let shared = Arc::new(shared);
-        server.serve(listener, router(shared.clone()));
-        let cancel = server.cancel().clone();
-        serve::spawn_sweeper(cancel.clone(), SWEEP_EVERY, shared.clone());
-        tokio::spawn(webhook::delivery_loop(
-            rx,
+        server.run(
+            listener,
+            router(shared.clone()),
+            SWEEP_EVERY,
             shared.clone(),
-            config.webhooks.clone(),
-            cancel,
-        ));
+            |cancel| webhook::delivery_loop(rx, shared.clone(), config.webhooks.clone(), cancel),
+        );
         Ok(EmulatorHandle { server, shared })
     }
 }
@@ -174,14 +172,7 @@ fn router(shared: Arc<Shared>) -> Router<()> {
             rest_gate,
         ))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), faults));
-    agent_token
-        .merge(rest)
-        .merge(agent_api::routes())
-        .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            serve::count::<Shared>,
-        ))
-        .with_state(shared)
+    serve::counted(agent_token.merge(rest).merge(agent_api::routes()), shared)
 }
 
 /// The answer to a refused call.
@@ -205,12 +196,8 @@ async fn faults(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next)
         let outcome = serve::injected_fault!(s, serve::bad_gateway_or_unavailable);
         (s.faults.latency, outcome)
     };
-    serve::delay(latency).await;
-    match outcome {
-        Some(StatusCode::TOO_MANY_REQUESTS) => serve::throttled("Too Many Requests", 1),
-        Some(status) => error(status, "Service Unavailable"),
-        None => next.run(req).await,
-    }
+    let messages = ("Too Many Requests", "Service Unavailable");
+    serve::answer_fault(latency, outcome, messages, req, next).await
 }
 
 async fn agent_token_auth(

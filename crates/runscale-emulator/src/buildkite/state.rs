@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -181,12 +181,7 @@ pub(crate) struct State {
 /// Whether `token` is one of `tokens` (compared over the whole length): its index.
 fn token_index(tokens: &[SecretString], token: &str) -> Option<usize> {
     tokens.iter().position(|t| {
-        let t = t.expose_secret().as_bytes();
-        t.len() == token.len()
-            && t.iter()
-                .zip(token.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        crate::serve::constant_time_eq(t.expose_secret().as_bytes(), token.as_bytes())
     })
 }
 
@@ -252,8 +247,7 @@ impl State {
     }
 
     pub(crate) fn uuid(&mut self) -> String {
-        let b: [u8; 16] = self.rng.random();
-        crate::serve::uuid_shape(&crate::serve::hex(&b))
+        crate::serve::random_uuid(&mut self.rng)
     }
 
     pub(crate) fn agent_token_ok(&self, token: &str) -> bool {

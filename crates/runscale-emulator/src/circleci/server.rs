@@ -54,15 +54,13 @@ impl Emulator {
         let (server, listener) = serve::Server::bind(addr).await?;
         let (shared, rx) = Shared::new(State::new(&config));
         let shared = Arc::new(shared);
-        server.serve(listener, router(shared.clone()));
-        let cancel = server.cancel().clone();
-        serve::spawn_sweeper(cancel.clone(), SWEEP_EVERY, shared.clone());
-        tokio::spawn(webhook::delivery_loop(
-            rx,
+        server.run(
+            listener,
+            router(shared.clone()),
+            SWEEP_EVERY,
             shared.clone(),
-            config.webhooks.clone(),
-            cancel,
-        ));
+            |cancel| webhook::delivery_loop(rx, shared.clone(), config.webhooks.clone(), cancel),
+        );
         Ok(EmulatorHandle { server, shared })
     }
 }
@@ -140,12 +138,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v3/runner/disconnect", post(disconnect))
         .route("/api/v3/runner/tasks/{id}/heartbeat", post(heartbeat))
         .route("/api/v3/runner/tasks/{id}/complete", post(complete));
-    api.merge(agent)
-        .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            serve::count::<Shared>,
-        ))
-        .with_state(shared)
+    serve::counted(api.merge(agent), shared)
 }
 
 /// Latency, failures and throttling, before anything else happens.
@@ -155,12 +148,8 @@ async fn faults(AxState(shared): AxState<Arc<Shared>>, req: Request, next: Next)
         let outcome = serve::injected_fault!(s, serve::bad_gateway_or_unavailable);
         (s.faults.latency, outcome)
     };
-    serve::delay(latency).await;
-    match outcome {
-        Some(StatusCode::TOO_MANY_REQUESTS) => serve::throttled("Rate limit exceeded", 1),
-        Some(status) => error(status, "Service unavailable"),
-        None => next.run(req).await,
-    }
+    let messages = ("Rate limit exceeded", "Service unavailable");
+    serve::answer_fault(latency, outcome, messages, req, next).await
 }
 
 /// `Circle-Token: <token>` or HTTP Basic with the token as user name.

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
@@ -104,9 +104,7 @@ pub(crate) struct State {
 }
 
 fn same(a: &str, b: &SecretString) -> bool {
-    let b = b.expose_secret().as_bytes();
-    let a = a.as_bytes();
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::serve::constant_time_eq(a.as_bytes(), b.expose_secret().as_bytes())
 }
 
 impl State {
@@ -155,8 +153,7 @@ impl State {
 
     /// A random id shaped like a UUID.
     pub(crate) fn uuid(&mut self) -> String {
-        let b: [u8; 16] = self.rng.random();
-        crate::serve::uuid_shape(&crate::serve::hex(&b))
+        crate::serve::random_uuid(&mut self.rng)
     }
 
     /// Queues the tasks of one workflow; returns their ids.

@@ -25,7 +25,7 @@ use super::error::{ApiError, DOC_APPS, DOC_INSTALLATIONS, DOC_REST, DOC_RUNNERS,
 use super::middleware::github_layer;
 use super::server::Shared;
 use super::shapes;
-use super::state::{NewRunner, Principal, Scope, State as EmuState};
+use super::state::{NewRunner, Principal, RunRec, Scope, State as EmuState};
 
 type Params = HashMap<String, String>;
 type ApiResult = Result<Response, ApiError>;
@@ -95,6 +95,14 @@ fn scope(s: &EmuState, who: &Principal, p: &Params) -> Result<Scope, ApiError> {
     Ok(scope)
 }
 
+/// Workflow run `run_id` of the scope's repository (404 for any other).
+fn run_in<'s>(s: &'s EmuState, scope: &Scope, run_id: u64) -> Result<&'s RunRec, ApiError> {
+    s.runs
+        .get(&run_id)
+        .filter(|r| r.owner == scope.owner && Some(r.repo) == scope.repo)
+        .ok_or_else(|| ApiError::not_found(DOC_RUNS))
+}
+
 fn id_param(p: &Params, name: &str, doc: &'static str) -> Result<u64, ApiError> {
     p.get(name)
         .and_then(|v| v.parse().ok())
@@ -133,6 +141,22 @@ impl Page {
 
     fn last(self, total: usize) -> usize {
         total.div_ceil(self.per_page).max(1)
+    }
+
+    /// A list body, `{"total_count": <all>, <key>: [this page of all, shaped by shape]}`, and
+    /// the `Link` header of `uri` over all of them.
+    fn of<T>(
+        self,
+        base_url: &str,
+        uri: &Uri,
+        key: &str,
+        all: Vec<T>,
+        shape: impl FnMut(T) -> Value,
+    ) -> (Value, Option<String>) {
+        let total = all.len();
+        let items: Vec<Value> = self.slice(all).into_iter().map(shape).collect();
+        let link = link_header(base_url, uri, total, self);
+        (json!({ "total_count": total, key: items }), link)
     }
 }
 
@@ -186,13 +210,8 @@ async fn list_runners(
     shared.with_state(|s, _| {
         let scope = scope(s, &who, &p)?;
         let all = s.list_runners(scope, q.get("name").map(String::as_str));
-        let total = all.len();
-        let runners: Vec<Value> = page.slice(all).into_iter().map(shapes::runner).collect();
-        let link = link_header(&s.base_url, &uri, total, page);
-        Ok(with_link(
-            json!({"total_count": total, "runners": runners}),
-            link,
-        ))
+        let (body, link) = page.of(&s.base_url, &uri, "runners", all, shapes::runner);
+        Ok(with_link(body, link))
     })
 }
 
@@ -391,17 +410,10 @@ async fn list_runs(
                     .is_none_or(|want| want == st || Some(want) == concl)
             })
             .collect();
-        let total = runs.len();
-        let items: Vec<Value> = page
-            .slice(runs)
-            .into_iter()
-            .map(|r| shapes::run(s, r))
-            .collect();
-        let link = link_header(&s.base_url, &uri, total, page);
-        Ok(with_link(
-            json!({"total_count": total, "workflow_runs": items}),
-            link,
-        ))
+        let (body, link) = page.of(&s.base_url, &uri, "workflow_runs", runs, |r| {
+            shapes::run(s, r)
+        });
+        Ok(with_link(body, link))
     })
 }
 
@@ -413,11 +425,7 @@ async fn get_run(
     let run_id = id_param(&p, "run_id", DOC_RUNS)?;
     shared.with_state(|s, _| {
         let scope = scope(s, &who, &p)?;
-        let run = s
-            .runs
-            .get(&run_id)
-            .filter(|r| r.owner == scope.owner && Some(r.repo) == scope.repo)
-            .ok_or_else(|| ApiError::not_found(DOC_RUNS))?;
+        let run = run_in(s, &scope, run_id)?;
         Ok(Json(shapes::run(s, run)).into_response())
     })
 }
@@ -442,23 +450,10 @@ async fn list_jobs(
     }
     shared.with_state(|s, _| {
         let scope = scope(s, &who, &p)?;
-        let run = s
-            .runs
-            .get(&run_id)
-            .filter(|r| r.owner == scope.owner && Some(r.repo) == scope.repo)
-            .ok_or_else(|| ApiError::not_found(DOC_RUNS))?;
+        let run = run_in(s, &scope, run_id)?;
         let jobs: Vec<_> = run.jobs.iter().filter_map(|j| s.jobs.get(j)).collect();
-        let total = jobs.len();
-        let items: Vec<Value> = page
-            .slice(jobs)
-            .into_iter()
-            .map(|j| shapes::job(s, j))
-            .collect();
-        let link = link_header(&s.base_url, &uri, total, page);
-        Ok(with_link(
-            json!({"total_count": total, "jobs": items}),
-            link,
-        ))
+        let (body, link) = page.of(&s.base_url, &uri, "jobs", jobs, |j| shapes::job(s, j));
+        Ok(with_link(body, link))
     })
 }
 
@@ -509,17 +504,11 @@ async fn installation_repositories(
     }
     shared.with_state(|s, _| {
         let indices: Vec<usize> = (0..s.owners[*owner].repos.len()).collect();
-        let total = indices.len();
-        let items: Vec<Value> = page
-            .slice(indices)
-            .into_iter()
-            .map(|r| shapes::repository(s, *owner, r))
-            .collect();
-        let link = link_header(&s.base_url, &uri, total, page);
-        Ok(with_link(
-            json!({"total_count": total, "repository_selection": "all", "repositories": items}),
-            link,
-        ))
+        let (mut body, link) = page.of(&s.base_url, &uri, "repositories", indices, |r| {
+            shapes::repository(s, *owner, r)
+        });
+        body["repository_selection"] = json!("all");
+        Ok(with_link(body, link))
     })
 }
 

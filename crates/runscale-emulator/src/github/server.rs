@@ -17,6 +17,7 @@ use super::error::EmulatorError;
 use super::model::{DeliveryRecord, JobRef, JobSpec, Snapshot, Violation, Workload};
 use super::state::{Now, Outgoing, State};
 use super::{api, runner_api, webhook};
+use crate::serve;
 
 /// How often runner liveness is checked.
 const TICK: Duration = Duration::from_millis(200);
@@ -94,29 +95,11 @@ impl Emulator {
             cancel: cancel.clone(),
         });
         let app = router(shared.clone());
-        let server = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let shutdown = async move { cancel.cancelled().await };
-                if let Err(error) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(%error, "emulator server stopped");
-                }
-            })
-        };
+        let server = serve::spawn_server(listener, app, cancel.clone(), "emulator server stopped");
         let ticker = {
             let shared = shared.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(TICK);
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = interval.tick() => shared.with_state(|s, now| s.tick(now)),
-                    }
-                }
+            serve::spawn_every(cancel.clone(), TICK, move || {
+                shared.with_state(|s, now| s.tick(now))
             })
         };
         let sender = tokio::spawn(webhook::delivery_loop(

@@ -24,6 +24,7 @@ use super::model::{
     RunnerStatus, Snapshot, Violation, ViolationKind, WebhookStats,
 };
 use super::shapes;
+use crate::serve::constant_time_eq;
 
 /// The time an operation happens at: monotonic for durations, wall clock for timestamps.
 #[derive(Clone, Copy, Debug)]
@@ -1323,14 +1324,6 @@ impl State {
             self.webhook_stats.failed += 1;
         }
     }
-}
-
-/// Compares two byte strings in time independent of where they differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -7,27 +7,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hmac::{KeyInit, Mac};
 use secrecy::ExposeSecret;
-use sha2::Sha256;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::server::Shared;
-use super::state::{Outgoing, constant_time_eq};
-
-type HmacSha256 = hmac::Hmac<Sha256>;
+use super::state::Outgoing;
+use crate::serve::{self, constant_time_eq};
 
 /// The `X-Hub-Signature-256` value of `body` under `secret`: `sha256=<hex HMAC-SHA256>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match HmacSha256::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    format!("sha256={}", hex::encode(digest))
+    serve::hmac_sha256_hex(secret, &[body]).map_or_else(String::new, |hex| format!("sha256={hex}"))
 }
 
 /// Whether `header` is the valid `X-Hub-Signature-256` of `body` under `secret`, compared

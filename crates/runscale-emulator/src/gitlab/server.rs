@@ -71,16 +71,21 @@ impl Emulator {
             long_poll: config.long_poll,
             trace_update_interval: config.trace_update_interval,
         });
-        server.serve(listener, router(shared.clone()));
-        let cancel = server.cancel().clone();
-        serve::spawn_sweeper(cancel.clone(), SWEEP_EVERY, shared.clone());
-        tokio::spawn(webhook::delivery_loop(
-            rx,
+        server.run(
+            listener,
+            router(shared.clone()),
+            SWEEP_EVERY,
             shared.clone(),
-            config.webhooks.clone(),
-            server.url(),
-            cancel,
-        ));
+            |cancel| {
+                webhook::delivery_loop(
+                    rx,
+                    shared.clone(),
+                    config.webhooks.clone(),
+                    server.url(),
+                    cancel,
+                )
+            },
+        );
         Ok(EmulatorHandle { server, shared })
     }
 }
@@ -151,7 +156,7 @@ impl EmulatorHandle {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let routes = Router::new()
         // Admin API.
         .route("/api/v4/user", get(user))
         .route("/api/v4/user/runners", post(create_runner))
@@ -181,12 +186,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/jobs/request", post(request_job))
         .route("/api/v4/jobs/{id}", put(update_job))
         .route("/api/v4/jobs/{id}/trace", patch(patch_trace))
-        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), gate))
-        .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            serve::count::<Shared>,
-        ))
-        .with_state(shared)
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), gate));
+    serve::counted(routes, shared)
 }
 
 /// Calls runners make with their own tokens: never faulted, no admin token.

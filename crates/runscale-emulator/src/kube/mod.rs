@@ -177,18 +177,12 @@ impl KubeEmulator {
             cancel.clone(),
         ));
         let app = server::router(shared.clone());
-        let server = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let shutdown = async move { cancel.cancelled().await };
-                if let Err(error) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(%error, "fake kube-apiserver stopped");
-                }
-            })
-        };
+        let server = crate::serve::spawn_server(
+            listener,
+            app,
+            cancel.clone(),
+            "fake kube-apiserver stopped",
+        );
         let kubelet = tokio::spawn(kubelet::run(
             shared.clone(),
             kubelet::KubeletConfig {
@@ -203,15 +197,8 @@ impl KubeEmulator {
         ));
         let collector = {
             let shared = shared.clone();
-            let every = config.resync_interval;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tokio::select! {
-                        _ = shared.cancel.cancelled() => return,
-                        _ = tick.tick() => shared.write(|_| ()),
-                    }
-                }
+            crate::serve::spawn_every(cancel.clone(), config.resync_interval, move || {
+                shared.write(|_| ())
             })
         };
         Ok(KubeHandle {
