@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod adapter_type;
 pub mod clock;
 pub mod error;
+pub mod forecast;
 pub mod instrument;
 pub mod metrics;
 pub mod model;
@@ -27,6 +28,7 @@ pub use adapter::{
 pub use adapter_type::{BackendType, PoolContext, ProviderType};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, ErrorKind, Result};
+pub use forecast::{DemandHistory, Forecast, Warm};
 pub use model::{
     Demand, EffectiveLimits, Instance, InstanceId, InstanceState, Observation, PoolId, PoolSpec,
     Runner, RunnerId, RunnerState, Timestamp, WaitingJob, template_hash,

@@ -105,6 +105,9 @@ pub struct PoolSpec {
     /// counts alone and retires an instance only when no job of the pool waits or runs (see
     /// the policy's module docs).
     pub runners_unattributed: bool,
+    /// Predictive warm capacity: spare slots for the arrivals the forecast expects
+    /// ([`Observation::forecast`]), beyond `min_idle`. `None`: purely reactive.
+    pub warm: Option<crate::forecast::Warm>,
 }
 
 impl PoolSpec {
@@ -238,7 +241,7 @@ pub struct Instance {
 }
 
 /// Everything the policy sees of one pool at one instant.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// Jobs waiting and running.
     pub demand: Demand,
@@ -262,6 +265,10 @@ pub struct Observation {
     /// restart; the policy then falls back to `boot_timeout`.
     #[serde(default)]
     pub departed: Vec<String>,
+    /// What the pool's demand history predicts over the next lead time (arrival rate, lead
+    /// time), for [`PoolSpec::warm`]. `None` until a lead time was seen.
+    #[serde(default)]
+    pub forecast: Option<crate::forecast::Forecast>,
 }
 
 /// A pool's template hash (`PoolSpec::template_hash`, recorded on instances): the backend's

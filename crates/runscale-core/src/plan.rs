@@ -15,6 +15,8 @@ pub enum Reason {
     Demand,
     /// Keeping `min_idle` warm runners.
     MinIdle,
+    /// Keeping the spare runners the demand forecast calls for (`warm`).
+    Forecast,
     /// A surplus runner was idle longer than `idle_timeout`.
     IdleTimeout,
     /// An instance has no registered runner `boot_timeout` after launch (it never registered,
@@ -43,6 +45,7 @@ impl Reason {
         match self {
             Reason::Demand => "demand",
             Reason::MinIdle => "min_idle",
+            Reason::Forecast => "forecast",
             Reason::IdleTimeout => "idle_timeout",
             Reason::BootTimeout => "boot_timeout",
             Reason::Drained => "drained",

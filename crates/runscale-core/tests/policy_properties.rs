@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 use proptest::prelude::*;
+use runscale_core::forecast::warm_slots;
 use runscale_core::{
-    Action, Instance, InstanceId, InstanceState, Limit, Observation, Plan, PoolSpec, Runner,
-    RunnerId, RunnerState, Timestamp, WaitingJob, plan,
+    Action, Forecast, Instance, InstanceId, InstanceState, Limit, Observation, Plan, PoolSpec,
+    Runner, RunnerId, RunnerState, Timestamp, WaitingJob, Warm, plan,
 };
 
 fn now() -> Timestamp {
@@ -168,26 +169,60 @@ fn observation_strategy() -> impl Strategy<Value = (PoolSpec, Observation)> {
             proptest::collection::vec(0u64..120, 0..8),
             proptest::bool::weighted(0.1),
             proptest::collection::vec(proptest::bool::weighted(0.3), 64),
+            // `warm` and its forecast: (target wait, coverage), (rate, lead time, dispersion).
+            proptest::option::weighted(
+                0.4,
+                (
+                    (0u64..120, 0.05f64..0.999),
+                    (0.0f64..1.0, 0u64..400, 1.0f64..8.0),
+                ),
+            ),
         )
-            .prop_map(|(spec, seeds, orphans, waiting, recent, stale, departed)| {
-                let mut obs = build(&spec, seeds, orphans, waiting, recent);
-                obs.stale = stale;
-                // Runners the reconciler saw registered that have left. Mostly unlisted ones,
-                // but a listed name may come too (the policy must trust the listing).
-                let names: Vec<String> = obs
-                    .instances
-                    .iter()
-                    .flat_map(|i| i.runner_names.iter().cloned())
-                    .collect();
-                obs.departed = names
-                    .into_iter()
-                    .zip(departed)
-                    .filter(|(_, d)| *d)
-                    .map(|(n, _)| n)
-                    .collect();
-                (spec, obs)
-            })
+            .prop_map(
+                |(mut spec, seeds, orphans, waiting, recent, stale, departed, warm)| {
+                    if let Some(((wait, coverage), (rate, lead, dispersion))) = warm {
+                        spec.warm = Some(Warm {
+                            target_wait: Duration::from_secs(wait),
+                            coverage,
+                        });
+                        let forecast = Forecast {
+                            arrivals_per_sec: rate,
+                            lead_time: Duration::from_secs(lead),
+                            dispersion,
+                        };
+                        let mut obs = build(&spec, seeds, orphans, waiting, recent);
+                        obs.forecast = Some(forecast);
+                        return finish(spec, obs, stale, departed);
+                    }
+                    let obs = build(&spec, seeds, orphans, waiting, recent);
+                    finish(spec, obs, stale, departed)
+                },
+            )
     })
+}
+
+/// Marks the observation stale or not, and some of its runners departed.
+fn finish(
+    spec: PoolSpec,
+    mut obs: Observation,
+    stale: bool,
+    departed: Vec<bool>,
+) -> (PoolSpec, Observation) {
+    obs.stale = stale;
+    // Runners the reconciler saw registered that have left. Mostly unlisted ones,
+    // but a listed name may come too (the policy must trust the listing).
+    let names: Vec<String> = obs
+        .instances
+        .iter()
+        .flat_map(|i| i.runner_names.iter().cloned())
+        .collect();
+    obs.departed = names
+        .into_iter()
+        .zip(departed)
+        .filter(|(_, d)| *d)
+        .map(|(n, _)| n)
+        .collect();
+    (spec, obs)
 }
 
 fn runners_by_name(obs: &Observation) -> HashMap<&str, &Runner> {
@@ -349,7 +384,12 @@ proptest! {
                 free += (k - online).saturating_sub(left);
             }
         }
-        let wanted = obs.demand.waiting.len() as u32 + p.limits.min_idle;
+        // The spare slots asked for: `min_idle`, or what the forecast calls for if more.
+        let warm = match (&spec.warm, &obs.forecast) {
+            (Some(w), Some(f)) => warm_slots(w, f, p.limits.max.saturating_mul(k)),
+            _ => 0,
+        };
+        let wanted = obs.demand.waiting.len() as u32 + p.limits.min_idle.max(warm);
         if p.launches() * k + free < wanted {
             let (_, limit) = p.held_back.expect("unmet demand must be explained by a cap");
             let live = obs.instances.iter()
@@ -543,10 +583,15 @@ proptest! {
     fn p3_no_demand_scales_to_zero(
         (spec, seeds) in spec_strategy().prop_flat_map(|s| (Just(s), proptest::collection::vec(instance_strategy(), 0..12))),
         pass_secs in 1u64..60,
+        warm in any::<bool>(),
     ) {
         let mut spec = spec;
         spec.min_idle = 0;
         spec.max_lifetime = None;
+        // A pool keeping warm capacity, when no arrival is expected, keeps none.
+        if warm {
+            spec.warm = Some(Warm::AUTO);
+        }
         // No demand: nothing busy.
         let seeds: Vec<InstanceSeed> = seeds.into_iter().map(|(st, age, old, slots)| {
             let slots = slots.into_iter().map(|s| s.map(|(state, draining, last)| {
@@ -556,6 +601,13 @@ proptest! {
             (st.min(1), age, old, slots)
         }).collect();
         let mut obs = build(&spec, seeds, vec![], 0, vec![]);
+        if warm {
+            obs.forecast = Some(Forecast {
+                arrivals_per_sec: 0.0,
+                lead_time: Duration::from_secs(60),
+                dispersion: 1.0,
+            });
+        }
         let bound = spec.idle_timeout.max(spec.scale_down_delay).max(spec.boot_timeout);
         drain_passes(&spec, &mut obs, bound, pass_secs)?;
         prop_assert!(obs.runners.is_empty());

@@ -1072,3 +1072,76 @@ async fn after_a_60s_outage_the_first_job_queued_starts_within_boot_plus_5s() {
     stop.cancel();
     task.await.expect("task");
 }
+
+/// Jobs arriving one every `every` for `count` arrivals, each running `run`.
+async fn stream(world: &Arc<World>, pool: &str, every: Duration, count: usize, run: Duration) {
+    for _ in 0..count {
+        world.enqueue(pool, 1, run);
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_warm_capacity_a_steady_stream_finds_runners_ready_and_the_spares_are_retired_after() {
+    async fn waits(warm: Option<runscale_core::Warm>) -> (Vec<Duration>, usize) {
+        let clock = clock();
+        let config = WorldConfig {
+            boot_delay: Duration::from_secs(60),
+            ..WorldConfig::default()
+        };
+        let world = World::new(clock.clone(), config);
+        let mut spec = PoolSpec::test("linux")
+            .max(20)
+            .idle_timeout(Duration::from_secs(60))
+            .warm(warm);
+        spec.boot_timeout = Duration::from_secs(300);
+        let r = Reconciler::new(
+            vec![binding(&world, spec, "ci")],
+            clock,
+            metrics(),
+            options(),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(r.run(stop.clone()));
+        // A job every 15 s for 20 minutes, each running 30 s; then an hour of quiet.
+        stream(
+            &world,
+            "linux",
+            Duration::from_secs(15),
+            80,
+            Duration::from_secs(30),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        stop.cancel();
+        task.await.expect("reconciler task");
+        let s = world.snapshot();
+        assert_eq!(s.completed.len(), 80, "{s:?}");
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        (s.completed.iter().map(|(_, w)| *w).collect(), s.instances)
+    }
+    let (reactive, left) = waits(None).await;
+    assert!(
+        reactive.iter().all(|w| *w >= Duration::from_secs(60)),
+        "{reactive:?}"
+    );
+    assert_eq!(left, 0);
+    let warm = runscale_core::Warm {
+        target_wait: Duration::ZERO,
+        coverage: 0.9,
+    };
+    let (warmed, left) = waits(Some(warm)).await;
+    // Once the first launches measured the lead time, jobs find a runner up: none waits for a
+    // boot. (The in-memory world starts a job when the reconciler next calls it, at most an
+    // interval later.)
+    let ready = warmed
+        .iter()
+        .filter(|w| **w <= Duration::from_secs(20))
+        .count();
+    assert!(
+        ready >= 70,
+        "{ready} of 80 did not wait for a boot: {warmed:?}"
+    );
+    // After the stream, the forecast fades and the spares are retired.
+    assert_eq!(left, 0, "spare runners retired after the stream");
+}

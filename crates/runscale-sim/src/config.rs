@@ -44,6 +44,7 @@ impl SimPool {
                 ephemeral: true,
                 template_hash: "sim".to_owned(),
                 runners_unattributed: false,
+                warm: Some(runscale_core::Warm::AUTO),
             },
             labels: Vec::new(),
         }
@@ -193,5 +194,63 @@ mod tests {
         assert!(p.matches(&["self-hosted".into(), "Linux".into(), "x64".into()]));
         assert!(!p.matches(&["linux".into(), "gpu".into()]));
         assert!(p.matches(&[]));
+    }
+}
+
+/// A `warm` setting given on the command line: `off`, `auto`, or `TARGET_WAIT[@COVERAGE]`
+/// (`10s`, `5s@0.9`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WarmArg(pub Option<runscale_core::Warm>);
+
+impl std::str::FromStr for WarmArg {
+    type Err = SimError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |message: String| SimError::Invalid {
+            field: "warm",
+            message,
+        };
+        let s = s.trim();
+        match s.to_ascii_lowercase().as_str() {
+            "off" => return Ok(Self(None)),
+            "auto" => return Ok(Self(Some(runscale_core::Warm::AUTO))),
+            _ => {}
+        }
+        let (wait, coverage) = s.split_once('@').unwrap_or((s, ""));
+        let target_wait = humantime::parse_duration(wait.trim()).map_err(|e| {
+            bad(format!(
+                "`{wait}` is not a duration ({e}); expected off, auto or TARGET_WAIT[@COVERAGE]"
+            ))
+        })?;
+        let coverage = if coverage.is_empty() {
+            runscale_core::Warm::AUTO.coverage
+        } else {
+            coverage
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|c| *c > 0.0 && *c < 1.0)
+                .ok_or_else(|| bad(format!("coverage `{coverage}` must be above 0 and below 1")))?
+        };
+        if target_wait > Duration::from_secs(3600) {
+            return Err(bad("target wait must be at most 1h".to_owned()));
+        }
+        Ok(Self(Some(runscale_core::Warm {
+            target_wait,
+            coverage,
+        })))
+    }
+}
+
+impl std::fmt::Display for WarmArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            Some(w) => write!(
+                f,
+                "{}@{}",
+                humantime::format_duration(w.target_wait),
+                w.coverage
+            ),
+        }
     }
 }

@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 pub use boot::BootDist;
-pub use config::{Detection, SimPool, WorldParams};
+pub use config::{Detection, SimPool, WarmArg, WorldParams};
 pub use policies::{PolicyName, PolicySelection};
 pub use report::{PolicyReport, SimReport};
 pub use trace::{GenOptions, GeneratorKind, Trace, TraceError, TraceJob, TraceSource};
@@ -66,6 +66,8 @@ pub struct SimulateArgs {
     pub format: OutputFormat,
     /// Directory for charts; [`execute`] writes them there, [`run`] ignores it.
     pub charts_dir: Option<PathBuf>,
+    /// Overrides every pool's `warm` setting.
+    pub warm: Option<WarmArg>,
 }
 
 impl Default for SimulateArgs {
@@ -82,6 +84,7 @@ impl Default for SimulateArgs {
             seed: 1,
             format: OutputFormat::Table,
             charts_dir: None,
+            warm: None,
         }
     }
 }
@@ -184,11 +187,16 @@ pub fn run(args: &SimulateArgs) -> Result<SimReport, SimError> {
 /// Like [`run`], on a trace already in memory (args.trace is only used as its label).
 pub fn run_trace(args: &SimulateArgs, trace: &Trace) -> Result<SimReport, SimError> {
     args.validate()?;
-    let pools = if args.pools.is_empty() {
+    let mut pools = if args.pools.is_empty() {
         vec![SimPool::default_pool()]
     } else {
         args.pools.clone()
     };
+    if let Some(WarmArg(warm)) = args.warm {
+        for p in &mut pools {
+            p.spec.warm = warm;
+        }
+    }
     let boot = args.boot.sampler()?;
     let compiled = engine::compile(trace, &pools, &boot, args.seed);
     let mut results = Vec::with_capacity(args.policies.0.len());

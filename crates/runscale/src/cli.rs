@@ -131,6 +131,10 @@ pub struct SimulateCli {
     /// Write charts (SVG and PNG) into this directory.
     #[arg(long)]
     pub charts: Option<PathBuf>,
+    /// Every pool's predictive warm capacity: `off`, `auto`, or `TARGET_WAIT[@COVERAGE]`
+    /// (`10s`, `5s@0.9`); default: the configuration's (`auto` without one).
+    #[arg(long)]
+    pub warm: Option<String>,
 }
 
 /// Configuration subcommands.

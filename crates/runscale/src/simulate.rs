@@ -52,6 +52,7 @@ pub fn args(cli: &SimulateCli) -> anyhow::Result<SimulateArgs> {
         seed: cli.seed,
         format: cli.format.parse::<OutputFormat>()?,
         charts_dir: cli.charts.clone(),
+        warm: cli.warm.as_deref().map(str::parse).transpose()?,
         ..SimulateArgs::default()
     })
 }

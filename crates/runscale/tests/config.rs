@@ -724,3 +724,43 @@ fn adapter_durations_have_an_upper_bound() {
         );
     load(&text).expect("at the limit");
 }
+
+#[test]
+fn warm_is_auto_by_default_and_can_be_off_or_set() {
+    let warm = |extra: &str| load(&yaml(extra)).expect("valid").pools[0].spec.warm;
+    assert_eq!(warm(""), Some(runscale_core::Warm::AUTO));
+    assert_eq!(warm("    warm: auto\n"), Some(runscale_core::Warm::AUTO));
+    assert_eq!(warm("    warm: off\n"), None);
+    assert_eq!(
+        warm("    warm: {target_wait: 5s, coverage: 0.95}\n"),
+        Some(runscale_core::Warm {
+            target_wait: Duration::from_secs(5),
+            coverage: 0.95,
+        })
+    );
+    assert_eq!(
+        warm("    warm: {coverage: 0.5}\n").map(|w| w.target_wait),
+        Some(runscale_core::Warm::AUTO.target_wait)
+    );
+    let errors = errors_of(&yaml("    warm: {target_wait: 5s, coverage: 1.5}\n"));
+    assert!(
+        error_at(&errors, "pools[0].warm.coverage")
+            .message
+            .contains("below 1"),
+        "{errors:?}"
+    );
+    let errors = errors_of(&yaml("    warm: {target_wait: 2h}\n"));
+    error_at(&errors, "pools[0].warm.target_wait");
+    // A word that is neither mode is refused, naming the field and what is expected.
+    let errors = errors_of(&yaml("    warm: sometimes\n"));
+    let e = errors
+        .iter()
+        .find(|e| e.path.starts_with("pools[0]"))
+        .unwrap_or_else(|| panic!("{errors:?}"));
+    assert!(e.message.contains("expected auto, off"), "{e:?}");
+    let errors = errors_of(&yaml("    warm: {target: 5s}\n"));
+    assert!(
+        errors.iter().any(|e| e.message.contains("target")),
+        "{errors:?}"
+    );
+}

@@ -22,8 +22,10 @@
 //! 4. Registered runners that no instance hosts are deregistered, unless busy.
 //! 5. If the fleet is above `max` (lowered by a schedule), idle instances are terminated until
 //!    it is not, oldest idle first, regardless of `idle_timeout`.
-//! 6. If waiting jobs + `min_idle` exceed idle + booting slots, instances are launched, capped
-//!    by `max`, `max_booting` and `launches_per_minute`.
+//! 6. If waiting jobs + spare slots exceed idle + booting slots, instances are launched,
+//!    capped by `max`, `max_booting` and `launches_per_minute`. The spare slots are `min_idle`,
+//!    or with `warm` what the demand forecast calls for if that is more
+//!    ([`crate::forecast::warm_slots`]).
 //! 7. Otherwise surplus idle instances are terminated, oldest idle first, once idle for
 //!    `idle_timeout` and no sooner than `scale_down_delay` after the newest launch.
 //!
@@ -74,7 +76,8 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     shed_over_max(&limits, &mut fleet, &mut actions);
 
     let waiting = u32::try_from(obs.demand.waiting.len()).unwrap_or(u32::MAX);
-    let wanted_free = waiting.saturating_add(limits.min_idle);
+    let warm = warm_floor(spec, obs, &limits, &mut due);
+    let wanted_free = waiting.saturating_add(limits.min_idle.max(warm));
     let free = fleet.idle_slots + fleet.booting_slots;
     let (launch, held_back) = if wanted_free > free {
         let need = (wanted_free - free).div_ceil(spec.runners_per_instance.max(1));
@@ -83,6 +86,8 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         if launch > 0 {
             let reason = if waiting > free {
                 Reason::Demand
+            } else if warm > limits.min_idle {
+                Reason::Forecast
             } else {
                 Reason::MinIdle
             };
@@ -113,6 +118,23 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         held_back,
         requeue_after: due.next,
     }
+}
+
+/// How often a pool keeping warm capacity is planned again while nothing happens: the
+/// forecast fades between arrivals, and the spare capacity with it.
+const WARM_REFRESH: Duration = Duration::from_secs(30);
+
+/// Rule 6's floor from `warm`: the spare slots the forecast calls for (0 without `warm` or a
+/// forecast), at most the pool's slots.
+fn warm_floor(spec: &PoolSpec, obs: &Observation, limits: &EffectiveLimits, due: &mut Due) -> u32 {
+    let (Some(warm), Some(forecast)) = (&spec.warm, &obs.forecast) else {
+        return 0;
+    };
+    if forecast.arrivals_per_sec > 0.0 {
+        due.at(due.now, WARM_REFRESH);
+    }
+    let cap = limits.max.saturating_mul(spec.runners_per_instance.max(1));
+    crate::forecast::warm_slots(warm, forecast, cap)
 }
 
 /// Rules 1–3 on every instance: retires what they retire and tallies what stays. Also says

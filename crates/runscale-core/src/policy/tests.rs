@@ -109,6 +109,60 @@ fn min_idle_is_kept_on_top_of_demand() {
 }
 
 #[test]
+fn warm_capacity_keeps_the_spares_the_forecast_calls_for_beyond_min_idle() {
+    let warm = crate::forecast::Warm {
+        target_wait: Duration::from_secs(10),
+        coverage: 0.8,
+    };
+    let spec = PoolSpec::test("p").min_idle(1).warm(Some(warm));
+    // 5 arrivals expected over the 50 s beyond the target wait: 7 spares (P(N ≤ 7) ≈ 0.87).
+    let forecast = crate::forecast::Forecast {
+        arrivals_per_sec: 0.1,
+        lead_time: Duration::from_secs(60),
+        dispersion: 1.0,
+    };
+    let obs = Observation {
+        demand: jobs(2),
+        forecast: Some(forecast),
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(launches(&p), 9);
+    assert_eq!(p.actions[0].reason, Reason::Demand);
+    // No job waiting: the spares alone, for the forecast; planned again within 30 s, as the
+    // forecast fades between arrivals.
+    let obs = Observation {
+        forecast: Some(forecast),
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(launches(&p), 7);
+    assert_eq!(p.actions[0].reason, Reason::Forecast);
+    assert!(
+        p.requeue_after
+            .is_some_and(|d| d <= Duration::from_secs(30))
+    );
+    // Idle spares count: nothing more is launched, nothing is retired.
+    let obs = Observation {
+        instances: (0..7).map(|i| inst(&format!("w{i}"), 120)).collect(),
+        runners: (0..7)
+            .map(|i| runner(&format!("w{i}"), RunnerState::Idle))
+            .collect(),
+        forecast: Some(forecast),
+        ..Default::default()
+    };
+    assert!(plan(&spec, &obs, t0()).actions.is_empty());
+    // Without a forecast (no lead time seen yet), or with `warm` off: `min_idle` alone.
+    let obs = Observation::default();
+    assert_eq!(launches(&plan(&spec, &obs, t0())), 1);
+    let obs = Observation {
+        forecast: Some(forecast),
+        ..Default::default()
+    };
+    assert_eq!(launches(&plan(&spec.clone().warm(None), &obs, t0())), 1);
+}
+
+#[test]
 fn max_caps_the_fleet() {
     let spec = PoolSpec::test("p").max(4);
     let obs = Observation {

@@ -17,6 +17,7 @@ use super::status::{ActionRecord, ErrorView, ObservationSummary, PoolStatus};
 use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registration};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
+use crate::forecast::DemandHistory;
 use crate::metrics::{ActionLabels, FailureLabels, Metrics, PoolLabels, PoolStateLabels};
 use crate::model::{
     Instance, InstanceId, InstanceState, Observation, PoolSpec, RunnerState, Timestamp,
@@ -52,6 +53,10 @@ pub(crate) struct Memory {
     /// The last fresh view of the CI system, and when it was read: planned on (launches only)
     /// when a read fails, while it is at most [`PassContext::view_max_age`] old.
     last_view: Option<(ProviderView, Timestamp)>,
+    /// The pool's arrivals and lead times, for `warm` (see [`crate::forecast`]).
+    history: DemandHistory,
+    /// Waiting jobs already counted as arrivals.
+    arrived: HashSet<String>,
 }
 
 /// What the reconciler remembers of one runner of the pool's instances.
@@ -349,6 +354,9 @@ impl PoolRuntime {
             gone.sort();
             gone
         };
+        if !view.stale && self.spec.warm.is_some() {
+            self.record_demand(&mut memory, &view.demand.waiting, &seen, &instances, now);
+        }
         let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale, now);
         tracing::trace!(pool = %self.spec.name, ?departed, listed = seen.len(), instances = instances.len(), tracked = memory.registered.len(), "departures");
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
@@ -362,8 +370,45 @@ impl PoolRuntime {
             recent_launches: memory.launches.iter().copied().collect(),
             stale: view.stale,
             departed,
+            forecast: self.spec.warm.and_then(|_| memory.history.forecast(now)),
         };
         (obs, never_registered)
+    }
+
+    /// Feeds the demand history: jobs waiting for the first time are arrivals, and a runner
+    /// of the pool's instances listed online for the first time ends its launch's lead time
+    /// (as this pass sees it: up to one pass late). An instance older than `boot_timeout` is
+    /// not taken for a lead time (after a restart every runner is new to this process).
+    fn record_demand(
+        &self,
+        memory: &mut Memory,
+        waiting: &[crate::model::WaitingJob],
+        listed: &HashMap<String, RunnerState>,
+        instances: &[Instance],
+        now: Timestamp,
+    ) {
+        let current: HashSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();
+        memory.arrived.retain(|id| current.contains(id.as_str()));
+        for job in waiting {
+            if memory.arrived.insert(job.id.clone()) {
+                memory.history.arrival(job.queued_at.min(now));
+            }
+        }
+        let boot =
+            chrono::Duration::from_std(self.spec.boot_timeout).unwrap_or(chrono::Duration::MAX);
+        for inst in instances {
+            let lead = now - inst.launched_at;
+            if lead > boot || lead < chrono::Duration::zero() {
+                continue;
+            }
+            let registered_now = inst.runner_names.iter().any(|n| {
+                listed.get(n).is_some_and(|s| *s != RunnerState::Offline)
+                    && !memory.registered.get(n).is_some_and(|p| p.seen_online)
+            });
+            if registered_now {
+                memory.history.lead_time(lead.to_std().unwrap_or_default());
+            }
+        }
     }
 
     fn record_observation(&self, metrics: &Metrics, obs: &Observation, now: Timestamp) {

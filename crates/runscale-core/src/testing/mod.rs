@@ -53,6 +53,7 @@ impl PoolSpec {
             ephemeral: true,
             template_hash: "t1".to_owned(),
             runners_unattributed: false,
+            warm: None,
         }
     }
     /// Sets `max` (and `max_booting` if it was larger).
@@ -99,6 +100,11 @@ impl PoolSpec {
     /// Sets `runners_unattributed`.
     pub fn unattributed(mut self, u: bool) -> Self {
         self.runners_unattributed = u;
+        self
+    }
+    /// Sets `warm`.
+    pub fn warm(mut self, warm: Option<crate::forecast::Warm>) -> Self {
+        self.warm = warm;
         self
     }
 }

@@ -9,8 +9,8 @@
 use std::collections::VecDeque;
 
 use runscale_core::{
-    Instance, InstanceId, InstanceState, Observation, PoolSpec, Runner, RunnerId, RunnerState,
-    WaitingJob,
+    DemandHistory, Instance, InstanceId, InstanceState, Observation, PoolSpec, Runner, RunnerId,
+    RunnerState, WaitingJob,
 };
 
 use super::world::{IState, Ms, RState, World};
@@ -27,6 +27,8 @@ pub(crate) struct Mirror {
     /// Bumped on every change of the observation.
     pub version: u64,
     template: String,
+    /// The pool's arrivals and lead times, as the reconciler keeps them for `warm`.
+    pub history: DemandHistory,
 }
 
 impl Mirror {
@@ -39,6 +41,7 @@ impl Mirror {
             launches: VecDeque::new(),
             version: 0,
             template: spec.template_hash.clone(),
+            history: DemandHistory::default(),
         }
     }
 }
@@ -56,6 +59,7 @@ impl World<'_> {
             return;
         };
         m.version += 1;
+        m.history.arrival(at);
         self.job_mpos[j as usize] = m.obs.demand.waiting.len() as u32;
         m.obs.demand.waiting.push(WaitingJob {
             id: j.to_string(),
@@ -151,8 +155,11 @@ impl World<'_> {
     }
 
     pub(super) fn mirror_runner_changed(&mut self, r: u32) {
+        let now = self.now();
         let run = &self.runners[r as usize];
-        let p = self.insts[run.inst as usize].pool as usize;
+        let inst = &self.insts[run.inst as usize];
+        let p = inst.pool as usize;
+        let launched = inst.launched;
         let last_busy = (run.last_busy >= 0).then(|| self.ts(run.last_busy));
         let Some(m) = &mut self.pools[p].mirror else {
             return;
@@ -161,6 +168,11 @@ impl World<'_> {
         let Some(x) = m.obs.runners.get_mut(run.mpos as usize) else {
             return;
         };
+        if x.state == RunnerState::Offline && x.last_busy.is_none() && run.state == RState::Idle {
+            // Registered: the launch's lead time.
+            let lead = u64::try_from(now - launched).unwrap_or(0);
+            m.history.lead_time(std::time::Duration::from_millis(lead));
+        }
         x.state = match run.state {
             RState::Idle => RunnerState::Idle,
             RState::Busy => RunnerState::Busy,

@@ -250,6 +250,99 @@ pub struct PoolConfig {
     /// last one in the list wins.
     #[serde(default = "default_schedules")]
     pub schedules: Vec<ScheduleConfig>,
+    /// Predictive warm capacity: `auto` (default), `off` (purely reactive), or
+    /// `{target_wait: 10s, coverage: 0.8}`. runscale forecasts the pool's job arrivals over
+    /// the next launch lead time (boot + registration, as measured) from the recent rate and
+    /// from the same quarter hour on previous days, and keeps enough idle + booting runners
+    /// that the arrivals a job could not wait `target_wait` for fit with probability
+    /// `coverage`. `min_idle` stays a floor, `max` the ceiling.
+    #[serde(default)]
+    pub warm: WarmConfig,
+}
+
+/// A pool's `warm` setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
+#[serde(untagged)]
+pub enum WarmConfig {
+    /// `auto` or `off`.
+    Mode(WarmMode),
+    /// Explicit settings.
+    Settings(WarmSettings),
+    /// Not set: `auto`.
+    #[default]
+    #[serde(skip)]
+    Default,
+}
+
+impl<'de> Deserialize<'de> for WarmConfig {
+    /// `auto`, `off` or a mapping, with an error that says so for anything else.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match Value::deserialize(d)? {
+            Value::String(s) => match s.as_str() {
+                "auto" => Ok(WarmConfig::Mode(WarmMode::Auto)),
+                "off" => Ok(WarmConfig::Mode(WarmMode::Off)),
+                other => Err(D::Error::custom(format!(
+                    "`{other}` is not a warm mode; expected auto, off or \
+                     {{target_wait, coverage}}"
+                ))),
+            },
+            v @ Value::Object(_) => serde_json::from_value(v)
+                .map(WarmConfig::Settings)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "expected auto, off or {target_wait, coverage}",
+            )),
+        }
+    }
+}
+
+/// `warm: auto | off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmMode {
+    /// `target_wait: 10s`, `coverage: 0.8`.
+    Auto,
+    /// No warm capacity beyond `min_idle`.
+    Off,
+}
+
+/// `warm: {target_wait, coverage}`.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WarmSettings {
+    /// How long a job may wait for a runner (a duration such as "10s"; at most 1h).
+    #[serde(default = "default_target_wait", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub target_wait: Duration,
+    /// The probability, above 0 and below 1, that the arrivals the spare runners are kept for
+    /// fit in them. Default 0.8.
+    #[serde(default = "default_coverage")]
+    pub coverage: f64,
+}
+
+fn default_target_wait() -> Duration {
+    runscale_core::Warm::AUTO.target_wait
+}
+
+fn default_coverage() -> f64 {
+    runscale_core::Warm::AUTO.coverage
+}
+
+impl WarmConfig {
+    /// The policy's setting: `None` for `off`.
+    pub fn to_warm(self) -> Option<runscale_core::Warm> {
+        match self {
+            WarmConfig::Default | WarmConfig::Mode(WarmMode::Auto) => {
+                Some(runscale_core::Warm::AUTO)
+            }
+            WarmConfig::Mode(WarmMode::Off) => None,
+            WarmConfig::Settings(s) => Some(runscale_core::Warm {
+                target_wait: s.target_wait,
+                coverage: s.coverage,
+            }),
+        }
+    }
 }
 
 /// The default [`PoolConfig::selector`]: an empty mapping.

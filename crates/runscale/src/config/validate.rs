@@ -364,6 +364,20 @@ fn check_pool(
             ),
         ));
     }
+    if let super::model::WarmConfig::Settings(w) = pool.warm {
+        if !(w.coverage > 0.0 && w.coverage < 1.0) {
+            errors.push(FieldError::new(
+                field("warm.coverage"),
+                format!("is {}; must be above 0 and below 1", w.coverage),
+            ));
+        }
+        if w.target_wait > Duration::from_secs(3600) {
+            errors.push(FieldError::new(
+                field("warm.target_wait"),
+                "must be at most 1h",
+            ));
+        }
+    }
     positive(pool.boot_timeout, &field("boot_timeout"), errors);
     positive(pool.idle_timeout, &field("idle_timeout"), errors);
     at_most(
@@ -487,6 +501,7 @@ fn check_pool(
         ephemeral: pool.ephemeral,
         template_hash: combined_template_hash(&template.backend_hash(), pool.runners_per_instance),
         runners_unattributed: template.runners_unattributed(),
+        warm: pool.warm.to_warm(),
     };
     Some(ValidPool {
         spec,
