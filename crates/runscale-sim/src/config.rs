@@ -116,8 +116,8 @@ pub struct WorldParams {
     /// runscale's reconciler interval: a pool with nothing due is passed this often.
     #[serde(with = "secs")]
     pub pass_interval: Duration,
-    /// How long one runscale pass takes (observe + act). Wake-ups during a pass coalesce into
-    /// one more pass right after it.
+    /// How long one pass takes (observe + act), for every policy (the clairvoyant bound has
+    /// no passes). Wake-ups during a pass coalesce into one more pass right after it.
     #[serde(with = "secs")]
     pub pass_latency: Duration,
     /// From the end of an instance's boot until its runners are online (runner start-up and

@@ -207,14 +207,19 @@ pub(crate) fn mark_pareto(results: &mut [PolicyReport]) {
         .iter()
         .map(|r| (r.wait.mean_s, r.paid_runner_s, eligible(r)))
         .collect();
+    let better = |a: f64, b: f64| a < b * (1.0 - PARETO_TOLERANCE);
     for (i, r) in results.iter_mut().enumerate() {
         let (w, c, ok) = points[i];
         r.pareto = ok
             && !points.iter().enumerate().any(|(k, &(w2, c2, ok2))| {
-                k != i && ok2 && w2 <= w && c2 <= c && (w2 < w || c2 < c)
+                k != i && ok2 && w2 <= w && c2 <= c && (better(w2, w) || better(c2, c))
             });
     }
 }
+
+/// A policy is beaten only by one at least as good on both mean wait and paid cost and better
+/// by more than this share on one: differences within it are noise (a 10 ms wait, a pass).
+pub const PARETO_TOLERANCE: f64 = 0.01;
 
 /// `1h02m`, `4m05s`, `12.3s`.
 pub(crate) fn human_secs(s: f64) -> String {
@@ -345,7 +350,7 @@ impl SimReport {
         }
         let _ = writeln!(
             out,
-            "paid/idle in runner-hours; overhead = paid ÷ Σ(job + boot); pareto = not beaten on both mean wait and paid cost by another policy without violations"
+            "paid/idle in runner-hours; overhead = paid ÷ Σ(job + boot); pareto = not beaten by another policy without violations: as good on mean wait and paid cost, and more than 1 % better on one"
         );
         for r in &self.results {
             for e in &r.violations.examples {
@@ -410,6 +415,21 @@ mod tests {
             .map(|r| r.policy.as_str())
             .collect();
         assert_eq!(front, ["a", "b"]);
+    }
+
+    #[test]
+    fn differences_within_the_tolerance_do_not_beat_a_policy() {
+        let mut v = vec![
+            r("a", 50.0, 1000.0),
+            r("b", 49.8, 999.0), // better on both, by less than 1 %
+            r("c", 49.0, 1000.0), // 2 % shorter waits at the same cost: beats a
+        ];
+        mark_pareto(&mut v);
+        let front: Vec<_> = v.iter().map(|r| (r.policy.as_str(), r.pareto)).collect();
+        assert_eq!(front, [("a", false), ("b", true), ("c", true)]);
+        let mut v = vec![r("a", 50.0, 1000.0), r("b", 49.8, 999.0)];
+        mark_pareto(&mut v);
+        assert!(v.iter().all(|r| r.pareto), "a tie within 1 % leaves both on the front");
     }
 
     #[test]

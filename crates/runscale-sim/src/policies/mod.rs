@@ -178,7 +178,8 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    /// A plain setup: the pool's slots and lifecycle, no ASG, first pass at 0.
+    /// A plain setup: the pool's slots and lifecycle, no ASG, first pass at 0, and the world's
+    /// pass latency (the same for every policy).
     fn plain(pool: &SimPool, params: &WorldParams) -> Self {
         Setup {
             slots: pool.spec.runners_per_instance.max(1),
@@ -190,7 +191,7 @@ impl Setup {
             },
             asg: None,
             first_pass: 0,
-            pass_latency: 0,
+            pass_latency: crate::engine::world::ms(params.pass_latency),
             hook_queued: None,
             hook_completed: None,
             mirror: false,
