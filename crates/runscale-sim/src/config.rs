@@ -254,3 +254,46 @@ impl std::fmt::Display for WarmArg {
         }
     }
 }
+
+/// `--sweep`: runscale's policy once per `warm` setting, each a row of its own, to draw its
+/// cost-against-wait frontier. `target_wait=0s,5s,10s` (coverage from `--warm`, else `auto`'s),
+/// `coverage=0.6,0.8,0.9` (target wait likewise), or `warm=off,10s@0.8,5s@0.9`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepArg(pub Vec<WarmArg>);
+
+impl SweepArg {
+    /// Parses `spec` with `base` the setting the other parameter comes from.
+    pub fn parse(spec: &str, base: Option<runscale_core::Warm>) -> Result<Self, SimError> {
+        let bad = |message: String| SimError::Invalid {
+            field: "sweep",
+            message,
+        };
+        let base = base.unwrap_or(runscale_core::Warm::AUTO);
+        let (key, values) = spec.split_once('=').ok_or_else(|| {
+            bad(format!(
+                "`{spec}`: expected target_wait=..., coverage=... or warm=..., values separated by commas"
+            ))
+        })?;
+        let values: Vec<&str> = values
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if values.is_empty() || values.len() > 20 {
+            return Err(bad(format!("`{spec}`: give 1 to 20 values")));
+        }
+        let settings = values
+            .iter()
+            .map(|v| match key.trim() {
+                "warm" => v.parse::<WarmArg>(),
+                "target_wait" => format!("{v}@{}", base.coverage).parse::<WarmArg>(),
+                "coverage" => format!("{}@{v}", humantime::format_duration(base.target_wait))
+                    .parse::<WarmArg>(),
+                other => Err(bad(format!(
+                    "unknown parameter `{other}`; expected target_wait, coverage or warm"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(settings))
+    }
+}

@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 pub use boot::BootDist;
-pub use config::{Detection, SimPool, WarmArg, WorldParams};
+pub use config::{Detection, SimPool, SweepArg, WarmArg, WorldParams};
 pub use policies::{PolicyName, PolicySelection};
 pub use report::{PolicyReport, SimReport};
 pub use trace::{GenOptions, GeneratorKind, Trace, TraceError, TraceJob, TraceSource};
@@ -68,6 +68,8 @@ pub struct SimulateArgs {
     pub charts_dir: Option<PathBuf>,
     /// Overrides every pool's `warm` setting.
     pub warm: Option<WarmArg>,
+    /// runscale's policy again with each of these `warm` settings, as extra rows.
+    pub sweep: Option<SweepArg>,
 }
 
 impl Default for SimulateArgs {
@@ -85,6 +87,7 @@ impl Default for SimulateArgs {
             format: OutputFormat::Table,
             charts_dir: None,
             warm: None,
+            sweep: None,
         }
     }
 }
@@ -204,6 +207,24 @@ pub fn run_trace(args: &SimulateArgs, trace: &Trace) -> Result<SimReport, SimErr
         let started = Instant::now();
         let mut r = engine::simulate(&compiled, &pools, name, &boot, &args.world, args.seed);
         r.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+        results.push(r);
+    }
+    for &warm in args.sweep.iter().flat_map(|s| &s.0) {
+        let mut swept = pools.clone();
+        for p in &mut swept {
+            p.spec.warm = warm.0;
+        }
+        let started = Instant::now();
+        let mut r = engine::simulate(
+            &compiled,
+            &swept,
+            PolicyName::Runscale,
+            &boot,
+            &args.world,
+            args.seed,
+        );
+        r.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+        r.policy = format!("runscale warm={warm}");
         results.push(r);
     }
     report::mark_pareto(&mut results);

@@ -421,7 +421,7 @@ mod tests {
     fn differences_within_the_tolerance_do_not_beat_a_policy() {
         let mut v = vec![
             r("a", 50.0, 1000.0),
-            r("b", 49.8, 999.0), // better on both, by less than 1 %
+            r("b", 49.8, 999.0),  // better on both, by less than 1 %
             r("c", 49.0, 1000.0), // 2 % shorter waits at the same cost: beats a
         ];
         mark_pareto(&mut v);
@@ -429,7 +429,10 @@ mod tests {
         assert_eq!(front, [("a", false), ("b", true), ("c", true)]);
         let mut v = vec![r("a", 50.0, 1000.0), r("b", 49.8, 999.0)];
         mark_pareto(&mut v);
-        assert!(v.iter().all(|r| r.pareto), "a tie within 1 % leaves both on the front");
+        assert!(
+            v.iter().all(|r| r.pareto),
+            "a tie within 1 % leaves both on the front"
+        );
     }
 
     #[test]

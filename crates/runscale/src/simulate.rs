@@ -3,7 +3,9 @@
 
 use std::io::Write;
 
-use runscale_sim::{BootDist, GeneratorKind, OutputFormat, SimPool, SimulateArgs, TraceSource};
+use runscale_sim::{
+    BootDist, GeneratorKind, OutputFormat, SimPool, SimulateArgs, SweepArg, TraceSource, WarmArg,
+};
 
 use crate::cli::SimulateCli;
 use crate::config;
@@ -44,6 +46,7 @@ pub fn args(cli: &SimulateCli) -> anyhow::Result<SimulateArgs> {
             .collect(),
         None => Vec::new(),
     };
+    let warm: Option<WarmArg> = cli.warm.as_deref().map(str::parse).transpose()?;
     Ok(SimulateArgs {
         trace,
         pools,
@@ -52,7 +55,12 @@ pub fn args(cli: &SimulateCli) -> anyhow::Result<SimulateArgs> {
         seed: cli.seed,
         format: cli.format.parse::<OutputFormat>()?,
         charts_dir: cli.charts.clone(),
-        warm: cli.warm.as_deref().map(str::parse).transpose()?,
+        warm,
+        sweep: cli
+            .sweep
+            .as_deref()
+            .map(|s| SweepArg::parse(s, warm.and_then(|w| w.0)))
+            .transpose()?,
         ..SimulateArgs::default()
     })
 }
