@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -13,13 +13,16 @@ use crate::adapter::{
     Backend, BackendEvent, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
 };
 use crate::error::Result;
-use crate::metrics::{AccountLabels, BackendEventLabels, CallLabels, Metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{AccountLabels, BackendEventLabels, Metrics, SeriesCache};
 use crate::model::{Instance, InstanceId, PoolId, RunnerId};
 
 /// Records one call's latency and outcome.
 async fn timed<T>(
-    metrics: &Metrics,
-    account: &str,
+    calls: &Calls,
     op: &'static str,
     f: impl Future<Output = Result<T>>,
 ) -> Result<T> {
@@ -29,34 +32,41 @@ async fn timed<T>(
         Ok(_) => "ok",
         Err(e) => e.kind().as_str(),
     };
-    record(metrics, account, op, outcome, start);
+    calls.record(op, outcome, start);
     out
 }
 
-fn record(
-    metrics: &Metrics,
-    account: &str,
-    op: &'static str,
-    outcome: &'static str,
-    start: Instant,
-) {
-    let labels = CallLabels {
-        account: account.to_owned(),
-        op,
-        outcome,
-    };
-    metrics.api_requests.get_or_create(&labels).inc();
-    metrics
-        .api_duration
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64());
+/// One account's call series, each looked up once (by operation and outcome) and kept.
+struct Calls {
+    account: String,
+    metrics: Arc<Metrics>,
+    series: SeriesCache<(Counter, Histogram)>,
+}
+
+impl Calls {
+    fn new(account: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            account,
+            metrics,
+            series: SeriesCache::default(),
+        }
+    }
+
+    fn record(&self, op: &'static str, outcome: &'static str, start: Instant) {
+        let (requests, duration) = self.series.get(op, outcome, || {
+            self.metrics.call_series(&self.account, op, outcome)
+        });
+        requests.inc();
+        duration.observe(start.elapsed().as_secs_f64());
+    }
 }
 
 /// A provider whose calls are counted and timed under its configured name.
 pub struct InstrumentedProvider {
     inner: Arc<dyn Provider>,
-    account: String,
-    metrics: Arc<Metrics>,
+    calls: Calls,
+    /// The account's `rate_limit_remaining` series, from the first budget reported on.
+    budget: OnceLock<Gauge>,
 }
 
 impl InstrumentedProvider {
@@ -64,17 +74,22 @@ impl InstrumentedProvider {
     pub fn new(inner: Arc<dyn Provider>, account: String, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
-            account,
-            metrics,
+            calls: Calls::new(account, metrics),
+            budget: OnceLock::new(),
         }
     }
 
     fn update_budget(&self) {
         if let Some(left) = self.inner.rate_limit_remaining() {
-            self.metrics
-                .rate_limit_remaining
-                .get_or_create(&AccountLabels {
-                    account: self.account.clone(),
+            self.budget
+                .get_or_init(|| {
+                    self.calls
+                        .metrics
+                        .rate_limit_remaining
+                        .get_or_create(&AccountLabels {
+                            account: self.calls.account.clone(),
+                        })
+                        .clone()
                 })
                 .set(i64::try_from(left).unwrap_or(i64::MAX));
         }
@@ -95,15 +110,14 @@ impl Provider for InstrumentedProvider {
             .values()
             .find_map(|r| r.as_ref().err().map(|e| e.kind().as_str()))
             .unwrap_or("ok");
-        record(&self.metrics, &self.account, "observe", outcome, start);
+        self.calls.record("observe", outcome, start);
         self.update_budget();
         out
     }
 
     async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
         let out = timed(
-            &self.metrics,
-            &self.account,
+            &self.calls,
             "register",
             self.inner.register(pool, runner_name),
         )
@@ -113,31 +127,18 @@ impl Provider for InstrumentedProvider {
     }
 
     async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
-        let out = timed(
-            &self.metrics,
-            &self.account,
-            "remove",
-            self.inner.remove(pool, runner),
-        )
-        .await;
+        let out = timed(&self.calls, "remove", self.inner.remove(pool, runner)).await;
         self.update_budget();
         out
     }
 
     async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
-        timed(
-            &self.metrics,
-            &self.account,
-            "drain",
-            self.inner.drain(pool, runner),
-        )
-        .await
+        timed(&self.calls, "drain", self.inner.drain(pool, runner)).await
     }
 
     async fn release(&self, pool: &PoolId, runner_name: &str) -> Result<()> {
         let out = timed(
-            &self.metrics,
-            &self.account,
+            &self.calls,
             "release",
             self.inner.release(pool, runner_name),
         )
@@ -153,22 +154,16 @@ impl Provider for InstrumentedProvider {
             Ok(_) => "ok",
             Err(e) => e.kind().as_str(),
         };
-        record(&self.metrics, &self.account, "webhook", outcome, start);
+        self.calls.record("webhook", outcome, start);
         out
     }
 
     async fn probe(&self) -> Result<String> {
-        timed(&self.metrics, &self.account, "probe", self.inner.probe()).await
+        timed(&self.calls, "probe", self.inner.probe()).await
     }
 
     async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
-        let out = timed(
-            &self.metrics,
-            &self.account,
-            "confirm_quiet",
-            self.inner.confirm_quiet(pool),
-        )
-        .await;
+        let out = timed(&self.calls, "confirm_quiet", self.inner.confirm_quiet(pool)).await;
         self.update_budget();
         out
     }
@@ -181,8 +176,7 @@ impl Provider for InstrumentedProvider {
 /// A backend whose calls are counted and timed under its configured name.
 pub struct InstrumentedBackend {
     inner: Arc<dyn Backend>,
-    account: String,
-    metrics: Arc<Metrics>,
+    calls: Calls,
 }
 
 impl InstrumentedBackend {
@@ -190,8 +184,7 @@ impl InstrumentedBackend {
     pub fn new(inner: Arc<dyn Backend>, account: String, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
-            account,
-            metrics,
+            calls: Calls::new(account, metrics),
         }
     }
 }
@@ -200,10 +193,11 @@ impl InstrumentedBackend {
     /// Counts the events the backend recorded during the call that just ended.
     fn count_events(&self) {
         for e in self.inner.take_events() {
-            self.metrics
+            self.calls
+                .metrics
                 .backend_events
                 .get_or_create(&BackendEventLabels {
-                    account: self.account.clone(),
+                    account: self.calls.account.clone(),
                     pool: e.pool.to_string(),
                     event: e.event,
                 })
@@ -212,7 +206,7 @@ impl InstrumentedBackend {
     }
 
     async fn counted<T>(&self, op: &'static str, f: impl Future<Output = Result<T>>) -> Result<T> {
-        let out = timed(&self.metrics, &self.account, op, f).await;
+        let out = timed(&self.calls, op, f).await;
         self.count_events();
         out
     }

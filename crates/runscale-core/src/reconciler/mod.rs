@@ -351,6 +351,7 @@ impl Reconciler {
                 dirty: AtomicBool::new(false),
                 memory: Mutex::new(Default::default()),
                 pass_started_at: Mutex::new(None),
+                series: Default::default(),
             }));
         }
         let shared = Arc::new(Shared {

@@ -4,10 +4,13 @@
 //! harmless. It returns when to come back; every error goes through [`super::backoff`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use futures::StreamExt;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -17,9 +20,12 @@ use super::status::{ActionRecord, ErrorView, ObservationSummary, PoolStatus};
 use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registration};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics::{ActionLabels, FailureLabels, Metrics, PoolLabels, PoolStateLabels};
+use crate::metrics::{
+    ActionSeries, FailureLabels, INSTANCE_STATES, Metrics, ObservedSeries, RUNNER_STATES,
+    SeriesCache,
+};
 use crate::model::{
-    Instance, InstanceId, InstanceState, Observation, PoolSpec, RunnerState, Timestamp,
+    Instance, InstanceId, InstanceState, Observation, PoolSpec, RunnerId, RunnerState, Timestamp,
 };
 use crate::naming;
 use crate::plan::{Action, Plan, Planned};
@@ -36,19 +42,23 @@ const HELD_BACK_REQUEUE: Duration = Duration::from_secs(5);
 
 /// What the reconciler remembers between passes. Soft state: losing it (restart) only makes the
 /// next decisions slightly less informed, never unsafe.
+///
+/// The maps are updated in place from pass to pass (a name is copied only when it is new), and
+/// those keyed by runner names (made by runscale, listed only when owned by the pool) hash
+/// with foldhash. Job ids come from the CI system: that map keeps std's SipHash.
 #[derive(Default)]
 pub(crate) struct Memory {
     /// Runner name → last time it was seen busy.
-    last_busy: HashMap<String, Timestamp>,
+    last_busy: FastMap<String, Timestamp>,
     /// Launch times within the rate-limit window.
     launches: VecDeque<Timestamp>,
     /// Jobs waiting at the last observation, for the wait-time histogram.
     waiting: HashMap<String, Timestamp>,
     /// Runner names of the pool's instances seen listed by the CI system.
-    registered: HashMap<String, Presence>,
+    registered: FastMap<String, Presence>,
     /// Runner names of the pool's instances at the last fresh observation, and of those
     /// launched since.
-    hosted: HashSet<String>,
+    hosted: FastSet<String>,
     /// The last fresh view of the CI system, and when it was read: planned on (launches only)
     /// when a read fails, while it is at most [`PassContext::view_max_age`] old.
     last_view: Option<(ProviderView, Timestamp)>,
@@ -93,6 +103,17 @@ pub(crate) struct PoolRuntime {
     /// When the pass under way started (`None` between passes): a pool is alive while it
     /// completes passes or works on one.
     pub(crate) pass_started_at: Mutex<Option<Timestamp>>,
+    /// The pool's metric series, looked up once (when a pass first sets them) and kept.
+    pub(crate) series: PoolSeries,
+}
+
+/// One pool's metric series, each created when a pass first sets it (as a lookup by labels
+/// would) and kept, so a pass sets metrics without hashing label sets or allocating.
+#[derive(Default)]
+pub(crate) struct PoolSeries {
+    observed: OnceLock<ObservedSeries>,
+    desired: OnceLock<Gauge>,
+    actions: SeriesCache<ActionSeries>,
 }
 
 /// What a pass needs besides the pool.
@@ -168,12 +189,7 @@ impl PoolRuntime {
         let instances = instances?;
         let now = ctx.clock.now();
         let (view, read_error) = match view {
-            Ok(view) => {
-                if !view.stale {
-                    lock(&self.memory).last_view = Some((view.clone(), now));
-                }
-                (view, None)
-            }
+            Ok(view) => (view, None),
             Err(e) => match self.recent_view(&e, now, ctx.view_max_age) {
                 Some((view, age)) => {
                     warn!(pool = %pool, error = %e, view_age_s = age.as_secs(), "the CI system could not be read; planning on its last view (launches only)");
@@ -187,7 +203,10 @@ impl PoolRuntime {
             None if view.stale => None,
             None => Some(now),
         };
-        let (obs, never_registered) = self.observation(view, instances, now);
+        // A fresh view is kept as the last view once the pass is done with it (see
+        // `keep_view`): moved back out of the observation, not copied.
+        let fresh = read_error.is_none() && !view.stale;
+        let (obs, never_registered, read_last_busy) = self.observation(view, instances, now);
         if !ctx.dry_run {
             self.release(&never_registered).await;
         }
@@ -197,11 +216,9 @@ impl PoolRuntime {
         }
 
         let plan = policy::plan(&self.spec, &obs, now);
-        ctx.metrics
+        self.series
             .desired
-            .get_or_create(&PoolLabels {
-                pool: pool.to_string(),
-            })
+            .get_or_init(|| ctx.metrics.desired_series(pool))
             .set(i64::from(plan.desired_instances));
         {
             let mut status = lock(&self.status);
@@ -218,6 +235,9 @@ impl PoolRuntime {
         };
         if !ctx.dry_run && !obs.stale {
             self.lower_target(plan.desired_instances).await;
+        }
+        if fresh {
+            self.keep_view(obs, read_last_busy, now);
         }
         // The pass acted on what it knew, but the read failed: it counts as failed (and backs
         // off) all the same.
@@ -257,6 +277,28 @@ impl PoolRuntime {
         })
     }
 
+    /// Keeps the CI system's view this pass read afresh at `now` as the last view, planned on
+    /// when a later read fails. The view is taken back out of the observation it became: its
+    /// demand unchanged, its runners in their order with the `last_busy` the CI system gave
+    /// (`read_last_busy`), which the observation had filled from memory. (A pass abandoned
+    /// before this keeps the previous last view: only older, never wrong.)
+    fn keep_view(&self, obs: Observation, read_last_busy: Vec<Option<Timestamp>>, now: Timestamp) {
+        let Observation {
+            demand,
+            mut runners,
+            ..
+        } = obs;
+        for (r, t) in runners.iter_mut().zip(read_last_busy) {
+            r.last_busy = t;
+        }
+        let view = ProviderView {
+            demand,
+            runners,
+            stale: false,
+        };
+        lock(&self.memory).last_view = Some((view, now));
+    }
+
     /// Tells the backend how many instances the pool wants, so a cloud that replaces instances
     /// that end may stop doing so. A failure is logged, never fails the pass.
     async fn lower_target(&self, wanted: u32) {
@@ -270,7 +312,7 @@ impl PoolRuntime {
     /// runners cannot be attributed to instances, every instance may host a running job while
     /// one runs: all are named.
     async fn mark_busy(&self, obs: &Observation) {
-        let busy_names: HashSet<&str> = obs
+        let busy_names: FastSet<&str> = obs
             .runners
             .iter()
             .filter(|r| r.state == RunnerState::Busy)
@@ -309,48 +351,65 @@ impl PoolRuntime {
 
     /// Builds the observation, filling what the provider could not tell from memory; also
     /// returns the runner names whose instance has gone since the last fresh observation
-    /// without the runner ever being listed.
+    /// without the runner ever being listed, and each runner's `last_busy` as the provider
+    /// gave it (for [`Self::keep_view`]).
     fn observation(
         &self,
         view: ProviderView,
         instances: Vec<Instance>,
         now: Timestamp,
-    ) -> (Observation, Vec<String>) {
-        let mut memory = lock(&self.memory);
+    ) -> (Observation, Vec<String>, Vec<Option<Timestamp>>) {
+        let mut guard = lock(&self.memory);
+        let memory = &mut *guard;
         let mut runners = view.runners;
-        let mut seen = HashMap::with_capacity(runners.len());
+        let read_last_busy: Vec<Option<Timestamp>> = runners.iter().map(|r| r.last_busy).collect();
         for r in &mut runners {
             if r.state == RunnerState::Busy {
-                memory.last_busy.insert(r.name.clone(), now);
+                match memory.last_busy.get_mut(r.name.as_str()) {
+                    Some(t) => *t = now,
+                    None => {
+                        memory.last_busy.insert(r.name.clone(), now);
+                    }
+                }
             }
-            if let Some(t) = memory.last_busy.get(&r.name) {
+            if let Some(t) = memory.last_busy.get(r.name.as_str()) {
                 r.last_busy = r.last_busy.max(Some(*t));
             }
-            seen.insert(r.name.clone(), r.state);
         }
-        memory.last_busy.retain(|name, _| seen.contains_key(name));
+        let seen: FastMap<&str, RunnerState> =
+            runners.iter().map(|r| (r.name.as_str(), r.state)).collect();
+        memory
+            .last_busy
+            .retain(|name, _| seen.contains_key(name.as_str()));
+        let hosted = hosted_names(&instances);
         let never_registered = if view.stale {
             // An old copy of the CI side cannot tell whether a runner registered meanwhile.
             Vec::new()
         } else {
-            let hosted: HashSet<String> = instances
+            let mut gone: Vec<String> = memory
+                .hosted
                 .iter()
-                .flat_map(|i| i.runner_names.iter().cloned())
-                .collect();
-            let previous = std::mem::replace(&mut memory.hosted, hosted);
-            let mut gone: Vec<String> = previous
-                .into_iter()
                 .filter(|n| {
-                    !memory.hosted.contains(n)
-                        && !memory.registered.contains_key(n)
-                        && !seen.contains_key(n)
+                    !hosted.contains(n.as_str())
+                        && !memory.registered.contains_key(n.as_str())
+                        && !seen.contains_key(n.as_str())
                 })
+                .cloned()
                 .collect();
             gone.sort();
+            // From now on the names of the current instances.
+            memory.hosted.retain(|n| hosted.contains(n.as_str()));
+            for n in &hosted {
+                if !memory.hosted.contains(*n) {
+                    memory.hosted.insert((*n).to_owned());
+                }
+            }
             gone
         };
-        let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale, now);
+        let departed = departures(&mut memory.registered, &seen, &hosted, view.stale, now);
         tracing::trace!(pool = %self.spec.name, ?departed, listed = seen.len(), instances = instances.len(), tracked = memory.registered.len(), "departures");
+        drop(seen);
+        drop(hosted);
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
         while memory.launches.front().is_some_and(|t| *t + window <= now) {
             memory.launches.pop_front();
@@ -363,62 +422,49 @@ impl PoolRuntime {
             stale: view.stale,
             departed,
         };
-        (obs, never_registered)
+        (obs, never_registered, read_last_busy)
     }
 
     fn record_observation(&self, metrics: &Metrics, obs: &Observation, now: Timestamp) {
-        let pool = self.spec.name.to_string();
-        let set = |family: &prometheus_client::metrics::family::Family<
-            PoolStateLabels,
-            prometheus_client::metrics::gauge::Gauge,
-        >,
-                   state: &'static str,
-                   v: usize| {
-            family
-                .get_or_create(&PoolStateLabels {
-                    pool: pool.clone(),
-                    state,
-                })
-                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        let series = self
+            .series
+            .observed
+            .get_or_init(|| ObservedSeries::new(metrics, &self.spec.name));
+        let set = |gauge: &Gauge, v: usize| {
+            gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
-        set(&metrics.demand, "waiting", obs.demand.waiting.len());
-        set(&metrics.demand, "running", obs.demand.running as usize);
-        for s in [RunnerState::Idle, RunnerState::Busy, RunnerState::Offline] {
-            set(
-                &metrics.runners,
-                s.as_str(),
-                obs.runners.iter().filter(|r| r.state == s).count(),
-            );
+        set(&series.demand[0], obs.demand.waiting.len());
+        set(&series.demand[1], obs.demand.running as usize);
+        for (gauge, s) in series.runners.iter().zip(RUNNER_STATES) {
+            set(gauge, obs.runners.iter().filter(|r| r.state == s).count());
         }
-        for s in [
-            InstanceState::Booting,
-            InstanceState::Running,
-            InstanceState::Stopping,
-        ] {
-            set(
-                &metrics.instances,
-                s.as_str(),
-                obs.instances.iter().filter(|i| i.state == s).count(),
-            );
+        for (gauge, s) in series.instances.iter().zip(INSTANCE_STATES) {
+            set(gauge, obs.instances.iter().filter(|i| i.state == s).count());
         }
-        // Jobs that left the queue since the last pass waited until about now.
+        // Jobs that left the queue since the last pass waited until about now. Job ids come
+        // from the CI system: std's SipHash here.
         let mut memory = lock(&self.memory);
-        let current: HashMap<String, Timestamp> = obs
-            .demand
-            .waiting
-            .iter()
-            .map(|j| (j.id.clone(), j.queued_at))
-            .collect();
-        let hist = metrics
-            .job_wait
-            .get_or_create(&PoolLabels { pool: pool.clone() });
-        for (id, queued_at) in memory.waiting.iter() {
-            if !current.contains_key(id) {
+        let waiting = &obs.demand.waiting;
+        if waiting.is_empty() && memory.waiting.is_empty() {
+            return;
+        }
+        let current: HashSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();
+        memory.waiting.retain(|id, queued_at| {
+            let still = current.contains(id.as_str());
+            if !still {
                 let secs = (now - *queued_at).num_milliseconds().max(0) as f64 / 1000.0;
-                hist.observe(secs);
+                series.job_wait.observe(secs);
+            }
+            still
+        });
+        for j in waiting {
+            match memory.waiting.get_mut(&j.id) {
+                Some(queued_at) => *queued_at = j.queued_at,
+                None => {
+                    memory.waiting.insert(j.id.clone(), j.queued_at);
+                }
             }
         }
-        memory.waiting = current;
     }
 
     async fn act(&self, ctx: &PassContext<'_>, plan: &Plan) -> Result<()> {
@@ -467,27 +513,27 @@ impl PoolRuntime {
                 Err(e) => e.kind().as_str(),
             };
             if let Ok(Outcome::Done) = r {
-                let labels = ActionLabels {
-                    pool: pool.to_string(),
-                    action: p.action.kind(),
-                    reason: p.reason.as_str(),
-                };
-                ctx.metrics.actions.get_or_create(&labels).inc();
-                match p.action {
-                    Action::Launch { .. } => {
-                        ctx.metrics.launches.get_or_create(&labels).inc();
-                    }
-                    Action::Terminate { .. } => {
-                        ctx.metrics.terminations.get_or_create(&labels).inc();
-                    }
-                    _ => {}
+                let (action, reason) = (p.action.kind(), p.reason.as_str());
+                let series = self.series.actions.get(action, reason, || {
+                    ctx.metrics.action_series(pool, action, reason)
+                });
+                series.actions.inc();
+                if let Some(kind) = &series.kind {
+                    kind.inc();
                 }
             }
-            let mut rec = record(now, p, outcome);
-            if let Action::Launch { .. } = p.action {
-                rec.target = "1".to_owned();
-            }
-            status.push_action(rec);
+            // A launch is recorded per instance.
+            let target = match p.action {
+                Action::Launch { .. } => "1".to_owned(),
+                _ => target(&p.action),
+            };
+            status.push_action(ActionRecord {
+                at: now,
+                action: p.action.kind(),
+                reason: p.reason.as_str(),
+                target,
+                outcome,
+            });
             if let Err(e) = r {
                 warn!(pool = %pool, action = p.action.kind(), reason = p.reason.as_str(), error = %e, "action failed");
                 if first_error.is_none() {
@@ -568,38 +614,51 @@ impl PoolRuntime {
             match self.provider.register(pool, name).await {
                 Ok(r) => regs.push(r),
                 Err(e) => {
-                    self.withdraw(&regs).await;
+                    let made: Vec<(&str, Option<&RunnerId>)> = regs
+                        .iter()
+                        .map(|r| (r.runner_name.as_str(), r.runner_id.as_ref()))
+                        .collect();
+                    self.withdraw(&made).await;
                     return Err(e);
                 }
             }
         }
+        // The registrations go to the backend; what withdrawing them takes is kept.
+        let ids: Vec<Option<RunnerId>> = regs.iter().map(|r| r.runner_id.clone()).collect();
         let request = LaunchRequest {
             pool: pool.clone(),
-            runners: regs.clone(),
+            runners: regs,
             template_hash: self.spec.template_hash.clone(),
         };
         match self.backend.launch(request).await {
             Ok(instance) => {
                 let mut memory = lock(&self.memory);
                 memory.launches.push_back(ctx.clock.now());
-                // Hosted from now on, even if the instance dies before an observation lists it.
-                memory.hosted.extend(names.iter().cloned());
                 info!(pool = %pool, instance = %instance.id, runners = ?names, "launched");
+                // Hosted from now on, even if the instance dies before an observation lists it.
+                memory.hosted.extend(names);
                 Ok(())
             }
             Err(e) => {
-                self.withdraw(&regs).await;
+                // A registration's runner name is the name it was made for.
+                let made: Vec<(&str, Option<&RunnerId>)> = names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(ids.iter().map(Option::as_ref))
+                    .collect();
+                self.withdraw(&made).await;
                 Err(e)
             }
         }
     }
 
-    async fn withdraw(&self, regs: &[Registration]) {
-        for r in regs {
-            if let Some(id) = &r.runner_id
+    /// Withdraws registrations, given as (runner name, CI-side id if any).
+    async fn withdraw(&self, regs: &[(&str, Option<&RunnerId>)]) {
+        for &(name, id) in regs {
+            if let Some(id) = id
                 && let Err(e) = self.provider.remove(&self.spec.name, id).await
             {
-                debug!(pool = %self.spec.name, runner = %r.runner_name, error = %e, "withdrawing registration failed; the next pass deregisters it");
+                debug!(pool = %self.spec.name, runner = %name, error = %e, "withdrawing registration failed; the next pass deregisters it");
             }
         }
     }
@@ -629,12 +688,16 @@ fn record(at: Timestamp, p: &Planned, outcome: &'static str) -> ActionRecord {
     }
 }
 
-/// Updates which runners of the pool's instances were seen listed and for how many fresh
-/// observations they have been gone since — missing from the listing, or listed offline after
-/// they had been online (a runner that exited and whose record lingers) — and returns those
-/// gone for [`DEPARTED_AFTER`] observations or more. A stale view (an old copy) changes
-/// nothing. Only names of current instances are kept, so the memory stays as small as the
-/// fleet.
+/// The runner names the instances name (stopping ones too).
+fn hosted_names(instances: &[Instance]) -> FastSet<&str> {
+    instances
+        .iter()
+        .flat_map(|i| i.runner_names.iter().map(String::as_str))
+        .collect()
+}
+
+/// [`departures`] from a listing of owned names, for the unit test.
+#[cfg(test)]
 fn track_departures(
     registered: &mut HashMap<String, Presence>,
     listed: &HashMap<String, RunnerState>,
@@ -642,15 +705,28 @@ fn track_departures(
     stale: bool,
     now: Timestamp,
 ) -> Vec<String> {
-    let hosted: HashSet<&str> = instances
-        .iter()
-        .flat_map(|i| i.runner_names.iter().map(String::as_str))
-        .collect();
+    let listed: FastMap<&str, RunnerState> = listed.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    departures(registered, &listed, &hosted_names(instances), stale, now)
+}
+
+/// Updates which runners of the pool's instances were seen listed and for how many fresh
+/// observations they have been gone since — missing from the listing, or listed offline after
+/// they had been online (a runner that exited and whose record lingers) — and returns those
+/// gone for [`DEPARTED_AFTER`] observations or more. `hosted` are the names the instances
+/// name. A stale view (an old copy) changes nothing. Only names of current instances are kept,
+/// so the memory stays as small as the fleet.
+fn departures<S: BuildHasher>(
+    registered: &mut HashMap<String, Presence, S>,
+    listed: &FastMap<&str, RunnerState>,
+    hosted: &FastSet<&str>,
+    stale: bool,
+    now: Timestamp,
+) -> Vec<String> {
     registered.retain(|name, _| hosted.contains(name.as_str()));
     if !stale {
-        for (name, state) in listed {
-            if hosted.contains(name.as_str()) {
-                registered.entry(name.clone()).or_default();
+        for (&name, state) in listed {
+            if hosted.contains(name) && !registered.contains_key(name) {
+                registered.insert(name.to_owned(), Presence::default());
             }
             if let Some(p) = registered.get_mut(name) {
                 if *state == RunnerState::Offline {
@@ -666,7 +742,7 @@ fn track_departures(
             }
         }
         for (name, p) in registered.iter_mut() {
-            if !listed.contains_key(name) {
+            if !listed.contains_key(name.as_str()) {
                 p.absent = p.absent.saturating_add(1);
             }
         }
@@ -677,7 +753,7 @@ fn track_departures(
         .iter()
         .filter(|(name, p)| {
             p.absent >= DEPARTED_AFTER
-                && (!listed.contains_key(*name)
+                && (!listed.contains_key(name.as_str())
                     || p.offline_since.is_some_and(|t| now - t >= offline_for))
         })
         .map(|(name, _)| name.clone())
