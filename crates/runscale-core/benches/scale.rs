@@ -239,10 +239,11 @@ fn main() {
                 .sum();
             drop(reports);
             println!(
-                "pass {round}: pools={pools} runners={} cpu={:.1}ms wall={:.1}ms launches={launches} failed={failed} observe_calls={}",
+                "pass {round}: pools={pools} runners={} cpu={:.1}ms wall={:.1}ms peak_rss={:.0}MiB launches={launches} failed={failed} observe_calls={}",
                 pools * per_pool,
                 cpu * 1e3,
                 wall.as_secs_f64() * 1e3,
+                peak_rss_mib(),
                 fixed.calls.load(Ordering::Relaxed),
             );
         }

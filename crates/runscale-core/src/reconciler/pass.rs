@@ -495,14 +495,20 @@ impl PoolRuntime {
                 tasks.push(p);
             }
         }
-        let futures: Vec<_> = tasks
-            .into_iter()
-            .map(|p| Box::pin(async move { (p, self.carry_out(ctx, p).await) }))
-            .collect();
-        let results: Vec<(&Planned, Result<Outcome>)> = futures::stream::iter(futures)
-            .buffer_unordered(ACT_CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<(&Planned, Result<Outcome>)> = if tasks.len() == 1 {
+            // One action, the common case: carried out directly, with no stream to run it in.
+            let p = tasks[0];
+            vec![(p, self.carry_out(ctx, p).await)]
+        } else {
+            let futures: Vec<_> = tasks
+                .into_iter()
+                .map(|p| Box::pin(async move { (p, self.carry_out(ctx, p).await) }))
+                .collect();
+            futures::stream::iter(futures)
+                .buffer_unordered(ACT_CONCURRENCY)
+                .collect()
+                .await
+        };
         let now = ctx.clock.now();
         let mut status = lock(&self.status);
         for (p, r) in results {
