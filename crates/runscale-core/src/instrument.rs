@@ -96,13 +96,11 @@ impl InstrumentedProvider {
     }
 }
 
-#[async_trait]
-impl Provider for InstrumentedProvider {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
+/// The calls themselves, as inherent methods: within this crate the reconciler holds the
+/// concrete wrapper and awaits these directly, so a call boxes only the wrapped adapter's
+/// future, not this one's as well. The trait impl below delegates to them.
+impl InstrumentedProvider {
+    pub(crate) async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
         let start = Instant::now();
         let out = self.inner.observe(pools).await;
         // One call, one sample: an account-wide failure shows as that error's kind.
@@ -115,7 +113,7 @@ impl Provider for InstrumentedProvider {
         out
     }
 
-    async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
+    pub(crate) async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
         let out = timed(
             &self.calls,
             "register",
@@ -126,17 +124,17 @@ impl Provider for InstrumentedProvider {
         out
     }
 
-    async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+    pub(crate) async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
         let out = timed(&self.calls, "remove", self.inner.remove(pool, runner)).await;
         self.update_budget();
         out
     }
 
-    async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+    pub(crate) async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
         timed(&self.calls, "drain", self.inner.drain(pool, runner)).await
     }
 
-    async fn release(&self, pool: &PoolId, runner_name: &str) -> Result<()> {
+    pub(crate) async fn release(&self, pool: &PoolId, runner_name: &str) -> Result<()> {
         let out = timed(
             &self.calls,
             "release",
@@ -145,6 +143,43 @@ impl Provider for InstrumentedProvider {
         .await;
         self.update_budget();
         out
+    }
+
+    pub(crate) async fn probe(&self) -> Result<String> {
+        timed(&self.calls, "probe", self.inner.probe()).await
+    }
+
+    pub(crate) async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
+        let out = timed(&self.calls, "confirm_quiet", self.inner.confirm_quiet(pool)).await;
+        self.update_budget();
+        out
+    }
+}
+
+#[async_trait]
+impl Provider for InstrumentedProvider {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
+        InstrumentedProvider::observe(self, pools).await
+    }
+
+    async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
+        InstrumentedProvider::register(self, pool, runner_name).await
+    }
+
+    async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        InstrumentedProvider::remove(self, pool, runner).await
+    }
+
+    async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        InstrumentedProvider::drain(self, pool, runner).await
+    }
+
+    async fn release(&self, pool: &PoolId, runner_name: &str) -> Result<()> {
+        InstrumentedProvider::release(self, pool, runner_name).await
     }
 
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
@@ -159,13 +194,11 @@ impl Provider for InstrumentedProvider {
     }
 
     async fn probe(&self) -> Result<String> {
-        timed(&self.calls, "probe", self.inner.probe()).await
+        InstrumentedProvider::probe(self).await
     }
 
     async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
-        let out = timed(&self.calls, "confirm_quiet", self.inner.confirm_quiet(pool)).await;
-        self.update_budget();
-        out
+        InstrumentedProvider::confirm_quiet(self, pool).await
     }
 
     fn rate_limit_remaining(&self) -> Option<u64> {
@@ -212,6 +245,41 @@ impl InstrumentedBackend {
     }
 }
 
+/// The calls themselves, as inherent methods: within this crate the reconciler holds the
+/// concrete wrapper and awaits these directly, so a call boxes only the wrapped adapter's
+/// future, not this one's as well. The trait impl below delegates to them.
+impl InstrumentedBackend {
+    pub(crate) async fn instances(
+        &self,
+        pools: &[PoolId],
+    ) -> Result<HashMap<PoolId, Vec<Instance>>> {
+        self.counted("instances", self.inner.instances(pools)).await
+    }
+
+    pub(crate) async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
+        self.counted("launch", self.inner.launch(request)).await
+    }
+
+    pub(crate) async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
+        self.counted("terminate", self.inner.terminate(pool, instance))
+            .await
+    }
+
+    pub(crate) async fn probe(&self) -> Result<String> {
+        self.counted("probe", self.inner.probe()).await
+    }
+
+    pub(crate) async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
+        self.counted("mark_busy", self.inner.mark_busy(pool, busy))
+            .await
+    }
+
+    pub(crate) async fn lower_target(&self, pool: &PoolId, wanted: u32) -> Result<()> {
+        self.counted("lower_target", self.inner.lower_target(pool, wanted))
+            .await
+    }
+}
+
 #[async_trait]
 impl Backend for InstrumentedBackend {
     fn kind(&self) -> &'static str {
@@ -219,30 +287,27 @@ impl Backend for InstrumentedBackend {
     }
 
     async fn instances(&self, pools: &[PoolId]) -> Result<HashMap<PoolId, Vec<Instance>>> {
-        self.counted("instances", self.inner.instances(pools)).await
+        InstrumentedBackend::instances(self, pools).await
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
-        self.counted("launch", self.inner.launch(request)).await
+        InstrumentedBackend::launch(self, request).await
     }
 
     async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
-        self.counted("terminate", self.inner.terminate(pool, instance))
-            .await
+        InstrumentedBackend::terminate(self, pool, instance).await
     }
 
     async fn probe(&self) -> Result<String> {
-        self.counted("probe", self.inner.probe()).await
+        InstrumentedBackend::probe(self).await
     }
 
     async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
-        self.counted("mark_busy", self.inner.mark_busy(pool, busy))
-            .await
+        InstrumentedBackend::mark_busy(self, pool, busy).await
     }
 
     async fn lower_target(&self, pool: &PoolId, wanted: u32) -> Result<()> {
-        self.counted("lower_target", self.inner.lower_target(pool, wanted))
-            .await
+        InstrumentedBackend::lower_target(self, pool, wanted).await
     }
 
     fn take_events(&self) -> Vec<BackendEvent> {

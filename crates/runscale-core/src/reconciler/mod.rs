@@ -271,7 +271,7 @@ pub struct Reconciler {
     stopping: CancellationToken,
 }
 
-struct ObserveCall(Arc<dyn Provider>);
+struct ObserveCall(Arc<InstrumentedProvider>);
 
 impl BatchCall<ProviderView> for ObserveCall {
     fn call<'a>(
@@ -282,7 +282,7 @@ impl BatchCall<ProviderView> for ObserveCall {
     }
 }
 
-struct InstancesCall(Arc<dyn Backend>);
+struct InstancesCall(Arc<InstrumentedBackend>);
 
 impl BatchCall<Vec<Instance>> for InstancesCall {
     fn call<'a>(
@@ -311,15 +311,16 @@ impl Reconciler {
         options: Options,
     ) -> Self {
         type ByName<A, V> = HashMap<String, (Arc<A>, Batcher<V>)>;
-        let mut providers: ByName<dyn Provider, ProviderView> = HashMap::new();
-        let mut backends: ByName<dyn Backend, Vec<Instance>> = HashMap::new();
+        // The concrete wrappers: the reconciler awaits their calls without boxing them.
+        let mut providers: ByName<InstrumentedProvider, ProviderView> = HashMap::new();
+        let mut backends: ByName<InstrumentedBackend, Vec<Instance>> = HashMap::new();
         let mut runtimes = Vec::with_capacity(pools.len());
         let mut by_name = HashMap::with_capacity(pools.len());
         for b in pools {
             let (provider, observe) = providers
                 .entry(b.provider_name.clone())
                 .or_insert_with(|| {
-                    let p: Arc<dyn Provider> = Arc::new(InstrumentedProvider::new(
+                    let p = Arc::new(InstrumentedProvider::new(
                         b.provider,
                         b.provider_name.clone(),
                         metrics.clone(),
@@ -331,7 +332,7 @@ impl Reconciler {
             let (backend, instances) = backends
                 .entry(b.backend_name.clone())
                 .or_insert_with(|| {
-                    let be: Arc<dyn Backend> = Arc::new(InstrumentedBackend::new(
+                    let be = Arc::new(InstrumentedBackend::new(
                         b.backend,
                         b.backend_name.clone(),
                         metrics.clone(),
@@ -358,11 +359,17 @@ impl Reconciler {
         let shared = Arc::new(Shared {
             pools: runtimes,
             by_name,
-            providers: providers.into_iter().map(|(k, (p, _))| (k, p)).collect(),
+            providers: providers
+                .into_iter()
+                .map(|(k, (p, _))| (k, p as Arc<dyn Provider>))
+                .collect(),
         });
         Self {
             shared,
-            backends: backends.into_values().map(|(b, _)| b).collect(),
+            backends: backends
+                .into_values()
+                .map(|(b, _)| b as Arc<dyn Backend>)
+                .collect(),
             clock,
             semaphore: Arc::new(Semaphore::new(options.max_concurrent_passes.max(1))),
             metrics,

@@ -17,9 +17,10 @@ use tracing::{debug, info, warn};
 
 use super::batch::Batcher;
 use super::status::{ActionRecord, ErrorView, ObservationSummary, PoolStatus};
-use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registration};
+use crate::adapter::{LaunchRequest, ProviderView, Registration};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
+use crate::instrument::{InstrumentedBackend, InstrumentedProvider};
 use crate::metrics::{
     ActionSeries, FailureLabels, INSTANCE_STATES, Metrics, ObservedSeries, RUNNER_STATES,
     SeriesCache,
@@ -91,8 +92,9 @@ const DEPARTED_AFTER: u32 = 2;
 /// Everything the reconciler holds for one pool.
 pub(crate) struct PoolRuntime {
     pub(crate) spec: PoolSpec,
-    pub(crate) provider: Arc<dyn Provider>,
-    pub(crate) backend: Arc<dyn Backend>,
+    /// The instrumented adapters, as their concrete types: their calls are awaited directly.
+    pub(crate) provider: Arc<InstrumentedProvider>,
+    pub(crate) backend: Arc<InstrumentedBackend>,
     pub(crate) observe: Batcher<ProviderView>,
     pub(crate) instances: Batcher<Vec<Instance>>,
     pub(crate) notify: Notify,
