@@ -46,20 +46,21 @@ const HELD_BACK_REQUEUE: Duration = Duration::from_secs(5);
 ///
 /// The maps are updated in place from pass to pass (a name is copied only when it is new), and
 /// those keyed by runner names (made by runscale, listed only when owned by the pool) hash
-/// with foldhash. Job ids come from the CI system: that map keeps std's SipHash.
+/// with foldhash and hold the names as `Box<str>` (two words, not three: at 10,000 pools of
+/// ten runners that is 4 MB). Job ids come from the CI system: that map keeps std's SipHash.
 #[derive(Default)]
 pub(crate) struct Memory {
     /// Runner name → last time it was seen busy.
-    last_busy: FastMap<String, Timestamp>,
+    last_busy: FastMap<Box<str>, Timestamp>,
     /// Launch times within the rate-limit window.
     launches: VecDeque<Timestamp>,
     /// Jobs waiting at the last observation, for the wait-time histogram.
     waiting: HashMap<String, Timestamp>,
     /// Runner names of the pool's instances seen listed by the CI system.
-    registered: FastMap<String, Presence>,
+    registered: FastMap<Box<str>, Presence>,
     /// Runner names of the pool's instances at the last fresh observation, and of those
     /// launched since.
-    hosted: FastSet<String>,
+    hosted: FastSet<Box<str>>,
     /// The last fresh view of the CI system, and when it was read: planned on (launches only)
     /// when a read fails, while it is at most [`PassContext::view_max_age`] old.
     last_view: Option<(ProviderView, Timestamp)>,
@@ -370,7 +371,7 @@ impl PoolRuntime {
                 match memory.last_busy.get_mut(r.name.as_str()) {
                     Some(t) => *t = now,
                     None => {
-                        memory.last_busy.insert(r.name.clone(), now);
+                        memory.last_busy.insert(r.name.as_str().into(), now);
                     }
                 }
             }
@@ -382,7 +383,7 @@ impl PoolRuntime {
             runners.iter().map(|r| (r.name.as_str(), r.state)).collect();
         memory
             .last_busy
-            .retain(|name, _| seen.contains_key(name.as_str()));
+            .retain(|name, _| seen.contains_key(&**name));
         let hosted = hosted_names(&instances);
         let never_registered = if view.stale {
             // An old copy of the CI side cannot tell whether a runner registered meanwhile.
@@ -392,18 +393,19 @@ impl PoolRuntime {
                 .hosted
                 .iter()
                 .filter(|n| {
-                    !hosted.contains(n.as_str())
-                        && !memory.registered.contains_key(n.as_str())
-                        && !seen.contains_key(n.as_str())
+                    let n: &str = n;
+                    !hosted.contains(n)
+                        && !memory.registered.contains_key(n)
+                        && !seen.contains_key(n)
                 })
-                .cloned()
+                .map(|n| n.to_string())
                 .collect();
             gone.sort();
             // From now on the names of the current instances.
-            memory.hosted.retain(|n| hosted.contains(n.as_str()));
-            for n in &hosted {
-                if !memory.hosted.contains(*n) {
-                    memory.hosted.insert((*n).to_owned());
+            memory.hosted.retain(|n| hosted.contains(&**n));
+            for &n in &hosted {
+                if !memory.hosted.contains(n) {
+                    memory.hosted.insert(n.into());
                 }
             }
             gone
@@ -644,7 +646,9 @@ impl PoolRuntime {
                 memory.launches.push_back(ctx.clock.now());
                 info!(pool = %pool, instance = %instance.id, runners = ?names, "launched");
                 // Hosted from now on, even if the instance dies before an observation lists it.
-                memory.hosted.extend(names);
+                memory
+                    .hosted
+                    .extend(names.into_iter().map(String::into_boxed_str));
                 Ok(())
             }
             Err(e) => {
@@ -723,18 +727,22 @@ fn track_departures(
 /// gone for [`DEPARTED_AFTER`] observations or more. `hosted` are the names the instances
 /// name. A stale view (an old copy) changes nothing. Only names of current instances are kept,
 /// so the memory stays as small as the fleet.
-fn departures<S: BuildHasher>(
-    registered: &mut HashMap<String, Presence, S>,
+fn departures<K, S>(
+    registered: &mut HashMap<K, Presence, S>,
     listed: &FastMap<&str, RunnerState>,
     hosted: &FastSet<&str>,
     stale: bool,
     now: Timestamp,
-) -> Vec<String> {
-    registered.retain(|name, _| hosted.contains(name.as_str()));
+) -> Vec<String>
+where
+    K: std::borrow::Borrow<str> + for<'n> From<&'n str> + std::hash::Hash + Eq,
+    S: BuildHasher,
+{
+    registered.retain(|name, _| hosted.contains(name.borrow()));
     if !stale {
         for (&name, state) in listed {
             if hosted.contains(name) && !registered.contains_key(name) {
-                registered.insert(name.to_owned(), Presence::default());
+                registered.insert(K::from(name), Presence::default());
             }
             if let Some(p) = registered.get_mut(name) {
                 if *state == RunnerState::Offline {
@@ -750,7 +758,7 @@ fn departures<S: BuildHasher>(
             }
         }
         for (name, p) in registered.iter_mut() {
-            if !listed.contains_key(name.as_str()) {
+            if !listed.contains_key(name.borrow()) {
                 p.absent = p.absent.saturating_add(1);
             }
         }
@@ -761,10 +769,10 @@ fn departures<S: BuildHasher>(
         .iter()
         .filter(|(name, p)| {
             p.absent >= DEPARTED_AFTER
-                && (!listed.contains_key(name.as_str())
+                && (!listed.contains_key((*name).borrow())
                     || p.offline_since.is_some_and(|t| now - t >= offline_for))
         })
-        .map(|(name, _)| name.clone())
+        .map(|(name, _)| name.borrow().to_owned())
         .collect();
     departed.sort();
     departed
