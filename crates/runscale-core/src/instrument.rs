@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -13,13 +13,16 @@ use crate::adapter::{
     Backend, BackendEvent, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
 };
 use crate::error::Result;
-use crate::metrics::{AccountLabels, BackendEventLabels, CallLabels, Metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{AccountLabels, BackendEventLabels, Metrics, SeriesCache};
 use crate::model::{Instance, InstanceId, PoolId, RunnerId};
 
 /// Records one call's latency and outcome.
 async fn timed<T>(
-    metrics: &Metrics,
-    account: &str,
+    calls: &Calls,
     op: &'static str,
     f: impl Future<Output = Result<T>>,
 ) -> Result<T> {
@@ -29,34 +32,41 @@ async fn timed<T>(
         Ok(_) => "ok",
         Err(e) => e.kind().as_str(),
     };
-    record(metrics, account, op, outcome, start);
+    calls.record(op, outcome, start);
     out
 }
 
-fn record(
-    metrics: &Metrics,
-    account: &str,
-    op: &'static str,
-    outcome: &'static str,
-    start: Instant,
-) {
-    let labels = CallLabels {
-        account: account.to_owned(),
-        op,
-        outcome,
-    };
-    metrics.api_requests.get_or_create(&labels).inc();
-    metrics
-        .api_duration
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64());
+/// One account's call series, each looked up once (by operation and outcome) and kept.
+struct Calls {
+    account: String,
+    metrics: Arc<Metrics>,
+    series: SeriesCache<(Counter, Histogram)>,
+}
+
+impl Calls {
+    fn new(account: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            account,
+            metrics,
+            series: SeriesCache::default(),
+        }
+    }
+
+    fn record(&self, op: &'static str, outcome: &'static str, start: Instant) {
+        let (requests, duration) = self.series.get(op, outcome, || {
+            self.metrics.call_series(&self.account, op, outcome)
+        });
+        requests.inc();
+        duration.observe(start.elapsed().as_secs_f64());
+    }
 }
 
 /// A provider whose calls are counted and timed under its configured name.
 pub struct InstrumentedProvider {
     inner: Arc<dyn Provider>,
-    account: String,
-    metrics: Arc<Metrics>,
+    calls: Calls,
+    /// The account's `rate_limit_remaining` series, from the first budget reported on.
+    budget: OnceLock<Gauge>,
 }
 
 impl InstrumentedProvider {
@@ -64,20 +74,85 @@ impl InstrumentedProvider {
     pub fn new(inner: Arc<dyn Provider>, account: String, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
-            account,
-            metrics,
+            calls: Calls::new(account, metrics),
+            budget: OnceLock::new(),
         }
     }
 
     fn update_budget(&self) {
         if let Some(left) = self.inner.rate_limit_remaining() {
-            self.metrics
-                .rate_limit_remaining
-                .get_or_create(&AccountLabels {
-                    account: self.account.clone(),
+            self.budget
+                .get_or_init(|| {
+                    self.calls
+                        .metrics
+                        .rate_limit_remaining
+                        .get_or_create(&AccountLabels {
+                            account: self.calls.account.clone(),
+                        })
+                        .clone()
                 })
                 .set(i64::try_from(left).unwrap_or(i64::MAX));
         }
+    }
+}
+
+/// The calls themselves, as inherent methods: within this crate the reconciler holds the
+/// concrete wrapper and awaits these directly, so a call boxes only the wrapped adapter's
+/// future, not this one's as well. The trait impl below delegates to them.
+impl InstrumentedProvider {
+    pub(crate) async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
+        let start = Instant::now();
+        let out = self.inner.observe(pools).await;
+        // One call, one sample: an account-wide failure shows as that error's kind.
+        let outcome = out
+            .values()
+            .find_map(|r| r.as_ref().err().map(|e| e.kind().as_str()))
+            .unwrap_or("ok");
+        self.calls.record("observe", outcome, start);
+        self.update_budget();
+        out
+    }
+
+    pub(crate) async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
+        let out = timed(
+            &self.calls,
+            "register",
+            self.inner.register(pool, runner_name),
+        )
+        .await;
+        self.update_budget();
+        out
+    }
+
+    pub(crate) async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        let out = timed(&self.calls, "remove", self.inner.remove(pool, runner)).await;
+        self.update_budget();
+        out
+    }
+
+    pub(crate) async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
+        timed(&self.calls, "drain", self.inner.drain(pool, runner)).await
+    }
+
+    pub(crate) async fn release(&self, pool: &PoolId, runner_name: &str) -> Result<()> {
+        let out = timed(
+            &self.calls,
+            "release",
+            self.inner.release(pool, runner_name),
+        )
+        .await;
+        self.update_budget();
+        out
+    }
+
+    pub(crate) async fn probe(&self) -> Result<String> {
+        timed(&self.calls, "probe", self.inner.probe()).await
+    }
+
+    pub(crate) async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
+        let out = timed(&self.calls, "confirm_quiet", self.inner.confirm_quiet(pool)).await;
+        self.update_budget();
+        out
     }
 }
 
@@ -88,62 +163,23 @@ impl Provider for InstrumentedProvider {
     }
 
     async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
-        let start = Instant::now();
-        let out = self.inner.observe(pools).await;
-        // One call, one sample: an account-wide failure shows as that error's kind.
-        let outcome = out
-            .values()
-            .find_map(|r| r.as_ref().err().map(|e| e.kind().as_str()))
-            .unwrap_or("ok");
-        record(&self.metrics, &self.account, "observe", outcome, start);
-        self.update_budget();
-        out
+        InstrumentedProvider::observe(self, pools).await
     }
 
     async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {
-        let out = timed(
-            &self.metrics,
-            &self.account,
-            "register",
-            self.inner.register(pool, runner_name),
-        )
-        .await;
-        self.update_budget();
-        out
+        InstrumentedProvider::register(self, pool, runner_name).await
     }
 
     async fn remove(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
-        let out = timed(
-            &self.metrics,
-            &self.account,
-            "remove",
-            self.inner.remove(pool, runner),
-        )
-        .await;
-        self.update_budget();
-        out
+        InstrumentedProvider::remove(self, pool, runner).await
     }
 
     async fn drain(&self, pool: &PoolId, runner: &RunnerId) -> Result<()> {
-        timed(
-            &self.metrics,
-            &self.account,
-            "drain",
-            self.inner.drain(pool, runner),
-        )
-        .await
+        InstrumentedProvider::drain(self, pool, runner).await
     }
 
     async fn release(&self, pool: &PoolId, runner_name: &str) -> Result<()> {
-        let out = timed(
-            &self.metrics,
-            &self.account,
-            "release",
-            self.inner.release(pool, runner_name),
-        )
-        .await;
-        self.update_budget();
-        out
+        InstrumentedProvider::release(self, pool, runner_name).await
     }
 
     fn webhook(&self, request: &WebhookRequest) -> Result<Vec<PoolId>> {
@@ -153,24 +189,16 @@ impl Provider for InstrumentedProvider {
             Ok(_) => "ok",
             Err(e) => e.kind().as_str(),
         };
-        record(&self.metrics, &self.account, "webhook", outcome, start);
+        self.calls.record("webhook", outcome, start);
         out
     }
 
     async fn probe(&self) -> Result<String> {
-        timed(&self.metrics, &self.account, "probe", self.inner.probe()).await
+        InstrumentedProvider::probe(self).await
     }
 
     async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
-        let out = timed(
-            &self.metrics,
-            &self.account,
-            "confirm_quiet",
-            self.inner.confirm_quiet(pool),
-        )
-        .await;
-        self.update_budget();
-        out
+        InstrumentedProvider::confirm_quiet(self, pool).await
     }
 
     fn rate_limit_remaining(&self) -> Option<u64> {
@@ -181,8 +209,7 @@ impl Provider for InstrumentedProvider {
 /// A backend whose calls are counted and timed under its configured name.
 pub struct InstrumentedBackend {
     inner: Arc<dyn Backend>,
-    account: String,
-    metrics: Arc<Metrics>,
+    calls: Calls,
 }
 
 impl InstrumentedBackend {
@@ -190,8 +217,7 @@ impl InstrumentedBackend {
     pub fn new(inner: Arc<dyn Backend>, account: String, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
-            account,
-            metrics,
+            calls: Calls::new(account, metrics),
         }
     }
 }
@@ -200,10 +226,11 @@ impl InstrumentedBackend {
     /// Counts the events the backend recorded during the call that just ended.
     fn count_events(&self) {
         for e in self.inner.take_events() {
-            self.metrics
+            self.calls
+                .metrics
                 .backend_events
                 .get_or_create(&BackendEventLabels {
-                    account: self.account.clone(),
+                    account: self.calls.account.clone(),
                     pool: e.pool.to_string(),
                     event: e.event,
                 })
@@ -212,9 +239,44 @@ impl InstrumentedBackend {
     }
 
     async fn counted<T>(&self, op: &'static str, f: impl Future<Output = Result<T>>) -> Result<T> {
-        let out = timed(&self.metrics, &self.account, op, f).await;
+        let out = timed(&self.calls, op, f).await;
         self.count_events();
         out
+    }
+}
+
+/// The calls themselves, as inherent methods: within this crate the reconciler holds the
+/// concrete wrapper and awaits these directly, so a call boxes only the wrapped adapter's
+/// future, not this one's as well. The trait impl below delegates to them.
+impl InstrumentedBackend {
+    pub(crate) async fn instances(
+        &self,
+        pools: &[PoolId],
+    ) -> Result<HashMap<PoolId, Vec<Instance>>> {
+        self.counted("instances", self.inner.instances(pools)).await
+    }
+
+    pub(crate) async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
+        self.counted("launch", self.inner.launch(request)).await
+    }
+
+    pub(crate) async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
+        self.counted("terminate", self.inner.terminate(pool, instance))
+            .await
+    }
+
+    pub(crate) async fn probe(&self) -> Result<String> {
+        self.counted("probe", self.inner.probe()).await
+    }
+
+    pub(crate) async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
+        self.counted("mark_busy", self.inner.mark_busy(pool, busy))
+            .await
+    }
+
+    pub(crate) async fn lower_target(&self, pool: &PoolId, wanted: u32) -> Result<()> {
+        self.counted("lower_target", self.inner.lower_target(pool, wanted))
+            .await
     }
 }
 
@@ -225,30 +287,27 @@ impl Backend for InstrumentedBackend {
     }
 
     async fn instances(&self, pools: &[PoolId]) -> Result<HashMap<PoolId, Vec<Instance>>> {
-        self.counted("instances", self.inner.instances(pools)).await
+        InstrumentedBackend::instances(self, pools).await
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<Instance> {
-        self.counted("launch", self.inner.launch(request)).await
+        InstrumentedBackend::launch(self, request).await
     }
 
     async fn terminate(&self, pool: &PoolId, instance: &InstanceId) -> Result<()> {
-        self.counted("terminate", self.inner.terminate(pool, instance))
-            .await
+        InstrumentedBackend::terminate(self, pool, instance).await
     }
 
     async fn probe(&self) -> Result<String> {
-        self.counted("probe", self.inner.probe()).await
+        InstrumentedBackend::probe(self).await
     }
 
     async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
-        self.counted("mark_busy", self.inner.mark_busy(pool, busy))
-            .await
+        InstrumentedBackend::mark_busy(self, pool, busy).await
     }
 
     async fn lower_target(&self, pool: &PoolId, wanted: u32) -> Result<()> {
-        self.counted("lower_target", self.inner.lower_target(pool, wanted))
-            .await
+        InstrumentedBackend::lower_target(self, pool, wanted).await
     }
 
     fn take_events(&self) -> Vec<BackendEvent> {

@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::model::{InstanceState, PoolId, RunnerState};
+
 /// Labels: pool.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -231,5 +233,161 @@ impl Metrics {
             m.pool_restarts.clone(),
         );
         m
+    }
+}
+
+/// A label set's series, looked up in a [`Family`] once and kept: a handle shares the series'
+/// value, so setting it later costs no label hashing, no lookup and no allocation. (Nothing
+/// removes series from the families, so a kept handle never goes stale.)
+fn series<S, M, C>(family: &Family<S, M, C>, labels: &S) -> M
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    family.get_or_create(labels).clone()
+}
+
+/// The per-pool series a pass sets from each observation: demand, runners and instances by
+/// state, and the job wait histogram.
+pub(crate) struct ObservedSeries {
+    /// `waiting`, `running`.
+    pub(crate) demand: [Gauge; 2],
+    /// Indexed by [`RUNNER_STATES`].
+    pub(crate) runners: [Gauge; 3],
+    /// Indexed by [`INSTANCE_STATES`].
+    pub(crate) instances: [Gauge; 3],
+    /// Seconds jobs waited.
+    pub(crate) job_wait: Histogram,
+}
+
+/// Runner states in the order of [`ObservedSeries::runners`].
+pub(crate) const RUNNER_STATES: [RunnerState; 3] =
+    [RunnerState::Idle, RunnerState::Busy, RunnerState::Offline];
+/// Instance states in the order of [`ObservedSeries::instances`].
+pub(crate) const INSTANCE_STATES: [InstanceState; 3] = [
+    InstanceState::Booting,
+    InstanceState::Running,
+    InstanceState::Stopping,
+];
+
+impl ObservedSeries {
+    /// Creates (or finds) `pool`'s series.
+    pub(crate) fn new(metrics: &Metrics, pool: &PoolId) -> Self {
+        let state = |family: &Family<PoolStateLabels, Gauge>, state: &'static str| {
+            series(
+                family,
+                &PoolStateLabels {
+                    pool: pool.to_string(),
+                    state,
+                },
+            )
+        };
+        Self {
+            demand: [
+                state(&metrics.demand, "waiting"),
+                state(&metrics.demand, "running"),
+            ],
+            runners: RUNNER_STATES.map(|s| state(&metrics.runners, s.as_str())),
+            instances: INSTANCE_STATES.map(|s| state(&metrics.instances, s.as_str())),
+            job_wait: series(
+                &metrics.job_wait,
+                &PoolLabels {
+                    pool: pool.to_string(),
+                },
+            ),
+        }
+    }
+}
+
+/// The counters of one (action, reason) of one pool: `actions`, and `launches` or
+/// `terminations` for those kinds.
+#[derive(Clone)]
+pub(crate) struct ActionSeries {
+    /// `runscale_actions`.
+    pub(crate) actions: Counter,
+    /// `runscale_launches` or `runscale_terminations`, for those kinds.
+    pub(crate) kind: Option<Counter>,
+}
+
+/// A small cache of series keyed by two static strings (an action and a reason, an operation
+/// and an outcome), filled on first use so series appear exactly when they did before caching.
+/// Linear: it holds a dozen entries or so.
+pub(crate) struct SeriesCache<T> {
+    entries: std::sync::Mutex<Vec<(&'static str, &'static str, T)>>,
+}
+
+impl<T> Default for SeriesCache<T> {
+    fn default() -> Self {
+        Self {
+            entries: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: Clone> SeriesCache<T> {
+    /// The entry for `(a, b)`, made by `make` the first time.
+    pub(crate) fn get(&self, a: &'static str, b: &'static str, make: impl FnOnce() -> T) -> T {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, t)) = entries.iter().find(|(x, y, _)| *x == a && *y == b) {
+            return t.clone();
+        }
+        let t = make();
+        entries.push((a, b, t.clone()));
+        t
+    }
+}
+
+impl Metrics {
+    /// `pool`'s counters for a successful `action` planned for `reason`.
+    pub(crate) fn action_series(
+        &self,
+        pool: &PoolId,
+        action: &'static str,
+        reason: &'static str,
+    ) -> ActionSeries {
+        let labels = ActionLabels {
+            pool: pool.to_string(),
+            action,
+            reason,
+        };
+        let kind = match action {
+            "launch" => Some(series(&self.launches, &labels)),
+            "terminate" => Some(series(&self.terminations, &labels)),
+            _ => None,
+        };
+        ActionSeries {
+            actions: series(&self.actions, &labels),
+            kind,
+        }
+    }
+
+    /// `pool`'s `desired_instances` gauge.
+    pub(crate) fn desired_series(&self, pool: &PoolId) -> Gauge {
+        series(
+            &self.desired,
+            &PoolLabels {
+                pool: pool.to_string(),
+            },
+        )
+    }
+
+    /// An account's series for calls of `op` that ended in `outcome`: the request counter and
+    /// the latency histogram.
+    pub(crate) fn call_series(
+        &self,
+        account: &str,
+        op: &'static str,
+        outcome: &'static str,
+    ) -> (Counter, Histogram) {
+        let labels = CallLabels {
+            account: account.to_owned(),
+            op,
+            outcome,
+        };
+        (
+            series(&self.api_requests, &labels),
+            series(&self.api_duration, &labels),
+        )
     }
 }

@@ -40,28 +40,39 @@ impl<V: Clone + Send + 'static> Batcher<V> {
     pub(crate) fn spawn(op: &'static str, call: Arc<dyn BatchCall<V>>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<(PoolId, Reply<V>)>();
         tokio::spawn(async move {
+            let mut requests: Vec<(PoolId, Reply<V>)> = Vec::new();
+            let mut pools: Vec<PoolId> = Vec::new();
             while let Some(first) = rx.recv().await {
                 // Let the other pools woken by the same event queue up behind the first.
                 tokio::task::yield_now().await;
-                let mut waiting: HashMap<PoolId, Vec<Reply<V>>> = HashMap::new();
-                waiting.entry(first.0).or_default().push(first.1);
-                while let Ok((pool, reply)) = rx.try_recv() {
-                    waiting.entry(pool).or_default().push(reply);
+                requests.push(first);
+                while let Ok(request) = rx.try_recv() {
+                    requests.push(request);
                 }
-                let pools: Vec<PoolId> = waiting.keys().cloned().collect();
+                // By pool, so that a pool asked for twice is asked once.
+                requests.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                pools.extend(requests.iter().map(|(pool, _)| pool.clone()));
+                pools.dedup();
                 let mut results = call.call(&pools).await;
-                for (pool, replies) in waiting {
-                    let result = results.remove(&pool).unwrap_or_else(|| {
+                pools.clear();
+                let mut batch = requests.drain(..).peekable();
+                while let Some((pool, reply)) = batch.next() {
+                    let again = batch.peek().is_some_and(|(next, _)| *next == pool);
+                    // The last request for a pool takes its result; earlier ones get copies.
+                    let result = if again {
+                        results.get(&pool).cloned()
+                    } else {
+                        results.remove(&pool)
+                    };
+                    let result = result.unwrap_or_else(|| {
                         Err(Error::new(
                             op,
                             ErrorKind::Protocol,
                             format!("adapter returned no result for pool {pool}"),
                         ))
                     });
-                    for reply in replies {
-                        // The requester may have given up (shutdown); nothing to do then.
-                        let _ = reply.send(result.clone());
-                    }
+                    // The requester may have given up (shutdown); nothing to do then.
+                    let _ = reply.send(result);
                 }
             }
         });

@@ -4,23 +4,30 @@
 //! harmless. It returns when to come back; every error goes through [`super::backoff`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use futures::StreamExt;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::Batcher;
 use super::status::{ActionRecord, ErrorView, ObservationSummary, PoolStatus};
-use crate::adapter::{Backend, LaunchRequest, Provider, ProviderView, Registration};
+use crate::adapter::{LaunchRequest, ProviderView, Registration};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::forecast::DemandHistory;
-use crate::metrics::{ActionLabels, FailureLabels, Metrics, PoolLabels, PoolStateLabels};
+use crate::instrument::{InstrumentedBackend, InstrumentedProvider};
+use crate::metrics::{
+    ActionSeries, FailureLabels, INSTANCE_STATES, Metrics, ObservedSeries, RUNNER_STATES,
+    SeriesCache,
+};
 use crate::model::{
-    Instance, InstanceId, InstanceState, Observation, PoolSpec, RunnerState, Timestamp,
+    Instance, InstanceId, InstanceState, Observation, PoolSpec, RunnerId, RunnerState, Timestamp,
 };
 use crate::naming;
 use crate::plan::{Action, Plan, Planned};
@@ -37,19 +44,24 @@ const HELD_BACK_REQUEUE: Duration = Duration::from_secs(5);
 
 /// What the reconciler remembers between passes. Soft state: losing it (restart) only makes the
 /// next decisions slightly less informed, never unsafe.
+///
+/// The maps are updated in place from pass to pass (a name is copied only when it is new), and
+/// those keyed by runner names (made by runscale, listed only when owned by the pool) hash
+/// with foldhash and hold the names as `Box<str>` (two words, not three: at 10,000 pools of
+/// ten runners that is 4 MB). Job ids come from the CI system: that map keeps std's SipHash.
 #[derive(Default)]
 pub(crate) struct Memory {
     /// Runner name → last time it was seen busy.
-    last_busy: HashMap<String, Timestamp>,
+    last_busy: FastMap<Box<str>, Timestamp>,
     /// Launch times within the rate-limit window.
     launches: VecDeque<Timestamp>,
     /// Jobs waiting at the last observation, for the wait-time histogram.
     waiting: HashMap<String, Timestamp>,
     /// Runner names of the pool's instances seen listed by the CI system.
-    registered: HashMap<String, Presence>,
+    registered: FastMap<Box<str>, Presence>,
     /// Runner names of the pool's instances at the last fresh observation, and of those
     /// launched since.
-    hosted: HashSet<String>,
+    hosted: FastSet<Box<str>>,
     /// The last fresh view of the CI system, and when it was read: planned on (launches only)
     /// when a read fails, while it is at most [`PassContext::view_max_age`] old.
     last_view: Option<(ProviderView, Timestamp)>,
@@ -86,8 +98,9 @@ const DEPARTED_AFTER: u32 = 2;
 /// Everything the reconciler holds for one pool.
 pub(crate) struct PoolRuntime {
     pub(crate) spec: PoolSpec,
-    pub(crate) provider: Arc<dyn Provider>,
-    pub(crate) backend: Arc<dyn Backend>,
+    /// The instrumented adapters, as their concrete types: their calls are awaited directly.
+    pub(crate) provider: Arc<InstrumentedProvider>,
+    pub(crate) backend: Arc<InstrumentedBackend>,
     pub(crate) observe: Batcher<ProviderView>,
     pub(crate) instances: Batcher<Vec<Instance>>,
     pub(crate) notify: Notify,
@@ -98,6 +111,17 @@ pub(crate) struct PoolRuntime {
     /// When the pass under way started (`None` between passes): a pool is alive while it
     /// completes passes or works on one.
     pub(crate) pass_started_at: Mutex<Option<Timestamp>>,
+    /// The pool's metric series, looked up once (when a pass first sets them) and kept.
+    pub(crate) series: PoolSeries,
+}
+
+/// One pool's metric series, each created when a pass first sets it (as a lookup by labels
+/// would) and kept, so a pass sets metrics without hashing label sets or allocating.
+#[derive(Default)]
+pub(crate) struct PoolSeries {
+    observed: OnceLock<ObservedSeries>,
+    desired: OnceLock<Gauge>,
+    actions: SeriesCache<ActionSeries>,
 }
 
 /// What a pass needs besides the pool.
@@ -173,12 +197,7 @@ impl PoolRuntime {
         let instances = instances?;
         let now = ctx.clock.now();
         let (view, read_error) = match view {
-            Ok(view) => {
-                if !view.stale {
-                    lock(&self.memory).last_view = Some((view.clone(), now));
-                }
-                (view, None)
-            }
+            Ok(view) => (view, None),
             Err(e) => match self.recent_view(&e, now, ctx.view_max_age) {
                 Some((view, age)) => {
                     warn!(pool = %pool, error = %e, view_age_s = age.as_secs(), "the CI system could not be read; planning on its last view (launches only)");
@@ -192,7 +211,10 @@ impl PoolRuntime {
             None if view.stale => None,
             None => Some(now),
         };
-        let (obs, never_registered) = self.observation(view, instances, now);
+        // A fresh view is kept as the last view once the pass is done with it (see
+        // `keep_view`): moved back out of the observation, not copied.
+        let fresh = read_error.is_none() && !view.stale;
+        let (obs, never_registered, read_last_busy) = self.observation(view, instances, now);
         if !ctx.dry_run {
             self.release(&never_registered).await;
         }
@@ -202,11 +224,9 @@ impl PoolRuntime {
         }
 
         let plan = policy::plan(&self.spec, &obs, now);
-        ctx.metrics
+        self.series
             .desired
-            .get_or_create(&PoolLabels {
-                pool: pool.to_string(),
-            })
+            .get_or_init(|| ctx.metrics.desired_series(pool))
             .set(i64::from(plan.desired_instances));
         {
             let mut status = lock(&self.status);
@@ -223,6 +243,9 @@ impl PoolRuntime {
         };
         if !ctx.dry_run && !obs.stale {
             self.lower_target(plan.desired_instances).await;
+        }
+        if fresh {
+            self.keep_view(obs, read_last_busy, now);
         }
         // The pass acted on what it knew, but the read failed: it counts as failed (and backs
         // off) all the same.
@@ -262,6 +285,28 @@ impl PoolRuntime {
         })
     }
 
+    /// Keeps the CI system's view this pass read afresh at `now` as the last view, planned on
+    /// when a later read fails. The view is taken back out of the observation it became: its
+    /// demand unchanged, its runners in their order with the `last_busy` the CI system gave
+    /// (`read_last_busy`), which the observation had filled from memory. (A pass abandoned
+    /// before this keeps the previous last view: only older, never wrong.)
+    fn keep_view(&self, obs: Observation, read_last_busy: Vec<Option<Timestamp>>, now: Timestamp) {
+        let Observation {
+            demand,
+            mut runners,
+            ..
+        } = obs;
+        for (r, t) in runners.iter_mut().zip(read_last_busy) {
+            r.last_busy = t;
+        }
+        let view = ProviderView {
+            demand,
+            runners,
+            stale: false,
+        };
+        lock(&self.memory).last_view = Some((view, now));
+    }
+
     /// Tells the backend how many instances the pool wants, so a cloud that replaces instances
     /// that end may stop doing so. A failure is logged, never fails the pass.
     async fn lower_target(&self, wanted: u32) {
@@ -275,7 +320,7 @@ impl PoolRuntime {
     /// runners cannot be attributed to instances, every instance may host a running job while
     /// one runs: all are named.
     async fn mark_busy(&self, obs: &Observation) {
-        let busy_names: HashSet<&str> = obs
+        let busy_names: FastSet<&str> = obs
             .runners
             .iter()
             .filter(|r| r.state == RunnerState::Busy)
@@ -314,51 +359,69 @@ impl PoolRuntime {
 
     /// Builds the observation, filling what the provider could not tell from memory; also
     /// returns the runner names whose instance has gone since the last fresh observation
-    /// without the runner ever being listed.
+    /// without the runner ever being listed, and each runner's `last_busy` as the provider
+    /// gave it (for [`Self::keep_view`]).
     fn observation(
         &self,
         view: ProviderView,
         instances: Vec<Instance>,
         now: Timestamp,
-    ) -> (Observation, Vec<String>) {
-        let mut memory = lock(&self.memory);
+    ) -> (Observation, Vec<String>, Vec<Option<Timestamp>>) {
+        let mut guard = lock(&self.memory);
+        let memory = &mut *guard;
         let mut runners = view.runners;
-        let mut seen = HashMap::with_capacity(runners.len());
+        let read_last_busy: Vec<Option<Timestamp>> = runners.iter().map(|r| r.last_busy).collect();
         for r in &mut runners {
             if r.state == RunnerState::Busy {
-                memory.last_busy.insert(r.name.clone(), now);
+                match memory.last_busy.get_mut(r.name.as_str()) {
+                    Some(t) => *t = now,
+                    None => {
+                        memory.last_busy.insert(r.name.as_str().into(), now);
+                    }
+                }
             }
-            if let Some(t) = memory.last_busy.get(&r.name) {
+            if let Some(t) = memory.last_busy.get(r.name.as_str()) {
                 r.last_busy = r.last_busy.max(Some(*t));
             }
-            seen.insert(r.name.clone(), r.state);
         }
-        memory.last_busy.retain(|name, _| seen.contains_key(name));
+        let seen: FastMap<&str, RunnerState> =
+            runners.iter().map(|r| (r.name.as_str(), r.state)).collect();
+        memory
+            .last_busy
+            .retain(|name, _| seen.contains_key(&**name));
+        let hosted = hosted_names(&instances);
         let never_registered = if view.stale {
             // An old copy of the CI side cannot tell whether a runner registered meanwhile.
             Vec::new()
         } else {
-            let hosted: HashSet<String> = instances
+            let mut gone: Vec<String> = memory
+                .hosted
                 .iter()
-                .flat_map(|i| i.runner_names.iter().cloned())
-                .collect();
-            let previous = std::mem::replace(&mut memory.hosted, hosted);
-            let mut gone: Vec<String> = previous
-                .into_iter()
                 .filter(|n| {
-                    !memory.hosted.contains(n)
+                    let n: &str = n;
+                    !hosted.contains(n)
                         && !memory.registered.contains_key(n)
                         && !seen.contains_key(n)
                 })
+                .map(|n| n.to_string())
                 .collect();
             gone.sort();
+            // From now on the names of the current instances.
+            memory.hosted.retain(|n| hosted.contains(&**n));
+            for &n in &hosted {
+                if !memory.hosted.contains(n) {
+                    memory.hosted.insert(n.into());
+                }
+            }
             gone
         };
         if !view.stale && self.spec.warm.is_some() {
-            self.record_demand(&mut memory, &view.demand.waiting, &seen, &instances, now);
+            self.record_demand(memory, &view.demand.waiting, &seen, &instances, now);
         }
-        let departed = track_departures(&mut memory.registered, &seen, &instances, view.stale, now);
+        let departed = departures(&mut memory.registered, &seen, &hosted, view.stale, now);
         tracing::trace!(pool = %self.spec.name, ?departed, listed = seen.len(), instances = instances.len(), tracked = memory.registered.len(), "departures");
+        drop(seen);
+        drop(hosted);
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
         while memory.launches.front().is_some_and(|t| *t + window <= now) {
             memory.launches.pop_front();
@@ -372,7 +435,7 @@ impl PoolRuntime {
             departed,
             forecast: self.spec.warm.and_then(|_| memory.history.forecast(now)),
         };
-        (obs, never_registered)
+        (obs, never_registered, read_last_busy)
     }
 
     /// Feeds the demand history: jobs waiting for the first time are arrivals, and a runner
@@ -383,7 +446,7 @@ impl PoolRuntime {
         &self,
         memory: &mut Memory,
         waiting: &[crate::model::WaitingJob],
-        listed: &HashMap<String, RunnerState>,
+        listed: &FastMap<&str, RunnerState>,
         instances: &[Instance],
         now: Timestamp,
     ) {
@@ -402,8 +465,13 @@ impl PoolRuntime {
                 continue;
             }
             let registered_now = inst.runner_names.iter().any(|n| {
-                listed.get(n).is_some_and(|s| *s != RunnerState::Offline)
-                    && !memory.registered.get(n).is_some_and(|p| p.seen_online)
+                listed
+                    .get(n.as_str())
+                    .is_some_and(|s| *s != RunnerState::Offline)
+                    && !memory
+                        .registered
+                        .get(n.as_str())
+                        .is_some_and(|p| p.seen_online)
             });
             if registered_now {
                 memory.history.lead_time(lead.to_std().unwrap_or_default());
@@ -412,58 +480,45 @@ impl PoolRuntime {
     }
 
     fn record_observation(&self, metrics: &Metrics, obs: &Observation, now: Timestamp) {
-        let pool = self.spec.name.to_string();
-        let set = |family: &prometheus_client::metrics::family::Family<
-            PoolStateLabels,
-            prometheus_client::metrics::gauge::Gauge,
-        >,
-                   state: &'static str,
-                   v: usize| {
-            family
-                .get_or_create(&PoolStateLabels {
-                    pool: pool.clone(),
-                    state,
-                })
-                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        let series = self
+            .series
+            .observed
+            .get_or_init(|| ObservedSeries::new(metrics, &self.spec.name));
+        let set = |gauge: &Gauge, v: usize| {
+            gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
-        set(&metrics.demand, "waiting", obs.demand.waiting.len());
-        set(&metrics.demand, "running", obs.demand.running as usize);
-        for s in [RunnerState::Idle, RunnerState::Busy, RunnerState::Offline] {
-            set(
-                &metrics.runners,
-                s.as_str(),
-                obs.runners.iter().filter(|r| r.state == s).count(),
-            );
+        set(&series.demand[0], obs.demand.waiting.len());
+        set(&series.demand[1], obs.demand.running as usize);
+        for (gauge, s) in series.runners.iter().zip(RUNNER_STATES) {
+            set(gauge, obs.runners.iter().filter(|r| r.state == s).count());
         }
-        for s in [
-            InstanceState::Booting,
-            InstanceState::Running,
-            InstanceState::Stopping,
-        ] {
-            set(
-                &metrics.instances,
-                s.as_str(),
-                obs.instances.iter().filter(|i| i.state == s).count(),
-            );
+        for (gauge, s) in series.instances.iter().zip(INSTANCE_STATES) {
+            set(gauge, obs.instances.iter().filter(|i| i.state == s).count());
         }
-        // Jobs that left the queue since the last pass waited until about now.
+        // Jobs that left the queue since the last pass waited until about now. Job ids come
+        // from the CI system: std's SipHash here.
         let mut memory = lock(&self.memory);
-        let current: HashMap<String, Timestamp> = obs
-            .demand
-            .waiting
-            .iter()
-            .map(|j| (j.id.clone(), j.queued_at))
-            .collect();
-        let hist = metrics
-            .job_wait
-            .get_or_create(&PoolLabels { pool: pool.clone() });
-        for (id, queued_at) in memory.waiting.iter() {
-            if !current.contains_key(id) {
+        let waiting = &obs.demand.waiting;
+        if waiting.is_empty() && memory.waiting.is_empty() {
+            return;
+        }
+        let current: HashSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();
+        memory.waiting.retain(|id, queued_at| {
+            let still = current.contains(id.as_str());
+            if !still {
                 let secs = (now - *queued_at).num_milliseconds().max(0) as f64 / 1000.0;
-                hist.observe(secs);
+                series.job_wait.observe(secs);
+            }
+            still
+        });
+        for j in waiting {
+            match memory.waiting.get_mut(&j.id) {
+                Some(queued_at) => *queued_at = j.queued_at,
+                None => {
+                    memory.waiting.insert(j.id.clone(), j.queued_at);
+                }
             }
         }
-        memory.waiting = current;
     }
 
     async fn act(&self, ctx: &PassContext<'_>, plan: &Plan) -> Result<()> {
@@ -494,14 +549,20 @@ impl PoolRuntime {
                 tasks.push(p);
             }
         }
-        let futures: Vec<_> = tasks
-            .into_iter()
-            .map(|p| Box::pin(async move { (p, self.carry_out(ctx, p).await) }))
-            .collect();
-        let results: Vec<(&Planned, Result<Outcome>)> = futures::stream::iter(futures)
-            .buffer_unordered(ACT_CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<(&Planned, Result<Outcome>)> = if tasks.len() == 1 {
+            // One action, the common case: carried out directly, with no stream to run it in.
+            let p = tasks[0];
+            vec![(p, self.carry_out(ctx, p).await)]
+        } else {
+            let futures: Vec<_> = tasks
+                .into_iter()
+                .map(|p| Box::pin(async move { (p, self.carry_out(ctx, p).await) }))
+                .collect();
+            futures::stream::iter(futures)
+                .buffer_unordered(ACT_CONCURRENCY)
+                .collect()
+                .await
+        };
         let now = ctx.clock.now();
         let mut status = lock(&self.status);
         for (p, r) in results {
@@ -512,27 +573,27 @@ impl PoolRuntime {
                 Err(e) => e.kind().as_str(),
             };
             if let Ok(Outcome::Done) = r {
-                let labels = ActionLabels {
-                    pool: pool.to_string(),
-                    action: p.action.kind(),
-                    reason: p.reason.as_str(),
-                };
-                ctx.metrics.actions.get_or_create(&labels).inc();
-                match p.action {
-                    Action::Launch { .. } => {
-                        ctx.metrics.launches.get_or_create(&labels).inc();
-                    }
-                    Action::Terminate { .. } => {
-                        ctx.metrics.terminations.get_or_create(&labels).inc();
-                    }
-                    _ => {}
+                let (action, reason) = (p.action.kind(), p.reason.as_str());
+                let series = self.series.actions.get(action, reason, || {
+                    ctx.metrics.action_series(pool, action, reason)
+                });
+                series.actions.inc();
+                if let Some(kind) = &series.kind {
+                    kind.inc();
                 }
             }
-            let mut rec = record(now, p, outcome);
-            if let Action::Launch { .. } = p.action {
-                rec.target = "1".to_owned();
-            }
-            status.push_action(rec);
+            // A launch is recorded per instance.
+            let target = match p.action {
+                Action::Launch { .. } => "1".to_owned(),
+                _ => target(&p.action),
+            };
+            status.push_action(ActionRecord {
+                at: now,
+                action: p.action.kind(),
+                reason: p.reason.as_str(),
+                target,
+                outcome,
+            });
             if let Err(e) = r {
                 warn!(pool = %pool, action = p.action.kind(), reason = p.reason.as_str(), error = %e, "action failed");
                 if first_error.is_none() {
@@ -613,38 +674,53 @@ impl PoolRuntime {
             match self.provider.register(pool, name).await {
                 Ok(r) => regs.push(r),
                 Err(e) => {
-                    self.withdraw(&regs).await;
+                    let made: Vec<(&str, Option<&RunnerId>)> = regs
+                        .iter()
+                        .map(|r| (r.runner_name.as_str(), r.runner_id.as_ref()))
+                        .collect();
+                    self.withdraw(&made).await;
                     return Err(e);
                 }
             }
         }
+        // The registrations go to the backend; what withdrawing them takes is kept.
+        let ids: Vec<Option<RunnerId>> = regs.iter().map(|r| r.runner_id.clone()).collect();
         let request = LaunchRequest {
             pool: pool.clone(),
-            runners: regs.clone(),
+            runners: regs,
             template_hash: self.spec.template_hash.clone(),
         };
         match self.backend.launch(request).await {
             Ok(instance) => {
                 let mut memory = lock(&self.memory);
                 memory.launches.push_back(ctx.clock.now());
-                // Hosted from now on, even if the instance dies before an observation lists it.
-                memory.hosted.extend(names.iter().cloned());
                 info!(pool = %pool, instance = %instance.id, runners = ?names, "launched");
+                // Hosted from now on, even if the instance dies before an observation lists it.
+                memory
+                    .hosted
+                    .extend(names.into_iter().map(String::into_boxed_str));
                 Ok(())
             }
             Err(e) => {
-                self.withdraw(&regs).await;
+                // A registration's runner name is the name it was made for.
+                let made: Vec<(&str, Option<&RunnerId>)> = names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(ids.iter().map(Option::as_ref))
+                    .collect();
+                self.withdraw(&made).await;
                 Err(e)
             }
         }
     }
 
-    async fn withdraw(&self, regs: &[Registration]) {
-        for r in regs {
-            if let Some(id) = &r.runner_id
+    /// Withdraws registrations, given as (runner name, CI-side id if any).
+    async fn withdraw(&self, regs: &[(&str, Option<&RunnerId>)]) {
+        for &(name, id) in regs {
+            if let Some(id) = id
                 && let Err(e) = self.provider.remove(&self.spec.name, id).await
             {
-                debug!(pool = %self.spec.name, runner = %r.runner_name, error = %e, "withdrawing registration failed; the next pass deregisters it");
+                debug!(pool = %self.spec.name, runner = %name, error = %e, "withdrawing registration failed; the next pass deregisters it");
             }
         }
     }
@@ -674,12 +750,16 @@ fn record(at: Timestamp, p: &Planned, outcome: &'static str) -> ActionRecord {
     }
 }
 
-/// Updates which runners of the pool's instances were seen listed and for how many fresh
-/// observations they have been gone since — missing from the listing, or listed offline after
-/// they had been online (a runner that exited and whose record lingers) — and returns those
-/// gone for [`DEPARTED_AFTER`] observations or more. A stale view (an old copy) changes
-/// nothing. Only names of current instances are kept, so the memory stays as small as the
-/// fleet.
+/// The runner names the instances name (stopping ones too).
+fn hosted_names(instances: &[Instance]) -> FastSet<&str> {
+    instances
+        .iter()
+        .flat_map(|i| i.runner_names.iter().map(String::as_str))
+        .collect()
+}
+
+/// [`departures`] from a listing of owned names, for the unit test.
+#[cfg(test)]
 fn track_departures(
     registered: &mut HashMap<String, Presence>,
     listed: &HashMap<String, RunnerState>,
@@ -687,15 +767,32 @@ fn track_departures(
     stale: bool,
     now: Timestamp,
 ) -> Vec<String> {
-    let hosted: HashSet<&str> = instances
-        .iter()
-        .flat_map(|i| i.runner_names.iter().map(String::as_str))
-        .collect();
-    registered.retain(|name, _| hosted.contains(name.as_str()));
+    let listed: FastMap<&str, RunnerState> = listed.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    departures(registered, &listed, &hosted_names(instances), stale, now)
+}
+
+/// Updates which runners of the pool's instances were seen listed and for how many fresh
+/// observations they have been gone since — missing from the listing, or listed offline after
+/// they had been online (a runner that exited and whose record lingers) — and returns those
+/// gone for [`DEPARTED_AFTER`] observations or more. `hosted` are the names the instances
+/// name. A stale view (an old copy) changes nothing. Only names of current instances are kept,
+/// so the memory stays as small as the fleet.
+fn departures<K, S>(
+    registered: &mut HashMap<K, Presence, S>,
+    listed: &FastMap<&str, RunnerState>,
+    hosted: &FastSet<&str>,
+    stale: bool,
+    now: Timestamp,
+) -> Vec<String>
+where
+    K: std::borrow::Borrow<str> + for<'n> From<&'n str> + std::hash::Hash + Eq,
+    S: BuildHasher,
+{
+    registered.retain(|name, _| hosted.contains(name.borrow()));
     if !stale {
-        for (name, state) in listed {
-            if hosted.contains(name.as_str()) {
-                registered.entry(name.clone()).or_default();
+        for (&name, state) in listed {
+            if hosted.contains(name) && !registered.contains_key(name) {
+                registered.insert(K::from(name), Presence::default());
             }
             if let Some(p) = registered.get_mut(name) {
                 if *state == RunnerState::Offline {
@@ -711,7 +808,7 @@ fn track_departures(
             }
         }
         for (name, p) in registered.iter_mut() {
-            if !listed.contains_key(name) {
+            if !listed.contains_key(name.borrow()) {
                 p.absent = p.absent.saturating_add(1);
             }
         }
@@ -722,10 +819,10 @@ fn track_departures(
         .iter()
         .filter(|(name, p)| {
             p.absent >= DEPARTED_AFTER
-                && (!listed.contains_key(*name)
+                && (!listed.contains_key((*name).borrow())
                     || p.offline_since.is_some_and(|t| now - t >= offline_for))
         })
-        .map(|(name, _)| name.clone())
+        .map(|(name, _)| name.borrow().to_owned())
         .collect();
     departed.sort();
     departed
