@@ -186,13 +186,13 @@ fn erf(x: f64) -> f64 {
     if x >= 0.0 { y } else { -y }
 }
 
-/// One quarter hour's seasonal rate.
+/// One quarter hour's seasonal rate (8 bytes: a pool keeps 192 of them).
 #[derive(Clone, Copy, Debug, Default)]
 struct Bin {
     /// Arrivals per second, averaged over the days seen.
-    rate: f64,
+    rate: f32,
     /// Days seen.
-    days: u32,
+    days: u16,
 }
 
 /// A pool's demand history: arrivals and lead times. See the module docs.
@@ -201,7 +201,7 @@ pub struct DemandHistory {
     /// Short-term rate (arrivals per second) as of `rate_at`.
     rate: f64,
     rate_at: Option<Timestamp>,
-    /// Weekday bins, then weekend bins.
+    /// Weekday bins, then weekend bins; allocated when the first quarter hour closes.
     bins: Vec<Bin>,
     /// The bin being counted (its index since the epoch) and its arrivals so far.
     open: Option<(i64, u32)>,
@@ -218,7 +218,7 @@ impl Default for DemandHistory {
         Self {
             rate: 0.0,
             rate_at: None,
-            bins: vec![Bin::default(); 2 * BINS_PER_DAY],
+            bins: Vec::new(),
             open: None,
             lead_secs: None,
             cluster: None,
@@ -308,9 +308,9 @@ impl DemandHistory {
         let first = bin_of(now);
         let last = bin_of(now + chrono::Duration::milliseconds((lead * 1000.0) as i64));
         (first..=last.min(first + 4))
-            .map(|b| self.bins[slot(b)])
+            .filter_map(|b| self.bins.get(slot(b)))
             .filter(|b| b.days > 0)
-            .map(|b| b.rate)
+            .map(|b| f64::from(b.rate))
             .fold(0.0, f64::max)
     }
 
@@ -333,12 +333,16 @@ impl DemandHistory {
     }
 
     fn close(&mut self, bin: i64, count: u32) {
+        if self.bins.is_empty() {
+            self.bins = vec![Bin::default(); 2 * BINS_PER_DAY];
+        }
         let rate = f64::from(count) / BIN_SECS as f64;
         let b = &mut self.bins[slot(bin)];
+        let old = f64::from(b.rate);
         b.rate = if b.days == 0 {
-            rate
+            rate as f32
         } else {
-            b.rate + DAY_WEIGHT * (rate - b.rate)
+            (old + DAY_WEIGHT * (rate - old)) as f32
         };
         b.days = b.days.saturating_add(1);
     }

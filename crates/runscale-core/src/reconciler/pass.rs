@@ -68,7 +68,7 @@ pub(crate) struct Memory {
     /// The pool's arrivals and lead times, for `warm` (see [`crate::forecast`]).
     history: DemandHistory,
     /// Waiting jobs already counted as arrivals.
-    arrived: HashSet<String>,
+    arrived: FastSet<Box<str>>,
 }
 
 /// What the reconciler remembers of one runner of the pool's instances.
@@ -450,10 +450,13 @@ impl PoolRuntime {
         instances: &[Instance],
         now: Timestamp,
     ) {
-        let current: HashSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();
-        memory.arrived.retain(|id| current.contains(id.as_str()));
+        if !memory.arrived.is_empty() {
+            let current: FastSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();
+            memory.arrived.retain(|id| current.contains(&**id));
+        }
         for job in waiting {
-            if memory.arrived.insert(job.id.clone()) {
+            if !memory.arrived.contains(job.id.as_str()) {
+                memory.arrived.insert(job.id.as_str().into());
                 memory.history.arrival(job.queued_at.min(now));
             }
         }
