@@ -190,7 +190,7 @@ pub(crate) fn one_line(text: &str) -> String {
 }
 
 /// The `message` string of a JSON error body, on one short printable line (empty without).
-#[cfg(any(feature = "buildkite", feature = "circleci"))]
+#[cfg(any(feature = "buildkite", feature = "circleci", feature = "gitlab"))]
 pub(crate) fn json_message(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let text = match (&v["message"], &v["error"]) {
@@ -202,6 +202,7 @@ pub(crate) fn json_message(body: &[u8]) -> String {
 }
 
 /// How one API's non-success answers map to error kinds.
+#[cfg(any(feature = "buildkite", feature = "circleci", feature = "gitlab"))]
 pub(crate) struct StatusMap {
     /// Appended to 401/403 errors: what to check about the credentials.
     pub(crate) auth_hint: &'static str,
@@ -209,6 +210,7 @@ pub(crate) struct StatusMap {
     pub(crate) unprocessable_is_misconfigured: bool,
 }
 
+#[cfg(any(feature = "buildkite", feature = "circleci", feature = "gitlab"))]
 impl StatusMap {
     /// The error of a non-success answer: 401/403 `Misconfigured` (with the hint), 404
     /// `NotFound`, 429 `RateLimited` (with `retry_after`), 400 (and 422 where so mapped)
@@ -244,6 +246,7 @@ impl StatusMap {
 }
 
 /// A provider's pool `id` if `found`, else `NotFound` naming the CI `system`.
+#[cfg(any(feature = "buildkite", feature = "circleci", feature = "gitlab"))]
 pub(crate) fn bound_pool<'a, P>(
     found: Option<&'a P>,
     op: &'static str,

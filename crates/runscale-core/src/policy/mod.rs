@@ -84,16 +84,9 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         let (launch, held_back) =
             launch_for_demand(spec, &limits, obs, now, need, fleet.up(), &mut due);
         if launch > 0 {
-            let reason = if waiting > free {
-                Reason::Demand
-            } else if warm > limits.min_idle {
-                Reason::Forecast
-            } else {
-                Reason::MinIdle
-            };
             actions.push(Planned {
                 action: Action::Launch { count: launch },
-                reason,
+                reason: launch_reason(waiting, free, warm, limits.min_idle),
             });
         }
         (launch, held_back)
@@ -117,6 +110,18 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
         desired_instances: fleet.active + launch,
         held_back,
         requeue_after: due.next,
+    }
+}
+
+/// Why rule 6 launches: for waiting jobs if they outnumber the free slots, else for the spare
+/// slots — the forecast's when it asks for more than `min_idle`.
+fn launch_reason(waiting: u32, free: u32, warm: u32, min_idle: u32) -> Reason {
+    if waiting > free {
+        Reason::Demand
+    } else if warm > min_idle {
+        Reason::Forecast
+    } else {
+        Reason::MinIdle
     }
 }
 
