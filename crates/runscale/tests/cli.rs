@@ -99,11 +99,11 @@ fn negative_max_exits_2_naming_the_field() {
 #[test]
 fn unknown_key_exits_2_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = config_file(dir.path(), &closed_port(), "", "    warm: 3\n");
+    let path = config_file(dir.path(), &closed_port(), "", "    warmth: 3\n");
     let (code, _, stderr) = output(runscale(&["check", "-c"]).arg(&path));
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("pools[0].warm"), "{stderr}");
-    assert!(stderr.contains("unknown field `warm`"), "{stderr}");
+    assert!(stderr.contains("pools[0].warmth"), "{stderr}");
+    assert!(stderr.contains("unknown field `warmth`"), "{stderr}");
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! SIGTERM hand-overs), and the checks of the settings. Every server listens on 127.0.0.1;
 //! every process is killed when its test ends.
 //!
-//! Timings: lease duration 3 s, renew deadline 2 s, retry period 0.5 s. Hand-overs are checked
+//! Timings: lease duration 6 s, renew deadline 4 s, retry period 1 s (3 s, 2 s and 0.5 s let a
+//! leader on a loaded test machine miss its renew deadline and step down, so that its pool's
+//! passes started over). Hand-overs are checked
 //! by what the API server saw, not by the wall clock, so that a loaded machine cannot fail
 //! them: after a kill the new holder's `acquireTime` is at least a lease duration after the
 //! old holder's last `renewTime`, and the standby read the Lease at most
@@ -29,9 +31,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-const LEASE_DURATION: Duration = Duration::from_secs(3);
-const RENEW_DEADLINE: Duration = Duration::from_secs(2);
-const RETRY_PERIOD: Duration = Duration::from_millis(500);
+const LEASE_DURATION: Duration = Duration::from_secs(6);
+const RENEW_DEADLINE: Duration = Duration::from_secs(4);
+const RETRY_PERIOD: Duration = Duration::from_secs(1);
 /// Reads of the Lease by a standby from the holder's death to its own claim: one per try,
 /// tries at least 3/4 of a retry period apart during the lease duration, one at the claim's
 /// end, the winning one, and one read of the dead holder that may still be answered.
@@ -41,6 +43,11 @@ const MAX_READS_AFTER_RELEASE: usize = 2;
 /// Generous bound for things that are not timed (process start-up).
 const WAIT: Duration = Duration::from_secs(60);
 const NAMESPACE: &str = "ci";
+
+/// A duration as `runscale`'s flags take it, in milliseconds.
+fn as_flag(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
 const SAMPLE: Duration = Duration::from_millis(5);
 
 struct Fake {
@@ -357,15 +364,20 @@ fn runscale(args: &[&str]) -> Command {
 struct Replica {
     child: Child,
     addr: SocketAddr,
+    /// Its last log lines, shown when a wait on it fails.
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// Log lines kept per replica.
+const LOG_LINES: usize = 100;
 
 impl Replica {
     async fn start(config: &Path, identity: &str) -> Self {
         let mut child = runscale(&["--log-format", "json", "run", "--leader-elect"])
             .args(["--leader-elect-identity", identity])
-            .args(["--leader-elect-lease-duration", "3s"])
-            .args(["--leader-elect-renew-deadline", "2s"])
-            .args(["--leader-elect-retry-period", "500ms"])
+            .args(["--leader-elect-lease-duration", &as_flag(LEASE_DURATION)])
+            .args(["--leader-elect-renew-deadline", &as_flag(RENEW_DEADLINE)])
+            .args(["--leader-elect-retry-period", &as_flag(RETRY_PERIOD)])
             .arg("-c")
             .arg(config)
             .stdout(Stdio::null())
@@ -374,9 +386,18 @@ impl Replica {
             .expect("spawn runscale");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let kept = log.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                {
+                    let mut kept = kept.lock().expect("log");
+                    if kept.len() == LOG_LINES {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line.clone());
+                }
                 let _ = tx.send(line);
             }
         });
@@ -393,7 +414,13 @@ impl Replica {
         .await
         .expect("started in time")
         .expect("listen address in the start line");
-        Self { child, addr }
+        Self { child, addr, log }
+    }
+
+    /// Its last log lines.
+    fn log_tail(&self) -> String {
+        let log = self.log.lock().expect("log");
+        log.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -431,7 +458,11 @@ impl Replica {
     async fn until_passes(&self, n: u64) {
         let deadline = Instant::now() + WAIT;
         while self.passes().await < n {
-            assert!(Instant::now() < deadline, "fewer than {n} passes");
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} passes; its log:\n{}",
+                self.log_tail()
+            );
             sleep(Duration::from_millis(50)).await;
         }
     }
