@@ -43,7 +43,8 @@
 //! the instances name their runners themselves) has rules of its own, from counts alone and
 //! retiring instances only when no job waits or runs: see `policy/unattributed.rs`.
 
-use std::collections::{HashMap, HashSet};
+// Runner names come from the CI system: foldhash is randomly seeded per process.
+use foldhash::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::model::{
