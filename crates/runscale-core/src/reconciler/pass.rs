@@ -55,7 +55,8 @@ pub(crate) struct Memory {
     last_busy: FastMap<Box<str>, Timestamp>,
     /// Launch times within the rate-limit window.
     launches: VecDeque<Timestamp>,
-    /// Jobs waiting at the last observation, for the wait-time histogram.
+    /// Jobs waiting at the last fresh observation: for the wait-time histogram, and new ones
+    /// are arrivals for the demand history.
     waiting: HashMap<String, Timestamp>,
     /// Runner names of the pool's instances seen listed by the CI system.
     registered: FastMap<Box<str>, Presence>,
@@ -67,8 +68,6 @@ pub(crate) struct Memory {
     last_view: Option<(ProviderView, Timestamp)>,
     /// The pool's arrivals and lead times, for `warm` (see [`crate::forecast`]).
     history: DemandHistory,
-    /// Waiting jobs already counted as arrivals.
-    arrived: FastSet<Box<str>>,
 }
 
 /// What the reconciler remembers of one runner of the pool's instances.
@@ -450,13 +449,9 @@ impl PoolRuntime {
         instances: &[Instance],
         now: Timestamp,
     ) {
-        if !memory.arrived.is_empty() {
-            let current: FastSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();
-            memory.arrived.retain(|id| current.contains(&**id));
-        }
+        // `memory.waiting` still holds the last fresh observation's queue.
         for job in waiting {
-            if !memory.arrived.contains(job.id.as_str()) {
-                memory.arrived.insert(job.id.as_str().into());
+            if !memory.waiting.contains_key(&job.id) {
                 memory.history.arrival(job.queued_at.min(now));
             }
         }
@@ -498,11 +493,12 @@ impl PoolRuntime {
         for (gauge, s) in series.instances.iter().zip(INSTANCE_STATES) {
             set(gauge, obs.instances.iter().filter(|i| i.state == s).count());
         }
-        // Jobs that left the queue since the last pass waited until about now. Job ids come
-        // from the CI system: std's SipHash here.
+        // Jobs that left the queue since the last fresh observation waited until about now. An
+        // old copy of the queue (stale) would show jobs as left that are not. Job ids come from
+        // the CI system: std's SipHash here.
         let mut memory = lock(&self.memory);
         let waiting = &obs.demand.waiting;
-        if waiting.is_empty() && memory.waiting.is_empty() {
+        if obs.stale || (waiting.is_empty() && memory.waiting.is_empty()) {
             return;
         }
         let current: HashSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();

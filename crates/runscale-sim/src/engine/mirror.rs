@@ -27,8 +27,9 @@ pub(crate) struct Mirror {
     /// Bumped on every change of the observation.
     pub version: u64,
     template: String,
-    /// The pool's arrivals and lead times, as the reconciler keeps them for `warm`.
-    pub history: DemandHistory,
+    /// The pool's arrivals and lead times, as the reconciler keeps them, for a pool with
+    /// `warm` (none kept otherwise).
+    pub history: Option<DemandHistory>,
 }
 
 impl Mirror {
@@ -41,7 +42,7 @@ impl Mirror {
             launches: VecDeque::new(),
             version: 0,
             template: spec.template_hash.clone(),
-            history: DemandHistory::default(),
+            history: spec.warm.map(|_| DemandHistory::default()),
         }
     }
 }
@@ -59,7 +60,9 @@ impl World<'_> {
             return;
         };
         m.version += 1;
-        m.history.arrival(at);
+        if let Some(h) = &mut m.history {
+            h.arrival(at);
+        }
         self.job_mpos[j as usize] = m.obs.demand.waiting.len() as u32;
         m.obs.demand.waiting.push(WaitingJob {
             id: j.to_string(),
@@ -168,10 +171,14 @@ impl World<'_> {
         let Some(x) = m.obs.runners.get_mut(run.mpos as usize) else {
             return;
         };
-        if x.state == RunnerState::Offline && x.last_busy.is_none() && run.state == RState::Idle {
+        if let Some(h) = &mut m.history
+            && x.state == RunnerState::Offline
+            && x.last_busy.is_none()
+            && run.state == RState::Idle
+        {
             // Registered: the launch's lead time.
             let lead = u64::try_from(now - launched).unwrap_or(0);
-            m.history.lead_time(std::time::Duration::from_millis(lead));
+            h.lead_time(std::time::Duration::from_millis(lead));
         }
         x.state = match run.state {
             RState::Idle => RunnerState::Idle,

@@ -118,9 +118,7 @@ impl Policy for Runscale {
                     .iter()
                     .map(|&t| t0 + chrono::Duration::milliseconds(t)),
             );
-            if self.spec.warm.is_some() {
-                m.obs.forecast = m.history.forecast(ts);
-            }
+            m.obs.forecast = m.history.as_mut().and_then(|h| h.forecast(ts));
             runscale_core::plan(&self.spec, &m.obs, ts)
         };
         for a in &plan.actions {

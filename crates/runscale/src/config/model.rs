@@ -261,17 +261,20 @@ pub struct PoolConfig {
 }
 
 /// A pool's `warm` setting.
-#[derive(Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, JsonSchema)]
 #[serde(untagged)]
 pub enum WarmConfig {
     /// `auto` or `off`.
     Mode(WarmMode),
     /// Explicit settings.
     Settings(WarmSettings),
-    /// Not set: `auto`.
-    #[default]
-    #[serde(skip)]
-    Default,
+}
+
+/// Not set: `auto`.
+impl Default for WarmConfig {
+    fn default() -> Self {
+        WarmConfig::Mode(WarmMode::Auto)
+    }
 }
 
 impl<'de> Deserialize<'de> for WarmConfig {
@@ -333,9 +336,7 @@ impl WarmConfig {
     /// The policy's setting: `None` for `off`.
     pub fn to_warm(self) -> Option<runscale_core::Warm> {
         match self {
-            WarmConfig::Default | WarmConfig::Mode(WarmMode::Auto) => {
-                Some(runscale_core::Warm::AUTO)
-            }
+            WarmConfig::Mode(WarmMode::Auto) => Some(runscale_core::Warm::AUTO),
             WarmConfig::Mode(WarmMode::Off) => None,
             WarmConfig::Settings(s) => Some(runscale_core::Warm {
                 target_wait: s.target_wait,
