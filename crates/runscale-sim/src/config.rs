@@ -45,6 +45,7 @@ impl SimPool {
                 template_hash: "sim".to_owned(),
                 runners_unattributed: false,
                 warm: Some(runscale_core::Warm::AUTO),
+                reuse: None,
             },
             labels: Vec::new(),
         }

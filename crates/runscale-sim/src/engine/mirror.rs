@@ -30,6 +30,8 @@ pub(crate) struct Mirror {
     /// The pool's arrivals and lead times, as the reconciler keeps them, for a pool with
     /// `warm` (none kept otherwise).
     pub history: Option<DemandHistory>,
+    /// Whether runners that leave are reported as departed (pools with `reuse`).
+    track_departed: bool,
 }
 
 impl Mirror {
@@ -43,6 +45,7 @@ impl Mirror {
             version: 0,
             template: spec.template_hash.clone(),
             history: spec.warm.map(|_| DemandHistory::default()),
+            track_departed: spec.reuse.is_some(),
         }
     }
 }
@@ -89,14 +92,12 @@ impl World<'_> {
         }
     }
 
-    pub(super) fn mirror_instance_added(&mut self, i: u32) {
-        let now = self.now();
-        let at = self.ts(now);
+    /// Lists an instance's runners (registered, offline) and returns their names.
+    fn mirror_runners_added(&mut self, i: u32) -> Vec<String> {
         let inst = &self.insts[i as usize];
-        let p = inst.pool as usize;
         let (first, slots) = (inst.first, inst.slots);
-        let Some(m) = &mut self.pools[p].mirror else {
-            return;
+        let Some(m) = &mut self.pools[inst.pool as usize].mirror else {
+            return Vec::new();
         };
         m.version += 1;
         let mut names = Vec::with_capacity(slots as usize);
@@ -113,6 +114,33 @@ impl World<'_> {
             m.runner_of.push(r);
             names.push(name);
         }
+        names
+    }
+
+    /// An instance reused: its fresh runners listed, its old names no longer departed.
+    pub(super) fn mirror_instance_reused(&mut self, i: u32, uses: u32) {
+        let at = self.ts(self.now());
+        let names = self.mirror_runners_added(i);
+        let inst = &self.insts[i as usize];
+        let pos = inst.mpos;
+        let Some(m) = &mut self.pools[inst.pool as usize].mirror else {
+            return;
+        };
+        if let Some(x) = m.obs.instances.get_mut(pos as usize) {
+            let old = std::mem::replace(&mut x.runner_names, names);
+            m.obs.departed.retain(|d| !old.contains(d));
+            x.reused = Some(runscale_core::Reused { uses, at });
+        }
+    }
+
+    pub(super) fn mirror_instance_added(&mut self, i: u32) {
+        let now = self.now();
+        let at = self.ts(now);
+        let names = self.mirror_runners_added(i);
+        let p = self.insts[i as usize].pool as usize;
+        let Some(m) = &mut self.pools[p].mirror else {
+            return;
+        };
         self.insts[i as usize].mpos = m.obs.instances.len() as u32;
         m.obs.instances.push(Instance {
             id: InstanceId::new(format!("i{i}")),
@@ -120,6 +148,7 @@ impl World<'_> {
             launched_at: at,
             template_hash: m.template.clone(),
             runner_names: names,
+            reused: None,
         });
         m.inst_of.push(i);
         m.launches.push_back(now);
@@ -150,6 +179,10 @@ impl World<'_> {
         }
         let pos = pos as usize;
         self.insts[i as usize].mpos = NONE;
+        if !m.obs.departed.is_empty() {
+            let names = &m.obs.instances[pos].runner_names;
+            m.obs.departed.retain(|d| !names.contains(d));
+        }
         m.obs.instances.swap_remove(pos);
         m.inst_of.swap_remove(pos);
         if let Some(&moved) = m.inst_of.get(pos) {
@@ -191,7 +224,9 @@ impl World<'_> {
 
     pub(super) fn mirror_runner_removed(&mut self, r: u32) {
         let run = &self.runners[r as usize];
-        let p = self.insts[run.inst as usize].pool as usize;
+        let inst = &self.insts[run.inst as usize];
+        let p = inst.pool as usize;
+        let live = inst.state != IState::Gone;
         let pos = run.mpos;
         let Some(m) = &mut self.pools[p].mirror else {
             return;
@@ -201,6 +236,11 @@ impl World<'_> {
             return;
         }
         let pos = pos as usize;
+        // A runner that was online and left while its instance lives: departed, as the
+        // reconciler reports it (for `reuse`, which keeps such instances).
+        if live && m.track_departed && m.obs.runners[pos].state != RunnerState::Offline {
+            m.obs.departed.push(m.obs.runners[pos].name.clone());
+        }
         self.runners[r as usize].mpos = NONE;
         m.obs.runners.swap_remove(pos);
         m.runner_of.swap_remove(pos);
