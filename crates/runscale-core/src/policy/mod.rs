@@ -25,7 +25,8 @@
 //! 5. If the fleet is above `max` (lowered by a schedule), idle instances are terminated until
 //!    it is not, oldest idle first, regardless of `idle_timeout`.
 //! 6. If waiting jobs + spare slots exceed idle + booting slots, instances are launched,
-//!    capped by `max`, `max_booting` and `launches_per_minute`. The spare slots are `min_idle`,
+//!    capped by `max` (counting the instances this plan terminates: they are still up while
+//!    the launches start), `max_booting` and `launches_per_minute`. The spare slots are `min_idle`,
 //!    or with `warm` what the demand forecast calls for if that is more
 //!    ([`crate::forecast::warm_slots`]).
 //!    With `reuse`, instances whose runners all left (younger than `max_age`, below
@@ -93,8 +94,9 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     let need = (wanted_free.saturating_sub(free)).div_ceil(spec.runners_per_instance.max(1));
     let reused = reuse(need, reason, &mut fleet, &mut actions);
     let (launch, held_back) = if wanted_free > free {
+        let up = fleet.up_during(&actions);
         let (launch, held_back) =
-            launch_for_demand(spec, &limits, obs, now, need - reused, fleet.up(), &mut due);
+            launch_for_demand(spec, &limits, obs, now, need - reused, up, &mut due);
         if launch > 0 {
             actions.push(Planned {
                 action: Action::Launch { count: launch },
@@ -531,6 +533,20 @@ impl<'a> Fleet<'a> {
             active: self.active,
             booting: self.booting,
             launched_in_window: self.launched_in_window,
+        }
+    }
+
+    /// What counts against rule 6's caps while the plan is carried out: instances it
+    /// terminates are still up while its launches start (the reconciler carries both out at
+    /// once), so they count against `max` until they are gone.
+    fn up_during(&self, actions: &[Planned]) -> Up {
+        let terminating = actions
+            .iter()
+            .filter(|a| matches!(a.action, Action::Terminate { .. }))
+            .count() as u32;
+        Up {
+            active: self.active + terminating,
+            ..self.up()
         }
     }
 
