@@ -9,6 +9,10 @@
 #   command     (required) the runner's argv, e.g. ["/usr/local/bin/runscale-fake-runner"]
 #   env         (optional) extra environment of the runner, {"NAME": "value"}
 #   stop_grace  (optional) seconds between SIGTERM (delete) and SIGKILL (next list); 10
+#   machine     (optional) true: the instance outlives its runner, as a VM does, and serves
+#               `reuse` (pools with reuse): when the runner exits it waits for the runners a
+#               `reuse` hands it and runs them with the same command. Default false: the
+#               instance is the runner process and ends with it.
 #
 # Each instance is one process group started with setsid, stdin /dev/null, output appended to
 # {state_dir}/{pool}/{id}.log, and this environment only: PATH, HOME, the params' env,
@@ -33,6 +37,27 @@ die() { # exit code, message
 }
 
 command -v jq >/dev/null || die 78 "jq is not installed"
+
+# A "machine" of params.machine (started by create as: this script --machine GEN_FILE ARGV...):
+# runs the runner, then, after each `reuse` bumps the generation in GEN_FILE, the runners that
+# reuse recorded (same credentials file, fresh contents). Ends with its process group.
+if [[ ${1:-} == --machine ]]; then
+    gen_file=$2
+    shift 2
+    generation=0
+    while :; do
+        "$@" || true
+        while :; do
+            next=$(jq -r '.generation' "$gen_file" 2>/dev/null || printf '%s' "$generation")
+            [[ $next == "$generation" ]] || break
+            sleep 0.2
+        done
+        generation=$next
+        RUNSCALE_RUNNER_NAMES=$(jq -r '.runner_names | join(",")' "$gen_file")
+        RUNSCALE_RUNNER_NAME=$(jq -r '.runner_names[0] // ""' "$gen_file")
+        export RUNSCALE_RUNNER_NAMES RUNSCALE_RUNNER_NAME
+    done
+fi
 
 request=$(cat)
 req() { printf '%s' "$request" | jq "$@"; }
@@ -66,7 +91,7 @@ alive() {
     [[ $(start_time "$pid" || true) == "$recorded" ]]
 }
 
-forget() { rm -f "$dir/$1.json" "$dir/$1.credentials.json" "$dir/$1.stopping"; }
+forget() { rm -f "$dir/$1.json" "$dir/$1.credentials.json" "$dir/$1.stopping" "$dir/$1.generation.json"; }
 
 safe_id() { [[ $1 =~ ^[A-Za-z0-9_.-]+$ && $1 != .* ]]; }
 
@@ -92,6 +117,10 @@ create)
     credentials=$dir/$id.credentials.json
     req '{runners: .runners}' >"$credentials.tmp"
     mv "$credentials.tmp" "$credentials"
+    if [[ $(req -r '.params.machine // false') == true ]]; then
+        echo '{"generation":0}' >"$dir/$id.generation.json"
+        argv=("$BASH" "${BASH_SOURCE[0]}" --machine "$dir/$id.generation.json" "${argv[@]}")
+    fi
     (
         exec setsid env -i PATH="${PATH:-/usr/bin:/bin}" HOME="${HOME:-/}" "${extra_env[@]}" \
             RUNSCALE_POOL="$pool" RUNSCALE_INSTANCE_ID="$id" RUNSCALE_RUNNER_NAME="$first" \
@@ -112,7 +141,7 @@ list)
     entries=()
     shopt -s nullglob
     for meta in "$dir"/*.json; do
-        [[ $meta == *.credentials.json ]] && continue
+        [[ $meta == *.credentials.json || $meta == *.generation.json ]] && continue
         id=$(basename "$meta" .json)
         if ! alive "$id"; then
             forget "$id"
@@ -127,7 +156,8 @@ list)
             fi
         fi
         entries+=("$(jq -c --arg state "$state" \
-            '{id, runner_names, state: $state, created_at, template_hash}' "$meta")")
+            '{id, runner_names, state: $state, created_at, template_hash}
+             + if .uses then {uses, reused_at} else {} end' "$meta")")
     done
     if ((${#entries[@]} == 0)); then
         echo '{"instances":[]}'
@@ -145,6 +175,28 @@ delete)
     fi
     [[ -e $dir/$id.stopping ]] || date +%s >"$dir/$id.stopping"
     kill -TERM -- "-$(jq -r '.pid' "$dir/$id.json")" 2>/dev/null || true
+    echo '{"ok":true}'
+    ;;
+reuse)
+    id=$(req -r '.instance_id')
+    safe_id "$id" || exit 3
+    [[ -e $dir/$id.json && ! -e $dir/$id.stopping ]] || exit 3
+    if ! alive "$id"; then
+        forget "$id"
+        exit 3
+    fi
+    [[ -e $dir/$id.generation.json ]] || die 78 "instance $id is not a machine (params.machine) and cannot be reused"
+    credentials=$dir/$id.credentials.json
+    req '{runners: .runners}' >"$credentials.tmp"
+    mv "$credentials.tmp" "$credentials"
+    at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    req --slurpfile meta "$dir/$id.json" --arg at "$at" \
+        '$meta[0] + {runner_names, uses, reused_at: $at}' >"$dir/$id.json.tmp"
+    mv "$dir/$id.json.tmp" "$dir/$id.json"
+    # Last: the machine starts the new runners once it sees the new generation.
+    req --slurpfile gen "$dir/$id.generation.json" \
+        '{generation: ($gen[0].generation + 1), runner_names}' >"$dir/$id.generation.json.tmp"
+    mv "$dir/$id.generation.json.tmp" "$dir/$id.generation.json"
     echo '{"ok":true}'
     ;;
 probe)

@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 pub use boot::BootDist;
-pub use config::{Detection, SimPool, ReuseArg, SweepArg, WarmArg, WorldParams};
+pub use config::{Detection, ReuseArg, SimPool, SweepArg, WarmArg, WorldParams};
 pub use policies::{PolicyName, PolicySelection};
 pub use report::{PolicyReport, SimReport};
 pub use trace::{GenOptions, GeneratorKind, Trace, TraceError, TraceJob, TraceSource};

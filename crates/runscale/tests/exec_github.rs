@@ -171,11 +171,65 @@ impl Provider for EmulatorCi {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_jobs_run_on_fake_runners_of_script_made_machines() {
+    if let Some(run) = run_jobs(None).await {
+        println!(
+            "exec + GitHub emulator: 8 jobs done in {:.1}s, fleet and runners at zero after \
+             {:.1}s, peak {} machines",
+            run.done.as_secs_f64(),
+            run.zero.as_secs_f64(),
+            run.peak
+        );
+    }
+}
+
+/// With `reuse`, machines outlive their ephemeral runners (`params.machine`): a machine whose
+/// runners finished gets fresh JIT runners through the script's `reuse` while jobs wait, so
+/// the eight jobs need fewer machines than the four a machine per two jobs would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_whose_runners_finished_are_reused_for_waiting_jobs() {
+    let reuse = runscale_core::Reuse {
+        max_uses: 4,
+        max_age: Duration::from_secs(600),
+    };
+    if let Some(run) = run_jobs(Some(reuse)).await {
+        assert!(run.most_uses >= 2, "no machine was reused");
+        assert!(
+            run.machines < 4,
+            "{} machines for 8 jobs on 2 slots each",
+            run.machines
+        );
+        println!(
+            "exec + GitHub emulator with reuse: 8 jobs done in {:.1}s on {} machines (most \
+             uses {}), fleet and runners at zero after {:.1}s",
+            run.done.as_secs_f64(),
+            run.machines,
+            run.most_uses,
+            run.zero.as_secs_f64()
+        );
+    }
+}
+
+/// What one run of [`run_jobs`] measured.
+struct Run {
+    done: Duration,
+    zero: Duration,
+    peak: usize,
+    /// Distinct machines seen.
+    machines: usize,
+    /// The most uses a machine was listed with.
+    most_uses: u32,
+}
+
+/// Eight jobs through runscale, the exec backend's local example and the GitHub emulator;
+/// checks that every job succeeded on a runner runscale made, that no runner vanished
+/// mid-job, that at most 3 machines ran at once and that nothing is left. `None` when the
+/// example's tools are missing.
+async fn run_jobs(reuse: Option<runscale_core::Reuse>) -> Option<Run> {
     use runscale_emulator::github::{
         Conclusion, Emulator, EmulatorConfig, JobSpec, JobStatus, OwnerConfig, OwnerKind,
     };
     if !tools_present() {
-        return;
+        return None;
     }
     let emulator = Arc::new(
         Emulator::start(
@@ -202,12 +256,18 @@ async fn github_jobs_run_on_fake_runners_of_script_made_machines() {
         env!("CARGO_BIN_EXE_runscale").to_owned(),
         "fake-runner".to_owned(),
     ];
-    let template = example_template(&state, &runner, &BTreeMap::new());
+    let mut template = example_template(&state, &runner, &BTreeMap::new());
+    if reuse.is_some() {
+        template
+            .params
+            .insert("machine".into(), serde_json::Value::Bool(true));
+    }
     let ci = Arc::new(EmulatorCi {
         emulator: Arc::clone(&emulator),
         http: reqwest::Client::new(),
     });
-    let spec = pool_spec(&template, true);
+    let mut spec = pool_spec(&template, true);
+    spec.reuse = reuse;
     let backend = Arc::new(example_backend(&[(POOL, template)]));
     let (stop, task) = start(spec, "github-emulator", ci, backend.clone());
 
@@ -217,10 +277,16 @@ async fn github_jobs_run_on_fake_runners_of_script_made_machines() {
         .collect();
     emulator.enqueue_run(jobs).expect("enqueue");
     let mut peak = 0;
+    let mut machines = std::collections::HashSet::new();
+    let mut most_uses = 1;
     eventually("eight jobs done", Duration::from_secs(90), async || {
         reaper.watch_recorded();
         if let Ok(listed) = backend.instances(&[PoolId::new(POOL)]).await {
             peak = peak.max(listed.values().map(Vec::len).sum::<usize>());
+            for i in listed.values().flatten() {
+                machines.insert(i.id.clone());
+                most_uses = most_uses.max(i.uses());
+            }
         }
         let s = emulator.snapshot();
         s.jobs.len() == 8 && s.jobs.iter().all(|j| j.status == JobStatus::Completed)
@@ -261,10 +327,11 @@ async fn github_jobs_run_on_fake_runners_of_script_made_machines() {
     assert_eq!(on_ours, 8, "every job ran on a runner runscale made");
     assert!((1..=3).contains(&peak), "max 3 machines, saw {peak}");
     assert_nothing_left(&reaper);
-    println!(
-        "exec + GitHub emulator: 8 jobs done in {:.1}s, fleet and runners at zero after {:.1}s, \
-         peak {peak} machines",
-        done.as_secs_f64(),
-        zero.as_secs_f64()
-    );
+    Some(Run {
+        done,
+        zero,
+        peak,
+        machines: machines.len(),
+        most_uses,
+    })
 }

@@ -95,8 +95,15 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     let reused = reuse(need, reason, &mut fleet, &mut actions);
     let (launch, held_back) = if wanted_free > free {
         let up = fleet.up_during(&actions);
-        let (launch, held_back) =
-            launch_for_demand(spec, &limits, obs, now, need - reused, up, &mut due);
+        let (launch, held_back) = launch_for_demand(
+            spec,
+            &limits,
+            obs,
+            now,
+            need.saturating_sub(reused),
+            up,
+            &mut due,
+        );
         if launch > 0 {
             actions.push(Planned {
                 action: Action::Launch { count: launch },

@@ -457,7 +457,8 @@ impl PoolRuntime {
         }
         let boot =
             chrono::Duration::from_std(self.spec.boot_timeout).unwrap_or(chrono::Duration::MAX);
-        for inst in instances {
+        // A reused instance's runners came without a launch: no lead time.
+        for inst in instances.iter().filter(|i| i.reused.is_none()) {
             let lead = now - inst.launched_at;
             if lead > boot || lead < chrono::Duration::zero() {
                 continue;

@@ -196,15 +196,23 @@ impl World<'_> {
         let inst = &self.insts[run.inst as usize];
         let p = inst.pool as usize;
         let launched = inst.launched;
+        let inst_pos = inst.mpos as usize;
         let last_busy = (run.last_busy >= 0).then(|| self.ts(run.last_busy));
         let Some(m) = &mut self.pools[p].mirror else {
             return;
         };
         m.version += 1;
+        // A runner a reuse handed over is no launch: its wait is no launch lead time.
+        let reused = m
+            .obs
+            .instances
+            .get(inst_pos)
+            .is_some_and(|i| i.reused.is_some());
         let Some(x) = m.obs.runners.get_mut(run.mpos as usize) else {
             return;
         };
         if let Some(h) = &mut m.history
+            && !reused
             && x.state == RunnerState::Offline
             && x.last_busy.is_none()
             && run.state == RState::Idle
