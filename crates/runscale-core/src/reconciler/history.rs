@@ -1,0 +1,93 @@
+//! Seeding the demand history of warm pools at start-up from the CI system's recent job
+//! history ([`Provider::job_history`](crate::Provider::job_history)), so a restarted runscale
+//! forecasts from the past two weeks instead of from nothing.
+//!
+//! It runs once, beside the passes (never before them): a pass may plan on an empty history
+//! until the read is done. A read that fails leaves the history as the passes built it, and is
+//! logged once with the reason: the forecast only ever adds warm capacity, so a missing history
+//! costs waiting time, never capacity. Not here: the forecast itself ([`crate::forecast`]).
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::pass::PoolRuntime;
+use crate::adapter::{HISTORY_WINDOW, JobHistory, Provider as _};
+use crate::clock::Clock;
+use crate::forecast::DemandHistory;
+use crate::metrics::{Metrics, PoolLabels};
+use crate::model::Timestamp;
+
+/// Seeds every warm pool's history: one read per provider account, for all its warm pools.
+pub(crate) async fn seed_all(pools: &[Arc<PoolRuntime>], clock: &dyn Clock, metrics: &Metrics) {
+    let warm: Vec<&Arc<PoolRuntime>> = pools.iter().filter(|p| p.spec.warm.is_some()).collect();
+    let mut groups: Vec<Vec<&Arc<PoolRuntime>>> = Vec::new();
+    for p in warm {
+        match groups
+            .iter_mut()
+            .find(|g| Arc::ptr_eq(&g[0].provider, &p.provider))
+        {
+            Some(g) => g.push(p),
+            None => groups.push(vec![p]),
+        }
+    }
+    let reads = groups.iter().map(|g| seed_group(g, clock, metrics));
+    futures::future::join_all(reads).await;
+}
+
+/// Reads the history of the warm pools of one provider account and seeds them.
+async fn seed_group(group: &[&Arc<PoolRuntime>], clock: &dyn Clock, metrics: &Metrics) {
+    let names: Vec<_> = group.iter().map(|p| p.spec.name.clone()).collect();
+    let window = chrono::Duration::from_std(HISTORY_WINDOW).unwrap_or(chrono::Duration::zero());
+    let since = clock.now() - window;
+    let read = group[0].provider.job_history(&names, since).await;
+    let now = clock.now();
+    let mut found = match read {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            info!(pools = ?names, kind = group[0].provider.kind(), "the CI system keeps no job history runscale can read: the demand history starts empty");
+            return;
+        }
+        Err(e) => {
+            warn!(pools = ?names, error = %e, "reading the CI system's job history failed: the demand history starts empty");
+            return;
+        }
+    };
+    for pool in group {
+        let history = found.remove(&pool.spec.name).unwrap_or_default();
+        seed_pool(pool, &history, since, now, metrics);
+    }
+}
+
+/// Seeds one pool from its past jobs and reports how many arrivals it loaded.
+fn seed_pool(
+    pool: &PoolRuntime,
+    history: &JobHistory,
+    since: Timestamp,
+    now: Timestamp,
+    metrics: &Metrics,
+) {
+    let seeded = DemandHistory::seeded(since, &history.jobs, pool.spec.boot_timeout, now);
+    let lead_s = seeded.estimated_lead().map(|d| d.as_secs());
+    let arrivals = history
+        .jobs
+        .iter()
+        .filter(|j| j.queued_at >= since && j.queued_at <= now)
+        .count();
+    pool.memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .history
+        .adopt(seeded);
+    metrics
+        .history_arrivals
+        .get_or_create(&PoolLabels {
+            pool: pool.spec.name.to_string(),
+        })
+        .set(i64::try_from(arrivals).unwrap_or(i64::MAX));
+    if history.truncated {
+        warn!(pool = %pool.spec.name, arrivals = arrivals, ?lead_s, "seeded the demand history from a partial job history (a read bound was reached)");
+    } else {
+        info!(pool = %pool.spec.name, arrivals = arrivals, ?lead_s, "seeded the demand history from the CI system's job history");
+    }
+}
