@@ -108,8 +108,10 @@ pub struct PastJob {
 pub struct JobHistory {
     /// The pool's jobs queued since the time asked for, in no particular order.
     pub jobs: Vec<PastJob>,
-    /// A bound (pages, records, bytes) cut the read short: older or other jobs are missing.
-    pub truncated: bool,
+    /// When a bound (pages, records, requests) cut the read short: the jobs are complete only
+    /// from this time on, older ones are missing (CI systems list newest first). `None`: they
+    /// are complete since the time asked for.
+    pub complete_from: Option<Timestamp>,
 }
 
 /// How far back a restarted runscale reads job history: two weeks, so each quarter hour of
@@ -213,8 +215,8 @@ pub trait Provider: Send + Sync + 'static {
     /// Reads the recent job history of a batch of pools: the jobs queued since `since` that
     /// the pool's selector takes (by the same rule as [`Provider::observe`]'s demand), with
     /// their start times where the CI system records them. Bounded: each provider caps the
-    /// pages, records and bytes it reads and marks a pool's history
-    /// [`truncated`](JobHistory::truncated) when a cap cut it. Called once per pool at start-up
+    /// pages, records and requests it reads and says from when a pool's history is
+    /// complete when a cap cut it ([`JobHistory::complete_from`]). Called once per pool at start-up
     /// to seed the demand history (see [`crate::forecast`]).
     ///
     /// `Ok(None)`: the CI system keeps no history readable this way (the default). An error

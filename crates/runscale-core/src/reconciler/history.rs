@@ -67,6 +67,8 @@ fn seed_pool(
     now: Timestamp,
     metrics: &Metrics,
 ) {
+    // A read cut short covers a shorter span: seeding from its start keeps the rates right.
+    let since = history.complete_from.map_or(since, |from| from.max(since));
     let seeded = DemandHistory::seeded(since, &history.jobs, pool.spec.boot_timeout, now);
     let lead_s = seeded.estimated_lead().map(|d| d.as_secs());
     let arrivals = history
@@ -85,9 +87,9 @@ fn seed_pool(
             pool: pool.spec.name.to_string(),
         })
         .set(i64::try_from(arrivals).unwrap_or(i64::MAX));
-    if history.truncated {
-        warn!(pool = %pool.spec.name, arrivals = arrivals, ?lead_s, "seeded the demand history from a partial job history (a read bound was reached)");
+    if history.complete_from.is_some() {
+        warn!(pool = %pool.spec.name, arrivals, ?lead_s, from = %since, "seeded the demand history from a partial job history (a read bound was reached; older jobs left out)");
     } else {
-        info!(pool = %pool.spec.name, arrivals = arrivals, ?lead_s, "seeded the demand history from the CI system's job history");
+        info!(pool = %pool.spec.name, arrivals, ?lead_s, "seeded the demand history from the CI system's job history");
     }
 }
