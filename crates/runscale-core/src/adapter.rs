@@ -114,6 +114,25 @@ pub struct JobHistory {
     pub complete_from: Option<Timestamp>,
 }
 
+impl JobHistory {
+    /// An empty history for each of `pools`, complete from `complete_from` (see the field).
+    pub fn for_pools(
+        pools: &[PoolId],
+        complete_from: Option<Timestamp>,
+    ) -> HashMap<PoolId, JobHistory> {
+        pools
+            .iter()
+            .map(|p| {
+                let h = JobHistory {
+                    jobs: Vec::new(),
+                    complete_from,
+                };
+                (p.clone(), h)
+            })
+            .collect()
+    }
+}
+
 /// How far back a restarted runscale reads job history: two weeks, so each quarter hour of
 /// the week's seasonal rate (weekdays and weekends apart) has seen several days.
 pub const HISTORY_WINDOW: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);

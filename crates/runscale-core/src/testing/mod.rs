@@ -562,10 +562,7 @@ impl Provider for MemoryProvider {
         let mut s = self.0.advanced();
         s.calls.push(format!("job_history {}", pools.len()));
         s.fault("job_history")?;
-        let mut out: HashMap<PoolId, JobHistory> = pools
-            .iter()
-            .map(|p| (p.clone(), JobHistory::default()))
-            .collect();
+        let mut out = JobHistory::for_pools(pools, None);
         let live = s.running.values().chain(s.queue.iter()).map(|j| {
             let job = PastJob {
                 queued_at: j.queued_at,

@@ -44,18 +44,10 @@ pub(super) async fn read(
     pools: &[PoolId],
     since: Timestamp,
 ) -> Result<HashMap<PoolId, JobHistory>> {
-    let mut out: HashMap<PoolId, JobHistory> = pools
-        .iter()
-        .map(|p| (p.clone(), JobHistory::default()))
-        .collect();
     let share = MAX_REQUESTS / repos.len().max(1);
     if share < 2 {
         // Too many repositories to read any of them usefully: nothing is complete.
-        let now = Utc::now();
-        for h in out.values_mut() {
-            h.complete_from = Some(now);
-        }
-        return Ok(out);
+        return Ok(JobHistory::for_pools(pools, Some(Utc::now())));
     }
     let read: Vec<RepoHistory> = stream::iter(repos.iter().cloned())
         .map(|repo| async move { read_repo(client, matcher, &repo, since, share).await })
@@ -63,13 +55,11 @@ pub(super) async fn read(
         .try_collect()
         .await?;
     let complete_from = read.iter().filter_map(|r| r.complete_from).max();
+    let mut out = JobHistory::for_pools(pools, complete_from);
     for (pool, job) in read.into_iter().flat_map(|r| r.jobs) {
         if let Some(h) = out.get_mut(&pool) {
             h.jobs.push(job);
         }
-    }
-    for h in out.values_mut() {
-        h.complete_from = complete_from;
     }
     Ok(out)
 }

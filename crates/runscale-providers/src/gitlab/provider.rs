@@ -471,16 +471,7 @@ impl GitlabProvider {
         let op = "gitlab.job_history";
         let keys = self.project_keys(op).await?;
         let read = history::read(&self.client, op, &keys, since).await?;
-        let mut out: HashMap<PoolId, JobHistory> = pools
-            .iter()
-            .map(|p| {
-                let h = JobHistory {
-                    jobs: Vec::new(),
-                    complete_from: read.complete_from,
-                };
-                (p.clone(), h)
-            })
-            .collect();
+        let mut out = JobHistory::for_pools(pools, read.complete_from);
         for job in &read.jobs {
             let Some(past) = history::past_job(job) else {
                 continue;
