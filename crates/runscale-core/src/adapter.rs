@@ -137,7 +137,7 @@ impl JobHistory {
 /// the week's seasonal rate (weekdays and weekends apart) has seen several days.
 pub const HISTORY_WINDOW: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 
-/// At most this many past jobs are kept per pool from one history read.
+/// At most this many past jobs (the newest) seed a pool's history from one read.
 pub const HISTORY_MAX_JOBS: usize = 50_000;
 
 /// A CI system account: one GitHub org/App installation, one GitLab instance, ...

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::pass::PoolRuntime;
-use crate::adapter::{HISTORY_WINDOW, JobHistory, Provider as _};
+use crate::adapter::{HISTORY_MAX_JOBS, HISTORY_WINDOW, JobHistory, PastJob, Provider as _};
 use crate::clock::Clock;
 use crate::forecast::DemandHistory;
 use crate::metrics::{Metrics, PoolLabels};
@@ -45,11 +45,11 @@ async fn seed_group(group: &[&Arc<PoolRuntime>], clock: &dyn Clock, metrics: &Me
     let mut found = match read {
         Ok(Some(found)) => found,
         Ok(None) => {
-            info!(pools = ?names, kind = group[0].provider.kind(), "the CI system keeps no job history runscale can read: the demand history starts empty");
+            info!(pools = ?names, kind = group[0].provider.kind(), "the CI system keeps no job history runscale can read: the demand history is learnt from new arrivals only");
             return;
         }
         Err(e) => {
-            warn!(pools = ?names, error = %e, "reading the CI system's job history failed: the demand history starts empty");
+            warn!(pools = ?names, error = %e, "reading the CI system's job history failed: the demand history is learnt from new arrivals only");
             return;
         }
     };
@@ -69,13 +69,10 @@ fn seed_pool(
 ) {
     // A read cut short covers a shorter span: seeding from its start keeps the rates right.
     let since = history.complete_from.map_or(since, |from| from.max(since));
-    let seeded = DemandHistory::seeded(since, &history.jobs, pool.spec.boot_timeout, now);
+    let (jobs, since) = newest(&history.jobs, since, now);
+    let seeded = DemandHistory::seeded(since, &jobs, pool.spec.boot_timeout, now);
     let lead_s = seeded.estimated_lead().map(|d| d.as_secs());
-    let arrivals = history
-        .jobs
-        .iter()
-        .filter(|j| j.queued_at >= since && j.queued_at <= now)
-        .count();
+    let arrivals = jobs.len();
     pool.memory
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -87,9 +84,56 @@ fn seed_pool(
             pool: pool.spec.name.to_string(),
         })
         .set(i64::try_from(arrivals).unwrap_or(i64::MAX));
-    if history.complete_from.is_some() {
+    if history.complete_from.is_some() || jobs.len() < history.jobs.len() {
         warn!(pool = %pool.spec.name, arrivals, ?lead_s, from = %since, "seeded the demand history from a partial job history (a read bound was reached; older jobs left out)");
     } else {
         info!(pool = %pool.spec.name, arrivals, ?lead_s, "seeded the demand history from the CI system's job history");
+    }
+}
+
+/// The jobs queued between `since` and `now`, at most [`HISTORY_MAX_JOBS`] of them (the
+/// newest), and from when they are complete.
+fn newest(jobs: &[PastJob], since: Timestamp, now: Timestamp) -> (Vec<PastJob>, Timestamp) {
+    let mut kept: Vec<PastJob> = jobs
+        .iter()
+        .filter(|j| j.queued_at >= since && j.queued_at <= now)
+        .copied()
+        .collect();
+    if kept.len() <= HISTORY_MAX_JOBS {
+        return (kept, since);
+    }
+    kept.sort_unstable_by_key(|j| std::cmp::Reverse(j.queued_at));
+    kept.truncate(HISTORY_MAX_JOBS);
+    let from = kept.last().map_or(since, |j| j.queued_at);
+    (kept, from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn at_most_the_newest_jobs_seed_a_history_and_it_starts_at_the_oldest_kept() {
+        let now = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 7, 12, 0, 0)
+            .single()
+            .expect("a time");
+        let since = now - chrono::Duration::days(14);
+        let job = |s: i64| PastJob {
+            queued_at: now - chrono::Duration::seconds(s),
+            started_at: None,
+        };
+        let few: Vec<PastJob> = (1..=10).map(job).chain([job(20 * 86_400)]).collect();
+        let (kept, from) = newest(&few, since, now);
+        assert_eq!(
+            (kept.len(), from),
+            (10, since),
+            "the one before the window left out"
+        );
+        let many: Vec<PastJob> = (1..=HISTORY_MAX_JOBS as i64 + 5).map(job).collect();
+        let (kept, from) = newest(&many, since, now);
+        assert_eq!(kept.len(), HISTORY_MAX_JOBS);
+        assert_eq!(from, job(HISTORY_MAX_JOBS as i64).queued_at);
     }
 }
