@@ -7,7 +7,7 @@ use chrono::TimeZone;
 use prometheus_client::registry::Registry;
 use runscale_core::metrics::Metrics;
 use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
-use runscale_core::testing::{World, WorldConfig};
+use runscale_core::testing::{World, WorldConfig, forecast_launches};
 use runscale_core::{Clock, ErrorKind, PoolId, PoolSpec, TokioClock, WebhookRequest};
 use tokio_util::sync::CancellationToken;
 
@@ -1252,21 +1252,6 @@ async fn restarted_with(
     r.seed_history().await;
     let reports = r.once().await;
     (world, reports, metrics)
-}
-
-fn forecast_launches(reports: &[runscale_core::reconciler::PassReport]) -> u32 {
-    reports
-        .iter()
-        .filter_map(|r| r.outcome.as_ref().ok())
-        .flat_map(|p| &p.actions)
-        .map(|a| match a {
-            runscale_core::Planned {
-                action: runscale_core::Action::Launch { count },
-                reason: runscale_core::Reason::Forecast,
-            } => *count,
-            _ => 0,
-        })
-        .sum()
 }
 
 #[tokio::test(start_paused = true)]

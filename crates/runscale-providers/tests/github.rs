@@ -956,3 +956,57 @@ async fn job_history_stops_at_its_request_bound_and_says_from_when_it_is_complet
     assert!(h.jobs.iter().all(|j| j.queued_at >= oldest_read));
     emu.shutdown().await;
 }
+
+/// Forecast launches of a first pass: a warm pool of this GitHub account (one repository,
+/// acme/app), its history seeded first, launching into the in-memory backend.
+async fn first_pass_forecast_launches(emu: &EmulatorHandle, secrets: &Secrets) -> u32 {
+    use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+    let clock: std::sync::Arc<dyn runscale_core::Clock> =
+        std::sync::Arc::new(runscale_core::SystemClock);
+    let config = config(emu, secrets, serde_json::json!({"repositories": ["app"]}));
+    let provider =
+        GithubProvider::new(config, vec![(linux(), selector(&["linux"], true))]).expect("provider");
+    let world = runscale_core::testing::World::new(clock.clone(), Default::default());
+    let pool = runscale_core::PoolSpec::test("linux")
+        .max(20)
+        .warm(Some(runscale_core::Warm::AUTO));
+    let binding = PoolBinding {
+        spec: pool,
+        provider_name: "github".into(),
+        provider: std::sync::Arc::new(provider),
+        backend_name: "memory".into(),
+        backend: world.backend(),
+    };
+    let registry = &mut prometheus_client::registry::Registry::default();
+    let metrics = std::sync::Arc::new(runscale_core::metrics::Metrics::register(registry));
+    let r = Reconciler::new(vec![binding], clock, metrics, Options::default());
+    r.seed_history().await;
+    runscale_core::testing::forecast_launches(&r.once().await)
+}
+
+#[tokio::test]
+async fn a_restarted_reconciler_keeps_spares_for_the_quarter_hour_its_github_history_shows() {
+    let emu = emulator(|_| {}).await;
+    let secrets = Secrets::new();
+    assert_eq!(
+        first_pass_forecast_launches(&emu, &secrets).await,
+        0,
+        "no history: no forecast on the first pass"
+    );
+    // Each of the last 10 days (300 runs: within the read's 400 requests), from 15 minutes
+    // before this time of day to 15 minutes after it: a run of three jobs every minute, each
+    // job started 45 s after it was queued.
+    let now = chrono::Utc::now();
+    for day in 1..=10 {
+        for minute in -15..15 {
+            let created = now - chrono::Duration::days(day) + chrono::Duration::minutes(minute);
+            let run = jobs("acme/app", &["linux"], 3);
+            emu.record_past_run(run, created, Some(Duration::from_secs(45)))
+                .expect("past run");
+        }
+    }
+    let spares = first_pass_forecast_launches(&emu, &secrets).await;
+    // 0.05 jobs/s in runs of three over the 35 s a job cannot wait (warm: auto).
+    assert!(spares >= 2, "{spares} spares launched for the forecast");
+    emu.shutdown().await;
+}

@@ -15,7 +15,7 @@ mod reconcile;
 
 pub use fuzz_corpus::{fuzz_inputs, replay_fuzz_inputs};
 pub use prerequisite::{program_on_path, require, require_program};
-pub use reconcile::{live_instances, spawn_reconciler};
+pub use reconcile::{forecast_launches, live_instances, spawn_reconciler};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
