@@ -69,7 +69,7 @@ pub(super) async fn read(
 }
 
 /// A build's job as a past arrival, if it waited for an agent (see the module docs).
-pub(super) fn past_job(job: &ApiBuildJob) -> Option<PastJob> {
+pub(crate) fn past_job(job: &ApiBuildJob) -> Option<PastJob> {
     if job.kind != "script" {
         return None;
     }

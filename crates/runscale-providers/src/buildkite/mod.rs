@@ -77,7 +77,7 @@
 
 pub(crate) mod client;
 mod config;
-mod history;
+pub(crate) mod history;
 mod kind;
 mod provider;
 mod reservations;

@@ -102,7 +102,7 @@ async fn read_project(
 }
 
 /// A job as a past arrival, if it was pending for a runner (see the module docs).
-pub(super) fn past_job(job: &ApiJob) -> Option<PastJob> {
+pub(crate) fn past_job(job: &ApiJob) -> Option<PastJob> {
     let queued_at = job.created_at?;
     if job.status == "pending" {
         return Some(PastJob {
@@ -115,8 +115,9 @@ pub(super) fn past_job(job: &ApiJob) -> Option<PastJob> {
         .queued_duration
         .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
         .map(|s| chrono::Duration::milliseconds((s * 1000.0) as i64));
+    let started_at = pending.map(|p| queued_at + p).or(job.started_at);
     Some(PastJob {
         queued_at,
-        started_at: pending.map(|p| queued_at + p).or(job.started_at),
+        started_at: started_at.filter(|t| *t >= queued_at),
     })
 }

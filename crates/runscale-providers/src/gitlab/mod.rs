@@ -88,7 +88,7 @@
 
 pub(crate) mod client;
 mod config;
-mod history;
+pub(crate) mod history;
 mod identity;
 mod kind;
 mod provider;
