@@ -414,6 +414,19 @@ impl Reconciler {
         history::seed_all(&self.shared.pools, self.clock.as_ref(), &self.metrics).await;
     }
 
+    /// Seeds the warm pools' histories in the background, beside the passes (see
+    /// [`Reconciler::seed_history`]); given up at shutdown.
+    fn spawn_seeding(this: &Arc<Self>, shutdown: &CancellationToken) {
+        let this = this.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                () = this.seed_history() => {}
+            }
+        });
+    }
+
     /// One pass over every pool (concurrently, under the global limit). Not to be run while
     /// [`Reconciler::run`] runs.
     pub async fn once(&self) -> Vec<PassReport> {
@@ -456,14 +469,7 @@ impl Reconciler {
             b.subscribe(events_tx.clone());
         }
         drop(events_tx);
-        let seeding = this.clone();
-        let seed_stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = seed_stop.cancelled() => {}
-                () = seeding.seed_history() => {}
-            }
-        });
+        Self::spawn_seeding(&this, &shutdown);
         let handle = this.handle();
         let forward_stop = shutdown.clone();
         tokio::spawn(async move {
