@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Demand, Instance, InstanceId, PoolId, Runner, RunnerId};
+use crate::model::{Demand, Instance, InstanceId, PoolId, Runner, RunnerId, Timestamp};
 
 /// What a provider sees of one pool: its demand and its runners.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -93,6 +93,52 @@ impl WebhookRequest {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// One job of a pool's recent history, as the CI system recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PastJob {
+    /// When it was queued (created): its arrival.
+    pub queued_at: Timestamp,
+    /// When a runner started it, where the CI system records it.
+    pub started_at: Option<Timestamp>,
+}
+
+/// A pool's recent job history, read from the CI system ([`Provider::job_history`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobHistory {
+    /// The pool's jobs queued since the time asked for, in no particular order.
+    pub jobs: Vec<PastJob>,
+    /// When a bound (pages, records, requests) cut the read short: the jobs are complete only
+    /// from this time on, older ones are missing (CI systems list newest first). `None`: they
+    /// are complete since the time asked for.
+    pub complete_from: Option<Timestamp>,
+}
+
+impl JobHistory {
+    /// An empty history for each of `pools`, complete from `complete_from` (see the field).
+    pub fn for_pools(
+        pools: &[PoolId],
+        complete_from: Option<Timestamp>,
+    ) -> HashMap<PoolId, JobHistory> {
+        pools
+            .iter()
+            .map(|p| {
+                let h = JobHistory {
+                    jobs: Vec::new(),
+                    complete_from,
+                };
+                (p.clone(), h)
+            })
+            .collect()
+    }
+}
+
+/// How far back a restarted runscale reads job history: two weeks, so each quarter hour of
+/// the week's seasonal rate (weekdays and weekends apart) has seen several days.
+pub const HISTORY_WINDOW: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+/// At most this many past jobs (the newest) seed a pool's history from one read.
+pub const HISTORY_MAX_JOBS: usize = 50_000;
 
 /// A CI system account: one GitHub org/App installation, one GitLab instance, ...
 ///
@@ -183,6 +229,23 @@ pub trait Provider: Send + Sync + 'static {
             ));
         }
         Ok(())
+    }
+
+    /// Reads the recent job history of a batch of pools: the jobs queued since `since` that
+    /// the pool's selector takes (by the same rule as [`Provider::observe`]'s demand), with
+    /// their start times where the CI system records them. Bounded: each provider caps the
+    /// pages, records and requests it reads and says from when a pool's history is
+    /// complete when a cap cut it ([`JobHistory::complete_from`]). Called once per pool at start-up
+    /// to seed the demand history (see [`crate::forecast`]).
+    ///
+    /// `Ok(None)`: the CI system keeps no history readable this way (the default). An error
+    /// fails the whole read; the caller starts with an empty history.
+    async fn job_history(
+        &self,
+        _pools: &[PoolId],
+        _since: Timestamp,
+    ) -> Result<Option<HashMap<PoolId, JobHistory>>> {
+        Ok(None)
     }
 
     /// The API budget left, as last reported by the CI system (e.g. GitHub's

@@ -16,6 +16,13 @@
 //!   newest day), read for the quarter hours the next lead time covers — so a morning ramp is
 //!   anticipated from the previous mornings.
 //!
+//! After a restart the history is seeded from the CI system's recent job history where its API
+//! keeps one ([`DemandHistory::seeded`], fed by [`Provider::job_history`]): the same arrivals
+//! in the same order give the same rates a daemon that ran through them would have learnt.
+//! The lead time is then estimated from the jobs' waits until the first launch is measured.
+//!
+//! [`Provider::job_history`]: crate::Provider::job_history
+//!
 //! Arrivals closer than 10 s to each other form a cluster (a workflow run queueing its jobs);
 //! the clusters' sizes give the arrivals' dispersion.
 //!
@@ -33,6 +40,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::PastJob;
 use crate::model::Timestamp;
 
 /// Time constant of the short-term arrival rate.
@@ -52,6 +60,11 @@ const BIN_SECS: i64 = 15 * 60;
 const BINS_PER_DAY: usize = 96;
 /// At most this many empty bins are closed when time jumps (a week).
 const MAX_CATCH_UP: i64 = 7 * 96;
+/// A past job that waited at least this long found no spare runner: its wait stands for the
+/// lead time of the launch made for it (plus up to one pass).
+const LONG_WAIT: Duration = Duration::from_secs(10);
+/// Fewest such waits from which a lead time is estimated.
+const MIN_LEAD_SAMPLES: usize = 5;
 
 /// A pool's `warm` setting: keep spare capacity for the arrivals the forecast expects.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -207,6 +220,9 @@ pub struct DemandHistory {
     open: Option<(i64, u32)>,
     /// Average lead time in seconds, once one was seen.
     lead_secs: Option<f64>,
+    /// `lead_secs` was estimated from past jobs' waits: the first measured lead time replaces
+    /// it.
+    lead_estimated: bool,
     /// The cluster of arrivals being counted: its last arrival and its size.
     cluster: Option<(Timestamp, u32)>,
     /// Averages of the clusters' sizes and of their squares, once one closed.
@@ -221,6 +237,7 @@ impl Default for DemandHistory {
             bins: Vec::new(),
             open: None,
             lead_secs: None,
+            lead_estimated: false,
             cluster: None,
             cluster_moments: None,
         }
@@ -255,9 +272,61 @@ impl DemandHistory {
     pub fn lead_time(&mut self, lead: Duration) {
         let secs = lead.as_secs_f64();
         self.lead_secs = Some(match self.lead_secs {
-            Some(avg) => avg + LEAD_WEIGHT * (secs - avg),
-            None => secs,
+            Some(avg) if !self.lead_estimated => avg + LEAD_WEIGHT * (secs - avg),
+            _ => secs,
         });
+        self.lead_estimated = false;
+    }
+
+    /// The history a daemon that ran from `since` to `now` would have built from these past
+    /// jobs' arrivals (those queued in that span, taken in time order; the seasonal bins of
+    /// the quiet time before the first arrival are closed too). The lead time, which the
+    /// history of jobs does not show, is estimated as the median wait (start − queued) of the
+    /// jobs that waited at least 10 s and at most `max_lead` (those that found no spare runner
+    /// and waited for a launch), given at least 5 of them; the first lead time measured after
+    /// it replaces it. A pool whose `max` held jobs back waits longer than a launch takes:
+    /// the estimate is then too long, which keeps more spares (cost), never fewer.
+    pub fn seeded(since: Timestamp, jobs: &[PastJob], max_lead: Duration, now: Timestamp) -> Self {
+        let mut arrivals: Vec<Timestamp> = jobs
+            .iter()
+            .map(|j| j.queued_at)
+            .filter(|t| *t >= since && *t <= now)
+            .collect();
+        arrivals.sort_unstable();
+        let mut h = Self::default();
+        h.advance(since.min(now));
+        for at in arrivals {
+            h.arrival(at);
+        }
+        h.advance(now);
+        h.lead_secs = estimated_lead(jobs, max_lead);
+        h.lead_estimated = h.lead_secs.is_some();
+        h
+    }
+
+    /// Takes over `seeded` (built by [`DemandHistory::seeded`] while this one ran), keeping
+    /// the lead time this one measured, if any. Arrivals this one counted since the read are
+    /// in the seeded history already (the read covers them) or, if they came after it, lost:
+    /// a few seconds' worth at most.
+    pub fn adopt(&mut self, seeded: DemandHistory) {
+        let measured = self.lead_secs.filter(|_| !self.lead_estimated);
+        *self = seeded;
+        if measured.is_some() {
+            self.lead_secs = measured;
+            self.lead_estimated = false;
+        }
+    }
+
+    /// The lead time estimated from past jobs' waits, until one is measured.
+    pub fn estimated_lead(&self) -> Option<Duration> {
+        self.lead_secs
+            .filter(|_| self.lead_estimated)
+            .map(|s| Duration::from_secs_f64(s.max(0.0)))
+    }
+
+    /// Whether any arrival was counted (by [`DemandHistory::arrival`] or a seed).
+    pub fn has_arrivals(&self) -> bool {
+        self.rate_at.is_some()
     }
 
     /// What the history predicts at `now`: `None` until a lead time was seen.
@@ -346,6 +415,27 @@ impl DemandHistory {
         };
         b.days = b.days.saturating_add(1);
     }
+}
+
+/// The median wait of the past jobs that waited for a launch (see [`DemandHistory::seeded`]),
+/// in seconds.
+fn estimated_lead(jobs: &[PastJob], max_lead: Duration) -> Option<f64> {
+    let mut waits: Vec<f64> = jobs
+        .iter()
+        .filter_map(|j| {
+            j.started_at?
+                .signed_duration_since(j.queued_at)
+                .to_std()
+                .ok()
+        })
+        .filter(|w| *w >= LONG_WAIT && *w <= max_lead)
+        .map(|w| w.as_secs_f64())
+        .collect();
+    if waits.len() < MIN_LEAD_SAMPLES {
+        return None;
+    }
+    waits.sort_unstable_by(f64::total_cmp);
+    Some(waits[waits.len() / 2])
 }
 
 /// The index of the quarter hour holding `t`, since the epoch.
@@ -492,5 +582,109 @@ mod tests {
         h.lead_time(Duration::from_secs(90));
         let f = h.forecast(at(0, 0, 0, 0)).expect("a forecast");
         assert_eq!(f.lead_time, Duration::from_secs(50));
+    }
+
+    /// Two weeks' trace from Monday 00:00: on weekdays a job every 90 s from 09:00 to 12:00,
+    /// and a run of three jobs at 10:00; each started 45 s after it was queued.
+    fn two_weeks() -> Vec<PastJob> {
+        let mut jobs = Vec::new();
+        for day in (0..11).filter(|d| d % 7 < 5) {
+            let mut queued: Vec<Timestamp> = (0..120)
+                .map(|i| at(day, 9, 0, 0) + chrono::Duration::seconds(i * 90))
+                .collect();
+            queued.extend((0..3).map(|j| at(day, 10, 0, 20) + chrono::Duration::seconds(j)));
+            jobs.extend(queued.into_iter().map(|q| PastJob {
+                queued_at: q,
+                started_at: Some(q + chrono::Duration::seconds(45)),
+            }));
+        }
+        jobs
+    }
+
+    /// What a daemon passing every 30 s from `since` to `now` learnt from `jobs`.
+    fn ran_through(since: Timestamp, jobs: &[PastJob], now: Timestamp) -> DemandHistory {
+        let mut queued: Vec<Timestamp> = jobs.iter().map(|j| j.queued_at).collect();
+        queued.sort_unstable();
+        let mut h = DemandHistory::default();
+        h.lead_time(Duration::from_secs(45));
+        let (mut t, mut next) = (since, 0);
+        while t <= now {
+            while next < queued.len() && queued[next] <= t {
+                h.arrival(queued[next]);
+                next += 1;
+            }
+            h.forecast(t);
+            t += chrono::Duration::seconds(30);
+        }
+        h
+    }
+
+    #[test]
+    fn a_seeded_history_forecasts_as_one_that_ran_through_the_same_jobs() {
+        let jobs = two_weeks();
+        let (since, now) = (at(0, 0, 0, 0), at(11, 8, 58, 0));
+        let mut ran = ran_through(since, &jobs, now);
+        let mut seeded = DemandHistory::seeded(since, &jobs, Duration::from_secs(600), now);
+        // Friday 08:58, the next morning's ramp ahead, then during it and after it.
+        for t in [now, at(11, 9, 30, 0), at(11, 10, 0, 0), at(11, 14, 0, 0)] {
+            let a = ran.forecast(t).expect("a forecast");
+            let b = seeded.forecast(t).expect("a forecast");
+            // Tolerance: 1 % of the rate (plus 1e-9/s), 1 % of the dispersion, the same lead.
+            let close = |x: f64, y: f64| (x - y).abs() <= 0.01 * x.abs().max(y.abs()) + 1e-9;
+            assert!(
+                close(a.arrivals_per_sec, b.arrivals_per_sec),
+                "{t}: {a:?} {b:?}"
+            );
+            assert!(close(a.dispersion, b.dispersion), "{t}: {a:?} {b:?}");
+            assert_eq!(a.lead_time, b.lead_time, "{t}");
+        }
+        // Seeded, Friday 08:59:30 keeps a spare for the ramp the previous mornings showed.
+        let mut seeded = DemandHistory::seeded(since, &jobs, Duration::from_secs(600), now);
+        let f = seeded.forecast(at(11, 8, 59, 30)).expect("a forecast");
+        assert_eq!(warm_slots(&Warm::AUTO, &f, 50), 1, "{f:?}");
+        assert_eq!(
+            DemandHistory::default().forecast(now),
+            None,
+            "empty: no forecast"
+        );
+    }
+
+    #[test]
+    fn the_seeded_lead_time_comes_from_long_waits_and_yields_to_a_measured_one() {
+        let job = |wait: i64| PastJob {
+            queued_at: at(0, 9, 0, 0),
+            started_at: Some(at(0, 9, 0, 0) + chrono::Duration::seconds(wait)),
+        };
+        // Jobs that found a spare runner (2 s) and one held past `max_lead` do not count.
+        let jobs: Vec<PastJob> = [2, 2, 2, 2, 40, 50, 60, 70, 80, 5000]
+            .into_iter()
+            .map(job)
+            .collect();
+        let (since, now) = (at(0, 0, 0, 0), at(0, 12, 0, 0));
+        let max = Duration::from_secs(600);
+        let mut h = DemandHistory::seeded(since, &jobs, max, now);
+        assert_eq!(
+            h.forecast(now).map(|f| f.lead_time),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            DemandHistory::seeded(since, &jobs[..8], max, now).forecast(now),
+            None
+        );
+        // A lead time measured while the seed was read is kept; a later one replaces the
+        // estimate.
+        let mut live = DemandHistory::default();
+        live.lead_time(Duration::from_secs(30));
+        live.adopt(DemandHistory::seeded(since, &jobs, max, now));
+        assert!(live.has_arrivals());
+        assert_eq!(
+            live.forecast(now).map(|f| f.lead_time),
+            Some(Duration::from_secs(30))
+        );
+        h.lead_time(Duration::from_secs(20));
+        assert_eq!(
+            h.forecast(now).map(|f| f.lead_time),
+            Some(Duration::from_secs(20))
+        );
     }
 }

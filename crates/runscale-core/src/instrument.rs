@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::adapter::{
-    Backend, BackendEvent, LaunchRequest, Provider, ProviderView, Registration, ReuseRequest,
-    WebhookRequest,
+    Backend, BackendEvent, JobHistory, LaunchRequest, Provider, ProviderView, Registration,
+    ReuseRequest, WebhookRequest,
 };
 use crate::error::Result;
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::metrics::{AccountLabels, BackendEventLabels, Metrics, SeriesCache};
-use crate::model::{Instance, InstanceId, PoolId, RunnerId};
+use crate::model::{Instance, InstanceId, PoolId, RunnerId, Timestamp};
 
 /// Records one call's latency and outcome.
 async fn timed<T>(
@@ -155,6 +155,21 @@ impl InstrumentedProvider {
         self.update_budget();
         out
     }
+
+    pub(crate) async fn job_history(
+        &self,
+        pools: &[PoolId],
+        since: Timestamp,
+    ) -> Result<Option<HashMap<PoolId, JobHistory>>> {
+        let out = timed(
+            &self.calls,
+            "job_history",
+            self.inner.job_history(pools, since),
+        )
+        .await;
+        self.update_budget();
+        out
+    }
 }
 
 #[async_trait]
@@ -200,6 +215,14 @@ impl Provider for InstrumentedProvider {
 
     async fn confirm_quiet(&self, pool: &PoolId) -> Result<()> {
         InstrumentedProvider::confirm_quiet(self, pool).await
+    }
+
+    async fn job_history(
+        &self,
+        pools: &[PoolId],
+        since: Timestamp,
+    ) -> Result<Option<HashMap<PoolId, JobHistory>>> {
+        InstrumentedProvider::job_history(self, pools, since).await
     }
 
     fn rate_limit_remaining(&self) -> Option<u64> {

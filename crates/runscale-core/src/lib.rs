@@ -22,8 +22,8 @@ pub mod secret;
 pub mod testing;
 
 pub use adapter::{
-    Backend, BackendEvent, Credentials, LaunchRequest, Provider, ProviderView, Registration,
-    ReuseRequest, WebhookRequest,
+    Backend, BackendEvent, Credentials, HISTORY_MAX_JOBS, HISTORY_WINDOW, JobHistory,
+    LaunchRequest, PastJob, Provider, ProviderView, Registration, ReuseRequest, WebhookRequest,
 };
 pub use adapter_type::{BackendType, PoolContext, ProviderType};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};

@@ -123,6 +123,8 @@ pub struct Metrics {
     pub webhooks: Family<WebhookLabels, Counter>,
     /// Pool tasks started again after they died.
     pub pool_restarts: Family<PoolLabels, Counter>,
+    /// Past job arrivals a warm pool's demand history was seeded with at start-up.
+    pub history_arrivals: Family<PoolLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -153,6 +155,7 @@ impl Metrics {
             failures: Family::default(),
             webhooks: Family::default(),
             pool_restarts: Family::default(),
+            history_arrivals: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("runscale");
         r.register(
@@ -231,6 +234,11 @@ impl Metrics {
             "pool_restarts",
             "Pool tasks started again after they died (a panic)",
             m.pool_restarts.clone(),
+        );
+        r.register(
+            "history_arrivals_loaded",
+            "Past job arrivals read from the CI system's job history at start-up, per warm pool",
+            m.history_arrivals.clone(),
         );
         m
     }

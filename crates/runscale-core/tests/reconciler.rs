@@ -7,7 +7,7 @@ use chrono::TimeZone;
 use prometheus_client::registry::Registry;
 use runscale_core::metrics::Metrics;
 use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
-use runscale_core::testing::{World, WorldConfig};
+use runscale_core::testing::{World, WorldConfig, forecast_launches};
 use runscale_core::{Clock, ErrorKind, PoolId, PoolSpec, TokioClock, WebhookRequest};
 use tokio_util::sync::CancellationToken;
 
@@ -1206,4 +1206,103 @@ async fn a_failed_hand_over_terminates_the_instance_and_the_job_still_runs() {
     assert_eq!(s.launches, 2, "the refused reuse is replaced by a launch");
     assert_eq!(s.instances, 0);
     assert!(s.violations.is_empty(), "{:?}", s.violations);
+}
+
+/// Two weeks of weekday lunchtimes before the clock's Monday 12:00: a job every 20 s from
+/// 12:00 to 12:30, each started 45 s after it was queued (a launch's lead time).
+fn past_lunchtimes() -> Vec<runscale_core::PastJob> {
+    let start = clock().now();
+    (1..=14)
+        .map(|d| start - chrono::Duration::days(d))
+        .filter(|day| chrono::Datelike::weekday(day).num_days_from_monday() < 5)
+        .flat_map(|day| (0..90).map(move |i| day + chrono::Duration::seconds(i * 20)))
+        .map(|q| runscale_core::PastJob {
+            queued_at: q,
+            started_at: Some(q + chrono::Duration::seconds(45)),
+        })
+        .collect()
+}
+
+/// A warm pool restarted at Monday 12:00 with the CI system's history of `past`: the
+/// reconciler, the launches of its first pass (with the history read first), and its metrics.
+async fn restarted_with(
+    past: Vec<runscale_core::PastJob>,
+    fail_read: bool,
+) -> (
+    Arc<World>,
+    Vec<runscale_core::reconciler::PassReport>,
+    Arc<Metrics>,
+) {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    world.record_past("linux", past);
+    if fail_read {
+        world.fail_next("job_history", 1, ErrorKind::Transient);
+    }
+    let spec = PoolSpec::test("linux")
+        .max(20)
+        .warm(Some(runscale_core::Warm::AUTO));
+    let metrics = metrics();
+    let r = Reconciler::new(
+        vec![binding(&world, spec, "ci")],
+        clock,
+        metrics.clone(),
+        options(),
+    );
+    r.seed_history().await;
+    let reports = r.once().await;
+    (world, reports, metrics)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_warm_pool_keeps_spares_for_the_lunchtime_its_job_history_shows() {
+    let (world, reports, metrics) = restarted_with(past_lunchtimes(), false).await;
+    // 0.05 jobs/s over the 35 s a job cannot wait: P(N ≤ 2) ≈ 0.74, P(N ≤ 3) ≈ 0.90.
+    assert_eq!(forecast_launches(&reports), 3, "{reports:?}");
+    assert_eq!(world.snapshot().launches, 3);
+    let loaded = metrics
+        .history_arrivals
+        .get_or_create(&runscale_core::metrics::PoolLabels {
+            pool: "linux".to_owned(),
+        })
+        .get();
+    assert_eq!(loaded, 10 * 90, "ten weekdays of 90 jobs");
+    // Without the history (or when reading it fails) the first pass keeps no spare.
+    let (world, reports, _) = restarted_with(Vec::new(), false).await;
+    assert_eq!(forecast_launches(&reports), 0, "{reports:?}");
+    assert_eq!(world.snapshot().launches, 0);
+    let (world, reports, _) = restarted_with(past_lunchtimes(), true).await;
+    assert_eq!(forecast_launches(&reports), 0, "{reports:?}");
+    assert!(
+        reports.iter().all(|r| r.outcome.is_ok()),
+        "a failed read fails no pass"
+    );
+    assert_eq!(world.snapshot().launches, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_reconciler_seeds_the_history_beside_its_passes() {
+    let clock = clock();
+    let world = World::new(clock.clone(), WorldConfig::default());
+    world.record_past("linux", past_lunchtimes());
+    let spec = PoolSpec::test("linux")
+        .max(20)
+        .warm(Some(runscale_core::Warm::AUTO));
+    let r = Reconciler::new(
+        vec![binding(&world, spec, "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    run_for(r, Duration::from_secs(20)).await;
+    let s = world.snapshot();
+    assert!(
+        s.calls.iter().any(|c| c == "job_history 1"),
+        "{:?}",
+        s.calls
+    );
+    assert!(
+        s.launches >= 3,
+        "spares launched within the first passes: {s:?}"
+    );
 }

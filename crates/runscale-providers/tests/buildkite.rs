@@ -887,3 +887,76 @@ async fn the_agents_listing_is_read_to_its_last_page_or_not_at_all() {
     let e = wrong.probe().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Misconfigured, "{e}");
 }
+
+/// Records `n` past jobs of `queue`, one every `every` going back from `newest`, each
+/// started 30 s after it became runnable.
+fn past_jobs(
+    s: &Setup,
+    queue: &str,
+    n: usize,
+    newest: chrono::DateTime<chrono::Utc>,
+    every: chrono::Duration,
+) {
+    for i in 0..n {
+        let at = newest - every * i32::try_from(i).unwrap();
+        let job = JobSpec::new(queue, Duration::from_secs(1));
+        s.emu.record_past(vec![job], at, Duration::from_secs(30));
+    }
+}
+
+#[tokio::test]
+async fn job_history_reads_the_builds_since_a_time_for_the_pools_that_count_their_jobs() {
+    let s = Setup::new().await;
+    let p = s.provider();
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0);
+    let since = now - chrono::Duration::days(14);
+    let hour = chrono::Duration::hours(1);
+    past_jobs(&s, "linux", 150, now - hour, hour);
+    past_jobs(&s, "arm", 20, now - hour, hour);
+    past_jobs(&s, "windows", 5, now - hour, hour);
+    past_jobs(&s, "linux", 3, since - hour, hour);
+    let mut read = p
+        .job_history(&[linux(), arm()], since)
+        .await
+        .unwrap()
+        .expect("Buildkite keeps a history");
+    let h = read.remove(&linux()).unwrap();
+    assert_eq!(
+        h.jobs.len(),
+        150,
+        "none before the window, none of other queues"
+    );
+    assert_eq!(h.complete_from, None);
+    for j in &h.jobs {
+        assert_eq!((j.started_at.unwrap() - j.queued_at).num_seconds(), 30);
+    }
+    assert_eq!(read[&arm()].jobs.len(), 20);
+    let pages = s.emu.snapshot().requests["GET /v2/organizations/{org}/builds"];
+    assert_eq!(pages, 2, "178 builds in two pages of 100");
+}
+
+#[tokio::test]
+async fn job_history_stops_after_ten_pages_and_fails_plainly() {
+    let s = Setup::new().await;
+    let p = s.provider();
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0);
+    let minute = chrono::Duration::minutes(1);
+    past_jobs(&s, "linux", 1050, now - minute, minute);
+    let since = now - chrono::Duration::days(14);
+    let read = p
+        .job_history(&[linux()], since)
+        .await
+        .unwrap()
+        .expect("Buildkite keeps a history");
+    let h = &read[&linux()];
+    assert_eq!(h.jobs.len(), 1000, "ten pages of the newest builds");
+    assert_eq!(h.complete_from, Some(now - minute * 1000));
+    s.emu.set_faults(Faults {
+        error_rate_5xx: 1.0,
+        ..Faults::default()
+    });
+    let e = p.job_history(&[linux()], since).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert!(e.to_string().contains("build history"), "{e}");
+    assert!(!format!("{e:?}").contains("api-token"));
+}

@@ -414,6 +414,13 @@ async fn server_errors_are_transient() {
     assert_eq!(e.kind(), ErrorKind::Transient);
     let e = p.probe().await.expect_err("5xx");
     assert_eq!(e.kind(), ErrorKind::Transient);
+    let e = p
+        .job_history(&[linux()], chrono::Utc::now() - chrono::Duration::days(14))
+        .await
+        .expect_err("5xx");
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert!(e.to_string().contains("job_history"), "{e}");
+    assert!(!e.to_string().contains(TOKEN));
 
     emu.set_faults(Faults::none()).expect("faults");
     assert!(!view(&p, &linux()).await.stale);
@@ -864,4 +871,142 @@ fn rsa_key_pair() -> (String, String) {
         pem("PRIVATE KEY", private.as_ref()),
         pem("PUBLIC KEY", public.as_ref()),
     )
+}
+
+/// Records `n` finished one-job runs in `repo` with `labels`, one every `every` going back from
+/// `newest`, each started 45 s after it was queued.
+fn past_runs(
+    emu: &EmulatorHandle,
+    repo: &str,
+    labels: &[&str],
+    n: usize,
+    newest: chrono::DateTime<chrono::Utc>,
+    every: chrono::Duration,
+) {
+    for i in 0..n {
+        let created = newest - every * i32::try_from(i).expect("small");
+        let job = JobSpec::new(repo, labels, Duration::from_secs(60));
+        emu.record_past_run(vec![job], created, Some(Duration::from_secs(45)))
+            .expect("past run");
+    }
+}
+
+#[tokio::test]
+async fn job_history_reads_past_runs_across_pages_for_the_pools_their_labels_pick() {
+    let emu = emulator(|_| {}).await;
+    let secrets = Secrets::new();
+    let p = provider(&emu, &secrets);
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0);
+    let since = now - chrono::Duration::days(14);
+    let hour = chrono::Duration::hours(1);
+    // 150 runs over six days (two pages), 20 GPU runs, 5 no pool takes, 3 before `since`.
+    past_runs(&emu, "acme/app", &["linux"], 150, now - hour, hour);
+    past_runs(&emu, "acme/lib", &["linux", "gpu"], 20, now - hour, hour);
+    past_runs(&emu, "acme/lib", &["windows"], 5, now - hour, hour);
+    past_runs(&emu, "acme/app", &["linux"], 3, since - hour, hour);
+    // A job cancelled before any runner took it: an arrival without a start.
+    let cancelled = JobSpec::new("acme/app", &["linux"], Duration::from_secs(60));
+    emu.record_past_run(vec![cancelled], now - hour * 200, None)
+        .expect("past run");
+    let mut read = p
+        .job_history(&[linux(), gpu()], since)
+        .await
+        .expect("history read")
+        .expect("GitHub keeps a history");
+    let linux_jobs = read.remove(&linux()).expect("linux answered");
+    assert_eq!(linux_jobs.jobs.len(), 151, "150 runs + the cancelled one");
+    assert_eq!(linux_jobs.complete_from, None, "nothing cut");
+    let started: Vec<_> = linux_jobs
+        .jobs
+        .iter()
+        .filter(|j| j.started_at.is_some())
+        .collect();
+    assert_eq!(started.len(), 150);
+    for j in started {
+        let waited = j.started_at.expect("started") - j.queued_at;
+        assert_eq!(waited.num_seconds(), 45, "{j:?}");
+    }
+    assert!(linux_jobs.jobs.iter().all(|j| j.queued_at >= since));
+    assert_eq!(read.remove(&gpu()).expect("gpu answered").jobs.len(), 20);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn job_history_stops_at_its_request_bound_and_says_from_when_it_is_complete() {
+    let emu = emulator(|_| {}).await;
+    let secrets = Secrets::new();
+    let p = provider(&emu, &secrets);
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0);
+    let minute = chrono::Duration::minutes(1);
+    let newest = now - minute;
+    past_runs(&emu, "acme/app", &["linux"], 450, newest, minute);
+    let before = emu.rest_requests();
+    let read = p
+        .job_history(&[linux()], now - chrono::Duration::days(14))
+        .await
+        .expect("history read")
+        .expect("GitHub keeps a history");
+    let sent = emu.rest_requests() - before;
+    // Two repositories share 400 requests: 200 for acme/app, 5 of them for the run pages.
+    assert!(sent <= 400, "{sent} requests");
+    let h = &read[&linux()];
+    assert_eq!(h.jobs.len(), 195, "the newest 195 runs' jobs");
+    let oldest_read = newest - minute * 194;
+    assert_eq!(h.complete_from, Some(oldest_read));
+    assert!(h.jobs.iter().all(|j| j.queued_at >= oldest_read));
+    emu.shutdown().await;
+}
+
+/// Forecast launches of a first pass: a warm pool of this GitHub account (one repository,
+/// acme/app), its history seeded first, launching into the in-memory backend.
+async fn first_pass_forecast_launches(emu: &EmulatorHandle, secrets: &Secrets) -> u32 {
+    use runscale_core::reconciler::{Options, PoolBinding, Reconciler};
+    let clock: std::sync::Arc<dyn runscale_core::Clock> =
+        std::sync::Arc::new(runscale_core::SystemClock);
+    let config = config(emu, secrets, serde_json::json!({"repositories": ["app"]}));
+    let provider =
+        GithubProvider::new(config, vec![(linux(), selector(&["linux"], true))]).expect("provider");
+    let world = runscale_core::testing::World::new(clock.clone(), Default::default());
+    let pool = runscale_core::PoolSpec::test("linux")
+        .max(20)
+        .warm(Some(runscale_core::Warm::AUTO));
+    let binding = PoolBinding {
+        spec: pool,
+        provider_name: "github".into(),
+        provider: std::sync::Arc::new(provider),
+        backend_name: "memory".into(),
+        backend: world.backend(),
+    };
+    let registry = &mut prometheus_client::registry::Registry::default();
+    let metrics = std::sync::Arc::new(runscale_core::metrics::Metrics::register(registry));
+    let r = Reconciler::new(vec![binding], clock, metrics, Options::default());
+    r.seed_history().await;
+    runscale_core::testing::forecast_launches(&r.once().await)
+}
+
+#[tokio::test]
+async fn a_restarted_reconciler_keeps_spares_for_the_quarter_hour_its_github_history_shows() {
+    let emu = emulator(|_| {}).await;
+    let secrets = Secrets::new();
+    assert_eq!(
+        first_pass_forecast_launches(&emu, &secrets).await,
+        0,
+        "no history: no forecast on the first pass"
+    );
+    // Each of the last 10 days (300 runs: within the read's 400 requests), from 15 minutes
+    // before this time of day to 15 minutes after it: a run of three jobs every minute, each
+    // job started 45 s after it was queued.
+    let now = chrono::Utc::now();
+    for day in 1..=10 {
+        for minute in -15..15 {
+            let created = now - chrono::Duration::days(day) + chrono::Duration::minutes(minute);
+            let run = jobs("acme/app", &["linux"], 3);
+            emu.record_past_run(run, created, Some(Duration::from_secs(45)))
+                .expect("past run");
+        }
+    }
+    let spares = first_pass_forecast_launches(&emu, &secrets).await;
+    // 0.05 jobs/s in runs of three over the 35 s a job cannot wait (warm: auto).
+    assert!(spares >= 2, "{spares} spares launched for the forecast");
+    emu.shutdown().await;
 }

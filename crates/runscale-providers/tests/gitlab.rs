@@ -1253,3 +1253,98 @@ async fn enabling_a_runner_follows_gitlabs_rules() {
         .expect("json");
     assert_eq!(mine.len(), 2, "{mine:?}");
 }
+
+/// Records `n` finished jobs of `project` with `tags`, one an hour up to `back` ago (oldest
+/// first, as GitLab's ids grow), each started 45 s after it was created.
+fn past_jobs(s: &Setup, project: u64, tags: &[&str], n: usize, back: chrono::Duration) {
+    let newest = chrono::Utc::now() - back;
+    for i in (0..n).rev() {
+        let created = newest - chrono::Duration::hours(i64::try_from(i).expect("small"));
+        let job = JobSpec::new(project, tags, Duration::from_secs(60));
+        s.emu
+            .record_past(vec![job], created, Duration::from_secs(45));
+    }
+}
+
+#[tokio::test]
+async fn job_history_reads_every_projects_jobs_since_a_time_for_the_pools_their_tags_pick() {
+    let s = setup(
+        vec![
+            (
+                "linux",
+                selector(&["linux", "docker"], false, RunnerPer::Pool),
+            ),
+            ("any", selector(&[], true, RunnerPer::Pool)),
+        ],
+        |_| {},
+    )
+    .await;
+    let day = chrono::Duration::days(1);
+    // Oldest first, as GitLab's ids grow: 3 jobs before the window, then 250 over ten days
+    // (three pages), 10 in acme/app, 5 untagged, 4 no pool takes; then 2 pending now.
+    past_jobs(&s, 101, &["linux"], 3, day * 15);
+    past_jobs(&s, 101, &["linux"], 250, chrono::Duration::hours(1));
+    past_jobs(
+        &s,
+        100,
+        &["linux", "docker"],
+        10,
+        chrono::Duration::hours(1),
+    );
+    past_jobs(&s, 100, &[], 5, chrono::Duration::hours(1));
+    past_jobs(&s, 100, &["arm"], 4, chrono::Duration::hours(1));
+    s.emu
+        .submit(vec![JobSpec::new(101, &["linux"], Duration::ZERO); 2]);
+    let since = chrono::Utc::now() - day * 14;
+    let mut read = s
+        .provider
+        .job_history(&ids(&["linux", "any"]), since)
+        .await
+        .expect("history read")
+        .expect("GitLab keeps a history");
+    let linux = read.remove(&PoolId::new("linux")).expect("linux");
+    assert_eq!(
+        linux.jobs.len(),
+        262,
+        "acme/app read twice (path, id) counted once"
+    );
+    assert_eq!(linux.complete_from, None);
+    let pending = linux.jobs.iter().filter(|j| j.started_at.is_none()).count();
+    assert_eq!(pending, 2, "pending jobs are arrivals without a start");
+    for j in linux.jobs.iter().filter(|j| j.started_at.is_some()) {
+        let waited = j.started_at.expect("started") - j.queued_at;
+        assert_eq!(waited.num_seconds(), 45, "{j:?}");
+        assert!(j.queued_at >= since);
+    }
+    assert_eq!(read[&PoolId::new("any")].jobs.len(), 5);
+}
+
+#[tokio::test]
+async fn job_history_stops_at_max_pages_and_fails_plainly() {
+    let s = linux(RunnerPer::Pool, |c| c.max_pages = 2).await;
+    past_jobs(&s, 101, &["linux"], 250, chrono::Duration::hours(1));
+    let pool = PoolId::new("linux");
+    let since = chrono::Utc::now() - chrono::Duration::days(14);
+    let read = s
+        .provider
+        .job_history(std::slice::from_ref(&pool), since)
+        .await
+        .expect("history read")
+        .expect("GitLab keeps a history");
+    let h = &read[&pool];
+    assert_eq!(h.jobs.len(), 200, "two pages of the newest jobs");
+    let oldest = h.jobs.iter().map(|j| j.queued_at).min().expect("jobs");
+    assert_eq!(h.complete_from, Some(oldest));
+    s.emu.set_faults(Faults {
+        error_rate_5xx: 1.0,
+        ..Faults::default()
+    });
+    let e = s
+        .provider
+        .job_history(std::slice::from_ref(&pool), since)
+        .await
+        .expect_err("5xx");
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert!(e.to_string().contains("job history of project"), "{e}");
+    assert!(!e.to_string().contains(ADMIN));
+}

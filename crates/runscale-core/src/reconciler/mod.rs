@@ -17,6 +17,7 @@
 
 mod backoff;
 mod batch;
+mod history;
 mod pass;
 pub mod status;
 
@@ -406,6 +407,26 @@ impl Reconciler {
         }
     }
 
+    /// Seeds the demand history of every warm pool from its CI system's recent job history
+    /// (one read per provider account; see [`crate::forecast`]). [`Reconciler::run`] does this
+    /// by itself, beside the first passes; call it only with [`Reconciler::once`].
+    pub async fn seed_history(&self) {
+        history::seed_all(&self.shared.pools, self.clock.as_ref(), &self.metrics).await;
+    }
+
+    /// Seeds the warm pools' histories in the background, beside the passes (see
+    /// [`Reconciler::seed_history`]); given up at shutdown.
+    fn spawn_seeding(this: &Arc<Self>, shutdown: &CancellationToken) {
+        let this = this.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                () = this.seed_history() => {}
+            }
+        });
+    }
+
     /// One pass over every pool (concurrently, under the global limit). Not to be run while
     /// [`Reconciler::run`] runs.
     pub async fn once(&self) -> Vec<PassReport> {
@@ -448,6 +469,7 @@ impl Reconciler {
             b.subscribe(events_tx.clone());
         }
         drop(events_tx);
+        Self::spawn_seeding(&this, &shutdown);
         let handle = this.handle();
         let forward_stop = shutdown.clone();
         tokio::spawn(async move {

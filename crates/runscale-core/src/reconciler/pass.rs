@@ -66,8 +66,9 @@ pub(crate) struct Memory {
     /// The last fresh view of the CI system, and when it was read: planned on (launches only)
     /// when a read fails, while it is at most [`PassContext::view_max_age`] old.
     last_view: Option<(ProviderView, Timestamp)>,
-    /// The pool's arrivals and lead times, for `warm` (see [`crate::forecast`]).
-    history: DemandHistory,
+    /// The pool's arrivals and lead times, for `warm` (see [`crate::forecast`]); seeded at
+    /// start-up by [`super::history`].
+    pub(super) history: DemandHistory,
 }
 
 /// What the reconciler remembers of one runner of the pool's instances.

@@ -15,7 +15,7 @@ mod reconcile;
 
 pub use fuzz_corpus::{fuzz_inputs, replay_fuzz_inputs};
 pub use prerequisite::{program_on_path, require, require_program};
-pub use reconcile::{live_instances, spawn_reconciler};
+pub use reconcile::{forecast_launches, live_instances, spawn_reconciler};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use crate::adapter::{
-    Backend, Credentials, LaunchRequest, Provider, ProviderView, Registration, ReuseRequest,
-    WebhookRequest,
+    Backend, Credentials, JobHistory, LaunchRequest, PastJob, Provider, ProviderView, Registration,
+    ReuseRequest, WebhookRequest,
 };
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
@@ -200,6 +200,9 @@ struct State {
     calls: Vec<String>,
     violations: Vec<String>,
     completed: Vec<(String, Duration)>,
+    /// Finished jobs (and those recorded with [`World::record_past`]) by pool: the job
+    /// history [`MemoryProvider`] answers with.
+    past: Vec<(PoolId, PastJob)>,
     launches: u64,
     terminations: u64,
     reuses: u64,
@@ -267,13 +270,22 @@ impl World {
         s.step(now);
     }
 
+    /// Adds jobs that finished before the test began to `pool`'s job history (as a CI system
+    /// keeps them across a runscale restart).
+    pub fn record_past(&self, pool: &str, jobs: impl IntoIterator<Item = PastJob>) {
+        let pool = PoolId::new(pool);
+        self.lock()
+            .past
+            .extend(jobs.into_iter().map(|j| (pool.clone(), j)));
+    }
+
     /// Records a pool's `max` so the world can flag a breach.
     pub fn set_cap(&self, pool: &str, max: u32) {
         self.lock().caps.insert(PoolId::new(pool), max);
     }
 
     /// Makes the next `n` calls of `op` (`observe`, `register`, `remove`, `drain`, `instances`,
-    /// `launch`, `terminate`) fail with `kind`.
+    /// `launch`, `terminate`, `job_history`) fail with `kind`.
     pub fn fail_next(&self, op: &'static str, n: usize, kind: ErrorKind) {
         let mut s = self.lock();
         let q = s.faults.entry(op).or_default();
@@ -440,6 +452,13 @@ impl State {
             };
             let waited = (started - job.queued_at).to_std().unwrap_or_default();
             self.completed.push((job.id.clone(), waited));
+            self.past.push((
+                job.pool.clone(),
+                PastJob {
+                    queued_at: job.queued_at,
+                    started_at: Some(started),
+                },
+            ));
             let ephemeral = self.ephemeral(&job.pool);
             if ephemeral {
                 self.runners.remove(&name);
@@ -532,6 +551,33 @@ impl Provider for MemoryProvider {
             }
         }
         out.into_iter().map(|(k, v)| (k, Ok(v))).collect()
+    }
+
+    /// The world's finished jobs, then its running and waiting ones, queued since `since`.
+    async fn job_history(
+        &self,
+        pools: &[PoolId],
+        since: Timestamp,
+    ) -> Result<Option<HashMap<PoolId, JobHistory>>> {
+        let mut s = self.0.advanced();
+        s.calls.push(format!("job_history {}", pools.len()));
+        s.fault("job_history")?;
+        let mut out = JobHistory::for_pools(pools, None);
+        let live = s.running.values().chain(s.queue.iter()).map(|j| {
+            let job = PastJob {
+                queued_at: j.queued_at,
+                started_at: j.started_at,
+            };
+            (j.pool.clone(), job)
+        });
+        for (pool, job) in s.past.iter().cloned().chain(live) {
+            if job.queued_at >= since
+                && let Some(h) = out.get_mut(&pool)
+            {
+                h.jobs.push(job);
+            }
+        }
+        Ok(Some(out))
     }
 
     async fn register(&self, pool: &PoolId, runner_name: &str) -> Result<Registration> {

@@ -1,6 +1,6 @@
 //! Running the real reconciler in integration tests: one call that starts it over pool
 //! bindings on the system clock with short passes and backoff, and the count of live
-//! instances tests poll.
+//! instances tests poll, and what a pass launched for the forecast.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,4 +43,20 @@ pub fn spawn_reconciler(
 /// How many instances `backend` lists over `pools`.
 pub async fn live_instances(backend: &dyn Backend, pools: &[PoolId]) -> Result<usize> {
     Ok(backend.instances(pools).await?.values().map(Vec::len).sum())
+}
+
+/// Instances the passes of `reports` launched for the forecast (reason `forecast`).
+pub fn forecast_launches(reports: &[crate::reconciler::PassReport]) -> u32 {
+    reports
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().ok())
+        .flat_map(|p| &p.actions)
+        .map(|a| match a {
+            crate::plan::Planned {
+                action: crate::plan::Action::Launch { count },
+                reason: crate::plan::Reason::Forecast,
+            } => *count,
+            _ => 0,
+        })
+        .sum()
 }

@@ -11,14 +11,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
 use super::config::{EmulatorConfig, Faults};
 use super::limits::Quota;
-use super::model::{JobSpec, Snapshot, Workload, queue_of};
+use super::model::{JobSnapshot, JobSpec, JobStatus, Snapshot, Workload, queue_of};
 use super::stacks::Stack;
 use super::state::{Agent, Event, QueueCounts, Refusal, State, cluster_queue_id};
 use super::{agent_api, webhook};
@@ -85,6 +85,18 @@ impl EmulatorHandle {
         let (ids, events) = self.shared.lock().submit(jobs, Utc::now());
         self.shared.emit(events);
         ids
+    }
+
+    /// Records jobs that ran before the test (the organisation's build history, one build
+    /// each): scheduled at `at`, each started `waited` later and passed. No webhook is sent.
+    pub fn record_past(
+        &self,
+        jobs: Vec<JobSpec>,
+        at: DateTime<Utc>,
+        waited: Duration,
+    ) -> Vec<String> {
+        let waited = chrono::Duration::from_std(waited).unwrap_or_default();
+        self.shared.lock().record_past(jobs, at, waited)
     }
 
     /// Plays a workload in the background: each entry is scheduled at its offset.
@@ -157,6 +169,7 @@ fn router(shared: Arc<Shared>) -> Router<()> {
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), faults));
     let rest = Router::new()
         .route("/v2/organizations/{org}/agents", get(list_agents))
+        .route("/v2/organizations/{org}/builds", get(list_builds))
         .route("/v2/organizations/{org}/agents/{id}", get(get_agent))
         .route("/v2/organizations/{org}/agents/{id}/stop", put(stop_agent))
         .route(
@@ -461,6 +474,89 @@ async fn list_agents(
         set_header(&mut resp, "link", link);
     }
     resp
+}
+
+#[derive(Deserialize)]
+struct BuildsQuery {
+    created_from: Option<String>,
+    /// Every job here ran once: with or without retried jobs, the list is the same.
+    #[serde(default, rename = "include_retried_jobs")]
+    _include_retried_jobs: Option<String>,
+    per_page: Option<usize>,
+    page: Option<usize>,
+}
+
+/// `GET /v2/organizations/{org}/builds` (`rest_api/builds.md`): the organisation's builds,
+/// newest first, each with its jobs; `created_from` (ISO 8601) keeps those created at or
+/// after it; `Link` paging, `per_page` at most 100.
+async fn list_builds(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(org): Path<String>,
+    Query(q): Query<BuildsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !org_ok(&shared, &org) {
+        return error(StatusCode::NOT_FOUND, "No organization found");
+    }
+    let from = match q.created_from.as_deref().map(DateTime::parse_from_rfc3339) {
+        None => None,
+        Some(Ok(t)) => Some(t.with_timezone(&Utc)),
+        Some(Err(_)) => return error(StatusCode::UNPROCESSABLE_ENTITY, "created_from is invalid"),
+    };
+    let base = base_url(&headers);
+    let per_page = q
+        .per_page
+        .unwrap_or(DEFAULT_PER_PAGE)
+        .clamp(1, MAX_PER_PAGE);
+    let page = q.page.unwrap_or(1).max(1);
+    let (items, more) = {
+        let s = shared.lock();
+        let all = s.builds(from);
+        let items: Vec<_> = all
+            .iter()
+            .skip((page - 1).saturating_mul(per_page))
+            .take(per_page)
+            .map(|(number, job)| build_json(&base, &org, *number, job))
+            .collect();
+        (items, all.len() > page.saturating_mul(per_page))
+    };
+    let mut resp = Json(items).into_response();
+    if more
+        && let Ok(mut next) = reqwest::Url::parse(&format!("{base}/v2/organizations/{org}/builds"))
+    {
+        {
+            let mut pairs = next.query_pairs_mut();
+            if let Some(from) = &q.created_from {
+                pairs.append_pair("created_from", from);
+            }
+            pairs.append_pair("page", &(page + 1).to_string());
+            pairs.append_pair("per_page", &per_page.to_string());
+        }
+        set_header(&mut resp, "link", format!("<{next}>; rel=\"next\""));
+    }
+    resp
+}
+
+/// A build of one job (the emulator's builds hold one job each).
+fn build_json(base: &str, org: &str, number: u64, job: &JobSnapshot) -> serde_json::Value {
+    json!({
+        "id": job.id,
+        "url": format!("{base}/v2/organizations/{org}/pipelines/app/builds/{number}"),
+        "number": number,
+        "state": match job.status {
+            JobStatus::Scheduled => "scheduled",
+            JobStatus::Passed => "passed",
+            JobStatus::Failed | JobStatus::Lost => "failed",
+            JobStatus::Canceled => "canceled",
+            _ => "running",
+        },
+        "created_at": job.scheduled_at,
+        "scheduled_at": job.scheduled_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "pipeline": { "slug": "app" },
+        "jobs": [webhook::job_json(job)],
+    })
 }
 
 async fn get_agent(

@@ -301,37 +301,80 @@ impl State {
         let mut ids = Vec::with_capacity(specs.len());
         let mut events = Vec::with_capacity(specs.len());
         for spec in specs {
-            let id = self.uuid();
-            self.job_index.insert(id.clone(), self.jobs.len());
-            self.jobs.push(Job {
-                snap: JobSnapshot {
-                    id: id.clone(),
-                    queue: queue_of(&spec.agent_query_rules).to_owned(),
-                    agent_query_rules: spec.agent_query_rules,
-                    command: spec.command,
-                    status: JobStatus::Scheduled,
-                    agent: None,
-                    starts: 0,
-                    scheduled_at: now,
-                    started_at: None,
-                    finished_at: None,
-                    exit_status: None,
-                    log_bytes: 0,
-                    reserved_by: None,
-                    reservations: 0,
-                },
-                env: spec.env,
-                build_number: self.jobs.len() as u64 + 1,
-                agent_id: None,
-                reservation: None,
-                log: BTreeMap::new(),
-                header_times: 0,
-                meta_data: BTreeMap::new(),
-            });
-            events.push(self.job_event("job.scheduled", self.jobs.len() - 1));
-            ids.push(id);
+            let index = self.add_job(spec, now);
+            events.push(self.job_event("job.scheduled", index));
+            ids.push(self.jobs[index].snap.id.clone());
         }
         (ids, events)
+    }
+
+    /// Records jobs that ran before the test (a build history): each scheduled at `at`,
+    /// started `waited` later by an agent no longer there, passed a second after. No event
+    /// is sent.
+    pub(crate) fn record_past(
+        &mut self,
+        specs: Vec<JobSpec>,
+        at: DateTime<Utc>,
+        waited: chrono::Duration,
+    ) -> Vec<String> {
+        let mut ids = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let index = self.add_job(spec, at);
+            let snap = &mut self.jobs[index].snap;
+            snap.status = JobStatus::Passed;
+            snap.started_at = Some(at + waited);
+            snap.finished_at = Some(at + waited + chrono::Duration::seconds(1));
+            snap.exit_status = Some(0);
+            snap.starts = 1;
+            ids.push(snap.id.clone());
+        }
+        ids
+    }
+
+    /// Adds a scheduled job (in a build of its own) at `at`; returns its index.
+    fn add_job(&mut self, spec: JobSpec, at: DateTime<Utc>) -> usize {
+        let id = self.uuid();
+        let index = self.jobs.len();
+        self.job_index.insert(id.clone(), index);
+        self.jobs.push(Job {
+            snap: JobSnapshot {
+                id,
+                queue: queue_of(&spec.agent_query_rules).to_owned(),
+                agent_query_rules: spec.agent_query_rules,
+                command: spec.command,
+                status: JobStatus::Scheduled,
+                agent: None,
+                starts: 0,
+                scheduled_at: at,
+                started_at: None,
+                finished_at: None,
+                exit_status: None,
+                log_bytes: 0,
+                reserved_by: None,
+                reservations: 0,
+            },
+            env: spec.env,
+            build_number: index as u64 + 1,
+            agent_id: None,
+            reservation: None,
+            log: BTreeMap::new(),
+            header_times: 0,
+            meta_data: BTreeMap::new(),
+        });
+        index
+    }
+
+    /// The builds (one per job) created at or after `from`, newest first, with their build
+    /// number.
+    pub(crate) fn builds(&self, from: Option<DateTime<Utc>>) -> Vec<(u64, &JobSnapshot)> {
+        let mut out: Vec<(u64, &JobSnapshot)> = self
+            .jobs
+            .iter()
+            .filter(|j| from.is_none_or(|f| j.snap.scheduled_at >= f))
+            .map(|j| (j.build_number, &j.snap))
+            .collect();
+        out.sort_by_key(|(n, j)| std::cmp::Reverse((j.scheduled_at, *n)));
+        out
     }
 
     /// `POST /register` with an agent token: a new agent, never connected yet.

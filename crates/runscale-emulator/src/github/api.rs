@@ -1,11 +1,13 @@
 //! The GitHub REST endpoints the emulator serves, at repository (`/repos/{owner}/{repo}`)
 //! and organisation (`/orgs/{org}`) scope: self-hosted runners (list with `name` filter and
 //! pagination, get, delete with 422 while busy), registration and remove tokens, JIT
-//! configurations, workflow runs (with `status` filter) and their jobs, App installations,
+//! configurations, workflow runs (with `status` and `created` filters, newest first) and their
+//! jobs, App installations,
 //! installation tokens and the installation's repositories (`/installation/repositories`), and
 //! `/rate_limit`. Enterprise scope is not served.
 //!
-//! Of the workflow-run list filters only `status` is implemented (others are ignored); every
+//! Of the workflow-run list filters only `status` and `created` are implemented (others are
+//! ignored); every
 //! run has one attempt, so the jobs list's `filter=latest` and `filter=all` agree.
 
 use std::collections::HashMap;
@@ -18,7 +20,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, DOC_APPS, DOC_INSTALLATIONS, DOC_REST, DOC_RUNNERS, DOC_RUNS};
@@ -395,13 +397,18 @@ async fn list_runs(
             DOC_RUNS,
         ));
     }
+    let created = match q.get("created").filter(|v| !v.is_empty()) {
+        Some(v) => Some(created_range(v).ok_or_else(|| {
+            ApiError::invalid(format!("{v:?} is not a valid date range."), DOC_RUNS)
+        })?),
+        None => None,
+    };
     shared.with_state(|s, _| {
         let scope = scope(s, &who, &p)?;
         let repo = scope.repo;
-        let runs: Vec<_> = s
+        let mut runs: Vec<_> = s
             .runs
             .values()
-            .rev()
             .filter(|r| r.owner == scope.owner && Some(r.repo) == repo)
             .filter(|r| {
                 let (st, concl) = s.run_status(r);
@@ -409,12 +416,60 @@ async fn list_runs(
                     .as_deref()
                     .is_none_or(|want| want == st || Some(want) == concl)
             })
+            .filter(|r| created.is_none_or(|(lo, hi)| in_range(r.created_at, lo, hi)))
             .collect();
+        // Newest first.
+        runs.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
         let (body, link) = page.of(&s.base_url, &uri, "workflow_runs", runs, |r| {
             shapes::run(s, r)
         });
         Ok(with_link(body, link))
     })
+}
+
+/// Bounds of a `created` filter, as half-open instants `[from, to)`: the search syntax's
+/// dates (`YYYY-MM-DD`, a whole day, or an ISO 8601 time, one instant) with `>`, `>=`, `<`,
+/// `<=`, a range `A..B` (either side `*`), or one date alone. `None` if malformed.
+type Range = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn created_range(v: &str) -> Option<Range> {
+    if let Some((a, b)) = v.split_once("..") {
+        let from = if a == "*" { None } else { Some(span(a)?.0) };
+        let to = if b == "*" { None } else { Some(span(b)?.1) };
+        return Some((from, to));
+    }
+    for (op, pick) in [(">=", 0), ("<=", 1), (">", 2), ("<", 3)] {
+        if let Some(rest) = v.strip_prefix(op) {
+            let (start, end) = span(rest)?;
+            return Some(match pick {
+                0 => (Some(start), None),
+                1 => (None, Some(end)),
+                2 => (Some(end), None),
+                _ => (None, Some(start)),
+            });
+        }
+    }
+    let (start, end) = span(v)?;
+    Some((Some(start), Some(end)))
+}
+
+/// The instants a search-syntax date stands for: a day, or one instant.
+fn span(v: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        let start = day.and_hms_opt(0, 0, 0)?.and_utc();
+        return Some((start, start + chrono::Duration::days(1)));
+    }
+    let at = DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S").map(|t| t.and_utc())
+        })
+        .ok()?;
+    Some((at, at + chrono::Duration::nanoseconds(1)))
+}
+
+fn in_range(t: DateTime<Utc>, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> bool {
+    from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e)
 }
 
 async fn get_run(
@@ -702,5 +757,28 @@ mod tests {
             status(body.as_bytes()),
             Err(StatusCode::UNPROCESSABLE_ENTITY)
         );
+    }
+
+    #[test]
+    fn created_filters_follow_the_search_syntax() {
+        let t = |v: &str| {
+            DateTime::parse_from_rfc3339(v)
+                .expect("time")
+                .with_timezone(&Utc)
+        };
+        let day = t("2026-11-20T00:00:00Z");
+        let next = t("2026-11-21T00:00:00Z");
+        assert_eq!(created_range(">=2026-11-20"), Some((Some(day), None)));
+        assert_eq!(created_range(">2026-11-20"), Some((Some(next), None)));
+        assert_eq!(created_range("<2026-11-21"), Some((None, Some(next))));
+        assert_eq!(created_range("<=2026-11-20"), Some((None, Some(next))));
+        assert_eq!(created_range("2026-11-20"), Some((Some(day), Some(next))));
+        assert_eq!(created_range("2026-11-20..*"), Some((Some(day), None)));
+        let noon = t("2026-11-20T12:00:00Z");
+        let (from, _) = created_range(">=2026-11-20T12:00:00Z").expect("valid");
+        assert_eq!(from, Some(noon));
+        assert!(in_range(noon, from, None));
+        assert!(!in_range(noon - chrono::Duration::seconds(1), from, None));
+        assert_eq!(created_range(">=yesterday"), None);
     }
 }

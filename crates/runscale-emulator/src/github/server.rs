@@ -160,6 +160,19 @@ impl EmulatorHandle {
         Ok(refs)
     }
 
+    /// Records a finished workflow run created at `created` (one repository): each job started
+    /// `waited` after it, or was cancelled before any runner took it (`None`). For a job
+    /// history that predates the test; no webhook is sent.
+    pub fn record_past_run(
+        &self,
+        jobs: Vec<JobSpec>,
+        created: chrono::DateTime<chrono::Utc>,
+        waited: Option<Duration>,
+    ) -> Result<Vec<JobRef>, EmulatorError> {
+        self.shared
+            .with_state(|s, now| s.record_past_run(jobs, created, waited, now))
+    }
+
     /// Cancels a job that no runner took yet: it completes as `cancelled` with no runner.
     pub fn cancel_queued_job(&self, job_id: u64) -> Result<(), EmulatorError> {
         self.shared

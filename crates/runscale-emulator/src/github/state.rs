@@ -1031,7 +1031,60 @@ impl State {
         jobs: Vec<JobSpec>,
         now: Now,
     ) -> Result<Vec<JobRef>, EmulatorError> {
-        let (owner, repo) = self.check_run(&jobs)?;
+        let refs = self.insert_run(&jobs, now.wall, now)?;
+        for r in &refs {
+            self.queued.insert(r.job_id);
+            self.emit(r.job_id, "queued");
+        }
+        Ok(refs)
+    }
+
+    /// Records a workflow run that was created at `created` and has finished: each job
+    /// started `waited` after it was created, by a runner named `runner_name`, and succeeded;
+    /// with `waited` `None` it was cancelled before any runner took it. No webhook is sent.
+    pub fn record_past_run(
+        &mut self,
+        jobs: Vec<JobSpec>,
+        created: DateTime<Utc>,
+        waited: Option<Duration>,
+        now: Now,
+    ) -> Result<Vec<JobRef>, EmulatorError> {
+        let refs = self.insert_run(&jobs, created, now)?;
+        let waited = waited.map(|w| chrono::Duration::from_std(w).unwrap_or_default());
+        for r in &refs {
+            let Some(job) = self.jobs.get_mut(&r.job_id) else {
+                continue;
+            };
+            job.status = JobStatus::Completed;
+            job.ended_wait_mono = Some(now.mono);
+            let Some(waited) = waited else {
+                job.conclusion = Some(Conclusion::Cancelled);
+                job.completed_at = Some(created);
+                continue;
+            };
+            let started = created + waited;
+            let ran = chrono::Duration::from_std(job.duration).unwrap_or_default();
+            job.conclusion = Some(Conclusion::Success);
+            job.started_at = Some(started);
+            job.completed_at = Some(started + ran);
+            job.runner = Some(JobRunner {
+                id: 0,
+                name: format!("past-runner-{}", r.job_id),
+                group_id: 1,
+                group_name: "Default".into(),
+            });
+        }
+        Ok(refs)
+    }
+
+    /// Adds a run created at `created` with `jobs`, all queued.
+    fn insert_run(
+        &mut self,
+        jobs: &[JobSpec],
+        created: DateTime<Utc>,
+        now: Now,
+    ) -> Result<Vec<JobRef>, EmulatorError> {
+        let (owner, repo) = self.check_run(jobs)?;
         let workflow_name = jobs[0].workflow_name.clone();
         let run_id = self.next_run;
         self.next_run += 1;
@@ -1040,7 +1093,7 @@ impl State {
         let run_number = *number;
         let head_sha = hex::encode(&Sha256::digest(run_id.to_be_bytes())[..20]);
         let mut refs = Vec::with_capacity(jobs.len());
-        for spec in &jobs {
+        for spec in jobs {
             let job_id = self.next_job;
             self.next_job += 1;
             self.jobs.insert(
@@ -1056,7 +1109,7 @@ impl State {
                     duration: spec.duration,
                     status: JobStatus::Queued,
                     conclusion: None,
-                    created_at: now.wall,
+                    created_at: created,
                     started_at: None,
                     completed_at: None,
                     queued_mono: now.mono,
@@ -1065,7 +1118,6 @@ impl State {
                     head_sha: head_sha.clone(),
                 },
             );
-            self.queued.insert(job_id);
             refs.push(JobRef { run_id, job_id });
         }
         self.runs.insert(
@@ -1077,13 +1129,10 @@ impl State {
                 workflow_name,
                 run_number,
                 jobs: refs.iter().map(|r| r.job_id).collect(),
-                created_at: now.wall,
+                created_at: created,
                 head_sha,
             },
         );
-        for r in &refs {
-            self.emit(r.job_id, "queued");
-        }
         Ok(refs)
     }
 

@@ -104,6 +104,19 @@ impl EmulatorHandle {
         ids
     }
 
+    /// Records finished jobs that ran before the test (a job history): created at `created`,
+    /// each started `waited` after it. Record them before submitting live jobs: GitLab's ids
+    /// grow with creation time.
+    pub fn record_past(
+        &self,
+        jobs: Vec<JobSpec>,
+        created: chrono::DateTime<Utc>,
+        waited: Duration,
+    ) -> Vec<u64> {
+        let waited = chrono::Duration::from_std(waited).unwrap_or_default();
+        self.shared.lock().record_past(jobs, created, waited)
+    }
+
     /// Plays a workload in the background: each batch is queued at its offset.
     pub fn play(&self, workload: Workload) {
         let shared = self.shared.clone();
@@ -729,12 +742,24 @@ async fn project_jobs(
         .filter(|(k, _)| k == "scope[]" || k == "scope")
         .map(|(_, v)| v)
         .collect();
+    let ps = params(&uri);
+    let ascending = match param(&ps, "sort") {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "sort does not have a valid value"),
+    };
+    if param(&ps, "order_by").is_some_and(|o| o != "id") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "order_by does not have a valid value",
+        );
+    }
     let items = {
         let s = shared.lock();
         let Some(p) = s.project(&id).map(|p| p.id) else {
             return error(StatusCode::NOT_FOUND, "404 Project Not Found");
         };
-        s.project_jobs(p, &scopes, Utc::now())
+        s.project_jobs(p, &scopes, ascending, Utc::now())
     };
     paginated(&uri, items)
 }

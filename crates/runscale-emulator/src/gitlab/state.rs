@@ -1091,32 +1091,77 @@ impl State {
             for r in takers {
                 self.tick(r, at);
             }
-            self.by_id.insert(id, self.jobs.len());
-            self.jobs.push(Job {
-                snap,
-                spec,
-                token,
-                lease_until: None,
-                trace: Vec::new(),
-            });
+            self.store_job(snap, spec, token);
             ids.push(id);
         }
         (ids, events)
     }
 
-    /// Jobs of a project with one of `scopes` (all when empty), oldest first.
+    /// Adds a job with its job token.
+    fn store_job(&mut self, snap: JobSnapshot, spec: JobSpec, token: String) {
+        self.by_id.insert(snap.id, self.jobs.len());
+        self.jobs.push(Job {
+            snap,
+            spec,
+            token,
+            lease_until: None,
+            trace: Vec::new(),
+        });
+    }
+
+    /// Jobs of a project with one of `scopes` (all when empty), by id: newest first (GitLab's
+    /// default, `sort=desc`) or oldest first (`ascending`).
     pub(crate) fn project_jobs(
         &self,
         project: u64,
         scopes: &[String],
+        ascending: bool,
         now: DateTime<Utc>,
     ) -> Vec<Value> {
-        self.jobs
+        let mut jobs: Vec<&Job> = self
+            .jobs
             .iter()
             .filter(|j| j.snap.project_id == project)
             .filter(|j| scopes.is_empty() || scopes.iter().any(|s| s == j.snap.status.as_str()))
-            .map(|j| self.job_json(j, now))
-            .collect()
+            .collect();
+        jobs.sort_by_key(|j| j.snap.id);
+        if !ascending {
+            jobs.reverse();
+        }
+        jobs.into_iter().map(|j| self.job_json(j, now)).collect()
+    }
+
+    /// Records jobs that ran before the test: created at `created`, started `waited` after
+    /// it, finished successfully; no event is sent and no runner is named.
+    pub(crate) fn record_past(
+        &mut self,
+        specs: Vec<JobSpec>,
+        created: DateTime<Utc>,
+        waited: chrono::Duration,
+    ) -> Vec<u64> {
+        let mut ids = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id = self.next_job;
+            self.next_job += 1;
+            let started = created + waited;
+            let ran = chrono::Duration::from_std(spec.duration).unwrap_or_default();
+            let snap = JobSnapshot {
+                id,
+                project_id: spec.project_id,
+                tags: spec.tags.clone(),
+                status: JobStatus::Success,
+                failure_reason: None,
+                runner: None,
+                created_at: created,
+                started_at: Some(started),
+                finished_at: Some(started + ran),
+                trace: String::new(),
+            };
+            let token = format!("glcbt-{}", self.hex(12));
+            self.store_job(snap, spec, token);
+            ids.push(id);
+        }
+        ids
     }
 
     /// One job of a project.

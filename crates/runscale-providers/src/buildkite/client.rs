@@ -8,10 +8,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use runscale_core::{Error, ErrorKind, Result};
+use runscale_core::{Error, ErrorKind, Result, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -83,6 +83,28 @@ impl ApiAgent {
     pub(crate) fn is_connected(&self) -> bool {
         matches!(self.connection_state.as_str(), "connected" | "stopping")
     }
+}
+
+/// A build of the builds listing, with its jobs (`rest_api/builds.md`).
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiBuild {
+    pub(crate) created_at: Option<Timestamp>,
+    #[serde(default)]
+    pub(crate) jobs: Vec<ApiBuildJob>,
+}
+
+/// A job of a build: only command steps (`script`) run on agents.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ApiBuildJob {
+    #[serde(rename = "type", default)]
+    pub(crate) kind: String,
+    #[serde(default)]
+    pub(crate) agent_query_rules: Vec<String>,
+    /// When it became runnable (its dependencies done): its arrival for an agent.
+    #[serde(default)]
+    pub(crate) runnable_at: Option<Timestamp>,
+    #[serde(default)]
+    pub(crate) started_at: Option<Timestamp>,
 }
 
 /// A scheduled job of the Stacks API.
@@ -505,6 +527,46 @@ impl Client {
             )
             .await?;
         Ok(r.reserved)
+    }
+
+    /// One page of the organisation's builds created at or after `since` (newest first, with
+    /// every job execution): `url` is the first page's (`None`) or a `Link` to the next.
+    /// Returns the builds and the next page's URL.
+    pub(crate) async fn builds_page(
+        &self,
+        op: &'static str,
+        org: &str,
+        since: Timestamp,
+        url: Option<String>,
+    ) -> Result<(Vec<ApiBuild>, Option<String>)> {
+        let what = "build history";
+        let url = match url {
+            Some(u) => u,
+            None => {
+                let base = format!("{}/v2/organizations/{org}/builds", self.rest_base);
+                let mut u = reqwest::Url::parse(&base).map_err(|e| {
+                    Error::new(op, ErrorKind::Misconfigured, format!("api_url: {e}"))
+                })?;
+                u.query_pairs_mut()
+                    .append_pair(
+                        "created_from",
+                        &since.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    )
+                    .append_pair("include_retried_jobs", "true")
+                    .append_pair("per_page", &PER_PAGE.to_string());
+                u.to_string()
+            }
+        };
+        let a = self.rest(op, what, Method::GET, &url, None).await?;
+        let builds: Vec<ApiBuild> = Self::parse(op, what, &a)?;
+        match next_link(&a.headers) {
+            Some(next) if next == url => Err(Error::new(
+                op,
+                ErrorKind::Protocol,
+                "the builds listing links a page to itself",
+            )),
+            next => Ok((builds, next)),
+        }
     }
 
     fn agents_url(&self, org: &str) -> String {

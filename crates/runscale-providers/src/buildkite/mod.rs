@@ -66,6 +66,10 @@
 //!   budget is not sent and fails as rate limited. The smaller of the two remaining counts is
 //!   reported as the provider's budget left.
 //!
+//! - **Job history** (`history`): at start-up, the organisation's builds of the last 14 days
+//!   (`GET /v2/organizations/{org}/builds?created_from=`, at most 10 pages) seed the warm
+//!   pools' forecasts, each command job counted for the pool whose demand counts it.
+//!
 //! Not here: the queue's `dispatch_paused` for pools without `reserve_jobs` (the metrics API
 //! does not carry it), the rest of the Stacks API (job states, finish, notifications),
 //! Buildscaler's Job-template discovery (a backend concern), clusters with several agent
@@ -73,6 +77,7 @@
 
 pub(crate) mod client;
 mod config;
+pub(crate) mod history;
 mod kind;
 mod provider;
 mod reservations;

@@ -11,13 +11,15 @@ use async_trait::async_trait;
 use chrono::Utc;
 use runscale_core::adapter_type::Validate as _;
 use runscale_core::{
-    Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
-    Runner, RunnerId, RunnerState, WaitingJob, WebhookRequest, naming,
+    Credentials, Demand, Error, ErrorKind, JobHistory, PoolId, Provider, ProviderView,
+    Registration, Result, Runner, RunnerId, RunnerState, Timestamp, WaitingJob, WebhookRequest,
+    naming,
 };
 use secrecy::{ExposeSecret, SecretString};
 
 use super::client::{ApiAgent, Client, Metrics, RestBudgets, Scheduled, Stop};
 use super::config::{Config, PoolSelector, stack_key};
+use super::history;
 use super::reservations::{Held, Reservations};
 use super::webhook::{self, Proof, Recent};
 use crate::http::{self, lock};
@@ -49,6 +51,19 @@ struct Pool {
     stack: Option<String>,
     /// The id of the queue's cluster queue: the agents listing is filtered by it.
     cluster_queue: Option<String>,
+}
+
+impl Pool {
+    /// Whether this pool's demand counts a job with these agent query rules: the metrics API
+    /// counts every job of the queue; with `reserve_jobs`, the jobs whose rules the pool's
+    /// tags satisfy.
+    fn counts(&self, rules: &[String]) -> bool {
+        if self.stack.is_some() {
+            webhook::rules_match(rules, &self.tags)
+        } else {
+            webhook::rules_queue(rules) == self.queue
+        }
+    }
 }
 
 /// The last metrics read, and when the next read is allowed.
@@ -457,6 +472,28 @@ fn busy(op: &'static str, id: &RunnerId) -> Error {
 impl Provider for BuildkiteProvider {
     fn kind(&self) -> &'static str {
         "buildkite"
+    }
+
+    /// The organisation's builds of the last `since` (see `history`), each command job
+    /// counted for the first pool whose demand counts it.
+    async fn job_history(
+        &self,
+        pools: &[PoolId],
+        since: Timestamp,
+    ) -> Result<Option<HashMap<PoolId, JobHistory>>> {
+        let op = "buildkite.job_history";
+        let read = history::read(&self.client, op, &self.org, since).await?;
+        let mut out = JobHistory::for_pools(pools, read.complete_from);
+        for job in read.builds.iter().flat_map(|b| &b.jobs) {
+            let Some(past) = history::past_job(job).filter(|j| j.queued_at >= since) else {
+                continue;
+            };
+            let pool = self.pools.iter().find(|p| p.counts(&job.agent_query_rules));
+            if let Some(h) = pool.and_then(|p| out.get_mut(&p.id)) {
+                h.jobs.push(past);
+            }
+        }
+        Ok(Some(out))
     }
 
     async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {

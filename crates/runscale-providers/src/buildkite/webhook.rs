@@ -136,16 +136,18 @@ pub(crate) struct Agent {
     pub(crate) meta_data: Vec<String>,
 }
 
+/// The queue agent query rules (or agent tags) name: `queue=<name>`, else `default`.
+pub(crate) fn rules_queue(rules: &[String]) -> &str {
+    rules
+        .iter()
+        .find_map(|r| r.strip_prefix("queue="))
+        .unwrap_or("default")
+}
+
 /// Whether agents tagged `tags` satisfy `rules`: the queue (default `default`) is the same
 /// and every other rule `key=value` is a tag (`value` `*` matches any).
 pub(crate) fn rules_match(rules: &[String], tags: &[String]) -> bool {
-    let queue = |v: &[String]| {
-        v.iter()
-            .find_map(|r| r.strip_prefix("queue="))
-            .unwrap_or("default")
-            .to_owned()
-    };
-    queue(rules) == queue(tags)
+    rules_queue(rules) == rules_queue(tags)
         && rules.iter().filter(|r| !r.starts_with("queue=")).all(|r| {
             let (k, v) = r.split_once('=').unwrap_or((r.as_str(), ""));
             tags.iter().any(|t| {

@@ -144,7 +144,7 @@ pub fn github_api(data: &[u8]) {
 }
 
 /// A GitLab REST answer: status, pagination and clock, then the body as the kind's type:
-/// `jobs`, `runners`, `runner`, `managers`, `projects`, `value`.
+/// `jobs` (also as past arrivals), `runners`, `runner`, `managers`, `projects`, `value`.
 pub fn gitlab_api(data: &[u8]) {
     use gitlab::client::{ApiJob, ApiManager, ApiProject, ApiRunner, ApiRunnerDetail};
     let msg = Message::parse(data);
@@ -156,7 +156,13 @@ pub fn gitlab_api(data: &[u8]) {
     let body = &a.body;
     match msg.word(0).unwrap_or_default() {
         "jobs" => {
-            check(http::decode::<Vec<ApiJob>>(op, what, body));
+            if let Some(jobs) = check(http::decode::<Vec<ApiJob>>(op, what, body)) {
+                for j in &jobs {
+                    if let Some(past) = gitlab::history::past_job(j) {
+                        assert!(past.started_at.is_none_or(|s| s >= past.queued_at));
+                    }
+                }
+            }
         }
         "runners" => {
             if let Some(runners) = check(http::decode::<Vec<ApiRunner>>(op, what, body)) {
@@ -204,10 +210,10 @@ static BUILDKITE: LazyLock<buildkite::client::Client> = LazyLock::new(|| {
 
 /// A Buildkite answer: the REST rate-limit headers, then the body as the kind's type:
 /// `metrics` (agent metrics API), `agents` (with `Link` pagination), `agent`, `scheduled`,
-/// `reserved` (Stacks API), `stop`.
+/// `reserved` (Stacks API), `stop`, `builds` (the build history, with `Link` pagination).
 pub fn buildkite_api(data: &[u8]) {
     use buildkite::client::{
-        ApiAgent, Client, Reserved, ScheduledJobs, metrics_answer, next_link, stop_answer,
+        ApiAgent, ApiBuild, Client, Reserved, ScheduledJobs, metrics_answer, next_link, stop_answer,
     };
     let msg = Message::parse(data);
     let op = "buildkite.fuzz";
@@ -240,6 +246,18 @@ pub fn buildkite_api(data: &[u8]) {
         }
         "stop" => {
             check(stop_answer(op, what, &a));
+        }
+        "builds" => {
+            if let Some(builds) = check(Client::parse::<Vec<ApiBuild>>(op, what, &a)) {
+                for past in builds
+                    .iter()
+                    .flat_map(|b| &b.jobs)
+                    .filter_map(buildkite::history::past_job)
+                {
+                    assert!(past.started_at.is_none_or(|s| s >= past.queued_at));
+                }
+            }
+            let _ = next_link(&a.headers);
         }
         _ => {}
     }

@@ -45,6 +45,30 @@ pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(3600);
 /// Largest response body read.
 const MAX_RESPONSE: usize = 32 << 20;
 
+/// A paginated listing to read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Listing<'a> {
+    /// The operation, for errors and metrics.
+    pub op: &'static str,
+    /// The path relative to the API base, with its query.
+    pub path: &'a str,
+    /// What the pages hold, for decoding errors.
+    pub what: &'a str,
+    /// Pages read at most.
+    pub max_pages: usize,
+    /// Whether the pages go through the ETag cache.
+    pub cached: bool,
+}
+
+/// What reading a listing took.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Paged {
+    /// Requests sent.
+    pub requests: usize,
+    /// `max_pages` stopped the read with items left.
+    pub more: bool,
+}
+
 /// A response: its status and body (the cached body for a 304).
 #[derive(Debug)]
 pub(crate) struct Reply {
@@ -613,27 +637,51 @@ impl Client {
     where
         P: DeserializeOwned,
     {
+        let listing = Listing {
+            op,
+            path,
+            what,
+            max_pages: MAX_PAGES,
+            cached: true,
+        };
+        Ok(self.get_pages(&listing, items).await?.0)
+    }
+
+    /// Reads the pages of a listing up to `listing.max_pages`, as [`Client::get_all`] does;
+    /// also says whether more items were left unread, and how many requests it sent.
+    pub(crate) async fn get_pages<P, T>(
+        &self,
+        listing: &Listing<'_>,
+        items: impl Fn(P) -> (u64, Vec<T>),
+    ) -> Result<(Vec<T>, Paged)>
+    where
+        P: DeserializeOwned,
+    {
+        let Listing { op, path, what, .. } = *listing;
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut out = Vec::new();
-        for page in 1..=MAX_PAGES {
+        let mut paged = Paged::default();
+        for page in 1..=listing.max_pages {
             let reply = self
                 .request(
                     op,
                     Method::GET,
                     &format!("{path}{sep}per_page={PER_PAGE}&page={page}"),
                     None,
-                    true,
+                    listing.cached,
                 )
                 .await?;
+            paged.requests += 1;
             let (total, batch): (u64, Vec<T>) =
                 items(reply.json::<P>(op, &[StatusCode::OK], what)?);
             let n = batch.len();
             out.extend(batch);
             if n < PER_PAGE || out.len() as u64 >= total {
-                break;
+                return Ok((out, paged));
             }
         }
-        Ok(out)
+        paged.more = true;
+        Ok((out, paged))
     }
 
     /// Drops cached responses not used for `age`.

@@ -43,6 +43,9 @@ pub(crate) struct RunList {
 pub(crate) struct GhRun {
     /// GitHub's id.
     pub id: u64,
+    /// When the run was created.
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// A page of `GET /repos/{o}/{r}/actions/runs/{id}/jobs`.
@@ -66,6 +69,9 @@ pub(crate) struct GhJob {
     pub labels: Vec<String>,
     /// When the job was created (queued).
     pub created_at: Option<DateTime<Utc>>,
+    /// When a runner started it (GitHub gives the creation time until then).
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
     /// The run attempt the job belongs to (absent in some old payloads: 1).
     #[serde(default = "first_attempt")]
     pub run_attempt: u64,
@@ -368,6 +374,7 @@ mod tests {
             ),
         ]);
         let mut job = GhJob {
+            started_at: None,
             id: 1,
             status: "in_progress".into(),
             labels: labels(&["linux"]),

@@ -30,6 +30,9 @@
 //!   1 MiB refused, duplicates (by delivery id, and by job + attempt + action) ignored;
 //!   `workflow_job` wakes the pools that can run the job, other events are acknowledged.
 //!
+//! - **Job history** (`history`): at start-up, the runs created in the last 14 days and their
+//!   jobs seed the warm pools' forecasts; at most 400 requests per read.
+//!
 //! Not here: GitHub's scale-set (Actions service) long-poll protocol, runner-group look-up by
 //! name, and spreading the budget over several Apps.
 
@@ -38,6 +41,7 @@ pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod convert;
 pub(crate) mod errors;
+mod history;
 mod kind;
 mod provider;
 mod repos;

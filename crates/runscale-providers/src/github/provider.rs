@@ -11,8 +11,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode};
 use runscale_core::adapter_type::Validate as _;
 use runscale_core::{
-    Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
-    RunnerId, WaitingJob, WebhookRequest,
+    Credentials, Demand, Error, ErrorKind, JobHistory, PoolId, Provider, ProviderView,
+    Registration, Result, RunnerId, Timestamp, WaitingJob, WebhookRequest,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -23,6 +23,7 @@ use super::convert::{
     ExpiringToken, GhJob, GhRun, GhRunner, InstallationRepos, JitConfig, JobList, JobPhase,
     LabelSet, PoolMatcher, RunList, RunnerList, job_phase, to_runner,
 };
+use super::history;
 use super::repos::{RepoBook, key};
 use super::webhook::{Handling, HookState};
 
@@ -339,6 +340,27 @@ impl GithubProvider {
             add(&r, Some(at));
         }
         Ok(out)
+    }
+
+    /// The repositories whose job history `pools` need: those they are bound to when every
+    /// one is bound to one, else every polled repository.
+    async fn history_repositories(&self, pools: &[PoolId]) -> Result<Vec<String>> {
+        let bound: Option<Vec<&str>> = pools
+            .iter()
+            .map(|p| self.matcher.repository_of(p))
+            .collect();
+        let mut repos: Vec<String> = match bound {
+            Some(bound) => bound.into_iter().map(str::to_owned).collect(),
+            None => self
+                .poll_universe()
+                .await?
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect(),
+        };
+        repos.sort_by_key(|r| key(r));
+        repos.dedup_by_key(|r| key(r));
+        Ok(repos)
     }
 
     /// The queued and in-progress runs of one repository. A repository that is gone or not
@@ -681,6 +703,19 @@ fn jit_labels(pool: &[String]) -> Vec<String> {
 impl Provider for GithubProvider {
     fn kind(&self) -> &'static str {
         "github"
+    }
+
+    /// The runs created since `since` in the pools' repositories and their jobs (see
+    /// `history`).
+    async fn job_history(
+        &self,
+        pools: &[PoolId],
+        since: Timestamp,
+    ) -> Result<Option<HashMap<PoolId, JobHistory>>> {
+        let repos = self.history_repositories(pools).await?;
+        history::read(&self.client, &self.matcher, &repos, pools, since)
+            .await
+            .map(Some)
     }
 
     async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {

@@ -164,6 +164,7 @@ mod tests {
 
     fn job(id: u64, status: &str) -> GhJob {
         GhJob {
+            started_at: None,
             id,
             status: status.into(),
             labels: vec!["linux".into()],

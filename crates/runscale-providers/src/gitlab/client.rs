@@ -144,6 +144,11 @@ impl Client {
         answer(op, what, a)
     }
 
+    /// The most pages a listing may have (`max_pages`).
+    pub(crate) fn max_pages(&self) -> u32 {
+        self.max_pages
+    }
+
     /// The API budget left, as GitLab last reported it (`RateLimit-Remaining`).
     pub(crate) fn rate_limit_remaining(&self) -> Option<u64> {
         Some(self.remaining.load(Ordering::Relaxed)).filter(|&n| n != u64::MAX)
@@ -180,14 +185,12 @@ impl Client {
         path: &str,
         what: &str,
     ) -> Result<Vec<T>> {
-        let sep = if path.contains('?') { '&' } else { '?' };
         let mut out = Vec::new();
         let mut page = 1u32;
         loop {
-            let url = format!("{path}{sep}per_page={PER_PAGE}&page={page}");
-            let a = self.call(op, Method::GET, &url, None, what, true).await?;
-            out.extend(http::decode::<Vec<T>>(op, what, &a.body)?);
-            match a.next_page {
+            let (items, next) = self.get_page(op, path, page, what).await?;
+            out.extend(items);
+            match next {
                 Some(next) if next > page => {
                     if next > self.max_pages {
                         return Err(Error::new(
@@ -201,6 +204,22 @@ impl Client {
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// `GET` page `page` of a listing (`path` may carry a query): its items and the next
+    /// page's number (`x-next-page`), if any.
+    pub(crate) async fn get_page<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        path: &str,
+        page: u32,
+        what: &str,
+    ) -> Result<(Vec<T>, Option<u32>)> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{path}{sep}per_page={PER_PAGE}&page={page}");
+        let a = self.call(op, Method::GET, &url, None, what, true).await?;
+        let next = a.next_page.filter(|n| *n > page);
+        Ok((http::decode::<Vec<T>>(op, what, &a.body)?, next))
     }
 
     /// An admin call with a JSON body; the answer parsed (`Value::Null` when empty).
@@ -275,6 +294,12 @@ pub(crate) struct ApiJob {
     #[serde(default)]
     pub(crate) tag_list: Vec<String>,
     pub(crate) created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a runner started it.
+    #[serde(default)]
+    pub(crate) started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seconds it waited pending for a runner (once started).
+    #[serde(default)]
+    pub(crate) queued_duration: Option<f64>,
     #[serde(default)]
     pub(crate) pipeline: Option<ApiPipeline>,
 }

@@ -80,10 +80,15 @@
 //!   and an instance whose slots all left is retired. With one slot per instance that is
 //!   taskscaler's jobs per instance; with several, each slot counts its own jobs.
 //!
+//! - **Job history** (`history`): at start-up, the jobs of the last 14 days of every project
+//!   above (`GET /projects/:id/jobs`, newest first) seed the warm pools' forecasts, each job
+//!   counted for the pool its demand would count for; at most 400 requests per read.
+//!
 //! Not done: protected-branch runners (`access_level`), token expiry and rotation.
 
 pub(crate) mod client;
 mod config;
+pub(crate) mod history;
 mod identity;
 mod kind;
 mod provider;

@@ -12,8 +12,9 @@ use chrono::Utc;
 use reqwest::Method;
 use runscale_core::adapter_type::Validate as _;
 use runscale_core::{
-    Credentials, Demand, Error, ErrorKind, PoolId, Provider, ProviderView, Registration, Result,
-    Runner, RunnerId, RunnerState, Timestamp, WaitingJob, WebhookRequest, naming,
+    Credentials, Demand, Error, ErrorKind, JobHistory, PoolId, Provider, ProviderView,
+    Registration, Result, Runner, RunnerId, RunnerState, Timestamp, WaitingJob, WebhookRequest,
+    naming,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -22,6 +23,7 @@ use super::client::{
     ApiJob, ApiManager, ApiProject, ApiRunner, ApiRunnerDetail, Client, Enabled, segment,
 };
 use super::config::{Config, PoolSelector, RunnerPer, RunnerType, validate_pool};
+use super::history;
 use super::identity;
 use super::webhook::{self, Seen};
 use crate::http::{self, lock};
@@ -373,23 +375,7 @@ impl GitlabProvider {
     /// Pending and running jobs of every configured project, group project and member
     /// project, each once.
     async fn jobs(&self, op: &'static str) -> Result<Vec<ApiJob>> {
-        let mut keys: Vec<String> = self.projects.clone();
-        keys.extend(
-            self.member_projects(op)
-                .await?
-                .into_iter()
-                .map(|id| id.to_string()),
-        );
-        for g in &self.groups {
-            keys.extend(
-                self.group_projects(op, g)
-                    .await?
-                    .into_iter()
-                    .map(|id| id.to_string()),
-            );
-        }
-        keys.sort();
-        keys.dedup();
+        let keys = self.project_keys(op).await?;
         let fetches = keys.iter().map(|k| {
             let path = format!(
                 "/projects/{}/jobs?scope[]=pending&scope[]=running",
@@ -407,6 +393,28 @@ impl GitlabProvider {
         let mut jobs: Vec<ApiJob> = by_id.into_values().collect();
         jobs.sort_by_key(|j| j.id);
         Ok(jobs)
+    }
+
+    /// Every configured project, group project and member project, each once.
+    async fn project_keys(&self, op: &'static str) -> Result<Vec<String>> {
+        let mut keys: Vec<String> = self.projects.clone();
+        keys.extend(
+            self.member_projects(op)
+                .await?
+                .into_iter()
+                .map(|id| id.to_string()),
+        );
+        for g in &self.groups {
+            keys.extend(
+                self.group_projects(op, g)
+                    .await?
+                    .into_iter()
+                    .map(|id| id.to_string()),
+            );
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// Whether `pool`'s runners may run a job of `project` (runner scope).
@@ -451,6 +459,30 @@ impl GitlabProvider {
             }
         }
         None
+    }
+
+    /// The jobs of the last `since` of every project, each counted for the pool its demand
+    /// would count for (see `history`).
+    async fn read_history(
+        &self,
+        pools: &[PoolId],
+        since: Timestamp,
+    ) -> Result<HashMap<PoolId, JobHistory>> {
+        let op = "gitlab.job_history";
+        let keys = self.project_keys(op).await?;
+        let read = history::read(&self.client, op, &keys, since).await?;
+        let mut out = JobHistory::for_pools(pools, read.complete_from);
+        for job in &read.jobs {
+            let Some(past) = history::past_job(job) else {
+                continue;
+            };
+            if let Some(pool) = self.pool_for(op, job).await
+                && let Some(h) = out.get_mut(&pool.id)
+            {
+                h.jobs.push(past);
+            }
+        }
+        Ok(out)
     }
 
     async fn demand(&self, op: &'static str) -> Result<DemandView> {
@@ -941,6 +973,14 @@ impl GitlabProvider {
 impl Provider for GitlabProvider {
     fn kind(&self) -> &'static str {
         "gitlab"
+    }
+
+    async fn job_history(
+        &self,
+        pools: &[PoolId],
+        since: Timestamp,
+    ) -> Result<Option<HashMap<PoolId, JobHistory>>> {
+        self.read_history(pools, since).await.map(Some)
     }
 
     async fn observe(&self, pools: &[PoolId]) -> HashMap<PoolId, Result<ProviderView>> {
