@@ -209,6 +209,7 @@ pub fn run_trace(args: &SimulateArgs, trace: &Trace) -> Result<SimReport, SimErr
         r.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
         results.push(r);
     }
+    let first_sweep_row = results.len();
     for &warm in args.sweep.iter().flat_map(|s| &s.0) {
         let mut swept = pools.clone();
         for p in &mut swept {
@@ -232,6 +233,7 @@ pub fn run_trace(args: &SimulateArgs, trace: &Trace) -> Result<SimReport, SimErr
         trace: compiled.summary(trace, &pools),
         boot: args.boot.to_string(),
         world: args.world.clone(),
+        sweep_rows: (first_sweep_row..results.len()).collect(),
         results,
     })
 }

@@ -32,6 +32,9 @@ pub struct SimReport {
     pub world: WorldParams,
     /// One result per policy, in the order asked.
     pub results: Vec<PolicyReport>,
+    /// Indices into `results` of the rows `--sweep` added, in sweep order (for charts).
+    #[serde(skip)]
+    pub sweep_rows: Vec<usize>,
 }
 
 /// What was replayed.
