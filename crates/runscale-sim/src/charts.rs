@@ -220,7 +220,8 @@ fn scatter<DB: DrawingBackend>(
         w: xs.end - xs.start,
         h: ys.end - ys.start,
     };
-    draw_labels(root, report, &anchors, bounds)
+    let line: Vec<(i32, i32)> = frontier.iter().map(|&i| anchors[i]).collect();
+    draw_labels(root, report, &anchors, &[line], bounds)
 }
 
 fn mean_wait(r: &PolicyReport) -> f64 {
@@ -283,11 +284,13 @@ fn draw_point<DB: DrawingBackend>(
     drawn.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Each policy's name beside its point, placed so no two labels overlap ([`labels::place`]).
+/// Each policy's name beside its point, placed so no two labels overlap and none covers a
+/// point or the frontier line ([`labels::place`]).
 fn draw_labels<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     report: &SimReport,
     anchors: &[(i32, i32)],
+    lines: &[Vec<(i32, i32)>],
     bounds: labels::Rect,
 ) -> Result<(), String> {
     let texts: Vec<String> = report
@@ -314,7 +317,7 @@ fn draw_labels<DB: DrawingBackend>(
             )
         })
         .collect();
-    let rects = labels::place(anchors, &sizes, bounds);
+    let rects = labels::place(anchors, &sizes, lines, bounds);
     for (i, (text, rect)) in texts.into_iter().zip(rects).enumerate() {
         root.draw(&Text::new(text, (rect.x, rect.y), font.color(&color(i))))
             .map_err(|e| e.to_string())?;

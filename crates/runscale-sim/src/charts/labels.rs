@@ -36,13 +36,20 @@ const MARKER: i32 = 8;
 /// Rows of positions tried above and below a point before giving up.
 const STEPS: i32 = 24;
 
-/// Where to put each label: `anchors[i]` is a point, `sizes[i]` its label's (width, height).
-/// Returns each label's rectangle, inside `bounds` where possible. Labels are placed in order
-/// of their points (left to right, then top to bottom); each takes the first position, nearest
-/// first, that overlaps no label placed before it and no point; if none is free, the one with
+/// Where to put each label: `anchors[i]` is a point, `sizes[i]` its label's (width, height);
+/// `lines` are polylines drawn on the chart, which labels keep off too. Returns each label's
+/// rectangle, inside `bounds` where possible. Labels are placed in order of their points
+/// (left to right, then top to bottom); each takes the first position, nearest first, that
+/// overlaps no label placed before it, no point and no line; if none is free, the one with
 /// the least overlap.
-pub(crate) fn place(anchors: &[(i32, i32)], sizes: &[(i32, i32)], bounds: Rect) -> Vec<Rect> {
-    let markers: Vec<Rect> = anchors.iter().map(|&a| marker(a)).collect();
+pub(crate) fn place(
+    anchors: &[(i32, i32)],
+    sizes: &[(i32, i32)],
+    lines: &[Vec<(i32, i32)>],
+    bounds: Rect,
+) -> Vec<Rect> {
+    let mut markers: Vec<Rect> = anchors.iter().map(|&a| marker(a)).collect();
+    markers.extend(lines.iter().flat_map(|l| along(l)));
     let mut order: Vec<usize> = (0..anchors.len().min(sizes.len())).collect();
     order.sort_by_key(|&i| (anchors[i].0, anchors[i].1, i));
     let mut placed: Vec<Option<Rect>> = vec![None; order.len()];
@@ -86,6 +93,27 @@ fn marker((x, y): (i32, i32)) -> Rect {
     }
 }
 
+/// Small boxes every few pixels along a polyline.
+fn along(line: &[(i32, i32)]) -> Vec<Rect> {
+    const STEP: i32 = 4;
+    let mut out = Vec::new();
+    for w in line.windows(2) {
+        let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+        let n = ((x1 - x0).abs().max((y1 - y0).abs()) / STEP).clamp(1, 4096);
+        for k in 0..=n {
+            let x = x0 + (x1 - x0) * k / n;
+            let y = y0 + (y1 - y0) * k / n;
+            out.push(Rect {
+                x: x - 1,
+                y: y - 1,
+                w: 3,
+                h: 3,
+            });
+        }
+    }
+    out
+}
+
 /// Positions around a point, nearest first: right and left of it, level with it, then rows
 /// above and below, alternately.
 fn candidates((x, y): (i32, i32), (w, h): (i32, i32)) -> impl Iterator<Item = Rect> {
@@ -126,7 +154,7 @@ mod tests {
     fn labels_of_points_at_one_spot_do_not_overlap() {
         let anchors = vec![(600, 300); 7];
         let sizes = vec![(160, 14); 7];
-        let rects = place(&anchors, &sizes, BOUNDS);
+        let rects = place(&anchors, &sizes, &[], BOUNDS);
         assert!(disjoint(&rects), "{rects:?}");
         for r in &rects {
             assert!(r.inside(&BOUNDS));
@@ -139,7 +167,7 @@ mod tests {
         // A --sweep frontier: points a few pixels apart on a diagonal, long labels.
         let anchors: Vec<(i32, i32)> = (0..8).map(|i| (400 + 6 * i, 400 - 5 * i)).collect();
         let sizes = vec![(220, 14); 8];
-        let rects = place(&anchors, &sizes, BOUNDS);
+        let rects = place(&anchors, &sizes, &[], BOUNDS);
         assert!(disjoint(&rects), "{rects:?}");
         let markers: Vec<Rect> = anchors.iter().map(|&a| marker(a)).collect();
         assert!(
@@ -150,8 +178,24 @@ mod tests {
     }
 
     #[test]
+    fn labels_keep_off_a_line_through_their_point() {
+        // A horizontal line through the point, and one through the row below it.
+        let lines = vec![vec![(100, 300), (900, 300)], vec![(100, 318), (900, 318)]];
+        let rects = place(&[(500, 300)], &[(120, 14)], &lines, BOUNDS);
+        let r = rects[0];
+        assert!(
+            along(&lines[0])
+                .iter()
+                .chain(&along(&lines[1]))
+                .all(|b| r.overlap(b) == 0),
+            "{r:?}"
+        );
+        assert!(r.y + r.h <= 300, "above the line: {r:?}");
+    }
+
+    #[test]
     fn a_label_at_the_right_edge_goes_left_of_its_point() {
-        let rects = place(&[(1270, 300)], &[(100, 14)], BOUNDS);
+        let rects = place(&[(1270, 300)], &[(100, 14)], &[], BOUNDS);
         assert!(rects[0].inside(&BOUNDS) && rects[0].x + rects[0].w < 1270);
     }
 }
