@@ -3,7 +3,9 @@
 //! - `fleet.svg` / `fleet.png`: live instances over time, one line per policy;
 //! - `queue.svg` / `queue.png`: waiting jobs over time, one line per policy;
 //! - `wait-vs-cost.svg` / `wait-vs-cost.png`: mean wait against paid runner-hours, one point
-//!   per policy; Pareto-front policies filled, the clairvoyant bound as a cross.
+//!   per policy; Pareto-front policies filled, the clairvoyant bound as a cross; runscale's
+//!   `--sweep` rows joined by a line through those no other row of runscale beats (its
+//!   frontier); labels placed apart so they do not overlap (`labels`).
 //!
 //! Text is rendered with DejaVu Sans (Bitstream Vera licence), embedded from the `dejavu`
 //! crate, so no system font or fontconfig is needed.
@@ -11,8 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
+
+mod labels;
 
 use crate::SimError;
 use crate::report::{PolicyReport, SeriesPoint, SimReport};
@@ -142,8 +146,15 @@ fn timeline<DB: DrawingBackend>(
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(r.policy.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
+            .legend(legend_mark(c));
     }
+    draw_legend(&mut chart)
+}
+
+/// The series' labels in a box at the upper right.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), String> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -154,15 +165,18 @@ fn timeline<DB: DrawingBackend>(
         .map_err(|e| e.to_string())
 }
 
+/// A series' mark in the legend: a short line in its colour.
+fn legend_mark(c: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3))
+}
+
 fn scatter<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     report: &SimReport,
 ) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let x = |r: &PolicyReport| r.wait.mean_s;
-    let y = |r: &PolicyReport| r.paid_runner_s / 3600.0;
-    let x_max = report.results.iter().map(x).fold(1.0f64, f64::max) * 1.15;
-    let y_max = report.results.iter().map(y).fold(0.1f64, f64::max) * 1.15;
+    let x_max = report.results.iter().map(mean_wait).fold(1.0f64, f64::max) * 1.15;
+    let y_max = report.results.iter().map(paid_h).fold(0.1f64, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(root)
         .caption(
             format!("Mean wait vs paid runner-hours — {}", report.trace.source),
@@ -180,35 +194,167 @@ fn scatter<DB: DrawingBackend>(
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, r) in report.results.iter().enumerate() {
-        let c = color(i);
-        let at = (x(r), y(r));
-        let label = if r.pareto {
-            format!("{} (Pareto)", r.policy)
-        } else {
-            r.policy.clone()
-        };
-        if r.lower_bound {
-            chart
-                .draw_series(std::iter::once(Cross::new(at, 8, c.stroke_width(3))))
-                .map_err(|e| e.to_string())?;
-        } else {
-            let style = if r.pareto {
-                c.filled()
-            } else {
-                c.stroke_width(2)
-            };
-            chart
-                .draw_series(std::iter::once(Circle::new(at, 7, style)))
-                .map_err(|e| e.to_string())?;
-        }
+    let frontier = frontier(report);
+    if frontier.len() > 1 {
+        let c = color(0);
+        let line = frontier.iter().map(|&i| point(&report.results[i]));
         chart
-            .draw_series(std::iter::once(Text::new(
-                label,
-                (at.0 + x_max * 0.01, at.1 + y_max * 0.012),
-                (FONT, 14).into_font().color(&c),
-            )))
+            .draw_series(LineSeries::new(line, c.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label("runscale --sweep frontier")
+            .legend(legend_mark(c));
+        draw_legend(&mut chart)?;
+    }
+    for (i, r) in report.results.iter().enumerate() {
+        draw_point(&mut chart, r, color(i))?;
+    }
+    let anchors: Vec<(i32, i32)> = report
+        .results
+        .iter()
+        .map(|r| chart.backend_coord(&point(r)))
+        .collect();
+    let (xs, ys) = chart.plotting_area().get_pixel_range();
+    let bounds = labels::Rect {
+        x: xs.start,
+        y: ys.start,
+        w: xs.end - xs.start,
+        h: ys.end - ys.start,
+    };
+    let line: Vec<(i32, i32)> = frontier.iter().map(|&i| anchors[i]).collect();
+    draw_labels(root, report, &anchors, &[line], bounds)
+}
+
+fn mean_wait(r: &PolicyReport) -> f64 {
+    r.wait.mean_s
+}
+
+fn paid_h(r: &PolicyReport) -> f64 {
+    r.paid_runner_s / 3600.0
+}
+
+fn point(r: &PolicyReport) -> (f64, f64) {
+    (mean_wait(r), paid_h(r))
+}
+
+/// runscale's rows of one family (its own and the `--sweep` rows) that no other row of the
+/// family beats on both mean wait and paid cost, by mean wait: the line drawn through them.
+fn frontier(report: &SimReport) -> Vec<usize> {
+    if report.sweep_rows.is_empty() {
+        return Vec::new();
+    }
+    let family: Vec<usize> = report
+        .results
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| {
+            report.sweep_rows.contains(i) || r.policy == crate::PolicyName::Runscale.as_str()
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let beats = |a: (f64, f64), b: (f64, f64)| a.0 <= b.0 && a.1 <= b.1 && a != b;
+    let mut front: Vec<usize> = family
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let p = point(&report.results[i]);
+            !family.iter().any(|&k| beats(point(&report.results[k]), p))
+        })
+        .collect();
+    front.sort_by(|&a, &b| mean_wait(&report.results[a]).total_cmp(&mean_wait(&report.results[b])));
+    front
+}
+
+fn draw_point<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    r: &PolicyReport,
+    c: RGBColor,
+) -> Result<(), String> {
+    let at = point(r);
+    let drawn = if r.lower_bound {
+        chart.draw_series(std::iter::once(Cross::new(at, 8, c.stroke_width(3))))
+    } else if r.pareto {
+        chart.draw_series(std::iter::once(Circle::new(at, 7, c.filled())))
+    } else {
+        chart.draw_series(std::iter::once(Circle::new(at, 7, c.stroke_width(2))))
+    };
+    drawn.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Each policy's name beside its point, placed so no two labels overlap and none covers a
+/// point or the frontier line ([`labels::place`]).
+fn draw_labels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    report: &SimReport,
+    anchors: &[(i32, i32)],
+    lines: &[Vec<(i32, i32)>],
+    bounds: labels::Rect,
+) -> Result<(), String> {
+    let texts: Vec<String> = report
+        .results
+        .iter()
+        .map(|r| {
+            if r.pareto {
+                format!("{} (Pareto)", r.policy)
+            } else {
+                r.policy.clone()
+            }
+        })
+        .collect();
+    let font = (FONT, 14).into_font();
+    let sizes: Vec<(i32, i32)> = texts
+        .iter()
+        .map(|t| {
+            let (w, h) = root
+                .estimate_text_size(t, &TextStyle::from(font.clone()))
+                .unwrap_or((0, 14));
+            (
+                i32::try_from(w).unwrap_or(i32::MAX / 4),
+                i32::try_from(h).unwrap_or(14),
+            )
+        })
+        .collect();
+    let rects = labels::place(anchors, &sizes, lines, bounds);
+    for (i, (text, rect)) in texts.into_iter().zip(rects).enumerate() {
+        root.draw(&Text::new(text, (rect.x, rect.y), font.color(&color(i))))
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GeneratorKind, SimulateArgs, SweepArg, TraceSource};
+
+    #[test]
+    fn the_frontier_is_runscale_rows_no_other_beats_ordered_by_wait() {
+        let args = SimulateArgs {
+            trace: TraceSource::Generate {
+                kind: GeneratorKind::Burst,
+                seed: 4,
+            },
+            policies: "runscale,arc".parse().expect("policies"),
+            sweep: Some(SweepArg::parse("warm=off,0s@0.95,10s@0.6,30s@0.6", None).expect("sweep")),
+            ..SimulateArgs::default()
+        };
+        let report = crate::run(&args).expect("runs");
+        let front = frontier(&report);
+        assert!(front.len() >= 2, "{front:?}");
+        assert!(!front.contains(&1), "arc is not runscale");
+        let waits: Vec<f64> = front
+            .iter()
+            .map(|&i| mean_wait(&report.results[i]))
+            .collect();
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        // Along the line, a shorter wait costs more.
+        let costs: Vec<f64> = front.iter().map(|&i| paid_h(&report.results[i])).collect();
+        assert!(costs.windows(2).all(|w| w[0] >= w[1]), "{costs:?}");
+        let mut no_sweep = report.clone();
+        no_sweep.sweep_rows.clear();
+        assert!(frontier(&no_sweep).is_empty(), "no line without --sweep");
+    }
 }

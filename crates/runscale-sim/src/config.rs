@@ -51,6 +51,15 @@ impl SimPool {
         }
     }
 
+    /// The pool a job is routed to: the one its `pool` names, else the first whose selector
+    /// matches its labels.
+    pub fn route(pools: &[SimPool], job: &crate::TraceJob) -> Option<usize> {
+        match &job.pool {
+            Some(name) => pools.iter().position(|p| p.spec.name.as_str() == name),
+            None => pools.iter().position(|p| p.matches(&job.labels)),
+        }
+    }
+
     /// Whether a job with these labels is routed here by the selector.
     pub fn matches(&self, job_labels: &[String]) -> bool {
         self.labels.is_empty()
@@ -100,6 +109,66 @@ pub enum Detection {
     },
     /// No webhook: passes run on the pass interval only.
     Poll,
+}
+
+/// The longest delay, interval or latency the world's parameters accept.
+pub const MAX_WORLD_DELAY: Duration = Duration::from_secs(3600);
+
+impl std::str::FromStr for Detection {
+    type Err = SimError;
+    /// `webhook:DELAY` (`webhook:1s`) or `poll` (passes on the pass interval only).
+    /// `poll:INTERVAL` is parsed by [`WorldParams::set_detection`], which also sets the
+    /// pass interval.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mode, value) = s.trim().split_once(':').unwrap_or((s.trim(), ""));
+        match (mode.to_ascii_lowercase().as_str(), value.trim()) {
+            ("poll", "") => Ok(Detection::Poll),
+            ("webhook", v) if !v.is_empty() => Ok(Detection::Webhook {
+                latency: world_delay("detection", v)?,
+            }),
+            _ => Err(SimError::Invalid {
+                field: "detection",
+                message: format!(
+                    "`{s}`: expected webhook:DELAY (webhook:1s) or poll:INTERVAL (poll:30s)"
+                ),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Detection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Detection::Webhook { latency } => {
+                write!(f, "webhook:{}", humantime::format_duration(*latency))
+            }
+            Detection::Poll => f.write_str("poll"),
+        }
+    }
+}
+
+/// A duration argument of the world: at most an hour; errors name `field`.
+fn world_delay(field: &'static str, s: &str) -> Result<Duration, SimError> {
+    duration_arg(field, s, MAX_WORLD_DELAY)
+}
+
+/// Parses a duration argument (`30s`, `1m30s`) of at most `max`; errors name `field`.
+pub fn duration_arg(field: &'static str, s: &str, max: Duration) -> Result<Duration, SimError> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| SimError::Invalid {
+        field,
+        message: format!("`{}` is not a duration ({e})", s.trim()),
+    })?;
+    if d > max {
+        return Err(SimError::Invalid {
+            field,
+            message: format!(
+                "`{}` is longer than {}",
+                s.trim(),
+                humantime::format_duration(max)
+            ),
+        });
+    }
+    Ok(d)
 }
 
 /// Parameters of the simulated world.
@@ -157,11 +226,27 @@ impl Default for WorldParams {
 impl WorldParams {
     /// Checks the parameters; errors name the field.
     pub fn validate(&self) -> Result<(), SimError> {
-        if self.pass_interval < Duration::from_secs(1) {
+        if self.pass_interval < Duration::from_secs(1) || self.pass_interval > MAX_WORLD_DELAY {
             return Err(SimError::Invalid {
                 field: "world.pass_interval",
-                message: "must be at least 1s".to_owned(),
+                message: "must be 1s to 1h".to_owned(),
             });
+        }
+        let latency = match self.detection {
+            Detection::Webhook { latency } => latency,
+            Detection::Poll => Duration::ZERO,
+        };
+        for (field, d) in [
+            ("world.detection", latency),
+            ("world.registration_delay", self.registration_delay),
+            ("world.pass_latency", self.pass_latency),
+        ] {
+            if d > MAX_WORLD_DELAY {
+                return Err(SimError::Invalid {
+                    field,
+                    message: "must be at most 1h".to_owned(),
+                });
+            }
         }
         if self.give_up_after < Duration::from_secs(60) {
             return Err(SimError::Invalid {
@@ -170,6 +255,32 @@ impl WorldParams {
             });
         }
         Ok(())
+    }
+}
+
+impl WorldParams {
+    /// Sets the detection from `webhook:DELAY`, `poll` or `poll:INTERVAL`; the last also sets
+    /// the pass interval.
+    pub fn set_detection(&mut self, s: &str) -> Result<(), SimError> {
+        match s.trim().split_once(':') {
+            Some((mode, interval)) if mode.trim().eq_ignore_ascii_case("poll") => {
+                self.detection = Detection::Poll;
+                self.pass_interval = world_delay("detection", interval)?;
+            }
+            _ => self.detection = s.parse()?,
+        }
+        Ok(())
+    }
+
+    /// One line for a report's header: the parameters that change results.
+    pub fn summary(&self) -> String {
+        format!(
+            "detection {}, pass interval {}, pass latency {}, registration {}",
+            self.detection,
+            humantime::format_duration(self.pass_interval),
+            humantime::format_duration(self.pass_latency),
+            humantime::format_duration(self.registration_delay),
+        )
     }
 }
 
@@ -195,6 +306,47 @@ mod tests {
         assert!(p.matches(&["self-hosted".into(), "Linux".into(), "x64".into()]));
         assert!(!p.matches(&["linux".into(), "gpu".into()]));
         assert!(p.matches(&[]));
+    }
+
+    #[test]
+    fn detection_is_a_webhook_delay_or_a_poll_interval() {
+        let mut w = WorldParams::default();
+        w.set_detection("webhook:2s").expect("valid");
+        assert_eq!(
+            w.detection,
+            Detection::Webhook {
+                latency: Duration::from_secs(2)
+            }
+        );
+        w.set_detection("poll:1m").expect("valid");
+        assert_eq!(
+            (w.detection, w.pass_interval),
+            (Detection::Poll, Duration::from_secs(60))
+        );
+        assert_eq!(
+            w.summary(),
+            "detection poll, pass interval 1m, pass latency 500ms, registration 5s"
+        );
+        for bad in [
+            "webhook",
+            "webhook:soon",
+            "carrier:1s",
+            "poll:2h",
+            "webhook:-1s",
+        ] {
+            let e = w.set_detection(bad).expect_err(bad).to_string();
+            assert!(e.starts_with("invalid detection"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn world_delays_are_bounded() {
+        let w = WorldParams {
+            registration_delay: Duration::from_secs(7200),
+            ..WorldParams::default()
+        };
+        let e = w.validate().expect_err("2h").to_string();
+        assert!(e.contains("world.registration_delay"), "{e}");
     }
 }
 

@@ -31,6 +31,7 @@ pub mod charts;
 pub mod config;
 mod engine;
 pub mod policies;
+pub mod recommend;
 pub mod report;
 pub mod trace;
 
@@ -72,6 +73,11 @@ pub struct SimulateArgs {
     pub reuse: Option<ReuseArg>,
     /// runscale's policy again with each of these `warm` settings, as extra rows.
     pub sweep: Option<SweepArg>,
+    /// Length and intensity of a generated trace (ignored for a trace file).
+    pub generator: GenOptions,
+    /// Recommend each pool's settings ([`recommend`]) instead of comparing policies;
+    /// [`execute`] renders the recommendation, [`run`] ignores it.
+    pub recommend: Option<recommend::RecommendArgs>,
 }
 
 impl Default for SimulateArgs {
@@ -91,6 +97,8 @@ impl Default for SimulateArgs {
             warm: None,
             reuse: None,
             sweep: None,
+            generator: GenOptions::default(),
+            recommend: None,
         }
     }
 }
@@ -167,6 +175,20 @@ impl SimulateArgs {
         }
         self.world.validate()?;
         self.boot.validate()?;
+        self.generator.validate()?;
+        if let Some(rec) = &self.recommend {
+            rec.validate()?;
+            let other = [
+                ("sweep", self.sweep.is_some()),
+                ("charts", self.charts_dir.is_some()),
+            ];
+            if let Some((field, _)) = other.into_iter().find(|(_, set)| *set) {
+                return Err(SimError::Invalid {
+                    field,
+                    message: "not available with --recommend".to_owned(),
+                });
+            }
+        }
         for (i, p) in self.pools.iter().enumerate() {
             p.validate(i)?;
         }
@@ -186,28 +208,14 @@ impl SimulateArgs {
 /// returns the report (one result per policy, Pareto front marked).
 pub fn run(args: &SimulateArgs) -> Result<SimReport, SimError> {
     args.validate()?;
-    let trace = trace::load(&args.trace)?;
+    let trace = trace::load_with(&args.trace, &args.generator)?;
     run_trace(args, &trace)
 }
 
 /// Like [`run`], on a trace already in memory (args.trace is only used as its label).
 pub fn run_trace(args: &SimulateArgs, trace: &Trace) -> Result<SimReport, SimError> {
     args.validate()?;
-    let mut pools = if args.pools.is_empty() {
-        vec![SimPool::default_pool()]
-    } else {
-        args.pools.clone()
-    };
-    if let Some(WarmArg(warm)) = args.warm {
-        for p in &mut pools {
-            p.spec.warm = warm;
-        }
-    }
-    if let Some(ReuseArg(reuse)) = args.reuse {
-        for p in &mut pools {
-            p.spec.reuse = reuse;
-        }
-    }
+    let pools = effective_pools(args);
     let boot = args.boot.sampler()?;
     let compiled = engine::compile(trace, &pools, &boot, args.seed);
     let mut results = Vec::with_capacity(args.policies.0.len());
@@ -217,6 +225,7 @@ pub fn run_trace(args: &SimulateArgs, trace: &Trace) -> Result<SimReport, SimErr
         r.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
         results.push(r);
     }
+    let first_sweep_row = results.len();
     for &warm in args.sweep.iter().flat_map(|s| &s.0) {
         let mut swept = pools.clone();
         for p in &mut swept {
@@ -240,13 +249,42 @@ pub fn run_trace(args: &SimulateArgs, trace: &Trace) -> Result<SimReport, SimErr
         trace: compiled.summary(trace, &pools),
         boot: args.boot.to_string(),
         world: args.world.clone(),
+        sweep_rows: (first_sweep_row..results.len()).collect(),
         results,
     })
+}
+
+/// The pools simulated: the arguments' (or the default pool), with `--warm` and `--reuse`
+/// applied.
+pub(crate) fn effective_pools(args: &SimulateArgs) -> Vec<SimPool> {
+    let mut pools = if args.pools.is_empty() {
+        vec![SimPool::default_pool()]
+    } else {
+        args.pools.clone()
+    };
+    if let Some(WarmArg(warm)) = args.warm {
+        for p in &mut pools {
+            p.spec.warm = warm;
+        }
+    }
+    if let Some(ReuseArg(reuse)) = args.reuse {
+        for p in &mut pools {
+            p.spec.reuse = reuse;
+        }
+    }
+    pools
 }
 
 /// Runs the simulation and renders it in `args.format`; writes charts to `args.charts_dir`
 /// when set. Returns the rendered text.
 pub fn execute(args: &SimulateArgs) -> Result<String, SimError> {
+    if let Some(rec) = &args.recommend {
+        let r = recommend::run(args, rec)?;
+        return match args.format {
+            OutputFormat::Table => Ok(r.to_table()),
+            OutputFormat::Json => Ok(serde_json::to_string_pretty(&r)?),
+        };
+    }
     let report = run(args)?;
     if let Some(dir) = &args.charts_dir {
         charts::write(&report, dir)?;

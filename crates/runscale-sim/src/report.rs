@@ -32,6 +32,9 @@ pub struct SimReport {
     pub world: WorldParams,
     /// One result per policy, in the order asked.
     pub results: Vec<PolicyReport>,
+    /// Indices into `results` of the rows `--sweep` added, in sweep order (for charts).
+    #[serde(skip)]
+    pub sweep_rows: Vec<usize>,
 }
 
 /// What was replayed.
@@ -241,42 +244,7 @@ pub(crate) fn human_secs(s: f64) -> String {
 impl SimReport {
     /// A fixed-width text table, one row per policy, followed by notes.
     pub fn to_table(&self) -> String {
-        let t = &self.trace;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "trace: {} — {} jobs over {}, {} runner-hours of work; boot {}",
-            t.source,
-            t.jobs,
-            human_secs(t.span_s),
-            fmt_hours(t.job_runner_s),
-            self.boot
-        );
-        for p in &t.pools {
-            let _ = writeln!(
-                out,
-                "pool {}: {} jobs, max {}, min_idle {}, {} runner(s)/instance, {}, idle_timeout {}",
-                p.name,
-                p.jobs,
-                p.max,
-                p.min_idle,
-                p.runners_per_instance,
-                if p.ephemeral {
-                    "ephemeral"
-                } else {
-                    "persistent"
-                },
-                human_secs(p.idle_timeout_s)
-            );
-        }
-        if t.unmatched_jobs > 0 {
-            let _ = writeln!(
-                out,
-                "warning: {} jobs matched no pool and were not replayed ({})",
-                t.unmatched_jobs,
-                t.unmatched_examples.join("; ")
-            );
-        }
+        let mut out = header(&self.trace, &self.boot, &self.world);
         let header = [
             "policy",
             "wait p50",
@@ -327,27 +295,7 @@ impl SimReport {
                 },
             ]);
         }
-        let widths: Vec<usize> = (0..header.len())
-            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-            .collect();
-        for (i, row) in rows.iter().enumerate() {
-            let line: Vec<String> = row
-                .iter()
-                .enumerate()
-                .map(|(c, cell)| {
-                    if c == 0 {
-                        format!("{cell:<w$}", w = widths[c])
-                    } else {
-                        format!("{cell:>w$}", w = widths[c])
-                    }
-                })
-                .collect();
-            let _ = writeln!(out, "{}", line.join("  ").trim_end());
-            if i == 0 {
-                let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-                let _ = writeln!(out, "{}", "-".repeat(total));
-            }
-        }
+        out.push_str(&align(&rows));
         let _ = writeln!(
             out,
             "paid/idle in runner-hours; overhead = paid ÷ Σ(job + boot); pareto = not beaten by another policy without violations: as good on mean wait and paid cost, and more than 1 % better on one"
@@ -361,7 +309,83 @@ impl SimReport {
     }
 }
 
-fn fmt_hours(s: f64) -> String {
+/// The lines above a table: the trace, the world, the pools, and jobs no pool matched.
+pub(crate) fn header(t: &TraceSummary, boot: &str, world: &WorldParams) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "trace: {} — {} jobs over {}, {} runner-hours of work; boot {}",
+        t.source,
+        t.jobs,
+        human_secs(t.span_s),
+        fmt_hours(t.job_runner_s),
+        boot
+    );
+    let _ = writeln!(out, "world: {}", world.summary());
+    for p in &t.pools {
+        let _ = writeln!(
+            out,
+            "pool {}: {} jobs, max {}, min_idle {}, {} runner(s)/instance, {}, idle_timeout {}",
+            p.name,
+            p.jobs,
+            p.max,
+            p.min_idle,
+            p.runners_per_instance,
+            if p.ephemeral {
+                "ephemeral"
+            } else {
+                "persistent"
+            },
+            human_secs(p.idle_timeout_s)
+        );
+    }
+    if t.unmatched_jobs > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} jobs matched no pool and were not replayed ({})",
+            t.unmatched_jobs,
+            t.unmatched_examples.join("; ")
+        );
+    }
+    out
+}
+
+/// Rows as a fixed-width table: the first column left-aligned, the others right-aligned, a
+/// rule under the first row (the header).
+pub(crate) fn align(rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |cell| cell.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                let w = widths.get(c).copied().unwrap_or(0);
+                if c == 0 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        if i == 0 {
+            let total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+            let _ = writeln!(out, "{}", "-".repeat(total));
+        }
+    }
+    out
+}
+
+pub(crate) fn fmt_hours(s: f64) -> String {
     let h = s / 3600.0;
     if h < 10.0 {
         format!("{h:.2}")

@@ -69,3 +69,32 @@ fn table_lists_every_policy_and_marks_the_bound() {
     assert!(table.contains("bound"));
     assert!(table.contains("wait p50"));
 }
+
+#[test]
+fn the_sweep_is_drawn_as_a_frontier_line_on_the_cost_chart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = SimulateArgs {
+        trace: TraceSource::Generate {
+            kind: GeneratorKind::Burst,
+            seed: 2,
+        },
+        policies: "runscale,arc".parse().expect("policies"),
+        sweep: Some(
+            runscale_sim::SweepArg::parse("warm=off,0s@0.95,10s@0.6", None).expect("sweep"),
+        ),
+        charts_dir: Some(dir.path().to_path_buf()),
+        ..SimulateArgs::default()
+    };
+    let report = runscale_sim::run(&args).expect("runs");
+    assert_eq!(report.sweep_rows, [2, 3, 4]);
+    runscale_sim::charts::write(&report, dir.path()).expect("charts");
+    let svg = std::fs::read_to_string(dir.path().join("wait-vs-cost.svg")).expect("svg");
+    assert!(
+        svg.contains("runscale --sweep frontier"),
+        "the line is in the legend"
+    );
+    assert!(svg.contains("<polyline"), "and drawn");
+    for r in &report.results {
+        assert!(svg.contains(&r.policy), "{} labelled", r.policy);
+    }
+}

@@ -143,6 +143,38 @@ pub struct SimulateCli {
     /// frontier): `target_wait=0s,5s,10s,30s`, `coverage=0.6,0.8,0.9` or `warm=off,10s@0.8`.
     #[arg(long)]
     pub sweep: Option<String>,
+    /// Recommend each pool's `warm` and `max` from the trace instead of comparing policies:
+    /// runscale's policy on a bounded grid of settings, the selected baselines beside it.
+    #[arg(long, conflicts_with_all = ["sweep", "charts"])]
+    pub recommend: bool,
+    /// With --recommend: pick the shortest mean wait among settings costing at most this
+    /// multiple of `warm: off` at the current max (1 to 10; default 1.10).
+    #[arg(long, requires = "recommend", conflicts_with = "max_mean_wait")]
+    pub max_cost_ratio: Option<f64>,
+    /// With --recommend: pick the cheapest setting whose mean wait is at most this (`30s`).
+    #[arg(long, requires = "recommend")]
+    pub max_mean_wait: Option<String>,
+    /// With --recommend: at most this many simulations of runscale's policy per pool
+    /// (2 to 1000; default 80, the whole default grid).
+    #[arg(long, requires = "recommend")]
+    pub recommend_budget: Option<usize>,
+    /// How runscale learns about a queued job: `webhook:DELAY` (default `webhook:1s`), or
+    /// `poll:INTERVAL` (no webhook; passes every INTERVAL).
+    #[arg(long)]
+    pub detection: Option<String>,
+    /// runscale's reconciler interval (default 30s; at most 1h).
+    #[arg(long)]
+    pub pass_interval: Option<String>,
+    /// From the end of a boot until the runner is online (default 5s; at most 1h).
+    #[arg(long)]
+    pub registration_delay: Option<String>,
+    /// Days of the generated trace (1 to 60; default 1).
+    #[arg(long, conflicts_with = "trace")]
+    pub days: Option<u32>,
+    /// Multiplies the generated trace's arrival rates and storm sizes (above 0, at most 20;
+    /// default 1).
+    #[arg(long, conflicts_with = "trace")]
+    pub intensity: Option<f64>,
 }
 
 /// Configuration subcommands.

@@ -3,8 +3,11 @@
 
 use std::io::Write;
 
+use runscale_sim::config::MAX_WORLD_DELAY;
+use runscale_sim::recommend::{RecommendArgs, Rule};
 use runscale_sim::{
-    BootDist, GeneratorKind, OutputFormat, SimPool, SimulateArgs, SweepArg, TraceSource, WarmArg,
+    BootDist, GenOptions, GeneratorKind, OutputFormat, SimError, SimPool, SimulateArgs, SweepArg,
+    TraceSource, WarmArg, WorldParams,
 };
 
 use crate::cli::SimulateCli;
@@ -62,6 +65,60 @@ pub fn args(cli: &SimulateCli) -> anyhow::Result<SimulateArgs> {
             .as_deref()
             .map(|s| SweepArg::parse(s, warm.and_then(|w| w.0)))
             .transpose()?,
-        ..SimulateArgs::default()
+        world: world(cli)?,
+        generator: GenOptions {
+            days: cli.days.unwrap_or(1),
+            intensity: cli.intensity.unwrap_or(1.0),
+        },
+        recommend: recommend(cli)?,
     })
+}
+
+/// The world's parameters from `--detection`, `--pass-interval` and `--registration-delay`.
+fn world(cli: &SimulateCli) -> Result<WorldParams, SimError> {
+    let mut world = WorldParams::default();
+    if let Some(d) = &cli.pass_interval {
+        world.pass_interval = duration("pass_interval", d)?;
+    }
+    if let Some(d) = &cli.registration_delay {
+        world.registration_delay = duration("registration_delay", d)?;
+    }
+    if let Some(d) = &cli.detection {
+        let interval = world.pass_interval;
+        world.set_detection(d)?;
+        if cli.pass_interval.is_some() && world.pass_interval != interval {
+            return Err(SimError::Invalid {
+                field: "detection",
+                message: format!(
+                    "`{d}` and --pass-interval both set the pass interval; give it once"
+                ),
+            });
+        }
+    }
+    world.validate()?;
+    Ok(world)
+}
+
+fn duration(field: &'static str, s: &str) -> Result<std::time::Duration, SimError> {
+    runscale_sim::config::duration_arg(field, s, MAX_WORLD_DELAY)
+}
+
+/// `--recommend` and its rule and budget.
+fn recommend(cli: &SimulateCli) -> Result<Option<RecommendArgs>, SimError> {
+    if !cli.recommend {
+        return Ok(None);
+    }
+    let rule = match (&cli.max_mean_wait, cli.max_cost_ratio) {
+        (Some(d), _) => Rule::MaxMeanWait(duration("max_mean_wait", d)?),
+        (None, Some(r)) => Rule::MaxCostRatio(r),
+        (None, None) => Rule::default(),
+    };
+    let rec = RecommendArgs {
+        rule,
+        budget: cli
+            .recommend_budget
+            .unwrap_or(RecommendArgs::DEFAULT_BUDGET),
+    };
+    rec.validate()?;
+    Ok(Some(rec))
 }

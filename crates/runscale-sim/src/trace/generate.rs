@@ -102,6 +102,42 @@ impl Default for GenOptions {
     }
 }
 
+impl GenOptions {
+    /// The most days a generator draws.
+    pub const MAX_DAYS: u32 = 60;
+    /// The largest intensity.
+    pub const MAX_INTENSITY: f64 = 20.0;
+
+    /// Checks the options: 1 to [`Self::MAX_DAYS`] days, an intensity above 0 and at most
+    /// [`Self::MAX_INTENSITY`].
+    pub fn validate(&self) -> Result<(), SimError> {
+        if self.days == 0 || self.days > Self::MAX_DAYS {
+            return Err(SimError::Invalid {
+                field: "days",
+                message: format!("{} days: give 1 to {}", self.days, Self::MAX_DAYS),
+            });
+        }
+        if !(self.intensity > 0.0 && self.intensity <= Self::MAX_INTENSITY) {
+            return Err(SimError::Invalid {
+                field: "intensity",
+                message: format!(
+                    "{}: must be above 0 and at most {}",
+                    self.intensity,
+                    Self::MAX_INTENSITY
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for GenOptions {
+    /// `days=2 intensity=1.5`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "days={} intensity={}", self.days, self.intensity)
+    }
+}
+
 /// Generates a workload with default options.
 pub fn generate(kind: GeneratorKind, seed: u64) -> Trace {
     generate_with(kind, seed, &GenOptions::default())
@@ -322,7 +358,7 @@ pub fn generate_with(kind: GeneratorKind, seed: u64, opts: &GenOptions) -> Trace
     let suffix = if *opts == GenOptions::default() {
         String::new()
     } else {
-        format!(" days={} intensity={}", opts.days, opts.intensity)
+        format!(" {opts}")
     };
     Trace {
         source: format!("generate:{kind} seed={seed}{suffix}"),
@@ -334,6 +370,23 @@ pub fn generate_with(kind: GeneratorKind, seed: u64, opts: &GenOptions) -> Trace
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_are_bounded_and_named_in_the_source() {
+        let opts = |days, intensity| GenOptions { days, intensity };
+        for (bad, field) in [
+            (opts(0, 1.0), "days"),
+            (opts(61, 1.0), "days"),
+            (opts(1, 0.0), "intensity"),
+            (opts(1, 21.0), "intensity"),
+            (opts(1, f64::NAN), "intensity"),
+        ] {
+            let e = bad.validate().expect_err("rejected").to_string();
+            assert!(e.starts_with(&format!("invalid {field}")), "{e}");
+        }
+        let t = generate_with(GeneratorKind::Burst, 1, &opts(2, 0.5));
+        assert_eq!(t.source, "generate:burst seed=1 days=2 intensity=0.5");
+    }
 
     #[test]
     fn generators_are_deterministic_and_sized_as_documented() {

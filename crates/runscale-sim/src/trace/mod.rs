@@ -148,10 +148,15 @@ pub enum TraceError {
     },
 }
 
-/// Loads a trace from its source.
+/// Loads a trace from its source (a generator with its default options).
 pub fn load(source: &TraceSource) -> Result<Trace, TraceError> {
+    load_with(source, &GenOptions::default())
+}
+
+/// Loads a trace from its source; a generator draws with `options`.
+pub fn load_with(source: &TraceSource, options: &GenOptions) -> Result<Trace, TraceError> {
     let trace = match source {
-        TraceSource::Generate { kind, seed } => generate::generate(*kind, *seed),
+        TraceSource::Generate { kind, seed } => generate::generate_with(*kind, *seed, options),
         TraceSource::File(path) => {
             let format = TraceFormat::of_path(path)
                 .ok_or_else(|| TraceError::UnknownFormat { path: path.clone() })?;
