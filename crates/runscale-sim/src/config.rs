@@ -21,6 +21,9 @@ pub struct SimPool {
     /// (case-insensitive; `self-hosted` is implied). Empty matches every job. A trace's `pool`
     /// column overrides the selector.
     pub labels: Vec<String>,
+    /// Whether the pool's backend can reuse instances (`reuse`): `--recommend` proposes
+    /// `reuse` only then. True for the default pool, whose backend is not known.
+    pub reuse_possible: bool,
 }
 
 impl SimPool {
@@ -48,6 +51,7 @@ impl SimPool {
                 reuse: None,
             },
             labels: Vec::new(),
+            reuse_possible: true,
         }
     }
 
@@ -442,6 +446,21 @@ impl std::str::FromStr for ReuseArg {
             return Err(bad("max age must be above 0 and at most 7 days".to_owned()));
         }
         Ok(Self(Some(runscale_core::Reuse { max_uses, max_age })))
+    }
+}
+
+impl std::fmt::Display for ReuseArg {
+    /// `off` or `10@12h`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            Some(r) => write!(
+                f,
+                "{}@{}",
+                r.max_uses,
+                humantime::format_duration(r.max_age)
+            ),
+        }
     }
 }
 

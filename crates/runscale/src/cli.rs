@@ -155,7 +155,7 @@ pub struct SimulateCli {
     #[arg(long, requires = "recommend")]
     pub max_mean_wait: Option<String>,
     /// With --recommend: at most this many simulations of runscale's policy per pool
-    /// (2 to 1000; default 80, the whole default grid).
+    /// (2 to 1000; default 210, the whole default grid).
     #[arg(long, requires = "recommend")]
     pub recommend_budget: Option<usize>,
     /// How runscale learns about a queued job: `webhook:DELAY` (default `webhook:1s`), or

@@ -39,14 +39,19 @@ pub fn args(cli: &SimulateCli) -> anyhow::Result<SimulateArgs> {
         None => cli.boot.parse::<BootDist>()?,
     };
     let pools = match &cli.config {
-        Some(path) => config::load(path)?
-            .pools
-            .iter()
-            .map(|p| SimPool {
-                spec: p.spec.clone(),
-                labels: p.selector.labels(),
-            })
-            .collect(),
+        Some(path) => {
+            let valid = config::load(path)?;
+            valid
+                .pools
+                .iter()
+                .map(|p| SimPool {
+                    spec: p.spec.clone(),
+                    labels: p.selector.labels(),
+                    reuse_possible: p.spec.ephemeral
+                        && valid.backends[p.backend].settings.reuses_instances(),
+                })
+                .collect()
+        }
         None => Vec::new(),
     };
     let warm: Option<WarmArg> = cli.warm.as_deref().map(str::parse).transpose()?;

@@ -8,12 +8,12 @@
 
 use std::fmt;
 
-use runscale_core::Warm;
+use runscale_core::{Reuse, Warm};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use crate::TraceJob;
-use crate::config::{SimPool, WarmArg};
+use crate::config::{ReuseArg, SimPool, WarmArg};
 
 /// The largest `max` the grid proposes.
 pub const MAX_MAX: u32 = 10_000;
@@ -22,6 +22,12 @@ pub const MAX_MAX: u32 = 10_000;
 /// every coverage.
 const TARGET_WAITS_S: [u64; 3] = [0, 10, 30];
 const COVERAGES: [f64; 4] = [0.6, 0.8, 0.9, 0.95];
+/// The reuse setting the grid tries besides off and the pool's own: the configuration's
+/// defaults.
+const REUSE: Reuse = Reuse {
+    max_uses: 10,
+    max_age: std::time::Duration::from_secs(12 * 3600),
+};
 /// `max` candidates as shares of the trace's peak concurrency.
 const MAX_SHARES: [f64; 4] = [0.5, 0.75, 1.0, 1.25];
 
@@ -32,6 +38,8 @@ pub enum Knob {
     Warm(Option<Warm>),
     /// The pool's `max` (instances).
     Max(u32),
+    /// The pool's `reuse` (`None` is off).
+    Reuse(Option<Reuse>),
 }
 
 impl Knob {
@@ -40,6 +48,7 @@ impl Knob {
         match self {
             Knob::Warm(_) => "warm",
             Knob::Max(_) => "max",
+            Knob::Reuse(_) => "reuse",
         }
     }
 
@@ -53,10 +62,17 @@ impl Knob {
                 w.coverage
             ),
             Knob::Max(m) => m.to_string(),
+            Knob::Reuse(None) => "null".to_owned(),
+            Knob::Reuse(Some(r)) => format!(
+                "{{max_uses: {}, max_age: {}}}",
+                r.max_uses,
+                humantime::format_duration(r.max_age)
+            ),
         }
     }
 
-    /// Whether the baselines have this knob too (they honour `max`; `warm` is runscale's).
+    /// Whether the baselines have this knob too (they honour `max`; `warm` and `reuse` are
+    /// runscale's).
     pub fn applies_to_baselines(&self) -> bool {
         matches!(self, Knob::Max(_))
     }
@@ -65,6 +81,7 @@ impl Knob {
     pub fn apply(&self, pool: &mut SimPool) {
         match *self {
             Knob::Warm(w) => pool.spec.warm = w,
+            Knob::Reuse(r) => pool.spec.reuse = r,
             Knob::Max(m) => {
                 let s = &mut pool.spec;
                 s.max_booting = if s.max_booting >= s.max {
@@ -84,6 +101,7 @@ impl fmt::Display for Knob {
         match self {
             Knob::Warm(w) => write!(f, "{}", WarmArg(*w)),
             Knob::Max(m) => write!(f, "{m}"),
+            Knob::Reuse(r) => write!(f, "{}", ReuseArg(*r)),
         }
     }
 }
@@ -148,12 +166,18 @@ impl Serialize for Setting {
 
 /// The pool's own setting, one value per dimension of [`dimensions`].
 pub fn current(pool: &SimPool) -> Setting {
-    Setting(vec![Knob::Warm(pool.spec.warm), Knob::Max(pool.spec.max)])
+    Setting(vec![
+        Knob::Warm(pool.spec.warm),
+        Knob::Max(pool.spec.max),
+        Knob::Reuse(pool.spec.reuse),
+    ])
 }
 
 /// The grid for a pool and the jobs routed to it: `warm` is off, the pool's own, and every
 /// target wait of 0s, 10s, 30s with every coverage of 0.6, 0.8, 0.9, 0.95; `max` is the
-/// pool's own and 50 %, 75 %, 100 % and 125 % of the jobs' peak concurrency (in instances).
+/// pool's own and 50 %, 75 %, 100 % and 125 % of the jobs' peak concurrency (in instances);
+/// `reuse` is off, the pool's own and `{max_uses: 10, max_age: 12h}` (for ephemeral pools on a
+/// backend that can reuse instances).
 pub fn dimensions(pool: &SimPool, jobs: &[&TraceJob]) -> Vec<Dimension> {
     let mut warm = vec![Knob::Warm(None), Knob::Warm(pool.spec.warm)];
     for t in TARGET_WAITS_S {
@@ -173,6 +197,10 @@ pub fn dimensions(pool: &SimPool, jobs: &[&TraceJob]) -> Vec<Dimension> {
             .clamp(1.0, f64::from(MAX_MAX)) as u32;
         max.push(Knob::Max(m));
     }
+    let mut reuse = vec![Knob::Reuse(None), Knob::Reuse(pool.spec.reuse)];
+    if pool.spec.ephemeral && pool.reuse_possible {
+        reuse.push(Knob::Reuse(Some(REUSE)));
+    }
     vec![
         Dimension {
             name: "warm",
@@ -181,6 +209,10 @@ pub fn dimensions(pool: &SimPool, jobs: &[&TraceJob]) -> Vec<Dimension> {
         Dimension {
             name: "max",
             values: dedup(max),
+        },
+        Dimension {
+            name: "reuse",
+            values: dedup(reuse),
         },
     ]
 }
@@ -356,11 +388,13 @@ mod tests {
         assert_eq!(dims[0].values.len(), 13);
         // max 50, and 1 for every share of a peak of one job.
         assert_eq!(dims[1].values, [Knob::Max(50), Knob::Max(1), Knob::Max(2)]);
+        // Off (the pool's own) and the configuration's defaults, for an ephemeral pool.
+        assert_eq!(dims[2].values.len(), 2);
         let all = all(&dims);
         assert_eq!(all.len(), size(&dims));
-        assert_eq!(all.len(), 39);
-        assert_eq!(all[0].to_string(), "warm=off max=50");
-        assert_eq!(all[1].to_string(), "warm=off max=1");
+        assert_eq!(all.len(), 78);
+        assert_eq!(all[0].to_string(), "warm=off max=50 reuse=off");
+        assert_eq!(all[1].to_string(), "warm=off max=50 reuse=10@12h");
     }
 
     #[test]
@@ -379,19 +413,23 @@ mod tests {
             argmin,
         );
         assert_eq!(kind, SearchKind::FullGrid);
-        assert_eq!((done.len(), calls.get()), (39, 39));
+        assert_eq!((done.len(), calls.get()), (78, 78));
         assert_eq!(done[0].0, start[0], "the start comes first");
     }
 
     #[test]
     fn a_coordinate_search_finds_a_separable_optimum_within_the_budget() {
         let dims = grid();
-        let start = [Setting(vec![Knob::Warm(None), Knob::Max(50)])];
+        let start = [Setting(vec![
+            Knob::Warm(None),
+            Knob::Max(50),
+            Knob::Reuse(None),
+        ])];
         let (done, kind) = search(&dims, &start, 20, score, argmin);
         assert_eq!(kind, SearchKind::Coordinate);
         assert!(done.len() <= 20, "{}", done.len());
         let best = argmin(&done).map(|i| done[i].0.to_string());
-        assert_eq!(best.as_deref(), Some("warm=30s@0.9 max=1"));
+        assert_eq!(best.as_deref(), Some("warm=30s@0.9 max=1 reuse=off"));
         let (cut, _) = search(&dims, &start, 4, score, argmin);
         assert_eq!(cut.len(), 4, "the budget caps the simulations");
     }

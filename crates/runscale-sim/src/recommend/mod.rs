@@ -131,8 +131,8 @@ impl Default for RecommendArgs {
 }
 
 impl RecommendArgs {
-    /// Simulations per pool by default: the whole default grid (at most 14 × 5).
-    pub const DEFAULT_BUDGET: usize = 80;
+    /// Simulations per pool by default: the whole default grid (at most 14 × 5 × 3).
+    pub const DEFAULT_BUDGET: usize = 210;
     /// The largest budget accepted.
     pub const MAX_BUDGET: usize = 1000;
 

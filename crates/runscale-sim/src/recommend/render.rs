@@ -71,7 +71,7 @@ impl PoolRecommendation {
         }
         let mut rows = vec![
             [
-                "", "warm", "max", "paid h", "× off", "mean", "p50", "p95", "pareto",
+                "", "warm", "max", "reuse", "paid h", "× off", "mean", "p50", "p95", "pareto",
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -117,6 +117,7 @@ fn cells(label: &str, r: &Row) -> Vec<String> {
         label,
         value("warm"),
         value("max"),
+        value("reuse"),
         fmt_hours(r.paid_runner_s),
         format!("{:.2}", r.cost_ratio),
         human_secs(r.wait.mean_s),
