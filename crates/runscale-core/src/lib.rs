@@ -10,6 +10,7 @@ pub mod clock;
 pub mod error;
 pub mod forecast;
 pub mod instrument;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod naming;
@@ -29,6 +30,7 @@ pub use adapter_type::{BackendType, PoolContext, ProviderType};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, ErrorKind, Result};
 pub use forecast::{DemandHistory, Forecast, Warm};
+pub use memory::{Observed, PoolMemory};
 pub use model::{
     Demand, EffectiveLimits, Instance, InstanceId, InstanceState, Observation, PoolId, PoolSpec,
     Runner, RunnerId, RunnerState, Timestamp, WaitingJob, template_hash,
