@@ -14,11 +14,10 @@
 //! Soft state: losing it (a restart) only makes the next decisions slightly less informed,
 //! never unsafe.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use foldhash::HashMap as FastMap;
 
 use crate::adapter::ProviderView;
 use crate::forecast::DemandHistory;
@@ -39,27 +38,41 @@ const DEPARTED_AFTER: u32 = 2;
 
 /// What is remembered of one pool between views. See the module docs.
 ///
-/// The maps are updated in place from view to view (a name is copied only when it is new),
-/// and those keyed by runner names (made by runscale, listed only when owned by the pool)
-/// hash with foldhash and hold the names as `Box<str>` (two words, not three: at 10,000 pools
-/// of ten runners that is 4 MB). Job ids come from the CI system: that map keeps std's
-/// SipHash.
+/// One map holds what is known of each runner name (made by runscale, listed only when owned
+/// by the pool: foldhash, names as `Box<str>`, two words, not three), updated in place from
+/// view to view: a view costs one lookup per listed runner and per name an instance hosts, and
+/// one walk over the map; a name is copied only when it is new. Job ids come from the CI
+/// system: that map keeps std's SipHash.
 #[derive(Default)]
 pub struct PoolMemory {
-    /// Runner name → last time it was seen busy.
-    last_busy: FastMap<Box<str>, Timestamp>,
+    /// Runner name → what is known of it.
+    runners: FastMap<Box<str>, Known>,
     /// Launch times within the rate-limit window.
     launches: VecDeque<Timestamp>,
-    /// Jobs waiting at the last fresh observation: new ones are arrivals for the demand
-    /// history, and those gone have waited until about now.
-    waiting: HashMap<String, Timestamp>,
-    /// Runner names of the pool's instances seen listed by the CI system.
-    registered: FastMap<Box<str>, Presence>,
-    /// Runner names of the pool's instances at the last fresh observation, and of those
-    /// launched since.
-    hosted: FastSet<Box<str>>,
+    /// Jobs waiting at the last fresh view, when they were queued and the last view that
+    /// listed them: new ones are arrivals for the demand history, and those gone have waited
+    /// until about now.
+    waiting: HashMap<String, (Timestamp, u64)>,
     /// The pool's arrivals and lead times, for `warm` (see [`crate::forecast`]).
     history: DemandHistory,
+    /// Views seen: the number of the current one stamps what it lists and hosts.
+    views: u64,
+}
+
+/// What is remembered of one runner name.
+#[derive(Clone, Copy, Debug, Default)]
+struct Known {
+    /// The last time it was seen busy, while it is listed.
+    last_busy: Option<Timestamp>,
+    /// Its presence in the listing, while one of the pool's instances hosts it and since the CI
+    /// system listed it (it registered).
+    presence: Option<Presence>,
+    /// One of the pool's instances hosted it at the last fresh view, or it was launched since.
+    was_hosted: bool,
+    /// The last view that listed it, and its state there.
+    listed: Option<(u64, RunnerState)>,
+    /// The last view in which an instance hosted it, and that instance's index there.
+    hosted: (u64, u32),
 }
 
 /// What is remembered of one runner of the pool's instances.
@@ -92,6 +105,13 @@ pub struct Observed {
     pub waited_secs: Vec<f64>,
 }
 
+/// What one walk over the runner names found.
+#[derive(Default)]
+struct Walk {
+    departed: Vec<String>,
+    never_registered: Vec<String>,
+}
+
 impl PoolMemory {
     /// Turns a view of the pool at `now` into the observation `plan` reads, and remembers what
     /// the next views need. A stale view (an old copy of the CI side) changes no departure,
@@ -103,45 +123,25 @@ impl PoolMemory {
         instances: Vec<Instance>,
         now: Timestamp,
     ) -> Observed {
+        self.views += 1;
+        let fresh = !view.stale;
+        let warm = fresh && spec.warm.is_some();
         let mut runners = view.runners;
         let read_last_busy: Vec<Option<Timestamp>> = runners.iter().map(|r| r.last_busy).collect();
-        for r in &mut runners {
-            if r.state == RunnerState::Busy {
-                match self.last_busy.get_mut(r.name.as_str()) {
-                    Some(t) => *t = now,
-                    None => {
-                        self.last_busy.insert(r.name.as_str().into(), now);
-                    }
-                }
-            }
-            if let Some(t) = self.last_busy.get(r.name.as_str()) {
-                r.last_busy = r.last_busy.max(Some(*t));
-            }
+        self.host(&instances);
+        let online = self.list(&mut runners, now, warm);
+        if warm {
+            self.lead_times(spec, &instances, online, now);
         }
-        let seen: FastMap<&str, RunnerState> =
-            runners.iter().map(|r| (r.name.as_str(), r.state)).collect();
-        self.last_busy.retain(|name, _| seen.contains_key(&**name));
-        let hosted = hosted_names(&instances);
-        let never_registered = if view.stale {
-            // An old copy of the CI side cannot tell whether a runner registered meanwhile.
-            Vec::new()
-        } else {
-            self.rehost(&hosted, &seen)
-        };
-        if !view.stale && spec.warm.is_some() {
-            self.record_demand(spec, &view.demand.waiting, &seen, &instances, now);
-        }
-        let departed = departures(&mut self.registered, &seen, &hosted, view.stale, now);
-        drop(seen);
-        drop(hosted);
+        let walk = self.walk(fresh, now);
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
         while self.launches.front().is_some_and(|t| *t + window <= now) {
             self.launches.pop_front();
         }
-        let waited_secs = if view.stale {
-            Vec::new()
+        let waited_secs = if fresh {
+            self.queue(&view.demand.waiting, now, warm)
         } else {
-            self.left_queue(&view.demand.waiting, now)
+            Vec::new()
         };
         let observation = Observation {
             demand: view.demand,
@@ -149,12 +149,12 @@ impl PoolMemory {
             instances,
             recent_launches: self.launches.iter().copied().collect(),
             stale: view.stale,
-            departed,
+            departed: walk.departed,
             forecast: spec.warm.and_then(|_| self.history.forecast(now)),
         };
         Observed {
             observation,
-            never_registered,
+            never_registered: walk.never_registered,
             read_last_busy,
             waited_secs,
         }
@@ -164,203 +164,255 @@ impl PoolMemory {
     /// rate, and its names are the pool's from now on, even if it dies before a view lists it.
     pub fn launched(&mut self, at: Timestamp, names: impl IntoIterator<Item = String>) {
         self.launches.push_back(at);
-        self.hosted
-            .extend(names.into_iter().map(String::into_boxed_str));
+        for name in names {
+            match self.runners.get_mut(name.as_str()) {
+                Some(k) => k.was_hosted = true,
+                None => {
+                    let k = Known {
+                        was_hosted: true,
+                        ..Known::default()
+                    };
+                    self.runners.insert(name.into_boxed_str(), k);
+                }
+            }
+        }
     }
 
     /// Runner names whose presence is tracked (for departures).
     pub fn tracked(&self) -> usize {
-        self.registered.len()
+        self.runners
+            .values()
+            .filter(|k| k.presence.is_some())
+            .count()
     }
 
-    /// From a fresh view: the names hosted before that no instance hosts now and that were
-    /// never listed (sorted); the hosted names become the current instances'.
-    fn rehost(&mut self, hosted: &FastSet<&str>, seen: &FastMap<&str, RunnerState>) -> Vec<String> {
-        let mut gone: Vec<String> = self
-            .hosted
-            .iter()
-            .filter(|n| {
-                let n: &str = n;
-                !hosted.contains(n) && !self.registered.contains_key(n) && !seen.contains_key(n)
-            })
-            .map(|n| n.to_string())
-            .collect();
-        gone.sort();
-        self.hosted.retain(|n| hosted.contains(&**n));
-        for &n in hosted {
-            if !self.hosted.contains(n) {
-                self.hosted.insert(n.into());
+    /// Stamps the names the instances host (stopping ones too) with this view.
+    fn host(&mut self, instances: &[Instance]) {
+        let v = self.views;
+        for (i, inst) in instances.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            for n in &inst.runner_names {
+                match self.runners.get_mut(n.as_str()) {
+                    Some(k) => k.hosted = (v, i),
+                    None => {
+                        let k = Known {
+                            hosted: (v, i),
+                            ..Known::default()
+                        };
+                        self.runners.insert(n.as_str().into(), k);
+                    }
+                }
             }
         }
-        gone
     }
 
-    /// Feeds the demand history: jobs waiting for the first time are arrivals, and a runner
-    /// of the pool's instances listed online for the first time ends its launch's lead time
-    /// (as this view sees it: up to one pass late). An instance older than `boot_timeout` is
-    /// not taken for a lead time (after a restart every runner is new to this process).
-    fn record_demand(
+    /// Stamps the listed runners with this view and their state, remembers which are busy and
+    /// fills their `last_busy` from memory. With `lead_times`, returns the indices of the
+    /// instances (sorted) one of whose runners is online for the first time.
+    fn list(
+        &mut self,
+        runners: &mut [crate::model::Runner],
+        now: Timestamp,
+        lead_times: bool,
+    ) -> Vec<u32> {
+        let v = self.views;
+        let mut online = Vec::new();
+        for r in runners {
+            let busy = r.state == RunnerState::Busy;
+            let k = match self.runners.get_mut(r.name.as_str()) {
+                Some(k) => k,
+                None if busy => self.runners.entry(r.name.as_str().into()).or_default(),
+                None => continue,
+            };
+            k.listed = Some((v, r.state));
+            if busy {
+                k.last_busy = Some(now);
+            }
+            r.last_busy = r.last_busy.max(k.last_busy);
+            if lead_times
+                && r.state != RunnerState::Offline
+                && k.hosted.0 == v
+                && !k.presence.is_some_and(|p| p.seen_online)
+            {
+                online.push(k.hosted.1);
+            }
+        }
+        online.sort_unstable();
+        online.dedup();
+        online
+    }
+
+    /// A runner of the pool's instances listed online for the first time ends its launch's
+    /// lead time (as this view sees it: up to one pass late). An instance older than
+    /// `boot_timeout` is not taken for a lead time (after a restart every runner is new to
+    /// this process).
+    fn lead_times(
         &mut self,
         spec: &PoolSpec,
-        waiting: &[WaitingJob],
-        listed: &FastMap<&str, RunnerState>,
         instances: &[Instance],
+        online: Vec<u32>,
         now: Timestamp,
     ) {
-        // `self.waiting` still holds the last fresh view's queue.
-        for job in waiting {
-            if !self.waiting.contains_key(&job.id) {
-                self.history.arrival(job.queued_at.min(now));
-            }
-        }
         let boot = chrono::Duration::from_std(spec.boot_timeout).unwrap_or(chrono::Duration::MAX);
-        for inst in instances {
-            let lead = now - inst.launched_at;
-            if lead > boot || lead < chrono::Duration::zero() {
+        for i in online {
+            let Some(inst) = instances.get(i as usize) else {
                 continue;
-            }
-            let registered_now = inst.runner_names.iter().any(|n| {
-                listed
-                    .get(n.as_str())
-                    .is_some_and(|s| *s != RunnerState::Offline)
-                    && !self
-                        .registered
-                        .get(n.as_str())
-                        .is_some_and(|p| p.seen_online)
-            });
-            if registered_now {
+            };
+            let lead = now - inst.launched_at;
+            if lead <= boot && lead >= chrono::Duration::zero() {
                 self.history.lead_time(lead.to_std().unwrap_or_default());
             }
         }
     }
 
-    /// Remembers a fresh view's queue; returns how long each job that left it since the last
-    /// fresh view waited (until about `now`).
-    fn left_queue(&mut self, waiting: &[WaitingJob], now: Timestamp) -> Vec<f64> {
+    /// One walk over the runner names after a view: forgets what no longer matters, counts
+    /// the presence of the instances' runners (a fresh view only), and finds the departed and
+    /// the never registered.
+    fn walk(&mut self, fresh: bool, now: Timestamp) -> Walk {
+        let v = self.views;
+        let offline_for =
+            chrono::Duration::from_std(OFFLINE_DEPARTED_AFTER).unwrap_or(chrono::Duration::MAX);
+        let mut walk = Walk::default();
+        self.runners.retain(|name, k| {
+            let state = k.listed.filter(|l| l.0 == v).map(|l| l.1);
+            let listed = state.is_some();
+            let hosted = k.hosted.0 == v;
+            if !listed {
+                k.last_busy = None;
+            }
+            if fresh {
+                if k.was_hosted && !hosted && k.presence.is_none() && !listed {
+                    // Its instance is gone and it never registered.
+                    walk.never_registered.push(name.to_string());
+                }
+                k.was_hosted = hosted;
+            }
+            if !hosted {
+                k.presence = None;
+            } else if fresh {
+                count_presence(&mut k.presence, state, now);
+            }
+            if let Some(p) = k.presence
+                && departed(&p, listed, offline_for, now)
+            {
+                walk.departed.push(name.to_string());
+            }
+            k.last_busy.is_some() || k.presence.is_some() || k.was_hosted
+        });
+        walk.departed.sort();
+        walk.never_registered.sort();
+        walk
+    }
+
+    /// Remembers a fresh view's queue: a job waiting for the first time is an arrival (for the
+    /// demand history, with `arrivals`); returns how long each job that left the queue since
+    /// the last fresh view waited (until about `now`).
+    fn queue(&mut self, waiting: &[WaitingJob], now: Timestamp, arrivals: bool) -> Vec<f64> {
         let mut waited = Vec::new();
         if waiting.is_empty() && self.waiting.is_empty() {
             return waited;
         }
-        let current: HashSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();
-        self.waiting.retain(|id, queued_at| {
-            let still = current.contains(id.as_str());
+        let v = self.views;
+        for j in waiting {
+            match self.waiting.get_mut(&j.id) {
+                Some(seen) => *seen = (j.queued_at, v),
+                None => {
+                    if arrivals {
+                        self.history.arrival(j.queued_at.min(now));
+                    }
+                    self.waiting.insert(j.id.clone(), (j.queued_at, v));
+                }
+            }
+        }
+        self.waiting.retain(|_, (queued_at, seen)| {
+            let still = *seen == v;
             if !still {
                 waited.push((now - *queued_at).num_milliseconds().max(0) as f64 / 1000.0);
             }
             still
         });
-        for j in waiting {
-            match self.waiting.get_mut(&j.id) {
-                Some(queued_at) => *queued_at = j.queued_at,
-                None => {
-                    self.waiting.insert(j.id.clone(), j.queued_at);
-                }
-            }
-        }
         waited
     }
 }
 
-/// The runner names the instances name (stopping ones too).
-fn hosted_names(instances: &[Instance]) -> FastSet<&str> {
-    instances
-        .iter()
-        .flat_map(|i| i.runner_names.iter().map(String::as_str))
-        .collect()
+/// Counts one fresh view for a runner one of the pool's instances hosts: listed for the first
+/// time, it is registered; missing from the listing, or listed offline after it had been
+/// online (a runner that exited and whose record lingers), it is absent once more.
+fn count_presence(presence: &mut Option<Presence>, listed: Option<RunnerState>, now: Timestamp) {
+    if listed.is_some() && presence.is_none() {
+        *presence = Some(Presence::default());
+    }
+    let Some(p) = presence else {
+        return;
+    };
+    if listed.is_none() {
+        p.absent = p.absent.saturating_add(1);
+    } else if listed == Some(RunnerState::Offline) {
+        if p.seen_online {
+            p.absent = p.absent.saturating_add(1);
+            p.offline_since.get_or_insert(now);
+        }
+    } else {
+        p.seen_online = true;
+        p.absent = 0;
+        p.offline_since = None;
+    }
 }
 
-/// Updates which runners of the pool's instances were seen listed and for how many fresh
-/// observations they have been gone since — missing from the listing, or listed offline after
-/// they had been online (a runner that exited and whose record lingers) — and returns those
-/// gone for [`DEPARTED_AFTER`] observations or more. `hosted` are the names the instances
-/// name. A stale view (an old copy) changes nothing. Only names of current instances are kept,
-/// so the memory stays as small as the fleet.
-fn departures<K, S>(
-    registered: &mut HashMap<K, Presence, S>,
-    listed: &FastMap<&str, RunnerState>,
-    hosted: &FastSet<&str>,
-    stale: bool,
-    now: Timestamp,
-) -> Vec<String>
-where
-    K: std::borrow::Borrow<str> + for<'n> From<&'n str> + std::hash::Hash + Eq,
-    S: BuildHasher,
-{
-    registered.retain(|name, _| hosted.contains(name.borrow()));
-    if !stale {
-        for (&name, state) in listed {
-            if hosted.contains(name) && !registered.contains_key(name) {
-                registered.insert(K::from(name), Presence::default());
-            }
-            if let Some(p) = registered.get_mut(name) {
-                if *state == RunnerState::Offline {
-                    if p.seen_online {
-                        p.absent = p.absent.saturating_add(1);
-                        p.offline_since.get_or_insert(now);
-                    }
-                } else {
-                    p.seen_online = true;
-                    p.absent = 0;
-                    p.offline_since = None;
-                }
-            }
-        }
-        for (name, p) in registered.iter_mut() {
-            if !listed.contains_key(name.borrow()) {
-                p.absent = p.absent.saturating_add(1);
-            }
-        }
-    }
-    let offline_for =
-        chrono::Duration::from_std(OFFLINE_DEPARTED_AFTER).unwrap_or(chrono::Duration::MAX);
-    let mut departed: Vec<String> = registered
-        .iter()
-        .filter(|(name, p)| {
-            p.absent >= DEPARTED_AFTER
-                && (!listed.contains_key((*name).borrow())
-                    || p.offline_since.is_some_and(|t| now - t >= offline_for))
-        })
-        .map(|(name, _)| name.borrow().to_owned())
-        .collect();
-    departed.sort();
-    departed
+/// A runner that registered has departed once it was absent for [`DEPARTED_AFTER`] fresh
+/// views: gone from the listing, or listed offline for [`OFFLINE_DEPARTED_AFTER`] (a
+/// connection hiccup is not a departure).
+fn departed(p: &Presence, listed: bool, offline_for: chrono::Duration, now: Timestamp) -> bool {
+    p.absent >= DEPARTED_AFTER
+        && (!listed || p.offline_since.is_some_and(|t| now - t >= offline_for))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{InstanceId, InstanceState, Runner, RunnerId};
 
     fn instance(names: &[&str]) -> Instance {
         Instance {
-            id: crate::model::InstanceId::new("i-1"),
-            state: crate::model::InstanceState::Running,
+            id: InstanceId::new("i-1"),
+            state: InstanceState::Running,
             launched_at: Timestamp::default(),
             template_hash: String::new(),
             runner_names: names.iter().map(|n| (*n).to_owned()).collect(),
         }
     }
 
-    /// [`departures`] from a listing of owned names.
-    fn track_departures(
-        registered: &mut HashMap<String, Presence>,
-        listed: &[(&str, RunnerState)],
-        instances: &[Instance],
-        stale: bool,
-        now: Timestamp,
-    ) -> Vec<String> {
-        let listed: FastMap<&str, RunnerState> = listed.iter().copied().collect();
-        departures(registered, &listed, &hosted_names(instances), stale, now)
+    fn view(runners: &[(&str, RunnerState)], stale: bool) -> ProviderView {
+        ProviderView {
+            demand: Default::default(),
+            runners: runners
+                .iter()
+                .map(|&(name, state)| Runner {
+                    id: RunnerId::new(name),
+                    name: name.to_owned(),
+                    state,
+                    draining: false,
+                    last_busy: None,
+                })
+                .collect(),
+            stale,
+        }
     }
 
     #[test]
     fn runners_depart_when_missing_or_long_offline_after_online_on_two_fresh_observations() {
         use RunnerState::{Busy, Idle, Offline};
+        let spec = PoolSpec::test("p");
         let t0 = Timestamp::default();
         let at = |s: i64| t0 + chrono::Duration::seconds(s);
-        let instances = [instance(&["jit", "slot", "late"])];
-        let mut memory = HashMap::new();
+        let instances = vec![instance(&["jit", "slot", "late"])];
+        let mut memory = PoolMemory::default();
         let mut step = |runners: &[(&str, RunnerState)], stale: bool, now: Timestamp| {
-            track_departures(&mut memory, runners, &instances, stale, now)
+            let v = view(runners, stale);
+            memory
+                .observe(&spec, v, instances.clone(), now)
+                .observation
+                .departed
         };
         // Registered (a JIT runner is listed offline before it connects), then online.
         assert!(step(&[("jit", Offline), ("slot", Offline)], false, at(0)).is_empty());
@@ -387,8 +439,45 @@ mod tests {
         // Back online: no longer departed. A never-listed name never departs.
         assert_eq!(step(&[("slot", Idle)], false, at(65)), ["jit"]);
         // Names of instances that are gone are forgotten.
-        let mut memory2 = memory.clone();
-        assert!(track_departures(&mut memory2, &[], &[], false, at(66)).is_empty());
-        assert!(memory2.is_empty());
+        let gone = memory.observe(&spec, view(&[], false), Vec::new(), at(66));
+        assert!(gone.observation.departed.is_empty());
+        assert_eq!(memory.tracked(), 0);
+    }
+
+    #[test]
+    fn names_launched_and_gone_without_registering_are_released_once() {
+        let spec = PoolSpec::test("p");
+        let t0 = Timestamp::default();
+        let mut memory = PoolMemory::default();
+        memory.launched(t0, ["a".to_owned(), "b".to_owned()]);
+        // "a" registered; "b"'s instance is gone before a view listed it.
+        let listed = view(&[("a", RunnerState::Idle)], false);
+        let first = memory.observe(&spec, listed, vec![instance(&["a"])], t0);
+        assert_eq!(first.never_registered, ["b"]);
+        assert_eq!(first.observation.recent_launches, [t0]);
+        // Once: then "a"'s instance goes too, but "a" had registered.
+        let second = memory.observe(&spec, view(&[], false), Vec::new(), t0);
+        assert!(second.never_registered.is_empty());
+    }
+
+    #[test]
+    fn busy_runners_keep_their_last_busy_time_and_jobs_that_left_the_queue_report_their_wait() {
+        let spec = PoolSpec::test("p");
+        let t0 = Timestamp::default();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let mut memory = PoolMemory::default();
+        let mut queued = view(&[("a", RunnerState::Busy)], false);
+        queued.demand.waiting.push(WaitingJob {
+            id: "j1".to_owned(),
+            queued_at: t0,
+        });
+        let first = memory.observe(&spec, queued, vec![instance(&["a"])], at(10));
+        assert_eq!(first.observation.runners[0].last_busy, Some(at(10)));
+        assert_eq!(first.read_last_busy, [None]);
+        assert!(first.waited_secs.is_empty());
+        let idle = view(&[("a", RunnerState::Idle)], false);
+        let second = memory.observe(&spec, idle, vec![instance(&["a"])], at(40));
+        assert_eq!(second.observation.runners[0].last_busy, Some(at(10)));
+        assert_eq!(second.waited_secs, [40.0]);
     }
 }
