@@ -21,7 +21,7 @@ use foldhash::HashMap as FastMap;
 
 use crate::adapter::ProviderView;
 use crate::forecast::DemandHistory;
-use crate::model::{Instance, Observation, PoolSpec, RunnerState, Timestamp, WaitingJob};
+use crate::model::{Instance, Observation, PoolSpec, RunnerState, Timestamp, WaitingJob, span};
 
 /// Launch times are remembered this long (the rate-limit window).
 const LAUNCH_MEMORY: Duration = Duration::from_secs(60);
@@ -135,7 +135,11 @@ impl PoolMemory {
         }
         let walk = self.walk(fresh, now);
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
-        while self.launches.front().is_some_and(|t| *t + window <= now) {
+        while self
+            .launches
+            .front()
+            .is_some_and(|t| span(*t, now) >= window)
+        {
             self.launches.pop_front();
         }
         let waited_secs = if fresh {
@@ -258,7 +262,7 @@ impl PoolMemory {
             let Some(inst) = instances.get(i as usize) else {
                 continue;
             };
-            let lead = now - inst.launched_at;
+            let lead = span(inst.launched_at, now);
             if lead <= boot && lead >= chrono::Duration::zero() {
                 self.history.lead_time(lead.to_std().unwrap_or_default());
             }
@@ -327,7 +331,7 @@ impl PoolMemory {
         self.waiting.retain(|_, (queued_at, seen)| {
             let still = *seen == v;
             if !still {
-                waited.push((now - *queued_at).num_milliseconds().max(0) as f64 / 1000.0);
+                waited.push(span(*queued_at, now).num_milliseconds().max(0) as f64 / 1000.0);
             }
             still
         });
@@ -364,7 +368,7 @@ fn count_presence(presence: &mut Option<Presence>, listed: Option<RunnerState>, 
 /// connection hiccup is not a departure).
 fn departed(p: &Presence, listed: bool, offline_for: chrono::Duration, now: Timestamp) -> bool {
     p.absent >= DEPARTED_AFTER
-        && (!listed || p.offline_since.is_some_and(|t| now - t >= offline_for))
+        && (!listed || p.offline_since.is_some_and(|t| span(t, now) >= offline_for))
 }
 
 #[cfg(test)]

@@ -45,10 +45,12 @@
 
 // Runner names come from the CI system: foldhash is randomly seeded per process.
 use foldhash::{HashMap, HashSet};
+use smallvec::SmallVec;
 use std::time::Duration;
 
 use crate::model::{
-    EffectiveLimits, Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState, Timestamp,
+    EffectiveLimits, Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState,
+    Timestamp, span,
 };
 use crate::plan::{Action, Limit, Plan, Planned, Reason};
 
@@ -200,7 +202,7 @@ impl<'a> Listing<'a> {
         now: Timestamp,
     ) -> Seen<'a> {
         let runners = &self.obs.runners;
-        let mut regs = Vec::with_capacity(inst.runner_names.len());
+        let mut regs = Regs::with_capacity(inst.runner_names.len());
         for n in &inst.runner_names {
             if let Some(&i) = self.by_name.get(n.as_str()) {
                 hosted[i] = true;
@@ -229,10 +231,14 @@ impl<'a> Listing<'a> {
     }
 }
 
+/// An instance's registered runners: inline up to two (one slot per instance is the usual
+/// shape), so judging an instance allocates nothing.
+type Regs<'a> = SmallVec<[&'a Runner; 2]>;
+
 /// One instance and its registered runners.
 struct Seen<'a> {
     inst: &'a Instance,
-    regs: Vec<&'a Runner>,
+    regs: Regs<'a>,
     /// Slots whose runner departed.
     left: u32,
     past_boot: bool,
@@ -415,15 +421,17 @@ fn scale_in(
         due.until(t);
     }
     for c in fleet.idle.drain(..) {
-        let ready = add(c.idle_since, spec.idle_timeout);
+        let ready = span(c.idle_since, now)
+            .to_std()
+            .is_ok_and(|idle| idle >= spec.idle_timeout);
         // Terminating removes the instance's idle slots and any still booting.
         let capacity = c.idle_slots + c.booting_slots;
-        if calm && surplus > 0 && capacity <= surplus && ready <= now {
+        if calm && surplus > 0 && capacity <= surplus && ready {
             surplus -= capacity;
             fleet.active -= 1;
             actions.push(terminate(c.inst, &c.regs, Reason::IdleTimeout));
-        } else if surplus > 0 && ready > now {
-            due.until(ready);
+        } else if surplus > 0 && !ready {
+            due.at(c.idle_since, spec.idle_timeout);
         }
     }
 }
@@ -603,7 +611,7 @@ fn oldest_in_rate_window(obs: &Observation, now: Timestamp) -> Option<Timestamp>
 
 struct IdleInstance<'a> {
     inst: &'a Instance,
-    regs: Vec<&'a Runner>,
+    regs: Regs<'a>,
     idle_slots: u32,
     booting_slots: u32,
     is_booting: bool,
@@ -622,7 +630,7 @@ fn terminate(inst: &Instance, regs: &[&Runner], reason: Reason) -> Planned {
 
 /// Time from `since` to `now`, zero if `since` is in the future (clock skew between hosts).
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
-    (now - since).to_std().unwrap_or(Duration::ZERO)
+    span(since, now).to_std().unwrap_or(Duration::ZERO)
 }
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
@@ -643,8 +651,16 @@ impl Due {
         Self { now, next: None }
     }
 
+    /// Plans again `after` from `since`, if that is to come.
     fn at(&mut self, since: Timestamp, after: Duration) {
-        self.until(add(since, after));
+        let gone = span(since, self.now);
+        let d = match gone.to_std() {
+            Ok(gone) if gone >= after => return,
+            Ok(gone) => after - gone,
+            // `since` is ahead of now (clock skew): `after` from then.
+            Err(_) => after.saturating_add(span(self.now, since).to_std().unwrap_or_default()),
+        };
+        self.next = Some(self.next.map_or(d, |n| n.min(d)));
     }
 
     fn until(&mut self, t: Timestamp) {
