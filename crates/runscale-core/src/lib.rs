@@ -1,5 +1,6 @@
 //! runscale's core: the domain model, the [`Provider`] and [`Backend`] traits, the pure scaling
-//! [`policy`], and the [`reconciler`] that drives them.
+//! [`policy`], the [`memory`] that turns successive views of a pool into what the policy reads,
+//! and the [`reconciler`] that drives them.
 //!
 //! This crate has no HTTP, cloud or Kubernetes dependency; adapters live in
 //! `runscale-providers` and `runscale-backends`, and convert their SDK types at their edge.
