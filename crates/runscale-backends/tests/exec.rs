@@ -557,3 +557,89 @@ async fn a_chatty_stderr_is_drained_and_its_end_quoted() {
         message.len()
     );
 }
+
+#[tokio::test]
+async fn reuse_hands_fresh_runners_on_stdin_and_lists_them_while_the_listing_lags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A cloud whose listing shows "m-1" with its old runner until told otherwise, then with
+    // what the last reuse recorded; an unknown machine is exit 3.
+    let backend = script_backend(
+        dir.path(),
+        "req=$(cat)\n\
+         case $req in\n\
+         *'\"action\":\"reuse\"'*)\n\
+           case $req in *'\"instance_id\":\"m-1\"'*) ;; *) exit 3 ;; esac\n\
+           printf '%s' \"$req\" > \"$OUT/reuse\"; echo '{\"ok\":true}' ;;\n\
+         *) if [ -e \"$OUT/caught-up\" ]; then\n\
+              echo '{\"instances\":[{\"id\":\"m-1\",\"runner_names\":[\"rs-a-again\"],\"state\":\"running\",\
+         \"created_at\":\"2026-11-30T00:00:00Z\",\"template_hash\":\"h0\",\"uses\":2,\"reused_at\":\"2026-11-30T01:00:00Z\"}]}'\n\
+            else\n\
+              echo '{\"instances\":[{\"id\":\"m-1\",\"runner_names\":[\"rs-a-old\"],\"state\":\"running\",\
+         \"created_at\":\"2026-11-30T00:00:00Z\",\"template_hash\":\"h0\"}]}'\n\
+            fi ;;\n\
+         esac",
+        |c| c.listing_grace = Duration::from_secs(30),
+    );
+    let pool = PoolId::new("a");
+    let fresh = request("a", &["rs-a-again"]).runners;
+    backend
+        .reuse(runscale_core::ReuseRequest {
+            pool: pool.clone(),
+            instance: InstanceId::new("m-1"),
+            runners: fresh.clone(),
+            uses: 2,
+        })
+        .await
+        .expect("reuse");
+    let sent: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("reuse")).expect("request"))
+            .expect("json");
+    assert_eq!(sent["action"], "reuse");
+    assert_eq!(sent["uses"], 2);
+    assert_eq!(sent["runner_names"][0], "rs-a-again");
+    assert_eq!(sent["runners"][0]["secrets"]["RUNNER_TOKEN"], SECRET);
+
+    // The lagging listing still names the old runner: the new one is listed instead.
+    let listed = list(&backend, "a").await;
+    assert_eq!(listed[0].runner_names, ["rs-a-again"]);
+    assert_eq!(listed[0].uses(), 2);
+    assert_eq!(listed[0].template_hash, "h0", "the rest is the listing's");
+    // Caught up: the listing's own record, also what a restarted runscale sees.
+    std::fs::write(dir.path().join("caught-up"), "").expect("write");
+    let listed = list(&backend, "a").await;
+    assert_eq!(listed[0].runner_names, ["rs-a-again"]);
+    let reused = listed[0].reused.expect("reused");
+    assert_eq!(
+        (reused.uses, reused.at.to_rfc3339()),
+        (2, "2026-11-30T01:00:00+00:00".to_owned())
+    );
+
+    // A machine that is gone: NotFound, and nothing recorded.
+    let err = backend
+        .reuse(runscale_core::ReuseRequest {
+            pool,
+            instance: InstanceId::new("m-gone"),
+            runners: fresh,
+            uses: 2,
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn a_listed_reuse_needs_both_uses_and_its_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = script_backend(
+        dir.path(),
+        "cat >/dev/null\necho '{\"instances\":[{\"id\":\"m-1\",\"runner_names\":[],\"state\":\"running\",\
+         \"created_at\":\"2026-11-30T00:00:00Z\",\"template_hash\":\"h0\",\"uses\":3}]}'",
+        |_| {},
+    );
+    let err = backend
+        .instances(&[PoolId::new("a")])
+        .await
+        .expect_err("uses without reused_at");
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert!(err.to_string().contains("instances[0].reused_at"), "{err}");
+}

@@ -83,6 +83,7 @@ impl Backend for FixedBackend {
             launched_at: SystemClock.now(),
             template_hash: request.template_hash,
             runner_names: request.runners.into_iter().map(|r| r.runner_name).collect(),
+            reused: None,
         })
     }
     async fn terminate(&self, _pool: &PoolId, _instance: &InstanceId) -> Result<()> {
@@ -156,6 +157,7 @@ fn main() {
             runners_unattributed: false,
             // The configuration's default: the reconciler keeps each pool's demand history.
             warm: Some(runscale_core::Warm::AUTO),
+            reuse: None,
         };
         let mut view = ProviderView::default();
         let mut insts = Vec::with_capacity(per_pool);
@@ -180,6 +182,7 @@ fn main() {
                 launched_at: now - chrono::Duration::hours(3),
                 template_hash: spec.template_hash.clone(),
                 runner_names: vec![runner],
+                reused: None,
             });
         }
         // Every other pool has two jobs waiting (launches), the rest none (scale-in).

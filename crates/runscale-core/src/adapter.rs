@@ -203,6 +203,20 @@ pub struct LaunchRequest {
     pub template_hash: String,
 }
 
+/// What the backend needs to hand an instance fresh runners after its runners all finished
+/// and left ([`crate::PoolSpec::reuse`]).
+#[derive(Clone, Debug)]
+pub struct ReuseRequest {
+    /// The pool.
+    pub pool: PoolId,
+    /// The instance, as listed (still alive, no runner of it registered).
+    pub instance: InstanceId,
+    /// One fresh registration per slot: the instance's runner names from now on.
+    pub runners: Vec<Registration>,
+    /// Registrations the instance will have served once these are, the first included.
+    pub uses: u32,
+}
+
 /// Something notable a backend did that is worth counting, beyond the call's outcome: a spot
 /// launch that fell back to on-demand capacity, a group at its size limit, ... Counted by the
 /// instrumenting wrapper under `runscale_backend_events_total{account, pool, event}`.
@@ -238,6 +252,28 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A read-only check that the backend is usable with this configuration.
     async fn probe(&self) -> Result<String>;
+
+    /// Hands an instance whose runners all finished and left fresh registrations: it starts
+    /// one runner per registration without rebooting, and from now on lists these runner
+    /// names, `uses` and the time of the hand-over ([`Instance::reused`]), also after a
+    /// restart of runscale (and while its own listing lags). An error leaves the instance as
+    /// it was; the reconciler then terminates it.
+    ///
+    /// The one exception to "optional abilities do nothing by default": a backend type that
+    /// cannot reuse instances ([`BackendType::reuses_instances`](crate::BackendType) is
+    /// `false`) keeps this default, which refuses; the configuration rejects `reuse` for its
+    /// pools, so it is not called.
+    async fn reuse(&self, request: ReuseRequest) -> Result<()> {
+        Err(Error::new(
+            "backend.reuse",
+            ErrorKind::Misconfigured,
+            format!(
+                "the {} backend cannot reuse instances (pool {})",
+                self.kind(),
+                request.pool
+            ),
+        ))
+    }
 
     /// Tells the backend which instances of `pool` host a runner that is running a job, so it
     /// can shield them from disruption by others (cluster autoscalers, node consolidation,

@@ -130,6 +130,12 @@ pub trait BackendType: 'static {
         Ok(())
     }
 
+    /// Whether its instances can take fresh runners after theirs left ([`Backend::reuse`]), so
+    /// pools may set `reuse`. `false` by default.
+    fn reuses_instances() -> bool {
+        false
+    }
+
     /// Builds the backend of one `backends` entry for the pools bound to it. May touch the
     /// local world (a state directory); makes no network call (an SDK that must, connects on
     /// first use).

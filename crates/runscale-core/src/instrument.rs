@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::adapter::{
-    Backend, BackendEvent, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
+    Backend, BackendEvent, LaunchRequest, Provider, ProviderView, Registration, ReuseRequest,
+    WebhookRequest,
 };
 use crate::error::Result;
 use prometheus_client::metrics::counter::Counter;
@@ -269,6 +270,10 @@ impl InstrumentedBackend {
         self.counted("probe", self.inner.probe()).await
     }
 
+    pub(crate) async fn reuse(&self, request: ReuseRequest) -> Result<()> {
+        self.counted("reuse", self.inner.reuse(request)).await
+    }
+
     pub(crate) async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
         self.counted("mark_busy", self.inner.mark_busy(pool, busy))
             .await
@@ -300,6 +305,10 @@ impl Backend for InstrumentedBackend {
 
     async fn probe(&self) -> Result<String> {
         InstrumentedBackend::probe(self).await
+    }
+
+    async fn reuse(&self, request: ReuseRequest) -> Result<()> {
+        InstrumentedBackend::reuse(self, request).await
     }
 
     async fn mark_busy(&self, pool: &PoolId, busy: &[InstanceId]) -> Result<()> {
@@ -357,6 +366,7 @@ mod tests {
                 launched_at: chrono::Utc::now(),
                 template_hash: request.template_hash,
                 runner_names: Vec::new(),
+                reused: None,
             })
         }
         async fn terminate(&self, _pool: &PoolId, _instance: &InstanceId) -> Result<()> {

@@ -25,7 +25,7 @@ pub mod testing;
 
 pub use adapter::{
     Backend, BackendEvent, Credentials, LaunchRequest, Provider, ProviderView, Registration,
-    WebhookRequest,
+    ReuseRequest, WebhookRequest,
 };
 pub use adapter_type::{BackendType, PoolContext, ProviderType};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
@@ -34,7 +34,7 @@ pub use forecast::{DemandHistory, Forecast, Warm};
 pub use memory::{Observed, PoolMemory};
 pub use model::{
     Demand, EffectiveLimits, Instance, InstanceId, InstanceState, Observation, PoolId, PoolSpec,
-    Runner, RunnerId, RunnerState, Timestamp, WaitingJob, template_hash,
+    Reuse, Reused, Runner, RunnerId, RunnerState, Timestamp, WaitingJob, template_hash,
 };
 pub use plan::{Action, Limit, Plan, Planned, Reason};
 pub use policy::plan;

@@ -168,6 +168,12 @@ impl PoolMemory {
     /// rate, and its names are the pool's from now on, even if it dies before a view lists it.
     pub fn launched(&mut self, at: Timestamp, names: impl IntoIterator<Item = String>) {
         self.launches.push_back(at);
+        self.hosts(names);
+    }
+
+    /// These runner names are the pool's from now on (an instance was launched or reused for
+    /// them), even if their instance dies before a view lists them.
+    pub fn hosts(&mut self, names: impl IntoIterator<Item = String>) {
         for name in names {
             match self.runners.get_mut(name.as_str()) {
                 Some(k) => k.was_hosted = true,
@@ -383,6 +389,7 @@ mod tests {
             launched_at: Timestamp::default(),
             template_hash: String::new(),
             runner_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            reused: None,
         }
     }
 

@@ -120,6 +120,19 @@ pub struct PoolSpec {
     /// Predictive warm capacity: spare slots for the arrivals the forecast expects
     /// ([`Observation::forecast`]), beyond `min_idle`. `None`: purely reactive.
     pub warm: Option<crate::forecast::Warm>,
+    /// Instance reuse for ephemeral runners: an instance whose runners all finished and left is
+    /// handed fresh one-job registrations instead of being terminated, when the pool wants
+    /// capacity. `None`: every instance serves one registration.
+    pub reuse: Option<Reuse>,
+}
+
+/// How far a pool's instances may be reused ([`PoolSpec::reuse`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    /// Most registrations one instance serves, the first included (at least 2).
+    pub max_uses: u32,
+    /// An instance older than this is not reused (it is retired as without reuse).
+    pub max_age: Duration,
 }
 
 impl PoolSpec {
@@ -248,8 +261,35 @@ pub struct Instance {
     pub launched_at: Timestamp,
     /// Template hash it was launched from.
     pub template_hash: String,
-    /// Names of the runners it was launched for (one per slot).
+    /// Names of the runners it hosts now (one per slot): those it was launched for, or those
+    /// it was last handed when it was reused.
     pub runner_names: Vec<String>,
+    /// Set once the instance was reused ([`PoolSpec::reuse`]): its count of registrations
+    /// and when it got its current ones. `None`: it still serves its first registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<Reused>,
+}
+
+/// An instance's reuse so far ([`Instance::reused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reused {
+    /// Registrations it has served, the first included (2 after its first reuse).
+    pub uses: u32,
+    /// When it was handed its current registrations.
+    pub at: Timestamp,
+}
+
+impl Instance {
+    /// Registrations it has served, the current one included.
+    pub fn uses(&self) -> u32 {
+        self.reused.map_or(1, |r| r.uses)
+    }
+
+    /// When its current runners were handed to it: its launch, or its last reuse.
+    pub fn armed_at(&self) -> Timestamp {
+        self.reused
+            .map_or(self.launched_at, |r| r.at.max(self.launched_at))
+    }
 }
 
 /// Everything the policy sees of one pool at one instant.

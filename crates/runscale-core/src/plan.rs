@@ -82,6 +82,18 @@ pub enum Action {
         /// Its name.
         name: String,
     },
+    /// Hand an instance whose runners all finished and left fresh registrations (one per
+    /// slot), instead of terminating it and launching another ([`crate::PoolSpec::reuse`]).
+    /// The runners listed are removed from the CI system first, as for `Terminate`; if that or
+    /// the hand-over fails, the instance is terminated (nothing runs on it).
+    Reuse {
+        /// The instance.
+        instance: InstanceId,
+        /// Its old runners the CI system still lists (offline), to remove first.
+        runners: Vec<RunnerId>,
+        /// Registrations it will have served once reused, the first included.
+        uses: u32,
+    },
     /// Terminate an instance. Every runner listed is removed from the CI system first, and the
     /// instance is terminated only if the CI system confirmed every removal (a busy runner
     /// makes the removal fail and the instance stays).
@@ -100,6 +112,7 @@ impl Action {
             Action::Launch { .. } => "launch",
             Action::Drain { .. } => "drain",
             Action::Deregister { .. } => "deregister",
+            Action::Reuse { .. } => "reuse",
             Action::Terminate { .. } => "terminate",
         }
     }
@@ -146,6 +159,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Number of instances this plan reuses.
+    pub fn reuses(&self) -> u32 {
+        self.actions
+            .iter()
+            .filter(|p| matches!(p.action, Action::Reuse { .. }))
+            .count() as u32
+    }
+
     /// Number of instances this plan launches.
     pub fn launches(&self) -> u32 {
         self.actions

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use runscale_core::forecast::warm_slots;
 use runscale_core::{
     Action, Forecast, Instance, InstanceId, InstanceState, Limit, Observation, Plan, PoolSpec,
-    Runner, RunnerId, RunnerState, Timestamp, WaitingJob, Warm, plan,
+    Reuse, Reused, Runner, RunnerId, RunnerState, Timestamp, WaitingJob, Warm, plan,
 };
 
 fn now() -> Timestamp {
@@ -46,9 +46,15 @@ fn spec_strategy() -> impl Strategy<Value = PoolSpec> {
             0u64..600,
         ),
         (1u32..4, any::<bool>()),
+        proptest::option::weighted(0.4, (2u32..5, 60u64..3000)),
     )
         .prop_map(
-            |((min_idle, max, max_booting, lpm), (boot, idle, life, delay), (slots, eph))| {
+            |(
+                (min_idle, max, max_booting, lpm),
+                (boot, idle, life, delay),
+                (slots, eph),
+                reuse,
+            )| {
                 let mut s = PoolSpec::test("p");
                 s.min_idle = min_idle;
                 s.max = max;
@@ -60,6 +66,10 @@ fn spec_strategy() -> impl Strategy<Value = PoolSpec> {
                 s.scale_down_delay = Duration::from_secs(delay);
                 s.runners_per_instance = slots;
                 s.ephemeral = eph;
+                s.reuse = reuse.map(|(max_uses, age)| Reuse {
+                    max_uses,
+                    max_age: Duration::from_secs(age),
+                });
                 s
             },
         )
@@ -128,6 +138,7 @@ fn build(
                 spec.template_hash.clone()
             },
             runner_names: names,
+            reused: None,
         });
     }
     for (j, (state, draining)) in orphans.into_iter().enumerate() {
@@ -169,6 +180,8 @@ fn observation_strategy() -> impl Strategy<Value = (PoolSpec, Observation)> {
             proptest::collection::vec(0u64..120, 0..8),
             proptest::bool::weighted(0.1),
             proptest::collection::vec(proptest::bool::weighted(0.3), 64),
+            // Earlier reuses of each instance: (uses, seconds after launch of the last).
+            proptest::collection::vec(proptest::option::weighted(0.3, (2u32..6, 0u64..2000)), 16),
             // `warm` and its forecast: (target wait, coverage), (rate, lead time, dispersion).
             proptest::option::weighted(
                 0.4,
@@ -179,7 +192,7 @@ fn observation_strategy() -> impl Strategy<Value = (PoolSpec, Observation)> {
             ),
         )
             .prop_map(
-                |(mut spec, seeds, orphans, waiting, recent, stale, departed, warm)| {
+                |(mut spec, seeds, orphans, waiting, recent, stale, departed, reused, warm)| {
                     if let Some(((wait, coverage), (rate, lead, dispersion))) = warm {
                         spec.warm = Some(Warm {
                             target_wait: Duration::from_secs(wait),
@@ -192,13 +205,26 @@ fn observation_strategy() -> impl Strategy<Value = (PoolSpec, Observation)> {
                         };
                         let mut obs = build(&spec, seeds, orphans, waiting, recent);
                         obs.forecast = Some(forecast);
+                        mark_reused(&mut obs, &reused);
                         return finish(spec, obs, stale, departed);
                     }
-                    let obs = build(&spec, seeds, orphans, waiting, recent);
+                    let mut obs = build(&spec, seeds, orphans, waiting, recent);
+                    mark_reused(&mut obs, &reused);
                     finish(spec, obs, stale, departed)
                 },
             )
     })
+}
+
+/// Marks some instances as reused earlier: `uses` so far, the last hand-over some time after
+/// the launch (not after now).
+fn mark_reused(obs: &mut Observation, reused: &[Option<(u32, u64)>]) {
+    for (i, r) in obs.instances.iter_mut().zip(reused) {
+        if let Some((uses, after)) = r {
+            let at = (i.launched_at + chrono::Duration::seconds(*after as i64)).min(now());
+            i.reused = Some(Reused { uses: *uses, at });
+        }
+    }
 }
 
 /// Marks the observation stale or not, and some of its runners departed.
@@ -236,6 +262,17 @@ fn left(obs: &Observation, by_name: &HashMap<&str, &Runner>, name: &str) -> bool
         && by_name
             .get(name)
             .is_none_or(|r| r.state == RunnerState::Offline && !r.draining)
+}
+
+/// The instances the plan reuses.
+fn reused(p: &Plan) -> HashSet<&InstanceId> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Reuse { instance, .. } => Some(instance),
+            _ => None,
+        })
+        .collect()
 }
 
 fn terminated(p: &Plan) -> HashSet<&InstanceId> {
@@ -289,9 +326,9 @@ fn idle_for(by_name: &HashMap<&str, &Runner>, i: &Instance) -> Duration {
         .runner_names
         .iter()
         .filter_map(|n| by_name.get(n.as_str()))
-        .map(|r| r.last_busy.unwrap_or(i.launched_at).max(i.launched_at))
+        .map(|r| r.last_busy.unwrap_or(i.armed_at()).max(i.armed_at()))
         .max()
-        .unwrap_or(i.launched_at);
+        .unwrap_or(i.armed_at());
     elapsed(since)
 }
 
@@ -346,7 +383,8 @@ proptest! {
         prop_assert_eq!(n, terminated(&p).len());
     }
 
-    /// 2. Booting + running instances never exceed `max` because of a launch; launches never
+    /// 2. Booting + running instances never exceed `max` because of a launch, counting those
+    /// the plan terminates (still up while its launches start); launches never
     /// exceed `max_booting` (counting instances already booting) nor the launch rate (counting
     /// the instances launched in the last minute when more than the launches remembered).
     #[test]
@@ -357,8 +395,9 @@ proptest! {
             return Ok(());
         }
         let live = live_after(&obs, &p);
-        prop_assert!(live.len() as u32 + launches <= p.limits.max,
-            "{} live + {} launches > max {}", live.len(), launches, p.limits.max);
+        let up = obs.instances.iter().filter(|i| i.state != InstanceState::Stopping).count() as u32;
+        prop_assert!(up + launches <= p.limits.max,
+            "{} up + {} launches > max {}", up, launches, p.limits.max);
         let booting = live.iter().filter(|i| i.state == InstanceState::Booting).count() as u32;
         prop_assert!(booting + launches <= spec.max_booting);
         prop_assert!(within_launch_rate(&spec, &obs, &p));
@@ -370,6 +409,7 @@ proptest! {
         let p = plan(&spec, &obs, now());
         let by_name = runners_by_name(&obs);
         let gone = terminated(&p);
+        let reuses = reused(&p);
         let k = spec.runners_per_instance;
         // An upper bound on free capacity after the plan: idle runners and young empty slots
         // of instances that stay.
@@ -377,7 +417,9 @@ proptest! {
         for i in obs.instances.iter().filter(|i| i.state != InstanceState::Stopping && !gone.contains(&i.id)) {
             let regs: Vec<&&Runner> = i.runner_names.iter().filter_map(|n| by_name.get(n.as_str())).collect();
             free += regs.iter().filter(|r| r.state == RunnerState::Idle && !r.draining).count() as u32;
-            if elapsed(i.launched_at) < spec.boot_timeout {
+            if reuses.contains(&i.id) {
+                free += k;
+            } else if elapsed(i.armed_at()) < spec.boot_timeout {
                 let online = regs.iter().filter(|r| r.state != RunnerState::Offline || r.draining).count() as u32;
                 // A slot whose runner registered and left is not coming up.
                 let left = i.runner_names.iter().filter(|n| left(&obs, &by_name, n)).count() as u32;
@@ -392,13 +434,14 @@ proptest! {
         let wanted = obs.demand.waiting.len() as u32 + p.limits.min_idle.max(warm);
         if p.launches() * k + free < wanted {
             let (_, limit) = p.held_back.expect("unmet demand must be explained by a cap");
-            let live = obs.instances.iter()
-                .filter(|i| i.state != InstanceState::Stopping && !gone.contains(&i.id)).count() as u32;
+            // Instances terminated by the plan count against `max` until gone.
+            let up = obs.instances.iter()
+                .filter(|i| i.state != InstanceState::Stopping).count() as u32;
             match limit {
-                Limit::Max => prop_assert!(live + p.launches() >= p.limits.max),
+                Limit::Max => prop_assert!(up + p.launches() >= p.limits.max),
                 Limit::MaxBooting => {
                     let booting = obs.instances.iter().filter(|i| !gone.contains(&i.id)).filter(|i| i.state == InstanceState::Booting
-                        || (i.state != InstanceState::Stopping && elapsed(i.launched_at) < spec.boot_timeout
+                        || (i.state != InstanceState::Stopping && elapsed(i.armed_at()) < spec.boot_timeout
                             && i.runner_names.iter().any(|n| by_name.get(n.as_str()).is_none_or(|r| r.state == RunnerState::Offline && !r.draining)))).count() as u32;
                     prop_assert!(booting + p.launches() >= spec.max_booting);
                 }
@@ -427,10 +470,11 @@ proptest! {
         let p = plan(&spec, &obs, now());
         let by_name = runners_by_name(&obs);
         let gone = terminated(&p);
+        let reuses = reused(&p);
         for i in &obs.instances {
             let registered = i.runner_names.iter().any(|n| by_name.contains_key(n.as_str()));
-            if i.state != InstanceState::Stopping && !registered && elapsed(i.launched_at) >= spec.boot_timeout {
-                prop_assert!(gone.contains(&i.id), "{} has no runner after boot_timeout", i.id);
+            if i.state != InstanceState::Stopping && !registered && elapsed(i.armed_at()) >= spec.boot_timeout {
+                prop_assert!(gone.contains(&i.id) || reuses.contains(&i.id), "{} has no runner after boot_timeout", i.id);
             }
         }
         let hosted: HashSet<&str> = obs.instances.iter().flat_map(|i| i.runner_names.iter().map(String::as_str)).collect();
@@ -455,10 +499,11 @@ proptest! {
         let p = plan(&spec, &obs, now());
         let by_name = runners_by_name(&obs);
         let gone = terminated(&p);
+        let reuses = reused(&p);
         for i in obs.instances.iter().filter(|i| i.state != InstanceState::Stopping) {
             let all_left = i.runner_names.iter().all(|n| left(&obs, &by_name, n));
             if all_left {
-                prop_assert!(gone.contains(&i.id), "{} kept after its runners left", i.id);
+                prop_assert!(gone.contains(&i.id) || reuses.contains(&i.id), "{} kept after its runners left", i.id);
             }
         }
     }
@@ -523,6 +568,68 @@ proptest! {
 proptest! {
     #![proptest_config(config())]
 
+    /// R1. Reuse is as safe as termination: only an instance of a pool with `reuse`, on a
+    /// fresh observation, from the current template and within `max_lifetime`, whose every
+    /// runner registered and left (none listed busy or online), below `max_uses` and younger
+    /// than `max_age`; its listed runners are removed first; it is not also terminated; its
+    /// use count goes up by one.
+    #[test]
+    fn r1_only_instances_whose_runners_left_are_reused((spec, obs) in observation_strategy()) {
+        let p = plan(&spec, &obs, now());
+        let by_name = runners_by_name(&obs);
+        let gone = terminated(&p);
+        for a in &p.actions {
+            let Action::Reuse { instance, runners, uses } = &a.action else { continue };
+            let reuse = spec.reuse.expect("reuse planned for a pool without reuse");
+            prop_assert!(!obs.stale);
+            let i = obs.instances.iter().find(|i| i.id == *instance).expect("observed");
+            prop_assert_ne!(i.state, InstanceState::Stopping);
+            prop_assert_eq!(&i.template_hash, &spec.template_hash);
+            prop_assert!(spec.max_lifetime.is_none_or(|l| elapsed(i.launched_at) < l));
+            prop_assert!(i.runner_names.iter().all(|n| left(&obs, &by_name, n)), "{} has runners that did not leave", i.id);
+            prop_assert!(i.uses() < reuse.max_uses && *uses == i.uses() + 1);
+            prop_assert!(elapsed(i.launched_at) < reuse.max_age);
+            prop_assert!(!gone.contains(instance));
+            let listed: HashSet<&RunnerId> = runners.iter().collect();
+            for n in &i.runner_names {
+                if let Some(r) = by_name.get(n.as_str()) {
+                    prop_assert!(listed.contains(&r.id), "runner {} of {} not removed first", n, i.id);
+                }
+            }
+        }
+        prop_assert_eq!(reused(&p).len(), p.reuses() as usize);
+    }
+
+    /// R2. Reuse comes before launching and only for wanted capacity: a plan that launches
+    /// terminates no instance it could have reused, and a plan reuses no more instances than
+    /// the slots it wants beyond what it has free.
+    #[test]
+    fn r2_reuse_is_preferred_to_launching_and_bounded_by_need((spec, mut obs) in observation_strategy()) {
+        obs.stale = false;
+        let p = plan(&spec, &obs, now());
+        if spec.reuse.is_none() || p.reuses() == 0 && p.launches() == 0 {
+            return Ok(());
+        }
+        let reuse = spec.reuse.expect("checked");
+        let by_name = runners_by_name(&obs);
+        let gone = terminated(&p);
+        let reusable = |i: &&Instance| {
+            i.state != InstanceState::Stopping
+                && i.template_hash == spec.template_hash
+                && spec.max_lifetime.is_none_or(|l| elapsed(i.launched_at) < l)
+                && i.runner_names.iter().all(|n| left(&obs, &by_name, n))
+                && i.uses() < reuse.max_uses
+                && elapsed(i.launched_at) < reuse.max_age
+        };
+        if p.launches() > 0 {
+            for i in obs.instances.iter().filter(reusable) {
+                prop_assert!(!gone.contains(&i.id), "{} terminated while {} launches", i.id, p.launches());
+            }
+        }
+        let k = spec.runners_per_instance;
+        prop_assert!(p.reuses() * k <= p.desired_slots, "{} reuses for {} slots", p.reuses(), p.desired_slots);
+    }
+
     /// A stale observation (provider throttled) never removes anything.
     #[test]
     fn stale_observations_only_launch((spec, mut obs) in observation_strategy()) {
@@ -542,6 +649,24 @@ fn apply(obs: &mut Observation, p: &Plan) {
                 obs.instances.retain(|i| i.id != *instance);
             }
             Action::Deregister { runner, .. } => obs.runners.retain(|r| r.id != *runner),
+            Action::Reuse {
+                instance,
+                runners,
+                uses,
+            } => {
+                obs.runners.retain(|r| !runners.contains(&r.id));
+                if let Some(i) = obs.instances.iter_mut().find(|i| i.id == *instance) {
+                    i.runner_names = i
+                        .runner_names
+                        .iter()
+                        .map(|n| format!("{n}-again"))
+                        .collect();
+                    i.reused = Some(Reused {
+                        uses: *uses,
+                        at: now(),
+                    });
+                }
+            }
             Action::Launch { .. } | Action::Drain { .. } => {}
         }
     }
@@ -683,7 +808,7 @@ proptest! {
                     let i = obs.instances.iter().find(|i| i.id == *instance).expect("observed");
                     prop_assert_ne!(i.state, InstanceState::Stopping);
                 }
-                Action::Deregister { .. } | Action::Drain { .. } => {
+                Action::Deregister { .. } | Action::Drain { .. } | Action::Reuse { .. } => {
                     prop_assert!(false, "{:?}", a);
                 }
                 Action::Launch { .. } => {}

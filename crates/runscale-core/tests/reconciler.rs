@@ -1145,3 +1145,65 @@ async fn with_warm_capacity_a_steady_stream_finds_runners_ready_and_the_spares_a
     // After the stream, the forecast fades and the spares are retired.
     assert_eq!(left, 0, "spare runners retired after the stream");
 }
+
+/// A pool with `reuse` whose instances outlive their runners (a VM after its ephemeral
+/// runner's job).
+fn reuse_world(clock: &Arc<dyn Clock>) -> Arc<World> {
+    let cfg = WorldConfig {
+        instances_exit_when_runners_leave: false,
+        ..WorldConfig::default()
+    };
+    World::new(clock.clone(), cfg)
+}
+
+fn reuse_spec() -> PoolSpec {
+    PoolSpec::test("p").max(3).reuse(Some(runscale_core::Reuse {
+        max_uses: 4,
+        max_age: Duration::from_secs(3600),
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_is_served_by_reusing_instances_whose_runners_finished() {
+    let clock = clock();
+    let world = reuse_world(&clock);
+    let r = Reconciler::new(
+        vec![binding(&world, reuse_spec(), "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    world.enqueue("p", 9, Duration::from_secs(20));
+    run_for(r, Duration::from_secs(400)).await;
+    let s = world.snapshot();
+    assert_eq!(s.completed.len(), 9, "{s:?}");
+    assert_eq!(
+        s.launches, 3,
+        "three instances serve nine jobs: {:?}",
+        s.calls
+    );
+    assert_eq!(s.reuses, 6);
+    assert_eq!(s.instances, 0, "terminated once nothing waits");
+    assert_eq!(s.runners, 0);
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_hand_over_terminates_the_instance_and_the_job_still_runs() {
+    let clock = clock();
+    let world = reuse_world(&clock);
+    let r = Reconciler::new(
+        vec![binding(&world, reuse_spec().max(1), "ci")],
+        clock,
+        metrics(),
+        options(),
+    );
+    world.fail_next("reuse", 1, ErrorKind::Transient);
+    world.enqueue("p", 2, Duration::from_secs(20));
+    run_for(r, Duration::from_secs(400)).await;
+    let s = world.snapshot();
+    assert_eq!(s.completed.len(), 2, "{s:?}");
+    assert_eq!(s.launches, 2, "the refused reuse is replaced by a launch");
+    assert_eq!(s.instances, 0);
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+}

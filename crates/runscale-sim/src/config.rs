@@ -45,6 +45,7 @@ impl SimPool {
                 template_hash: "sim".to_owned(),
                 runners_unattributed: false,
                 warm: Some(runscale_core::Warm::AUTO),
+                reuse: None,
             },
             labels: Vec::new(),
         }
@@ -252,6 +253,43 @@ impl std::fmt::Display for WarmArg {
                 w.coverage
             ),
         }
+    }
+}
+
+/// A `reuse` setting given on the command line: `off`, or `MAX_USES[@MAX_AGE]` (`10`,
+/// `10@12h`; the age defaults to 12h, as in the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReuseArg(pub Option<runscale_core::Reuse>);
+
+impl std::str::FromStr for ReuseArg {
+    type Err = SimError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |message: String| SimError::Invalid {
+            field: "reuse",
+            message,
+        };
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        let (uses, age) = s.split_once('@').unwrap_or((s, "12h"));
+        let max_uses = uses
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (2..=1000).contains(n))
+            .ok_or_else(|| {
+                bad(format!(
+                    "`{uses}` is not a use count from 2 to 1000; expected off or \
+                     MAX_USES[@MAX_AGE]"
+                ))
+            })?;
+        let max_age = humantime::parse_duration(age.trim())
+            .map_err(|e| bad(format!("`{age}` is not a duration ({e})")))?;
+        if max_age.is_zero() || max_age > Duration::from_secs(7 * 24 * 3600) {
+            return Err(bad("max age must be above 0 and at most 7 days".to_owned()));
+        }
+        Ok(Self(Some(runscale_core::Reuse { max_uses, max_age })))
     }
 }
 

@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 pub use boot::BootDist;
-pub use config::{Detection, SimPool, SweepArg, WarmArg, WorldParams};
+pub use config::{Detection, ReuseArg, SimPool, SweepArg, WarmArg, WorldParams};
 pub use policies::{PolicyName, PolicySelection};
 pub use report::{PolicyReport, SimReport};
 pub use trace::{GenOptions, GeneratorKind, Trace, TraceError, TraceJob, TraceSource};
@@ -68,6 +68,8 @@ pub struct SimulateArgs {
     pub charts_dir: Option<PathBuf>,
     /// Overrides every pool's `warm` setting.
     pub warm: Option<WarmArg>,
+    /// Overrides every pool's `reuse` setting (runscale's policy only: no baseline reuses).
+    pub reuse: Option<ReuseArg>,
     /// runscale's policy again with each of these `warm` settings, as extra rows.
     pub sweep: Option<SweepArg>,
 }
@@ -87,6 +89,7 @@ impl Default for SimulateArgs {
             format: OutputFormat::Table,
             charts_dir: None,
             warm: None,
+            reuse: None,
             sweep: None,
         }
     }
@@ -198,6 +201,11 @@ pub fn run_trace(args: &SimulateArgs, trace: &Trace) -> Result<SimReport, SimErr
     if let Some(WarmArg(warm)) = args.warm {
         for p in &mut pools {
             p.spec.warm = warm;
+        }
+    }
+    if let Some(ReuseArg(reuse)) = args.reuse {
+        for p in &mut pools {
+            p.spec.reuse = reuse;
         }
     }
     let boot = args.boot.sampler()?;

@@ -114,6 +114,7 @@ impl Backend for RecordingBackend {
             launched_at: SystemClock.now(),
             template_hash: request.template_hash,
             runner_names: names,
+            reused: None,
         };
         self.lock().insert(instance.id.clone(), instance.clone());
         let runners = request

@@ -135,6 +135,10 @@ pub struct SimulateCli {
     /// (`10s`, `5s@0.9`); default: the configuration's (`auto` without one).
     #[arg(long)]
     pub warm: Option<String>,
+    /// Every pool's instance reuse for ephemeral runners: `off`, or `MAX_USES[@MAX_AGE]`
+    /// (`10`, `10@12h`); default: the configuration's (off without one).
+    #[arg(long)]
+    pub reuse: Option<String>,
     /// Also runscale's policy once per setting, as extra rows (its cost-against-wait
     /// frontier): `target_wait=0s,5s,10s,30s`, `coverage=0.6,0.8,0.9` or `warm=off,10s@0.8`.
     #[arg(long)]

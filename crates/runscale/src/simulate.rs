@@ -56,6 +56,7 @@ pub fn args(cli: &SimulateCli) -> anyhow::Result<SimulateArgs> {
         format: cli.format.parse::<OutputFormat>()?,
         charts_dir: cli.charts.clone(),
         warm,
+        reuse: cli.reuse.as_deref().map(str::parse).transpose()?,
         sweep: cli
             .sweep
             .as_deref()

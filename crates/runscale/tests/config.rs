@@ -764,3 +764,60 @@ fn warm_is_auto_by_default_and_can_be_off_or_set() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn reuse_is_off_by_default_and_needs_ephemeral_runners_on_a_backend_that_can_reuse() {
+    assert_eq!(load(&yaml("")).expect("valid").pools[0].spec.reuse, None);
+    // local-process: the runner process is the instance.
+    let errors = errors_of(&yaml("    reuse: {max_uses: 5}\n"));
+    let e = error_at(&errors, "pools[0].reuse");
+    assert!(
+        e.message.contains("local-process") && e.message.contains("exec"),
+        "{e}"
+    );
+    let on_exec = |extra: &str| {
+        yaml(extra)
+            .replace(
+                "    type: local-process\n    state_dir: /tmp/runscale-config-test\n",
+                "    type: exec\n    command: [\"/usr/local/bin/machines\"]\n",
+            )
+            .replace(
+                "    template: {command: [\"/bin/true\"]}\n",
+                "    template: {params: {size: small}}\n",
+            )
+    };
+    let reuse = |extra: &str| load(&on_exec(extra)).expect("valid").pools[0].spec.reuse;
+    assert_eq!(
+        reuse("    reuse: {max_uses: 5, max_age: 2h}\n"),
+        Some(runscale_core::Reuse {
+            max_uses: 5,
+            max_age: Duration::from_secs(7200),
+        })
+    );
+    assert_eq!(
+        reuse("    reuse: {}\n"),
+        Some(runscale_core::Reuse {
+            max_uses: 10,
+            max_age: Duration::from_secs(12 * 3600),
+        })
+    );
+    let errors = errors_of(&on_exec("    reuse: {max_uses: 1, max_age: 8d}\n"));
+    assert!(
+        error_at(&errors, "pools[0].reuse.max_uses")
+            .message
+            .contains("from 2 to 1000")
+    );
+    error_at(&errors, "pools[0].reuse.max_age");
+    let errors = errors_of(&on_exec("    ephemeral: false\n    reuse: {}\n"));
+    assert!(
+        error_at(&errors, "pools[0].reuse")
+            .message
+            .contains("ephemeral"),
+        "{errors:?}"
+    );
+    let errors = errors_of(&on_exec("    reuse: {uses: 3}\n"));
+    assert!(
+        errors.iter().any(|e| e.message.contains("uses")),
+        "{errors:?}"
+    );
+}

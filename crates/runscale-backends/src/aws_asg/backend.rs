@@ -444,6 +444,7 @@ impl AwsAsg {
                     } else {
                         b.runner_names.clone()
                     },
+                    reused: None,
                 },
                 None => {
                     let seen = *k.first_seen.entry(i.id.clone()).or_insert(now);
@@ -462,6 +463,7 @@ impl AwsAsg {
                         launched_at: seen,
                         template_hash,
                         runner_names,
+                        reused: None,
                     }
                 }
             };
@@ -614,6 +616,7 @@ impl Backend for AwsAsg {
                 launched_at: now,
                 template_hash: binding.template_hash,
                 runner_names: Vec::new(),
+                reused: None,
             });
         };
         let renamed;
@@ -636,6 +639,7 @@ impl Backend for AwsAsg {
             launched_at: now,
             template_hash: binding.template_hash,
             runner_names: binding.runner_names,
+            reused: None,
         })
     }
 

@@ -256,6 +256,7 @@ impl AwsEc2 {
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned)
                 .collect(),
+            reused: None,
         }
     }
 }
@@ -449,6 +450,7 @@ impl Backend for AwsEc2 {
             launched_at: now,
             template_hash: request.template_hash.clone(),
             runner_names: vec![runner.to_owned()],
+            reused: None,
         };
         lock(&state.known)
             .recent

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use runscale_core::adapter_type::{PoolContext, Template as _, Validate as _};
 use runscale_core::{
-    Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId, Result,
+    Backend, Error, ErrorKind, Instance, InstanceId, InstanceState, LaunchRequest, PoolId,
+    Registration, Result, ReuseRequest, Reused,
 };
 use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
@@ -22,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::config::{Config, INHERITED_ENV, PoolTemplate};
 use super::protocol::{
     self, Action, Create, CreateReply, DeleteReply, EXIT_NOT_FOUND, ListReply, ProbeReply, Request,
-    RunnerRegistration,
+    Reuse, RunnerRegistration,
 };
 use super::run::{self, Exited, Spawn};
 
@@ -54,6 +55,9 @@ struct Memory {
     created: HashMap<(PoolId, String), (Instance, Instant)>,
     /// Deleted here (delete answered ok), by (pool, id): when.
     deleted: HashMap<(PoolId, String), Instant>,
+    /// Reused here and not yet listed with its new runners, by (pool, id): its new runner
+    /// names and reuse (the rest of the instance is the listing's), and when.
+    reused: HashMap<(PoolId, String), (Instance, Instant)>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,6 +155,7 @@ impl Inner {
             Action::Create(_) => ("create", self.config.timeouts.create),
             Action::Delete { .. } => ("delete", self.config.timeouts.delete),
             Action::List => ("list", self.config.timeouts.list),
+            Action::Reuse(_) => ("reuse", self.config.timeouts.create),
             Action::Probe => ("probe", self.config.timeouts.probe),
         };
         let request = Request {
@@ -230,6 +235,16 @@ impl Inner {
         for instance in &mut listed {
             let key = (pool.clone(), instance.id.as_str().to_owned());
             memory.created.remove(&key);
+            if let Some((reused, at)) = memory.reused.get(&key) {
+                if instance.runner_names == reused.runner_names || now.duration_since(*at) >= grace
+                {
+                    memory.reused.remove(&key);
+                } else {
+                    // The listing still shows the runners that left.
+                    instance.runner_names.clone_from(&reused.runner_names);
+                    instance.reused = reused.reused;
+                }
+            }
             if let Some(at) = memory.deleted.get(&key) {
                 if now.duration_since(*at) < grace {
                     instance.state = InstanceState::Stopping;
@@ -246,6 +261,9 @@ impl Inner {
         let listed_ids: Vec<String> = listed.iter().map(|i| i.id.as_str().to_owned()).collect();
         memory
             .deleted
+            .retain(|(p, id), _| p != pool || listed_ids.contains(id));
+        memory
+            .reused
             .retain(|(p, id), _| p != pool || listed_ids.contains(id));
         memory.created.retain(|(p, id), (instance, at)| {
             if p != pool {
@@ -331,12 +349,28 @@ pub(crate) fn listed(op: &'static str, pool: &PoolId, reply: ListReply) -> Resul
                 format!("list for pool {pool}: answer field `instances[{i}].id` is empty"),
             ));
         }
+        let reused = match (listed.uses, listed.reused_at) {
+            (None | Some(1), None) => None,
+            (Some(uses), Some(at)) if uses >= 2 => Some(Reused { uses, at }),
+            _ => {
+                return Err(Error::new(
+                    op,
+                    ErrorKind::Protocol,
+                    format!(
+                        "list for pool {pool}: answer fields `instances[{i}].uses` and \
+                         `instances[{i}].reused_at` go together: uses 2 or more with the time \
+                         of the last reuse, or neither"
+                    ),
+                ));
+            }
+        };
         instances.push(Instance {
             id: InstanceId::new(listed.id),
             state: listed.state.into(),
             launched_at: listed.created_at,
             template_hash: listed.template_hash,
             runner_names: listed.runner_names,
+            reused,
         });
     }
     Ok(instances)
@@ -407,6 +441,33 @@ fn redact(text: &str, secrets: &[String]) -> String {
         out = out.replace(secret.as_str(), "[redacted]");
     }
     out
+}
+
+/// Registrations as the protocol sends them: the runner names, the registrations (secrets
+/// exposed: they go to the executable's stdin only) and the secret values (to cut out of
+/// errors).
+fn on_the_wire(runners: &[Registration]) -> (Vec<String>, Vec<RunnerRegistration>, Vec<String>) {
+    let names = runners.iter().map(|r| r.runner_name.clone()).collect();
+    let secrets = runners
+        .iter()
+        .flat_map(|r| r.credentials.secrets.values())
+        .map(|s| s.expose_secret().to_owned())
+        .collect();
+    let registrations = runners
+        .iter()
+        .map(|r| RunnerRegistration {
+            name: r.runner_name.clone(),
+            runner_id: r.runner_id.as_ref().map(|id| id.as_str().to_owned()),
+            vars: r.credentials.vars.clone(),
+            secrets: r
+                .credentials
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
+                .collect(),
+        })
+        .collect();
+    (names, registrations, secrets)
 }
 
 /// The name of the machine for these runners: the base name they share (`rs-{pool}-{suffix}`,
@@ -482,31 +543,13 @@ impl Backend for ExecBackend {
                 "a launch needs at least one runner",
             ));
         }
-        let runner_names: Vec<String> = runners.iter().map(|r| r.runner_name.clone()).collect();
-        let secrets: Vec<String> = runners
-            .iter()
-            .flat_map(|r| r.credentials.secrets.values())
-            .map(|s| s.expose_secret().to_owned())
-            .collect();
+        let (runner_names, registrations, secrets) = on_the_wire(&runners);
         let name = instance_name(&runner_names);
         let action = Action::Create(Create {
             instance_name: name.clone(),
             runner_names: runner_names.clone(),
             template_hash: template_hash.clone(),
-            runners: runners
-                .iter()
-                .map(|r| RunnerRegistration {
-                    name: r.runner_name.clone(),
-                    runner_id: r.runner_id.as_ref().map(|id| id.as_str().to_owned()),
-                    vars: r.credentials.vars.clone(),
-                    secrets: r
-                        .credentials
-                        .secrets
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
-                        .collect(),
-                })
-                .collect(),
+            runners: registrations,
         });
         let stdout = match self.inner.call(OP, &pool, action, &secrets).await? {
             Answer::Done(stdout) => stdout,
@@ -528,6 +571,7 @@ impl Backend for ExecBackend {
             launched_at: Utc::now(),
             template_hash,
             runner_names,
+            reused: None,
         };
         info!(%pool, instance = %instance.id, name, "exec backend created an instance");
         locked(&self.inner.memory).created.insert(
@@ -558,6 +602,67 @@ impl Backend for ExecBackend {
                 memory.deleted.insert(key, Instant::now());
             }
         }
+        Ok(())
+    }
+
+    async fn reuse(&self, request: ReuseRequest) -> Result<()> {
+        const OP: &str = "exec.reuse";
+        let ReuseRequest {
+            pool,
+            instance,
+            runners,
+            uses,
+        } = request;
+        let (runner_names, registrations, secrets) = on_the_wire(&runners);
+        if runner_names.is_empty() {
+            return Err(Error::new(
+                OP,
+                ErrorKind::Misconfigured,
+                "a reuse needs at least one runner",
+            ));
+        }
+        let action = Action::Reuse(Reuse {
+            instance_id: instance.as_str().to_owned(),
+            runner_names: runner_names.clone(),
+            uses,
+            runners: registrations,
+        });
+        let key = (pool.clone(), instance.as_str().to_owned());
+        let stdout = match self.inner.call(OP, &pool, action, &secrets).await? {
+            Answer::Done(stdout) => stdout,
+            Answer::NotFound => {
+                return Err(Error::new(
+                    OP,
+                    ErrorKind::NotFound,
+                    format!("reuse for pool {pool}: instance {instance} is gone (exit 3)"),
+                ));
+            }
+        };
+        let reply: DeleteReply = parse(OP, "reuse", &pool, &stdout, &secrets)?;
+        if !reply.ok {
+            return Err(Error::new(
+                OP,
+                ErrorKind::Protocol,
+                format!(
+                    "reuse for pool {pool}: answer field `ok` is false with exit 0 (exit \
+                     non-zero to report a failure)"
+                ),
+            ));
+        }
+        // Listed with its new runners from now on, even while the listing lags.
+        let at = Utc::now();
+        let reused = Instance {
+            id: instance.clone(),
+            state: InstanceState::Running,
+            launched_at: at,
+            template_hash: String::new(),
+            runner_names,
+            reused: Some(Reused { uses, at }),
+        };
+        info!(%pool, %instance, uses, "exec backend reused an instance");
+        locked(&self.inner.memory)
+            .reused
+            .insert(key, (reused, Instant::now()));
         Ok(())
     }
 
@@ -614,6 +719,7 @@ mod tests {
             launched_at: Utc::now(),
             template_hash: "h".into(),
             runner_names: vec![format!("rs-a-{id}")],
+            reused: None,
         }
     }
 

@@ -14,6 +14,11 @@ impl BackendType for ExecType {
     type Config = Config;
     type Template = PoolTemplate;
 
+    /// The protocol's `reuse` action hands a machine fresh runners.
+    fn reuses_instances() -> bool {
+        true
+    }
+
     fn build(
         config: &Config,
         templates: Vec<(PoolId, PoolTemplate)>,

@@ -17,6 +17,9 @@
 //! - `delete` (terminate): `instance_id`. Answer `{"ok":true}`, or exit 3 when it is already
 //!   gone (idempotent).
 //! - `probe`: read-only check; answer `{"message":...}`.
+//! - `reuse` (pools with `reuse`): `instance_id`, `runner_names`, `uses` and `runners` as for
+//!   `create`; start them on the running machine and list them (with `uses`, `reused_at`)
+//!   from now on. Answer `{"ok":true}`, or exit 3 when the machine is gone.
 //!
 //! # Exit codes
 //!

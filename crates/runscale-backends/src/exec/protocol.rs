@@ -53,6 +53,10 @@ pub(crate) enum Action {
     },
     /// List the pool's machines that are not yet gone. Answer: [`ListReply`].
     List,
+    /// Start fresh runners on a running machine whose runners all finished and left (a pool
+    /// with `reuse`), without rebooting it; record their names, `uses` and the time, and list
+    /// them from now on. Exit 3 if the machine is gone. Answer: [`DeleteReply`] (`ok`).
+    Reuse(Reuse),
     /// A read-only check that the pool's machines can be managed (credentials, quotas,
     /// images). Answer: [`ProbeReply`].
     Probe,
@@ -70,6 +74,20 @@ pub(crate) struct Create {
     pub template_hash: String,
     /// One registration per runner: what it needs to join the CI system. `secrets` must
     /// reach the machine through a private channel and never be logged or put in argv.
+    pub runners: Vec<RunnerRegistration>,
+}
+
+/// The fields of a `reuse` request.
+#[derive(Serialize, JsonSchema)]
+pub(crate) struct Reuse {
+    /// The machine, as `create` or `list` gave its id.
+    pub instance_id: String,
+    /// The names of its runners from now on, one per slot. `list` must return them.
+    pub runner_names: Vec<String>,
+    /// Runner registrations the machine will have served, the first included (2 at the
+    /// first reuse). `list` must return it, with `reused_at`.
+    pub uses: u32,
+    /// One registration per runner, as in `create`: `secrets` through a private channel only.
     pub runners: Vec<RunnerRegistration>,
 }
 
@@ -150,6 +168,12 @@ pub(crate) struct ListedInstance {
     /// The template hash given at `create` (empty if unknown: the machine is then replaced
     /// once idle).
     pub template_hash: String,
+    /// The `uses` of its last `reuse`; leave out (or 1) for a machine never reused.
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// When its last `reuse` started its current runners, RFC 3339; given with `uses` above 1.
+    #[serde(default)]
+    pub reused_at: Option<Timestamp>,
 }
 
 /// The answer to `delete` (exit 0; exit 3 needs no answer).

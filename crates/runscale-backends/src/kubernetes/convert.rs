@@ -72,6 +72,7 @@ pub(crate) fn job_instance(job: &Job, current_version: Option<&str>) -> Option<I
             .unwrap_or_default(),
         template_hash: template_hash(&job.metadata, current_version),
         runner_names: vec![name.to_owned()],
+        reused: None,
     })
 }
 
@@ -156,6 +157,7 @@ pub(crate) fn instance(pod: &Pod, current_version: Option<&str>) -> Option<Insta
             .unwrap_or_default(),
         template_hash,
         runner_names: vec![runner],
+        reused: None,
     })
 }
 

@@ -332,6 +332,7 @@ impl Inner {
                 launched_at: record.launched_at,
                 template_hash: record.template_hash,
                 runner_names: record.runner_names,
+                reused: None,
             });
         }
         for id in self.layout.credentials_ids(pool)? {
@@ -672,6 +673,7 @@ impl Backend for LocalProcess {
             launched_at: now,
             template_hash: request.template_hash,
             runner_names,
+            reused: None,
         })
     }
 

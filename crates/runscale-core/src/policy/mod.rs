@@ -16,16 +16,22 @@
 //! 2. Instances with no registered runner after `boot_timeout` are terminated, and so are
 //!    younger ones whose every runner registered and has since left (`departed`: gone from the
 //!    listing, or listed offline after it was online — an ephemeral runner after its job, a
-//!    runner that exited after its last job). A departed slot never counts as booting.
+//!    runner that exited after its last job). A departed slot never counts as booting. With
+//!    `reuse` the latter are candidates for rule 6 instead (not on a stale observation). A
+//!    reused instance's boot time runs from its hand-over.
 //! 3. Instances whose runners are all offline after `boot_timeout`, or all draining, with none
 //!    busy, are terminated.
 //! 4. Registered runners that no instance hosts are deregistered, unless busy.
 //! 5. If the fleet is above `max` (lowered by a schedule), idle instances are terminated until
 //!    it is not, oldest idle first, regardless of `idle_timeout`.
 //! 6. If waiting jobs + spare slots exceed idle + booting slots, instances are launched,
-//!    capped by `max`, `max_booting` and `launches_per_minute`. The spare slots are `min_idle`,
+//!    capped by `max` (counting the instances this plan terminates: they are still up while
+//!    the launches start), `max_booting` and `launches_per_minute`. The spare slots are `min_idle`,
 //!    or with `warm` what the demand forecast calls for if that is more
 //!    ([`crate::forecast::warm_slots`]).
+//!    With `reuse`, instances whose runners all left (younger than `max_age`, below
+//!    `max_uses`) are handed fresh runners first, and only what they cannot cover is
+//!    launched; those not wanted are terminated as without `reuse`.
 //! 7. Otherwise surplus idle instances are terminated, oldest idle first, once idle for
 //!    `idle_timeout` and no sooner than `scale_down_delay` after the newest launch.
 //!
@@ -76,20 +82,27 @@ pub fn plan(spec: &PoolSpec, obs: &Observation, now: Timestamp) -> Plan {
     deregister_unhosted(obs, &hosted, &mut actions);
 
     fleet.idle.sort_by_key(|c| c.idle_since);
+    // Youngest first: they have the most reuses left.
+    fleet
+        .reusable
+        .sort_by_key(|c| std::cmp::Reverse(c.inst.launched_at));
     shed_over_max(&limits, &mut fleet, &mut actions);
 
     let waiting = u32::try_from(obs.demand.waiting.len()).unwrap_or(u32::MAX);
     let warm = warm_floor(spec, obs, &limits, &mut due);
     let wanted_free = waiting.saturating_add(limits.min_idle.max(warm));
     let free = fleet.idle_slots + fleet.booting_slots;
+    let reason = launch_reason(waiting, free, warm, limits.min_idle);
+    let need = (wanted_free.saturating_sub(free)).div_ceil(spec.runners_per_instance.max(1));
+    let reused = reuse(need, reason, &mut fleet, &mut actions);
     let (launch, held_back) = if wanted_free > free {
-        let need = (wanted_free - free).div_ceil(spec.runners_per_instance.max(1));
+        let up = fleet.up_during(&actions);
         let (launch, held_back) =
-            launch_for_demand(spec, &limits, obs, now, need, fleet.up(), &mut due);
+            launch_for_demand(spec, &limits, obs, now, need - reused, up, &mut due);
         if launch > 0 {
             actions.push(Planned {
                 action: Action::Launch { count: launch },
-                reason: launch_reason(waiting, free, warm, limits.min_idle),
+                reason,
             });
         }
         (launch, held_back)
@@ -145,6 +158,47 @@ fn warm_floor(spec: &PoolSpec, obs: &Observation, limits: &EffectiveLimits, due:
     crate::forecast::warm_slots(warm, forecast, cap)
 }
 
+/// Rule 6 with `reuse`: up to `need` of the reusable instances are handed fresh runners; the
+/// rest are terminated (their runners left). Returns how many were reused.
+fn reuse(need: u32, reason: Reason, fleet: &mut Fleet<'_>, actions: &mut Vec<Planned>) -> u32 {
+    let reused = need.min(fleet.reusable.len() as u32);
+    for (i, c) in std::mem::take(&mut fleet.reusable).into_iter().enumerate() {
+        let runners = c.regs.iter().map(|r| r.id.clone()).collect();
+        if (i as u32) < reused {
+            actions.push(Planned {
+                action: Action::Reuse {
+                    instance: c.inst.id.clone(),
+                    runners,
+                    uses: c.inst.uses().saturating_add(1),
+                },
+                reason,
+            });
+        } else {
+            fleet.drop_reusable(&c);
+            actions.push(terminate(c.inst, &c.regs, Reason::RunnerLeft));
+        }
+    }
+    reused
+}
+
+/// Rule 2 with `reuse`: an instance whose runners all left, none listed busy or idle, on a
+/// fresh observation, below `max_uses` and younger than `max_age`, waits for rule 6.
+fn reuse_candidate(
+    spec: &PoolSpec,
+    obs: &Observation,
+    seen: &Seen<'_>,
+    now: Timestamp,
+) -> Option<Verdict> {
+    let reuse = spec.reuse?;
+    let fits = !obs.stale
+        && seen.all_left()
+        && !seen.any_busy()
+        && seen.idle_runners() == 0
+        && seen.inst.uses() < reuse.max_uses
+        && elapsed(seen.inst.launched_at, now) < reuse.max_age;
+    fits.then_some(Verdict::Reusable)
+}
+
 /// Rules 1–3 on every instance: retires what they retire and tallies what stays. Also says
 /// which runners an instance (even one stopping) names: `hosted[i]` for runner i.
 fn judge_instances<'a>(
@@ -164,6 +218,7 @@ fn judge_instances<'a>(
         }
         fleet.note_launch(inst.launched_at, now);
         let verdict = retire_outdated(spec, &seen, now, due)
+            .or_else(|| reuse_candidate(spec, obs, &seen, now))
             .or_else(|| retire_unregistered(&seen))
             .or_else(|| retire_unusable(&seen))
             .unwrap_or(Verdict::Serve);
@@ -226,7 +281,7 @@ impl<'a> Listing<'a> {
             inst,
             regs,
             left,
-            past_boot: elapsed(inst.launched_at, now) >= spec.boot_timeout,
+            past_boot: elapsed(inst.armed_at(), now) >= spec.boot_timeout,
         }
     }
 }
@@ -257,9 +312,9 @@ impl Seen<'_> {
         self.regs.iter().filter(|r| r.state == state).count() as u32
     }
 
-    /// When its runners last finished a job (or it launched, if later or never busy).
+    /// When its runners last finished a job (or it got them, if later or never busy).
     fn idle_since(&self) -> Timestamp {
-        let launched = self.inst.launched_at;
+        let launched = self.inst.armed_at();
         self.regs
             .iter()
             .map(|r| r.last_busy.unwrap_or(launched).max(launched))
@@ -283,6 +338,8 @@ enum Verdict {
     Drain(Reason),
     /// No runner registered yet, within `boot_timeout`.
     Booting,
+    /// Its runners all left; rule 6 reuses or terminates it.
+    Reusable,
     /// Stays, serving or coming up.
     Serve,
 }
@@ -391,6 +448,12 @@ fn deregister_unhosted(obs: &Observation, hosted: &[bool], actions: &mut Vec<Pla
 /// Rule 5: above `max` (lowered by a schedule), shed idle instances, oldest idle first,
 /// regardless of `idle_timeout`. Before free capacity is counted, which they no longer add.
 fn shed_over_max(limits: &EffectiveLimits, fleet: &mut Fleet<'_>, actions: &mut Vec<Planned>) {
+    while fleet.active > limits.max
+        && let Some(c) = fleet.reusable.pop()
+    {
+        fleet.drop_reusable(&c);
+        actions.push(terminate(c.inst, &c.regs, Reason::OverMax));
+    }
     if fleet.active <= limits.max {
         return;
     }
@@ -451,6 +514,14 @@ struct Fleet<'a> {
     launched_in_window: u32,
     /// Scale-in candidates: nothing busy, at least one idle runner, the rest offline.
     idle: Vec<IdleInstance<'a>>,
+    /// Instances whose runners all left, for rule 6 to reuse (counted in `active`).
+    reusable: Vec<Retiring<'a>>,
+}
+
+/// An instance and its listed runners, on its way to reuse or termination.
+struct Retiring<'a> {
+    inst: &'a Instance,
+    regs: Regs<'a>,
 }
 
 /// The instances that count against rule 6's caps.
@@ -471,6 +542,26 @@ impl<'a> Fleet<'a> {
             booting: self.booting,
             launched_in_window: self.launched_in_window,
         }
+    }
+
+    /// What counts against rule 6's caps while the plan is carried out: instances it
+    /// terminates are still up while its launches start (the reconciler carries both out at
+    /// once), so they count against `max` until they are gone.
+    fn up_during(&self, actions: &[Planned]) -> Up {
+        let terminating = actions
+            .iter()
+            .filter(|a| matches!(a.action, Action::Terminate { .. }))
+            .count() as u32;
+        Up {
+            active: self.active + terminating,
+            ..self.up()
+        }
+    }
+
+    /// Takes a reusable instance that is terminated out of the tally.
+    fn drop_reusable(&mut self, c: &Retiring<'_>) {
+        self.active -= 1;
+        self.booting -= u32::from(c.inst.state == InstanceState::Booting);
     }
 
     fn note_launch(&mut self, launched_at: Timestamp, now: Timestamp) {
@@ -507,7 +598,15 @@ impl<'a> Fleet<'a> {
                 self.active += 1;
                 self.booting += 1;
                 self.booting_slots += spec.runners_per_instance.max(1).saturating_sub(seen.left);
-                due.at(seen.inst.launched_at, spec.boot_timeout);
+                due.at(seen.inst.armed_at(), spec.boot_timeout);
+            }
+            Verdict::Reusable => {
+                self.active += 1;
+                self.booting += u32::from(seen.inst.state == InstanceState::Booting);
+                self.reusable.push(Retiring {
+                    inst: seen.inst,
+                    regs: seen.regs,
+                });
             }
             Verdict::Serve => self.serve(seen, spec, due),
         }
@@ -532,7 +631,7 @@ impl<'a> Fleet<'a> {
         let booting_slots = if seen.past_boot { 0 } else { missing };
         self.booting_slots += booting_slots;
         if booting_slots > 0 {
-            due.at(inst.launched_at, spec.boot_timeout);
+            due.at(inst.armed_at(), spec.boot_timeout);
         }
         self.busy_slots += seen.count(RunnerState::Busy);
         let idle_slots = seen.idle_runners();

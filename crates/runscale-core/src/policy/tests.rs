@@ -41,6 +41,7 @@ fn inst(name: &str, age: i64) -> Instance {
         launched_at: t0() - secs(age),
         template_hash: "t1".into(),
         runner_names: vec![name.to_owned()],
+        reused: None,
     }
 }
 
@@ -602,6 +603,7 @@ fn anonymous(id: &str, age: i64) -> Instance {
         launched_at: t0() - secs(age),
         template_hash: "t1".into(),
         runner_names: Vec::new(),
+        reused: None,
     }
 }
 
@@ -751,4 +753,152 @@ fn unattributed_old_templates_wait_for_quiet_and_runners_are_never_deregistered(
             .any(|a| matches!(a.action, Action::Deregister { .. })),
         "{p:?}"
     );
+}
+
+const REUSE: Reuse = Reuse {
+    max_uses: 3,
+    max_age: Duration::from_secs(3600),
+};
+
+/// An instance `age` seconds old whose runner `name` finished its job and left.
+fn finished(name: &str, age: i64) -> (Instance, Observation) {
+    let obs = Observation {
+        instances: vec![inst(name, age)],
+        departed: vec![name.to_owned()],
+        ..Default::default()
+    };
+    (inst(name, age), obs)
+}
+
+fn reused_ids(p: &crate::plan::Plan) -> Vec<(String, u32, Reason)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Reuse { instance, uses, .. } => Some((instance.to_string(), *uses, a.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_instance_whose_runner_left_is_reused_for_a_waiting_job_instead_of_launching() {
+    let spec = PoolSpec::test("p").reuse(Some(REUSE));
+    let (_, mut obs) = finished("done", 600);
+    obs.demand = jobs(2);
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(
+        reused_ids(&p),
+        vec![("i-done".to_owned(), 2, Reason::Demand)]
+    );
+    assert_eq!(launches(&p), 1, "the second job gets a new instance");
+    assert!(terminated(&p).is_empty());
+    assert_eq!(p.desired_instances, 2);
+}
+
+#[test]
+fn an_instance_whose_runner_left_is_terminated_when_no_capacity_is_wanted() {
+    let spec = PoolSpec::test("p").reuse(Some(REUSE));
+    let (_, obs) = finished("done", 600);
+    let p = plan(&spec, &obs, t0());
+    assert!(reused_ids(&p).is_empty());
+    assert_eq!(
+        terminated(&p),
+        vec![("i-done".to_owned(), Reason::RunnerLeft)]
+    );
+}
+
+#[test]
+fn reuse_stops_at_max_uses_and_max_age() {
+    let spec = PoolSpec::test("p").reuse(Some(REUSE));
+    // Used up: 3 registrations served.
+    let (mut worn, mut obs) = finished("worn", 600);
+    worn.reused = Some(Reused {
+        uses: 3,
+        at: t0() - secs(30),
+    });
+    obs.instances = vec![worn];
+    obs.demand = jobs(1);
+    let p = plan(&spec, &obs, t0());
+    assert!(reused_ids(&p).is_empty());
+    assert_eq!(launches(&p), 1);
+    assert_eq!(
+        terminated(&p),
+        vec![("i-worn".to_owned(), Reason::RunnerLeft)]
+    );
+    // Too old.
+    let (_, mut obs) = finished("old", 3600);
+    obs.demand = jobs(1);
+    let p = plan(&spec, &obs, t0());
+    assert!(reused_ids(&p).is_empty());
+    assert_eq!(launches(&p), 1);
+    // Without `reuse`, as before.
+    let (_, mut obs) = finished("any", 30);
+    obs.demand = jobs(1);
+    let p = plan(&PoolSpec::test("p"), &obs, t0());
+    assert!(reused_ids(&p).is_empty());
+    assert_eq!(
+        terminated(&p),
+        vec![("i-any".to_owned(), Reason::RunnerLeft)]
+    );
+}
+
+#[test]
+fn nothing_is_reused_on_a_stale_observation_or_with_a_runner_still_listed_online() {
+    let spec = PoolSpec::test("p").reuse(Some(REUSE));
+    let (_, mut obs) = finished("done", 600);
+    obs.demand = jobs(1);
+    obs.stale = true;
+    let p = plan(&spec, &obs, t0());
+    assert!(reused_ids(&p).is_empty());
+    assert!(terminated(&p).is_empty());
+    // The listing has the last word: a departed name listed idle again is in service.
+    obs.stale = false;
+    obs.runners = vec![runner("done", RunnerState::Idle)];
+    let p = plan(&spec, &obs, t0());
+    assert!(reused_ids(&p).is_empty());
+    assert_eq!(launches(&p), 0, "its idle runner takes the job");
+}
+
+#[test]
+fn a_reused_instance_boots_from_its_hand_over_not_its_launch() {
+    let spec = PoolSpec::test("p").reuse(Some(REUSE));
+    let mut again = inst("fresh", 3000);
+    again.reused = Some(Reused {
+        uses: 2,
+        at: t0() - secs(5),
+    });
+    let obs = Observation {
+        demand: jobs(1),
+        instances: vec![again.clone()],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(
+        launches(&p),
+        0,
+        "its new runner is coming up: {:?}",
+        p.actions
+    );
+    assert!(terminated(&p).is_empty());
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(55)));
+    // Past `boot_timeout` since the hand-over with no runner registered: retired.
+    let p = plan(&spec, &obs, t0() + secs(60));
+    assert_eq!(
+        terminated(&p),
+        vec![("i-fresh".to_owned(), Reason::BootTimeout)]
+    );
+}
+
+#[test]
+fn reusable_instances_go_first_when_the_fleet_is_above_max() {
+    let spec = PoolSpec::test("p").reuse(Some(REUSE)).max(1);
+    let (_, mut obs) = finished("done", 600);
+    obs.instances.push(inst("busy", 600));
+    obs.runners.push(runner("busy", RunnerState::Busy));
+    obs.demand = jobs(1);
+    let p = plan(&spec, &obs, t0());
+    assert!(reused_ids(&p).is_empty());
+    assert_eq!(terminated(&p), vec![("i-done".to_owned(), Reason::OverMax)]);
+    assert_eq!(launches(&p), 0);
+    assert_eq!(p.held_back, Some((1, Limit::Max)));
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::batch::Batcher;
 use super::status::{ActionRecord, ErrorView, ObservationSummary, PoolStatus};
-use crate::adapter::{LaunchRequest, ProviderView, Registration};
+use crate::adapter::{LaunchRequest, ProviderView, Registration, ReuseRequest};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::instrument::{InstrumentedBackend, InstrumentedProvider};
@@ -474,36 +474,98 @@ impl PoolRuntime {
                     }
                 }
                 // The CI system must confirm every runner gone before the instance goes.
-                for runner in runners {
-                    match self.provider.remove(pool, runner).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == ErrorKind::Busy => {
-                            info!(pool = %pool, instance = %instance, runner = %runner, "runner took a job; instance kept");
-                            return Ok(Outcome::KeptBusy);
-                        }
-                        Err(e) => return Err(e),
-                    }
+                if !self.remove_all(instance, runners).await? {
+                    return Ok(Outcome::KeptBusy);
                 }
                 self.backend
                     .terminate(pool, instance)
                     .await
                     .map(|()| Outcome::Done)
             }
+            Action::Reuse {
+                instance,
+                runners,
+                uses,
+            } => {
+                if !self.remove_all(instance, runners).await? {
+                    return Ok(Outcome::KeptBusy);
+                }
+                self.reuse_one(instance, *uses)
+                    .await
+                    .map(|()| Outcome::Done)
+            }
         }
     }
 
-    /// Registers the runners of one new instance and launches it. If the launch fails, the
-    /// registrations are withdrawn (best effort; a leftover is deregistered by the next pass).
-    async fn launch_one(&self, ctx: &PassContext<'_>) -> Result<()> {
+    /// Removes an instance's runners from the CI system: `Ok(false)` if one is busy (the
+    /// instance stays as it is).
+    async fn remove_all(&self, instance: &InstanceId, runners: &[RunnerId]) -> Result<bool> {
         let pool = &self.spec.name;
-        let (_, names) = naming::generate(
-            pool.as_str(),
+        for runner in runners {
+            match self.provider.remove(pool, runner).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Busy => {
+                    info!(pool = %pool, instance = %instance, runner = %runner, "runner took a job; instance kept");
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Registers fresh runners for an instance whose runners left and hands them over. If
+    /// registering or the hand-over fails, the registrations are withdrawn and the instance,
+    /// on which nothing runs, is terminated (the next pass launches instead).
+    async fn reuse_one(&self, instance: &InstanceId, uses: u32) -> Result<()> {
+        let pool = &self.spec.name;
+        let names = self.fresh_names();
+        let result = match self.register_all(&names).await {
+            Ok(regs) => {
+                let ids: Vec<Option<RunnerId>> = regs.iter().map(|r| r.runner_id.clone()).collect();
+                let request = ReuseRequest {
+                    pool: pool.clone(),
+                    instance: instance.clone(),
+                    runners: regs,
+                    uses,
+                };
+                let result = self.backend.reuse(request).await;
+                if result.is_err() {
+                    self.withdraw(&made(&names, &ids)).await;
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                info!(pool = %pool, instance = %instance, runners = ?names, uses, "reused");
+                lock(&self.memory).pool.hosts(names);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(pool = %pool, instance = %instance, error = %e, "reuse failed; terminating the instance");
+                self.backend.terminate(pool, instance).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Fresh runner names for one instance of the pool.
+    fn fresh_names(&self) -> Vec<String> {
+        naming::generate(
+            self.spec.name.as_str(),
             self.spec.runners_per_instance,
             &mut rand::rng(),
-        );
+        )
+        .1
+    }
+
+    /// Registers one runner per name; if one fails, those made are withdrawn.
+    async fn register_all(&self, names: &[String]) -> Result<Vec<Registration>> {
         let mut regs: Vec<Registration> = Vec::with_capacity(names.len());
-        for name in &names {
-            match self.provider.register(pool, name).await {
+        for name in names {
+            match self.provider.register(&self.spec.name, name).await {
                 Ok(r) => regs.push(r),
                 Err(e) => {
                     let made: Vec<(&str, Option<&RunnerId>)> = regs
@@ -515,6 +577,15 @@ impl PoolRuntime {
                 }
             }
         }
+        Ok(regs)
+    }
+
+    /// Registers the runners of one new instance and launches it. If the launch fails, the
+    /// registrations are withdrawn (best effort; a leftover is deregistered by the next pass).
+    async fn launch_one(&self, ctx: &PassContext<'_>) -> Result<()> {
+        let pool = &self.spec.name;
+        let names = self.fresh_names();
+        let regs = self.register_all(&names).await?;
         // The registrations go to the backend; what withdrawing them takes is kept.
         let ids: Vec<Option<RunnerId>> = regs.iter().map(|r| r.runner_id.clone()).collect();
         let request = LaunchRequest {
@@ -530,13 +601,7 @@ impl PoolRuntime {
                 Ok(())
             }
             Err(e) => {
-                // A registration's runner name is the name it was made for.
-                let made: Vec<(&str, Option<&RunnerId>)> = names
-                    .iter()
-                    .map(String::as_str)
-                    .zip(ids.iter().map(Option::as_ref))
-                    .collect();
-                self.withdraw(&made).await;
+                self.withdraw(&made(&names, &ids)).await;
                 Err(e)
             }
         }
@@ -560,11 +625,24 @@ enum Outcome {
     Skipped,
 }
 
+/// Registrations as (runner name, CI-side id if any): a registration's runner name is the name
+/// it was made for.
+fn made<'a>(
+    names: &'a [String],
+    ids: &'a [Option<RunnerId>],
+) -> Vec<(&'a str, Option<&'a RunnerId>)> {
+    names
+        .iter()
+        .map(String::as_str)
+        .zip(ids.iter().map(Option::as_ref))
+        .collect()
+}
+
 fn target(a: &Action) -> String {
     match a {
         Action::Launch { count } => count.to_string(),
         Action::Drain { name, .. } | Action::Deregister { name, .. } => name.clone(),
-        Action::Terminate { instance, .. } => instance.to_string(),
+        Action::Terminate { instance, .. } | Action::Reuse { instance, .. } => instance.to_string(),
     }
 }
 

@@ -25,12 +25,13 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use crate::adapter::{
-    Backend, Credentials, LaunchRequest, Provider, ProviderView, Registration, WebhookRequest,
+    Backend, Credentials, LaunchRequest, Provider, ProviderView, Registration, ReuseRequest,
+    WebhookRequest,
 };
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{
-    Instance, InstanceId, InstanceState, PoolId, PoolSpec, Runner, RunnerId, RunnerState,
+    Instance, InstanceId, InstanceState, PoolId, PoolSpec, Reused, Runner, RunnerId, RunnerState,
     Timestamp, WaitingJob,
 };
 use crate::naming;
@@ -54,12 +55,18 @@ impl PoolSpec {
             template_hash: "t1".to_owned(),
             runners_unattributed: false,
             warm: None,
+            reuse: None,
         }
     }
     /// Sets `max` (and `max_booting` if it was larger).
     pub fn max(mut self, n: u32) -> Self {
         self.max = n;
         self.max_booting = self.max_booting.min(n);
+        self
+    }
+    /// Sets `reuse`.
+    pub fn reuse(mut self, reuse: Option<crate::model::Reuse>) -> Self {
+        self.reuse = reuse;
         self
     }
     /// Sets `min_idle`.
@@ -146,6 +153,7 @@ struct InstanceRec {
     launched_at: Timestamp,
     template_hash: String,
     runner_names: Vec<String>,
+    reused: Option<Reused>,
 }
 
 /// Knobs of the world.
@@ -194,6 +202,7 @@ struct State {
     completed: Vec<(String, Duration)>,
     launches: u64,
     terminations: u64,
+    reuses: u64,
     caps: HashMap<PoolId, u32>,
     /// Instances that vanish when they would finish booting, runners never started.
     crash_boots: usize,
@@ -326,6 +335,7 @@ impl World {
             instances: s.instances.len(),
             launches: s.launches,
             terminations: s.terminations,
+            reuses: s.reuses,
             violations: s.violations.clone(),
             calls: s.calls.clone(),
         }
@@ -351,6 +361,8 @@ pub struct WorldSnapshot {
     pub launches: u64,
     /// Instances terminated by runscale so far.
     pub terminations: u64,
+    /// Instances handed fresh runners so far.
+    pub reuses: u64,
     /// Safety violations seen.
     pub violations: Vec<String>,
     /// Every adapter call, in order (`op pool target`).
@@ -651,6 +663,7 @@ impl Backend for MemoryBackend {
                     launched_at: i.launched_at,
                     template_hash: i.template_hash.clone(),
                     runner_names: i.runner_names.clone(),
+                    reused: i.reused,
                 });
             }
         }
@@ -681,6 +694,7 @@ impl Backend for MemoryBackend {
                 .iter()
                 .map(|r| r.runner_name.clone())
                 .collect(),
+            reused: None,
         };
         s.instances.insert(id.clone(), rec.clone());
         s.launches += 1;
@@ -703,6 +717,7 @@ impl Backend for MemoryBackend {
             launched_at: rec.launched_at,
             template_hash: rec.template_hash,
             runner_names: rec.runner_names,
+            reused: None,
         })
     }
 
@@ -734,5 +749,50 @@ impl Backend for MemoryBackend {
 
     async fn probe(&self) -> Result<String> {
         Ok("memory backend".to_owned())
+    }
+
+    /// Hands the instance its new runners, which connect on the next step; a violation if one
+    /// of its runners is still registered.
+    async fn reuse(&self, request: ReuseRequest) -> Result<()> {
+        let now = self.0.clock.now();
+        let mut s = self.0.advanced();
+        s.calls
+            .push(format!("reuse {} {}", request.pool, request.instance));
+        s.fault("reuse")?;
+        let Some(rec) = s.instances.get(&request.instance).cloned() else {
+            return Err(Error::new(
+                "memory.reuse",
+                ErrorKind::NotFound,
+                format!("no instance {}", request.instance),
+            ));
+        };
+        for name in &rec.runner_names {
+            if let Some(r) = s.runners.get(name) {
+                let state = if r.conn == Connection::Busy {
+                    "busy"
+                } else {
+                    "still registered"
+                };
+                s.violations.push(format!(
+                    "instance {} reused while its runner {name} was {state}",
+                    request.instance
+                ));
+            }
+        }
+        let rec = InstanceRec {
+            runner_names: request
+                .runners
+                .iter()
+                .map(|r| r.runner_name.clone())
+                .collect(),
+            reused: Some(Reused {
+                uses: request.uses,
+                at: now,
+            }),
+            ..rec
+        };
+        s.instances.insert(request.instance, rec);
+        s.reuses += 1;
+        Ok(())
     }
 }

@@ -118,14 +118,12 @@ impl World<'_> {
         }
     }
 
-    pub(super) fn mirror_instance_added(&mut self, i: u32) {
-        let now = self.now();
-        let at = self.ts(now);
+    /// Lists an instance's runners (registered, offline) and returns their names.
+    fn mirror_runners_added(&mut self, i: u32) -> Vec<String> {
         let inst = &self.insts[i as usize];
-        let p = inst.pool as usize;
         let (first, slots) = (inst.first, inst.slots);
-        let Some(m) = &mut self.pools[p].mirror else {
-            return;
+        let Some(m) = &mut self.pools[inst.pool as usize].mirror else {
+            return Vec::new();
         };
         m.version += 1;
         let mut names = Vec::with_capacity(slots as usize);
@@ -142,6 +140,32 @@ impl World<'_> {
             m.runner_of.push(r);
             names.push(name);
         }
+        names
+    }
+
+    /// An instance reused: its fresh runners listed and hosted from now on.
+    pub(super) fn mirror_instance_reused(&mut self, i: u32, uses: u32) {
+        let at = self.ts(self.now());
+        let names = self.mirror_runners_added(i);
+        let inst = &self.insts[i as usize];
+        let pos = inst.mpos;
+        let Some(m) = &mut self.pools[inst.pool as usize].mirror else {
+            return;
+        };
+        m.memory.hosts(names.iter().cloned());
+        if let Some(x) = m.instances.get_mut(pos as usize) {
+            x.runner_names = names;
+            x.reused = Some(runscale_core::Reused { uses, at });
+        }
+    }
+
+    pub(super) fn mirror_instance_added(&mut self, i: u32) {
+        let at = self.ts(self.now());
+        let names = self.mirror_runners_added(i);
+        let p = self.insts[i as usize].pool as usize;
+        let Some(m) = &mut self.pools[p].mirror else {
+            return;
+        };
         m.memory.launched(at, names.iter().cloned());
         self.insts[i as usize].mpos = m.instances.len() as u32;
         m.instances.push(Instance {
@@ -150,6 +174,7 @@ impl World<'_> {
             launched_at: at,
             template_hash: m.template.clone(),
             runner_names: names,
+            reused: None,
         });
         m.inst_of.push(i);
     }

@@ -652,20 +652,7 @@ impl<'a> World<'a> {
                 .unwrap_or_else(|| self.boot.sample(&mut self.rng))
                 .max(0);
             let slots = self.pools[p].slots;
-            let first = self.runners.len() as u32;
-            for _ in 0..slots {
-                self.runners.push(Run {
-                    inst: i,
-                    state: RState::Offline,
-                    draining: false,
-                    job: NONE,
-                    last_busy: -1,
-                    idle_since: 0,
-                    idle_pos: NONE,
-                    idle_gen: 0,
-                    mpos: NONE,
-                });
-            }
+            let first = self.new_runners(i, slots);
             let pr = &mut self.pools[p];
             pr.offline += slots;
             pr.booting += 1;
@@ -714,6 +701,56 @@ impl<'a> World<'a> {
             }
         }
         first_inst
+    }
+
+    /// Registers `slots` new runners (offline) of instance `i`; returns the first's index.
+    fn new_runners(&mut self, i: u32, slots: u32) -> u32 {
+        let first = self.runners.len() as u32;
+        for _ in 0..slots {
+            self.runners.push(Run {
+                inst: i,
+                state: RState::Offline,
+                draining: false,
+                job: NONE,
+                last_busy: -1,
+                idle_since: 0,
+                idle_pos: NONE,
+                idle_gen: 0,
+                mpos: NONE,
+            });
+        }
+        first
+    }
+
+    /// Hands a live instance whose runners all left fresh runners (reuse): registered offline
+    /// now, online after the registration delay (no boot). Refused (false) if the instance is
+    /// gone or still has a runner.
+    pub fn reuse(&mut self, i: u32, uses: u32) -> bool {
+        let Some(inst) = self.insts.get(i as usize) else {
+            return false;
+        };
+        if inst.state == IState::Gone || inst.present > 0 {
+            return false;
+        }
+        let (p, slots, running) = (
+            inst.pool as usize,
+            inst.slots,
+            inst.state == IState::Running,
+        );
+        let first = self.new_runners(i, slots);
+        let inst = &mut self.insts[i as usize];
+        inst.first = first;
+        inst.present = slots;
+        self.pools[p].offline += slots;
+        self.mirror_instance_reused(i, uses);
+        if running {
+            if self.reg_delay > 0 {
+                self.push(self.now + self.reg_delay, Ev::Connect(i));
+            } else {
+                self.on_connect(i);
+            }
+        }
+        true
     }
 
     /// Asks the CI system to remove a runner. Refused (false) while it runs a job.

@@ -62,6 +62,15 @@ fn index(id: &str) -> Option<u32> {
     crate::engine::mirror_index(id)
 }
 
+/// Removes runners as the reconciler does before terminating or reusing their instance:
+/// false at the first the CI system refuses (busy).
+fn remove_all(w: &mut World<'_>, runners: &[runscale_core::RunnerId]) -> bool {
+    runners
+        .iter()
+        .filter_map(|r| index(r.as_str()))
+        .all(|r| w.remove_runner(r))
+}
+
 impl Runscale {
     /// When the reconciler comes back: `min(requeue_after, interval)`, at most 5 s when a cap
     /// held launches back, at least 1 s, after the pass ends.
@@ -81,7 +90,9 @@ impl Policy for Runscale {
             life: Lifecycle {
                 ephemeral: pool.spec.ephemeral,
                 idle_exit: None,
-                exit_when_empty: params.instance_exits_when_runners_leave,
+                // With `reuse`, an instance outlives its runners until reused or terminated.
+                exit_when_empty: params.instance_exits_when_runners_leave
+                    && pool.spec.reuse.is_none(),
                 exit_decrements_desired: false,
             },
             asg: None,
@@ -138,11 +149,21 @@ impl Policy for Runscale {
                     }
                 }
                 Action::Terminate { instance, runners } => {
-                    let all_removed = runners
-                        .iter()
-                        .filter_map(|r| index(r.as_str()))
-                        .all(|r| w.remove_runner(r));
-                    if all_removed && let Some(i) = index(instance.as_str()) {
+                    if remove_all(w, runners)
+                        && let Some(i) = index(instance.as_str())
+                    {
+                        w.terminate(i, false);
+                    }
+                }
+                Action::Reuse {
+                    instance,
+                    runners,
+                    uses,
+                } => {
+                    if remove_all(w, runners)
+                        && let Some(i) = index(instance.as_str())
+                        && !w.reuse(i, *uses)
+                    {
                         w.terminate(i, false);
                     }
                 }

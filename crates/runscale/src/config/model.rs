@@ -258,6 +258,52 @@ pub struct PoolConfig {
     /// `coverage`. `min_idle` stays a floor, `max` the ceiling.
     #[serde(default)]
     pub warm: WarmConfig,
+    /// Instance reuse for ephemeral runners, e.g. `{max_uses: 10, max_age: 12h}`: an
+    /// instance whose runner finished its job gets a fresh one-job registration instead of
+    /// being terminated, when the pool wants a runner at that moment, so a job waits for
+    /// registration instead of a boot. A fresh runner identity per job; the machine is not
+    /// rebooted or cleaned in between, so use it only where jobs may share a machine one
+    /// after another. Needs a backend that can hand runners to a running instance (`exec`
+    /// with a `reuse` action). Default: off.
+    #[serde(default = "default_reuse")]
+    pub reuse: Option<ReuseConfig>,
+}
+
+/// Off by default.
+fn default_reuse() -> Option<ReuseConfig> {
+    None
+}
+
+/// A pool's `reuse` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReuseConfig {
+    /// Most jobs one instance runs, the first included (2 to 1000). Default 10.
+    #[serde(default = "default_max_uses")]
+    pub max_uses: u32,
+    /// An instance older than this is not reused but retired as without reuse (a duration
+    /// such as "12h"; at most 7 days). Default 12h.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_age: Duration,
+}
+
+fn default_max_uses() -> u32 {
+    10
+}
+
+fn default_max_age() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+impl ReuseConfig {
+    /// The policy's setting.
+    pub fn to_reuse(self) -> runscale_core::Reuse {
+        runscale_core::Reuse {
+            max_uses: self.max_uses,
+            max_age: self.max_age,
+        }
+    }
 }
 
 /// A pool's `warm` setting.

@@ -224,6 +224,11 @@ impl BackendSettings {
         self.kind
     }
 
+    /// Whether the backend's instances can take fresh runners after theirs left (`reuse`).
+    pub fn reuses_instances(&self) -> bool {
+        self.adapter.reuses_instances()
+    }
+
     /// The settings as their type's configuration, if they are of type `T`.
     pub fn get<T: Any>(&self) -> Option<&T> {
         downcast(&self.value)
@@ -304,6 +309,7 @@ pub(crate) trait AnyBackendType: Sync {
         backend: &BackendSettings,
         templates: Vec<(PoolId, TemplateSettings)>,
     ) -> runscale_core::Result<Arc<dyn Backend>>;
+    fn reuses_instances(&self) -> bool;
     fn settings_schema(&self, generator: &mut SchemaGenerator) -> Schema;
     fn template_schema(&self, generator: &mut SchemaGenerator) -> Schema;
 }
@@ -433,6 +439,10 @@ impl<T: runscale_core::BackendType> AnyBackendType for BackendOf<T> {
             .ok_or_else(|| build_mismatch("backend"))?;
         let templates = unpack(templates.into_iter().map(|(p, t)| (p, t.value)), "template")?;
         T::build(config, templates)
+    }
+
+    fn reuses_instances(&self) -> bool {
+        T::reuses_instances()
     }
 
     fn settings_schema(&self, generator: &mut SchemaGenerator) -> Schema {

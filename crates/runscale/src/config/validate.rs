@@ -378,6 +378,7 @@ fn check_pool(
             ));
         }
     }
+    check_reuse(pool, &field("reuse"), errors);
     positive(pool.boot_timeout, &field("boot_timeout"), errors);
     positive(pool.idle_timeout, &field("idle_timeout"), errors);
     at_most(
@@ -480,6 +481,25 @@ fn check_pool(
             ),
         ));
     }
+    if let (Some(_), Some((_, b))) = (pool.reuse, backend)
+        && !b.settings.reuses_instances()
+    {
+        errors.push(FieldError::new(
+            field("reuse"),
+            format!(
+                "backend {} is of type {}, which cannot hand runners to a running instance; \
+                 reuse needs an exec backend (with a `reuse` action) — leave reuse out",
+                pool.backend,
+                b.settings.kind()
+            ),
+        ));
+    }
+    if pool.reuse.is_some() && template.as_ref().is_some_and(|t| t.runners_unattributed()) {
+        errors.push(FieldError::new(
+            field("reuse"),
+            "runners named by the instances cannot be handed over one by one; leave reuse out",
+        ));
+    }
     if errors.len() != before {
         return None;
     }
@@ -502,6 +522,7 @@ fn check_pool(
         template_hash: combined_template_hash(&template.backend_hash(), pool.runners_per_instance),
         runners_unattributed: template.runners_unattributed(),
         warm: pool.warm.to_warm(),
+        reuse: pool.reuse.map(super::model::ReuseConfig::to_reuse),
     };
     Some(ValidPool {
         spec,
@@ -510,6 +531,33 @@ fn check_pool(
         selector,
         template,
     })
+}
+
+/// `reuse`: for ephemeral runners only, with bounded uses and age.
+fn check_reuse(pool: &PoolConfig, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(reuse) = pool.reuse else {
+        return;
+    };
+    if !pool.ephemeral {
+        errors.push(FieldError::new(
+            path,
+            "is for ephemeral runners (one job each); a persistent runner already serves many \
+             jobs on its instance: leave reuse out or set ephemeral: true",
+        ));
+    }
+    if !(2..=1000).contains(&reuse.max_uses) {
+        errors.push(FieldError::new(
+            join_key(path, "max_uses"),
+            format!("is {}; must be from 2 to 1000", reuse.max_uses),
+        ));
+    }
+    positive(reuse.max_age, &join_key(path, "max_age"), errors);
+    at_most(
+        reuse.max_age,
+        Duration::from_secs(7 * 24 * 3600),
+        &join_key(path, "max_age"),
+        errors,
+    );
 }
 
 fn check_schedules(pool: &PoolConfig, path: &str, errors: &mut Vec<FieldError>) -> Vec<Schedule> {
