@@ -1,5 +1,6 @@
 //! runscale's core: the domain model, the [`Provider`] and [`Backend`] traits, the pure scaling
-//! [`policy`], and the [`reconciler`] that drives them.
+//! [`policy`], the [`memory`] that turns successive views of a pool into what the policy reads,
+//! and the [`reconciler`] that drives them.
 //!
 //! This crate has no HTTP, cloud or Kubernetes dependency; adapters live in
 //! `runscale-providers` and `runscale-backends`, and convert their SDK types at their edge.
@@ -10,6 +11,7 @@ pub mod clock;
 pub mod error;
 pub mod forecast;
 pub mod instrument;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod naming;
@@ -29,6 +31,7 @@ pub use adapter_type::{BackendType, PoolContext, ProviderType};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, ErrorKind, Result};
 pub use forecast::{DemandHistory, Forecast, Warm};
+pub use memory::{Observed, PoolMemory};
 pub use model::{
     Demand, EffectiveLimits, Instance, InstanceId, InstanceState, Observation, PoolId, PoolSpec,
     Reuse, Reused, Runner, RunnerId, RunnerState, Timestamp, WaitingJob, template_hash,

@@ -16,6 +16,18 @@ use crate::schedule::Schedule;
 /// A point in time. Always UTC; the policy never reads a clock, it is handed one of these.
 pub type Timestamp = DateTime<Utc>;
 
+/// `later - earlier`, exactly as chrono computes it, without chrono's conversion of both dates
+/// to day counts when they fall on the same day (most spans the policy and the memory measure:
+/// a pass subtracts timestamps for every instance).
+pub fn span(earlier: Timestamp, later: Timestamp) -> chrono::TimeDelta {
+    let (a, b) = (earlier.naive_utc(), later.naive_utc());
+    if a.date() == b.date() {
+        b.time() - a.time()
+    } else {
+        later - earlier
+    }
+}
+
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
@@ -305,6 +317,11 @@ pub struct Observation {
     /// restart; the policy then falls back to `boot_timeout`.
     #[serde(default)]
     pub departed: Vec<String>,
+    /// Names of runners of this pool's instances that registered and were missing from the last
+    /// fresh observation, once: one more makes them departed. A pool with `reuse` keeps such an
+    /// instance for that confirmation instead of retiring it at `boot_timeout`.
+    #[serde(default)]
+    pub leaving: Vec<String>,
     /// What the pool's demand history predicts over the next lead time (arrival rate, lead
     /// time), for [`PoolSpec::warm`]. `None` until a lead time was seen.
     #[serde(default)]
@@ -317,4 +334,28 @@ pub struct Observation {
 /// give them the pool's current hash.
 pub fn template_hash(backend_hash: &str, runners_per_instance: u32) -> String {
     format!("{backend_hash}-{runners_per_instance}")
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{Timestamp, span};
+
+    proptest! {
+        /// `span` is chrono's subtraction, on the same day or across days, leap seconds
+        /// included.
+        #[test]
+        fn span_is_chronos_subtraction(
+            a_ms in -4_000_000_000_000i64..4_000_000_000_000i64,
+            gap_ms in -200_000_000i64..200_000_000i64,
+            a_nanos in 0u32..2_000_000_000,
+        ) {
+            let a = Timestamp::from_timestamp(a_ms.div_euclid(1000), a_nanos)
+                .unwrap_or_default();
+            let b = a + chrono::Duration::milliseconds(gap_ms);
+            prop_assert_eq!(span(a, b), b - a);
+            prop_assert_eq!(span(b, a), a - b);
+        }
+    }
 }

@@ -178,6 +178,14 @@ impl Plan {
             .sum()
     }
 
+    /// Comes back no later than `after`, if given (the caller knows of something due that the
+    /// policy does not see, such as a departure to confirm).
+    pub fn requeue_soon(&mut self, after: Option<Duration>) {
+        if let Some(after) = after {
+            self.requeue_after = Some(self.requeue_after.map_or(after, |d| d.min(after)));
+        }
+    }
+
     /// Whether the plan does nothing.
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()

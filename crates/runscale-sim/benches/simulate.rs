@@ -1,7 +1,13 @@
 //! Simulation speed: a trace of about 1,000,000 jobs (the `workday` generator repeated over
 //! 340 days, one pool with runscale's defaults), simulated once per policy on one core.
 //! Prints jobs per second and wall time per policy. The target is under 10 s per policy in a
-//! release build.
+//! release build; issue #18 asks runscale's policy for 3 s, and at most twice the fastest
+//! baseline.
+//!
+//! Measured (2 cores shared with three other builds, load 4–6, so CPU time from
+//! `perf stat -e task-clock`, trace generation's ~0.45 s included): runscale 8.3 s (6.4 s before
+//! the simulator planned through the reconciler's `PoolMemory`, which costs about a third of a
+//! pass), arc 1.2 s. Per pass, `plan` and the memory each walk the pool's runners by name.
 //!
 //! `cargo bench -p runscale-sim --bench simulate` (`-- --days N` to change the size,
 //! `-- --policies runscale,arc` to pick policies).

@@ -51,10 +51,12 @@
 
 // Runner names come from the CI system: foldhash is randomly seeded per process.
 use foldhash::{HashMap, HashSet};
+use smallvec::SmallVec;
 use std::time::Duration;
 
 use crate::model::{
-    EffectiveLimits, Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState, Timestamp,
+    EffectiveLimits, Instance, InstanceState, Observation, PoolSpec, Runner, RunnerState,
+    Timestamp, span,
 };
 use crate::plan::{Action, Limit, Plan, Planned, Reason};
 
@@ -195,13 +197,30 @@ fn reuse_candidate(
     now: Timestamp,
 ) -> Option<Verdict> {
     let reuse = spec.reuse?;
+    let slots = seen.inst.runner_names.len() as u32;
     let fits = !obs.stale
-        && seen.all_left()
+        && seen.left > 0
+        && seen.left + seen.leaving == slots
         && !seen.any_busy()
         && seen.idle_runners() == 0
         && seen.inst.uses() < reuse.max_uses
         && elapsed(seen.inst.launched_at, now) < reuse.max_age;
-    fits.then_some(Verdict::Reusable)
+    // A runner that went missing once is confirmed departed by the next view (the memory
+    // asks for it soon): the instance waits for it instead of being retired at
+    // `boot_timeout` meanwhile.
+    let leaving_only = !obs.stale
+        && seen.left == 0
+        && seen.leaving == slots
+        && seen.regs.is_empty()
+        && seen.inst.uses() < reuse.max_uses
+        && elapsed(seen.inst.launched_at, now) < reuse.max_age;
+    if fits && seen.leaving == 0 {
+        Some(Verdict::Reusable)
+    } else if fits || leaving_only {
+        Some(Verdict::Leaving)
+    } else {
+        None
+    }
 }
 
 /// Rules 1–3 on every instance: retires what they retire and tallies what stays. Also says
@@ -232,11 +251,12 @@ fn judge_instances<'a>(
     (fleet, hosted)
 }
 
-/// The runners of the observation, by name, and which of them departed.
+/// The runners of the observation, by name, and which of them departed (or are leaving).
 struct Listing<'a> {
     obs: &'a Observation,
     by_name: HashMap<&'a str, usize>,
     departed: HashSet<&'a str>,
+    leaving: HashSet<&'a str>,
 }
 
 impl<'a> Listing<'a> {
@@ -250,6 +270,7 @@ impl<'a> Listing<'a> {
                 .map(|(i, r)| (r.name.as_str(), i))
                 .collect(),
             departed: obs.departed.iter().map(String::as_str).collect(),
+            leaving: obs.leaving.iter().map(String::as_str).collect(),
         }
     }
 
@@ -262,7 +283,7 @@ impl<'a> Listing<'a> {
         now: Timestamp,
     ) -> Seen<'a> {
         let runners = &self.obs.runners;
-        let mut regs = Vec::with_capacity(inst.runner_names.len());
+        let mut regs = Regs::with_capacity(inst.runner_names.len());
         for n in &inst.runner_names {
             if let Some(&i) = self.by_name.get(n.as_str()) {
                 hosted[i] = true;
@@ -282,21 +303,38 @@ impl<'a> Listing<'a> {
                     })
             })
             .count() as u32;
+        let leaving = if self.leaving.is_empty() {
+            0
+        } else {
+            inst.runner_names
+                .iter()
+                .filter(|n| {
+                    self.leaving.contains(n.as_str()) && !self.by_name.contains_key(n.as_str())
+                })
+                .count() as u32
+        };
         Seen {
             inst,
             regs,
             left,
+            leaving,
             past_boot: elapsed(inst.armed_at(), now) >= spec.boot_timeout,
         }
     }
 }
 
+/// An instance's registered runners: inline up to two (one slot per instance is the usual
+/// shape), so judging an instance allocates nothing.
+type Regs<'a> = SmallVec<[&'a Runner; 2]>;
+
 /// One instance and its registered runners.
 struct Seen<'a> {
     inst: &'a Instance,
-    regs: Vec<&'a Runner>,
+    regs: Regs<'a>,
     /// Slots whose runner departed.
     left: u32,
+    /// Slots whose runner went missing once and may be departing (not listed).
+    leaving: u32,
     past_boot: bool,
 }
 
@@ -341,6 +379,9 @@ enum Verdict {
     Booting,
     /// Its runners all left; rule 6 reuses or terminates it.
     Reusable,
+    /// Its runners all left or went missing once (reuse pools): kept until the next view
+    /// confirms the departures; no capacity meanwhile.
+    Leaving,
     /// Stays, serving or coming up.
     Serve,
 }
@@ -485,15 +526,17 @@ fn scale_in(
         due.until(t);
     }
     for c in fleet.idle.drain(..) {
-        let ready = add(c.idle_since, spec.idle_timeout);
+        let ready = span(c.idle_since, now)
+            .to_std()
+            .is_ok_and(|idle| idle >= spec.idle_timeout);
         // Terminating removes the instance's idle slots and any still booting.
         let capacity = c.idle_slots + c.booting_slots;
-        if calm && surplus > 0 && capacity <= surplus && ready <= now {
+        if calm && surplus > 0 && capacity <= surplus && ready {
             surplus -= capacity;
             fleet.active -= 1;
             actions.push(terminate(c.inst, &c.regs, Reason::IdleTimeout));
-        } else if surplus > 0 && ready > now {
-            due.until(ready);
+        } else if surplus > 0 && !ready {
+            due.at(c.idle_since, spec.idle_timeout);
         }
     }
 }
@@ -520,7 +563,7 @@ struct Fleet<'a> {
 /// An instance and its listed runners, on its way to reuse or termination.
 struct Retiring<'a> {
     inst: &'a Instance,
-    regs: Vec<&'a Runner>,
+    regs: Regs<'a>,
 }
 
 /// The instances that count against rule 6's caps.
@@ -598,6 +641,10 @@ impl<'a> Fleet<'a> {
                 self.booting += 1;
                 self.booting_slots += spec.runners_per_instance.max(1).saturating_sub(seen.left);
                 due.at(seen.inst.armed_at(), spec.boot_timeout);
+            }
+            Verdict::Leaving => {
+                self.active += 1;
+                self.booting += u32::from(seen.inst.state == InstanceState::Booting);
             }
             Verdict::Reusable => {
                 self.active += 1;
@@ -709,7 +756,7 @@ fn oldest_in_rate_window(obs: &Observation, now: Timestamp) -> Option<Timestamp>
 
 struct IdleInstance<'a> {
     inst: &'a Instance,
-    regs: Vec<&'a Runner>,
+    regs: Regs<'a>,
     idle_slots: u32,
     booting_slots: u32,
     is_booting: bool,
@@ -728,7 +775,7 @@ fn terminate(inst: &Instance, regs: &[&Runner], reason: Reason) -> Planned {
 
 /// Time from `since` to `now`, zero if `since` is in the future (clock skew between hosts).
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
-    (now - since).to_std().unwrap_or(Duration::ZERO)
+    span(since, now).to_std().unwrap_or(Duration::ZERO)
 }
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
@@ -749,8 +796,16 @@ impl Due {
         Self { now, next: None }
     }
 
+    /// Plans again `after` from `since`, if that is to come.
     fn at(&mut self, since: Timestamp, after: Duration) {
-        self.until(add(since, after));
+        let gone = span(since, self.now);
+        let d = match gone.to_std() {
+            Ok(gone) if gone >= after => return,
+            Ok(gone) => after - gone,
+            // `since` is ahead of now (clock skew): `after` from then.
+            Err(_) => after.saturating_add(span(self.now, since).to_std().unwrap_or_default()),
+        };
+        self.next = Some(self.next.map_or(d, |n| n.min(d)));
     }
 
     fn until(&mut self, t: Timestamp) {

@@ -902,3 +902,41 @@ fn reusable_instances_go_first_when_the_fleet_is_above_max() {
     assert_eq!(launches(&p), 0);
     assert_eq!(p.held_back, Some((1, Limit::Max)));
 }
+
+#[test]
+fn with_reuse_an_instance_whose_runner_went_missing_once_waits_for_the_confirmation() {
+    let spec = PoolSpec::test("p").reuse(Some(REUSE));
+    // Past boot_timeout, its runner missing from one fresh view: not yet departed.
+    let obs = Observation {
+        demand: jobs(1),
+        instances: vec![inst("going", 600)],
+        leaving: vec!["going".into()],
+        ..Default::default()
+    };
+    let p = plan(&spec, &obs, t0());
+    assert!(terminated(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        launches(&p),
+        1,
+        "no capacity meanwhile: the job gets a launch"
+    );
+    assert_eq!(p.desired_instances, 2);
+    // Without reuse, retired at boot_timeout as before.
+    let p = plan(&PoolSpec::test("p"), &obs, t0());
+    assert_eq!(
+        terminated(&p),
+        vec![("i-going".to_owned(), Reason::BootTimeout)]
+    );
+    // Confirmed departed on the next view: reused for the waiting job.
+    let obs = Observation {
+        leaving: Vec::new(),
+        departed: vec!["going".into()],
+        ..obs
+    };
+    let p = plan(&spec, &obs, t0());
+    assert_eq!(
+        reused_ids(&p),
+        vec![("i-going".to_owned(), 2, Reason::Demand)]
+    );
+    assert_eq!(launches(&p), 0);
+}

@@ -76,8 +76,8 @@ fn seed_pool(
     pool.memory
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .history
-        .adopt(seeded);
+        .pool
+        .adopt_history(seeded);
     metrics
         .history_arrivals
         .get_or_create(&PoolLabels {

@@ -3,12 +3,10 @@
 //! A pass is not told why it woke; it always looks at the whole world, so running it twice is
 //! harmless. It returns when to come back; every error goes through [`super::backoff`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use foldhash::HashSet as FastSet;
 use futures::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
@@ -20,8 +18,8 @@ use super::status::{ActionRecord, ErrorView, ObservationSummary, PoolStatus};
 use crate::adapter::{LaunchRequest, ProviderView, Registration, ReuseRequest};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::forecast::DemandHistory;
 use crate::instrument::{InstrumentedBackend, InstrumentedProvider};
+use crate::memory::{Observed, PoolMemory};
 use crate::metrics::{
     ActionSeries, FailureLabels, INSTANCE_STATES, Metrics, ObservedSeries, RUNNER_STATES,
     SeriesCache,
@@ -35,65 +33,21 @@ use crate::policy;
 
 /// Instances launched (or actions carried out) at once within one pass.
 const ACT_CONCURRENCY: usize = 8;
-/// Launch times are remembered this long (the rate-limit window).
-const LAUNCH_MEMORY: Duration = Duration::from_secs(60);
 /// Soonest a pass comes back on its own.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// A pass whose launches were held back by a cap comes back this soon at the latest.
 const HELD_BACK_REQUEUE: Duration = Duration::from_secs(5);
 
-/// What the reconciler remembers between passes. Soft state: losing it (restart) only makes the
-/// next decisions slightly less informed, never unsafe.
-///
-/// The maps are updated in place from pass to pass (a name is copied only when it is new), and
-/// those keyed by runner names (made by runscale, listed only when owned by the pool) hash
-/// with foldhash and hold the names as `Box<str>` (two words, not three: at 10,000 pools of
-/// ten runners that is 4 MB). Job ids come from the CI system: that map keeps std's SipHash.
+/// What the reconciler remembers between passes: what it derives from successive views
+/// ([`PoolMemory`], shared with the simulator) and the last fresh view of the CI system.
 #[derive(Default)]
 pub(crate) struct Memory {
-    /// Runner name → last time it was seen busy.
-    last_busy: FastMap<Box<str>, Timestamp>,
-    /// Launch times within the rate-limit window.
-    launches: VecDeque<Timestamp>,
-    /// Jobs waiting at the last fresh observation: for the wait-time histogram, and new ones
-    /// are arrivals for the demand history.
-    waiting: HashMap<String, Timestamp>,
-    /// Runner names of the pool's instances seen listed by the CI system.
-    registered: FastMap<Box<str>, Presence>,
-    /// Runner names of the pool's instances at the last fresh observation, and of those
-    /// launched since.
-    hosted: FastSet<Box<str>>,
+    /// Last busy times, departures, launches, waiting jobs and the demand history.
+    pub(super) pool: PoolMemory,
     /// The last fresh view of the CI system, and when it was read: planned on (launches only)
     /// when a read fails, while it is at most [`PassContext::view_max_age`] old.
     last_view: Option<(ProviderView, Timestamp)>,
-    /// The pool's arrivals and lead times, for `warm` (see [`crate::forecast`]); seeded at
-    /// start-up by [`super::history`].
-    pub(super) history: DemandHistory,
 }
-
-/// What the reconciler remembers of one runner of the pool's instances.
-#[derive(Clone, Copy, Debug, Default)]
-struct Presence {
-    /// It was seen online (idle or busy) once.
-    seen_online: bool,
-    /// Fresh observations in a row that did not list it, or listed it offline after it had
-    /// been online (0 while it is there).
-    absent: u32,
-    /// Since when it has been listed offline after it was online (a lingering record of a
-    /// runner that exited, or a connection hiccup: only the first counts as departed, so the
-    /// offline spell must last [`OFFLINE_DEPARTED_AFTER`]).
-    offline_since: Option<Timestamp>,
-}
-
-/// How long a runner that was online must stay listed offline before it counts as departed: a
-/// runner whose connection hiccups (CI systems mark a runner offline after a few missed polls)
-/// is not one that exited.
-const OFFLINE_DEPARTED_AFTER: Duration = Duration::from_secs(60);
-
-/// Fresh observations in a row without a runner that was listed before (or with it offline
-/// after it was online) before it counts as departed: one missing listing may be a paging
-/// race, not a departure.
-const DEPARTED_AFTER: u32 = 2;
 
 /// Everything the reconciler holds for one pool.
 pub(crate) struct PoolRuntime {
@@ -214,16 +168,23 @@ impl PoolRuntime {
         // A fresh view is kept as the last view once the pass is done with it (see
         // `keep_view`): moved back out of the observation, not copied.
         let fresh = read_error.is_none() && !view.stale;
-        let (obs, never_registered, read_last_busy) = self.observation(view, instances, now);
+        let Observed {
+            observation: obs,
+            never_registered,
+            read_last_busy,
+            waited_secs,
+            recheck_after,
+        } = self.observation(view, instances, now);
         if !ctx.dry_run {
             self.release(&never_registered).await;
         }
-        self.record_observation(ctx.metrics, &obs, now);
+        self.record_observation(ctx.metrics, &obs, &waited_secs);
         if !ctx.dry_run && !obs.stale {
             self.mark_busy(&obs).await;
         }
 
-        let plan = policy::plan(&self.spec, &obs, now);
+        let mut plan = policy::plan(&self.spec, &obs, now);
+        plan.requeue_soon(recheck_after);
         self.series
             .desired
             .get_or_init(|| ctx.metrics.desired_series(pool))
@@ -357,129 +318,22 @@ impl PoolRuntime {
         }
     }
 
-    /// Builds the observation, filling what the provider could not tell from memory; also
-    /// returns the runner names whose instance has gone since the last fresh observation
-    /// without the runner ever being listed, and each runner's `last_busy` as the provider
-    /// gave it (for [`Self::keep_view`]).
+    /// Builds the observation, filling what the provider could not tell from memory (see
+    /// [`PoolMemory::observe`]).
     fn observation(
         &self,
         view: ProviderView,
         instances: Vec<Instance>,
         now: Timestamp,
-    ) -> (Observation, Vec<String>, Vec<Option<Timestamp>>) {
-        let mut guard = lock(&self.memory);
-        let memory = &mut *guard;
-        let mut runners = view.runners;
-        let read_last_busy: Vec<Option<Timestamp>> = runners.iter().map(|r| r.last_busy).collect();
-        for r in &mut runners {
-            if r.state == RunnerState::Busy {
-                match memory.last_busy.get_mut(r.name.as_str()) {
-                    Some(t) => *t = now,
-                    None => {
-                        memory.last_busy.insert(r.name.as_str().into(), now);
-                    }
-                }
-            }
-            if let Some(t) = memory.last_busy.get(r.name.as_str()) {
-                r.last_busy = r.last_busy.max(Some(*t));
-            }
-        }
-        let seen: FastMap<&str, RunnerState> =
-            runners.iter().map(|r| (r.name.as_str(), r.state)).collect();
-        memory
-            .last_busy
-            .retain(|name, _| seen.contains_key(&**name));
-        let hosted = hosted_names(&instances);
-        let never_registered = if view.stale {
-            // An old copy of the CI side cannot tell whether a runner registered meanwhile.
-            Vec::new()
-        } else {
-            let mut gone: Vec<String> = memory
-                .hosted
-                .iter()
-                .filter(|n| {
-                    let n: &str = n;
-                    !hosted.contains(n)
-                        && !memory.registered.contains_key(n)
-                        && !seen.contains_key(n)
-                })
-                .map(|n| n.to_string())
-                .collect();
-            gone.sort();
-            // From now on the names of the current instances.
-            memory.hosted.retain(|n| hosted.contains(&**n));
-            for &n in &hosted {
-                if !memory.hosted.contains(n) {
-                    memory.hosted.insert(n.into());
-                }
-            }
-            gone
-        };
-        if !view.stale && self.spec.warm.is_some() {
-            self.record_demand(memory, &view.demand.waiting, &seen, &instances, now);
-        }
-        let departed = departures(&mut memory.registered, &seen, &hosted, view.stale, now);
-        tracing::trace!(pool = %self.spec.name, ?departed, listed = seen.len(), instances = instances.len(), tracked = memory.registered.len(), "departures");
-        drop(seen);
-        drop(hosted);
-        let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
-        while memory.launches.front().is_some_and(|t| *t + window <= now) {
-            memory.launches.pop_front();
-        }
-        let obs = Observation {
-            demand: view.demand,
-            runners,
-            instances,
-            recent_launches: memory.launches.iter().copied().collect(),
-            stale: view.stale,
-            departed,
-            forecast: self.spec.warm.and_then(|_| memory.history.forecast(now)),
-        };
-        (obs, never_registered, read_last_busy)
+    ) -> Observed {
+        let mut memory = lock(&self.memory);
+        let observed = memory.pool.observe(&self.spec, view, instances, now);
+        let obs = &observed.observation;
+        tracing::trace!(pool = %self.spec.name, departed = ?obs.departed, listed = obs.runners.len(), instances = obs.instances.len(), tracked = memory.pool.tracked(), "departures");
+        observed
     }
 
-    /// Feeds the demand history: jobs waiting for the first time are arrivals, and a runner
-    /// of the pool's instances listed online for the first time ends its launch's lead time
-    /// (as this pass sees it: up to one pass late). An instance older than `boot_timeout` is
-    /// not taken for a lead time (after a restart every runner is new to this process).
-    fn record_demand(
-        &self,
-        memory: &mut Memory,
-        waiting: &[crate::model::WaitingJob],
-        listed: &FastMap<&str, RunnerState>,
-        instances: &[Instance],
-        now: Timestamp,
-    ) {
-        // `memory.waiting` still holds the last fresh observation's queue.
-        for job in waiting {
-            if !memory.waiting.contains_key(&job.id) {
-                memory.history.arrival(job.queued_at.min(now));
-            }
-        }
-        let boot =
-            chrono::Duration::from_std(self.spec.boot_timeout).unwrap_or(chrono::Duration::MAX);
-        // A reused instance's runners came without a launch: no lead time.
-        for inst in instances.iter().filter(|i| i.reused.is_none()) {
-            let lead = now - inst.launched_at;
-            if lead > boot || lead < chrono::Duration::zero() {
-                continue;
-            }
-            let registered_now = inst.runner_names.iter().any(|n| {
-                listed
-                    .get(n.as_str())
-                    .is_some_and(|s| *s != RunnerState::Offline)
-                    && !memory
-                        .registered
-                        .get(n.as_str())
-                        .is_some_and(|p| p.seen_online)
-            });
-            if registered_now {
-                memory.history.lead_time(lead.to_std().unwrap_or_default());
-            }
-        }
-    }
-
-    fn record_observation(&self, metrics: &Metrics, obs: &Observation, now: Timestamp) {
+    fn record_observation(&self, metrics: &Metrics, obs: &Observation, waited_secs: &[f64]) {
         let series = self
             .series
             .observed
@@ -495,30 +349,9 @@ impl PoolRuntime {
         for (gauge, s) in series.instances.iter().zip(INSTANCE_STATES) {
             set(gauge, obs.instances.iter().filter(|i| i.state == s).count());
         }
-        // Jobs that left the queue since the last fresh observation waited until about now. An
-        // old copy of the queue (stale) would show jobs as left that are not. Job ids come from
-        // the CI system: std's SipHash here.
-        let mut memory = lock(&self.memory);
-        let waiting = &obs.demand.waiting;
-        if obs.stale || (waiting.is_empty() && memory.waiting.is_empty()) {
-            return;
-        }
-        let current: HashSet<&str> = waiting.iter().map(|j| j.id.as_str()).collect();
-        memory.waiting.retain(|id, queued_at| {
-            let still = current.contains(id.as_str());
-            if !still {
-                let secs = (now - *queued_at).num_milliseconds().max(0) as f64 / 1000.0;
-                series.job_wait.observe(secs);
-            }
-            still
-        });
-        for j in waiting {
-            match memory.waiting.get_mut(&j.id) {
-                Some(queued_at) => *queued_at = j.queued_at,
-                None => {
-                    memory.waiting.insert(j.id.clone(), j.queued_at);
-                }
-            }
+        // Jobs that left the queue since the last fresh observation waited until about now.
+        for &secs in waited_secs {
+            series.job_wait.observe(secs);
         }
     }
 
@@ -709,9 +542,7 @@ impl PoolRuntime {
         match result {
             Ok(()) => {
                 info!(pool = %pool, instance = %instance, runners = ?names, uses, "reused");
-                lock(&self.memory)
-                    .hosted
-                    .extend(names.into_iter().map(String::into_boxed_str));
+                lock(&self.memory).pool.hosts(names);
                 Ok(())
             }
             Err(e) => {
@@ -766,13 +597,9 @@ impl PoolRuntime {
         };
         match self.backend.launch(request).await {
             Ok(instance) => {
-                let mut memory = lock(&self.memory);
-                memory.launches.push_back(ctx.clock.now());
                 info!(pool = %pool, instance = %instance.id, runners = ?names, "launched");
                 // Hosted from now on, even if the instance dies before an observation lists it.
-                memory
-                    .hosted
-                    .extend(names.into_iter().map(String::into_boxed_str));
+                lock(&self.memory).pool.launched(ctx.clock.now(), names);
                 Ok(())
             }
             Err(e) => {
@@ -828,143 +655,5 @@ fn record(at: Timestamp, p: &Planned, outcome: &'static str) -> ActionRecord {
         reason: p.reason.as_str(),
         target: target(&p.action),
         outcome,
-    }
-}
-
-/// The runner names the instances name (stopping ones too).
-fn hosted_names(instances: &[Instance]) -> FastSet<&str> {
-    instances
-        .iter()
-        .flat_map(|i| i.runner_names.iter().map(String::as_str))
-        .collect()
-}
-
-/// [`departures`] from a listing of owned names, for the unit test.
-#[cfg(test)]
-fn track_departures(
-    registered: &mut HashMap<String, Presence>,
-    listed: &HashMap<String, RunnerState>,
-    instances: &[Instance],
-    stale: bool,
-    now: Timestamp,
-) -> Vec<String> {
-    let listed: FastMap<&str, RunnerState> = listed.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-    departures(registered, &listed, &hosted_names(instances), stale, now)
-}
-
-/// Updates which runners of the pool's instances were seen listed and for how many fresh
-/// observations they have been gone since — missing from the listing, or listed offline after
-/// they had been online (a runner that exited and whose record lingers) — and returns those
-/// gone for [`DEPARTED_AFTER`] observations or more. `hosted` are the names the instances
-/// name. A stale view (an old copy) changes nothing. Only names of current instances are kept,
-/// so the memory stays as small as the fleet.
-fn departures<K, S>(
-    registered: &mut HashMap<K, Presence, S>,
-    listed: &FastMap<&str, RunnerState>,
-    hosted: &FastSet<&str>,
-    stale: bool,
-    now: Timestamp,
-) -> Vec<String>
-where
-    K: std::borrow::Borrow<str> + for<'n> From<&'n str> + std::hash::Hash + Eq,
-    S: BuildHasher,
-{
-    registered.retain(|name, _| hosted.contains(name.borrow()));
-    if !stale {
-        for (&name, state) in listed {
-            if hosted.contains(name) && !registered.contains_key(name) {
-                registered.insert(K::from(name), Presence::default());
-            }
-            if let Some(p) = registered.get_mut(name) {
-                if *state == RunnerState::Offline {
-                    if p.seen_online {
-                        p.absent = p.absent.saturating_add(1);
-                        p.offline_since.get_or_insert(now);
-                    }
-                } else {
-                    p.seen_online = true;
-                    p.absent = 0;
-                    p.offline_since = None;
-                }
-            }
-        }
-        for (name, p) in registered.iter_mut() {
-            if !listed.contains_key(name.borrow()) {
-                p.absent = p.absent.saturating_add(1);
-            }
-        }
-    }
-    let offline_for =
-        chrono::Duration::from_std(OFFLINE_DEPARTED_AFTER).unwrap_or(chrono::Duration::MAX);
-    let mut departed: Vec<String> = registered
-        .iter()
-        .filter(|(name, p)| {
-            p.absent >= DEPARTED_AFTER
-                && (!listed.contains_key((*name).borrow())
-                    || p.offline_since.is_some_and(|t| now - t >= offline_for))
-        })
-        .map(|(name, _)| name.borrow().to_owned())
-        .collect();
-    departed.sort();
-    departed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn instance(names: &[&str]) -> Instance {
-        Instance {
-            id: crate::model::InstanceId::new("i-1"),
-            state: InstanceState::Running,
-            launched_at: Timestamp::default(),
-            template_hash: String::new(),
-            runner_names: names.iter().map(|n| (*n).to_owned()).collect(),
-            reused: None,
-        }
-    }
-
-    fn listing(runners: &[(&str, RunnerState)]) -> HashMap<String, RunnerState> {
-        runners.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect()
-    }
-
-    #[test]
-    fn runners_depart_when_missing_or_long_offline_after_online_on_two_fresh_observations() {
-        use RunnerState::{Busy, Idle, Offline};
-        let t0 = Timestamp::default();
-        let at = |s: i64| t0 + chrono::Duration::seconds(s);
-        let instances = [instance(&["jit", "slot", "late"])];
-        let mut memory = HashMap::new();
-        let mut step = |runners: &[(&str, RunnerState)], stale: bool, now: Timestamp| {
-            track_departures(&mut memory, &listing(runners), &instances, stale, now)
-        };
-        // Registered (a JIT runner is listed offline before it connects), then online.
-        assert!(step(&[("jit", Offline), ("slot", Offline)], false, at(0)).is_empty());
-        assert!(
-            step(&[("jit", Offline), ("slot", Offline)], false, at(1)).is_empty(),
-            "never online"
-        );
-        assert!(step(&[("jit", Busy), ("slot", Idle)], false, at(2)).is_empty());
-        // jit finished and was deleted; slot exited and lingers offline.
-        assert!(
-            step(&[("slot", Offline)], false, at(3)).is_empty(),
-            "one observation is not enough"
-        );
-        assert!(
-            step(&[("slot", Offline)], true, at(4)).is_empty(),
-            "a stale view changes nothing"
-        );
-        assert_eq!(
-            step(&[("slot", Offline)], false, at(5)),
-            ["jit"],
-            "gone from the listing: departed; offline for 2 s: a hiccup so far"
-        );
-        assert_eq!(step(&[("slot", Offline)], false, at(64)), ["jit", "slot"]);
-        // Back online: no longer departed. A never-listed name never departs.
-        assert_eq!(step(&[("slot", Idle)], false, at(65)), ["jit"]);
-        // Names of instances that are gone are forgotten.
-        let mut memory2 = memory.clone();
-        assert!(track_departures(&mut memory2, &HashMap::new(), &[], false, at(66)).is_empty());
-        assert!(memory2.is_empty());
     }
 }

@@ -1,52 +1,90 @@
-//! The [`Observation`] runscale's policy reads, kept up to date incrementally as the world
-//! changes (O(1) per change), so a pass costs what `plan` costs and nothing more: no
-//! observation is rebuilt, however long the queue.
+//! The view of a pool runscale's reconciler reads (the CI system's [`ProviderView`] and the
+//! backend's instances), kept up to date incrementally as the world changes (O(1) per
+//! change): no view is rebuilt, however long the queue. A pass turns it into the
+//! [`runscale_core::Observation`] `plan` reads through the reconciler's own
+//! [`PoolMemory`] (last busy times, departures, launches, arrivals and lead times), so the
+//! simulated policy plans on what the daemon would.
 //!
 //! Runner ids are `r{index}`, instance ids `i{index}`, runner names `{index}` (short: `plan`
 //! hashes every name on every call);
 //! the policy only needs them unique and consistent between runners and instances.
 
-use std::collections::VecDeque;
-
 use runscale_core::{
-    DemandHistory, Instance, InstanceId, InstanceState, Observation, PoolSpec, Runner, RunnerId,
-    RunnerState, WaitingJob,
+    Instance, InstanceId, InstanceState, Observation, PoolMemory, PoolSpec, ProviderView, Runner,
+    RunnerId, RunnerState, Timestamp, WaitingJob,
 };
 
-use super::world::{IState, Ms, RState, World};
+use super::world::{IState, RState, World};
 
 const NONE: u32 = u32::MAX;
 
 pub(crate) struct Mirror {
-    pub obs: Observation,
+    /// What the CI system lists: waiting and running jobs, runners.
+    pub view: ProviderView,
+    /// What the backend lists.
+    pub instances: Vec<Instance>,
     runner_of: Vec<u32>,
     inst_of: Vec<u32>,
     job_of: Vec<u32>,
-    /// Launch times of the last minute (the reconciler's memory for the launch-rate cap).
-    pub launches: VecDeque<Ms>,
-    /// Bumped on every change of the observation.
+    /// What the reconciler remembers between passes.
+    pub memory: PoolMemory,
+    /// Bumped on every change of the view.
     pub version: u64,
     template: String,
-    /// The pool's arrivals and lead times, as the reconciler keeps them, for a pool with
-    /// `warm` (none kept otherwise).
-    pub history: Option<DemandHistory>,
-    /// Whether runners that leave are reported as departed (pools with `reuse`).
-    track_departed: bool,
 }
 
 impl Mirror {
     pub(crate) fn new(spec: &PoolSpec, _index: usize) -> Self {
         Mirror {
-            obs: Observation::default(),
+            view: ProviderView::default(),
+            instances: Vec::new(),
             runner_of: Vec::new(),
             inst_of: Vec::new(),
             job_of: Vec::new(),
-            launches: VecDeque::new(),
+            memory: PoolMemory::default(),
             version: 0,
             template: spec.template_hash.clone(),
-            history: spec.warm.map(|_| DemandHistory::default()),
-            track_departed: spec.reuse.is_some(),
         }
+    }
+}
+
+impl Mirror {
+    /// What a pass of the reconciler plans on at `now`: the view through the memory; with the
+    /// runners' `last_busy` as listed, for [`Mirror::restore`], and how soon the memory wants
+    /// a pass back (a departure to confirm).
+    pub(crate) fn observe(
+        &mut self,
+        spec: &PoolSpec,
+        now: Timestamp,
+    ) -> (
+        Observation,
+        Vec<Option<Timestamp>>,
+        Option<std::time::Duration>,
+    ) {
+        let view = std::mem::take(&mut self.view);
+        let instances = std::mem::take(&mut self.instances);
+        let observed = self.memory.observe(spec, view, instances, now);
+        (
+            observed.observation,
+            observed.read_last_busy,
+            observed.recheck_after,
+        )
+    }
+
+    /// Takes the view back from an observation made by [`Mirror::observe`].
+    pub(crate) fn restore(&mut self, obs: Observation, read_last_busy: Vec<Option<Timestamp>>) {
+        let Observation {
+            demand,
+            mut runners,
+            instances,
+            ..
+        } = obs;
+        for (r, t) in runners.iter_mut().zip(read_last_busy) {
+            r.last_busy = t;
+        }
+        self.view.demand = demand;
+        self.view.runners = runners;
+        self.instances = instances;
     }
 }
 
@@ -63,11 +101,8 @@ impl World<'_> {
             return;
         };
         m.version += 1;
-        if let Some(h) = &mut m.history {
-            h.arrival(at);
-        }
-        self.job_mpos[j as usize] = m.obs.demand.waiting.len() as u32;
-        m.obs.demand.waiting.push(WaitingJob {
+        self.job_mpos[j as usize] = m.view.demand.waiting.len() as u32;
+        m.view.demand.waiting.push(WaitingJob {
             id: j.to_string(),
             queued_at: at,
         });
@@ -85,7 +120,7 @@ impl World<'_> {
         }
         let pos = pos as usize;
         self.job_mpos[j as usize] = NONE;
-        m.obs.demand.waiting.swap_remove(pos);
+        m.view.demand.waiting.swap_remove(pos);
         m.job_of.swap_remove(pos);
         if let Some(&moved) = m.job_of.get(pos) {
             self.job_mpos[moved as usize] = pos as u32;
@@ -103,8 +138,8 @@ impl World<'_> {
         let mut names = Vec::with_capacity(slots as usize);
         for r in first..first + slots {
             let name = format!("{r}");
-            self.runners[r as usize].mpos = m.obs.runners.len() as u32;
-            m.obs.runners.push(Runner {
+            self.runners[r as usize].mpos = m.view.runners.len() as u32;
+            m.view.runners.push(Runner {
                 id: RunnerId::new(format!("r{r}")),
                 name: name.clone(),
                 state: RunnerState::Offline,
@@ -117,7 +152,7 @@ impl World<'_> {
         names
     }
 
-    /// An instance reused: its fresh runners listed, its old names no longer departed.
+    /// An instance reused: its fresh runners listed and hosted from now on.
     pub(super) fn mirror_instance_reused(&mut self, i: u32, uses: u32) {
         let at = self.ts(self.now());
         let names = self.mirror_runners_added(i);
@@ -126,23 +161,23 @@ impl World<'_> {
         let Some(m) = &mut self.pools[inst.pool as usize].mirror else {
             return;
         };
-        if let Some(x) = m.obs.instances.get_mut(pos as usize) {
-            let old = std::mem::replace(&mut x.runner_names, names);
-            m.obs.departed.retain(|d| !old.contains(d));
+        m.memory.hosts(names.iter().cloned());
+        if let Some(x) = m.instances.get_mut(pos as usize) {
+            x.runner_names = names;
             x.reused = Some(runscale_core::Reused { uses, at });
         }
     }
 
     pub(super) fn mirror_instance_added(&mut self, i: u32) {
-        let now = self.now();
-        let at = self.ts(now);
+        let at = self.ts(self.now());
         let names = self.mirror_runners_added(i);
         let p = self.insts[i as usize].pool as usize;
         let Some(m) = &mut self.pools[p].mirror else {
             return;
         };
-        self.insts[i as usize].mpos = m.obs.instances.len() as u32;
-        m.obs.instances.push(Instance {
+        m.memory.launched(at, names.iter().cloned());
+        self.insts[i as usize].mpos = m.instances.len() as u32;
+        m.instances.push(Instance {
             id: InstanceId::new(format!("i{i}")),
             state: InstanceState::Booting,
             launched_at: at,
@@ -151,14 +186,13 @@ impl World<'_> {
             reused: None,
         });
         m.inst_of.push(i);
-        m.launches.push_back(now);
     }
 
     pub(super) fn mirror_instance_running(&mut self, i: u32) {
         let inst = &self.insts[i as usize];
         let pos = inst.mpos;
         if let Some(m) = &mut self.pools[inst.pool as usize].mirror
-            && let Some(x) = m.obs.instances.get_mut(pos as usize)
+            && let Some(x) = m.instances.get_mut(pos as usize)
             && inst.state == IState::Running
         {
             x.state = InstanceState::Running;
@@ -179,11 +213,7 @@ impl World<'_> {
         }
         let pos = pos as usize;
         self.insts[i as usize].mpos = NONE;
-        if !m.obs.departed.is_empty() {
-            let names = &m.obs.instances[pos].runner_names;
-            m.obs.departed.retain(|d| !names.contains(d));
-        }
-        m.obs.instances.swap_remove(pos);
+        m.instances.swap_remove(pos);
         m.inst_of.swap_remove(pos);
         if let Some(&moved) = m.inst_of.get(pos) {
             self.insts[moved as usize].mpos = pos as u32;
@@ -191,36 +221,16 @@ impl World<'_> {
     }
 
     pub(super) fn mirror_runner_changed(&mut self, r: u32) {
-        let now = self.now();
         let run = &self.runners[r as usize];
-        let inst = &self.insts[run.inst as usize];
-        let p = inst.pool as usize;
-        let launched = inst.launched;
-        let inst_pos = inst.mpos as usize;
+        let p = self.insts[run.inst as usize].pool as usize;
         let last_busy = (run.last_busy >= 0).then(|| self.ts(run.last_busy));
         let Some(m) = &mut self.pools[p].mirror else {
             return;
         };
         m.version += 1;
-        // A runner a reuse handed over is no launch: its wait is no launch lead time.
-        let reused = m
-            .obs
-            .instances
-            .get(inst_pos)
-            .is_some_and(|i| i.reused.is_some());
-        let Some(x) = m.obs.runners.get_mut(run.mpos as usize) else {
+        let Some(x) = m.view.runners.get_mut(run.mpos as usize) else {
             return;
         };
-        if let Some(h) = &mut m.history
-            && !reused
-            && x.state == RunnerState::Offline
-            && x.last_busy.is_none()
-            && run.state == RState::Idle
-        {
-            // Registered: the launch's lead time.
-            let lead = u64::try_from(now - launched).unwrap_or(0);
-            h.lead_time(std::time::Duration::from_millis(lead));
-        }
         x.state = match run.state {
             RState::Idle => RunnerState::Idle,
             RState::Busy => RunnerState::Busy,
@@ -232,9 +242,7 @@ impl World<'_> {
 
     pub(super) fn mirror_runner_removed(&mut self, r: u32) {
         let run = &self.runners[r as usize];
-        let inst = &self.insts[run.inst as usize];
-        let p = inst.pool as usize;
-        let live = inst.state != IState::Gone;
+        let p = self.insts[run.inst as usize].pool as usize;
         let pos = run.mpos;
         let Some(m) = &mut self.pools[p].mirror else {
             return;
@@ -244,13 +252,8 @@ impl World<'_> {
             return;
         }
         let pos = pos as usize;
-        // A runner that was online and left while its instance lives: departed, as the
-        // reconciler reports it (for `reuse`, which keeps such instances).
-        if live && m.track_departed && m.obs.runners[pos].state != RunnerState::Offline {
-            m.obs.departed.push(m.obs.runners[pos].name.clone());
-        }
         self.runners[r as usize].mpos = NONE;
-        m.obs.runners.swap_remove(pos);
+        m.view.runners.swap_remove(pos);
         m.runner_of.swap_remove(pos);
         if let Some(&moved) = m.runner_of.get(pos) {
             self.runners[moved as usize].mpos = pos as u32;

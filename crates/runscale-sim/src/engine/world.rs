@@ -487,7 +487,7 @@ impl<'a> World<'a> {
         self.job_start[j as usize] = now;
         self.mirror_runner_changed(r);
         if let Some(m) = &mut self.pools[p].mirror {
-            m.obs.demand.running += 1;
+            m.view.demand.running += 1;
             m.version += 1;
         }
         self.push(now + job.dur, Ev::Finish(r, j));
@@ -506,7 +506,7 @@ impl<'a> World<'a> {
         self.pools[p].busy -= 1;
         self.insts[inst].last_job_end = now;
         if let Some(m) = &mut self.pools[p].mirror {
-            m.obs.demand.running = m.obs.demand.running.saturating_sub(1);
+            m.view.demand.running = m.view.demand.running.saturating_sub(1);
             m.version += 1;
         }
         let run = &mut self.runners[r as usize];
@@ -819,7 +819,7 @@ impl<'a> World<'a> {
                 // The job is lost mid-run and retried: back to the head of the queue.
                 self.job_start[j as usize] = -1;
                 if let Some(m) = &mut self.pools[p].mirror {
-                    m.obs.demand.running = m.obs.demand.running.saturating_sub(1);
+                    m.view.demand.running = m.view.demand.running.saturating_sub(1);
                     m.version += 1;
                 }
                 self.runners[r as usize].job = NONE;

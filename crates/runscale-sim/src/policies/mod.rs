@@ -241,7 +241,7 @@ pub(crate) fn build(
     seed: u64,
 ) -> Box<dyn Policy> {
     match name {
-        PolicyName::Runscale => Box::new(runscale::Runscale::new(pool, params, c.t0)),
+        PolicyName::Runscale => Box::new(runscale::Runscale::new(pool, params)),
         PolicyName::Arc => Box::new(arc::Arc::new(pool)),
         PolicyName::TerraformAws => Box::new(terraform_aws::TerraformAws::new(pool)),
         PolicyName::Taskscaler => Box::new(taskscaler::Taskscaler::new(pool)),

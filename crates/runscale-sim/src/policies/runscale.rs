@@ -1,8 +1,10 @@
 //! runscale's own policy: the real [`runscale_core::plan`], driven as the reconciler drives it.
 //!
-//! - A pass observes the pool (the incrementally kept [`runscale_core::Observation`]: waiting
-//!   jobs, runners with state / draining / last busy time, instances, launches of the last
-//!   minute), calls `plan`, and carries the plan out in the reconciler's order: launches
+//! - A pass observes the pool as the reconciler does: the incrementally kept view (waiting
+//!   jobs, runners with state / draining / last busy time, instances) through the reconciler's
+//!   own [`runscale_core::PoolMemory`] (last busy times, departed runners, launches of the last
+//!   minute, arrivals and lead times for the forecast), calls `plan`, and carries the plan out
+//!   in the reconciler's order: launches
 //!   first, then the other actions in plan order. `Terminate { instance, runners }` removes
 //!   each listed runner first and stops at the first the CI system refuses (busy): the
 //!   instance stays. `Deregister` is likewise refused for a busy runner. `Drain` marks the
@@ -10,9 +12,9 @@
 //! - Passes: on a webhook (job queued, after the webhook latency; also job completed with
 //!   `wake_on_completion`) unless detection is polling, and on the timer: `min(requeue_after, interval)`, at most 5 s when a launch was
 //!   held back by a cap, at least 1 s, counted from the end of the pass (`pass_latency`).
-//! - A pass whose observation has not changed since an empty plan, before that plan's
-//!   `requeue_after` is due, reuses it instead of calling `plan` again (same result, less
-//!   work).
+//! - A pass whose observation has not changed since an empty plan (same view, departures and
+//!   forecast), before that plan's `requeue_after` is due, reuses it instead of calling `plan`
+//!   again (same result, less work). It still observes, as every pass of the reconciler does.
 
 use std::time::Duration;
 
@@ -23,8 +25,6 @@ use crate::config::{Detection, SimPool, WorldParams};
 use crate::engine::world::{Lifecycle, ms};
 use crate::engine::{Ms, World};
 
-/// Launch times are remembered this long (the reconciler's rate-limit window).
-const LAUNCH_MEMORY: Ms = 60 * SEC;
 const MIN_REQUEUE: Ms = SEC;
 const HELD_BACK_REQUEUE: Ms = 5 * SEC;
 
@@ -32,20 +32,27 @@ pub(crate) struct Runscale {
     spec: PoolSpec,
     interval: Ms,
     latency: Ms,
-    t0: Timestamp,
-    /// The last plan, when it was empty: the observation's version, when its time-based due
-    /// date falls, whether a cap held launches back. While nothing changed and nothing is
-    /// due, `plan` would return the same empty plan, so the pass skips calling it.
-    last_empty: Option<(u64, Ms, bool)>,
+    /// The last plan, when it was empty: what it was planned on, when its time-based due date
+    /// falls, whether a cap held launches back. While nothing changed and nothing is due,
+    /// `plan` would return the same empty plan, so the pass skips calling it.
+    last_empty: Option<(Quiet, Ms, bool)>,
+}
+
+/// What an empty plan was planned on, besides time: the view's version and what the memory
+/// added to it.
+#[derive(PartialEq)]
+struct Quiet {
+    version: u64,
+    departed: Vec<String>,
+    forecast: Option<runscale_core::Forecast>,
 }
 
 impl Runscale {
-    pub(crate) fn new(pool: &SimPool, params: &WorldParams, t0: Timestamp) -> Self {
+    pub(crate) fn new(pool: &SimPool, params: &WorldParams) -> Self {
         Self {
             spec: pool.spec.clone(),
             interval: ms(params.pass_interval),
             latency: ms(params.pass_latency),
-            t0,
             last_empty: None,
         }
     }
@@ -106,32 +113,27 @@ impl Policy for Runscale {
     fn pass(&mut self, w: &mut World<'_>, p: usize) -> Option<Ms> {
         let now = w.now();
         let ts = w.ts(now);
-        let t0 = self.t0;
-        let version = w.pools[p].mirror.as_ref()?.version;
-        if let Some((v, due, held)) = self.last_empty
-            && v == version
-            && now < due
+        let m = w.pools[p].mirror.as_mut()?;
+        let (observed, read_last_busy, recheck) = m.observe(&self.spec, ts);
+        let quiet = Quiet {
+            version: m.version,
+            departed: observed.departed.clone(),
+            forecast: observed.forecast,
+        };
+        if let Some((last, due, held)) = &self.last_empty
+            && *last == quiet
+            && now < *due
         {
+            let (mut due, held) = (*due, *held);
+            if let Some(r) = recheck {
+                due = due.min(now + ms(r));
+            }
+            m.restore(observed, read_last_busy);
             return Some(self.next(now, Some(due - now), held));
         }
-        let plan = {
-            let m = w.pools[p].mirror.as_mut()?;
-            while m
-                .launches
-                .front()
-                .is_some_and(|&t| t + LAUNCH_MEMORY <= now)
-            {
-                m.launches.pop_front();
-            }
-            m.obs.recent_launches.clear();
-            m.obs.recent_launches.extend(
-                m.launches
-                    .iter()
-                    .map(|&t| t0 + chrono::Duration::milliseconds(t)),
-            );
-            m.obs.forecast = m.history.as_mut().and_then(|h| h.forecast(ts));
-            runscale_core::plan(&self.spec, &m.obs, ts)
-        };
+        let mut plan = runscale_core::plan(&self.spec, &observed, ts);
+        plan.requeue_soon(recheck);
+        m.restore(observed, read_last_busy);
         for a in &plan.actions {
             if let Action::Launch { count } = a.action {
                 w.launch(p, count, None);
@@ -175,7 +177,8 @@ impl Policy for Runscale {
         let held = plan.held_back.is_some();
         self.last_empty = plan.actions.is_empty().then(|| {
             let version = w.pools[p].mirror.as_ref().map_or(0, |m| m.version);
-            (version, requeue.map_or(Ms::MAX, |d| now + d), held)
+            let quiet = Quiet { version, ..quiet };
+            (quiet, requeue.map_or(Ms::MAX, |d| now + d), held)
         });
         Some(self.next(now, requeue, held))
     }
