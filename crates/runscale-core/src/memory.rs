@@ -57,7 +57,18 @@ pub struct PoolMemory {
     history: DemandHistory,
     /// Views seen: the number of the current one stamps what it lists and hosts.
     views: u64,
+    /// Fresh views seen (the first one after a start cannot tell which jobs started).
+    fresh_views: u64,
+    /// When each job that left the queue, and whose start no view has matched yet, left it
+    /// (oldest first). A job whose runner ran it between two views is seen to start only when
+    /// the runner departs, some views later; a job cancelled while waiting never starts, so
+    /// entries expire after [`UNMATCHED_FOR`].
+    unmatched: VecDeque<Timestamp>,
 }
+
+/// How long a job that left the queue may wait for its start to be seen (see
+/// [`PoolMemory::unmatched`]).
+const UNMATCHED_FOR: Duration = Duration::from_secs(300);
 
 /// What is remembered of one runner name.
 #[derive(Clone, Copy, Debug, Default)]
@@ -115,6 +126,9 @@ struct Walk {
     /// Runners of the pool's instances missing from this fresh view whom one more view would
     /// make departed.
     leaving: Vec<String>,
+    /// Runners departed in this view that were never seen online: registered, then gone, so
+    /// they ran a job between two views (an ephemeral runner) or failed to start.
+    ran_unseen: usize,
 }
 
 /// How soon a pass should come back after a fresh view from which a registered runner of the
@@ -140,11 +154,14 @@ impl PoolMemory {
         let mut runners = view.runners;
         let read_last_busy: Vec<Option<Timestamp>> = runners.iter().map(|r| r.last_busy).collect();
         self.host(&instances);
-        let online = self.list(&mut runners, now, warm);
+        let (online, started) = self.list(&mut runners, now, warm);
         if warm {
             self.lead_times(spec, &instances, online, now);
         }
         let walk = self.walk(fresh, now);
+        if fresh {
+            self.fresh_views += 1;
+        }
         let window = chrono::Duration::from_std(LAUNCH_MEMORY).unwrap_or(chrono::Duration::MAX);
         while self
             .launches
@@ -158,6 +175,12 @@ impl PoolMemory {
         } else {
             Vec::new()
         };
+        if warm && self.fresh_views > 1 {
+            let unseen = self.unseen_arrivals(waited_secs.len(), started + walk.ran_unseen, now);
+            for _ in 0..unseen {
+                self.history.arrival(now);
+            }
+        }
         let observation = Observation {
             demand: view.demand,
             runners,
@@ -237,15 +260,17 @@ impl PoolMemory {
 
     /// Stamps the listed runners with this view and their state, remembers which are busy and
     /// fills their `last_busy` from memory. With `lead_times`, returns the indices of the
-    /// instances (sorted) one of whose runners is online for the first time.
+    /// instances (sorted) one of whose runners is online for the first time; and how many
+    /// runners are busy now that were not at their previous listing (jobs that started).
     fn list(
         &mut self,
         runners: &mut [crate::model::Runner],
         now: Timestamp,
         lead_times: bool,
-    ) -> Vec<u32> {
+    ) -> (Vec<u32>, usize) {
         let v = self.views;
         let mut online = Vec::new();
+        let mut started = 0;
         for r in runners {
             let busy = r.state == RunnerState::Busy;
             let k = match self.runners.get_mut(r.name.as_str()) {
@@ -253,6 +278,9 @@ impl PoolMemory {
                 None if busy => self.runners.entry(r.name.as_str().into()).or_default(),
                 None => continue,
             };
+            if busy && !k.listed.is_some_and(|(_, s)| s == RunnerState::Busy) {
+                started += 1;
+            }
             k.listed = Some((v, r.state));
             if busy {
                 k.last_busy = Some(now);
@@ -268,7 +296,7 @@ impl PoolMemory {
         }
         online.sort_unstable();
         online.dedup();
-        online
+        (online, started)
     }
 
     /// A runner of the pool's instances listed online for the first time ends its launch's
@@ -325,6 +353,9 @@ impl PoolMemory {
             }
             if let Some(p) = k.presence {
                 if departed(&p, listed, offline_for, now) {
+                    if fresh && !listed && !p.seen_online && p.absent == DEPARTED_AFTER {
+                        walk.ran_unseen += 1;
+                    }
                     walk.departed.push(name.to_string());
                 } else if !listed && p.absent > 0 {
                     walk.leaving.push(name.to_string());
@@ -335,6 +366,22 @@ impl PoolMemory {
         walk.departed.sort();
         walk.never_registered.sort();
         walk
+    }
+
+    /// Jobs that started without ever being seen waiting (a spare runner took them between two
+    /// views): arrivals too, or the history would count only the jobs that had to wait, and
+    /// keep too few spares. `left` jobs left the queue in this view, `started` starts were
+    /// seen (runners busy that were not, runners that ran a job between views); each start is
+    /// matched with a job that left the queue first.
+    fn unseen_arrivals(&mut self, left: usize, started: usize, now: Timestamp) -> usize {
+        let expiry = chrono::Duration::from_std(UNMATCHED_FOR).unwrap_or(chrono::Duration::MAX);
+        while self.unmatched.front().is_some_and(|t| span(*t, now) >= expiry) {
+            self.unmatched.pop_front();
+        }
+        self.unmatched.extend(std::iter::repeat_n(now, left));
+        let matched = started.min(self.unmatched.len());
+        self.unmatched.drain(..matched);
+        started - matched
     }
 
     /// Remembers a fresh view's queue: a job waiting for the first time is an arrival (for the
@@ -500,6 +547,23 @@ mod tests {
             (vec!["jit".to_owned()], vec![], Some(DEPARTURE_RECHECK))
         );
         assert_eq!(step(&[], at(13)), (vec![], vec!["jit".to_owned()], None));
+    }
+
+    #[test]
+    fn starts_no_view_saw_waiting_are_arrivals_once_each() {
+        let t0 = Timestamp::default();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let mut memory = PoolMemory::default();
+        // Two jobs left the queue, one start seen: the other job's runner ran it between two
+        // views and is seen when it departs, later: no arrival either time.
+        assert_eq!(memory.unseen_arrivals(2, 1, at(0)), 0);
+        assert_eq!(memory.unseen_arrivals(0, 1, at(10)), 0);
+        // Three starts with no job seen leaving the queue: three jobs nobody saw waiting.
+        assert_eq!(memory.unseen_arrivals(0, 3, at(20)), 3);
+        // A job that left the queue and never started (cancelled) stops matching after
+        // UNMATCHED_FOR.
+        assert_eq!(memory.unseen_arrivals(1, 0, at(30)), 0);
+        assert_eq!(memory.unseen_arrivals(0, 1, at(30 + 301)), 1);
     }
 
     #[test]
