@@ -375,7 +375,11 @@ impl PoolMemory {
     /// matched with a job that left the queue first.
     fn unseen_arrivals(&mut self, left: usize, started: usize, now: Timestamp) -> usize {
         let expiry = chrono::Duration::from_std(UNMATCHED_FOR).unwrap_or(chrono::Duration::MAX);
-        while self.unmatched.front().is_some_and(|t| span(*t, now) >= expiry) {
+        while self
+            .unmatched
+            .front()
+            .is_some_and(|t| span(*t, now) >= expiry)
+        {
             self.unmatched.pop_front();
         }
         self.unmatched.extend(std::iter::repeat_n(now, left));
