@@ -174,6 +174,8 @@ fn runscale_reuses_a_persistent_runner_then_scales_in_after_idle_timeout() {
     // at or after 560 (passes run on requeue_after, at most 0.5 s late).
     let mut pool = SimPool::default_pool();
     pool.spec.ephemeral = false;
+    // Without warm capacity: two arrivals are enough for the forecast to keep a spare.
+    pool.spec.warm = None;
     let r = sim(
         &trace(&[(0.0, 60.0, "a"), (200.0, 60.0, "b")]),
         pool,
