@@ -57,7 +57,7 @@ struct Memory {
     deleted: HashMap<(PoolId, String), Instant>,
     /// Reused here and not yet listed with its new runners, by (pool, id): its new runner
     /// names and reuse (the rest of the instance is the listing's), and when.
-    reused: HashMap<(PoolId, String), (Instance, Instant)>,
+    reused: HashMap<(PoolId, String), (Vec<String>, Reused, Instant)>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -235,14 +235,13 @@ impl Inner {
         for instance in &mut listed {
             let key = (pool.clone(), instance.id.as_str().to_owned());
             memory.created.remove(&key);
-            if let Some((reused, at)) = memory.reused.get(&key) {
-                if instance.runner_names == reused.runner_names || now.duration_since(*at) >= grace
-                {
+            if let Some((names, reused, at)) = memory.reused.get(&key) {
+                if instance.runner_names == *names || now.duration_since(*at) >= grace {
                     memory.reused.remove(&key);
                 } else {
                     // The listing still shows the runners that left.
-                    instance.runner_names.clone_from(&reused.runner_names);
-                    instance.reused = reused.reused;
+                    instance.runner_names.clone_from(names);
+                    instance.reused = Some(*reused);
                 }
             }
             if let Some(at) = memory.deleted.get(&key) {
@@ -650,19 +649,14 @@ impl Backend for ExecBackend {
             ));
         }
         // Listed with its new runners from now on, even while the listing lags.
-        let at = Utc::now();
-        let reused = Instance {
-            id: instance.clone(),
-            state: InstanceState::Running,
-            launched_at: at,
-            template_hash: String::new(),
-            runner_names,
-            reused: Some(Reused { uses, at }),
+        let reused = Reused {
+            uses,
+            at: Utc::now(),
         };
         info!(%pool, %instance, uses, "exec backend reused an instance");
         locked(&self.inner.memory)
             .reused
-            .insert(key, (reused, Instant::now()));
+            .insert(key, (runner_names, reused, Instant::now()));
         Ok(())
     }
 

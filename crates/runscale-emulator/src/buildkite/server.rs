@@ -449,21 +449,11 @@ async fn list_agents(
         return error(StatusCode::NOT_FOUND, "No organization found");
     }
     let base = base_url(&headers);
-    let per_page = q
-        .per_page
-        .unwrap_or(DEFAULT_PER_PAGE)
-        .clamp(1, MAX_PER_PAGE);
-    let page = q.page.unwrap_or(1).max(1);
+    let (page, per_page) = paging(q.page, q.per_page);
     let (items, more) = {
         let s = shared.lock();
         let all: Vec<_> = s.connected().into_iter().filter(|a| q.keeps(a)).collect();
-        let items: Vec<_> = all
-            .iter()
-            .skip((page - 1).saturating_mul(per_page))
-            .take(per_page)
-            .map(|a| agent_json(&base, &org, a, &s))
-            .collect();
-        (items, all.len() > page.saturating_mul(per_page))
+        one_page(&all, page, per_page, |a| agent_json(&base, &org, a, &s))
     };
     let mut resp = Json(items).into_response();
     if more {
@@ -474,6 +464,30 @@ async fn list_agents(
         set_header(&mut resp, "link", link);
     }
     resp
+}
+
+/// The page asked for (from 1) and its size (`per_page`, at most [`MAX_PER_PAGE`]).
+fn paging(page: Option<usize>, per_page: Option<usize>) -> (usize, usize) {
+    (
+        page.unwrap_or(1).max(1),
+        per_page.unwrap_or(DEFAULT_PER_PAGE).clamp(1, MAX_PER_PAGE),
+    )
+}
+
+/// Page `page` of `all` as JSON, and whether a later page has more.
+fn one_page<T, J>(
+    all: &[T],
+    page: usize,
+    per_page: usize,
+    json: impl FnMut(&T) -> J,
+) -> (Vec<J>, bool) {
+    let items = all
+        .iter()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .map(json)
+        .collect();
+    (items, all.len() > page.saturating_mul(per_page))
 }
 
 #[derive(Deserialize)]
@@ -504,21 +518,13 @@ async fn list_builds(
         Some(Err(_)) => return error(StatusCode::UNPROCESSABLE_ENTITY, "created_from is invalid"),
     };
     let base = base_url(&headers);
-    let per_page = q
-        .per_page
-        .unwrap_or(DEFAULT_PER_PAGE)
-        .clamp(1, MAX_PER_PAGE);
-    let page = q.page.unwrap_or(1).max(1);
+    let (page, per_page) = paging(q.page, q.per_page);
     let (items, more) = {
         let s = shared.lock();
         let all = s.builds(from);
-        let items: Vec<_> = all
-            .iter()
-            .skip((page - 1).saturating_mul(per_page))
-            .take(per_page)
-            .map(|(number, job)| build_json(&base, &org, *number, job))
-            .collect();
-        (items, all.len() > page.saturating_mul(per_page))
+        one_page(&all, page, per_page, |(number, job)| {
+            build_json(&base, &org, *number, job)
+        })
     };
     let mut resp = Json(items).into_response();
     if more
